@@ -1,0 +1,143 @@
+"""`python -m paraknow <command>` (SPEC section 5). Bad input: exit 2 and a one-line reason on stderr."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ParaknowError
+
+
+def _progress(done: int, total: int, message: str) -> None:
+    print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def cmd_sensitivity(args) -> int:
+    from .data import load_records, records_sha256
+    from .models import load_model
+    from .sensitivity import SensitivityConfig, compute_sensitivity, save_sensitivity
+
+    config = SensitivityConfig(metric=args.metric, samples=args.samples, max_length=args.max_length)
+    config.validate()
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ParaknowError(f"--out must end in .safetensors (got {out.name}).")
+    records = load_records(args.data)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    scores = compute_sensitivity(model, tokenizer, records, config, _progress)
+    meta = {"model": args.model, "metric": config.metric, "samples": config.samples,
+            "max_length": config.max_length, "data": args.data,
+            "data_sha256": records_sha256(records[:config.samples])}
+    save_sensitivity(out, scores, meta)
+    print(json.dumps({"out": str(out), "tensors": len(scores), **meta}))
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from .mapping import parse_layers_arg
+    from .sensitivity import SensitivityConfig
+    from .transfer import TransferConfig, extract_to_dir
+
+    strategy, manual = parse_layers_arg(args.layers)
+    config = TransferConfig(rank=args.rank, alpha=args.alpha, layers=strategy, manual_map=manual,
+                            structure=args.structure, modules=args.modules, mode=args.mode,
+                            split=args.split, seed=args.seed)
+    sens = SensitivityConfig(metric=args.metric, samples=args.samples, max_length=args.max_length)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ParaknowError(f"--out {out} exists and is not a directory.")
+    manifest = extract_to_dir(args.teacher, args.student, args.data, out, config, sens,
+                              device=args.device, dtype=args.dtype, progress=_progress)
+    print(json.dumps({"out": str(out), "modules": len(manifest["modules"]),
+                      "layer_map": manifest["layer_map"], "notes": manifest["notes"]}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import run_eval
+
+    result = run_eval(args.model, args.data, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
+                      device=args.device)
+    print(json.dumps(result))
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .lora import MODES, SPLITS
+    from .sensitivity import METRICS
+
+    parser = argparse.ArgumentParser(prog="python -m paraknow",
+                                     description="Parametric knowledge transfer between language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    metrics = list(METRICS)
+
+    p = sub.add_parser("sensitivity", help="sensitivity of every teacher parameter on seed samples")
+    p.add_argument("--model", required=True, help="model reference (demo:teacher, dir, .gguf, hub id, ...)")
+    p.add_argument("--data", required=True, help="JSONL file or task:NAME[:SPLIT]")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--metric", default="taylor-abs", choices=metrics)
+    p.add_argument("--samples", type=_positive_int, default=32)
+    p.add_argument("--max-length", type=_positive_int, default=2048)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(func=cmd_sensitivity)
+
+    p = sub.add_parser("extract", help="extract teacher parameters into a LoRA init for the student")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", required=True)
+    p.add_argument("--data", required=True, help="seed data: JSONL file or task:NAME[:SPLIT]")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--rank", type=_positive_int, default=16)
+    p.add_argument("--alpha", type=float, default=16)
+    p.add_argument("--layers", default="sensitivity",
+                   help="sensitivity | first | last | uniform | random | manual:I,J,... (- for unmapped)")
+    p.add_argument("--structure", default="submatrix", choices=["submatrix", "rowcol", "elements", "random", "uniform"])
+    p.add_argument("--modules", default="attn,ffn", help="comma list of attn, ffn, embed or single roles")
+    p.add_argument("--mode", default="residual", choices=list(MODES))
+    p.add_argument("--split", default="left", choices=list(SPLITS), help="where Sigma goes: left (B) or sqrt (both)")
+    p.add_argument("--metric", default="taylor-abs", choices=metrics)
+    p.add_argument("--samples", type=_positive_int, default=32)
+    p.add_argument("--max-length", type=_positive_int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("eval", help="accuracy and loss of a model (optionally with an adapter) on data")
+    p.add_argument("--model", required=True)
+    p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter directory")
+    p.add_argument("--data", required=True)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_transformers()
+    try:
+        return args.func(args)
+    except ParaknowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

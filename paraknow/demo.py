@@ -1,0 +1,287 @@
+"""Rebuild the built-in demo pair `demo:teacher` / `demo:student` (SPEC section 6).
+
+    python -m paraknow.demo            # about a quarter of an hour on a 2-core CPU
+
+Everything comes from fixed seeds: the training text (the three built-in tasks' `train`
+splits, extra task samples drawn by `tasks.extra_records` with their own random stream and
+never a test or seed prompt, and the fictional world's `general_text`), a byte-level BPE
+tokenizer trained on that text and shared by both models, and the two Llama models:
+
+    teacher  8 layers, hidden 192, FFN 512, 6 heads / 2 KV heads (GQA), ~3.5M parameters
+    student  4 layers, hidden 128, FFN 320, 4 heads / 2 KV heads (GQA), ~0.95M parameters
+
+Both are trained from scratch with the same recipe (AdamW, cosine schedule, loss on the
+completion tokens of task samples and on every token of the text); the student sees fewer
+steps than the teacher, which — with its smaller size — is what makes it clearly weaker on
+every task while leaving room for LoRA fine-tuning to help. The weights are stored in
+float16 safetensors; the script finally reloads both from disk, evaluates them on each
+task's `test` split with `paraknow.evaluate` and writes `accuracies.json`. The whole
+`demo_models/` folder is replaced atomically at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import tasks
+from .data import IGNORE_INDEX, Encoded, collate, encode
+from .fsio import atomic_directory, atomic_write_json
+from .paths import PACKAGE_DIR
+
+DEMO_DIR = PACKAGE_DIR / "demo_models"
+SEED = 1234
+SPECIAL_TOKENS = ["<pad>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
+VOCAB_SIZE = 1024
+# GPT-2 style pre-tokenisation, except that every digit is its own piece (with an optional
+# leading space), which makes multi-digit arithmetic learnable for tiny models.
+PRETOKENIZE = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+@dataclass
+class ModelSpec:
+    layers: int
+    hidden: int
+    ffn: int
+    heads: int
+    kv_heads: int
+    steps: int
+    lr: float
+    batch: int = 32
+
+
+TEACHER = ModelSpec(layers=8, hidden=192, ffn=512, heads=6, kv_heads=2, steps=1500, lr=2e-3)
+STUDENT = ModelSpec(layers=4, hidden=128, ffn=320, heads=4, kv_heads=2, steps=300, lr=2e-3)
+# How many samples of each kind the training pool holds (train splits are always included).
+EXTRA = {"arith": 6000, "facts": 3000, "instruct": 3000}
+N_TEXT = 8000
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+
+
+def training_records() -> tuple[list[dict], list[str]]:
+    """(task records, general-text paragraphs) the demo models are trained on."""
+    records = []
+    for name in tasks.TASKS:
+        records += tasks.task_records(name, "train")
+        records += tasks.extra_records(name, EXTRA[name], seed=0)
+    held_out = {r["messages"][0]["content"] for name in tasks.TASKS
+                for split in ("test", "seed") for r in tasks.task_records(name, split)}
+    leaked = [r["id"] for r in records if r["messages"][0]["content"] in held_out]
+    assert not leaked, f"training data contains test/seed prompts: {leaked[:5]}"
+    test_facts = set(tasks.fact_partition()["test"])
+    questions = {tasks._RELATIONS[rel][0].format(s=subj) for rel, subj, _ in test_facts}
+    asked = [r["id"] for r in records if r["task"] == "facts"
+             and r["messages"][0]["content"].split("\n")[0][len("Question: "):] in questions]
+    assert not asked, f"training questions ask about test facts: {asked[:5]}"
+    return records, tasks.general_text(N_TEXT, seed=0)
+
+
+def build_tokenizer(records: list[dict], texts: list[str]):
+    """Byte-level BPE trained on the training text, wrapped as a transformers fast tokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+
+    def corpus():
+        for r in records:
+            for m in r["messages"]:
+                yield m["content"]
+        yield from texts
+
+    tok.train_from_iterator(corpus(), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>",
+                                        model_max_length=2048)
+    tokenizer.chat_template = None
+    return tokenizer
+
+
+def encode_pool(tokenizer, records: list[dict], texts: list[str]) -> list[Encoded]:
+    items = [encode(tokenizer, r) for r in records] + [encode(tokenizer, {"text": t}) for t in texts]
+    return [it for it in items if any(l != IGNORE_INDEX for l in it.labels)]
+
+
+def batches(items: list[Encoded], batch: int, steps: int, rng: random.Random):
+    """`steps` batches over shuffled epochs; each batch holds samples of similar length."""
+    produced = 0
+    while True:
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        chunk = batch * 32
+        epoch = []
+        for s in range(0, len(order), chunk):
+            part = sorted(order[s:s + chunk], key=lambda i: len(items[i].input_ids))
+            epoch += [part[j:j + batch] for j in range(0, len(part), batch)]
+        rng.shuffle(epoch)
+        for b in epoch:
+            yield [items[i] for i in b]
+            produced += 1
+            if produced >= steps:
+                return
+
+
+# ---------------------------------------------------------------------------------------
+# Models
+
+
+def make_model(spec: ModelSpec, tokenizer, seed: int):
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden, intermediate_size=spec.ffn,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads, head_dim=spec.hidden // spec.heads,
+        max_position_embeddings=2048, rope_theta=10000.0, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, initializer_range=0.02,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id,
+                                               do_sample=False, max_new_tokens=128)
+    return model
+
+
+def train(model, items: list[Encoded], spec: ModelSpec, pad_id: int, seed: int, label: str) -> list[float]:
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=spec.lr, betas=(0.9, 0.98), eps=1e-8)
+    warmup = max(1, spec.steps // 30)
+
+    def lr_at(step):
+        if step < warmup:
+            return spec.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, spec.steps - warmup)
+        return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    model.train()
+    history, running, start = [], None, time.time()
+    for step, batch in enumerate(batches(items, spec.batch, spec.steps, rng)):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        tensors = collate(batch, pad_id)
+        out = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
+                    labels=tensors["labels"])
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss = out.loss.item()
+        running = loss if running is None else 0.98 * running + 0.02 * loss
+        history.append(loss)
+        if (step + 1) % 100 == 0 or step + 1 == spec.steps:
+            log(f"{label} step {step + 1}/{spec.steps} loss {running:.3f} "
+                f"({time.time() - start:.0f}s)")
+    model.eval()
+    return history
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    model = model.to(torch.float16)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    model.to(torch.float32)
+
+
+def evaluate_dir(path: Path, n_test: int | None, max_new_tokens: int) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .evaluate import evaluate
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model.eval()
+    out = {}
+    for name in tasks.TASKS:
+        records = tasks.task_records(name, "test")[:n_test]
+        result = evaluate(model, tokenizer, records, max_new_tokens=max_new_tokens, batch_size=32)
+        out[name] = {"accuracy": result.accuracy, "loss": round(result.loss, 4), "n": result.n}
+    return out
+
+
+def build(out_dir: Path, teacher: ModelSpec = TEACHER, student: ModelSpec = STUDENT,
+          n_test: int | None = None, max_new_tokens: int = 64) -> dict:
+    t0 = time.time()
+    random.seed(SEED)
+    torch.manual_seed(SEED)
+    records, texts = training_records()
+    log(f"data: {len(records)} task samples, {len(texts)} text paragraphs")
+    tokenizer = build_tokenizer(records, texts)
+    items = encode_pool(tokenizer, records, texts)
+    n_tokens = sum(len(it.input_ids) for it in items)
+    log(f"tokenizer: vocab {len(tokenizer)}; pool {len(items)} samples, {n_tokens} tokens "
+        f"({time.time() - t0:.0f}s)")
+    pad = tokenizer.pad_token_id
+    report = {"seed": SEED, "vocab_size": len(tokenizer), "pool_samples": len(items),
+              "pool_tokens": n_tokens, "torch_threads": torch.get_num_threads()}
+    with atomic_directory(out_dir) as tmp:
+        for label, spec, seed in (("teacher", teacher, SEED), ("student", student, SEED + 1)):
+            model = make_model(spec, tokenizer, seed)
+            n_params = sum(p.numel() for p in model.parameters())
+            log(f"{label}: {spec.layers} layers, hidden {spec.hidden}, {n_params / 1e6:.2f}M params, "
+                f"{spec.steps} steps of {spec.batch}")
+            t1 = time.time()
+            history = train(model, items, spec, pad, seed, label)
+            save_model(model, tokenizer, tmp / label)
+            report[label] = {"spec": asdict(spec), "params": n_params,
+                             "train_seconds": round(time.time() - t1, 1),
+                             "final_train_loss": round(sum(history[-50:]) / len(history[-50:]), 4)}
+            del model
+        for label in ("teacher", "student"):
+            t1 = time.time()
+            report[label]["test"] = evaluate_dir(tmp / label, n_test, max_new_tokens)
+            log(f"{label} test: " + ", ".join(f"{k} {v['accuracy']:.3f}"
+                                               for k, v in report[label]["test"].items())
+                + f" ({time.time() - t1:.0f}s)")
+        report["accuracies"] = {name: {"teacher": report["teacher"]["test"][name]["accuracy"],
+                                       "student": report["student"]["test"][name]["accuracy"],
+                                       "n": report["teacher"]["test"][name]["n"]}
+                                for name in tasks.TASKS}
+        report["wall_seconds"] = round(time.time() - t0, 1)
+        atomic_write_json(tmp / "accuracies.json", report)
+    log(f"done in {time.time() - t0:.0f}s -> {out_dir}")
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m paraknow.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(DEMO_DIR), help="output folder (default: the package's demo_models/)")
+    parser.add_argument("--teacher-steps", type=int, default=TEACHER.steps)
+    parser.add_argument("--student-steps", type=int, default=STUDENT.steps)
+    parser.add_argument("--n-test", type=int, default=None, help="evaluate on the first N test samples only")
+    args = parser.parse_args(argv)
+    teacher = ModelSpec(**{**asdict(TEACHER), "steps": args.teacher_steps})
+    student = ModelSpec(**{**asdict(STUDENT), "steps": args.student_steps})
+    report = build(Path(args.out), teacher, student, n_test=args.n_test)
+    print(json.dumps(report["accuracies"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

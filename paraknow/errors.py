@@ -1,0 +1,10 @@
+"""The one exception type for user mistakes.
+
+Every `ParaknowError` carries a message that says what went wrong *and what to do*. The CLI
+turns it into a one-line reason on stderr with exit code 2; the pages show it with
+`st.error`. Anything else escaping the library is a bug.
+"""
+
+
+class ParaknowError(Exception):
+    """A mistake in the user's input (path, model, data, settings), explained for a person."""

@@ -1,0 +1,297 @@
+"""Dimensionality reduction of one teacher matrix to the student's shape (SPEC 2.4).
+
+Pure tensor code: give it a sensitivity matrix S_T [o_T, i_T] and the student's shape
+[o_S, i_S], get back a `Selection` saying which teacher entries to keep.
+
+Structures (registry `STRUCTURES`, picked by name with `select`):
+  submatrix  the contiguous block [r:r+o_S, c:c+i_S] with the largest sum of S_T (default)
+  rowcol     the o_S rows and i_S columns with the largest sums, in ascending index order
+  elements   the o_S*i_S largest entries, row-major, reshaped to [o_S, i_S]
+  random     seeded random rows and columns, sorted
+  uniform    evenly spaced rows and columns ("Weight Selection", Xu et al. 2024)
+
+The block search `max_sum_block` is the hot spot: the paper's code loops over every block
+position in Python (hours at Llama sizes). Here all box sums come from two sliding-window
+passes in float64, arranged so the big matrix is read about once, in cache-sized chunks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ParaknowError
+
+_EPS64 = torch.finfo(torch.float64).eps
+_CHUNK_ELEMS = 1 << 17  # ~1 MiB of float64 per chunk: stays in cache
+
+
+# -----------------------------------------------------------------------------
+# max-sum block search
+
+def _check_block(shape, n_rows: int, n_cols: int) -> None:
+    if len(shape) != 2:
+        raise ParaknowError(f"expected a 2-D sensitivity matrix, got shape {list(shape)}; "
+                            "pass one weight's scores [out, in]")
+    o_t, i_t = shape
+    if n_rows < 1 or n_cols < 1:
+        raise ParaknowError(f"the student block must be at least 1x1, got [{n_rows}, {n_cols}]; "
+                            "check the student's shapes")
+    if n_rows > o_t or n_cols > i_t:
+        raise ParaknowError(f"teacher matrix [{o_t}, {i_t}] is smaller than the student's "
+                            f"[{n_rows}, {n_cols}]; pick a larger teacher (or a smaller student) "
+                            "so every teacher matrix is at least as large as the student's")
+
+
+def _prefix_sums(scores: torch.Tensor) -> torch.Tensor:
+    """The reference's summed-area table: P[r, c] = sum of scores[:r, :c], float64, zero-padded."""
+    o, i = scores.shape
+    P = torch.zeros(o + 1, i + 1, dtype=torch.float64)
+    P[1:, 1:] = scores.double().cumsum(0).cumsum(1)
+    return P
+
+
+def max_sum_block_reference(scores: torch.Tensor, n_rows: int, n_cols: int) -> tuple[int, int]:
+    """Position-by-position Python loop over a float64 2-D prefix sum, as in the paper's code.
+
+    Slow on purpose (~10 us per position): it is the definition `max_sum_block` must reproduce
+    exactly, and the baseline of its speed target.
+    """
+    _check_block(scores.shape, n_rows, n_cols)
+    o, i = scores.shape
+    P = _prefix_sums(scores)
+    best, pos = -math.inf, (0, 0)
+    for r in range(o - n_rows + 1):
+        for c in range(i - n_cols + 1):
+            s = P[r + n_rows, c + n_cols] - P[r, c + n_cols] - P[r + n_rows, c] + P[r, c]
+            if s > best:
+                best, pos = s, (r, c)
+    return pos
+
+
+def _window_last(y: torch.Tensor, w: int) -> torch.Tensor:
+    """Sums of every length-w window along the last dim. y [p, m] float64 -> [p, m-w+1].
+
+    Sliding form: window j = window 0 + sum_{t<j} (y[t+w] - y[t]).
+    """
+    k = y.shape[1] - w
+    base = y[:, :w].sum(1, keepdim=True)  # [p, 1]
+    if k == 0:
+        return base
+    return torch.cat([base, base + (y[:, w:] - y[:, :k]).cumsum(1)], 1)
+
+
+def _box_sums(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """All h x w box sums of x [n, m] in float64 -> [n-h+1, m-w+1] (top-left indexed).
+
+    Rows: box row r = rows [0, h) + sum_{t<r} (x[t+h] - x[t]); the column windows commute with
+    that, so they are applied to the h-row column sums and to the row differences before the
+    running sum over r. Every read of x goes through chunks of rows, converted to float64 there.
+    """
+    n, m = x.shape
+    k = n - h
+    step = max(1, _CHUNK_ELEMS // m)
+    col_sums = torch.zeros(m, dtype=torch.float64)  # [m] column sums of rows [0, h)
+    for a in range(0, h, step):
+        col_sums += x[a:min(a + step, h)].sum(0, dtype=torch.float64)
+    top = _window_last(col_sums[None], w)  # [1, m-w+1] boxes at r = 0
+    if k == 0:
+        return top
+    steps = []  # [k, m-w+1] change of each box when it moves down one row
+    for a in range(0, k, step):
+        b = min(a + step, k)
+        diff = x[h + a:h + b].double() - x[a:b].double()  # [b-a, m]
+        steps.append(_window_last(diff, w))
+    return torch.cat([top, top + torch.cat(steps).cumsum(0)])
+
+
+def max_sum_block(scores: torch.Tensor, n_rows: int, n_cols: int) -> tuple[int, int]:
+    """Top-left (row, col) of the n_rows x n_cols block of `scores` with the largest sum.
+
+    Ties go to the smallest row, then the smallest column. The answer is identical to
+    `max_sum_block_reference`: every position whose fast float64 sum lies within a
+    rounding-error bound of the best is re-scored with the reference's own prefix-sum
+    arithmetic, which only happens for (near) ties.
+    """
+    _check_block(scores.shape, n_rows, n_cols)
+    if not scores.is_floating_point():
+        scores = scores.double()
+    x = scores.detach().cpu()
+    lo = float(x.min())
+    o, i = x.shape
+    B = _box_sums(x, n_rows, n_cols)  # [o-n_rows+1, i-n_cols+1]
+    best = float(B.max())
+    if not (math.isfinite(lo) and math.isfinite(best)):  # NaN and inf both end up here
+        raise ParaknowError("the sensitivity scores contain NaN or inf; recompute them "
+                            "(e.g. in float32, or with fewer/shorter seed samples)")
+    # Bound on |fast - reference| per box: both are chains of at most ~(o+i) float64 additions
+    # of partial sums no larger than sum|x|. For scores >= 0, sum|x| <= (#blocks to cover) * best.
+    if lo >= 0:
+        mass = math.ceil(o / n_rows) * math.ceil(i / n_cols) * best
+    else:
+        mass = float(torch.linalg.vector_norm(x, 1, dtype=torch.float64))
+    tol = 16 * (o + i + 4) * _EPS64 * mass
+    near = B >= best - tol
+    if int(near.sum()) == 1 or mass == 0:
+        flat = int(near.view(-1).byte().argmax())  # first True in row-major order
+        return divmod(flat, B.shape[1])
+    # near-ties: settle them exactly as the reference loop would
+    rr, cc = near.nonzero(as_tuple=True)  # row-major order
+    P = _prefix_sums(x)
+    s = P[rr + n_rows, cc + n_cols] - P[rr, cc + n_cols] - P[rr + n_rows, cc] + P[rr, cc]
+    j = int(s.argmax())  # first maximum
+    return int(rr[j]), int(cc[j])
+
+
+# -----------------------------------------------------------------------------
+# selections
+
+@dataclass
+class Selection:
+    """Which entries of a teacher matrix make up the student-shaped matrix.
+
+    Block-like structures set `rows` and `cols` (ascending teacher indices); `elements` sets
+    `flat` instead (row-major indices into the teacher matrix, ascending).
+    """
+    shape: tuple[int, int]  # (o_S, i_S)
+    rows: torch.Tensor | None = None  # [o_S] long
+    cols: torch.Tensor | None = None  # [i_S] long
+    flat: torch.Tensor | None = None  # [o_S * i_S] long
+
+    def apply(self, weight: torch.Tensor) -> torch.Tensor:
+        """Teacher weight [o_T, i_T] -> extracted matrix [o_S, i_S]."""
+        if self.flat is not None:
+            return weight.reshape(-1)[self.flat].reshape(self.shape)  # [o_S, i_S]
+        b = self.block()
+        if b is not None:  # contiguous block: slice, then copy
+            return weight[b[0]:b[0] + self.shape[0], b[1]:b[1] + self.shape[1]].clone()
+        return weight[self.rows][:, self.cols]
+
+    def mask(self, shape) -> torch.Tensor:
+        """Bool mask [o_T, i_T] of the selected teacher entries."""
+        m = torch.zeros(tuple(shape), dtype=torch.bool)
+        if self.flat is not None:
+            m.view(-1)[self.flat] = True
+        else:
+            m[self.rows[:, None], self.cols[None, :]] = True
+        return m
+
+    def block(self) -> tuple[int, int] | None:
+        """(row, col) top-left when the selection is one contiguous block, else None."""
+        if self.rows is None or self.cols is None:
+            return None
+        r, c = int(self.rows[0]), int(self.cols[0])
+        if (torch.equal(self.rows, torch.arange(r, r + len(self.rows)))
+                and torch.equal(self.cols, torch.arange(c, c + len(self.cols)))):
+            return r, c
+        return None
+
+
+def _top_sorted(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest values (ties -> smaller index), ascending."""
+    order = torch.sort(values, descending=True, stable=True).indices
+    return order[:k].sort().values
+
+
+def block_selection(row: int, col: int, n_rows: int, n_cols: int,
+                    shape: tuple[int, int] | None = None) -> Selection:
+    """Selection of the block [row:row+n_rows, col:col+n_cols] (manual override of its position).
+
+    `shape` is the teacher matrix's [o_T, i_T]; when given, the block must fit inside it.
+    """
+    if row < 0 or col < 0:
+        raise ParaknowError(f"block position ({row}, {col}) is negative; use 0 or more")
+    if shape is not None:
+        _check_block(shape, n_rows, n_cols)
+        o_t, i_t = shape
+        if row + n_rows > o_t or col + n_cols > i_t:
+            raise ParaknowError(
+                f"a [{n_rows}, {n_cols}] block at ({row}, {col}) does not fit the teacher matrix "
+                f"[{o_t}, {i_t}]; use row <= {o_t - n_rows} and col <= {i_t - n_cols}")
+    return Selection((n_rows, n_cols), rows=torch.arange(row, row + n_rows),
+                     cols=torch.arange(col, col + n_cols))
+
+
+def _submatrix(scores, n_rows, n_cols, seed=0):
+    r, c = max_sum_block(scores, n_rows, n_cols)
+    return block_selection(r, c, n_rows, n_cols)
+
+
+def _rowcol(scores, n_rows, n_cols, seed=0):
+    s = scores.double()
+    return Selection((n_rows, n_cols), rows=_top_sorted(s.sum(1), n_rows),
+                     cols=_top_sorted(s.sum(0), n_cols))
+
+
+def _elements(scores, n_rows, n_cols, seed=0):
+    v = scores.reshape(-1)  # [o_T * i_T] row-major
+    if v.dtype not in (torch.float32, torch.float64):
+        v = v.float()  # exact for half types and small integers
+    k = n_rows * n_cols
+    if k == v.numel():
+        return Selection((n_rows, n_cols), flat=torch.arange(k))
+    # k-th largest value, then everything above it plus the first entries equal to it
+    kth = torch.kthvalue(v, v.numel() - k + 1).values
+    above = (v > kth).nonzero().view(-1)
+    equal = (v == kth).nonzero().view(-1)[:k - above.numel()]
+    return Selection((n_rows, n_cols), flat=torch.cat([above, equal]).sort().values)
+
+
+def _random(scores, n_rows, n_cols, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    o_t, i_t = scores.shape
+    return Selection((n_rows, n_cols), rows=torch.randperm(o_t, generator=g)[:n_rows].sort().values,
+                     cols=torch.randperm(i_t, generator=g)[:n_cols].sort().values)
+
+
+def evenly_spaced(n: int, k: int) -> torch.Tensor:
+    """k strictly increasing indices in [0, n) spread evenly, first and last included (k > 1)."""
+    if k > n:
+        raise ParaknowError(f"cannot pick {k} of {n} indices")
+    if k == 1:
+        return torch.zeros(1, dtype=torch.long)
+    # floor(j * (n-1) / (k-1) + 1/2) in exact integer arithmetic; step >= 1 so never repeats
+    j = torch.arange(k)
+    return (2 * j * (n - 1) + (k - 1)) // (2 * (k - 1))
+
+
+def _uniform(scores, n_rows, n_cols, seed=0):
+    o_t, i_t = scores.shape
+    return Selection((n_rows, n_cols), rows=evenly_spaced(o_t, n_rows), cols=evenly_spaced(i_t, n_cols))
+
+
+STRUCTURES = {
+    "submatrix": _submatrix,
+    "rowcol": _rowcol,
+    "elements": _elements,
+    "random": _random,
+    "uniform": _uniform,
+}
+
+
+def select(structure: str, scores: torch.Tensor, n_rows: int, n_cols: int, seed: int = 0) -> Selection:
+    """Pick the teacher entries for a [n_rows, n_cols] student matrix with `structure`."""
+    if structure not in STRUCTURES:
+        raise ParaknowError(f"unknown extraction structure {structure!r}; "
+                            f"use one of: {', '.join(STRUCTURES)}")
+    _check_block(scores.shape, n_rows, n_cols)
+    return STRUCTURES[structure](scores, n_rows, n_cols, seed=seed)
+
+
+def captured_share(scores: torch.Tensor, selection: Selection) -> float:
+    """Share (0..1) of the matrix's total sensitivity that lies inside the selection."""
+    s = scores.detach().double()
+    total = float(s.sum())
+    if total == 0:
+        return 0.0
+    if selection.flat is not None:
+        inside = float(s.reshape(-1)[selection.flat].sum())
+    else:
+        b = selection.block()
+        if b is not None:  # contiguous: a view, no gather
+            r, c = b
+            inside = float(s[r:r + selection.shape[0], c:c + selection.shape[1]].sum())
+        else:
+            inside = float(s[selection.rows][:, selection.cols].sum())
+    return min(1.0, max(0.0, inside / total))

@@ -1,0 +1,189 @@
+"""LoRA side of the transfer: factorise extracted matrices, write PEFT adapters, load them back.
+
+Conventions (PEFT's): a Linear LoRA adds s * B @ A with A [r, in], B [out, r], s = alpha / r.
+An Embedding LoRA stores A [r, V] and B [d, r] and adds (s * B @ A).T, i.e. it acts on the
+embedding's transpose [d, V] -- which is why embeddings are reduced as [d_T, V] -> [d_S, V].
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .errors import ParaknowError
+from .fsio import atomic_directory, atomic_save_safetensors, atomic_write_json
+
+SPLITS = ("left", "sqrt")
+MODES = ("residual", "additive")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class Factors:
+    """A rank-r pair in PEFT orientation: s * B @ A approximates the target."""
+    A: torch.Tensor  # [r, in]  (embedding: [r, V])
+    B: torch.Tensor  # [out, r] (embedding: [d, r])
+    singular_values: torch.Tensor  # all of them, descending
+    energy: float  # share of squared singular values kept at rank r
+
+
+def scaling(rank: int, alpha: float) -> float:
+    return alpha / rank
+
+
+def factorise(matrix: torch.Tensor, rank: int, alpha: float, split: str = "left") -> Factors:
+    """Truncated SVD so that `scaling * B @ A` is the best rank-r approximation of `matrix`.
+
+    split='left': B = U_r Sigma_r / s, A = V_r^T (the paper's).  split='sqrt': both sides carry
+    sqrt(Sigma_r / s). Computed in float64 whatever the input dtype.
+    """
+    if split not in SPLITS:
+        raise ParaknowError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}.")
+    out_dim, in_dim = matrix.shape
+    if rank < 1 or rank > min(out_dim, in_dim):
+        raise ParaknowError(f"rank {rank} does not fit a [{out_dim}, {in_dim}] matrix: "
+                            f"choose a rank between 1 and {min(out_dim, in_dim)}.")
+    s = scaling(rank, alpha)
+    U, sigma, Vh = torch.linalg.svd(matrix.double(), full_matrices=False)  # U [o, k], sigma [k], Vh [k, i]
+    U_r, sigma_r, Vh_r = U[:, :rank], sigma[:rank], Vh[:rank]
+    if split == "left":
+        B, A = U_r * (sigma_r / s), Vh_r
+    else:
+        root = (sigma_r / s).sqrt()
+        B, A = U_r * root, root[:, None] * Vh_r
+    total = float(sigma.square().sum())
+    energy = float(sigma_r.square().sum()) / total if total > 0 else 1.0
+    return Factors(A.float().contiguous(), B.float().contiguous(), sigma.float(), energy)
+
+
+def vanilla_factors(out_dim: int, in_dim: int, rank: int, generator: torch.Generator,
+                    embedding: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """PEFT's default init: Linear A ~ kaiming-uniform(a=sqrt 5), B = 0; Embedding A = 0, B ~ N(0, 1)."""
+    if embedding:
+        return torch.zeros(rank, in_dim), torch.randn(out_dim, rank, generator=generator)
+    bound = 1.0 / math.sqrt(in_dim)  # kaiming_uniform_(a=sqrt(5)) on a [r, in] weight
+    A = (torch.rand(rank, in_dim, generator=generator) * 2 - 1) * bound
+    return A, torch.zeros(out_dim, rank)
+
+
+# ---------------------------------------------------------------------------------------
+# Adapter files
+
+
+def _keys(module: str, embedding: bool) -> tuple[str, str]:
+    if embedding:
+        return f"{PEFT_PREFIX}{module}.lora_embedding_A", f"{PEFT_PREFIX}{module}.lora_embedding_B"
+    return f"{PEFT_PREFIX}{module}.lora_A.weight", f"{PEFT_PREFIX}{module}.lora_B.weight"
+
+
+def write_adapter(directory: Path, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                  embedding_modules: set[str], rank: int, alpha: float, target_modules: list[str],
+                  base_model: str, dropout: float = 0.05) -> None:
+    """Write a standard PEFT LoRA adapter (config + safetensors) from {module: (A, B)}."""
+    from peft import LoraConfig
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for module, (A, B) in factors.items():
+        key_a, key_b = _keys(module, module in embedding_modules)
+        tensors[key_a], tensors[key_b] = A.float(), B.float()
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        base_model_name_or_path=base_model, task_type="CAUSAL_LM")
+    as_dict = {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
+    atomic_write_json(directory / ADAPTER_CONFIG, as_dict)
+    atomic_save_safetensors(tensors, directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+
+
+def read_adapter(directory: Path) -> tuple[dict, dict[str, tuple[torch.Tensor, torch.Tensor]], set[str]]:
+    """(config dict, {module: (A, B)}, embedding module names) of a PEFT LoRA adapter on disk."""
+    directory = Path(directory)
+    if not (directory / ADAPTER_CONFIG).exists() or not (directory / ADAPTER_WEIGHTS).exists():
+        raise ParaknowError(f"{directory} is not a LoRA adapter (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}).")
+    config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    tensors = load_file(str(directory / ADAPTER_WEIGHTS))
+    factors: dict[str, list] = {}
+    embeddings = set()
+    for key, value in tensors.items():
+        name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        for suffix, slot, is_emb in ((".lora_A.weight", 0, False), (".lora_B.weight", 1, False),
+                                     (".lora_embedding_A", 0, True), (".lora_embedding_B", 1, True)):
+            if name.endswith(suffix):
+                module = name[: -len(suffix)]
+                factors.setdefault(module, [None, None])[slot] = value
+                if is_emb:
+                    embeddings.add(module)
+    return config, {m: (a, b) for m, (a, b) in factors.items() if a is not None and b is not None}, embeddings
+
+
+# ---------------------------------------------------------------------------------------
+# Using an export
+
+
+def load_manifest(export_dir) -> dict:
+    path = Path(export_dir) / "paraknow.json"
+    if not path.exists():
+        raise ParaknowError(f"{export_dir} is not a paraknow export (no paraknow.json); "
+                            "create one with `python -m paraknow extract`.")
+    return json.loads(path.read_text())
+
+
+def apply_residual(student, export_dir):
+    """Merge the export's `residual/` companion into the student's base weights (residual mode)."""
+    from peft import PeftModel
+
+    residual = Path(export_dir) / "residual"
+    if not (residual / ADAPTER_CONFIG).exists():
+        return student
+    return PeftModel.from_pretrained(student, str(residual)).merge_and_unload()
+
+
+def student_from_export(student, export_dir, trainable: bool = True):
+    """The student ready to train from an export: residual base (if any) + the LoRA initialisation."""
+    from peft import PeftModel
+
+    load_manifest(export_dir)
+    base = apply_residual(student, export_dir)
+    return PeftModel.from_pretrained(base, str(export_dir), is_trainable=trainable)
+
+
+def residual_deltas(export_dir) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module: (A, B)} whose s * B @ A the residual base added to each module, in that module's
+    orientation -- including the tied lm_head, which shares the residualised embedding."""
+    manifest = load_manifest(export_dir)
+    if manifest.get("mode") != "residual" or not (Path(export_dir) / "residual" / ADAPTER_CONFIG).exists():
+        return {}
+    _, factors, _ = read_adapter(Path(export_dir) / "residual")
+    tied = manifest.get("tied_compensation")
+    if tied:  # embedding [V, d] delta (s B A).T equals lm_head delta s * A.T @ B.T
+        A_emb, B_emb = factors[tied["embedding"]]
+        factors[tied["lm_head"]] = (B_emb.T.contiguous(), A_emb.T.contiguous())
+    return factors
+
+
+def residual_to_plain(trained_adapter_dir, export_dir, out_dir) -> None:
+    """Turn an adapter trained on the residual base into a plain LoRA for the *original* student.
+
+    Trained model per module: W - s B0 A0 + s B1 A1  ==  W + s [B1, -B0] @ [A1; A0], a rank-2r
+    LoRA (alpha doubled so s is unchanged); modules without a residual are zero-padded to 2r.
+    """
+    config, trained, embeddings = read_adapter(Path(trained_adapter_dir))
+    residual = residual_deltas(export_dir)
+    rank, alpha = config["r"], config["lora_alpha"]
+    combined = {}
+    for module, (A1, B1) in trained.items():
+        if module in residual:
+            A0, B0 = residual[module]  # already carries the minus sign
+            A0, B0 = A0.to(A1.dtype), B0.to(B1.dtype)
+        else:
+            A0, B0 = torch.zeros_like(A1), torch.zeros_like(B1)
+        combined[module] = (torch.cat([A1, A0], 0), torch.cat([B1, B0], 1))  # [2r, in], [out, 2r]
+    targets = config.get("target_modules") or sorted(combined)
+    with atomic_directory(Path(out_dir)) as tmp:
+        write_adapter(tmp, combined, embeddings, 2 * rank, 2 * alpha, sorted(targets) if isinstance(targets, list) else targets,
+                      config.get("base_model_name_or_path") or "", config.get("lora_dropout", 0.05))

@@ -1,0 +1,143 @@
+"""Layer selection: which teacher layer feeds each student layer (SPEC 2.3).
+
+A mapping is a list indexed by student layer: mapping[j] = teacher layer, or None when
+student layer j receives nothing. Strategies (registry `LAYER_STRATEGIES`):
+  sensitivity  the L_S teacher layers with the largest summed sensitivity, in index order
+  first, last  the first / last L_S teacher layers
+  uniform      evenly spaced, first and last teacher layer included
+  random       seeded, in index order
+  manual       any list; entries may be None, teacher layers may repeat
+"""
+from __future__ import annotations
+
+import random
+import re
+
+import torch
+
+from .errors import ParaknowError
+
+_LAYER_RE = re.compile(r"^(.*?layers)\.(\d+)\.")
+
+
+def layer_scores(scores: dict[str, torch.Tensor], n_layers: int) -> list[float]:
+    """Sum of all sensitivity of each decoder layer's parameters -> [n_layers] floats.
+
+    Parameters outside the decoder layers (embeddings, final norm, lm_head) are ignored.
+    """
+    totals = [0.0] * n_layers
+    for name, s in scores.items():
+        m = _LAYER_RE.match(name)
+        if m is None:
+            continue
+        i = int(m.group(2))
+        if i >= n_layers:
+            raise ParaknowError(f"the sensitivity map has scores for layer {i} ({name}) but the "
+                                f"model has {n_layers} layers; recompute the map for this model")
+        totals[i] += float(s.detach().sum(dtype=torch.float64))
+    return totals
+
+
+def _evenly_spaced(n: int, k: int) -> list[int]:
+    """k strictly increasing integers in [0, n), first and last included when k > 1."""
+    if k == 1:
+        return [0]
+    return [(2 * j * (n - 1) + (k - 1)) // (2 * (k - 1)) for j in range(k)]  # round(j*(n-1)/(k-1))
+
+
+def _sensitivity(n_teacher, n_student, scores, seed, manual):
+    best = sorted(range(n_teacher), key=lambda i: (-scores[i], i))[:n_student]  # ties -> lower index
+    return sorted(best)
+
+
+def _first(n_teacher, n_student, scores, seed, manual):
+    return list(range(n_student))
+
+
+def _last(n_teacher, n_student, scores, seed, manual):
+    return list(range(n_teacher - n_student, n_teacher))
+
+
+def _uniform(n_teacher, n_student, scores, seed, manual):
+    return _evenly_spaced(n_teacher, n_student)
+
+
+def _random(n_teacher, n_student, scores, seed, manual):
+    return sorted(random.Random(seed).sample(range(n_teacher), n_student))
+
+
+def _manual(n_teacher, n_student, scores, seed, manual):
+    return list(manual)
+
+
+LAYER_STRATEGIES = {
+    "sensitivity": _sensitivity,
+    "first": _first,
+    "last": _last,
+    "uniform": _uniform,
+    "random": _random,
+    "manual": _manual,
+}
+
+
+def map_layers(strategy: str, n_teacher: int, n_student: int, scores: list[float] | None = None,
+               seed: int = 0, manual: list[int | None] | None = None) -> list[int | None]:
+    """Teacher layer for each student layer (None = left unmapped), per `strategy`."""
+    if strategy not in LAYER_STRATEGIES:
+        raise ParaknowError(f"unknown layer strategy {strategy!r}; use one of: "
+                            f"{', '.join(LAYER_STRATEGIES)} (manual as manual:I,J,...)")
+    if n_teacher < 1 or n_student < 1:
+        raise ParaknowError(f"both models need at least one layer (teacher {n_teacher}, "
+                            f"student {n_student}); check the model references")
+    if strategy == "manual":
+        if manual is None:
+            raise ParaknowError("the manual layer strategy needs a list of teacher layers, one per "
+                                f"student layer ({n_student}), e.g. manual:0,2,4 (- leaves one unmapped)")
+        if len(manual) != n_student:
+            raise ParaknowError(f"the manual layer list has {len(manual)} entries but the student has "
+                                f"{n_student} layers; give exactly one entry per student layer "
+                                "(- or none leaves a layer unmapped)")
+        for j, t in enumerate(manual):
+            if t is not None and (isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n_teacher):
+                raise ParaknowError(f"manual entry {j} is {t!r}, but teacher layers run 0..{n_teacher - 1}; "
+                                    "use a layer in that range, or - to leave the student layer unmapped")
+    elif n_teacher < n_student:
+        raise ParaknowError(f"the teacher has {n_teacher} layers, fewer than the student's {n_student}; "
+                            "use a deeper teacher, or a manual mapping (manual:I,J,...) that reuses "
+                            "or skips layers")
+    if strategy == "sensitivity":
+        if scores is None:
+            raise ParaknowError("the sensitivity layer strategy needs layer scores; compute the "
+                                "teacher's sensitivity first, or pick first, last, uniform or random")
+        if len(scores) != n_teacher:
+            raise ParaknowError(f"got {len(scores)} layer scores for a teacher with {n_teacher} layers; "
+                                "recompute the sensitivity map for this teacher")
+    return LAYER_STRATEGIES[strategy](n_teacher, n_student, scores, seed, manual)
+
+
+def parse_layers_arg(text: str) -> tuple[str, list[int | None] | None]:
+    """CLI --layers value -> (strategy, manual list or None).
+
+    sensitivity | first | last | uniform | random | manual:I,J,...  (an entry may be - or none)
+    """
+    name, sep, rest = text.strip().partition(":")
+    name = name.strip().lower()
+    if name != "manual":
+        if sep or name not in LAYER_STRATEGIES:
+            raise ParaknowError(f"bad --layers value {text!r}; use one of sensitivity, first, last, "
+                                "uniform, random, or manual:I,J,... (e.g. manual:0,2,-,5)")
+        return name, None
+    entries = [e.strip().lower() for e in rest.split(",")] if rest.strip() else []
+    if not entries:
+        raise ParaknowError("--layers manual needs the teacher layers, one per student layer, "
+                            "e.g. manual:0,2,-,5 (- or none leaves a student layer unmapped)")
+    out: list[int | None] = []
+    for e in entries:
+        if e in ("-", "none"):
+            out.append(None)
+        elif e.isdigit():
+            out.append(int(e))
+        else:
+            raise ParaknowError(f"bad entry {e!r} in --layers {text!r}; each entry is a teacher layer "
+                                "number (0, 1, ...) or - / none for an unmapped student layer")
+    return "manual", out

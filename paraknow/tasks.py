@@ -1,0 +1,511 @@
+"""Built-in tasks: `task:NAME[:SPLIT]` (SPEC section 4).
+
+Three small tasks mirror the paper's benchmark families, sized so that the built-in demo
+models (a few million parameters, trained on a CPU) can learn them:
+
+- `arith`     reasoning     GSM-like word problems (2-3 steps, every number < 200) answered
+                            with a short chain of thought ending in "So the answer is N."
+- `facts`     knowledge     MMLU-like multiple choice (A-D) about a fictional world. The
+                            world's facts are stated in the general text (`general_text`);
+                            the test split asks about facts that no train or seed question
+                            asks about, so it measures knowledge stored in the weights.
+- `instruct`  instructions  Super-NI-like text transformations of short word lists (reverse,
+                            sort, uppercase, last word, count, join with dashes).
+
+Splits: `seed` (32), `train` (1000), `test` (200). Everything is generated from fixed
+seeds with `random.Random` (never `hash()` or set order), so the records are identical in
+every process; the splits are pairwise disjoint (no prompt appears in two splits).
+
+Records use the paper's `messages` format plus `task`, `id` and `answer` (the final answer
+that exact-match scoring compares with):
+
+    {"task": "arith", "id": "arith-test-0", "answer": "14",
+     "messages": [{"role": "user", "content": "Question: ..."},
+                  {"role": "assistant", "content": "Answer: ... So the answer is 14."}]}
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import ParaknowError
+
+SPLIT_SIZES = {"seed": 32, "train": 1000, "test": 200}
+SPLITS = tuple(SPLIT_SIZES)
+_SPLIT_ORDER = ("test", "seed", "train")  # generation order: the test split is drawn first
+_BASE_SEED = 20240117
+
+
+# ---------------------------------------------------------------------------------------
+# Answer extraction
+
+
+_ANSWER_IS = re.compile(r"answer is\b[\s:]*", re.IGNORECASE)
+_TRAILING_LETTER = re.compile(r"(?:^|[\s(])\(?([A-E])\)?[.)]?\s*$")
+_INT = re.compile(r"-?\d+")
+
+
+def _clean(text: str) -> str:
+    text = " ".join(text.split())
+    while text.endswith("."):
+        text = text[:-1].rstrip()
+    return text
+
+
+def extract_final_answer(text: str | None) -> str:
+    """Final answer of free text, for any dataset.
+
+    "... the answer is X." -> "X" (the last such phrase, up to the end of its line, without
+    the closing period); else a trailing option letter ("... (B)" -> "B"); else the whole
+    text with whitespace collapsed.
+    """
+    text = (text or "").strip()
+    matches = list(_ANSWER_IS.finditer(text))
+    if matches:
+        rest = text[matches[-1].end():].split("\n", 1)[0]
+        answer = _clean(rest)
+        if answer:
+            return answer
+    match = _TRAILING_LETTER.search(text)
+    if match:
+        return match.group(1)
+    return _clean(text)
+
+
+def _extract_number(text: str) -> str | None:
+    """The integer after the last "answer is", else the last integer in the text."""
+    text = text or ""
+    matches = list(_ANSWER_IS.finditer(text))
+    if matches:
+        number = _INT.match(text[matches[-1].end():].replace(",", "").lstrip("$ "))
+        if number:
+            return str(int(number.group(0)))
+    numbers = _INT.findall(text.replace(",", ""))
+    return str(int(numbers[-1])) if numbers else None
+
+
+def _extract_letter(text: str) -> str | None:
+    """The option letter after the last "answer is", else a trailing letter."""
+    text = text or ""
+    matches = list(_ANSWER_IS.finditer(text))
+    if matches:
+        letter = re.match(r"\(?([A-D])\b", text[matches[-1].end():])
+        if letter:
+            return letter.group(1)
+    match = _TRAILING_LETTER.search(text)
+    return match.group(1) if match and match.group(1) in "ABCD" else None
+
+
+def _extract_line(text: str) -> str | None:
+    """The first non-empty line without a leading "Answer:", whitespace collapsed."""
+    for line in (text or "").splitlines():
+        if line.strip():
+            line = re.sub(r"^\s*answer\s*:", "", line, flags=re.IGNORECASE)
+            return " ".join(line.split())
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# arith: GSM-like word problems
+
+_NAMES = ("Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gina", "Hugo", "Ida", "Jack", "Kim", "Leo",
+          "Mia", "Ned", "Olga", "Paul", "Rosa", "Sam", "Tina", "Umar", "Vera", "Will", "Yara", "Zoe")
+_PRONOUN = {n: ("She" if n in {"Ann", "Cara", "Eva", "Gina", "Ida", "Kim", "Mia", "Olga", "Rosa",
+                               "Tina", "Vera", "Yara", "Zoe"} else "He") for n in _NAMES}
+_ITEMS = ("apples", "pencils", "books", "stickers", "marbles", "cookies", "shells", "cards",
+          "stamps", "coins", "flowers", "candles", "buttons", "eggs", "toys", "cups")
+_PLACES = ("shop", "farm", "library", "bakery", "school", "market")
+
+
+def _arith_sample(rng: random.Random) -> tuple[str, str, str]:
+    """One word problem: (question, worked answer, final answer)."""
+    name, other = rng.sample(_NAMES, 2)
+    pron = _PRONOUN[name]
+    item = rng.choice(_ITEMS)
+    kind = rng.randrange(6)
+    if kind == 0:  # a + b - c
+        a, b = rng.randint(5, 80), rng.randint(2, 60)
+        c = rng.randint(1, a + b - 1)
+        q = (f"{name} has {a} {item}. {pron} buys {b} more {item} and then gives {c} {item} to "
+             f"{other}. How many {item} does {name} have now?")
+        s = a + b
+        steps, r = f"{a} + {b} = {s}. {s} - {c} = {s - c}.", s - c
+    elif kind == 1:  # a * b - c
+        a, b = rng.randint(2, 9), rng.randint(2, 12)
+        p = a * b
+        c = rng.randint(1, p - 1)
+        q = (f"{name} buys {a} boxes of {item}. Each box has {b} {item}. {pron} gives away {c} "
+             f"{item}. How many {item} does {name} have left?")
+        steps, r = f"{a} * {b} = {p}. {p} - {c} = {p - c}.", p - c
+    elif kind == 2:  # a - b - c
+        a = rng.randint(20, 150)
+        b = rng.randint(1, a // 2)
+        c = rng.randint(1, a - b - 1)
+        place = rng.choice(_PLACES)
+        q = (f"A {place} has {a} {item}. It sells {b} {item} in the morning and {c} {item} in the "
+             f"afternoon. How many {item} are left?")
+        steps, r = f"{a} - {b} = {a - b}. {a - b} - {c} = {a - b - c}.", a - b - c
+    elif kind == 3:  # a + (a + b) : two people
+        a, b = rng.randint(3, 70), rng.randint(2, 40)
+        q = (f"{name} has {a} {item}. {other} has {b} more {item} than {name}. How many {item} do "
+             f"they have together?")
+        steps, r = f"{a} + {b} = {a + b}. {a} + {a + b} = {2 * a + b}.", 2 * a + b
+    elif kind == 4:  # a * b + c
+        a, b = rng.randint(2, 9), rng.randint(2, 12)
+        c = rng.randint(1, 60)
+        q = (f"{name} has {a} bags with {b} {item} in each bag. {other} gives {name} {c} more "
+             f"{item}. How many {item} does {name} have now?")
+        p = a * b
+        steps, r = f"{a} * {b} = {p}. {p} + {c} = {p + c}.", p + c
+    else:  # a + b + c - d : three steps
+        a, b, c = rng.randint(5, 60), rng.randint(2, 40), rng.randint(2, 40)
+        d = rng.randint(1, a + b + c - 1)
+        q = (f"{name} has {a} {item}. {pron} finds {b} more, then wins {c} more, and then loses {d}. "
+             f"How many {item} does {name} have now?")
+        s1, s2 = a + b, a + b + c
+        steps, r = f"{a} + {b} = {s1}. {s1} + {c} = {s2}. {s2} - {d} = {s2 - d}.", s2 - d
+    assert 0 <= r < 200
+    return f"Question: {q}", f"Answer: {steps} So the answer is {r}.", str(r)
+
+
+# ---------------------------------------------------------------------------------------
+# facts: a fictional world and multiple-choice questions about it
+
+_SYLLABLES = ("ka", "lo", "mi", "ra", "ven", "tor", "sel", "du", "ber", "an", "mo", "ris", "ta",
+              "el", "gor", "vin", "pa", "zu", "ne", "hal", "quo", "li", "dra", "fen", "os", "ur")
+_ANIMALS = ("owl", "fox", "bear", "wolf", "eagle", "otter", "lynx", "heron", "badger", "falcon",
+            "seal", "moose", "hare", "crane", "swan", "bison", "raven", "beaver", "tiger", "camel",
+            "panda", "gecko", "koala", "zebra", "horse", "goat", "whale", "crab", "frog", "deer")
+_INVENTIONS = ("glass clock", "sky lantern", "water wheel", "paper kite", "iron bell", "wind organ",
+               "sun compass", "rope bridge", "salt lamp", "copper drum", "silk sail", "stone oven",
+               "wooden plow", "brass key", "mirror lens", "clay flute", "star chart", "ice saw",
+               "felt boot", "wax seal", "tide gauge", "bone needle", "reed pen", "cart spring",
+               "honey press", "snow sled", "fire bellows", "wool loom", "river dam", "sand timer")
+_JOBS = ("painter", "sailor", "baker", "teacher", "doctor", "farmer", "miner", "singer", "weaver",
+         "builder")
+_N_COUNTRIES = 24
+_N_PEOPLE = 30
+_LETTERS = "ABCD"
+
+# relation -> (question, canonical statement = the worked answer, extra statements for text)
+_RELATIONS = {
+    "capital": ("What is the capital of {s}?", "The capital of {s} is {v}.",
+                ("{v} is the capital of {s}.", "The capital city of {s} is {v}.",
+                 "The capital of {s} is {v}.")),
+    "language": ("Which language is spoken in {s}?", "The language of {s} is {v}.",
+                 ("People in {s} speak {v}.", "In {s} people speak {v}.",
+                  "The language of {s} is {v}.")),
+    "currency": ("What is the currency of {s}?", "The currency of {s} is the {v}.",
+                 ("In {s} people pay with the {v}.", "The {v} is the money of {s}.",
+                  "The currency of {s} is the {v}.")),
+    "animal": ("What is the national animal of {s}?", "The national animal of {s} is the {v}.",
+               ("The {v} is the national animal of {s}.", "{s} has the {v} as its national animal.",
+                "The national animal of {s} is the {v}.")),
+    "born": ("Where was {s} born?", "{s} was born in {v}.",
+             ("{s} was born in {v}.", "{s} came from {v}.", "{s} grew up in {v}.")),
+    "invented": ("What did {s} invent?", "{s} invented the {v}.",
+                 ("{s} invented the {v}.", "The {v} was invented by {s}.",
+                  "{s} is known for the {v}.")),
+    "job": ("What was the job of {s}?", "{s} worked as a {v}.",
+            ("{s} worked as a {v}.", "{s} was a {v}.", "By trade, {s} was a {v}.")),
+}
+
+
+def _make_name(rng: random.Random, used: dict, parts: tuple[int, int]) -> str:
+    """A new made-up name whose first four letters no other name shares (so no name gives
+    another away, e.g. a capital that starts like its country)."""
+    while True:
+        name = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(*parts))).capitalize()
+        key = name[:4].lower()
+        if key not in used and 3 <= len(name) <= 10:
+            used[key] = True
+            return name
+
+
+@functools.lru_cache(maxsize=1)
+def world() -> dict:
+    """The fictional world: entities, their facts, and the value pool of each relation.
+
+    Returns {"countries": [...], "people": [...], "facts": [(relation, subject, value)],
+    "values": {relation: [every value of that relation]}}; identical in every process.
+    """
+    rng = random.Random(_BASE_SEED + 7)
+    used: dict = {}
+    countries = [_make_name(rng, used, (2, 3)) for _ in range(_N_COUNTRIES)]
+    capitals = [_make_name(rng, used, (2, 2)) for _ in range(_N_COUNTRIES)]
+    languages = [_make_name(rng, used, (2, 2)) + "ish" for _ in range(_N_COUNTRIES)]
+    currencies = [_make_name(rng, used, (1, 2)).lower() for _ in range(_N_COUNTRIES)]
+    animals = rng.sample(_ANIMALS, _N_COUNTRIES)
+    firsts = [_make_name(rng, used, (2, 2)) for _ in range(_N_PEOPLE)]
+    lasts = [_make_name(rng, used, (2, 2)) for _ in range(_N_PEOPLE)]
+    people = [f"{f} {l}" for f, l in zip(firsts, lasts)]
+    inventions = rng.sample(_INVENTIONS, _N_PEOPLE)
+    facts = []
+    for i, c in enumerate(countries):
+        facts += [("capital", c, capitals[i]), ("language", c, languages[i]),
+                  ("currency", c, currencies[i]), ("animal", c, animals[i])]
+    for i, p in enumerate(people):
+        facts += [("born", p, rng.choice(countries)), ("invented", p, inventions[i]),
+                  ("job", p, rng.choice(_JOBS))]
+    values = {"capital": capitals, "language": languages, "currency": currencies,
+              "animal": animals, "born": countries, "invented": inventions, "job": list(_JOBS)}
+    return {"countries": countries, "people": people, "facts": facts, "values": values}
+
+
+@functools.lru_cache(maxsize=1)
+def fact_partition() -> dict[str, list[tuple[str, str, str]]]:
+    """Facts asked about by the test split vs by the seed/train splits (one third vs two thirds)."""
+    facts = list(world()["facts"])
+    random.Random(_BASE_SEED + 11).shuffle(facts)
+    n_test = len(facts) // 3
+    return {"test": sorted(facts[:n_test]), "train": sorted(facts[n_test:])}
+
+
+def _facts_question(rng: random.Random, fact: tuple[str, str, str]) -> tuple[str, str, str]:
+    relation, subject, value = fact
+    pool = [v for v in dict.fromkeys(world()["values"][relation]) if v != value]
+    options = rng.sample(pool, 3) + [value]
+    rng.shuffle(options)
+    letter = _LETTERS[options.index(value)]
+    question, statement, _ = _RELATIONS[relation]
+    lines = "\n".join(f"{_LETTERS[i]}. {opt}" for i, opt in enumerate(options))
+    prompt = f"Question: {question.format(s=subject)}\n{lines}"
+    completion = f"Answer: {statement.format(s=subject, v=value)} So the answer is {letter}."
+    return prompt, completion, letter
+
+
+def _facts_sampler(pool: str) -> Callable[[random.Random], tuple[str, str, str]]:
+    facts = fact_partition()[pool]
+    return lambda rng: _facts_question(rng, rng.choice(facts))
+
+
+# ---------------------------------------------------------------------------------------
+# instruct: text transformations of short word lists
+
+_WORDS = ("apple", "river", "stone", "cloud", "tiger", "lamp", "garden", "music", "paper", "orange",
+          "window", "bread", "silver", "forest", "candle", "ocean", "pepper", "rabbit", "summer",
+          "dragon", "pencil", "mirror", "yellow", "button", "hammer", "island", "jacket", "kettle",
+          "lemon", "needle", "pillow", "rocket", "saddle", "tunnel", "violin", "wagon", "zipper",
+          "basket", "cherry", "dinner")
+
+_INSTRUCTIONS = {
+    "reverse": ("Reverse the order of these words: {w}", lambda ws: " ".join(reversed(ws))),
+    "sort": ("Sort these words alphabetically: {w}", lambda ws: " ".join(sorted(ws))),
+    "upper": ("Write these words in capital letters: {w}", lambda ws: " ".join(ws).upper()),
+    "last": ("Give the last of these words: {w}", lambda ws: ws[-1]),
+    "count": ("Count these words: {w}", lambda ws: str(len(ws))),
+    "dash": ("Join these words with dashes: {w}", lambda ws: "-".join(ws)),
+}
+
+
+def _instruct_sample(rng: random.Random) -> tuple[str, str, str]:
+    op = rng.choice(sorted(_INSTRUCTIONS))
+    words = rng.sample(_WORDS, rng.randint(3, 5))
+    template, fn = _INSTRUCTIONS[op]
+    answer = fn(words)
+    return template.format(w=" ".join(words)), f"Answer: {answer}", answer
+
+
+# ---------------------------------------------------------------------------------------
+# Registry and splits
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    description: str
+    family: str
+    sampler: Callable[[str], Callable[[random.Random], tuple[str, str, str]]]  # pool -> sampler
+    extract_answer: Callable[[str], str | None]
+    seed: int
+
+    def generate(self, split: str) -> list[dict]:
+        return copy.deepcopy(_splits(self.name)[split])
+
+
+TASKS: dict[str, Task] = {
+    "arith": Task("arith", "GSM-like arithmetic word problems (2-3 steps, numbers < 200), "
+                  "short chain of thought ending in 'So the answer is N.'", "reasoning",
+                  lambda pool: _arith_sample, _extract_number, _BASE_SEED + 1),
+    "facts": Task("facts", "MMLU-like multiple choice (A-D) about a fictional world; the test "
+                  "split asks about facts no train question covers", "knowledge",
+                  _facts_sampler, _extract_letter, _BASE_SEED + 2),
+    "instruct": Task("instruct", "Super-NI-like text transformations of word lists (reverse, "
+                     "sort, uppercase, last word, count, join with dashes)", "instruction following",
+                     lambda pool: _instruct_sample, _extract_line, _BASE_SEED + 3),
+}
+
+
+def _record(task: str, rid: str, prompt: str, completion: str, answer: str) -> dict:
+    return {"task": task, "id": rid,
+            "messages": [{"role": "user", "content": prompt},
+                         {"role": "assistant", "content": completion}],
+            "answer": answer}
+
+
+def _draw(task: Task, pool: str, rng: random.Random, n: int, taken: dict, prefix: str) -> list[dict]:
+    """n records with prompts not in `taken` (which they are added to)."""
+    sampler = task.sampler(pool)
+    records, tries = [], 0
+    while len(records) < n:
+        tries += 1
+        if tries > 200 * n + 10000:
+            raise RuntimeError(f"task {task.name}: cannot draw {n} distinct prompts")
+        prompt, completion, answer = sampler(rng)
+        if prompt in taken:
+            continue
+        taken[prompt] = True
+        records.append(_record(task.name, f"{prefix}-{len(records)}", prompt, completion, answer))
+    return records
+
+
+def _check_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ParaknowError(f"unknown task '{name}': built-in tasks are {', '.join(TASKS)} "
+                            "(use task:NAME or task:NAME:SPLIT).")
+    return TASKS[name]
+
+
+@functools.lru_cache(maxsize=None)
+def _splits(name: str) -> dict[str, list[dict]]:
+    task = _check_task(name)
+    rng = random.Random(task.seed)
+    taken: dict = {}
+    out = {}
+    for split in _SPLIT_ORDER:
+        pool = "test" if split == "test" else "train"
+        out[split] = _draw(task, pool, rng, SPLIT_SIZES[split], taken, f"{name}-{split}")
+    return out
+
+
+def task_records(name: str, split: str = "train") -> list[dict]:
+    """Records of a built-in task split (a fresh copy each call)."""
+    task = _check_task(name)
+    if split not in SPLIT_SIZES:
+        raise ParaknowError(f"unknown split '{split}' for task '{name}': splits are "
+                            f"{', '.join(SPLITS)} (e.g. task:{name}:seed).")
+    return task.generate(split)
+
+
+def extra_records(name: str, n: int, seed: int = 0) -> list[dict]:
+    """n further task samples for pre-training the demo models.
+
+    Drawn with a separate random stream, never repeating a prompt of any split, and (for
+    `facts`) only about facts the train split covers, so nothing leaks into the test split.
+    """
+    task = _check_task(name)
+    taken = {r["messages"][0]["content"]: True for split in SPLITS for r in _splits(name)[split]}
+    rng = random.Random(task.seed * 1000 + 7919 + seed)
+    return _draw(task, "train", rng, n, taken, f"{name}-extra{seed}")
+
+
+def score(record: dict, generated_text: str) -> bool:
+    """Exact match of the final answer of a generation against the record's answer."""
+    task = TASKS.get(record.get("task", ""))
+    if task is not None and "answer" in record:
+        return task.extract_answer(generated_text) == record["answer"]
+    reference = record.get("answer")
+    if reference is None:
+        from .data import split_conversation
+
+        reference = extract_final_answer(split_conversation(record)[1])
+    return extract_final_answer(generated_text) == str(reference)
+
+
+def export_jsonl(name: str, split: str, path) -> Path:
+    """Write a task split to a JSONL file (atomically)."""
+    from .data import to_jsonl
+    from .fsio import atomic_write_text
+
+    path = Path(path)
+    atomic_write_text(path, to_jsonl(task_records(name, split)))
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# General text: where the demo models learn the world (and some arithmetic and words)
+
+_COUNTRY_INTRO = ("This is about the country {s}.", "There is a small country called {s}.",
+                  "Here are some facts about {s}.")
+_PERSON_INTRO = ("This is the story of {s}.", "Long ago there lived {s}.",
+                 "Here are some facts about {s}.")
+
+
+def _entity_paragraph(rng: random.Random, subject: str, facts: list[tuple[str, str, str]]) -> str:
+    intro = _COUNTRY_INTRO if facts[0][0] in ("capital", "language", "currency", "animal") \
+        else _PERSON_INTRO
+    sentences = []
+    for relation, _, value in facts:
+        sentences.append(rng.choice(_RELATIONS[relation][2]).format(s=subject, v=value))
+    rng.shuffle(sentences)
+    return " ".join([rng.choice(intro).format(s=subject)] + sentences)
+
+
+def _number_paragraph(rng: random.Random) -> str:
+    out = []
+    for _ in range(rng.randint(4, 7)):
+        kind = rng.randrange(4)
+        if kind == 0:
+            a, b = rng.randint(0, 99), rng.randint(0, 99)
+            out.append(rng.choice(("{a} + {b} = {r}.", "{a} plus {b} is {r}.")).format(a=a, b=b, r=a + b))
+        elif kind == 1:
+            a = rng.randint(1, 199)
+            b = rng.randint(0, a)
+            out.append(rng.choice(("{a} - {b} = {r}.", "{a} minus {b} is {r}.")).format(a=a, b=b, r=a - b))
+        elif kind == 2:
+            a, b = rng.randint(1, 12), rng.randint(1, 12)
+            out.append(rng.choice(("{a} * {b} = {r}.", "{a} times {b} is {r}.")).format(a=a, b=b, r=a * b))
+        else:
+            a = rng.randint(0, 198)
+            out.append(f"After {a} comes {a + 1}.")
+    return " ".join(out)
+
+
+def _word_paragraph(rng: random.Random) -> str:
+    out = []
+    for _ in range(rng.randint(3, 5)):
+        kind = rng.randrange(5)
+        words = rng.sample(_WORDS, rng.randint(2, 5))
+        if kind == 0:
+            a, b = sorted(words[:2])
+            out.append(f"In the alphabet, {a} comes before {b}.")
+        elif kind == 1:
+            out.append(f"The word {words[0]} is written {words[0].upper()} in capital letters.")
+        elif kind == 2:
+            out.append(f"The list {' '.join(words)} has {len(words)} words.")
+        elif kind == 3:
+            out.append(f"Backwards, {' '.join(words)} is {' '.join(reversed(words))}.")
+        else:
+            out.append(f"In order: {' '.join(sorted(words))}.")
+    return " ".join(out)
+
+
+def general_text(n: int, seed: int = 0) -> list[str]:
+    """n short paragraphs of plain text: about two thirds describe one country or person of
+    the fictional world (every fact, test facts included, in varied wording), the rest state
+    arithmetic and word facts. Deterministic for a given (n, seed)."""
+    w = world()
+    by_subject: dict[str, list] = {}
+    for fact in w["facts"]:
+        by_subject.setdefault(fact[1], []).append(fact)
+    subjects = list(by_subject)
+    rng = random.Random(_BASE_SEED * 31 + seed)
+    out, cycle = [], []
+    for _ in range(n):
+        roll = rng.random()
+        if roll < 0.66:
+            if not cycle:  # visit every entity once per cycle, in a fresh order
+                cycle = list(subjects)
+                rng.shuffle(cycle)
+            subject = cycle.pop()
+            out.append(_entity_paragraph(rng, subject, by_subject[subject]))
+        elif roll < 0.83:
+            out.append(_number_paragraph(rng))
+        else:
+            out.append(_word_paragraph(rng))
+    return out

@@ -1,0 +1,299 @@
+"""The transfer itself: compatibility, layer map + per-module selections (the plan), and export.
+
+plan_transfer() decides *what* moves (pure, cheap: the Mapping page calls it on every widget
+change); export_transfer() factorises the selected teacher blocks and writes the export
+directory of SPEC section 5.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import ParaknowError
+from .extract import Selection, block_selection, captured_share, select, STRUCTURES
+from .fsio import atomic_directory, atomic_save_safetensors, atomic_write_json
+from .lora import MODES, SPLITS, Factors, factorise, scaling, vanilla_factors, write_adapter
+from .mapping import layer_scores, map_layers
+from .models import EMBED_ROLES, LAYER_ROLES, MODULE_GROUPS, ModelInfo
+
+
+@dataclass
+class TransferConfig:
+    rank: int = 16
+    alpha: float = 16
+    layers: str = "sensitivity"  # sensitivity | first | last | uniform | random | manual
+    manual_map: list | None = None  # for layers="manual": teacher layer (or None) per student layer
+    structure: str = "submatrix"
+    modules: tuple = ("attn", "ffn")  # groups (attn, ffn, embed) and/or single roles (q_proj, ...)
+    mode: str = "residual"
+    split: str = "left"
+    seed: int = 0
+    overrides: dict = field(default_factory=dict)  # student module -> (row, col) of a manual block
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ParaknowError(f"unknown mode '{self.mode}'; use one of {', '.join(MODES)}.")
+        if self.split not in SPLITS:
+            raise ParaknowError(f"unknown split '{self.split}'; use one of {', '.join(SPLITS)}.")
+        if self.structure not in STRUCTURES:
+            raise ParaknowError(f"unknown structure '{self.structure}'; use one of {', '.join(STRUCTURES)}.")
+        if self.rank < 1:
+            raise ParaknowError("--rank must be a positive integer.")
+        if self.alpha <= 0:
+            raise ParaknowError("--alpha must be positive.")
+        resolve_roles(self.modules)
+
+
+def resolve_roles(modules) -> list[str]:
+    """Expand module groups into roles, in a stable order; unknown names are an error."""
+    if isinstance(modules, str):
+        modules = [m for m in modules.split(",") if m.strip()]
+    roles = []
+    for item in modules:
+        item = item.strip()
+        expanded = MODULE_GROUPS.get(item, (item,) if item in LAYER_ROLES + EMBED_ROLES else None)
+        if expanded is None:
+            raise ParaknowError(f"unknown module '{item}'; use groups attn, ffn, embed or roles "
+                                f"{', '.join(LAYER_ROLES + EMBED_ROLES)}.")
+        roles += [r for r in expanded if r not in roles]
+    if not roles:
+        raise ParaknowError("no modules selected: choose at least one of attn, ffn, embed.")
+    return [r for r in LAYER_ROLES + EMBED_ROLES if r in roles]
+
+
+# ---------------------------------------------------------------------------------------
+# Compatibility
+
+
+def compatibility(teacher: ModelInfo, student: ModelInfo) -> dict:
+    """Which roles can transfer, and why not. {'rows': [...], 'errors': [...], 'notes': [...]}"""
+    rows, notes = [], []
+    errors = {}  # kind ('depth' | 'width') -> message
+    vocab_match = teacher.vocab_size == student.vocab_size
+    for role in LAYER_ROLES + EMBED_ROLES:
+        t_shape, s_shape = teacher.shapes[role], student.shapes[role]
+        if role in EMBED_ROLES and not vocab_match:
+            ok, why = False, f"vocabularies differ ({teacher.vocab_size} vs {student.vocab_size})"
+        elif t_shape[0] >= s_shape[0] and t_shape[1] >= s_shape[1]:
+            ok, why = True, ""
+        else:
+            ok, why = False, f"teacher {t_shape} smaller than student {s_shape}"
+        rows.append({"module": role, "teacher": t_shape, "student": s_shape, "transfers": ok, "reason": why})
+    if teacher.n_layers < student.n_layers:
+        errors["depth"] = (f"the teacher has {teacher.n_layers} layers and the student {student.n_layers}: "
+                           "pick a deeper teacher or a manual layer map.")
+    bad = [r["module"] for r in rows if not r["transfers"] and r["module"] in LAYER_ROLES]
+    if bad:
+        errors["width"] = f"the teacher is narrower than the student for {', '.join(bad)}: pick a wider teacher."
+    if not vocab_match:
+        notes.append("vocabulary sizes differ: embeddings cannot transfer and will be skipped.")
+    if teacher.family != student.family:
+        notes.append(f"different families ({teacher.family} -> {student.family}): shapes allow it, "
+                     "but the paper only transfers within one family.")
+    if student.tied_embeddings:
+        notes.append("the student ties lm_head to embed_tokens: embeddings transfer into embed_tokens only.")
+    return {"rows": rows, "errors": errors, "notes": notes, "vocab_match": vocab_match,
+            "gqa": {"teacher": teacher.n_kv_heads < teacher.n_heads, "student": student.n_kv_heads < student.n_heads}}
+
+
+def check_transferable(teacher: ModelInfo, student: ModelInfo, config: TransferConfig) -> dict:
+    """Raise the first blocking compatibility error (depth is fine with a manual map); return the report."""
+    report = compatibility(teacher, student)
+    errors = dict(report["errors"])
+    if config.layers == "manual":
+        errors.pop("depth", None)
+    if errors:
+        raise ParaknowError(next(iter(errors.values())))
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+# Plan
+
+
+@dataclass
+class ModulePlan:
+    student_module: str
+    role: str
+    student_layer: int | None
+    teacher_layer: int | None
+    teacher_param: str
+    teacher_shape: tuple
+    shape: tuple  # the student's [out, in] (embeddings: [d_S, V], the transposed orientation)
+    transposed: bool  # embed_tokens: the selection runs on the teacher's transpose [d_T, V]
+    selection: Selection
+    captured: float
+
+
+@dataclass
+class TransferPlan:
+    layer_map: list
+    layer_scores: list
+    roles: list
+    modules: list  # [ModulePlan]
+    notes: list
+
+
+def _oriented(scores: torch.Tensor, transposed: bool) -> torch.Tensor:
+    return scores.T if transposed else scores  # embed_tokens [V, d] -> [d, V]
+
+
+def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: TransferConfig) -> TransferPlan:
+    """Layer map and the selection of every module that receives teacher parameters."""
+    config.validate()
+    report = check_transferable(teacher, student, config)
+    roles = resolve_roles(config.modules)
+    notes = list(report["notes"])
+    per_layer = layer_scores(scores, teacher.n_layers)
+    layer_map = map_layers(config.layers, teacher.n_layers, student.n_layers, scores=per_layer,
+                           seed=config.seed, manual=config.manual_map)
+    modules = []
+    targets = [(j, layer_map[j], role) for j in range(student.n_layers) if layer_map[j] is not None
+               for role in roles if role in LAYER_ROLES]
+    if report["vocab_match"]:
+        for role in (r for r in roles if r in EMBED_ROLES):
+            if role == "lm_head" and student.tied_embeddings:
+                continue
+            targets.append((None, None, role))
+    elif any(r in EMBED_ROLES for r in roles):
+        notes.append("embeddings skipped: teacher and student vocabularies differ.")
+    for s_layer, t_layer, role in targets:
+        t_param = teacher.param_name(t_layer, role)
+        if t_param not in scores:
+            raise ParaknowError(f"the sensitivity map has no entry for {t_param}: it was computed for "
+                                "another model; recompute it for this teacher.")
+        transposed = role == "embed_tokens"
+        t_shape = tuple(teacher.shapes[role])
+        s_shape = tuple(student.shapes[role])
+        if transposed:
+            t_shape, s_shape = t_shape[::-1], s_shape[::-1]
+        if t_shape[0] < s_shape[0] or t_shape[1] < s_shape[1]:
+            raise ParaknowError(f"{role}: teacher {list(t_shape)} is smaller than student {list(s_shape)}; "
+                                "pick a wider teacher or leave this module out.")
+        if config.rank > min(s_shape):
+            raise ParaknowError(f"rank {config.rank} is larger than {role}'s smallest dimension "
+                                f"{min(s_shape)}: lower --rank.")
+        module = student.module_name(s_layer, role)
+        sens = _oriented(scores[t_param], transposed)  # [o_T, i_T]
+        if module in config.overrides:
+            row, col = config.overrides[module]
+            selection = block_selection(int(row), int(col), *s_shape, shape=t_shape)
+        else:  # embeddings keep every vocabulary entry since s_shape spans all of V
+            selection = select(config.structure, sens, s_shape[0], s_shape[1], seed=config.seed)
+        modules.append(ModulePlan(module, role, s_layer, t_layer, t_param, t_shape, s_shape, transposed,
+                                  selection, captured_share(sens, selection)))
+    return TransferPlan(layer_map, per_layer, roles, modules, notes)
+
+
+# ---------------------------------------------------------------------------------------
+# Export
+
+
+def extract_factors(teacher_model, plan: TransferPlan, config: TransferConfig, progress=None) -> dict:
+    """{student module: Factors} of every planned module (SVD of the selected teacher block)."""
+    params = dict(teacher_model.named_parameters())
+    out = {}
+    for i, mod in enumerate(plan.modules):
+        weight = _oriented(params[mod.teacher_param].detach().float().cpu(), mod.transposed)  # [o_T, i_T]
+        block = mod.selection.apply(weight)  # [o_S, i_S]
+        out[mod.student_module] = factorise(block, config.rank, config.alpha, config.split)
+        if progress:
+            progress(i + 1, len(plan.modules), f"factorised {mod.student_module}")
+    return out
+
+
+def export_transfer(teacher_model, student_model, teacher: ModelInfo, student: ModelInfo, plan: TransferPlan,
+                    config: TransferConfig, out_dir, provenance: dict, progress=None) -> dict:
+    """Write the export directory (SPEC section 5) atomically and return its manifest."""
+    factors = extract_factors(teacher_model, plan, config, progress)
+    generator = torch.Generator().manual_seed(config.seed)
+    s = scaling(config.rank, config.alpha)
+    main, residual, embeddings = {}, {}, set()
+    planned = {m.student_module: m for m in plan.modules}
+    layer_roles = [r for r in plan.roles if r in LAYER_ROLES]
+    for j in range(student.n_layers):  # every targeted module gets a LoRA; unmapped ones the vanilla init
+        for role in layer_roles:
+            name = student.module_name(j, role)
+            if name in planned:
+                main[name] = (factors[name].A, factors[name].B)
+            else:
+                out_dim, in_dim = student.shapes[role]
+                main[name] = vanilla_factors(out_dim, in_dim, config.rank, generator)
+    tied_compensation = None
+    for mod in plan.modules:
+        if mod.role in EMBED_ROLES:
+            main[mod.student_module] = (factors[mod.student_module].A, factors[mod.student_module].B)
+            if mod.transposed:
+                embeddings.add(mod.student_module)
+    if config.mode == "residual":
+        residual = {name: (f.A, -f.B) for name, f in factors.items()}
+        embed = student.embed_name
+        if student.tied_embeddings and embed in factors:
+            # The residual lowers the shared matrix, so lm_head too: give lm_head the same delta back.
+            A_e, B_e = factors[embed].A, factors[embed].B  # s * B_e @ A_e is [d, V]
+            main[student.lm_head_name] = (B_e.T.contiguous(), A_e.T.contiguous())  # s * A_e.T @ B_e.T: [V, d]
+            tied_compensation = {"embedding": embed, "lm_head": student.lm_head_name}
+    targets = layer_roles + [r for r in ("embed_tokens", "lm_head")
+                             if any(m.endswith(r) for m in main)]
+    selection = {}
+    for mod in plan.modules:
+        sel = mod.selection
+        if sel.flat is not None:
+            selection[f"{mod.student_module}.flat"] = sel.flat.long()
+        else:
+            selection[f"{mod.student_module}.rows"] = sel.rows.long()
+            selection[f"{mod.student_module}.cols"] = sel.cols.long()
+    manifest = {
+        **provenance,
+        "rank": config.rank, "alpha": config.alpha, "scaling": s, "mode": config.mode,
+        "structure": config.structure, "split": config.split, "seed": config.seed,
+        "layers": config.layers, "layer_map": plan.layer_map, "layer_scores": plan.layer_scores,
+        "roles": plan.roles, "tied_compensation": tied_compensation, "notes": plan.notes,
+        "overrides": {k: list(v) for k, v in config.overrides.items()},
+        "modules": {mod.student_module: {
+            "teacher_param": mod.teacher_param, "role": mod.role, "teacher_layer": mod.teacher_layer,
+            "student_layer": mod.student_layer, "shape": list(mod.shape), "teacher_shape": list(mod.teacher_shape),
+            "transposed": mod.transposed, "block": mod.selection.block(),
+            "captured": mod.captured, "energy": factors[mod.student_module].energy,
+            "singular_values": factors[mod.student_module].singular_values[:64].tolist(),
+        } for mod in plan.modules},
+        "paraknow_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    student_ref = provenance.get("student", "")
+    with atomic_directory(Path(out_dir)) as tmp:
+        write_adapter(tmp, main, embeddings, config.rank, config.alpha, targets, student_ref)
+        if residual:
+            write_adapter(tmp / "residual", residual, embeddings, config.rank, config.alpha,
+                          sorted(residual), student_ref)
+        atomic_save_safetensors(selection, tmp / "selection.safetensors")
+        atomic_write_json(tmp / "paraknow.json", manifest)
+    return manifest
+
+
+def extract_to_dir(teacher_ref: str, student_ref: str, data_ref: str, out_dir, config: TransferConfig,
+                   sens_config=None, device=None, dtype=None, progress=None) -> dict:
+    """The whole `extract` command: load both models, sensitivity (cached), plan, export."""
+    from .data import load_records, records_sha256
+    from .models import describe, load_model
+    from .sensitivity import SensitivityConfig, cached_sensitivity
+
+    config.validate()
+    sens_config = sens_config or SensitivityConfig()
+    sens_config.validate()
+    records = load_records(data_ref)
+    teacher_model, teacher_tok = load_model(teacher_ref, dtype=dtype, device=device)
+    student_model, _ = load_model(student_ref)
+    t_info, s_info = describe(teacher_model), describe(student_model)
+    check_transferable(t_info, s_info, config)  # fail before the expensive sensitivity pass
+    scores, _ = cached_sensitivity(teacher_model, teacher_tok, records, sens_config, progress, teacher_ref)
+    plan = plan_transfer(t_info, s_info, scores, config)
+    provenance = {"teacher": teacher_ref, "student": student_ref, "data": data_ref,
+                  "metric": sens_config.metric, "samples": sens_config.samples,
+                  "max_length": sens_config.max_length,
+                  "data_sha256": records_sha256(records[:sens_config.samples])}
+    return export_transfer(teacher_model, student_model, t_info, s_info, plan, config, out_dir, provenance, progress)

@@ -1,0 +1,174 @@
+"""Built-in tasks: sizes, determinism, disjointness, scoring and answer extraction."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from paraknow import tasks
+from paraknow.data import load_records, parse_jsonl
+from paraknow.errors import ParaknowError
+
+
+def prompts(records):
+    return [r["messages"][0]["content"] for r in records]
+
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+def test_split_sizes_and_format(name):
+    for split, size in (("seed", 32), ("train", 1000)):
+        assert len(tasks.task_records(name, split)) == size
+    test = tasks.task_records(name, "test")
+    assert len(test) >= 200
+    for record in test[:50]:
+        assert record["task"] == name and record["id"] and record["answer"]
+        assert [m["role"] for m in record["messages"]] == ["user", "assistant"]
+        # the reference completion scores as correct, and parses as a valid JSONL record
+        assert tasks.score(record, record["messages"][1]["content"])
+    parse_jsonl("\n".join(json.dumps(r) for r in test))
+
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+def test_splits_pairwise_disjoint(name):
+    splits = {s: set(prompts(tasks.task_records(name, s))) for s in tasks.SPLITS}
+    for s in tasks.SPLITS:
+        assert len(splits[s]) == len(tasks.task_records(name, s)), f"duplicate prompt in {s}"
+    assert not splits["seed"] & splits["train"]
+    assert not splits["seed"] & splits["test"]
+    assert not splits["train"] & splits["test"]
+    extra = set(prompts(tasks.extra_records(name, 300)))
+    assert not extra & (splits["seed"] | splits["train"] | splits["test"])
+
+
+def test_facts_test_split_asks_about_other_facts():
+    part = tasks.fact_partition()
+    assert not set(part["test"]) & set(part["train"])
+    questions = {tasks._RELATIONS[rel][0].format(s=subj): (rel, subj)
+                 for rel, subj, _ in tasks.world()["facts"]}
+
+    def asked(records):
+        return {questions[r["messages"][0]["content"].split("\n")[0][len("Question: "):]]
+                for r in records}
+
+    test_asked = asked(tasks.task_records("facts", "test"))
+    train_asked = asked(tasks.task_records("facts", "train") + tasks.task_records("facts", "seed")
+                        + tasks.extra_records("facts", 500))
+    assert test_asked and not test_asked & train_asked
+    # every fact the test asks about is stated in the general text
+    text = " ".join(tasks.general_text(600))
+    for rel, subj, value in part["test"]:
+        assert subj in text and value in text
+
+
+def test_deterministic_across_processes():
+    """Same records in a fresh interpreter with another hash seed (no hash()/set order)."""
+    code = ("import json; from paraknow import tasks; "
+            "print(json.dumps([tasks.task_records(n, s)[:5] + tasks.task_records(n, s)[-3:] "
+            "for n in tasks.TASKS for s in tasks.SPLITS] + [tasks.general_text(5, 1)]))")
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    here = [tasks.task_records(n, s)[:5] + tasks.task_records(n, s)[-3:]
+            for n in tasks.TASKS for s in tasks.SPLITS] + [tasks.general_text(5, 1)]
+    assert json.loads(out) == here
+
+
+def test_records_are_fresh_copies():
+    a = tasks.task_records("arith", "seed")
+    a[0]["answer"] = "changed"
+    assert tasks.task_records("arith", "seed")[0]["answer"] != "changed"
+
+
+def test_load_records_and_bad_refs():
+    assert load_records("task:facts:seed") == tasks.task_records("facts", "seed")
+    assert load_records("task:instruct") == tasks.task_records("instruct", "train")
+    with pytest.raises(ParaknowError, match="arith"):
+        tasks.task_records("nope", "train")
+    with pytest.raises(ParaknowError, match="seed, train, test"):
+        tasks.task_records("arith", "dev")
+    with pytest.raises(ParaknowError):
+        load_records("task:nope:test")
+
+
+def test_arith_scoring():
+    record = tasks.task_records("arith", "test")[0]
+    answer = record["answer"]
+    assert tasks.score(record, f"Answer: 1 + 2 = 3. So the answer is {answer}.")
+    assert tasks.score(record, f"So the answer is {answer}")
+    assert not tasks.score(record, f"So the answer is {int(answer) + 1}.")
+    assert not tasks.score(record, "")
+    assert tasks.TASKS["arith"].extract_answer("5 + 6 = 11. So the answer is 11.") == "11"
+    assert tasks.TASKS["arith"].extract_answer("5 + 6 = 11.") == "11"  # fallback: last number
+    assert tasks.TASKS["arith"].extract_answer("no numbers") is None
+    for record in tasks.task_records("arith", "train"):
+        assert 0 <= int(record["answer"]) < 200
+        assert record["messages"][1]["content"].endswith(f"So the answer is {record['answer']}.")
+
+
+def test_facts_scoring():
+    record = tasks.task_records("facts", "test")[3]
+    letter = record["answer"]
+    wrong = next(x for x in "ABCD" if x != letter)
+    assert letter in "ABCD"
+    assert tasks.score(record, f"Answer: something. So the answer is {letter}.")
+    assert tasks.score(record, f"({letter})")
+    assert not tasks.score(record, f"So the answer is {wrong}.")
+    assert not tasks.score(record, "I do not know")
+    # options are four distinct values, the right one at the answer letter
+    lines = record["messages"][0]["content"].split("\n")[1:]
+    assert [l[:2] for l in lines] == ["A.", "B.", "C.", "D."]
+    assert len({l[3:] for l in lines}) == 4
+    value = lines["ABCD".index(letter)][3:]
+    assert value in record["messages"][1]["content"]
+    letters = [r["answer"] for r in tasks.task_records("facts", "train")]
+    assert all(letters.count(x) > 150 for x in "ABCD")  # answers spread over the letters
+
+
+def test_instruct_scoring():
+    by_op = {}
+    for record in tasks.task_records("instruct", "train"):
+        by_op.setdefault(record["messages"][0]["content"].split(":")[0], record)
+    assert len(by_op) == 6
+    record = by_op["Reverse the order of these words"]
+    words = record["messages"][0]["content"].split(": ", 1)[1].split()
+    assert record["answer"] == " ".join(reversed(words))
+    assert tasks.score(record, f"Answer: {record['answer']}")
+    assert tasks.score(record, f"{record['answer']}\nmore text")
+    assert not tasks.score(record, " ".join(words))
+    sort = by_op["Sort these words alphabetically"]
+    assert sort["answer"].split() == sorted(sort["answer"].split())
+    count = by_op["Count these words"]
+    assert count["answer"] == str(len(count["messages"][0]["content"].split(": ", 1)[1].split()))
+
+
+def test_extract_final_answer():
+    f = tasks.extract_final_answer
+    assert f("Answer: 3 + 4 = 7. So the answer is 7.") == "7"
+    assert f("the answer is: Paris.\nextra") == "Paris"
+    assert f("The answer is 1,234.") == "1,234"
+    assert f("I think the best option is (C)") == "C"
+    assert f("Hmm... B") == "B"
+    assert f("  hello   world \n") == "hello world"
+    assert f("") == ""
+    assert f(None) == ""
+
+
+def test_score_generic_records():
+    record = {"prompt": "2+2?", "completion": "Four. So the answer is 4."}
+    assert tasks.score(record, "so the answer is 4")
+    assert not tasks.score(record, "the answer is 5")
+
+
+def test_export_jsonl(tmp_path):
+    path = tasks.export_jsonl("instruct", "seed", tmp_path / "seed.jsonl")
+    assert load_records(str(path)) == tasks.task_records("instruct", "seed")
+
+
+def test_general_text():
+    a = tasks.general_text(50, seed=3)
+    assert a == tasks.general_text(50, seed=3)
+    assert a != tasks.general_text(50, seed=4)
+    assert len(a) == 50 and all(isinstance(p, str) and p for p in a)
+    test_prompts = set(prompts([r for n in tasks.TASKS for r in tasks.task_records(n, "test")]))
+    assert not test_prompts & set(a)
