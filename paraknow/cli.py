@@ -70,6 +70,20 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .train import TrainConfig, load_spec, run_training
+
+    if args.spec:
+        given = [flag for flag, value in (("--student", args.student), ("--data", args.data), ("--out", args.out))
+                 if value]
+        if given:
+            raise ParaknowError(f"--spec already names the run; drop {', '.join(given)}.")
+        config = load_spec(args.spec)
+    else:
+        config = TrainConfig.from_args(args)
+    return run_training(config)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -125,6 +139,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train", help="fine-tune the student's LoRA: vanilla, PiSSA or from a PKT export")
+    p.add_argument("--student", default=None, help="student model reference")
+    p.add_argument("--data", default=None, help="training data: JSONL file or task:NAME[:SPLIT]")
+    p.add_argument("--out", default=None, help="run directory (RUN_DIR) to create")
+    p.add_argument("--init", default="vanilla", help="vanilla | pissa | an export directory from `extract`")
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch", type=_positive_int, default=64, help="effective batch size")
+    p.add_argument("--micro-batch", type=_positive_int, default=8, help="per-step batch (accumulation = batch / micro-batch)")
+    p.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank (default 16; an export init uses its own)")
+    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 16; an export init uses its own)")
+    p.add_argument("--dropout", type=float, default=0.05)
+    p.add_argument("--warmup", type=float, default=0.03, help="warmup as a ratio of the optimizer steps")
+    p.add_argument("--max-length", type=_positive_int, default=2048)
+    p.add_argument("--eval-data", default=None, help="evaluation data: JSONL file or task:NAME[:SPLIT]")
+    p.add_argument("--eval-every", type=_positive_int, default=None, help="evaluate every N optimizer steps (and at the end)")
+    p.add_argument("--eval-limit", type=_positive_int, default=200, help="evaluate on the first N eval records")
+    p.add_argument("--eval-max-new-tokens", type=_positive_int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--spec", default=None, help="run a prepared RUN_DIR/spec.json instead of the flags above")
+    p.set_defaults(func=cmd_train)
 
     return parser
 

@@ -1,0 +1,536 @@
+"""Background training runs for the app (LLaMA-Factory style): every run is a separate process.
+
+Everything lives on disk under `cache/runs/<id>/` (the files `paraknow.train` documents), so a
+page reload or an app restart simply re-reads it:
+
+  new_run(config)       -> run_dir       prepare a run: spec.json + status `queued`
+  submit(config)        -> run_dir       new_run + make sure the queue worker runs
+  launch(run_dir)       -> Popen         start `python -m paraknow train --spec RUN_DIR/spec.json`
+                                         now (output to RUN_DIR/stdout.log, own session)
+  ensure_worker()       -> pid | None    start the queue worker unless one holds the lock
+  list_runs()           -> [RunInfo]     newest first, from disk only
+  read_status(run_dir)  -> dict          with a liveness check (a dead `running` run becomes
+                                         `failed`, persisted)
+  read_metrics(run_dir) -> [dict]        metrics.jsonl, tolerating a half-written last line
+  stop(run_dir)         -> dict          STOP file; a queued run is marked `stopped` at once
+  adapter_zip(run_dir)  -> bytes         zip of RUN_DIR/adapter for a download button
+  compare_runs(...)     -> (group, dirs) vanilla, PiSSA and PKT runs over N seeds, one group
+  group_results(group)  -> dict          per method mean/std/min/max of final accuracy and loss
+
+The queue: `python -m paraknow.jobs worker` runs queued runs in creation order (ids sort by
+time), one at a time, each as its own `train --spec` child, and exits when the queue is empty.
+It holds an exclusive `flock` on `cache/runs/.worker.lock` (which records its pid), so at most
+one worker runs and a crashed worker never leaves a stale lock. Workers and runs are started
+in a new session with output to files, so they survive the app (the Streamlit server) being
+restarted; after a reboot, runs that were `running` read as `failed` (their pid is gone) and
+queued runs resume when the app next calls `list_runs()` or `ensure_worker()`.
+"""
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import math
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ParaknowError
+from .fsio import atomic_directory, atomic_write_json, atomic_write_text
+from .paths import PACKAGE_DIR, cache_dir, cache_root
+from .train import (ADAPTER_DIR, LOG_FILE, METRICS_FILE, SPEC_FILE, STATUS_FILE, STOP_FILE, TERMINAL_STATES,
+                    TrainConfig, proc_start_time, read_json)
+
+LOCK_FILE = ".worker.lock"
+WORKER_LOG = "worker.log"
+CLAIM_FILE = ".launched"
+METHODS = ("vanilla", "pissa", "pkt")
+
+_children: dict[int, subprocess.Popen] = {}  # processes this process started, reaped on liveness checks
+
+
+def runs_root() -> Path:
+    return cache_dir("runs")
+
+
+# ---------------------------------------------------------------------------------------
+# Creating and starting runs
+
+
+def new_run_id() -> str:
+    """Sortable by creation time (to the microsecond), plus a short random suffix."""
+    now = time.time()
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"{int(now % 1 * 1e6):06d}-" + secrets.token_hex(3)
+
+
+def new_run(config: TrainConfig, group: str | None = None, label: str | None = None) -> Path:
+    """Validate `config` (cheaply: no weights loaded) and create `cache/runs/<id>/` with spec.json and
+    status `queued`, atomically. Raises ParaknowError on bad input (and creates nothing)."""
+    config = TrainConfig(**config.to_dict())
+    if group is not None:
+        config.group = group
+    if label is not None:
+        config.label = label
+    root = runs_root()
+    run_id = new_run_id()
+    run_dir = root / run_id
+    config.out = str(run_dir)
+    resolved = config.resolved(check_out=False)
+    now = time.time()
+    with atomic_directory(run_dir) as tmp:
+        atomic_write_json(Path(tmp) / SPEC_FILE, resolved.to_dict())
+        atomic_write_json(Path(tmp) / STATUS_FILE, {"state": "queued", "created": now, "pid": None,
+                                                    "method": resolved.method})
+    return run_dir
+
+
+def submit(config: TrainConfig, group: str | None = None, label: str | None = None) -> Path:
+    """Queue a run and make sure the worker is running; returns the run directory."""
+    run_dir = new_run(config, group=group, label=label)
+    ensure_worker()
+    return run_dir
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env["PARAKNOW_CACHE"] = str(cache_root())  # the child must see the same cache
+    root = str(PACKAGE_DIR.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def launch(run_dir) -> subprocess.Popen:
+    """Start a prepared (queued) run now as `python -m paraknow train --spec RUN_DIR/spec.json`.
+
+    The child gets its own session (it outlives the caller), stdin from /dev/null and stdout +
+    stderr appended to RUN_DIR/stdout.log. A run is started at most once (RUN_DIR/.launched).
+    """
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    if status.get("state") != "queued":
+        raise ParaknowError(f"run {run_dir.name} is {status.get('state', 'missing')}, not queued; "
+                            "only a queued run can be started.")
+    try:
+        os.close(os.open(run_dir / CLAIM_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        raise ParaknowError(f"run {run_dir.name} has already been started.") from None
+    status.update(state="running", phase="starting", pid=None, launched=time.time())
+    atomic_write_json(run_dir / STATUS_FILE, status)
+    cmd = [sys.executable, "-m", "paraknow", "train", "--spec", str(run_dir / SPEC_FILE)]
+    with open(run_dir / LOG_FILE, "ab") as log:
+        log.write(f"$ {' '.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, cwd=str(run_dir), env=_child_env(), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _children[proc.pid] = proc
+    # The child takes seconds to import torch before it writes anything: record its pid now.
+    status.update(pid=proc.pid, pid_start=proc_start_time(proc.pid))
+    current = read_json(run_dir / STATUS_FILE) or {}
+    if current.get("phase") == "starting" and current.get("state") == "running":
+        atomic_write_json(run_dir / STATUS_FILE, status)
+    return proc
+
+
+# ---------------------------------------------------------------------------------------
+# The queue worker
+
+
+def _lock_path() -> Path:
+    return runs_root() / LOCK_FILE
+
+
+def _try_lock(fh) -> bool:
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def worker_pid() -> int | None:
+    """pid of the live queue worker, or None when no worker holds the lock."""
+    path = _lock_path()
+    with open(path, "a+") as fh:
+        if _try_lock(fh):
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            return None
+        fh.seek(0)
+        text = fh.read().strip()
+    return int(text) if text.isdigit() else -1
+
+
+def ensure_worker() -> int | None:
+    """Start the queue worker if runs are queued and none is running; returns its pid (None if idle).
+
+    The lock is taken here and handed to the worker (an inherited file descriptor), so a second
+    call while the worker is still importing sees it held and starts nothing.
+    """
+    if _next_queued() is None:
+        return worker_pid()
+    fh = open(_lock_path(), "a+")
+    try:
+        if not _try_lock(fh):
+            fh.seek(0)
+            text = fh.read().strip()
+            return int(text) if text.isdigit() else -1
+        root = runs_root()
+        cmd = [sys.executable, "-m", "paraknow.jobs", "worker", "--lock-fd", str(fh.fileno())]
+        with open(root / WORKER_LOG, "ab") as log:
+            proc = subprocess.Popen(cmd, cwd=str(root), env=_child_env(), stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    pass_fds=(fh.fileno(),))
+        _children[proc.pid] = proc
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(proc.pid))
+        fh.flush()
+        return proc.pid
+    finally:
+        fh.close()  # the worker's inherited descriptor keeps the lock
+
+
+def _next_queued() -> Path | None:
+    for run_dir in _run_dirs():
+        status = read_json(run_dir / STATUS_FILE) or {}
+        if status.get("state") == "queued" and not (run_dir / CLAIM_FILE).exists():
+            return run_dir
+    return None
+
+
+def _busy_run() -> Path | None:
+    """A run that is running right now (started by anyone), after the liveness check."""
+    for run_dir in _run_dirs():
+        status = read_json(run_dir / STATUS_FILE) or {}
+        if status.get("state") == "running" and status.get("host") in (None, socket.gethostname()) \
+                and read_status(run_dir).get("state") == "running":
+            return run_dir
+    return None
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] worker {os.getpid()}: {message}", flush=True)
+
+
+def worker_main(poll_s: float = 2.0, lock_fd: int | None = None) -> int:
+    """Run queued runs one after another until none is left (`python -m paraknow.jobs worker`).
+    `lock_fd`: the lock file, already locked by `ensure_worker` and inherited."""
+    fh = os.fdopen(lock_fd, "a+") if lock_fd is not None else open(_lock_path(), "a+")
+    if not _try_lock(fh):  # (re-locking an inherited, already locked descriptor succeeds)
+        _log("another worker holds the lock; exiting")
+        return 0
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    _log("started")
+    while True:
+        run_dir = _next_queued()
+        if run_dir is None:
+            # Release first, then look again: a run queued after our last look either sees the
+            # lock free (and starts a worker) or is seen here.
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            if _next_queued() is None or not _try_lock(fh):
+                _log("queue empty; exiting")
+                return 0
+            continue
+        busy = _busy_run()
+        if busy is not None:  # e.g. a run started with launch() or left by a killed worker
+            time.sleep(poll_s)
+            continue
+        if (run_dir / STOP_FILE).exists():
+            stop(run_dir)
+            continue
+        try:
+            proc = launch(run_dir)
+        except ParaknowError as exc:  # stopped or started by someone else meanwhile
+            _log(f"skipping {run_dir.name}: {exc}")
+            continue
+        _log(f"started run {run_dir.name} (pid {proc.pid})")
+        code = proc.wait()
+        state = read_status(run_dir).get("state")
+        _log(f"run {run_dir.name} ended with exit code {code}, state {state}")
+
+
+# ---------------------------------------------------------------------------------------
+# Reading runs
+
+
+@dataclass
+class RunInfo:
+    """One run as the runs table shows it."""
+    run_id: str
+    run_dir: Path
+    state: str
+    spec: dict
+    status: dict
+    method: str = ""
+    group: str | None = None
+    label: str | None = None
+    created: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def final_eval(self) -> dict | None:
+        return self.status.get("final_eval")
+
+    def to_row(self) -> dict:
+        """A flat dict for a table."""
+        final = self.final_eval or {}
+        return {"run": self.run_id, "state": self.state, "method": self.method, "label": self.label,
+                "group": self.group, "init": self.spec.get("init"), "seed": self.spec.get("seed"),
+                "step": self.status.get("step"), "max_steps": self.status.get("max_steps"),
+                "loss": self.status.get("loss"), "eta_s": self.status.get("eta_s"),
+                "accuracy": final.get("accuracy"), "eval_loss": final.get("loss"),
+                "error": self.status.get("error")}
+
+
+def _run_dirs() -> list[Path]:
+    """Run directories in creation order."""
+    root = runs_root()
+    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                   and (p / SPEC_FILE).is_file()), key=lambda p: p.name)
+
+
+def _pid_alive(pid: int | None, start: int | None = None) -> bool:
+    if not pid:
+        return False
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:  # reaps our own zombies
+        _children.pop(pid, None)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rindex(")") + 2:].split()[0] in ("Z", "X"):
+            return False
+    except (OSError, ValueError, IndexError):
+        pass
+    now_start = proc_start_time(pid)
+    return start is None or now_start is None or now_start == start  # else: the pid was reused
+
+
+def read_status(run_dir) -> dict:
+    """status.json of a run with a liveness check: a `running` run whose process is gone becomes
+    `failed` ("worker process died (pid N) without finishing"), and that is written back."""
+    run_dir = Path(run_dir)
+    status = read_json(run_dir / STATUS_FILE)
+    if status is None:
+        return {"state": "missing", "error": f"{run_dir} has no readable {STATUS_FILE}"}
+    if status.get("state") != "running":
+        return status
+    if status.get("host") not in (None, socket.gethostname()):
+        return status  # written by a process on another machine: its pid means nothing here
+    pid = status.get("pid")
+    if pid is None:
+        launched = status.get("launched") or status.get("started") or 0
+        if status.get("phase") == "starting" and time.time() - launched > 120:
+            status = _fail_if_still_running(run_dir, "the run was launched but its process never reported")
+        return status
+    if _pid_alive(pid, status.get("pid_start")):
+        return status
+    # The process is gone. It may have written its final state just before exiting: read again.
+    return _fail_if_still_running(run_dir, f"worker process died (pid {pid}) without finishing")
+
+
+def _fail_if_still_running(run_dir: Path, reason: str) -> dict:
+    status = read_json(run_dir / STATUS_FILE) or {}
+    if status.get("state") == "running":
+        status.update(state="failed", phase="done", error=reason, finished=time.time())
+        atomic_write_json(run_dir / STATUS_FILE, status)
+    return status
+
+
+def read_spec(run_dir) -> dict:
+    return read_json(Path(run_dir) / SPEC_FILE) or {}
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """Every complete line of metrics.jsonl (a line being written right now is skipped)."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def read_log(run_dir, max_bytes: int = 20000) -> str:
+    """The tail of RUN_DIR/stdout.log."""
+    path = Path(run_dir) / LOG_FILE
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - max_bytes))
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def run_info(run_dir) -> RunInfo:
+    run_dir = Path(run_dir)
+    spec, status = read_spec(run_dir), read_status(run_dir)
+    init = spec.get("init", "vanilla")
+    method = init if init in ("vanilla", "pissa") else "pkt"
+    return RunInfo(run_id=run_dir.name, run_dir=run_dir, state=status.get("state", "missing"), spec=spec,
+                   status=status, method=method, group=spec.get("group"), label=spec.get("label"),
+                   created=status.get("created"))
+
+
+def list_runs(group: str | None = None, resume_queue: bool = True) -> list[RunInfo]:
+    """Every run under cache/runs/, newest first, read from disk (statuses liveness-checked).
+    With `resume_queue`, queued runs left without a worker (e.g. after a reboot) are resumed."""
+    runs = [run_info(d) for d in _run_dirs()]
+    if group is not None:
+        runs = [r for r in runs if r.group == group]
+    if resume_queue and any(r.state == "queued" for r in runs):
+        ensure_worker()
+    return runs[::-1]
+
+
+def find_run(run_id: str) -> Path:
+    run_dir = runs_root() / run_id
+    if not (run_dir / SPEC_FILE).is_file():
+        raise ParaknowError(f"no run '{run_id}' under {runs_root()}.")
+    return run_dir
+
+
+# ---------------------------------------------------------------------------------------
+# Acting on runs
+
+
+def stop(run_dir) -> dict:
+    """Ask a run to stop: a running one stops cleanly at its next step (and saves its adapter);
+    a queued one is marked `stopped` without starting. Returns the (new) status."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    state = status.get("state")
+    if state in TERMINAL_STATES or state == "missing":
+        return status
+    atomic_write_text(run_dir / STOP_FILE, f"{time.time()}\n")
+    if state == "queued":
+        status.update(state="stopped", phase="done", finished=time.time(), note="stopped before it started")
+        atomic_write_json(run_dir / STATUS_FILE, status)
+    return status
+
+
+def adapter_zip(run_dir) -> bytes:
+    """The run's adapter/ folder as zip bytes (files under `adapter/`)."""
+    adapter = Path(run_dir) / ADAPTER_DIR
+    if not (adapter / "adapter_config.json").is_file():
+        raise ParaknowError(f"run {Path(run_dir).name} has no adapter yet: it is saved when training "
+                            "finishes or is stopped.")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(adapter.rglob("*")):
+            if path.is_file():
+                zf.write(path, f"{ADAPTER_DIR}/{path.relative_to(adapter).as_posix()}")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------
+# Comparisons over seeds
+
+
+def compare_runs(student: str, data: str, export_dir, seeds=(0, 1, 2), methods=METHODS,
+                 start: bool = True, **settings) -> tuple[str, list[Path]]:
+    """Queue `vanilla`, `pissa` and PKT (`export_dir`) runs for every seed, tagged with one group id.
+
+    `settings` are further TrainConfig fields (epochs, lr, batch, eval_data, ...). Unless given,
+    vanilla and PiSSA use the export's rank and alpha so the three train the same number of
+    parameters. Returns (group id, run directories in queue order).
+    """
+    from .lora import load_manifest
+
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ParaknowError(f"unknown method(s) {', '.join(unknown)}; use {', '.join(METHODS)}.")
+    if not seeds:
+        raise ParaknowError("give at least one seed.")
+    if "pkt" in methods or export_dir:
+        if not export_dir:
+            raise ParaknowError("the PKT runs need an export directory (from `python -m paraknow extract`).")
+        manifest = load_manifest(export_dir)
+        settings.setdefault("rank", manifest.get("rank"))
+        settings.setdefault("alpha", manifest.get("alpha"))
+    group = "g" + new_run_id()
+    configs = []
+    for seed in seeds:
+        for method in methods:
+            init = str(Path(export_dir).expanduser().absolute()) if method == "pkt" else method
+            extra = dict(settings)
+            if method == "pkt":
+                extra.pop("rank", None), extra.pop("alpha", None), extra.pop("target_modules", None)
+            configs.append(TrainConfig(student=student, data=data, init=init, seed=int(seed), group=group,
+                                       label=f"{method} seed {seed}", **extra))
+    for config in configs:  # validate all before queueing any
+        config.resolved(check_out=False)
+    run_dirs = [new_run(config) for config in configs]
+    if start:
+        ensure_worker()
+    return group, run_dirs
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"n": len(values), "mean": mean, "std": std, "min": min(values), "max": max(values)}
+
+
+def group_results(group: str) -> dict:
+    """Per method: final accuracy and loss statistics (sample std) over the group's finished runs,
+    plus how many runs are in each state. {"group", "methods": {method: {...}}, "complete"}."""
+    runs = list_runs(group=group, resume_queue=False)
+    if not runs:
+        raise ParaknowError(f"no runs in group '{group}'.")
+    methods: dict[str, dict] = {}
+    for run in sorted(runs, key=lambda r: r.run_id):
+        entry = methods.setdefault(run.method, {"runs": [], "states": {}, "_acc": [], "_loss": []})
+        entry["runs"].append(run.run_id)
+        entry["states"][run.state] = entry["states"].get(run.state, 0) + 1
+        final = run.final_eval or {}
+        if run.state == "finished":
+            if final.get("accuracy") is not None:
+                entry["_acc"].append(float(final["accuracy"]))
+            if final.get("loss") is not None:
+                entry["_loss"].append(float(final["loss"]))
+    for entry in methods.values():
+        entry["accuracy"] = _stats(entry.pop("_acc"))
+        entry["loss"] = _stats(entry.pop("_loss"))
+    complete = all(r.state in TERMINAL_STATES for r in runs)
+    return {"group": group, "methods": methods, "complete": complete}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"] and len(argv) in (1, 3) and (len(argv) == 1 or argv[1] == "--lock-fd"):
+        return worker_main(lock_fd=int(argv[2]) if len(argv) == 3 else None)
+    print("usage: python -m paraknow.jobs worker [--lock-fd FD]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
