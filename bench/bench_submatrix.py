@@ -1,6 +1,6 @@
 """Submatrix search speed (SPEC 8): `max_sum_block` against the reference loop and the floor.
 
-    python bench/bench_submatrix.py [--quick]
+    python bench/bench_submatrix.py [--quick] [--threads N]
 
 Small case [1536, 576] -> [1024, 384]: max_sum_block vs the position-by-position Python loop
 over a float64 prefix sum (`max_sum_block_reference`, torch indexing as in the paper's code);
@@ -58,7 +58,10 @@ def python_float_loop(scores, h, w):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     reps = 3 if args.quick else 7
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {reps} runs "

@@ -24,7 +24,8 @@ import torch
 from .errors import ParaknowError
 
 _EPS64 = torch.finfo(torch.float64).eps
-_CHUNK_ELEMS = 1 << 17  # ~1 MiB of float64 per chunk: stays in cache
+_CHUNK_ELEMS = 1 << 20  # 8 MiB of float64 per chunk: cache-friendly, and few enough parallel regions
+# that a busy machine (threads descheduled at every sync) does not slow the search down badly
 
 
 # -----------------------------------------------------------------------------
@@ -89,6 +90,8 @@ def _box_sums(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     that, so they are applied to the h-row column sums and to the row differences before the
     running sum over r. Every read of x goes through chunks of rows, converted to float64 there.
     """
+    if x.stride(0) < x.stride(1):  # column-major (e.g. embed_tokens.t()): walk its memory order
+        return _box_sums(x.t(), w, h).t()
     n, m = x.shape
     k = n - h
     step = max(1, _CHUNK_ELEMS // m)
@@ -98,12 +101,15 @@ def _box_sums(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     top = _window_last(col_sums[None], w)  # [1, m-w+1] boxes at r = 0
     if k == 0:
         return top
-    steps = []  # [k, m-w+1] change of each box when it moves down one row
-    for a in range(0, k, step):
+    out = torch.empty(k + 1, m - w + 1, dtype=torch.float64)
+    out[0] = top[0]
+    for a in range(0, k, step):  # running sum of the change of each box moving down one row
         b = min(a + step, k)
         diff = x[h + a:h + b].double() - x[a:b].double()  # [b-a, m]
-        steps.append(_window_last(diff, w))
-    return torch.cat([top, top + torch.cat(steps).cumsum(0)])
+        rows = out[a + 1:b + 1]
+        torch.cumsum(_window_last(diff, w), 0, out=rows)
+        rows += out[a]
+    return out
 
 
 def max_sum_block(scores: torch.Tensor, n_rows: int, n_cols: int) -> tuple[int, int]:
@@ -134,7 +140,7 @@ def max_sum_block(scores: torch.Tensor, n_rows: int, n_cols: int) -> tuple[int, 
     tol = 16 * (o + i + 4) * _EPS64 * mass
     near = B >= best - tol
     if int(near.sum()) == 1 or mass == 0:
-        flat = int(near.view(-1).byte().argmax())  # first True in row-major order
+        flat = int(near.reshape(-1).byte().argmax())  # first True in row-major order
         return divmod(flat, B.shape[1])
     # near-ties: settle them exactly as the reference loop would
     rr, cc = near.nonzero(as_tuple=True)  # row-major order

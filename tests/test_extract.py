@@ -66,6 +66,32 @@ def test_max_sum_block_equals_reference_larger(shape, block):
         assert max_sum_block(s, *block) == max_sum_block_reference(s, *block)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_max_sum_block_chunked_passes(monkeypatch, chunk):
+    # real matrices are read in chunks of rows; force several chunks on small ones
+    import paraknow.extract as extract
+    monkeypatch.setattr(extract, "_CHUNK_ELEMS", chunk)
+    rng = random.Random(chunk)
+    gen = torch.Generator().manual_seed(chunk)
+    for kind in ("rand", "int", "tenths"):
+        for _ in range(8):
+            o, i = rng.randint(1, 20), rng.randint(1, 20)
+            h, w = rng.randint(1, o), rng.randint(1, i)
+            s = make_scores(kind, o, i, gen)
+            assert max_sum_block(s, h, w) == max_sum_block_reference(s, h, w), (kind, o, i, h, w)
+    s = torch.rand(30, 12, generator=gen).t()  # column-major input, chunked too
+    assert max_sum_block(s, 5, 17) == max_sum_block_reference(s, 5, 17)
+
+
+def test_max_sum_block_non_contiguous_inputs():
+    gen = torch.Generator().manual_seed(2)
+    emb = torch.rand(37, 11, generator=gen)  # embed_tokens [V, d] is reduced as its transpose
+    assert max_sum_block(emb.t(), 6, 37) == max_sum_block_reference(emb.t(), 6, 37)
+    assert max_sum_block(emb.t(), 4, 20) == max_sum_block_reference(emb.t(), 4, 20)
+    view = torch.rand(30, 30, generator=gen)[::2, 3:25]
+    assert max_sum_block(view, 5, 9) == max_sum_block_reference(view, 5, 9)
+
+
 def test_max_sum_block_is_true_maximum():
     gen = torch.Generator().manual_seed(3)
     for o, i, h, w in [(12, 9, 5, 4), (7, 20, 7, 3), (15, 15, 1, 1), (10, 6, 3, 6)]:
@@ -231,7 +257,8 @@ def test_select_validates():
     with pytest.raises(ParaknowError, match="submatrix, rowcol, elements, random, uniform"):
         select("blocks", s, 2, 2)
     for structure in STRUCTURES:
-        with pytest.raises(ParaknowError, match=r"teacher matrix \[6, 4\] is smaller than the student's \[6, 5\]"):
+        msg = r"teacher matrix \[6, 4\] is smaller than the student's \[6, 5\]; pick a larger teacher"
+        with pytest.raises(ParaknowError, match=msg):
             select(structure, s, 6, 5)
 
 
