@@ -1,0 +1,98 @@
+"""paraknow — Streamlit entry point: navigation, shared session state, and the home page.
+
+    streamlit run app.py
+
+Every page runs through this file (st.navigation), so the session state is initialised once
+here and the sidebar status is drawn on every page.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from ui import state as S  # noqa: E402
+from ui import widgets as W  # noqa: E402
+
+st.set_page_config(page_title="paraknow — parametric knowledge transfer", page_icon=":material/hub:",
+                   layout="wide")
+S.init()
+
+
+def home() -> None:
+    from paraknow.viz import pipeline_figure
+
+    st.title("paraknow: parametric knowledge transfer")
+    st.markdown(
+        "A larger **teacher** model already knows how to do a task. *Parametric knowledge transfer* "
+        "(PKT, “Seeking Neural Nuggets”, Zhong et al., ICLR 2024) moves part of that knowledge into a "
+        "smaller **student** through its weights rather than through its outputs: measure how much each "
+        "teacher parameter matters for the task (**sensitivity** = |θ · ∇L| summed over a few dozen seed "
+        "samples), keep the most sensitive teacher layers, cut from each of their weight matrices the "
+        "student-sized **submatrix** holding the most sensitivity, and factorise it with an SVD into a "
+        "**LoRA initialisation** for the student, which is then fine-tuned as usual.")
+    st.plotly_chart(pipeline_figure(S.progress_summary()), config={"displayModeBar": False}, key="home_pipeline")
+
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        st.subheader("Quick start")
+        t_ref, s_ref = S.default_refs()
+        st.markdown(f"One click: load `{t_ref}` + `{s_ref}`, compute the teacher's sensitivity on "
+                    f"`{W.QUICK_TASK}` (32 samples, taylor-abs) and make the default plan "
+                    "(sensitivity-selected layers, submatrix extraction, attention + FFN).")
+        if st.button("Quick start on the demo pair", type="primary", icon=":material/rocket_launch:",
+                     key="w_home_quickstart"):
+            with W.show_errors("running the quick start"):
+                W.quick_start()
+        if S.get(S.QUICKSTART):
+            st.success(S.get(S.QUICKSTART), icon=":material/check_circle:")
+        st.markdown("**Next steps**")
+        st.page_link(W.PAGE_MODELS, label="Models: choose the teacher and the student", icon=":material/memory:")
+        st.page_link(W.PAGE_SENSITIVITY, label="Sensitivity: where the task knowledge sits",
+                     icon=":material/local_fire_department:")
+        st.page_link(W.PAGE_MAPPING, label="Mapping: layers and submatrices", icon=":material/account_tree:")
+        st.page_link(W.PAGE_EXPORT, label="Export: the LoRA initialisation", icon=":material/package_2:")
+    with right:
+        st.subheader("This session")
+        done = S.progress_summary()
+        t, s, sens, plan, exp = (S.get(S.TEACHER), S.get(S.STUDENT), S.get(S.SENS), S.get(S.PLAN),
+                                 S.get(S.EXPORT))
+        t_info, s_info = S.get(S.TEACHER_INFO), S.get(S.STUDENT_INFO)
+        rows = [
+            ("Teacher", f"{t['ref']} · {t_info.n_layers} layers · {t_info.n_params / 1e6:.2f}M params" if t else "not loaded"),
+            ("Student", f"{s['ref']} · {s_info.n_layers} layers · {s_info.n_params / 1e6:.2f}M params" if s else "not loaded"),
+            ("Sensitivity", f"{sens['label']} · {sens['config']['samples']} samples · {sens['config']['metric']}"
+             if sens else "not computed"),
+            ("Mapping", f"layers {plan[1].layer_map} · {len(plan[1].modules)} modules" if done["Mapping"] else "not planned"),
+            ("Exports", ", ".join(S.get(S.EXPORTS_MADE)) or "none yet"),
+        ]
+        st.table({"step": [r[0] for r in rows], "state": [r[1] for r in rows]})
+        st.caption("Everything is kept while you move between pages. Results are cached by content: "
+                   "the same models, data and settings come back instantly.")
+
+
+# Lower-case URLs (/models, ...) differ from the names Streamlit's legacy pages/ mode gives the same files
+# (/Models, ...), so a direct link is always routed through this file (see widgets.entry_guard).
+PAGES = [
+    st.Page(home, title="Home", icon=":material/home:", default=True, url_path="home"),
+    st.Page(W.PAGE_MODELS, title="Models", url_path="models", icon=":material/memory:"),
+    st.Page(W.PAGE_SENSITIVITY, title="Sensitivity", url_path="sensitivity", icon=":material/local_fire_department:"),
+    st.Page(W.PAGE_MAPPING, title="Mapping", url_path="mapping", icon=":material/account_tree:"),
+    st.Page(W.PAGE_EXPORT, title="Export", url_path="export", icon=":material/package_2:"),
+]
+if W.finetune_available():  # page 6 is added by the fine-tuning work
+    PAGES.append(st.Page(W.PAGE_FINETUNE, title="Fine-tune", url_path="fine-tune", icon=":material/model_training:"))
+
+W.HOME_PAGE = PAGES[0]  # page_link to the home page needs its Page object (it is a function)
+page = st.navigation(PAGES)
+status_slot = st.sidebar.container()  # filled after the page ran, so it shows this run's results
+try:
+    page.run()
+except W.StopPage:  # a page ended early (missing prerequisite, error): the sidebar still shows the state
+    pass
+W.sidebar_status(status_slot)

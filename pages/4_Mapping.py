@@ -1,0 +1,231 @@
+"""Mapping: which teacher layer feeds each student layer, which modules, which submatrix of each."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from paraknow import viz
+from paraknow.errors import ParaknowError
+from paraknow.extract import STRUCTURES, captured_share, select
+from paraknow.mapping import LAYER_STRATEGIES, map_layers
+from paraknow.models import ATTN_ROLES, EMBED_ROLES, FFN_ROLES
+from paraknow.transfer import compatibility
+from ui import state as S
+from ui import widgets as W
+from ui.state import PERSIST
+
+STRATEGY_HELP = {
+    "sensitivity": "the student-count most sensitive teacher layers, in order (the paper's)",
+    "first": "the first teacher layers", "last": "the last teacher layers",
+    "uniform": "evenly spaced teacher layers, first and last included",
+    "random": "random teacher layers (seeded), in order",
+    "manual": "any teacher layer per student layer (edit the table); layers may repeat or stay unmapped",
+}
+STRUCTURE_HELP = {
+    "submatrix": "the contiguous student-sized block with the most sensitivity (the paper's)",
+    "rowcol": "the most sensitive rows and columns, wherever they are",
+    "elements": "the most sensitive single entries (destroys the matrix structure; ablation)",
+    "random": "random rows and columns (seeded)", "uniform": "evenly spaced rows and columns (Weight Selection)",
+}
+
+W.entry_guard()
+st.title("Mapping")
+st.caption("Decide what moves: a teacher layer for every student layer, the modules, and for each teacher "
+           "matrix the student-sized part to extract. The selection is drawn on the teacher's sensitivity.")
+if not W.require("models", "sensitivity"):
+    W.stop()
+t_info, s_info, sens = S.get(S.TEACHER_INFO), S.get(S.STUDENT_INFO), S.get(S.SENS)
+n_t, n_s = t_info.n_layers, s_info.n_layers
+report = compatibility(t_info, s_info)
+
+
+def _auto_map(strategy: str) -> list:
+    try:
+        return map_layers(strategy, n_t, n_s, scores=sens["layer_scores"], seed=int(st.session_state[S.W_MAP_SEED]))
+    except ParaknowError:
+        return [min(j, n_t - 1) for j in range(n_s)]
+
+
+def _edit_as_manual(current: list) -> None:
+    st.session_state[S.W_STRATEGY] = "manual"
+    S.put(S.MANUAL_MAP, list(current))
+    S.put(S.MANUAL_VERSION, S.get(S.MANUAL_VERSION) + 1)
+
+
+def _set_override(module: str, default: tuple[int, int]) -> None:
+    on = st.session_state.get(f"{S.W_OVR_ON}::{module}")
+    overrides = dict(S.get(S.OVERRIDES) or {})
+    if on:
+        rk, ck = f"{S.W_OVR_ROW}::{module}", f"{S.W_OVR_COL}::{module}"
+        st.session_state.setdefault(rk, default[0])
+        st.session_state.setdefault(ck, default[1])
+        overrides[module] = (int(st.session_state[rk]), int(st.session_state[ck]))
+    else:
+        overrides.pop(module, None)
+    S.put(S.OVERRIDES, overrides)
+
+
+# ---- controls -------------------------------------------------------------------------
+with st.container(border=True):
+    c1, c2 = st.columns(2, gap="large")
+    strategy = c1.selectbox("Layer strategy", list(LAYER_STRATEGIES), key=S.W_STRATEGY, **PERSIST,
+                            help="\n".join(f"- **{k}**: {v}" for k, v in STRATEGY_HELP.items()))
+    c1.caption(STRATEGY_HELP[strategy])
+    if strategy == "random":
+        c1.number_input("Seed", min_value=0, step=1, key=S.W_MAP_SEED, **PERSIST)
+    structure = c2.selectbox("Structure", list(STRUCTURES), key=S.W_STRUCTURE, **PERSIST,
+                             help="\n".join(f"- **{k}**: {v}" for k, v in STRUCTURE_HELP.items()))
+    c2.caption(STRUCTURE_HELP[structure])
+    st.markdown("**Modules to transfer**")
+    for label, roles in (("attention", ATTN_ROLES), ("FFN", FFN_ROLES), ("embeddings", EMBED_ROLES)):
+        cols = st.columns([1, 1.3, 1.3, 1.3, 1.3, 0.6])
+        cols[0].caption(label)
+        for box, role in zip(cols[1:], roles):
+            disabled = role in EMBED_ROLES and not report["vocab_match"]
+            box.checkbox(role, key=S.W_MODULE_PREFIX + role, **PERSIST, disabled=disabled,
+                         help="vocabularies differ: embeddings cannot transfer" if disabled else None)
+    if not report["vocab_match"]:
+        st.caption("Embeddings are off: the vocabularies differ.")
+    elif s_info.tied_embeddings:
+        st.caption("The student ties lm_head to embed_tokens: embeddings transfer into embed_tokens only.")
+
+if strategy == "manual" and (not S.get(S.MANUAL_MAP) or len(S.get(S.MANUAL_MAP)) != n_s):
+    S.put(S.MANUAL_MAP, _auto_map("sensitivity"))
+    S.put(S.MANUAL_VERSION, S.get(S.MANUAL_VERSION) + 1)
+
+# ---- layer map: table first (its edits feed the plan), then the diagram --------------
+st.subheader("Layer mapping")
+left, right = st.columns([3, 2], gap="large")
+with right:
+    if strategy == "manual":
+        editor_key = f"{S.W_MAP_EDITOR}{S.get(S.MANUAL_VERSION)}"
+        if editor_key not in st.session_state:
+            S.put(S.MANUAL_BASE, list(S.get(S.MANUAL_MAP)))
+        base = pd.DataFrame(viz.mapping_table(S.get(S.MANUAL_BASE)))
+        edited = st.data_editor(
+            base, key=editor_key, hide_index=True, width="stretch", disabled=[viz.TABLE_STUDENT],
+            column_config={viz.TABLE_TEACHER: st.column_config.SelectboxColumn(
+                options=[viz.UNMAPPED] + [str(i) for i in range(n_t)], required=True,
+                help="teacher layer feeding this student layer; - leaves it unmapped")})
+        with W.show_errors("reading the mapping table"):
+            S.put(S.MANUAL_MAP, viz.table_to_mapping(edited.to_dict("records"), n_s, n_t))
+        st.caption("Edit the teacher column: a teacher layer may feed several student layers; "
+                   "`-` leaves a student layer with the vanilla LoRA init.")
+
+try:
+    with st.spinner("Planning: layer map and the selection in every teacher matrix…"):
+        plan = W.current_plan()
+except ParaknowError as exc:
+    st.error(f"{exc} (The rank is set on the Export page.)" if "rank" in str(exc) else str(exc),
+             icon=":material/error:")
+    W.stop()
+
+with right:
+    if strategy != "manual":
+        st.dataframe(pd.DataFrame(viz.mapping_table(plan.layer_map, sens["layer_scores"])), hide_index=True,
+                     width="stretch", column_config={"teacher layer share": st.column_config.ProgressColumn(
+                         format="percent", min_value=0, max_value=max(1e-12, max(
+                             s / (sum(sens["layer_scores"]) or 1) for s in sens["layer_scores"])))})
+        st.button("Edit this mapping by hand", on_click=_edit_as_manual, args=(plan.layer_map,),
+                  icon=":material/edit:", key="w_map_to_manual")
+with left:
+    st.plotly_chart(viz.mapping_diagram(plan.layer_map, n_t, sens["layer_scores"]),
+                    config={"displayModeBar": False}, key="map_diagram")
+for note in plan.notes:
+    st.info(note, icon=":material/info:")
+
+# ---- per-module selection preview -----------------------------------------------------
+st.subheader("Selection preview")
+if not plan.modules:
+    st.warning("Nothing transfers with these settings: map at least one student layer and tick a module.",
+               icon=":material/warning:")
+    W.stop()
+by_name = {m.student_module: m for m in plan.modules}
+names = list(by_name)
+if st.session_state.get(S.W_PREVIEW) not in names:
+    st.session_state[S.W_PREVIEW] = names[0]
+
+
+def _label(name: str) -> str:
+    # the student module only: a label that depends on the plan would go stale in the open widget
+    return f"student {viz._short(name)}"
+
+
+p1, p2 = st.columns([3, 2], gap="large")
+with p2:
+    choice = st.selectbox("Student module", names, key=S.W_PREVIEW, **PERSIST, format_func=_label)
+    mod = by_name[choice]
+    block = mod.selection.block()
+    st.metric("Captured share of the teacher matrix's sensitivity", f"{mod.captured:.1%}")
+    st.caption(f"From teacher `{mod.teacher_param}` {list(mod.teacher_shape)} → student {list(mod.shape)}"
+               + (" (embedding, reduced over the hidden size as [d, V])" if mod.transposed else "")
+               + (f"; block at row {block[0]}, column {block[1]}." if block else "; scattered rows/columns/entries."))
+    max_r, max_c = mod.teacher_shape[0] - mod.shape[0], mod.teacher_shape[1] - mod.shape[1]
+    current = (S.get(S.OVERRIDES) or {}).get(choice)
+    default = current or block or (0, 0)
+    on_key = f"{S.W_OVR_ON}::{choice}"
+    if on_key not in st.session_state:
+        st.session_state[on_key] = current is not None
+    if max_r == 0 and max_c == 0:
+        st.caption("The teacher matrix has the student's shape: there is only one block position.")
+    else:
+        st.checkbox("Place this block by hand", key=on_key, **PERSIST, on_change=_set_override,
+                    args=(choice, default),
+                    help="Overrides the structure for this module; stored in the export's manifest.")
+        if st.session_state[on_key]:
+            rk, ck = f"{S.W_OVR_ROW}::{choice}", f"{S.W_OVR_COL}::{choice}"
+            st.session_state.setdefault(rk, default[0])
+            st.session_state.setdefault(ck, default[1])
+            if max_r > 0:
+                st.slider("Block row (top)", 0, max_r, key=rk, **PERSIST, on_change=_set_override,
+                          args=(choice, default))
+            if max_c > 0:
+                st.slider("Block column (left)", 0, max_c, key=ck, **PERSIST, on_change=_set_override,
+                          args=(choice, default))
+            scores_m = sens["scores"][mod.teacher_param]
+            scores_m = scores_m.T if mod.transposed else scores_m
+            with W.show_errors("scoring the automatic selection"):
+                auto = select(structure, scores_m, *mod.shape, seed=int(st.session_state[S.W_MAP_SEED]))
+                st.caption(f"The automatic **{structure}** selection captures {captured_share(scores_m, auto):.1%}.")
+with p1:
+    scores_m = sens["scores"][mod.teacher_param]
+    scores_m = scores_m.T if mod.transposed else scores_m
+    st.plotly_chart(viz.matrix_figure(scores_m, title=f"{mod.teacher_param}{' (transposed)' if mod.transposed else ''}",
+                                      selection=mod.selection, height=520),
+                    config={"displayModeBar": False}, key="map_preview")
+
+st.subheader("Captured share per module")
+rows = pd.DataFrame(viz.plan_rows(plan))
+overrides = S.get(S.OVERRIDES) or {}
+rows["override"] = [("manual " + str(tuple(overrides[n]))) if n in overrides else "" for n in rows["student module"]]
+st.dataframe(rows, hide_index=True, width="stretch",
+             column_order=["student module", "teacher layer", "captured", "block at", "override", "teacher shape",
+                           "student shape"],
+             column_config={"captured": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)})
+st.plotly_chart(viz.captured_bars(plan), config={"displayModeBar": False}, key="map_captured")
+
+# ---- layer similarity -----------------------------------------------------------------
+st.subheader("Teacher × student layer similarity")
+st.caption("Linear CKA between each teacher layer's and each student layer's hidden states on the seed samples "
+           "(1 = the same representation up to rotation and scale). Circles mark the current mapping; "
+           "use it to pick teacher layers for a manual map.")
+cka_id = (str(S.get(S.TEACHER)), str(S.get(S.STUDENT)), sens["id"])
+cka = S.get(S.CKA)
+if st.button("Compute layer similarity", icon=":material/grid_on:", key="w_map_cka"):
+    from paraknow.similarity import layer_similarity
+
+    with W.show_errors("computing the layer similarity"):
+        teacher, t_tok, _ = W.get_model("teacher")
+        student, s_tok, _ = W.get_model("student")
+        progress = W.Progress("Hidden states")
+        matrix, info = layer_similarity(teacher, student, t_tok, sens["records"], student_tokenizer=s_tok,
+                                        progress=progress)
+        progress.finish(f"compared on {info['n']} {info['inputs']}")
+        cka = {"key": cka_id, "matrix": matrix, "info": info}
+        S.put(S.CKA, cka)
+if cka and cka["key"] == cka_id:
+    st.plotly_chart(viz.similarity_heatmap(cka["matrix"], plan.layer_map), config={"displayModeBar": False},
+                    key="map_cka")
+    st.caption(f"Computed on {cka['info']['n']} {cka['info']['inputs']} from {cka['info']['samples']} seed samples.")
+
+st.page_link(W.PAGE_EXPORT, label="Next: export the LoRA initialisation", icon=":material/arrow_forward:")

@@ -1,0 +1,158 @@
+"""Export: factorise the selected teacher blocks into a LoRA initialisation for the student."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from paraknow import viz
+from paraknow.errors import ParaknowError
+from paraknow.lora import MODES, SPLITS
+from paraknow.models import EMBED_ROLES, LAYER_ROLES
+from paraknow.paths import cache_dir
+from ui import ops
+from ui import state as S
+from ui import widgets as W
+from ui.state import PERSIST
+
+W.entry_guard()
+st.title("Export")
+st.caption("Each selected teacher block W is factorised by a truncated SVD at rank r into the LoRA pair (A, B) "
+           "with s·B·A ≈ W (s = alpha / r). In residual mode the student's base becomes W_S − s·B·A, so its "
+           "outputs do not change until fine-tuning moves the LoRA.")
+if not W.require("models", "sensitivity"):
+    W.stop()
+sens, t_spec, s_spec = S.get(S.SENS), S.get(S.TEACHER), S.get(S.STUDENT)
+s_info = S.get(S.STUDENT_INFO)
+
+# ---- settings -------------------------------------------------------------------------
+roles = W.selected_roles()
+max_rank = min(min(s_info.shapes[r]) for r in roles) if roles else 1
+if not st.session_state.get(S.W_NAME):
+    st.session_state[S.W_NAME] = ops.default_export_name(t_spec["ref"], s_spec["ref"], sens["label"],
+                                                         st.session_state[S.W_STRUCTURE])
+with st.container(border=True):
+    c1, c2, c3, c4 = st.columns(4)
+    c1.number_input("Rank r", min_value=1, max_value=4096, step=1, key=S.W_RANK, **PERSIST,
+                    help=f"The paper uses 16. At most {max_rank} for the chosen modules of this student.")
+    c2.number_input("LoRA alpha", min_value=0.0625, max_value=4096.0, step=1.0, key=S.W_ALPHA, **PERSIST,
+                    help="Scaling s = alpha / r; alpha = r gives s = 1 (the paper's 16/16).")
+    c3.selectbox("Split of Σ", list(SPLITS), key=S.W_SPLIT_MODE, **PERSIST,
+                 help="left: B = UΣ/s, A = Vᵀ (the paper's); sqrt: √(Σ/s) on both sides.")
+    c4.selectbox("Mode", list(MODES), key=S.W_MODE, **PERSIST,
+                 help="residual: base becomes W − s·B·A (outputs unchanged at step 0, the official code's); "
+                      "additive: the student starts at W + s·B·A.")
+    n1, n2 = st.columns([3, 1])
+    n1.text_input("Export name", key=S.W_NAME, **PERSIST, help="Saved under cache/exports/<name>/.")
+    n2.checkbox("Overwrite if it exists", key=S.W_OVERWRITE, **PERSIST)
+
+config = W.current_transfer_config()
+if config.rank > max_rank:
+    st.error(f"Rank {config.rank} is larger than the smallest dimension ({max_rank}) of the chosen student modules: "
+             f"lower the rank to {max_rank} or less.", icon=":material/error:")
+    W.stop()
+try:
+    with st.spinner("Planning: layer map and the selection in every teacher matrix…"):
+        plan = W.current_plan(config)
+except ParaknowError as exc:
+    st.error(str(exc), icon=":material/error:")
+    st.page_link(W.PAGE_MAPPING, label="Back to Mapping", icon=":material/arrow_back:")
+    W.stop()
+
+overrides = config.overrides
+st.markdown(
+    f"**Plan:** {len(plan.modules)} modules ({', '.join(r for r in LAYER_ROLES + EMBED_ROLES if r in plan.roles)}) · "
+    f"layer strategy `{config.layers}` (student layer j ← teacher layer {plan.layer_map}[j]) · "
+    f"structure `{config.structure}`"
+    + (f" · {len(overrides)} manual block override(s)" if overrides else "")
+    + f" · seeds `{sens['label']}` ({sens['config']['metric']}).")
+
+if st.button("Export", type="primary", icon=":material/package_2:", key="w_exp_run"):
+    from paraknow.transfer import export_transfer
+
+    with W.show_errors("exporting"):
+        name = ops.check_export_name(st.session_state[S.W_NAME])
+        out_dir = cache_dir("exports") / name
+        if out_dir.exists() and not st.session_state[S.W_OVERWRITE]:
+            raise ParaknowError(f"an export named '{name}' already exists in {out_dir.parent}: choose another name "
+                                "or tick 'Overwrite if it exists'.")
+        teacher, _, t_info = W.get_model("teacher")
+        student, _, s_info = W.get_model("student")
+        provenance = {"teacher": t_spec["ref"], "student": s_spec["ref"], "data": sens["label"],
+                      "metric": sens["config"]["metric"], "samples": sens["config"]["samples"],
+                      "max_length": sens["config"]["max_length"], "data_sha256": sens["data_sha256"]}
+        progress = W.Progress(f"Exporting {name}")
+        manifest = export_transfer(teacher, student, t_info, s_info, plan, config, out_dir, provenance, progress)
+        progress.finish(f"saved {len(manifest['modules'])} modules to {out_dir}")
+        S.put(S.EXPORT, {"name": name, "dir": str(out_dir), "manifest": manifest})
+        if name not in S.get(S.EXPORTS_MADE):
+            S.get(S.EXPORTS_MADE).append(name)
+        S.put(S.VERIFY, None)
+
+# ---- the last export ------------------------------------------------------------------
+export = S.get(S.EXPORT)
+if export:
+    manifest = export["manifest"]
+    mods = manifest["modules"]
+    st.subheader(f"Export `{export['name']}`")
+    st.success(f"Saved to `{export['dir']}`: a PEFT LoRA adapter for `{manifest['student']}`"
+               + (", its `residual/` companion" if manifest["mode"] == "residual" else "")
+               + ", `selection.safetensors` and the manifest `paraknow.json`.", icon=":material/check_circle:")
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Modules", len(mods))
+    m2.metric("Rank / alpha", f"{manifest['rank']} / {manifest['alpha']:g}")
+    m3.metric("Mean energy kept at rank r", f"{sum(m['energy'] for m in mods.values()) / max(1, len(mods)):.1%}")
+    m4.metric("Mean captured sensitivity", f"{sum(m['captured'] for m in mods.values()) / max(1, len(mods)):.1%}")
+    st.plotly_chart(viz.energy_figure(manifest), config={"displayModeBar": False}, key="exp_energy")
+    roles_in = [r for r in LAYER_ROLES + EMBED_ROLES if any(m["role"] == r for m in mods.values())]
+    if not st.session_state.get(S.W_SPEC_MODULES) or not set(st.session_state[S.W_SPEC_MODULES]) <= set(roles_in):
+        st.session_state[S.W_SPEC_MODULES] = roles_in[:1]
+    shown = st.multiselect("Spectra of", roles_in, key=S.W_SPEC_MODULES, **PERSIST)
+    st.plotly_chart(viz.spectrum_figure(manifest, [n for n, m in mods.items() if m["role"] in shown]),
+                    config={"displayModeBar": False}, key="exp_spectrum")
+
+    d1, d2 = st.columns(2)
+    with d1:
+        st.download_button("Download as zip", data=lambda d=export["dir"]: ops.zip_dir(d),
+                           file_name=f"{export['name']}.zip", mime="application/zip", on_click="ignore",
+                           icon=":material/download:", key="w_exp_download")
+        with st.expander("Files"):
+            st.dataframe(pd.DataFrame(ops.files_table(export["dir"])), hide_index=True, width="stretch")
+    with d2:
+        if st.button("Verify with plain PEFT", icon=":material/fact_check:", key="w_exp_verify",
+                     help="Loads the export on a copy of the student with peft.PeftModel (residual/ merged first) "
+                          "and compares the logits on the seed samples with the original student's."):
+            with W.show_errors("verifying the export"):
+                student, s_tok, _ = W.get_model("student")
+                progress = W.Progress("Comparing logits")
+                S.put(S.VERIFY, ops.verify_export(student, s_tok, export["dir"], sens["records"],
+                                                  max_length=min(512, sens["config"]["max_length"]),
+                                                  progress=progress))
+                progress.finish()
+        result = S.get(S.VERIFY)
+        if result and result["dir"] == export["dir"]:
+            text = (f"Maximum logit change vs the original student on {result['samples']} seed samples "
+                    f"({result['tokens']} tokens): **{result['max_change']:.2e}** (largest logit {result['max_logit']:.1f}).")
+            if result["mode"] == "residual" and result["unchanged"]:
+                st.success(text + " Residual mode: the student's outputs are unchanged.", icon=":material/verified:")
+            elif result["mode"] == "residual":
+                st.error(text + f" Residual mode should leave the outputs unchanged (tolerance {result['tolerance']:.1e}).",
+                         icon=":material/error:")
+            else:
+                st.info(text + " Additive mode: the change is the injected teacher knowledge.", icon=":material/info:")
+    if W.finetune_available():
+        st.page_link(W.PAGE_FINETUNE, label="Next: fine-tune the student from this export",
+                     icon=":material/arrow_forward:")
+    else:
+        st.caption(f"Next: fine-tune from it with `python -m paraknow train --student {manifest['student']} "
+                   f"--data task:arith:train --init {export['dir']} --out RUN_DIR`.")
+
+# ---- earlier exports ------------------------------------------------------------------
+earlier = ops.list_exports(cache_dir("exports"))
+if earlier:
+    with st.expander(f"All exports in {cache_dir('exports')} ({len(earlier)})"):
+        st.dataframe(pd.DataFrame(earlier).drop(columns=["dir"]), hide_index=True, width="stretch")
+        pick = st.selectbox("Download", [e["name"] for e in earlier], key="w_exp_earlier")
+        chosen = next(e for e in earlier if e["name"] == pick)
+        st.download_button(f"Download {pick}.zip", data=lambda d=chosen["dir"]: ops.zip_dir(d),
+                           file_name=f"{pick}.zip", mime="application/zip", on_click="ignore",
+                           icon=":material/download:", key="w_exp_download_earlier")

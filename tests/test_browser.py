@@ -1,0 +1,178 @@
+"""End-to-end in a real browser: `streamlit run app.py` + Playwright on Debian's Chromium.
+
+Walks home -> quick start -> sensitivity (click a heatmap cell) -> mapping -> export -> download,
+and saves a screenshot of each page to docs/screenshots/. Skips when Chromium or Playwright is
+missing. Uses the demo pair unless PARAKNOW_APP_TEACHER / PARAKNOW_APP_STUDENT name other models.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "docs" / "screenshots"
+TIMEOUT_MS = 300_000  # generous: other jobs may share the CPU
+
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError("streamlit did not become healthy in time")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    port = _free_port()
+    env = dict(os.environ)
+    env["PARAKNOW_CACHE"] = str(tmp_path_factory.mktemp("browser-cache"))
+    env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.address", "127.0.0.1"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url, Path(env["PARAKNOW_CACHE"])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _settle(page) -> None:
+    """Wait until the app is idle (no 'Running...' status widget) and the charts are drawn."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=TIMEOUT_MS)
+    page.wait_for_timeout(400)
+
+
+def _shot(page, name: str) -> None:
+    """Screenshot of the whole page: Streamlit scrolls inside stMain, so grow the viewport to fit it."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    height = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
+    page.set_viewport_size({"width": 1440, "height": min(int(height) + 40, 8000)})
+    page.wait_for_timeout(1000)  # plotly redraws at the new size
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    page.set_viewport_size({"width": 1440, "height": 1000})
+    page.wait_for_timeout(300)
+
+
+def _goto(page, title: str, marker: str) -> None:
+    page.locator("[data-testid='stSidebarNav']").get_by_text(title, exact=True).click()
+    page.get_by_text(marker, exact=False).first.wait_for(timeout=TIMEOUT_MS)
+    _settle(page)
+
+
+def _no_errors(page) -> None:
+    errors = page.locator("[data-testid='stException'], [data-testid='stAlertContentError']")
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def _selectbox_value(page, label: str) -> str:
+    return page.locator("[data-testid='stSelectbox']").filter(has_text=label).first.locator("input").input_value()
+
+
+def test_full_flow_in_browser(server):
+    from playwright.sync_api import sync_playwright
+
+    url, cache = server
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        page.get_by_text("Quick start on the demo pair").first.wait_for()
+        _settle(page)
+        _no_errors(page)
+
+        page.get_by_role("button", name="Quick start on the demo pair").click()
+        page.get_by_text("Quick start done").first.wait_for()
+        _settle(page)
+        _no_errors(page)
+        _shot(page, "1_home")
+
+        _goto(page, "Models", "Compatibility")
+        _no_errors(page)
+        _shot(page, "2_models")
+
+        _goto(page, "Sensitivity", "Layers × modules")
+        page.locator(".js-plotly-plot").first.wait_for()
+        _no_errors(page)
+        # click a heatmap cell (invisible markers carry [layer, module]): the drill-down follows
+        grid = page.locator(".js-plotly-plot").first.locator(".nsewdrag").first
+        grid.scroll_into_view_if_needed()
+        box = grid.bounding_box()
+        n_modules = 7
+        page.mouse.click(box["x"] + box["width"] * 4.5 / n_modules, box["y"] + box["height"] * 0.69)
+        _settle(page)
+        assert _selectbox_value(page, "Module") == "gate_proj"
+        _no_errors(page)
+        _shot(page, "3_sensitivity")
+
+        _goto(page, "Mapping", "Selection preview")
+        _no_errors(page)
+        # edit the mapping by hand: student layer 0 <- teacher layer 5, in the table editor
+        page.get_by_role("button", name="Edit this mapping by hand").click()
+        _settle(page)
+        editor = page.locator("[data-testid='stDataFrame']").first
+        editor.scroll_into_view_if_needed()
+        box = editor.bounding_box()
+        page.mouse.dblclick(box["x"] + box["width"] * 0.75, box["y"] + 35 * 1.5)
+        page.get_by_role("option", name="5", exact=True).click()
+        _settle(page)
+        page.locator("[data-testid='stSidebar']").get_by_text("mapping: [5,").wait_for()
+        _no_errors(page)
+        _shot(page, "4_mapping")
+
+        _goto(page, "Export", "Export name")
+        page.get_by_role("button", name="Export", exact=True).click()
+        page.get_by_text("Saved to").first.wait_for()
+        _settle(page)
+        _no_errors(page)
+        with page.expect_download() as info:
+            page.get_by_role("button", name="Download as zip").click()
+        data = Path(info.value.path()).read_bytes()
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        assert any(n.endswith("/paraknow.json") for n in names)
+        assert any(n.endswith("/adapter_model.safetensors") for n in names)
+        page.get_by_role("button", name="Verify with plain PEFT").click()
+        page.get_by_text("Maximum logit change").first.wait_for()
+        _settle(page)
+        _no_errors(page)
+        _shot(page, "5_export")
+        browser.close()
+    exports = [d for d in (cache / "exports").iterdir() if not d.name.startswith(".")]
+    assert exports and json.loads((exports[0] / "paraknow.json").read_text())["modules"]

@@ -1,0 +1,259 @@
+"""Every st.session_state key the app uses, in one place, with its default.
+
+Two kinds of keys:
+
+- results (prefix `pk_`): what the pipeline produced so far -- loaded model specs, the
+  sensitivity map, the mapping choices, the last export. Only code writes them.
+- widget keys (prefix `w_`): the value of one widget. Widgets are created with
+  `**PERSIST` (`persist_state="session"`) and without `value=`/`index=`, so their value is
+  the one stored here, it survives moving between pages, and code may preset it (quick
+  start, "edit this mapping") before the widget is drawn.
+
+Development override (documented in the README of the UI, see `default_refs`): the
+environment variables PARAKNOW_APP_TEACHER / PARAKNOW_APP_STUDENT replace the default
+model references (demo:teacher / demo:student), e.g. with tiny local models.
+"""
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+PERSIST = {"persist_state": "session"}
+ROLES = ("teacher", "student")
+
+# ---- results --------------------------------------------------------------------------
+TEACHER = "pk_teacher"            # {"ref", "dtype", "device"} of the loaded teacher, or None
+STUDENT = "pk_student"            # same for the student
+TEACHER_INFO = "pk_teacher_info"  # paraknow.models.ModelInfo of the loaded teacher (describe)
+STUDENT_INFO = "pk_student_info"
+SENS = "pk_sens"                  # sensitivity result dict (see ui.widgets.run_sensitivity)
+SENS_B = "pk_sens_b"              # second map for the task comparison
+MANUAL_MAP = "pk_manual_map"      # manual layer map (list, teacher layer or None per student layer)
+MANUAL_BASE = "pk_manual_base"    # the map the mapping table editor started from
+MANUAL_VERSION = "pk_manual_version"  # bumped to give the table editor a fresh key
+OVERRIDES = "pk_overrides"        # {student module: (row, col)} manual block positions
+PLAN = "pk_plan"                  # (settings key, TransferPlan) of the current mapping
+CKA = "pk_cka"                    # {"key", "matrix", "info"} layer similarity
+EXPORT = "pk_export"              # {"name", "dir", "manifest"} of the last export
+EXPORTS_MADE = "pk_exports_made"  # names exported in this session
+VERIFY = "pk_verify"              # {"dir", "max_change", ...} of the last verification
+ZIP = "pk_zip"                    # {"dir", "stamp", "data"} zip bytes of an export
+QUICKSTART = "pk_quickstart"      # summary line of the last quick start
+DRILL_CLICK = "pk_drill_click"    # last heatmap click applied to the drill-down
+HUB_CHECKED = "pk_hub_checked"    # hub ids whose config the user asked to look up (network)
+
+RESULT_DEFAULTS = {
+    TEACHER: None, STUDENT: None, TEACHER_INFO: None, STUDENT_INFO: None, SENS: None, SENS_B: None,
+    MANUAL_MAP: None, MANUAL_BASE: None, MANUAL_VERSION: 0, OVERRIDES: {}, PLAN: None, CKA: None,
+    EXPORT: None, EXPORTS_MADE: [], VERIFY: None, ZIP: None, QUICKSTART: None, DRILL_CLICK: None,
+    HUB_CHECKED: [],
+}
+
+# ---- widgets --------------------------------------------------------------------------
+KIND_DEMO, KIND_BUNDLED, KIND_LOCAL, KIND_GGUF, KIND_HUB = (
+    "Built-in demo", "Bundled SmolLM2", "Local folder", "GGUF file", "Hub id")
+MODEL_KINDS = (KIND_DEMO, KIND_BUNDLED, KIND_LOCAL, KIND_GGUF, KIND_HUB)
+BUNDLED_REF = "bundled:smollm2-135m-instruct"
+
+
+def model_key(role: str, field: str) -> str:
+    """Widget key of a model picker field: kind | demo | local | gguf | hub | dtype | device."""
+    return f"w_{role}_{field}"
+
+
+# Sensitivity page
+W_SOURCE = "w_sens_source"        # Built-in task | Upload JSONL | Paste JSONL
+W_TASK = "w_sens_task"
+W_SPLIT = "w_sens_split"
+W_PASTE = "w_sens_paste"
+W_UPLOAD = "w_sens_upload"        # file_uploader (no persist: the parsed records are kept instead)
+W_SAMPLES = "w_sens_samples"
+W_METRIC = "w_sens_metric"
+W_MAXLEN = "w_sens_maxlen"
+W_VALUE = "w_sens_value"          # sum | mean
+W_LOG = "w_sens_log"
+W_DRILL_LAYER = "w_drill_layer"
+W_DRILL_MODULE = "w_drill_module"
+W_DRILL_LOG = "w_drill_log"
+W_DRILL_MAX = "w_drill_max"      # max pooling instead of mean in the drill-down
+W_GRID_CHART = "w_grid_chart"     # the clickable heatmap's selection state
+W_CMP_TASK = "w_cmp_task"
+W_CMP_MODE = "w_cmp_mode"
+SOURCES = ("Built-in task", "Upload JSONL", "Paste JSONL")
+
+# Mapping page
+W_STRATEGY = "w_map_strategy"
+W_MAP_SEED = "w_map_seed"
+W_STRUCTURE = "w_map_structure"
+W_MODULE_PREFIX = "w_map_mod_"    # + role: one checkbox per module role
+W_PREVIEW = "w_map_preview"       # student module shown in the preview
+W_OVR_ON = "w_map_ovr_on"         # + module suffix added by the page
+W_OVR_ROW = "w_map_ovr_row"
+W_OVR_COL = "w_map_ovr_col"
+W_MAP_EDITOR = "w_map_editor"     # + version: st.data_editor (not persisted; see MANUAL_BASE)
+
+# Export page
+W_RANK = "w_exp_rank"
+W_ALPHA = "w_exp_alpha"
+W_SPLIT_MODE = "w_exp_split"
+W_MODE = "w_exp_mode"
+W_NAME = "w_exp_name"
+W_OVERWRITE = "w_exp_overwrite"
+W_SPEC_MODULES = "w_exp_spec_modules"
+
+
+def default_refs() -> tuple[str, str]:
+    """(teacher, student) references preselected everywhere: the demo pair unless overridden."""
+    return (os.environ.get("PARAKNOW_APP_TEACHER") or "demo:teacher",
+            os.environ.get("PARAKNOW_APP_STUDENT") or "demo:student")
+
+
+def kind_of(ref: str) -> str:
+    if ref.startswith("demo:"):
+        return KIND_DEMO
+    if ref.startswith("bundled:"):
+        return KIND_BUNDLED
+    if ref.lower().endswith(".gguf"):
+        return KIND_GGUF
+    if ref.startswith(("/", ".", "~")) or os.path.isdir(os.path.expanduser(ref)):
+        return KIND_LOCAL
+    return KIND_HUB
+
+
+def preset_model_widgets(role: str, ref: str, dtype: str = "float32", device: str = "cpu") -> None:
+    """Point a model picker at `ref` (quick start and first visit)."""
+    ss = st.session_state
+    kind = kind_of(ref)
+    ss[model_key(role, "kind")] = kind
+    field = {KIND_DEMO: "demo", KIND_LOCAL: "local", KIND_GGUF: "gguf", KIND_HUB: "hub"}.get(kind)
+    if field:
+        ss[model_key(role, field)] = ref
+    ss[model_key(role, "dtype")] = dtype
+    ss[model_key(role, "device")] = device
+
+
+def widget_defaults() -> dict:
+    from paraknow.models import EMBED_ROLES, LAYER_ROLES
+
+    d = {
+        W_SOURCE: SOURCES[0], W_TASK: "arith", W_SPLIT: "seed", W_PASTE: "", W_SAMPLES: 32,
+        W_METRIC: "taylor-abs", W_MAXLEN: 2048, W_VALUE: "sum", W_LOG: False, W_DRILL_LOG: False, W_DRILL_MAX: False,
+        W_CMP_TASK: "instruct", W_CMP_MODE: "difference",
+        W_STRATEGY: "sensitivity", W_MAP_SEED: 0, W_STRUCTURE: "submatrix",
+        W_RANK: 16, W_ALPHA: 16.0, W_SPLIT_MODE: "left", W_MODE: "residual", W_NAME: "", W_OVERWRITE: False,
+    }
+    for role in LAYER_ROLES:
+        d[W_MODULE_PREFIX + role] = True
+    for role in EMBED_ROLES:
+        d[W_MODULE_PREFIX + role] = False
+    for role in ROLES:
+        d[model_key(role, "local")] = ""
+        d[model_key(role, "gguf")] = ""
+        d[model_key(role, "hub")] = ""
+        d[model_key(role, "demo")] = f"demo:{role}"
+    return d
+
+
+def init() -> None:
+    """Fill in every default that is missing (called by app.py on every run, before any page)."""
+    ss = st.session_state
+    for key, value in RESULT_DEFAULTS.items():
+        if key not in ss:
+            ss[key] = value.copy() if isinstance(value, (dict, list)) else value
+    for key, value in widget_defaults().items():
+        if key not in ss:
+            ss[key] = value
+    refs = default_refs()
+    for role, ref in zip(ROLES, refs):
+        if model_key(role, "kind") not in ss:
+            preset_model_widgets(role, ref)
+
+
+def get(key: str):
+    return st.session_state.get(key, RESULT_DEFAULTS.get(key))
+
+
+def put(key: str, value) -> None:
+    st.session_state[key] = value
+
+
+def reset_after_models() -> None:
+    """New models: everything computed from the old ones is stale."""
+    for key in (SENS, SENS_B, MANUAL_MAP, MANUAL_BASE, PLAN, CKA, EXPORT, VERIFY, ZIP):
+        st.session_state[key] = None
+    st.session_state[OVERRIDES] = {}
+    st.session_state[MANUAL_VERSION] = get(MANUAL_VERSION) + 1
+
+
+def reset_after_sensitivity() -> None:
+    """A new sensitivity map: plans, overrides and exports made from the old one are stale."""
+    for key in (PLAN, SENS_B, EXPORT, VERIFY, ZIP):
+        st.session_state[key] = None
+    st.session_state[OVERRIDES] = {}
+    st.session_state[DRILL_CLICK] = None
+
+
+def progress_summary() -> dict[str, bool]:
+    """Which pipeline steps are done (for the home page's diagram and the sidebar)."""
+    return {"Models": bool(get(TEACHER) and get(STUDENT)), "Sensitivity": bool(get(SENS)),
+            "Mapping": bool(get(PLAN)), "Export": bool(get(EXPORT)), "Fine-tune": False}
+
+
+# ---- Fine-tune page (page 6) ------------------------------------------------------------
+# Runs themselves live on disk (paraknow.jobs, cache/runs/<id>/); the session only keeps the
+# form's values, which runs are overlaid and the last launch's message.
+FT_NOTICE = "pk_ft_notice"        # message about the last launch / comparison (shown once)
+FT_UPLOADS = "pk_ft_uploads"      # {"train"|"eval": saved path} of uploaded JSONL data
+FT_SOURCES = ("Built-in task", "JSONL file", "Upload JSONL")
+FT_EVAL_NONE = "No evaluation"
+FT_INITS = ("vanilla", "pissa", "pkt")  # pkt = a PKT export (W_FT_EXPORT)
+W_FT_STUDENT = "w_ft_student"
+W_FT_DEVICE = "w_ft_device"
+W_FT_DTYPE = "w_ft_dtype"
+W_FT_SRC = "w_ft_src_"            # + "train" | "eval": data source radio
+W_FT_TASK = "w_ft_task_"          # + "train" | "eval"
+W_FT_SPLIT = "w_ft_split_"        # + "train" | "eval"
+W_FT_PATH = "w_ft_path_"          # + "train" | "eval"
+W_FT_UPLOAD = "w_ft_upload_"      # + "train" | "eval" (file_uploader, not persisted)
+W_FT_EVAL_LIMIT = "w_ft_eval_limit"
+W_FT_EVAL_EVERY = "w_ft_eval_every"   # 0 = only at the end
+W_FT_EVAL_TOKENS = "w_ft_eval_tokens"
+W_FT_INIT = "w_ft_init"
+W_FT_EXPORT = "w_ft_export"       # export name under cache/exports/
+W_FT_EPOCHS = "w_ft_epochs"
+W_FT_LR = "w_ft_lr"
+W_FT_BATCH = "w_ft_batch"
+W_FT_MICRO = "w_ft_micro"
+W_FT_RANK = "w_ft_rank"
+W_FT_ALPHA = "w_ft_alpha"
+W_FT_DROPOUT = "w_ft_dropout"
+W_FT_WARMUP = "w_ft_warmup"
+W_FT_MAXLEN = "w_ft_maxlen"
+W_FT_SEEDS = "w_ft_seeds"         # "0" or "0, 1, 2": one run per seed
+W_FT_CMP_SEEDS = "w_ft_cmp_seeds"
+W_FT_SHOW = "w_ft_show"           # run ids overlaid in the charts (None: not chosen yet)
+W_FT_DETAIL = "w_ft_detail"       # run id shown in detail
+W_FT_GROUP = "w_ft_group"         # comparison group shown
+
+
+def finetune_defaults() -> dict:
+    student = (get(STUDENT) or {}).get("ref") or default_refs()[1]
+    d = {FT_NOTICE: None, FT_UPLOADS: {}, W_FT_STUDENT: student, W_FT_DEVICE: "auto",
+         W_FT_DTYPE: "float32", W_FT_EVAL_LIMIT: 200, W_FT_EVAL_EVERY: 0, W_FT_EVAL_TOKENS: 128,
+         W_FT_INIT: "vanilla", W_FT_EPOCHS: 3.0, W_FT_LR: 3e-4, W_FT_BATCH: 64, W_FT_MICRO: 8, W_FT_RANK: 16,
+         W_FT_ALPHA: 16.0, W_FT_DROPOUT: 0.05, W_FT_WARMUP: 0.03, W_FT_MAXLEN: 2048, W_FT_SEEDS: "0",
+         W_FT_CMP_SEEDS: "0, 1, 2", W_FT_SHOW: None}
+    for role, split in (("train", "train"), ("eval", "test")):
+        d.update({W_FT_SRC + role: FT_SOURCES[0], W_FT_TASK + role: "arith", W_FT_SPLIT + role: split,
+                  W_FT_PATH + role: ""})
+    return d
+
+
+def init_finetune() -> None:
+    """Defaults of the Fine-tune page (called by the page). The student defaults to the one loaded
+    on the Models page, else to the default student (demo:student)."""
+    ss = st.session_state
+    for key, value in finetune_defaults().items():
+        if key not in ss:
+            ss[key] = value.copy() if isinstance(value, (dict, list)) else value

