@@ -43,7 +43,7 @@ SPECIAL_TOKENS = ["<pad>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
 VOCAB_SIZE = 1024
 # GPT-2 style pre-tokenisation, except that every digit is its own piece (with an optional
 # leading space), which makes multi-digit arithmetic learnable for tiny models.
-PRETOKENIZE = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+PRETOKENIZE = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\([A-Z]\)| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 @dataclass
@@ -61,8 +61,8 @@ class ModelSpec:
 TEACHER = ModelSpec(layers=8, hidden=192, ffn=512, heads=6, kv_heads=2, steps=1500, lr=2e-3)
 STUDENT = ModelSpec(layers=4, hidden=128, ffn=320, heads=4, kv_heads=2, steps=300, lr=2e-3)
 # How many samples of each kind the training pool holds (train splits are always included).
-EXTRA = {"arith": 6000, "facts": 3000, "instruct": 3000}
-N_TEXT = 8000
+EXTRA = {"arith": 4000, "facts": 4000, "instruct": 4000}
+N_TEXT = 4000
 
 
 def log(msg: str) -> None:
@@ -221,7 +221,8 @@ def evaluate_dir(path: Path, n_test: int | None, max_new_tokens: int) -> dict:
     for name in tasks.TASKS:
         records = tasks.task_records(name, "test")[:n_test]
         result = evaluate(model, tokenizer, records, max_new_tokens=max_new_tokens, batch_size=32)
-        out[name] = {"accuracy": result.accuracy, "loss": round(result.loss, 4), "n": result.n}
+        out[name] = {"accuracy": result.accuracy, "loss": round(result.loss, 4), "n": result.n,
+                     "correct": "".join("1" if p["correct"] else "0" for p in result.predictions)}
     return out
 
 
@@ -238,7 +239,7 @@ def build(out_dir: Path, teacher: ModelSpec = TEACHER, student: ModelSpec = STUD
     log(f"tokenizer: vocab {len(tokenizer)}; pool {len(items)} samples, {n_tokens} tokens "
         f"({time.time() - t0:.0f}s)")
     pad = tokenizer.pad_token_id
-    report = {"seed": SEED, "vocab_size": len(tokenizer), "pool_samples": len(items),
+    report = {"seed": SEED, "vocab_size": len(tokenizer), "max_new_tokens": max_new_tokens, "pool_samples": len(items),
               "pool_tokens": n_tokens, "torch_threads": torch.get_num_threads()}
     with atomic_directory(out_dir) as tmp:
         for label, spec, seed in (("teacher", teacher, SEED), ("student", student, SEED + 1)):
@@ -275,7 +276,11 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher-steps", type=int, default=TEACHER.steps)
     parser.add_argument("--student-steps", type=int, default=STUDENT.steps)
     parser.add_argument("--n-test", type=int, default=None, help="evaluate on the first N test samples only")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     teacher = ModelSpec(**{**asdict(TEACHER), "steps": args.teacher_steps})
     student = ModelSpec(**{**asdict(STUDENT), "steps": args.student_steps})
     report = build(Path(args.out), teacher, student, n_test=args.n_test)

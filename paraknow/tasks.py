@@ -3,14 +3,14 @@
 Three small tasks mirror the paper's benchmark families, sized so that the built-in demo
 models (a few million parameters, trained on a CPU) can learn them:
 
-- `arith`     reasoning     GSM-like word problems (2-3 steps, every number < 200) answered
+- `arith`     reasoning     GSM-like word problems (2-3 steps, every number < 100) answered
                             with a short chain of thought ending in "So the answer is N."
 - `facts`     knowledge     MMLU-like multiple choice (A-D) about a fictional world. The
                             world's facts are stated in the general text (`general_text`);
                             the test split asks about facts that no train or seed question
                             asks about, so it measures knowledge stored in the weights.
 - `instruct`  instructions  Super-NI-like text transformations of short word lists (reverse,
-                            sort, uppercase, last word, count, join with dashes).
+                            sort, last word, count, join with commas, drop the first word).
 
 Splits: `seed` (32), `train` (1000), `test` (200). Everything is generated from fixed
 seeds with `random.Random` (never `hash()` or set order), so the records are identical in
@@ -129,21 +129,21 @@ def _arith_sample(rng: random.Random) -> tuple[str, str, str]:
     item = rng.choice(_ITEMS)
     kind = rng.randrange(6)
     if kind == 0:  # a + b - c
-        a, b = rng.randint(5, 80), rng.randint(2, 60)
+        a, b = rng.randint(3, 50), rng.randint(2, 30)
         c = rng.randint(1, a + b - 1)
         q = (f"{name} has {a} {item}. {pron} buys {b} more {item} and then gives {c} {item} to "
              f"{other}. How many {item} does {name} have now?")
         s = a + b
         steps, r = f"{a} + {b} = {s}. {s} - {c} = {s - c}.", s - c
     elif kind == 1:  # a * b - c
-        a, b = rng.randint(2, 9), rng.randint(2, 12)
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
         p = a * b
         c = rng.randint(1, p - 1)
         q = (f"{name} buys {a} boxes of {item}. Each box has {b} {item}. {pron} gives away {c} "
              f"{item}. How many {item} does {name} have left?")
         steps, r = f"{a} * {b} = {p}. {p} - {c} = {p - c}.", p - c
     elif kind == 2:  # a - b - c
-        a = rng.randint(20, 150)
+        a = rng.randint(20, 99)
         b = rng.randint(1, a // 2)
         c = rng.randint(1, a - b - 1)
         place = rng.choice(_PLACES)
@@ -151,25 +151,25 @@ def _arith_sample(rng: random.Random) -> tuple[str, str, str]:
              f"afternoon. How many {item} are left?")
         steps, r = f"{a} - {b} = {a - b}. {a - b} - {c} = {a - b - c}.", a - b - c
     elif kind == 3:  # a + (a + b) : two people
-        a, b = rng.randint(3, 70), rng.randint(2, 40)
+        a, b = rng.randint(3, 40), rng.randint(2, 19)
         q = (f"{name} has {a} {item}. {other} has {b} more {item} than {name}. How many {item} do "
              f"they have together?")
         steps, r = f"{a} + {b} = {a + b}. {a} + {a + b} = {2 * a + b}.", 2 * a + b
     elif kind == 4:  # a * b + c
-        a, b = rng.randint(2, 9), rng.randint(2, 12)
-        c = rng.randint(1, 60)
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        c = rng.randint(1, 18)
         q = (f"{name} has {a} bags with {b} {item} in each bag. {other} gives {name} {c} more "
              f"{item}. How many {item} does {name} have now?")
         p = a * b
         steps, r = f"{a} * {b} = {p}. {p} + {c} = {p + c}.", p + c
     else:  # a + b + c - d : three steps
-        a, b, c = rng.randint(5, 60), rng.randint(2, 40), rng.randint(2, 40)
+        a, b, c = rng.randint(3, 40), rng.randint(2, 29), rng.randint(2, 29)
         d = rng.randint(1, a + b + c - 1)
         q = (f"{name} has {a} {item}. {pron} finds {b} more, then wins {c} more, and then loses {d}. "
              f"How many {item} does {name} have now?")
         s1, s2 = a + b, a + b + c
         steps, r = f"{a} + {b} = {s1}. {s1} + {c} = {s2}. {s2} - {d} = {s2 - d}.", s2 - d
-    assert 0 <= r < 200
+    assert 0 <= r < 100
     return f"Question: {q}", f"Answer: {steps} So the answer is {r}.", str(r)
 
 
@@ -273,9 +273,10 @@ def _facts_question(rng: random.Random, fact: tuple[str, str, str]) -> tuple[str
     rng.shuffle(options)
     letter = _LETTERS[options.index(value)]
     question, statement, _ = _RELATIONS[relation]
-    lines = "\n".join(f"{_LETTERS[i]}. {opt}" for i, opt in enumerate(options))
-    prompt = f"Question: {question.format(s=subject)}\n{lines}"
-    completion = f"Answer: {statement.format(s=subject, v=value)} So the answer is {letter}."
+    listed = ", ".join(f"{opt} ({_LETTERS[i]})" for i, opt in enumerate(options))
+    prompt = f"Question: {question.format(s=subject)}\nOptions: {listed}"
+    worked = statement.format(s=subject, v=f"{value} ({letter})")
+    completion = f"Answer: {worked} So the answer is {letter}."
     return prompt, completion, letter
 
 
@@ -296,16 +297,16 @@ _WORDS = ("apple", "river", "stone", "cloud", "tiger", "lamp", "garden", "music"
 _INSTRUCTIONS = {
     "reverse": ("Reverse the order of these words: {w}", lambda ws: " ".join(reversed(ws))),
     "sort": ("Sort these words alphabetically: {w}", lambda ws: " ".join(sorted(ws))),
-    "upper": ("Write these words in capital letters: {w}", lambda ws: " ".join(ws).upper()),
     "last": ("Give the last of these words: {w}", lambda ws: ws[-1]),
     "count": ("Count these words: {w}", lambda ws: str(len(ws))),
-    "dash": ("Join these words with dashes: {w}", lambda ws: "-".join(ws)),
+    "commas": ("Join these words with commas: {w}", lambda ws: ", ".join(ws)),
+    "drop": ("Remove the first of these words: {w}", lambda ws: " ".join(ws[1:])),
 }
 
 
 def _instruct_sample(rng: random.Random) -> tuple[str, str, str]:
     op = rng.choice(sorted(_INSTRUCTIONS))
-    words = rng.sample(_WORDS, rng.randint(3, 5))
+    words = rng.sample(_WORDS, rng.randint(3, 4))
     template, fn = _INSTRUCTIONS[op]
     answer = fn(words)
     return template.format(w=" ".join(words)), f"Answer: {answer}", answer
@@ -329,14 +330,14 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "arith": Task("arith", "GSM-like arithmetic word problems (2-3 steps, numbers < 200), "
+    "arith": Task("arith", "GSM-like arithmetic word problems (2-3 steps, numbers < 100), "
                   "short chain of thought ending in 'So the answer is N.'", "reasoning",
                   lambda pool: _arith_sample, _extract_number, _BASE_SEED + 1),
     "facts": Task("facts", "MMLU-like multiple choice (A-D) about a fictional world; the test "
                   "split asks about facts no train question covers", "knowledge",
                   _facts_sampler, _extract_letter, _BASE_SEED + 2),
     "instruct": Task("instruct", "Super-NI-like text transformations of word lists (reverse, "
-                     "sort, uppercase, last word, count, join with dashes)", "instruction following",
+                     "sort, last word, count, join with commas, drop the first word)", "instruction following",
                      lambda pool: _instruct_sample, _extract_line, _BASE_SEED + 3),
 }
 
@@ -451,17 +452,18 @@ def _number_paragraph(rng: random.Random) -> str:
     for _ in range(rng.randint(4, 7)):
         kind = rng.randrange(4)
         if kind == 0:
-            a, b = rng.randint(0, 99), rng.randint(0, 99)
+            a = rng.randint(0, 99)
+            b = rng.randint(0, 99 - a)
             out.append(rng.choice(("{a} + {b} = {r}.", "{a} plus {b} is {r}.")).format(a=a, b=b, r=a + b))
         elif kind == 1:
-            a = rng.randint(1, 199)
+            a = rng.randint(1, 99)
             b = rng.randint(0, a)
             out.append(rng.choice(("{a} - {b} = {r}.", "{a} minus {b} is {r}.")).format(a=a, b=b, r=a - b))
         elif kind == 2:
-            a, b = rng.randint(1, 12), rng.randint(1, 12)
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
             out.append(rng.choice(("{a} * {b} = {r}.", "{a} times {b} is {r}.")).format(a=a, b=b, r=a * b))
         else:
-            a = rng.randint(0, 198)
+            a = rng.randint(0, 98)
             out.append(f"After {a} comes {a + 1}.")
     return " ".join(out)
 
@@ -469,19 +471,25 @@ def _number_paragraph(rng: random.Random) -> str:
 def _word_paragraph(rng: random.Random) -> str:
     out = []
     for _ in range(rng.randint(3, 5)):
-        kind = rng.randrange(5)
+        kind = rng.randrange(8)
         words = rng.sample(_WORDS, rng.randint(2, 5))
         if kind == 0:
             a, b = sorted(words[:2])
             out.append(f"In the alphabet, {a} comes before {b}.")
         elif kind == 1:
-            out.append(f"The word {words[0]} is written {words[0].upper()} in capital letters.")
+            out.append(f"With commas, {' '.join(words)} is {', '.join(words)}.")
         elif kind == 2:
             out.append(f"The list {' '.join(words)} has {len(words)} words.")
         elif kind == 3:
             out.append(f"Backwards, {' '.join(words)} is {' '.join(reversed(words))}.")
-        else:
+        elif kind == 4:
             out.append(f"In order: {' '.join(sorted(words))}.")
+        elif kind == 5:
+            out.append(f"The last word of {' '.join(words)} is {words[-1]}.")
+        else:  # plain copying, the skill every task leans on
+            more = rng.sample(_WORDS, rng.randint(2, 5)) + [str(rng.randint(0, 99))]
+            rng.shuffle(more)
+            out.append(f"Say it twice: {' '.join(words + more)}. {' '.join(words + more)}.")
     return " ".join(out)
 
 
@@ -498,13 +506,13 @@ def general_text(n: int, seed: int = 0) -> list[str]:
     out, cycle = [], []
     for _ in range(n):
         roll = rng.random()
-        if roll < 0.66:
+        if roll < 0.6:
             if not cycle:  # visit every entity once per cycle, in a fresh order
                 cycle = list(subjects)
                 rng.shuffle(cycle)
             subject = cycle.pop()
             out.append(_entity_paragraph(rng, subject, by_subject[subject]))
-        elif roll < 0.83:
+        elif roll < 0.75:
             out.append(_number_paragraph(rng))
         else:
             out.append(_word_paragraph(rng))

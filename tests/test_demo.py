@@ -1,0 +1,98 @@
+"""The shipped demo pair: loads offline in seconds, has the architecture the method needs, and
+accuracies.json is what the weights really do."""
+import json
+import time
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from paraknow import tasks
+from paraknow.evaluate import evaluate
+from paraknow.models import DEMO_DIR, describe, load_model
+
+ACCURACIES = DEMO_DIR / "accuracies.json"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    loaded = {}
+    for which in ("teacher", "student"):
+        start = time.time()
+        loaded[which] = load_model(f"demo:{which}")
+        loaded[which + "_seconds"] = time.time() - start
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def report():
+    return json.loads(ACCURACIES.read_text())
+
+
+def test_files_small_half_precision_offline():
+    total = 0
+    for which in ("teacher", "student"):
+        folder = DEMO_DIR / which
+        names = {p.name for p in folder.iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+        assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+        with safe_open(str(folder / "model.safetensors"), "pt") as fh:
+            assert {fh.get_slice(k).get_dtype() for k in fh.keys()} <= {"F16", "BF16"}
+        total += sum(p.stat().st_size for p in folder.iterdir())
+    assert total < 20 * 1024 * 1024
+
+
+def test_load_fast_and_float32(pair):
+    for which in ("teacher", "student"):
+        model, tokenizer = pair[which]
+        assert pair[which + "_seconds"] < 10  # about 1 s on an idle machine
+        assert next(model.parameters()).dtype == torch.float32
+        assert tokenizer.eos_token and tokenizer.pad_token and tokenizer.pad_token != tokenizer.eos_token
+        assert not getattr(tokenizer, "chat_template", None)  # data.py's <|user|> fallback format
+
+
+def test_architecture_constraints(pair):
+    teacher, tok_t = pair["teacher"]
+    student, tok_s = pair["student"]
+    t, s = describe(teacher), describe(student)
+    assert t.family == s.family == "llama"
+    assert t.n_layers >= 2 * s.n_layers
+    assert t.hidden_size >= 1.5 * s.hidden_size
+    for info in (t, s):
+        assert info.n_kv_heads < info.n_heads  # grouped-query attention
+        assert not info.tied_embeddings
+    assert t.vocab_size == s.vocab_size == len(tok_t) == len(tok_s)
+    for role, (o_s, i_s) in s.shapes.items():
+        o_t, i_t = t.shapes[role]
+        assert o_t >= o_s and (i_t >= i_s), role
+    # one shared tokenizer, with the chat roles as single special tokens
+    assert (DEMO_DIR / "teacher" / "tokenizer.json").read_text() == \
+        (DEMO_DIR / "student" / "tokenizer.json").read_text()
+    for marker in ("<|user|>", "<|assistant|>", "<|system|>"):
+        assert len(tok_t(marker, add_special_tokens=False)["input_ids"]) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped demo pair is an interim one: the teacher does not yet "
+                   "beat the student by 10 points on every task (issue 3 stays open)")
+def test_accuracies_file_claims_the_gap(report):
+    acc = report["accuracies"]
+    assert set(acc) == set(tasks.TASKS)
+    chance = {"arith": 0.0, "facts": 0.25, "instruct": 0.0}
+    for name, row in acc.items():
+        assert row["n"] >= 200
+        assert row["teacher"] >= row["student"] + 0.10, name
+        assert row["student"] >= chance[name] + 0.10, f"student at chance on {name}"
+        assert row["student"] <= 0.9, f"student at ceiling on {name}"
+
+
+def test_accuracies_are_honest(pair, report):
+    """Re-evaluate 40 test samples of one task: the same answers right and wrong as recorded."""
+    name, n = "facts", 40
+    records = tasks.task_records(name, "test")[:n]
+    for which in ("teacher", "student"):
+        model, tokenizer = pair[which]
+        result = evaluate(model, tokenizer, records, max_new_tokens=report["max_new_tokens"],
+                          batch_size=20)
+        got = "".join("1" if p["correct"] else "0" for p in result.predictions)
+        recorded = report[which]["test"][name]["correct"][:n]
+        assert sum(a != b for a, b in zip(got, recorded)) <= 2, (which, got, recorded)
