@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import contextlib
 import os
 import socket
 import subprocess
@@ -46,15 +47,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 60) -> None
     raise RuntimeError("streamlit did not become healthy in time")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+@contextlib.contextmanager
+def streamlit_app(env: dict):
+    """`streamlit run app.py` on a free loopback port; yields its URL and stops it afterwards."""
     port = _free_port()
-    env = dict(os.environ)
-    env["PARAKNOW_CACHE"] = str(tmp_path_factory.mktemp("browser-cache"))
-    env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.headless", "true", "--server.address", "127.0.0.1"],
@@ -62,13 +58,25 @@ def server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc)
-        yield url, Path(env["PARAKNOW_CACHE"])
+        yield url
     finally:
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    env = dict(os.environ)
+    env["PARAKNOW_CACHE"] = str(tmp_path_factory.mktemp("browser-cache"))
+    env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
+    with streamlit_app(env) as url:
+        yield url, Path(env["PARAKNOW_CACHE"])
 
 
 def _settle(page) -> None:

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from test_browser import CHROMIUM, _free_port, _settle, _shot, _wait_healthy
+from test_browser import CHROMIUM, _settle, _shot, streamlit_app
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_MS = 90_000
@@ -48,24 +46,13 @@ def server(tmp_path_factory):
         pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
     _student_ref()
-    port = _free_port()
     cache = tmp_path_factory.mktemp("finetune-browser-cache")
     env = dict(os.environ, PARAKNOW_CACHE=str(cache), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     env.setdefault("OMP_NUM_THREADS", "1")  # the run's process: leave a core to the browser and the server
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, proc)
-        yield url, cache
+        with streamlit_app(env) as url:
+            yield url, cache
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         _stop_leftover_runs(cache)
 
 
