@@ -11,26 +11,17 @@ without pooling (the size of the full matrix as JSON). Target: well under a seco
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import paraknow from the repo root
 
 import torch  # noqa: E402
 
+from common import timeit  # noqa: E402
+
 from paraknow import viz  # noqa: E402
 from paraknow.extract import block_selection, select  # noqa: E402
-
-
-def timeit(fn, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def main(argv=None) -> int:

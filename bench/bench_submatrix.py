@@ -12,26 +12,16 @@ Llama case [13824, 5120] -> [11008, 4096]: max_sum_block vs the floor, one float
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import paraknow from the repo root
 
 import torch  # noqa: E402
 
+from common import timeit  # noqa: E402
+
 from paraknow.extract import _prefix_sums, max_sum_block, max_sum_block_reference  # noqa: E402
-
-
-def timeit(fn, repeats):
-    """(median seconds, last result) over `repeats` calls."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def plain_prefix_block(scores, h, w):

@@ -409,6 +409,11 @@ def list_runs(group: str | None = None, resume_queue: bool = True) -> list[RunIn
     return runs[::-1]
 
 
+def has_finished_run() -> bool:
+    """Whether any run under cache/runs/ has finished training."""
+    return any(run.state == "finished" for run in list_runs(resume_queue=False))
+
+
 def find_run(run_id: str) -> Path:
     run_dir = runs_root() / run_id
     if not (run_dir / SPEC_FILE).is_file():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ParaknowError
+from .errors import ParaknowError, first_line
 from .fsio import atomic_directory, atomic_write_json, sha256_file
 from .paths import PACKAGE_DIR, cache_dir
 
@@ -265,16 +265,12 @@ def load_config(ref: str, trust_remote_code: bool = False):
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as exc:
-        raise ParaknowError(f"could not load the config of '{ref}': {_first_line(exc)}. "
+        raise ParaknowError(f"could not load the config of '{ref}': {first_line(exc)}. "
                             "Hub ids need network access; offline, use a local directory or GGUF file.")
     except ValueError as exc:
-        raise ParaknowError(f"'{ref}' has a config transformers does not know: {_first_line(exc)}")
+        raise ParaknowError(f"'{ref}' has a config transformers does not know: {first_line(exc)}")
     check_family(config)
     return config
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def estimate_memory_bytes(config, dtype=None) -> int:
@@ -319,7 +315,7 @@ def load_model(ref: str, dtype=None, device=None, trust_remote_code: bool = Fals
         model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as exc:
-        raise ParaknowError(f"could not load '{ref}': {_first_line(exc)}")
+        raise ParaknowError(f"could not load '{ref}': {first_line(exc)}")
     except torch.OutOfMemoryError:
         raise ParaknowError(f"not enough memory to load '{ref}' in {torch_dtype}: "
                             "try bfloat16, a smaller model, or --device auto on GPUs.")

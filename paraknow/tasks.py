@@ -10,7 +10,7 @@ models (a few million parameters, trained on a CPU) can learn them:
                             the test split asks about facts that no train or seed question
                             asks about, so it measures knowledge stored in the weights.
 - `instruct`  instructions  Super-NI-like text transformations of short word lists (reverse,
-                            sort, last word, count, join with commas, drop the first word).
+                            first word, last word, count, join with commas, drop the first word).
 
 Splits: `seed` (32), `train` (1000), `test` (200). Everything is generated from fixed
 seeds with `random.Random` (never `hash()` or set order), so the records are identical in
@@ -123,14 +123,17 @@ _PLACES = ("shop", "farm", "library", "bakery", "school", "market")
 
 
 def _arith_sample(rng: random.Random) -> tuple[str, str, str]:
-    """One word problem: (question, worked answer, final answer)."""
+    """One word problem: (question, worked answer, final answer).
+
+    Every step combines a number below 100 with a single digit (or multiplies two digits), so
+    a few-million-parameter model can learn the arithmetic from a few thousand examples.
+    """
     name, other = rng.sample(_NAMES, 2)
     pron = _PRONOUN[name]
     item = rng.choice(_ITEMS)
     kind = rng.randrange(6)
     if kind == 0:  # a + b - c
-        a, b = rng.randint(3, 50), rng.randint(2, 30)
-        c = rng.randint(1, a + b - 1)
+        a, b, c = rng.randint(10, 89), rng.randint(2, 9), rng.randint(2, 9)
         q = (f"{name} has {a} {item}. {pron} buys {b} more {item} and then gives {c} {item} to "
              f"{other}. How many {item} does {name} have now?")
         s = a + b
@@ -138,33 +141,29 @@ def _arith_sample(rng: random.Random) -> tuple[str, str, str]:
     elif kind == 1:  # a * b - c
         a, b = rng.randint(2, 9), rng.randint(2, 9)
         p = a * b
-        c = rng.randint(1, p - 1)
+        c = rng.randint(1, min(9, p - 1))
         q = (f"{name} buys {a} boxes of {item}. Each box has {b} {item}. {pron} gives away {c} "
              f"{item}. How many {item} does {name} have left?")
         steps, r = f"{a} * {b} = {p}. {p} - {c} = {p - c}.", p - c
     elif kind == 2:  # a - b - c
-        a = rng.randint(20, 99)
-        b = rng.randint(1, a // 2)
-        c = rng.randint(1, a - b - 1)
+        a, b, c = rng.randint(20, 99), rng.randint(2, 9), rng.randint(2, 9)
         place = rng.choice(_PLACES)
         q = (f"A {place} has {a} {item}. It sells {b} {item} in the morning and {c} {item} in the "
              f"afternoon. How many {item} are left?")
         steps, r = f"{a} - {b} = {a - b}. {a - b} - {c} = {a - b - c}.", a - b - c
-    elif kind == 3:  # a + (a + b) : two people
-        a, b = rng.randint(3, 40), rng.randint(2, 19)
+    elif kind == 3:  # a + (a + b): two people
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
         q = (f"{name} has {a} {item}. {other} has {b} more {item} than {name}. How many {item} do "
              f"they have together?")
-        steps, r = f"{a} + {b} = {a + b}. {a} + {a + b} = {2 * a + b}.", 2 * a + b
+        steps, r = f"{a} + {b} = {a + b}. {a + b} + {a} = {2 * a + b}.", 2 * a + b
     elif kind == 4:  # a * b + c
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
-        c = rng.randint(1, 18)
+        a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.randint(2, 9)
         q = (f"{name} has {a} bags with {b} {item} in each bag. {other} gives {name} {c} more "
              f"{item}. How many {item} does {name} have now?")
         p = a * b
         steps, r = f"{a} * {b} = {p}. {p} + {c} = {p + c}.", p + c
-    else:  # a + b + c - d : three steps
-        a, b, c = rng.randint(3, 40), rng.randint(2, 29), rng.randint(2, 29)
-        d = rng.randint(1, a + b + c - 1)
+    else:  # a + b + c - d: three steps
+        a, b, c, d = rng.randint(10, 79), rng.randint(2, 9), rng.randint(2, 9), rng.randint(2, 9)
         q = (f"{name} has {a} {item}. {pron} finds {b} more, then wins {c} more, and then loses {d}. "
              f"How many {item} does {name} have now?")
         s1, s2 = a + b, a + b + c
@@ -181,15 +180,14 @@ _SYLLABLES = ("ka", "lo", "mi", "ra", "ven", "tor", "sel", "du", "ber", "an", "m
 _ANIMALS = ("owl", "fox", "bear", "wolf", "eagle", "otter", "lynx", "heron", "badger", "falcon",
             "seal", "moose", "hare", "crane", "swan", "bison", "raven", "beaver", "tiger", "camel",
             "panda", "gecko", "koala", "zebra", "horse", "goat", "whale", "crab", "frog", "deer")
-_INVENTIONS = ("glass clock", "sky lantern", "water wheel", "paper kite", "iron bell", "wind organ",
-               "sun compass", "rope bridge", "salt lamp", "copper drum", "silk sail", "stone oven",
-               "wooden plow", "brass key", "mirror lens", "clay flute", "star chart", "ice saw",
-               "felt boot", "wax seal", "tide gauge", "bone needle", "reed pen", "cart spring",
-               "honey press", "snow sled", "fire bellows", "wool loom", "river dam", "sand timer")
+_INVENTIONS = ("clock", "lantern", "wheel", "kite", "bell", "organ", "compass", "bridge", "lamp",
+               "drum", "sail", "oven", "plow", "key", "lens", "flute", "telescope", "saw", "boot",
+               "seal", "gauge", "needle", "pen", "spring", "press", "sled", "bellows", "loom", "dam",
+               "hourglass", "ladder", "kettle", "mill", "anchor", "harp", "barometer")
 _JOBS = ("painter", "sailor", "baker", "teacher", "doctor", "farmer", "miner", "singer", "weaver",
          "builder")
-_N_COUNTRIES = 24
-_N_PEOPLE = 30
+_N_COUNTRIES = 12
+_N_PEOPLE = 12
 _LETTERS = "ABCD"
 
 # relation -> (question, canonical statement = the worked answer, extra statements for text)
@@ -273,6 +271,8 @@ def _facts_question(rng: random.Random, fact: tuple[str, str, str]) -> tuple[str
     rng.shuffle(options)
     letter = _LETTERS[options.index(value)]
     question, statement, _ = _RELATIONS[relation]
+    # value before letter: once the model has recalled the value, the letter is the token
+    # that follows it in the prompt (a plain copy, which tiny models learn early)
     listed = ", ".join(f"{opt} ({_LETTERS[i]})" for i, opt in enumerate(options))
     prompt = f"Question: {question.format(s=subject)}\nOptions: {listed}"
     worked = statement.format(s=subject, v=f"{value} ({letter})")
@@ -281,7 +281,7 @@ def _facts_question(rng: random.Random, fact: tuple[str, str, str]) -> tuple[str
 
 
 def _facts_sampler(pool: str) -> Callable[[random.Random], tuple[str, str, str]]:
-    facts = fact_partition()[pool]
+    facts = world()["facts"] if pool == "all" else fact_partition()[pool]
     return lambda rng: _facts_question(rng, rng.choice(facts))
 
 
@@ -296,7 +296,7 @@ _WORDS = ("apple", "river", "stone", "cloud", "tiger", "lamp", "garden", "music"
 
 _INSTRUCTIONS = {
     "reverse": ("Reverse the order of these words: {w}", lambda ws: " ".join(reversed(ws))),
-    "sort": ("Sort these words alphabetically: {w}", lambda ws: " ".join(sorted(ws))),
+    "first": ("Give the first of these words: {w}", lambda ws: ws[0]),
     "last": ("Give the last of these words: {w}", lambda ws: ws[-1]),
     "count": ("Count these words: {w}", lambda ws: str(len(ws))),
     "commas": ("Join these words with commas: {w}", lambda ws: ", ".join(ws)),
@@ -337,7 +337,7 @@ TASKS: dict[str, Task] = {
                   "split asks about facts no train question covers", "knowledge",
                   _facts_sampler, _extract_letter, _BASE_SEED + 2),
     "instruct": Task("instruct", "Super-NI-like text transformations of word lists (reverse, "
-                     "sort, last word, count, join with commas, drop the first word)", "instruction following",
+                     "first word, last word, count, join with commas, drop the first word)", "instruction following",
                      lambda pool: _instruct_sample, _extract_line, _BASE_SEED + 3),
 }
 
@@ -393,16 +393,20 @@ def task_records(name: str, split: str = "train") -> list[dict]:
     return task.generate(split)
 
 
-def extra_records(name: str, n: int, seed: int = 0) -> list[dict]:
+def extra_records(name: str, n: int, seed: int = 0, pool: str = "train") -> list[dict]:
     """n further task samples for pre-training the demo models.
 
-    Drawn with a separate random stream, never repeating a prompt of any split, and (for
-    `facts`) only about facts the train split covers, so nothing leaks into the test split.
+    Drawn with a separate random stream, never repeating a prompt of any split. For `facts`,
+    `pool` picks the facts asked about: "train" (only those the train split covers) or "all"
+    (the whole world, as a pre-training corpus would quiz it; the test split's prompts, with
+    their distractors and option order, are still never repeated).
     """
     task = _check_task(name)
+    if pool not in ("train", "all"):
+        raise ValueError(f"pool must be 'train' or 'all', not {pool!r}")
     taken = {r["messages"][0]["content"]: True for split in SPLITS for r in _splits(name)[split]}
     rng = random.Random(task.seed * 1000 + 7919 + seed)
-    return _draw(task, "train", rng, n, taken, f"{name}-extra{seed}")
+    return _draw(task, pool, rng, n, taken, f"{name}-extra{seed}")
 
 
 def score(record: dict, generated_text: str) -> bool:
@@ -452,12 +456,12 @@ def _number_paragraph(rng: random.Random) -> str:
     for _ in range(rng.randint(4, 7)):
         kind = rng.randrange(4)
         if kind == 0:
-            a = rng.randint(0, 99)
-            b = rng.randint(0, 99 - a)
+            b = rng.randint(0, 9)
+            a = rng.randint(0, 99 - b)
             out.append(rng.choice(("{a} + {b} = {r}.", "{a} plus {b} is {r}.")).format(a=a, b=b, r=a + b))
         elif kind == 1:
             a = rng.randint(1, 99)
-            b = rng.randint(0, a)
+            b = rng.randint(0, min(a, 9))
             out.append(rng.choice(("{a} - {b} = {r}.", "{a} minus {b} is {r}.")).format(a=a, b=b, r=a - b))
         elif kind == 2:
             a, b = rng.randint(1, 9), rng.randint(1, 9)
@@ -493,10 +497,24 @@ def _word_paragraph(rng: random.Random) -> str:
     return " ".join(out)
 
 
+def _drill_paragraph(rng: random.Random, w: dict) -> str:
+    """Look-up and copy drills: labelled items, then items with their labels (the skill the
+    facts questions need to turn a recalled value into its option letter)."""
+    pool = list(_WORDS) + [v for vals in w["values"].values() for v in vals]
+    out = []
+    for _ in range(rng.randint(1, 2)):
+        items = list(dict.fromkeys(rng.sample(pool, 6)))[:4]
+        labels = ", ".join(f"{x} ({_LETTERS[i]})" for i, x in enumerate(items))
+        asked = rng.sample(range(len(items)), rng.randint(2, len(items)))
+        found = " ".join(f"{items[i]} ({_LETTERS[i]})." for i in asked)
+        out.append(f"Labels: {labels}. {found}")
+    return " ".join(out)
+
+
 def general_text(n: int, seed: int = 0) -> list[str]:
-    """n short paragraphs of plain text: about two thirds describe one country or person of
-    the fictional world (every fact, test facts included, in varied wording), the rest state
-    arithmetic and word facts. Deterministic for a given (n, seed)."""
+    """n short paragraphs of plain text: about half describe one country or person of the
+    fictional world (every fact, test facts included, in varied wording); the rest state
+    arithmetic facts, word facts and look-up/copy drills. Deterministic for a given (n, seed)."""
     w = world()
     by_subject: dict[str, list] = {}
     for fact in w["facts"]:
@@ -506,14 +524,16 @@ def general_text(n: int, seed: int = 0) -> list[str]:
     out, cycle = [], []
     for _ in range(n):
         roll = rng.random()
-        if roll < 0.6:
+        if roll < 0.55:
             if not cycle:  # visit every entity once per cycle, in a fresh order
                 cycle = list(subjects)
                 rng.shuffle(cycle)
             subject = cycle.pop()
             out.append(_entity_paragraph(rng, subject, by_subject[subject]))
-        elif roll < 0.75:
+        elif roll < 0.7:
             out.append(_number_paragraph(rng))
+        elif roll < 0.85:
+            out.append(_drill_paragraph(rng, w))
         else:
             out.append(_word_paragraph(rng))
     return out

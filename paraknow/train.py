@@ -36,7 +36,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .errors import ParaknowError
+from .errors import ParaknowError, first_line
 from .fsio import atomic_directory, atomic_write_json
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -354,7 +354,7 @@ def build_model(config: TrainConfig, work_dir: Path | None = None, write: bool =
             model = student_from_export(model, config.init, trainable=True)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ParaknowError(f"the export {config.init} does not fit student '{config.student}' "
-                                f"(was it made for another student?): {_first_line(exc)}")
+                                f"(was it made for another student?): {first_line(exc)}")
     else:
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                           target_modules=list(config.target_modules), task_type="CAUSAL_LM",
@@ -367,11 +367,6 @@ def build_model(config: TrainConfig, work_dir: Path | None = None, write: bool =
             model.save_pretrained(str(init_dir), save_embedding_layers=False)
             model.peft_config["default"].init_lora_weights = "pissa"
     return model, tokenizer
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def save_adapter(model, config: TrainConfig, run_dir: Path) -> Path:
@@ -551,7 +546,7 @@ def train(config: TrainConfig, callbacks=()) -> TrainOutcome:
         if main:
             _remove_temporaries(run_dir)
             message = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
-                f"{type(exc).__name__}: {_first_line(exc)}"
+                f"{type(exc).__name__}: {first_line(exc)}"
             status.update(state="failed", phase="done", error=message, finished=time.time())
         raise
 
@@ -696,7 +691,7 @@ def run_training(config: TrainConfig) -> int:
     except Exception as exc:  # the run is marked failed; the traceback goes to stdout.log
         traceback.print_exc(file=sys.stdout)
         sys.stdout.flush()
-        print(f"error: training failed: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr, flush=True)
+        print(f"error: training failed: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr, flush=True)
         return 1
     if is_main_process():
         print(json.dumps({"run_dir": str(outcome.run_dir), "state": outcome.state,

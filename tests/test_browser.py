@@ -121,14 +121,18 @@ def test_full_flow_in_browser(server):
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         page = browser.new_page(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
         page.set_default_timeout(TIMEOUT_MS)
+        walk_start = time.time()
         page.goto(url)
         page.get_by_text("Quick start on the demo pair").first.wait_for()
         _settle(page)
         _no_errors(page)
 
+        waited = {}  # seconds spent waiting for the app after each action (recorded, not asserted)
+        t0 = time.time()
         page.get_by_role("button", name="Quick start on the demo pair").click()
         page.get_by_text("Quick start done").first.wait_for()
         _settle(page)
+        waited["quick start"] = time.time() - t0
         _no_errors(page)
         _shot(page, "1_home")
 
@@ -165,14 +169,17 @@ def test_full_flow_in_browser(server):
         _no_errors(page)
         _shot(page, "4_mapping")
 
+        t0 = time.time()
         _goto(page, "Export", "Export name")
         page.get_by_role("button", name="Export", exact=True).click()
         page.get_by_text("Saved to").first.wait_for()
         _settle(page)
+        waited["export"] = time.time() - t0
         _no_errors(page)
         with page.expect_download() as info:
             page.get_by_role("button", name="Download as zip").click()
         data = Path(info.value.path()).read_bytes()
+        walk_seconds = time.time() - walk_start  # first page load to the zip in hand (screenshots included)
         names = zipfile.ZipFile(io.BytesIO(data)).namelist()
         assert any(n.endswith("/paraknow.json") for n in names)
         assert any(n.endswith("/adapter_model.safetensors") for n in names)
@@ -182,5 +189,7 @@ def test_full_flow_in_browser(server):
         _no_errors(page)
         _shot(page, "5_export")
         browser.close()
+    waited = {k: round(v, 1) for k, v in waited.items()}
+    (SHOTS / "walk_timings.json").write_text(json.dumps({**waited, "walk to downloaded zip": round(walk_seconds, 1)}) + "\n")
     exports = [d for d in (cache / "exports").iterdir() if not d.name.startswith(".")]
     assert exports and json.loads((exports[0] / "paraknow.json").read_text())["modules"]

@@ -1,6 +1,6 @@
 """Page 6 (Fine-tune) in a real browser: `streamlit run app.py` + Playwright on Debian's Chromium.
 
-Launches a short real run of the demo student from the page (1 epoch of task:arith:train at batch 4,
+Launches a real run of the demo student from the page (task:arith:train at batch 4, 750 steps,
 evaluating 4 test records every 5 steps), watches the live chart grow, reloads the browser (the run
 is found again on disk), stops the run from the page, sees `stopped` and downloads the adapter.
 Screenshots go to docs/screenshots/6_*.png. Skips when Chromium, Playwright or the demo pair is
@@ -123,8 +123,9 @@ def test_finetune_run_live_stop_and_download(server):
         assert page.locator("[data-testid='stTextInput']").filter(has_text="Student").locator("input").input_value() \
             == student
 
-        # a short run: 1 epoch of task:arith:train at batch 4 (250 steps), eval on 4 records every 5 steps
-        for label, value in (("Epochs", 1), ("Micro-batch", 4), ("Batch", 4), ("Eval limit", 4),
+        # task:arith:train at batch 4 for the default 3 epochs (750 steps: long enough never to finish before
+        # it is stopped, even on a fast machine), eval on 4 records every 5 steps
+        for label, value in (("Micro-batch", 4), ("Batch", 4), ("Eval limit", 4),
                              ("Eval every N steps", 5), ("Max new tokens", 16)):
             _set_number(page, label, value)
         _no_errors(page)

@@ -319,3 +319,25 @@ def test_helpers():
     path = F.save_upload(b'{"text": "a"}\n', "my data.jsonl")
     assert path.read_text() == '{"text": "a"}\n' and path.name.endswith("-my-data.jsonl")
     assert F.save_upload(b'{"text": "a"}\n', "my data.jsonl") == path  # content-keyed
+
+
+def test_runs_table_cells_read_dash_when_empty(env):
+    """Empty cells read '–' (never 'None'); numbers are formatted."""
+    queued = jobs.run_info(_fake_run(_config(env), "queued", steps=0))
+    queued.status.update(loss=None, final_eval=None)
+    done = jobs.run_info(_fake_run(_config(env, seed=3), "finished", accuracy=0.425))
+    rows = {r["run"]: r for r in F.run_rows([queued, done])}
+    assert rows[queued.run_id]["loss"] == rows[queued.run_id]["final accuracy"] == "–"
+    assert rows[done.run_id]["final accuracy"] == "42.5%" and rows[done.run_id]["loss"] == "2.5000"
+    assert rows[done.run_id]["seed"] == "3"
+    assert not any(v is None or v == "None" for row in rows.values() for v in row.values())
+
+
+def test_fine_tune_step_done_only_after_a_finished_run(env):
+    """The home page's pipeline marks Fine-tune done from disk (jobs.has_finished_run)."""
+    assert not jobs.has_finished_run()
+    _fake_run(_config(env), "failed", error="boom")
+    _fake_run(_config(env), "stopped")
+    assert not jobs.has_finished_run()
+    _fake_run(_config(env), "finished", accuracy=0.5)
+    assert jobs.has_finished_run()

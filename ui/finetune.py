@@ -238,8 +238,13 @@ def progress_of(run) -> tuple[float, str]:
     return min(1.0, step / total), text
 
 
+def _fmt(value, pattern: str) -> str:
+    """A number for the runs table, or '–' where there is none yet."""
+    return "–" if value is None else pattern.format(value)
+
+
 def run_rows(runs) -> list[dict]:
-    """The runs table: one row per run, newest first."""
+    """The runs table: one row per run, newest first (cells are text: '–' where empty)."""
     rows = []
     for r in runs:
         s = r.status
@@ -251,9 +256,10 @@ def run_rows(runs) -> list[dict]:
         took = (finished or time.time()) - started if started else None
         rows.append({
             "label": r.label or r.run_id, "state": ("stopping" if stopping(r) else r.state), "method": r.method,
-            "export": Path(init).name if r.method == "pkt" else "–", "seed": r.spec.get("seed"),
+            "export": Path(init).name if r.method == "pkt" else "–", "seed": _fmt(r.spec.get("seed"), "{}"),
             "progress": progress, "ETA": fmt_duration(s.get("eta_s")) if r.state == "running" else "–",
-            "loss": s.get("loss"), "final accuracy": final.get("accuracy"), "final eval loss": final.get("loss"),
+            "loss": _fmt(s.get("loss"), "{:.4f}"), "final accuracy": _fmt(final.get("accuracy"), "{:.1%}"),
+            "final eval loss": _fmt(final.get("loss"), "{:.4f}"),
             "time": fmt_duration(took) if took is not None else "–", "run": r.run_id,
         })
     return rows

@@ -19,6 +19,8 @@ import os
 
 import streamlit as st
 
+from paraknow.jobs import has_finished_run
+
 PERSIST = {"persist_state": "session"}
 ROLES = ("teacher", "student")
 
@@ -197,7 +199,7 @@ def reset_after_sensitivity() -> None:
 def progress_summary() -> dict[str, bool]:
     """Which pipeline steps are done (for the home page's diagram and the sidebar)."""
     return {"Models": bool(get(TEACHER) and get(STUDENT)), "Sensitivity": bool(get(SENS)),
-            "Mapping": bool(get(PLAN)), "Export": bool(get(EXPORT)), "Fine-tune": False}
+            "Mapping": bool(get(PLAN)), "Export": bool(get(EXPORT)), "Fine-tune": has_finished_run()}
 
 
 # ---- Fine-tune page (page 6) ------------------------------------------------------------
