@@ -98,3 +98,24 @@ def test_accuracies_are_honest(pair, report):
         got = "".join("1" if p["correct"] else "0" for p in result.predictions)
         recorded = report[which]["test"][name]["correct"][:n]
         assert sum(a != b for a, b in zip(got, recorded)) <= 2, (which, got, recorded)
+
+
+def test_demo_build_is_reproducible(tmp_path, capsys):
+    """`python -m paraknow.demo` in miniature: a few steps each, twice from the same seeds ->
+    byte-identical weights, a report, a README, and models paraknow loads."""
+    from paraknow import demo
+
+    tiny = dict(layers=2, hidden=32, ffn=64, heads=2, kv_heads=1, steps=6, lr=1e-3, batch=4)
+    teacher, student = demo.ModelSpec(**tiny), demo.ModelSpec(**{**tiny, "layers": 1, "steps": 4})
+    reports = [demo.build(tmp_path / name, teacher, student, n_test=2, max_new_tokens=4, eval_every=3)
+               for name in ("a", "b")]
+    assert "teacher step 3 test (100 each)" in capsys.readouterr().out  # the --eval-every checkpoint
+    for which in ("teacher", "student"):
+        a, b = ((tmp_path / n / which / "model.safetensors").read_bytes() for n in ("a", "b"))
+        assert a == b, f"{which} weights differ between two builds"
+        model, tokenizer = load_model(str(tmp_path / "a" / which))
+        assert describe(model).n_layers == (2 if which == "teacher" else 1)
+    assert reports[0]["accuracies"] == reports[1]["accuracies"]
+    assert set(reports[0]["accuracies"]) == set(tasks.TASKS)
+    assert json.loads((tmp_path / "a" / "accuracies.json").read_text())["teacher"]["spec"]["steps"] == 6
+    assert "| teacher | 2 | 32 |" in (tmp_path / "a" / "README.md").read_text()
