@@ -233,10 +233,8 @@ def _runs_panel(live: bool) -> None:
         a3.button("Stop", icon=":material/stop:", key=f"w_ft_stop_{run.run_id}", on_click=_stop,
                   args=(run.run_dir,), disabled=F.stopping(run), width="stretch")
 
-    st.dataframe(pd.DataFrame(F.run_rows(runs)), hide_index=True, width="stretch", key="ft_runs_table",
-                 column_config={"final accuracy": st.column_config.NumberColumn(format="percent"),
-                                "loss": st.column_config.NumberColumn(format="%.4f"),
-                                "final eval loss": st.column_config.NumberColumn(format="%.4f")})
+    # cells are text, formatted by run_rows ('–' where there is nothing yet)
+    st.dataframe(pd.DataFrame(F.run_rows(runs)), hide_index=True, width="stretch", key="ft_runs_table")
 
     ids = [r.run_id for r in runs]
     by_id = {r.run_id: r for r in runs}

@@ -430,6 +430,7 @@ def _make_callback(run_dir: Path, status: StatusFile, metrics_fh, eval_fn, eval_
             self.last_eval = None
             self.last_eval_step = None
             self.t0 = time.time()
+            self.t_first_log, self.first_logged_step = None, 0  # ETA clock starts after the first logged step
             self.summary = {}
 
         def _stop_requested(self, args) -> bool:
@@ -477,7 +478,12 @@ def _make_callback(run_dir: Path, status: StatusFile, metrics_fh, eval_fn, eval_
                 metrics_fh.write(json.dumps(line) + "\n")
                 metrics_fh.flush()
             step, max_steps = state.global_step, max(state.max_steps, 1)
-            eta = (now - self.t0) / step * (max_steps - step) if step else None
+            if step <= 1 or self.t_first_log is None:  # the first step carries the warm-up: time from its end
+                self.t_first_log, self.first_logged_step = now, step
+                eta = (now - self.t0) / step * (max_steps - step) if step else None
+            else:
+                per_step = (now - self.t_first_log) / max(1, step - self.first_logged_step)
+                eta = per_step * (max_steps - step)
             status.update(force="eval_loss" in line or step == 1, step=step, epoch=line["epoch"], loss=line["loss"],
                           eta_s=round(eta, 1) if eta is not None else None)
             print(f"step {step}/{max_steps} epoch {line['epoch']:.3f} loss {line['loss']:.4f} "

@@ -36,6 +36,15 @@ def _fig(height: int, **layout) -> go.Figure:
     return fig
 
 
+def distinct_colors(n: int) -> list[str]:
+    """n colours that stay distinct past plotly's 10-colour cycle (a sampled rainbow scale)."""
+    import plotly.colors
+
+    if n <= 10:
+        return plotly.colors.qualitative.Plotly[:n]
+    return plotly.colors.sample_colorscale("Turbo", [0.05 + 0.9 * i / (n - 1) for i in range(n)])
+
+
 def _log10(z: np.ndarray) -> np.ndarray:
     """log10 with non-positive entries floored just below the smallest positive value."""
     z = np.asarray(z, dtype=np.float64)
@@ -492,8 +501,8 @@ def captured_bars(plan, height: int | None = None) -> go.Figure:
     by_layer: dict = {}
     for m in plan.modules:
         by_layer.setdefault(m.student_layer, []).append(m)
-    for layer, mods in by_layer.items():
-        fig.add_trace(go.Bar(x=[m.role for m in mods], y=[m.captured for m in mods],
+    for (layer, mods), color in zip(by_layer.items(), distinct_colors(len(by_layer))):
+        fig.add_trace(go.Bar(x=[m.role for m in mods], y=[m.captured for m in mods], marker_color=color,
                              name="embeddings" if layer is None else f"S{layer}",
                              customdata=[[m.student_module, m.teacher_param] for m in mods],
                              hovertemplate="%{customdata[0]}<br>from %{customdata[1]}<br>captured %{y:.1%}"
@@ -681,6 +690,8 @@ def comparison_figure(results: dict, points: dict[str, list[tuple[str, float]]] 
             customdata=[p[0] for p in pts], hovertemplate="%{customdata}: %{y:.1%}<extra></extra>"))
     fig.update_xaxes(categoryorder="array", categoryarray=names)
     fig.update_yaxes(tickformat=".0%", rangemode="tozero", title="final eval accuracy")
-    if not fig.data:
+    if not fig.data:  # empty axes would autorange to nonsense (-1..6, 0..800 %): pin them
         fig.add_annotation(text="no finished runs yet", x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False)
+        fig.update_xaxes(range=[-0.5, len(names) - 0.5] if names else [-0.5, 0.5], showticklabels=bool(names))
+        fig.update_yaxes(range=[0, 1])
     return fig

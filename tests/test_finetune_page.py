@@ -305,7 +305,8 @@ def test_comparison_figure_and_rows():
     assert rows[2]["finished"] == "2/3" and rows[2]["accuracy (mean ± std)"] == "60.0% ± 14.1%"
     assert rows[1]["accuracy (mean ± std)"] == "–" and rows[1]["states"] == "1 queued"
     assert rows[0]["min"] == "20.0%" and rows[0]["max"] == "40.0%"
-    assert not viz.comparison_figure({"methods": {}}).data
+    empty = viz.comparison_figure({"methods": {}})
+    assert not empty.data and tuple(empty.layout.yaxis.range) == (0, 1)  # no autorange to 0..800 %
 
 
 def test_helpers():

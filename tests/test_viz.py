@@ -209,3 +209,9 @@ def test_layer_similarity_of_a_model_with_itself(seed_records):
     with pytest.raises(ParaknowError):
         layer_similarity(model, student, TOKENIZER, [])
     assert not math.isnan(float(matrix.sum()))
+
+
+def test_distinct_colors_do_not_repeat_past_ten():
+    for n in (1, 10, 15, 32):
+        colors = viz.distinct_colors(n)
+        assert len(colors) == n and len(set(colors)) == n
