@@ -86,8 +86,6 @@ with st.container(border=True):
                          help="vocabularies differ: embeddings cannot transfer" if disabled else None)
     if not report["vocab_match"]:
         st.caption("Embeddings are off: the vocabularies differ.")
-    elif s_info.tied_embeddings:
-        st.caption("The student ties lm_head to embed_tokens: embeddings transfer into embed_tokens only.")
 
 if strategy == "manual" and (not S.get(S.MANUAL_MAP) or len(S.get(S.MANUAL_MAP)) != n_s):
     S.put(S.MANUAL_MAP, _auto_map("sensitivity"))

@@ -89,14 +89,17 @@ def compatibility(teacher: ModelInfo, student: ModelInfo) -> dict:
     bad = [r["module"] for r in rows if not r["transfers"] and r["module"] in LAYER_ROLES]
     if bad:
         errors["width"] = f"the teacher is narrower than the student for {', '.join(bad)}: pick a wider teacher."
+    embedding_notes = []  # only worth saying to a plan that transfers embeddings
     if not vocab_match:
-        notes.append("vocabulary sizes differ: embeddings cannot transfer and will be skipped.")
+        embedding_notes.append("vocabulary sizes differ: embeddings cannot transfer and will be skipped.")
     if teacher.family != student.family:
         notes.append(f"different families ({teacher.family} -> {student.family}): shapes allow it, "
                      "but the paper only transfers within one family.")
     if student.tied_embeddings:
-        notes.append("the student ties lm_head to embed_tokens: embeddings transfer into embed_tokens only.")
-    return {"rows": rows, "errors": errors, "notes": notes, "vocab_match": vocab_match,
+        embedding_notes.append("the student ties lm_head to embed_tokens: embeddings transfer into "
+                               "embed_tokens only.")
+    return {"rows": rows, "errors": errors, "notes": notes + embedding_notes,
+            "embedding_notes": embedding_notes, "vocab_match": vocab_match,
             "gqa": {"teacher": teacher.n_kv_heads < teacher.n_heads, "student": student.n_kv_heads < student.n_heads}}
 
 
@@ -147,7 +150,8 @@ def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: 
     config.validate()
     report = check_transferable(teacher, student, config)
     roles = resolve_roles(config.modules)
-    notes = list(report["notes"])
+    with_embeddings = any(r in EMBED_ROLES for r in roles)
+    notes = [n for n in report["notes"] if with_embeddings or n not in report["embedding_notes"]]
     per_layer = layer_scores(scores, teacher.n_layers)
     layer_map = map_layers(config.layers, teacher.n_layers, student.n_layers, scores=per_layer,
                            seed=config.seed, manual=config.manual_map)
@@ -159,8 +163,6 @@ def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: 
             if role == "lm_head" and student.tied_embeddings:
                 continue
             targets.append((None, None, role))
-    elif any(r in EMBED_ROLES for r in roles):
-        notes.append("embeddings skipped: teacher and student vocabularies differ.")
     for s_layer, t_layer, role in targets:
         t_param = teacher.param_name(t_layer, role)
         if t_param not in scores:

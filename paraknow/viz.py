@@ -544,9 +544,10 @@ def spectrum_figure(manifest: dict, modules: list[str] | None = None, height: in
     names = modules if modules is not None else list(mods)
     fig = _fig(height, title=f"Singular-value spectra (first {max((len(mods[n]['singular_values']) for n in names), default=0)}); "
                              f"rank r = {rank} kept", legend=dict(font=dict(size=9)))
-    for name in names:
+    for name, color in zip(names, distinct_colors(len(names))):
         sv = mods[name]["singular_values"]
         fig.add_trace(go.Scatter(x=list(range(1, len(sv) + 1)), y=sv, mode="lines", name=_short(name),
+                                 line=dict(color=color),
                                  hovertemplate=f"{name}<br>σ%{{x}} = %{{y:.4g}}<extra></extra>"))
     fig.add_vline(x=rank + 0.5, line=dict(color=SELECT_COLOR, dash="dash"), annotation_text=f"r = {rank}")
     fig.update_yaxes(type="log", title="singular value")

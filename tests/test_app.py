@@ -197,6 +197,7 @@ def test_user_mistakes_are_explained():
 def test_export_helpers(tmp_path):
     assert ops.slug("demo:teacher") == "demo-teacher"
     assert ops.slug("/x/y/SmolLM2.Q4.gguf") == "SmolLM2.Q4"
+    assert ops.default_export_name("t", "s", "upload:seed_32.jsonl", "rowcol") == "t-to-s-upload-seed_32-rowcol"
     assert ops.default_export_name("demo:teacher", "demo:student", "task:arith:seed", "submatrix") == \
         "demo-teacher-to-demo-student-arith-submatrix"
     assert ops.check_export_name(" ok-name_1.2 ") == "ok-name_1.2"

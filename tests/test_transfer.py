@@ -161,3 +161,14 @@ def test_compatibility_errors(tokenizer, seed_records):
         plan_transfer(s_info, t_info, scores, TransferConfig(layers="manual", manual_map=[0, 1, 1, 0]))
     other_vocab = describe(tiny_llama(layers=2, hidden=64, ffn=128, vocab=120))
     assert not compatibility(t_info, other_vocab)["vocab_match"]
+
+
+def test_tied_embedding_note_only_when_embeddings_transfer(tokenizer, seed_records):
+    teacher, student = pair(tied_student=True)
+    scores = compute_sensitivity(teacher, tokenizer, seed_records[:2], SensitivityConfig(samples=2))
+    t_info, s_info = describe(teacher), describe(student)
+    assert any("ties lm_head" in n for n in compatibility(t_info, s_info)["notes"])  # the Models page says it
+    without = plan_transfer(t_info, s_info, scores, TransferConfig(modules=("attn", "ffn")))
+    assert not any("ties lm_head" in n for n in without.notes)
+    embeds = plan_transfer(t_info, s_info, scores, TransferConfig(modules=("attn", "embed")))
+    assert any("ties lm_head" in n for n in embeds.notes)

@@ -28,6 +28,7 @@ def slug(text: str) -> str:
 
 def default_export_name(teacher: str, student: str, data_label: str, structure: str) -> str:
     data = data_label.split(":")[1] if data_label.startswith("task:") else slug(data_label)
+    data = re.sub(r"\.jsonl?$", "", data)  # 'upload-seed_32.jsonl' -> 'upload-seed_32'
     return f"{slug(teacher)}-to-{slug(student)}-{slug(data)}-{structure}"
 
 
