@@ -213,3 +213,28 @@ def test_spec_round_trip_and_cli_spec(tmp_path, capsys):
     assert loaded.out == str(spec_dir) and loaded.label == "x"
     assert cli_main(["train", "--spec", str(spec_dir / "spec.json"), "--student", str(student)]) == 2
     assert "--spec already names the run" in capsys.readouterr().err
+
+
+def test_same_command_under_a_two_process_launcher(tmp_path):
+    """`accelerate launch` / torchrun on several devices runs `python -m paraknow train` unchanged: two
+    CPU processes (DDP over gloo) split each batch, rank 0 alone writes the run directory."""
+    import os
+    import subprocess
+    import sys
+
+    student = save_student(tmp_path)
+    data = write_data(tmp_path, SEED_RECORDS * 2)
+    n = len(SEED_RECORDS) * 2
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "paraknow",
+         "train", "--student", str(student), "--data", str(data), "--out", str(out), "--epochs", "1",
+         "--batch", "4", "--micro-batch", "1", "--rank", "4", "--alpha", "8", "--max-length", "128",
+         "--device", "cpu"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x 2 processes" in proc.stdout
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "finished" and status["max_steps"] == -(-n // 4)  # batch 4 = 1 x 2 accum x 2 procs
+    assert_clean_run_dir(out)
+    original_with_adapter(student, out / "adapter")  # a plain LoRA for the original student
