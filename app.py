@@ -76,23 +76,24 @@ def home() -> None:
                    "the same models, data and settings come back instantly.")
 
 
-# Lower-case URLs (/models, ...) differ from the names Streamlit's legacy pages/ mode gives the same files
-# (/Models, ...), so a direct link is always routed through this file (see widgets.entry_guard).
+# URL names equal the ones Streamlit's legacy pages/ mode gives the same files (/Models, ...), so a direct
+# link right after the server starts, when that mode is still on, finds its page (see widgets.entry_guard).
 PAGES = [
     st.Page(home, title="Home", icon=":material/home:", default=True, url_path="home"),
-    st.Page(W.PAGE_MODELS, title="Models", url_path="models", icon=":material/memory:"),
-    st.Page(W.PAGE_SENSITIVITY, title="Sensitivity", url_path="sensitivity", icon=":material/local_fire_department:"),
-    st.Page(W.PAGE_MAPPING, title="Mapping", url_path="mapping", icon=":material/account_tree:"),
-    st.Page(W.PAGE_EXPORT, title="Export", url_path="export", icon=":material/package_2:"),
+    st.Page(W.PAGE_MODELS, title="Models", url_path="Models", icon=":material/memory:"),
+    st.Page(W.PAGE_SENSITIVITY, title="Sensitivity", url_path="Sensitivity", icon=":material/local_fire_department:"),
+    st.Page(W.PAGE_MAPPING, title="Mapping", url_path="Mapping", icon=":material/account_tree:"),
+    st.Page(W.PAGE_EXPORT, title="Export", url_path="Export", icon=":material/package_2:"),
 ]
 if W.finetune_available():  # page 6 is added by the fine-tuning work
-    PAGES.append(st.Page(W.PAGE_FINETUNE, title="Fine-tune", url_path="fine-tune", icon=":material/model_training:"))
+    PAGES.append(st.Page(W.PAGE_FINETUNE, title="Fine-tune", url_path="Fine-tune", icon=":material/model_training:"))
 
 W.HOME_PAGE = PAGES[0]  # page_link to the home page needs its Page object (it is a function)
 page = st.navigation(PAGES)
 status_slot = st.sidebar.container()  # filled after the page ran, so it shows this run's results
 try:
-    page.run()
+    with W.running_in_app():
+        page.run()
 except W.StopPage:  # a page ended early (missing prerequisite, error): the sidebar still shows the state
     pass
 W.sidebar_status(status_slot)

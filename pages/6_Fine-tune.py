@@ -15,6 +15,7 @@ from ui import widgets as W
 from ui.state import PERSIST
 
 LIVE_EVERY_S = 2
+W.entry_guard()
 S.init_finetune()
 ss = st.session_state
 

@@ -193,3 +193,26 @@ def test_full_flow_in_browser(server):
     (SHOTS / "walk_timings.json").write_text(json.dumps({**waited, "walk to downloaded zip": round(walk_seconds, 1)}) + "\n")
     exports = [d for d in (cache / "exports").iterdir() if not d.name.startswith(".")]
     assert exports and json.loads((exports[0] / "paraknow.json").read_text())["modules"]
+
+
+def test_direct_link_on_a_fresh_server_opens_its_page(tmp_path):
+    """The first request to a just-started server is a deep link (/Sensitivity): Streamlit's legacy pages/
+    mode is still on then; the page must come up inside the app, with no 'Page not found' dialog."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    from playwright.sync_api import sync_playwright
+
+    env = dict(os.environ, PARAKNOW_CACHE=str(tmp_path / "cache"), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    with streamlit_app(env) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url + "/Sensitivity")
+        page.get_by_text("Load a teacher and a student first").first.wait_for()
+        _settle(page)
+        assert page.get_by_role("heading", name="Sensitivity").count() >= 1
+        assert page.get_by_text("Page not found").count() == 0
+        assert page.locator("[data-testid='stSidebar']").get_by_text("This session").count() == 1  # app.py ran
+        browser.close()

@@ -5,6 +5,8 @@ Pages stay thin: widgets -> these helpers -> paraknow calls -> paraknow.viz figu
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import runpy
 import time
 import traceback
 import uuid
@@ -18,6 +20,7 @@ from ui import state as S
 from ui.state import PERSIST
 
 HOME_PAGE = None  # the home st.Page, set by app.py (the home page is a function, not a file)
+_IN_APP = contextvars.ContextVar("paraknow_in_app", default=False)  # this script run goes through app.py
 PAGE_MODELS = "pages/2_Models.py"
 PAGE_SENSITIVITY = "pages/3_Sensitivity.py"
 PAGE_MAPPING = "pages/4_Mapping.py"
@@ -25,6 +28,7 @@ PAGE_EXPORT = "pages/5_Export.py"
 PAGE_FINETUNE = "pages/6_Fine-tune.py"
 
 ROOT = Path(__file__).resolve().parent.parent
+APP_SCRIPT = ROOT / "app.py"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # seed data uploads (the server's own limit is 50 MB)
 QUICK_TASK = "task:arith:seed"
 
@@ -389,14 +393,26 @@ def quick_start() -> str:
 
 
 def entry_guard() -> None:
-    """Route a page through app.py when it runs without it.
+    """Run app.py in place of a page file that Streamlit ran without it.
 
     On a freshly started server the pages/ folder puts Streamlit in its legacy multipage mode until
-    app.py first calls st.navigation; a direct link such as /Sensitivity would then run the page file
-    alone (no session defaults, no sidebar). Sending it to app.py sets up the navigation for good.
+    app.py first calls st.navigation: a direct link such as /Sensitivity then runs the page file alone
+    (no session defaults, no sidebar). The pages have the same URL names in both modes, so running
+    app.py here sets up the navigation for good and shows the page that was asked for.
     """
-    if HOME_PAGE is None:
-        st.switch_page("app.py")
+    if not _IN_APP.get():
+        runpy.run_path(str(APP_SCRIPT), run_name="__main__")
+        st.stop()
+
+
+@contextlib.contextmanager
+def running_in_app():
+    """app.py runs the chosen page inside this: entry_guard then knows the page is not on its own."""
+    token = _IN_APP.set(True)
+    try:
+        yield
+    finally:
+        _IN_APP.reset(token)
 
 
 def require(*needs: str) -> bool:
