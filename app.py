@@ -36,7 +36,8 @@ def home() -> None:
         "samples), keep the most sensitive teacher layers, cut from each of their weight matrices the "
         "student-sized **submatrix** holding the most sensitivity, and factorise it with an SVD into a "
         "**LoRA initialisation** for the student, which is then fine-tuned as usual.")
-    st.plotly_chart(pipeline_figure(S.progress_summary()), config={"displayModeBar": False}, key="home_pipeline")
+    done = S.progress_summary()
+    st.plotly_chart(pipeline_figure(done), config={"displayModeBar": False}, key="home_pipeline")
 
     left, right = st.columns([3, 2], gap="large")
     with left:
@@ -59,7 +60,6 @@ def home() -> None:
         st.page_link(W.PAGE_EXPORT, label="Export: the LoRA initialisation", icon=":material/package_2:")
     with right:
         st.subheader("This session")
-        done = S.progress_summary()
         t, s, sens, plan, exp = (S.get(S.TEACHER), S.get(S.STUDENT), S.get(S.SENS), S.get(S.PLAN),
                                  S.get(S.EXPORT))
         t_info, s_info = S.get(S.TEACHER_INFO), S.get(S.STUDENT_INFO)

@@ -190,7 +190,7 @@ def comparison(runs) -> None:
         ss[S.W_FT_GROUP] = groups[0]
     group = st.selectbox("Comparison", groups, key=S.W_FT_GROUP, **PERSIST,
                          format_func=lambda g: F.group_label(g, runs))
-    results = jobs.group_results(group)
+    results = jobs.group_results(group, runs)
     st.dataframe(pd.DataFrame(viz.comparison_rows(results)), hide_index=True, width="stretch")
     st.plotly_chart(viz.comparison_figure(results, F.group_points(group, runs)), key="ft_compare_chart",
                     config={"displayModeBar": False})
@@ -245,12 +245,12 @@ def _runs_panel(live: bool) -> None:
                            format_func=lambda i: F.run_label(by_id[i]))
     if shown:
         grouped = len({by_id[i].group for i in shown}) == 1 and by_id[shown[0]].group
+        seeds = sorted({by_id[i].spec.get("seed") for i in shown})
         series = []
-        for k, run_id in enumerate(shown):
+        for run_id in shown:
             run = by_id[run_id]
             item = {"label": F.run_label(run), "rows": jobs.read_metrics(run.run_dir)}
             if grouped:  # one colour per method, one dash per seed
-                seeds = sorted({by_id[i].spec.get("seed") for i in shown})
                 item["color"] = viz.METHOD_COLORS.get(run.method)
                 item["dash"] = ("solid", "dash", "dot", "dashdot")[seeds.index(run.spec.get("seed")) % 4]
             series.append(item)

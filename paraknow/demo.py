@@ -1,6 +1,6 @@
 """Rebuild the built-in demo pair `demo:teacher` / `demo:student` (SPEC section 6).
 
-    python -m paraknow.demo            # about 40 minutes on a 2-core CPU
+    python -m paraknow.demo            # about 35 minutes on a 2-core CPU
     python -m paraknow.demo --device cuda --eval-every 1000   # a few minutes on a GPU, with curves
 
 Everything comes from fixed seeds: the training text (the three built-in tasks' `train`
@@ -46,7 +46,7 @@ from .paths import PACKAGE_DIR
 DEMO_DIR = PACKAGE_DIR / "demo_models"
 SEED = 1234
 SPECIAL_TOKENS = ["<pad>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
-VOCAB_SIZE = 1536  # the BPE stops earlier (about 1200): every world name becomes one token
+VOCAB_SIZE = 1536  # the BPE stops earlier (about 1030 tokens): every world name becomes one token
 # GPT-2 style pre-tokenisation, except that every digit is its own piece (with an optional
 # leading space), which makes multi-digit arithmetic learnable for tiny models.
 PRETOKENIZE = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\([A-Z]\)| ?\p{L}+| ?\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

@@ -410,8 +410,9 @@ def list_runs(group: str | None = None, resume_queue: bool = True) -> list[RunIn
 
 
 def has_finished_run() -> bool:
-    """Whether any run under cache/runs/ has finished training."""
-    return any(run.state == "finished" for run in list_runs(resume_queue=False))
+    """Whether any run under cache/runs/ has finished training (reads status files only: `finished`
+    is terminal, so no liveness check is needed)."""
+    return any((read_json(d / STATUS_FILE) or {}).get("state") == "finished" for d in reversed(_run_dirs()))
 
 
 def find_run(run_id: str) -> Path:
@@ -505,10 +506,11 @@ def _stats(values: list[float]) -> dict:
     return {"n": len(values), "mean": mean, "std": std, "min": min(values), "max": max(values)}
 
 
-def group_results(group: str) -> dict:
+def group_results(group: str, runs: list[RunInfo] | None = None) -> dict:
     """Per method: final accuracy and loss statistics (sample std) over the group's finished runs,
-    plus how many runs are in each state. {"group", "methods": {method: {...}}, "complete"}."""
-    runs = list_runs(group=group, resume_queue=False)
+    plus how many runs are in each state. {"group", "methods": {method: {...}}, "complete"}.
+    `runs`: runs already read from disk (e.g. `list_runs()`), to save reading them again."""
+    runs = list_runs(group=group, resume_queue=False) if runs is None else [r for r in runs if r.group == group]
     if not runs:
         raise ParaknowError(f"no runs in group '{group}'.")
     methods: dict[str, dict] = {}

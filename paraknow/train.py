@@ -478,7 +478,7 @@ def _make_callback(run_dir: Path, status: StatusFile, metrics_fh, eval_fn, eval_
                 metrics_fh.write(json.dumps(line) + "\n")
                 metrics_fh.flush()
             step, max_steps = state.global_step, max(state.max_steps, 1)
-            if step <= 1 or self.t_first_log is None:  # the first step carries the warm-up: time from its end
+            if self.t_first_log is None:  # the first step carries the warm-up: time from its end
                 self.t_first_log, self.first_logged_step = now, step
                 eta = (now - self.t0) / step * (max_steps - step) if step else None
             else:

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import plotly.colors
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
@@ -38,8 +39,6 @@ def _fig(height: int, **layout) -> go.Figure:
 
 def distinct_colors(n: int) -> list[str]:
     """n colours that stay distinct past plotly's 10-colour cycle (a sampled rainbow scale)."""
-    import plotly.colors
-
     if n <= 10:
         return plotly.colors.qualitative.Plotly[:n]
     return plotly.colors.sample_colorscale("Turbo", [0.05 + 0.9 * i / (n - 1) for i in range(n)])

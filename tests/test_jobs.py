@@ -166,5 +166,8 @@ def test_compare_runs_groups_and_results(setup, tmp_path):
     assert pkt["accuracy"]["n"] == 2 and pkt["accuracy"]["mean"] == pytest.approx(0.35)
     assert pkt["accuracy"]["std"] == pytest.approx(0.3 * 2 ** -0.5) and pkt["loss"]["max"] == 6.0
     assert results["methods"]["vanilla"]["accuracy"]["min"] == 0.0
+    assert jobs.group_results(group, jobs.list_runs(resume_queue=False)) == results  # runs already read: same
     with pytest.raises(ParaknowError, match="no runs in group"):
         jobs.group_results("nope")
+    with pytest.raises(ParaknowError, match="no runs in group"):
+        jobs.group_results("nope", jobs.list_runs(resume_queue=False))

@@ -449,8 +449,7 @@ def fmt_bytes(n: float) -> str:
 
 def sidebar_status(container=None) -> None:
     """Where the session is in the pipeline (shown on every page, in `container` of the sidebar)."""
-    done = S.progress_summary()
-    t, s, sens, exp = S.get(S.TEACHER), S.get(S.STUDENT), S.get(S.SENS), S.get(S.EXPORT)
+    t, s, sens, plan, exp = S.get(S.TEACHER), S.get(S.STUDENT), S.get(S.SENS), S.get(S.PLAN), S.get(S.EXPORT)
     with container if container is not None else st.sidebar:
         st.markdown("**This session**")
         ok, todo = ":green[:material/check_circle:]", ":gray[:material/radio_button_unchecked:]"
@@ -458,7 +457,7 @@ def sidebar_status(container=None) -> None:
             f"{ok} teacher: `{t['ref']}`" if t else f"{todo} teacher: not loaded",
             f"{ok} student: `{s['ref']}`" if s else f"{todo} student: not loaded",
             f"{ok} sensitivity: {sens['label']}, {sens['config']['metric']}" if sens else f"{todo} sensitivity: not computed",
-            f"{ok} mapping: {S.get(S.PLAN)[1].layer_map}" if done["Mapping"] else f"{todo} mapping: not planned",
+            f"{ok} mapping: {plan[1].layer_map}" if plan else f"{todo} mapping: not planned",
             f"{ok} export: `{exp['name']}`" if exp else f"{todo} export: none yet",
         ]
         st.markdown("  \n".join(lines))
