@@ -36,8 +36,7 @@ def home() -> None:
         "samples), keep the most sensitive teacher layers, cut from each of their weight matrices the "
         "student-sized **submatrix** holding the most sensitivity, and factorise it with an SVD into a "
         "**LoRA initialisation** for the student, which is then fine-tuned as usual.")
-    done = S.progress_summary()
-    st.plotly_chart(pipeline_figure(done), config={"displayModeBar": False}, key="home_pipeline")
+    pipeline_slot = st.empty()  # drawn after the quick start below, so it shows what that button just did
 
     left, right = st.columns([3, 2], gap="large")
     with left:
@@ -58,6 +57,8 @@ def home() -> None:
                      icon=":material/local_fire_department:")
         st.page_link(W.PAGE_MAPPING, label="Mapping: layers and submatrices", icon=":material/account_tree:")
         st.page_link(W.PAGE_EXPORT, label="Export: the LoRA initialisation", icon=":material/package_2:")
+    pipeline_slot.plotly_chart(pipeline_figure(S.progress_summary()), config={"displayModeBar": False},
+                               key="home_pipeline")
     with right:
         st.subheader("This session")
         t, s, sens, plan, exp = (S.get(S.TEACHER), S.get(S.STUDENT), S.get(S.SENS), S.get(S.PLAN),
@@ -68,7 +69,7 @@ def home() -> None:
             ("Student", f"{s['ref']} · {s_info.n_layers} layers · {s_info.n_params / 1e6:.2f}M params" if s else "not loaded"),
             ("Sensitivity", f"{sens['label']} · {sens['config']['samples']} samples · {sens['config']['metric']}"
              if sens else "not computed"),
-            ("Mapping", f"layers {plan[1].layer_map} · {len(plan[1].modules)} modules" if done["Mapping"] else "not planned"),
+            ("Mapping", f"layers {plan[1].layer_map} · {len(plan[1].modules)} modules" if plan else "not planned"),
             ("Exports", ", ".join(S.get(S.EXPORTS_MADE)) or "none yet"),
         ]
         st.table({"step": [r[0] for r in rows], "state": [r[1] for r in rows]})
