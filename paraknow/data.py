@@ -132,7 +132,8 @@ def split_conversation(record: dict) -> tuple[list[dict], str | None]:
 
 
 def _fallback_prompt(messages: list[dict]) -> str:
-    return "".join(f"<|{m['role']}|>\n{m['content']}\n\n" for m in messages) + "<|assistant|>\n"
+    """The official code's format: `<|role|>\n{content.strip()}\n\n` per message, then `<|assistant|>\n`."""
+    return "".join(f"<|{m['role']}|>\n{m['content'].strip()}\n\n" for m in messages) + "<|assistant|>\n"
 
 
 def format_prompt(tokenizer, messages: list[dict]) -> tuple[str, bool]:
@@ -149,7 +150,7 @@ def _completion_text(tokenizer, messages, completion, prompt_text, templated) ->
             messages + [{"role": "assistant", "content": completion}], tokenize=False)
         if full.startswith(prompt_text):
             return full[len(prompt_text):]
-    return completion + (tokenizer.eos_token or "")
+    return completion.strip() + (tokenizer.eos_token or "")
 
 
 def encode_prompt(tokenizer, record: dict) -> list[int]:
@@ -160,7 +161,13 @@ def encode_prompt(tokenizer, record: dict) -> list[int]:
 
 
 def encode(tokenizer, record: dict, max_length: int = 2048) -> Encoded:
-    """Tokenise one record: prompt and completion separately so the label mask is exact."""
+    """Tokenise one record as the official code does: the whole text (prompt + completion) at
+    once, then the first len(tokens of the prompt alone) labels masked with -100.
+
+    Tokenising the joined text gives the completion the tokens the model produces at generation
+    time (a SentencePiece/Metaspace tokenizer splits a completion tokenised on its own
+    differently, e.g. 'A','n','swer:' instead of '▁Answer:').
+    """
     messages, completion = split_conversation(record)
     if completion is None:  # {"text": ...}: loss on every token
         ids = tokenizer(record["text"], add_special_tokens=True)["input_ids"]
@@ -169,12 +176,12 @@ def encode(tokenizer, record: dict, max_length: int = 2048) -> Encoded:
         ids = ids[:max_length]
         return Encoded(ids, list(ids), 0)
     prompt_text, templated = format_prompt(tokenizer, messages)
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=not templated)["input_ids"]
-    completion_ids = tokenizer(_completion_text(tokenizer, messages, completion, prompt_text, templated),
-                               add_special_tokens=False)["input_ids"]
-    ids = (prompt_ids + completion_ids)[:max_length]
-    labels = ([IGNORE_INDEX] * len(prompt_ids) + completion_ids)[:max_length]
-    return Encoded(ids, labels, min(len(prompt_ids), max_length))
+    full_text = prompt_text + _completion_text(tokenizer, messages, completion, prompt_text, templated)
+    n_prompt = len(tokenizer(prompt_text, add_special_tokens=not templated)["input_ids"])
+    ids = tokenizer(full_text, add_special_tokens=not templated)["input_ids"][:max_length]
+    n_masked = min(n_prompt, len(ids))
+    labels = [IGNORE_INDEX] * n_masked + ids[n_masked:]
+    return Encoded(ids, labels, n_masked)
 
 
 def encode_all(tokenizer, records: list[dict], max_length: int = 2048) -> list[Encoded]:

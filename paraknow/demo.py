@@ -3,11 +3,11 @@
     python -m paraknow.demo            # about 35 minutes on a 2-core CPU
     python -m paraknow.demo --device cuda --eval-every 1000   # a few minutes on a GPU, with curves
 
-Everything comes from fixed seeds: the training text (the three built-in tasks' `train`
-splits; extra task samples drawn by `tasks.extra_records` with their own random stream, never
-repeating a test or seed prompt, the `facts` ones quizzing every fact of the fictional world as
-a pre-training corpus would; and the world's `general_text`), a byte-level BPE tokenizer
-trained on that text and shared by both models, and the two Llama models:
+Everything comes from fixed seeds: the pre-training text (task-formatted samples from each
+built-in task's *corpus pool* (`tasks.corpus_records`), which by construction shares no prompt
+and no completion with any seed/train/val/test split -- the `facts` ones quiz every fact of the
+fictional world as a pre-training corpus would -- and the world's `general_text`), a byte-level
+BPE tokenizer trained on that text and shared by both models, and the two Llama models:
 
     teacher  8 layers, hidden 192, FFN 512, 6 heads / 2 KV heads (GQA), ~3.5M parameters,
              9000 steps of 32 samples
@@ -66,9 +66,9 @@ class ModelSpec:
 
 TEACHER = ModelSpec(layers=8, hidden=192, ffn=512, heads=6, kv_heads=2, steps=9000, lr=1.5e-3)
 STUDENT = ModelSpec(layers=4, hidden=128, ffn=320, heads=4, kv_heads=2, steps=2000, lr=2e-3)
-# How many samples of each kind the training pool holds (train splits are always included).
-EXTRA = {"arith": 4000, "facts": 8000, "instruct": 4000}
-FACTS_QUIZ_POOL = "all"  # pre-training quizzes every fact of the world (never a test prompt)
+# How many task-formatted corpus samples of each task the pre-training pool holds (as many as the
+# previous pair saw from its train split plus extra samples; no split record is among them).
+CORPUS = {"arith": 5000, "facts": 9000, "instruct": 5000}
 N_TEXT = 4000
 
 
@@ -81,17 +81,19 @@ def log(msg: str) -> None:
 
 
 def training_records() -> tuple[list[dict], list[str]]:
-    """(task records, general-text paragraphs) the demo models are trained on."""
-    records = []
-    for name in tasks.TASKS:
-        records += tasks.task_records(name, "train")
-        records += tasks.extra_records(name, EXTRA[name], seed=0,
-                                       pool=FACTS_QUIZ_POOL if name == "facts" else "train")
-    held_out = {r["messages"][0]["content"] for name in tasks.TASKS
-                for split in ("test", "seed") for r in tasks.task_records(name, split)}
-    leaked = [r["id"] for r in records if r["messages"][0]["content"] in held_out]
-    assert not leaked, f"training data contains test/seed prompts: {leaked[:5]}"
+    """(task-formatted corpus records, general-text paragraphs) the demo models pre-train on."""
+    records = [r for name in tasks.TASKS for r in tasks.corpus_records(name, CORPUS[name], seed=0)]
+    leaked = split_overlap(records)
+    if leaked:
+        raise RuntimeError(f"the pre-training corpus contains split records: {leaked[:5]}")
     return records, tasks.general_text(N_TEXT, seed=0)
+
+
+def split_overlap(records: list[dict]) -> list[str]:
+    """Ids of corpus records whose prompt or completion equals that of any split record."""
+    held_out = {m["content"] for name in tasks.TASKS for split in tasks.SPLITS
+                for r in tasks.task_records(name, split) for m in r["messages"]}
+    return [r["id"] for r in records if any(m["content"] in held_out for m in r["messages"])]
 
 
 def build_tokenizer(records: list[dict], texts: list[str]):

@@ -2,11 +2,12 @@
 
 - loss: mean over samples of each sample's mean token cross-entropy on its completion
   tokens (the same masking as training; `{"text": ...}` records count every token);
-- accuracy: batched greedy generation from the prompt (left-padded), then exact match of
-  the final answer. Built-in task records (with `task` and `answer`) use that task's
-  extractor (`tasks.score`); other records compare `extract_final_answer` of the reference
-  completion with that of the generation. `{"text": ...}` records have no reference and
-  are left out of the accuracy (None when no record has one).
+- accuracy: batched greedy generation from the prompt (left-padded), then the final answer
+  matched against the reference (`paraknow.answers`, `match` = auto|exact|numeric; auto
+  compares numbers when the reference is a number). Built-in task records (with `task` and
+  `answer`) use that task's extractor for exact matching (`tasks.score`); other records use
+  their `answer` field or the final answer of their reference completion. `{"text": ...}`
+  records have no reference and are left out of the accuracy (None when no record has one).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import torch
 
 from .data import collate, encode_all, encode_prompt, per_sample_loss, split_conversation
 from .errors import ParaknowError
-from .tasks import extract_final_answer, score
+from .answers import check_mode, final_answer
+from .tasks import score
 
 Progress = Callable[[int, int, str], None]
 
@@ -57,14 +59,12 @@ def reference_answer(record: dict) -> str | None:
     _, completion = split_conversation(record)
     if completion is None:
         return None
-    return str(record["answer"]) if "answer" in record else extract_final_answer(completion)
+    return str(record["answer"]) if "answer" in record else final_answer(completion)
 
 
-def is_correct(record: dict, generated: str) -> bool:
-    """Exact match of the final answer (task extractor for built-in tasks)."""
-    if record.get("task") and "answer" in record:
-        return score(record, generated)
-    return extract_final_answer(generated) == reference_answer(record)
+def is_correct(record: dict, generated: str, match: str = "auto") -> bool:
+    """Whether the generation's final answer matches the record's reference (`tasks.score`)."""
+    return score(record, generated, match)
 
 
 def completion_losses(model, tokenizer, records: list[dict], batch_size: int = 16,
@@ -120,8 +120,9 @@ def generate_completions(model, tokenizer, records: list[dict], max_new_tokens: 
 
 
 def evaluate(model, tokenizer, records: list[dict], max_new_tokens: int = 128, batch_size: int = 16,
-             progress: Progress | None = None, max_length: int = 2048) -> EvalResult:
-    """Loss on every record and greedy exact-match accuracy on those with a reference answer."""
+             progress: Progress | None = None, max_length: int = 2048, match: str = "auto") -> EvalResult:
+    """Loss on every record and greedy answer accuracy (`match`) on those with a reference answer."""
+    check_mode(match)
     if not records:
         raise ParaknowError("nothing to evaluate: the dataset holds no records.")
     was_training = model.training
@@ -146,7 +147,7 @@ def evaluate(model, tokenizer, records: list[dict], max_new_tokens: int = 128, b
         model.train(was_training)
     predictions, correct = [], 0
     for i, text in zip(scorable, texts):
-        ok = is_correct(records[i], text)
+        ok = is_correct(records[i], text, match)
         correct += ok
         predictions.append({"index": i, "id": records[i].get("id", i), "prediction": text,
                             "answer": reference_answer(records[i]), "correct": bool(ok)})
@@ -158,7 +159,8 @@ def evaluate(model, tokenizer, records: list[dict], max_new_tokens: int = 128, b
 
 
 def run_eval(model_ref: str, data_ref: str, adapter: str | None = None, max_new_tokens: int = 128,
-             device: str | None = None, batch_size: int = 16, progress: Progress | None = None) -> dict:
+             device: str | None = None, batch_size: int = 16, progress: Progress | None = None,
+             match: str = "auto") -> dict:
     """`python -m paraknow eval`: load a model (and optional PEFT adapter), evaluate a dataset.
 
     Returns {"accuracy", "loss", "n"}.
@@ -168,6 +170,7 @@ def run_eval(model_ref: str, data_ref: str, adapter: str | None = None, max_new_
 
     if max_new_tokens < 1:
         raise ParaknowError("--max-new-tokens must be at least 1.")
+    check_mode(match)
     records = load_records(data_ref)
     model, tokenizer = load_model(model_ref, device=device)
     if adapter:
@@ -184,4 +187,4 @@ def run_eval(model_ref: str, data_ref: str, adapter: str | None = None, max_new_
                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}")
         model.eval()
     return evaluate(model, tokenizer, records, max_new_tokens=max_new_tokens,
-                    batch_size=batch_size, progress=progress).to_dict()
+                    batch_size=batch_size, progress=progress, match=match).to_dict()

@@ -12,9 +12,17 @@ models (a few million parameters, trained on a CPU) can learn them:
 - `instruct`  instructions  Super-NI-like text transformations of short word lists (reverse,
                             first word, last word, count, join with commas, drop the first word).
 
-Splits: `seed` (32), `train` (1000), `test` (200). Everything is generated from fixed
+Splits: `seed` (32), `train` (1000: the fine-tuning split), `val` (200: for choosing
+hyper-parameters) and `test` (1000: 0.1-point resolution). Everything is generated from fixed
 seeds with `random.Random` (never `hash()` or set order), so the records are identical in
 every process; the splits are pairwise disjoint (no prompt appears in two splits).
+
+Two pools, disjoint by construction: every possible sample belongs either to the *task* pool
+or to the *corpus* pool, decided by a hash of its completion (`in_corpus_pool`). The four
+splits are drawn from the task pool only; `corpus_records` (what the demo models pre-train
+on) from the corpus pool only. Since a prompt determines its completion, no split prompt and
+no split completion ever occurs among the corpus records: the demo models never saw the data
+they are fine-tuned and evaluated on.
 
 Records use the paper's `messages` format plus `task`, `id` and `answer` (the final answer
 that exact-match scoring compares with):
@@ -27,18 +35,21 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .answers import final_answer, matches
 from .errors import ParaknowError
 
-SPLIT_SIZES = {"seed": 32, "train": 1000, "test": 200}
+SPLIT_SIZES = {"seed": 32, "train": 1000, "val": 200, "test": 1000}
 SPLITS = tuple(SPLIT_SIZES)
-_SPLIT_ORDER = ("test", "seed", "train")  # generation order: the test split is drawn first
+_SPLIT_ORDER = ("test", "val", "seed", "train")  # generation order: the test split is drawn first
 _BASE_SEED = 20240117
+_POOL_SALT = b"paraknow-pool-v1|"
 
 
 # ---------------------------------------------------------------------------------------
@@ -47,46 +58,6 @@ _BASE_SEED = 20240117
 
 _ANSWER_IS = re.compile(r"answer is\b[\s:]*", re.IGNORECASE)
 _TRAILING_LETTER = re.compile(r"(?:^|[\s(])\(?([A-E])\)?[.)]?\s*$")
-_INT = re.compile(r"-?\d+")
-
-
-def _clean(text: str) -> str:
-    text = " ".join(text.split())
-    while text.endswith("."):
-        text = text[:-1].rstrip()
-    return text
-
-
-def extract_final_answer(text: str | None) -> str:
-    """Final answer of free text, for any dataset.
-
-    "... the answer is X." -> "X" (the last such phrase, up to the end of its line, without
-    the closing period); else a trailing option letter ("... (B)" -> "B"); else the whole
-    text with whitespace collapsed.
-    """
-    text = (text or "").strip()
-    matches = list(_ANSWER_IS.finditer(text))
-    if matches:
-        rest = text[matches[-1].end():].split("\n", 1)[0]
-        answer = _clean(rest)
-        if answer:
-            return answer
-    match = _TRAILING_LETTER.search(text)
-    if match:
-        return match.group(1)
-    return _clean(text)
-
-
-def _extract_number(text: str) -> str | None:
-    """The integer after the last "answer is", else the last integer in the text."""
-    text = text or ""
-    matches = list(_ANSWER_IS.finditer(text))
-    if matches:
-        number = _INT.match(text[matches[-1].end():].replace(",", "").lstrip("$ "))
-        if number:
-            return str(int(number.group(0)))
-    numbers = _INT.findall(text.replace(",", ""))
-    return str(int(numbers[-1])) if numbers else None
 
 
 def _extract_letter(text: str) -> str | None:
@@ -332,7 +303,7 @@ class Task:
 TASKS: dict[str, Task] = {
     "arith": Task("arith", "GSM-like arithmetic word problems (2-3 steps, numbers < 100), "
                   "short chain of thought ending in 'So the answer is N.'", "reasoning",
-                  lambda pool: _arith_sample, _extract_number, _BASE_SEED + 1),
+                  lambda pool: _arith_sample, final_answer, _BASE_SEED + 1),
     "facts": Task("facts", "MMLU-like multiple choice (A-D) about a fictional world; the test "
                   "split asks about facts no train question covers", "knowledge",
                   _facts_sampler, _extract_letter, _BASE_SEED + 2),
@@ -342,6 +313,12 @@ TASKS: dict[str, Task] = {
 }
 
 
+def in_corpus_pool(completion: str) -> bool:
+    """Whether a sample with this completion belongs to the pre-training corpus pool (about half
+    of all samples do) rather than to the task pool that the splits are drawn from."""
+    return hashlib.sha256(_POOL_SALT + completion.encode("utf-8")).digest()[0] % 2 == 1
+
+
 def _record(task: str, rid: str, prompt: str, completion: str, answer: str) -> dict:
     return {"task": task, "id": rid,
             "messages": [{"role": "user", "content": prompt},
@@ -349,16 +326,18 @@ def _record(task: str, rid: str, prompt: str, completion: str, answer: str) -> d
             "answer": answer}
 
 
-def _draw(task: Task, pool: str, rng: random.Random, n: int, taken: dict, prefix: str) -> list[dict]:
-    """n records with prompts not in `taken` (which they are added to)."""
-    sampler = task.sampler(pool)
+def _draw(task: Task, facts_pool: str, corpus: bool, rng: random.Random, n: int, taken: dict,
+          prefix: str) -> list[dict]:
+    """n records from the corpus pool (`corpus`) or the task pool, with prompts not in `taken`
+    (which they are added to). `facts_pool` picks the facts asked about (see `_facts_sampler`)."""
+    sampler = task.sampler(facts_pool)
     records, tries = [], 0
     while len(records) < n:
         tries += 1
-        if tries > 200 * n + 10000:
+        if tries > 400 * n + 10000:
             raise RuntimeError(f"task {task.name}: cannot draw {n} distinct prompts")
         prompt, completion, answer = sampler(rng)
-        if prompt in taken:
+        if prompt in taken or in_corpus_pool(completion) != corpus:
             continue
         taken[prompt] = True
         records.append(_record(task.name, f"{prefix}-{len(records)}", prompt, completion, answer))
@@ -379,8 +358,8 @@ def _splits(name: str) -> dict[str, list[dict]]:
     taken: dict = {}
     out = {}
     for split in _SPLIT_ORDER:
-        pool = "test" if split == "test" else "train"
-        out[split] = _draw(task, pool, rng, SPLIT_SIZES[split], taken, f"{name}-{split}")
+        facts_pool = "test" if split == "test" else "train"
+        out[split] = _draw(task, facts_pool, False, rng, SPLIT_SIZES[split], taken, f"{name}-{split}")
     return out
 
 
@@ -393,33 +372,30 @@ def task_records(name: str, split: str = "train") -> list[dict]:
     return task.generate(split)
 
 
-def extra_records(name: str, n: int, seed: int = 0, pool: str = "train") -> list[dict]:
-    """n further task samples for pre-training the demo models.
+def corpus_records(name: str, n: int, seed: int = 0) -> list[dict]:
+    """n task-formatted samples for pre-training the demo models, from the corpus pool only.
 
-    Drawn with a separate random stream, never repeating a prompt of any split. For `facts`,
-    `pool` picks the facts asked about: "train" (only those the train split covers) or "all"
-    (the whole world, as a pre-training corpus would quiz it; the test split's prompts, with
-    their distractors and option order, are still never repeated).
+    Drawn with a separate random stream; for `facts` they quiz every fact of the world (test
+    facts included), as a pre-training corpus would. Disjoint from every split by construction
+    (see the module docstring): no split prompt or completion occurs among them.
     """
     task = _check_task(name)
-    if pool not in ("train", "all"):
-        raise ValueError(f"pool must be 'train' or 'all', not {pool!r}")
-    taken = {r["messages"][0]["content"]: True for split in SPLITS for r in _splits(name)[split]}
     rng = random.Random(task.seed * 1000 + 7919 + seed)
-    return _draw(task, pool, rng, n, taken, f"{name}-extra{seed}")
+    return _draw(task, "all", True, rng, n, {}, f"{name}-corpus{seed}")
 
 
-def score(record: dict, generated_text: str) -> bool:
-    """Exact match of the final answer of a generation against the record's answer."""
+def score(record: dict, generated_text: str, match: str = "auto") -> bool:
+    """Whether a generation answers a record: its `answer` (else the final answer of its reference
+    completion) against the generation, with `answers.matches` (`match`: auto|exact|numeric).
+    Built-in task records use their task's extractor for the exact comparison."""
+    from .data import split_conversation
+
     task = TASKS.get(record.get("task", ""))
-    if task is not None and "answer" in record:
-        return task.extract_answer(generated_text) == record["answer"]
     reference = record.get("answer")
     if reference is None:
-        from .data import split_conversation
-
-        reference = extract_final_answer(split_conversation(record)[1])
-    return extract_final_answer(generated_text) == str(reference)
+        reference = final_answer(split_conversation(record)[1])
+    extract = task.extract_answer if task is not None and "answer" in record else None
+    return matches(str(reference), generated_text, match, extract)
 
 
 def export_jsonl(name: str, split: str, path) -> Path:

@@ -43,8 +43,7 @@ def test_evaluate_returns_loss_accuracy_n(model, tokenizer):
     assert isinstance(result, EvalResult)
     assert result.n == 12 and len(result.predictions) == 12
     assert 0.0 <= result.accuracy <= 1.0
-    # a random model is close to uniform over the vocabulary
-    assert abs(result.loss - torch.log(torch.tensor(float(len(tokenizer)))).item()) < 3.0
+    assert result.loss > 0  # its value is checked against an unbatched computation below
     assert calls and calls[-1][0] == calls[-1][1]
     assert result.to_dict() == {"accuracy": result.accuracy, "loss": result.loss, "n": 12}
     assert not model.training

@@ -17,10 +17,9 @@ def prompts(records):
 
 @pytest.mark.parametrize("name", list(tasks.TASKS))
 def test_split_sizes_and_format(name):
-    for split, size in (("seed", 32), ("train", 1000)):
+    for split, size in (("seed", 32), ("train", 1000), ("val", 200), ("test", 1000)):
         assert len(tasks.task_records(name, split)) == size
     test = tasks.task_records(name, "test")
-    assert len(test) >= 200
     for record in test[:50]:
         assert record["task"] == name and record["id"] and record["answer"]
         assert [m["role"] for m in record["messages"]] == ["user", "assistant"]
@@ -34,11 +33,32 @@ def test_splits_pairwise_disjoint(name):
     splits = {s: set(prompts(tasks.task_records(name, s))) for s in tasks.SPLITS}
     for s in tasks.SPLITS:
         assert len(splits[s]) == len(tasks.task_records(name, s)), f"duplicate prompt in {s}"
-    assert not splits["seed"] & splits["train"]
-    assert not splits["seed"] & splits["test"]
-    assert not splits["train"] & splits["test"]
-    extra = set(prompts(tasks.extra_records(name, 300)))
-    assert not extra & (splits["seed"] | splits["train"] | splits["test"])
+    for a in tasks.SPLITS:
+        for b in tasks.SPLITS:
+            assert a == b or not splits[a] & splits[b], f"{a} and {b} share a prompt"
+
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+def test_corpus_never_contains_a_split_record(name):
+    """The demo pair's pre-training corpus, as `paraknow.demo` builds it, shares no prompt and no
+    completion with any seed/train/val/test record (the pools are disjoint by construction)."""
+    from paraknow import demo
+
+    corpus = tasks.corpus_records(name, demo.CORPUS[name])
+    split_texts = {m["content"] for s in tasks.SPLITS for r in tasks.task_records(name, s)
+                   for m in r["messages"]}
+    corpus_texts = {m["content"] for r in corpus for m in r["messages"]}
+    assert len(corpus) == demo.CORPUS[name] and not split_texts & corpus_texts
+    assert demo.split_overlap(corpus) == []
+    assert all(tasks.in_corpus_pool(r["messages"][1]["content"]) for r in corpus)
+    assert not any(tasks.in_corpus_pool(r["messages"][1]["content"])
+                   for s in tasks.SPLITS for r in tasks.task_records(name, s))
+    # the general text is prose: no task prompt or worked answer can occur inside it
+    text = "\n".join(tasks.general_text(demo.N_TEXT))
+    first_words = {t.split()[0] for t in split_texts}
+    assert first_words <= {"Question:", "Answer:", "Reverse", "Give", "Count", "Join", "Remove"}
+    for marker in ("Question:", "Answer:", "these words"):
+        assert marker not in text
 
 
 def test_facts_test_split_asks_about_other_facts():
@@ -53,8 +73,10 @@ def test_facts_test_split_asks_about_other_facts():
 
     test_asked = asked(tasks.task_records("facts", "test"))
     train_asked = asked(tasks.task_records("facts", "train") + tasks.task_records("facts", "seed")
-                        + tasks.extra_records("facts", 500))
+                        + tasks.task_records("facts", "val"))
     assert test_asked and not test_asked & train_asked
+    # the pre-training corpus quizzes test facts too (the knowledge the teacher should hold)
+    assert test_asked & asked(tasks.corpus_records("facts", 2000))
     # every fact the test asks about is stated in the general text
     text = " ".join(tasks.general_text(600))
     for rel, subj, value in part["test"]:
@@ -85,7 +107,7 @@ def test_load_records_and_bad_refs():
     assert load_records("task:instruct") == tasks.task_records("instruct", "train")
     with pytest.raises(ParaknowError, match="arith"):
         tasks.task_records("nope", "train")
-    with pytest.raises(ParaknowError, match="seed, train, test"):
+    with pytest.raises(ParaknowError, match="seed, train, val, test"):
         tasks.task_records("arith", "dev")
     with pytest.raises(ParaknowError):
         load_records("task:nope:test")
@@ -98,9 +120,10 @@ def test_arith_scoring():
     assert tasks.score(record, f"So the answer is {answer}")
     assert not tasks.score(record, f"So the answer is {int(answer) + 1}.")
     assert not tasks.score(record, "")
-    assert tasks.TASKS["arith"].extract_answer("5 + 6 = 11. So the answer is 11.") == "11"
-    assert tasks.TASKS["arith"].extract_answer("5 + 6 = 11.") == "11"  # fallback: last number
-    assert tasks.TASKS["arith"].extract_answer("no numbers") is None
+    assert tasks.score(record, f"So the answer is {answer}.0")  # numeric comparison
+    assert not tasks.score(record, f"So the answer is {answer}.5")
+    assert tasks.score(record, f"... = {answer}.")  # numeric: the last number
+    assert not tasks.score(record, f"... = {answer}.", match="exact")
     for record in tasks.task_records("arith", "train"):
         assert 0 <= int(record["answer"]) < 100
         assert record["messages"][1]["content"].endswith(f"So the answer is {record['answer']}.")
@@ -144,8 +167,9 @@ def test_instruct_scoring():
     assert count["answer"] == str(len(count["messages"][0]["content"].split(": ", 1)[1].split()))
 
 
-def test_extract_final_answer():
-    f = tasks.extract_final_answer
+def test_final_answer():
+    from paraknow.answers import final_answer as f
+
     assert f("Answer: 3 + 4 = 7. So the answer is 7.") == "7"
     assert f("the answer is: Paris.\nextra") == "Paris"
     assert f("The answer is 1,234.") == "1,234"
@@ -154,12 +178,17 @@ def test_extract_final_answer():
     assert f("  hello   world \n") == "hello world"
     assert f("") == ""
     assert f(None) == ""
+    assert f("so 72 apples\n#### 72") == "72"
 
 
 def test_score_generic_records():
     record = {"prompt": "2+2?", "completion": "Four. So the answer is 4."}
     assert tasks.score(record, "so the answer is 4")
     assert not tasks.score(record, "the answer is 5")
+    gsm = {"prompt": "How much?", "completion": "3 * $4 = $12 each, so\n#### 1,200"}
+    assert tasks.score(gsm, "The total is $1200.")
+    assert not tasks.score(gsm, "The total is $1200.", match="exact")
+    assert tasks.score({"prompt": "Capital?", "completion": "The answer is Paris."}, "the answer is paris")
 
 
 def test_export_jsonl(tmp_path):
