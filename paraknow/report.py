@@ -1,0 +1,218 @@
+"""Reports whose numbers go into the README, each written with its provenance.
+
+    python -m paraknow.report demo [--out docs/results/demo_pair.json]
+    python -m paraknow.report compare --task facts [--seeds 0 1 2] [--out docs/results/compare_facts.json]
+
+Every report is one JSON file holding the figures and `provenance`: the UTC date, the machine
+(processor count, torch threads, GPU), the git commit of the checkout (and whether it had
+uncommitted changes) and the exact command. The README names the command beside each table,
+so every figure there can be reproduced and traced.
+
+- `demo`: exact-match accuracy and loss of `demo:teacher` and `demo:student` on every built-in
+  task's `test` split (all of it: 1000 items, 0.1-point resolution), with chance levels.
+- `compare`: the Fine-tune page's Compare action on a built-in task: the default PKT export
+  (`extract` defaults, seed split of the task) against vanilla LoRA and PiSSA at the same
+  training settings, trained on the task's `train` split (which neither demo model saw in
+  pre-training) and evaluated on all of its `test` split, one run per seed; per method the mean,
+  sample standard deviation and a Student-t 95 % confidence interval over seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import ParaknowError
+from .fsio import atomic_write_json
+from .paths import PACKAGE_DIR
+
+RESULTS_DIR = PACKAGE_DIR.parent / "docs" / "results"
+
+
+def git_commit() -> dict:
+    """{"commit", "dirty"} of the checkout the package runs from (None outside a git checkout)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=PACKAGE_DIR.parent, capture_output=True, text=True,
+                              timeout=10)
+    try:
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def provenance(command: str) -> dict:
+    """Date, machine, commit and command of a report being written now."""
+    import torch
+
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                    "python": platform.python_version(), "torch": torch.__version__},
+        **git_commit(),
+        "command": command,
+    }
+
+
+def write_report(path, figures: dict, command: str) -> Path:
+    path = Path(path)
+    atomic_write_json(path, {"provenance": provenance(command), **figures})
+    return path
+
+
+def mean_ci95(values: list[float]) -> dict:
+    """n, mean, sample std and the Student-t 95 % interval of the mean (None for n < 2)."""
+    from scipy import stats
+
+    n = len(values)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "ci95": None, "min": None, "max": None}
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    ci = None
+    if n > 1:
+        half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        ci = [mean - half, mean + half]
+    return {"n": n, "mean": mean, "std": std, "ci95": ci, "min": min(values), "max": max(values)}
+
+
+# ---------------------------------------------------------------------------------------
+# demo
+
+
+def chance_levels(name: str) -> dict:
+    """Chance accuracy of a task's test split: uniform guessing, and always answering the most
+    frequent answer (what a model that learned only the answer distribution would score)."""
+    from collections import Counter
+
+    from .tasks import task_records
+
+    answers = [r["answer"] for r in task_records(name, "test")]
+    top, count = Counter(answers).most_common(1)[0]
+    uniform = 0.25 if name == "facts" else 0.0
+    return {"uniform_guess": uniform, "majority_answer": top, "majority_share": count / len(answers)}
+
+
+def demo_report(max_new_tokens: int = 64, n_test: int | None = None, progress=print) -> dict:
+    from .demo import DEMO_DIR, evaluate_dir
+    from .tasks import TASKS
+
+    out = {"max_new_tokens": max_new_tokens, "models": {}, "chance": {n: chance_levels(n) for n in TASKS}}
+    for which in ("teacher", "student"):
+        t0 = time.time()
+        result = evaluate_dir(DEMO_DIR / which, n_test, max_new_tokens)
+        out["models"][f"demo:{which}"] = {name: {k: v for k, v in row.items() if k != "correct"}
+                                          for name, row in result.items()}
+        progress(f"demo:{which}: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in result.items())
+                 + f" ({time.time() - t0:.0f} s)")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# compare
+
+
+def compare_report(task: str, seeds: list[int], workdir: Path, max_new_tokens: int = 64,
+                   progress=print, **train_settings) -> dict:
+    """Export with the defaults, then vanilla / PiSSA / PKT runs per seed, run one after another
+    in this process (the same runs the Fine-tune page queues), evaluated on the test split."""
+    from .jobs import compare_runs, group_results, read_spec
+    from .sensitivity import SensitivityConfig
+    from .tasks import TASKS
+    from .train import load_spec, run_training
+    from .transfer import TransferConfig, extract_to_dir
+
+    if task not in TASKS:
+        raise ParaknowError(f"unknown task '{task}': use one of {', '.join(TASKS)}.")
+    export_dir = Path(workdir) / f"export-{task}"
+    t0 = time.time()
+    manifest = extract_to_dir("demo:teacher", "demo:student", f"task:{task}:seed", export_dir,
+                              TransferConfig(), SensitivityConfig())
+    progress(f"exported {len(manifest['modules'])} modules ({time.time() - t0:.0f} s)")
+    group, run_dirs = compare_runs("demo:student", f"task:{task}:train", export_dir, seeds=seeds, start=False,
+                                   eval_data=f"task:{task}:test", eval_limit=None,
+                                   eval_max_new_tokens=max_new_tokens, device="cpu", **train_settings)
+    runs = []
+    for run_dir in run_dirs:
+        t1 = time.time()
+        code = run_training(load_spec(run_dir / "spec.json"))
+        spec = read_spec(run_dir)
+        runs.append({"run": run_dir.name, "method": spec["init"] if spec["init"] in ("vanilla", "pissa") else "pkt",
+                     "seed": spec["seed"], "exit_code": code, "seconds": round(time.time() - t1, 1)})
+        progress(f"{runs[-1]['method']} seed {spec['seed']}: exit {code} ({runs[-1]['seconds']} s)")
+    results = group_results(group)
+    methods = {}
+    for method, entry in results["methods"].items():
+        accuracies = [r["final_eval"]["accuracy"] for r in _finals(run_dirs, method)]
+        losses = [r["final_eval"]["loss"] for r in _finals(run_dirs, method)]
+        methods[method] = {"accuracy": mean_ci95(accuracies), "loss": mean_ci95(losses),
+                           "states": entry["states"], "per_seed_accuracy": accuracies}
+    spec = read_spec(run_dirs[0])
+    settings = {k: spec[k] for k in ("epochs", "lr", "batch", "micro_batch", "rank", "alpha", "dropout",
+                                     "warmup", "target_modules") if k in spec}
+    return {"task": task, "train_data": f"task:{task}:train", "eval_data": f"task:{task}:test",
+            "seeds": list(seeds), "export": {"modules": len(manifest["modules"]), "layer_map": manifest["layer_map"],
+                                             "roles": manifest["roles"], "structure": manifest["structure"],
+                                             "mode": manifest["mode"], "rank": manifest["rank"]},
+            "train_settings": settings, "methods": methods, "runs": runs,
+            "wall_seconds": round(time.time() - t0, 1)}
+
+
+def _finals(run_dirs, method: str) -> list[dict]:
+    from .jobs import run_info
+
+    infos = [run_info(d) for d in run_dirs]
+    return [{"seed": i.spec.get("seed"), "final_eval": i.final_eval} for i in infos
+            if i.method == method and i.state == "finished" and i.final_eval]
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m paraknow.report",
+                                     description="Write a README report with its provenance.")
+    sub = parser.add_subparsers(dest="report", required=True)
+    p = sub.add_parser("demo", help="accuracy of the demo pair on every task's test split")
+    p.add_argument("--out", default=str(RESULTS_DIR / "demo_pair.json"))
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p = sub.add_parser("compare", help="vanilla / PiSSA / PKT fine-tuning of demo:student on a task")
+    p.add_argument("--task", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default=None, help="default docs/results/compare_<task>.json")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    args = parser.parse_args(argv)
+    import tempfile
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        if args.report == "demo":
+            figures = demo_report(args.max_new_tokens)
+            out = args.out
+        else:
+            with tempfile.TemporaryDirectory(prefix="paraknow-compare-") as work:
+                figures = compare_report(args.task, args.seeds, Path(work), args.max_new_tokens)
+            out = args.out or str(RESULTS_DIR / f"compare_{args.task}.json")
+    except ParaknowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    command = " ".join(["python -m paraknow.report", *(shlex.quote(a) for a in argv)])
+    path = write_report(out, figures, command)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
