@@ -17,12 +17,16 @@ hyper-parameters) and `test` (1000: 0.1-point resolution). Everything is generat
 seeds with `random.Random` (never `hash()` or set order), so the records are identical in
 every process; the splits are pairwise disjoint (no prompt appears in two splits).
 
-Two pools, disjoint by construction: every possible sample belongs either to the *task* pool
-or to the *corpus* pool, decided by a hash of its completion (`in_corpus_pool`). The four
-splits are drawn from the task pool only; `corpus_records` (what the demo models pre-train
-on) from the corpus pool only. Since a prompt determines its completion, no split prompt and
-no split completion ever occurs among the corpus records: the demo models never saw the data
-they are fine-tuned and evaluated on.
+Two pools, disjoint by construction: the four splits come from the *task* pool only, and
+`corpus_records` (what the demo models pre-train on) from the *corpus* pool only, which never
+repeats a split prompt. For `arith` and `instruct` a sample belongs to one pool or the other by
+a hash of its completion (`in_corpus_pool`); since a prompt determines its completion, no split
+prompt and no split completion occurs among the corpus records. For `facts` that partition
+would tie each fact's answer letters to one pool (a model then learns which letter goes with a
+fact instead of looking the value up among the options), so its corpus quizzes use their own
+completion template instead (`Answer: Duhal (B). So the answer is B.`), with uniformly random
+letters: no split completion can occur among them either. Either way, the demo models never saw
+the data they are fine-tuned and evaluated on.
 
 Records use the paper's `messages` format plus `task`, `id` and `answer` (the final answer
 that exact-match scoring compares with):
@@ -235,7 +239,7 @@ def fact_partition() -> dict[str, list[tuple[str, str, str]]]:
     return {"test": sorted(facts[:n_test]), "train": sorted(facts[n_test:])}
 
 
-def _facts_question(rng: random.Random, fact: tuple[str, str, str]) -> tuple[str, str, str]:
+def _facts_question(rng: random.Random, fact: tuple[str, str, str], corpus: bool = False) -> tuple[str, str, str]:
     relation, subject, value = fact
     pool = [v for v in dict.fromkeys(world()["values"][relation]) if v != value]
     options = rng.sample(pool, 3) + [value]
@@ -246,14 +250,14 @@ def _facts_question(rng: random.Random, fact: tuple[str, str, str]) -> tuple[str
     # that follows it in the prompt (a plain copy, which tiny models learn early)
     listed = ", ".join(f"{opt} ({_LETTERS[i]})" for i, opt in enumerate(options))
     prompt = f"Question: {question.format(s=subject)}\nOptions: {listed}"
-    worked = statement.format(s=subject, v=f"{value} ({letter})")
+    worked = f"{value} ({letter})." if corpus else statement.format(s=subject, v=f"{value} ({letter})")
     completion = f"Answer: {worked} So the answer is {letter}."
     return prompt, completion, letter
 
 
-def _facts_sampler(pool: str) -> Callable[[random.Random], tuple[str, str, str]]:
+def _facts_sampler(pool: str, corpus: bool) -> Callable[[random.Random], tuple[str, str, str]]:
     facts = world()["facts"] if pool == "all" else fact_partition()[pool]
-    return lambda rng: _facts_question(rng, rng.choice(facts))
+    return lambda rng: _facts_question(rng, rng.choice(facts), corpus)
 
 
 # ---------------------------------------------------------------------------------------
@@ -292,9 +296,10 @@ class Task:
     name: str
     description: str
     family: str
-    sampler: Callable[[str], Callable[[random.Random], tuple[str, str, str]]]  # pool -> sampler
+    sampler: Callable[[str, bool], Callable[[random.Random], tuple[str, str, str]]]  # (facts pool, corpus) -> sampler
     extract_answer: Callable[[str], str | None]
     seed: int
+    pooled: bool = True  # samples split between task and corpus pool by `in_corpus_pool`
 
     def generate(self, split: str) -> list[dict]:
         return copy.deepcopy(_splits(self.name)[split])
@@ -303,13 +308,13 @@ class Task:
 TASKS: dict[str, Task] = {
     "arith": Task("arith", "GSM-like arithmetic word problems (2-3 steps, numbers < 100), "
                   "short chain of thought ending in 'So the answer is N.'", "reasoning",
-                  lambda pool: _arith_sample, final_answer, _BASE_SEED + 1),
+                  lambda pool, corpus: _arith_sample, final_answer, _BASE_SEED + 1),
     "facts": Task("facts", "MMLU-like multiple choice (A-D) about a fictional world; the test "
                   "split asks about facts no train question covers", "knowledge",
-                  _facts_sampler, _extract_letter, _BASE_SEED + 2),
+                  _facts_sampler, _extract_letter, _BASE_SEED + 2, pooled=False),
     "instruct": Task("instruct", "Super-NI-like text transformations of word lists (reverse, "
                      "first word, last word, count, join with commas, drop the first word)", "instruction following",
-                     lambda pool: _instruct_sample, _extract_line, _BASE_SEED + 3),
+                     lambda pool, corpus: _instruct_sample, _extract_line, _BASE_SEED + 3),
 }
 
 
@@ -330,14 +335,14 @@ def _draw(task: Task, facts_pool: str, corpus: bool, rng: random.Random, n: int,
           prefix: str) -> list[dict]:
     """n records from the corpus pool (`corpus`) or the task pool, with prompts not in `taken`
     (which they are added to). `facts_pool` picks the facts asked about (see `_facts_sampler`)."""
-    sampler = task.sampler(facts_pool)
+    sampler = task.sampler(facts_pool, corpus)
     records, tries = [], 0
     while len(records) < n:
         tries += 1
         if tries > 400 * n + 10000:
             raise RuntimeError(f"task {task.name}: cannot draw {n} distinct prompts")
         prompt, completion, answer = sampler(rng)
-        if prompt in taken or in_corpus_pool(completion) != corpus:
+        if prompt in taken or (task.pooled and in_corpus_pool(completion) != corpus):
             continue
         taken[prompt] = True
         records.append(_record(task.name, f"{prefix}-{len(records)}", prompt, completion, answer))
@@ -381,7 +386,8 @@ def corpus_records(name: str, n: int, seed: int = 0) -> list[dict]:
     """
     task = _check_task(name)
     rng = random.Random(task.seed * 1000 + 7919 + seed)
-    return _draw(task, "all", True, rng, n, {}, f"{name}-corpus{seed}")
+    split_prompts = {r["messages"][0]["content"]: True for records in _splits(name).values() for r in records}
+    return _draw(task, "all", True, rng, n, split_prompts, f"{name}-corpus{seed}")
 
 
 def score(record: dict, generated_text: str, match: str = "auto") -> bool:
