@@ -49,7 +49,7 @@ def cmd_extract(args) -> int:
     strategy, manual = parse_layers_arg(args.layers)
     config = TransferConfig(rank=args.rank, alpha=args.alpha, layers=strategy, manual_map=manual,
                             structure=args.structure, modules=args.modules, mode=args.mode,
-                            split=args.split, seed=args.seed)
+                            split=args.split, svd=args.svd, seed=args.seed)
     sens = SensitivityConfig(metric=args.metric, samples=args.samples, max_length=args.max_length)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -92,7 +92,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .lora import MODES, SPLITS
+    from .lora import MODES, SPLITS, SVD_METHODS
     from .sensitivity import METRICS
 
     parser = argparse.ArgumentParser(prog="python -m paraknow",
@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modules", default="attn,ffn", help="comma list of attn, ffn, embed or single roles")
     p.add_argument("--mode", default="residual", choices=list(MODES))
     p.add_argument("--split", default="left", choices=list(SPLITS), help="where Sigma goes: left (B) or sqrt (both)")
+    p.add_argument("--svd", default="auto", choices=list(SVD_METHODS),
+                   help="exact SVD, randomized rank-r SVD, or auto (randomized for large blocks)")
     p.add_argument("--metric", default="taylor-abs", choices=metrics)
     p.add_argument("--samples", type=_positive_int, default=32)
     p.add_argument("--max-length", type=_positive_int, default=2048)
