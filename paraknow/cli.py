@@ -23,21 +23,27 @@ def _quiet_transformers() -> None:
 def cmd_sensitivity(args) -> int:
     from .data import load_records, records_sha256
     from .models import load_model
+    from .parallel import process_device, process_group, rank_and_size
     from .sensitivity import SensitivityConfig, compute_sensitivity, save_sensitivity
 
-    config = SensitivityConfig(metric=args.metric, samples=args.samples, max_length=args.max_length)
+    config = SensitivityConfig(metric=args.metric, samples=args.samples, max_length=args.max_length,
+                               accumulate_dtype=args.accumulate_dtype, accumulate_device=args.accumulate_device)
     config.validate()
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ParaknowError(f"--out must end in .safetensors (got {out.name}).")
     records = load_records(args.data)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    scores = compute_sensitivity(model, tokenizer, records, config, _progress)
-    meta = {"model": args.model, "metric": config.metric, "samples": config.samples,
-            "max_length": config.max_length, "data": args.data,
-            "data_sha256": records_sha256(records[:config.samples])}
-    save_sensitivity(out, scores, meta)
-    print(json.dumps({"out": str(out), "tensors": len(scores), **meta}))
+    device = process_device(args.device)  # under torchrun / accelerate launch: one GPU per process
+    with process_group(device):
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
+        scores = compute_sensitivity(model, tokenizer, records, config, _progress)
+        rank, world_size = rank_and_size()
+        meta = {"model": args.model, "metric": config.metric, "samples": config.samples,
+                "max_length": config.max_length, "data": args.data,
+                "data_sha256": records_sha256(records[:config.samples]), "world_size": world_size}
+        if rank == 0:
+            save_sensitivity(out, scores, meta)
+            print(json.dumps({"out": str(out), "tensors": len(scores), **meta}))
     return 0
 
 
@@ -93,7 +99,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .lora import MODES, SPLITS, SVD_METHODS
-    from .sensitivity import METRICS
+    from .sensitivity import ACCUMULATE_DEVICES, ACCUMULATE_DTYPES, METRICS
 
     parser = argparse.ArgumentParser(prog="python -m paraknow",
                                      description="Parametric knowledge transfer between language models.")
@@ -109,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive_int, default=2048)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--accumulate-dtype", default="float32", choices=list(ACCUMULATE_DTYPES),
+                   help="precision of the running sums (bfloat16 halves their memory)")
+    p.add_argument("--accumulate-device", default="same", choices=list(ACCUMULATE_DEVICES),
+                   help="keep the running sums next to each parameter (same) or in host memory (cpu)")
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("extract", help="extract teacher parameters into a LoRA init for the student")
