@@ -22,9 +22,9 @@ def _quiet_transformers() -> None:
 
 def cmd_sensitivity(args) -> int:
     from .data import load_records, records_sha256
-    from .models import load_model
-    from .parallel import process_device, process_group, rank_and_size
-    from .sensitivity import SensitivityConfig, compute_sensitivity, save_sensitivity
+    from .models import load_config, load_model, parse_max_memory
+    from .parallel import launched_world_size, process_device, process_group, rank_and_size
+    from .sensitivity import SensitivityConfig, check_memory, compute_sensitivity, save_sensitivity
 
     config = SensitivityConfig(metric=args.metric, samples=args.samples, max_length=args.max_length,
                                accumulate_dtype=args.accumulate_dtype, accumulate_device=args.accumulate_device)
@@ -32,10 +32,15 @@ def cmd_sensitivity(args) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ParaknowError(f"--out must end in .safetensors (got {out.name}).")
+    max_memory = parse_max_memory(args.max_memory)
+    if max_memory and launched_world_size() > 1:
+        raise ParaknowError("--max-memory spreads one process's model; under torchrun / accelerate launch "
+                            "every process holds a whole copy: drop --max-memory or launch one process.")
     records = load_records(args.data)
     device = process_device(args.device)  # under torchrun / accelerate launch: one GPU per process
+    check_memory(load_config(args.model), config, args.dtype, device, max_memory)  # before loading anything
     with process_group(device):
-        model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, max_memory=max_memory)
         scores = compute_sensitivity(model, tokenizer, records, config, _progress)
         rank, world_size = rank_and_size()
         meta = {"model": args.model, "metric": config.metric, "samples": config.samples,
@@ -119,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision of the running sums (bfloat16 halves their memory)")
     p.add_argument("--accumulate-device", default="same", choices=list(ACCUMULATE_DEVICES),
                    help="keep the running sums next to each parameter (same) or in host memory (cpu)")
+    p.add_argument("--max-memory", default=None,
+                   help="spread the model with accelerate's device map within limits, e.g. 0=20GiB,1=20GiB,cpu=60GiB")
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("extract", help="extract teacher parameters into a LoRA init for the student")

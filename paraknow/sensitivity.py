@@ -7,8 +7,9 @@ freed, so memory stays at weights + accumulator + one layer's gradients in fligh
 """
 from __future__ import annotations
 
+import itertools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +20,8 @@ from . import parallel
 from .data import Encoded, collate, encode_all, per_sample_loss, records_sha256
 from .errors import ParaknowError
 from .fsio import atomic_save_safetensors, sha256_bytes
-from .models import ATTN_ROLES, FFN_ROLES, layer_of, model_fingerprint, role_of
+from .models import (ATTN_ROLES, FFN_ROLES, SensitivityMemory, available_memory_bytes, estimate_sensitivity_memory,
+                     layer_of, model_fingerprint, resolve_device, role_of)
 from .paths import cache_dir
 
 Progress = Callable[[int, int, str], None]
@@ -262,15 +264,68 @@ def wanda_finish(model, sq_norms: Scores) -> Scores:
 class Metric:
     accumulate: Callable  # (model, items, config, progress) -> sums that add up across processes
     finish: Callable  # (model, summed sums) -> scores
+    per_parameter_sums: bool = True  # the sums are as large as the model (False: forward-only)
 
 
 METRICS: dict[str, Metric] = {
     "taylor-abs": Metric(taylor_abs_sums, taylor_abs_finish),
     "taylor-sum": Metric(taylor_sum_sums, taylor_sum_finish),
     "fisher": Metric(fisher_sums, fisher_finish),
-    "magnitude": Metric(no_sums, magnitude_finish),
-    "wanda": Metric(wanda_sums, wanda_finish),
+    "magnitude": Metric(no_sums, magnitude_finish, per_parameter_sums=False),
+    "wanda": Metric(wanda_sums, wanda_finish, per_parameter_sums=False),
 }
+
+
+def _memory(model_config, config: SensitivityConfig, dtype) -> SensitivityMemory:
+    return estimate_sensitivity_memory(model_config, dtype, config.accumulate_dtype, config.accumulate_device == "cpu",
+                                       config.max_length, METRICS[config.metric].per_parameter_sums)
+
+
+def _budgets(device, max_memory: dict | None) -> tuple[int | None, int | None, bool]:
+    """(bytes where the model runs, bytes on the host, whether the model runs on the host)."""
+    host = (max_memory or {}).get("cpu") or available_memory_bytes("cpu")
+    gpus = [v for k, v in (max_memory or {}).items() if isinstance(k, int)]
+    target = ("auto" if gpus else "cpu") if max_memory else resolve_device(device)
+    if target == "cpu":
+        return host, host, True
+    return (sum(gpus) if gpus else available_memory_bytes(target)), host, False
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
+def check_memory(model_config, config: SensitivityConfig, dtype=None, device=None,
+                 max_memory: dict | None = None) -> SensitivityMemory:
+    """The memory estimate before loading: raise with the settings that would fit when these do not."""
+    config.validate()
+    on_device, on_host, runs_on_host = _budgets(device, max_memory)
+
+    def fits(mem: SensitivityMemory) -> bool:
+        if runs_on_host:
+            return on_host is None or mem.device_bytes() + mem.host_bytes() <= on_host
+        return (on_device is None or mem.device_bytes() <= on_device) and (on_host is None or mem.host_bytes() <= on_host)
+
+    memory = _memory(model_config, config, dtype)
+    if fits(memory):
+        return memory
+    given = {"dtype": dtype or "float32", "accumulate_dtype": config.accumulate_dtype,
+             "accumulate_device": config.accumulate_device}
+    cheaper = {"dtype": "bfloat16", "accumulate_dtype": "bfloat16", "accumulate_device": "cpu"}
+    changes = [(key, value) for key, value in cheaper.items() if given[key] != value]
+    candidates = [dict(combo) for n in range(1, len(changes) + 1)  # fewest changes first
+                  for combo in itertools.combinations(changes, n)]
+    fitting = next((c for c in candidates if fits(_memory(model_config, replace(config, **{
+        k: v for k, v in c.items() if k != "dtype"}), c.get("dtype", dtype)))), None)
+    need = (f"about {_size(memory.device_bytes())} (weights {_size(memory.weights)} + sums {_size(memory.sums)} + "
+            f"activations {_size(memory.activations)})"
+            + (f" plus {_size(memory.host_bytes())} for the result" if runs_on_host else
+               f" where the model runs and {_size(memory.host_bytes())} on the host"))
+    room = (_size(on_host) if runs_on_host else f"{_size(on_device or 0)} there and {_size(on_host or 0)} on the host")
+    advice = (" ".join(f"--{k.replace('_', '-')} {v}" for k, v in fitting.items()) + " would fit" if fitting else
+              "no cheaper --dtype/--accumulate-dtype/--accumulate-device fits: lower --max-length, or spread the "
+              "model over more GPUs with --device auto --max-memory")
+    raise ParaknowError(f"the sensitivity pass needs {need}, but only {room} is available: {advice}.")
 
 
 def compute_sensitivity(model, tokenizer, records: list[dict], config: SensitivityConfig | None = None,
