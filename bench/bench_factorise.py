@@ -11,8 +11,6 @@ error ||W - s B A||_F / ||W||_F (target: randomized within 1 % of exact). --smok
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import paraknow 
 
 import torch  # noqa: E402
 
-from common import timeit  # noqa: E402
+from common import parse_scale_args, scale_parser, timeit, write_figures  # noqa: E402
 
 from paraknow.lora import OVERSAMPLE, POWER_ITERATIONS, factorise, scaling  # noqa: E402
 
@@ -43,13 +41,7 @@ def relative_error(block: torch.Tensor, factors) -> float:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--smoke", action="store_true", help="tiny block, one repeat (for the test suite)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_scale_args(scale_parser("tiny block, one repeat (for the test suite)"))
     shape = (1100, 410) if args.smoke else (11008, 4096)
     block = spiked_block(*shape)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; block {list(shape)} -> rank {RANK}; "
@@ -65,12 +57,11 @@ def main():
     print(f"  randomized error vs exact: {excess * 100:+.4f} % (target <= 1 %): "
           f"{'PASS' if excess <= 0.01 else 'FAIL'}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({
+        write_figures(args.out, {
             "shape": list(shape), "rank": RANK, "threads": torch.get_num_threads(),
             "seconds": {"exact": t_exact, "randomized": t_rand}, "speedup": speedup,
             "relative_error": {"exact": err_exact, "randomized": err_rand}, "error_excess": excess,
-            "energy": {"exact": exact.energy, "randomized": rand.energy}}, indent=2))
+            "energy": {"exact": exact.energy, "randomized": rand.energy}})
 
 
 if __name__ == "__main__":

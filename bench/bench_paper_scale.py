@@ -18,8 +18,6 @@ randomized SVD against the exact one is checked on one module (--check-role, fir
 """
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import sys
 import time
@@ -29,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import paraknow 
 
 import torch  # noqa: E402
 from transformers import LlamaConfig  # noqa: E402
+
+from common import parse_scale_args, scale_parser, write_figures  # noqa: E402
 
 from paraknow.extract import captured_share, select  # noqa: E402
 from paraknow.lora import factorise, scaling  # noqa: E402
@@ -132,17 +132,12 @@ def run_pair(name, shapes, layers: int, check_role: str | None, head_dim: int) -
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes of the same structure (for the test suite)")
+    ap = scale_parser("tiny shapes of the same structure (for the test suite)")
     ap.add_argument("--pairs", default=",".join(PAIRS), help=f"comma list of {', '.join(PAIRS)}")
     ap.add_argument("--layers", type=int, default=1, help="student layers to measure (the rest are projected)")
     ap.add_argument("--check-role", default="q_proj", help="module whose randomized SVD is checked against the exact")
     ap.add_argument("--no-check", action="store_true", help="skip the exact-SVD check (minutes at full size)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_scale_args(ap)
     table, head_dim = (SMOKE_PAIRS, 16) if args.smoke else (PAIRS, 128)
     names = [n.strip() for n in args.pairs.split(",") if n.strip()]
     unknown = [n for n in names if n not in table]
@@ -156,9 +151,8 @@ def main():
         print(f"\n13B -> 7B plan + factorise projected {total / 60:.1f} min (target <= 5 min): "
               f"{'PASS' if total <= 300 else 'FAIL'}; peak RSS {peak_rss_gib():.1f} GiB")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"smoke": args.smoke, "threads": torch.get_num_threads(),
-                                              "rank": RANK, "pairs": results}, indent=2))
+        write_figures(args.out, {"smoke": args.smoke, "threads": torch.get_num_threads(), "rank": RANK,
+                                 "pairs": results})
 
 
 if __name__ == "__main__":
