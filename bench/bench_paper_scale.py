@@ -8,7 +8,7 @@ Pairs (random weights, random sensitivity; shapes from `describe_config` of a Ll
   gqa-70b-8b     70B-like -> 8B-like: 80 -> 32 layers, d 8192 -> 4096, FFN 28672 -> 14336,
                  64/8 -> 32/8 heads of 128, vocab 128256
 Per module of a student layer, the same steps as `plan_transfer` + `extract_factors`: the teacher
-layer's score sum (layer map), the block search `select('submatrix')` + `captured_share` (plan)
+layer's score sum (`layer_scores`, for the layer map), the block search `select('submatrix')` + `captured_share` (plan)
 and `Selection.apply` + `factorise` (svd auto). Only one module's weight and scores exist at a
 time, so even the 70B-like layers fit in a few GB; the embeddings are the largest single step.
 Projected total = teacher layers x score time + student layers x (plan + factorise) per layer
@@ -32,6 +32,7 @@ from common import parse_scale_args, scale_parser, write_figures  # noqa: E402
 
 from paraknow.extract import captured_share, select  # noqa: E402
 from paraknow.lora import factorise, scaling  # noqa: E402
+from paraknow.mapping import layer_scores  # noqa: E402
 from paraknow.models import EMBED_ROLES, LAYER_ROLES, describe_config  # noqa: E402
 
 RANK, ALPHA = 16, 16
@@ -62,11 +63,12 @@ def clock(fn):
     return time.perf_counter() - t0, out
 
 
-def module_step(t_shape, s_shape, seed: int, check: bool) -> dict:
-    """Score sum, plan and factorisation of one teacher matrix [o_T, i_T] -> student [o_S, i_S]."""
+def module_step(t_shape, s_shape, seed: int, check: bool, param: str | None = None) -> dict:
+    """Layer-score share (`param`: a decoder layer's weight), plan and factorisation of one teacher
+    matrix [o_T, i_T] -> student [o_S, i_S]."""
     g = torch.Generator().manual_seed(seed)
     scores = torch.rand(t_shape, generator=g)  # [o_T, i_T]
-    t_score, _ = clock(lambda: float(scores.sum(dtype=torch.float64)))
+    t_score, _ = clock(lambda: layer_scores({param: scores}, 1) if param else None)
     t_plan, selection = clock(lambda: select("submatrix", scores, *s_shape))
     t_captured, _ = clock(lambda: captured_share(scores, selection))
     del scores
@@ -96,7 +98,7 @@ def run_pair(name, shapes, layers: int, check_role: str | None, head_dim: int) -
         rows = {}
         for k, role in enumerate(LAYER_ROLES):
             rows[role] = module_step(tuple(teacher.shapes[role]), tuple(student.shapes[role]), seed=100 * layer + k,
-                                     check=layer == 0 and role == check_role)
+                                     check=layer == 0 and role == check_role, param=teacher.param_name(0, role))
         per_layer.append(rows)
         total = {key: sum(r[key] for r in rows.values()) for key in ("score_s", "plan_s", "factorise_s")}
         print(f"  layer {layer}: score {total['score_s']:.3f}s  plan {total['plan_s']:.3f}s  "
@@ -107,8 +109,8 @@ def run_pair(name, shapes, layers: int, check_role: str | None, head_dim: int) -
         if role == "embed_tokens":
             t_shape, s_shape = t_shape[::-1], s_shape[::-1]
         embeddings[role] = module_step(t_shape, s_shape, seed=10_000 + k, check=False)
-        print(f"  {role} {list(t_shape)} -> {list(s_shape)}: plan {embeddings[role]['plan_s']:.2f}s  "
-              f"factorise {embeddings[role]['factorise_s']:.2f}s  (peak RSS {peak_rss_gib():.1f} GiB)", flush=True)
+        print(f"  {role} {list(t_shape)} -> {list(s_shape)}: plan {embeddings[role]['plan_s']:.3f}s  "
+              f"factorise {embeddings[role]['factorise_s']:.3f}s  (peak RSS {peak_rss_gib():.1f} GiB)", flush=True)
 
     def mean_layer(key):
         return sum(sum(r[key] for r in rows.values()) for rows in per_layer) / len(per_layer)
@@ -118,8 +120,8 @@ def run_pair(name, shapes, layers: int, check_role: str | None, head_dim: int) -
                  "factorise_s": student.n_layers * mean_layer("factorise_s")
                  + sum(e["factorise_s"] for e in embeddings.values())}
     projected["total_s"] = sum(projected.values())
-    print(f"  projected for the whole model: layer scores {projected['layer_scores_s']:.0f}s + plan "
-          f"{projected['plan_s']:.0f}s + factorise {projected['factorise_s']:.0f}s = {projected['total_s']:.0f}s "
+    print(f"  projected for the whole model: layer scores {projected['layer_scores_s']:.1f}s + plan "
+          f"{projected['plan_s']:.1f}s + factorise {projected['factorise_s']:.1f}s = {projected['total_s']:.1f}s "
           f"({projected['total_s'] / 60:.1f} min)", flush=True)
     check = next((rows[check_role]["check"] for rows in per_layer[:1] if check_role and "check" in rows[check_role]),
                  None)

@@ -58,19 +58,25 @@ def svd_method(shape, rank: int, requested: str = "auto") -> str:
 
 def randomized_svd(matrix: torch.Tensor, rank: int, seed: int = 0, oversample: int = OVERSAMPLE,
                    power_iterations: int = POWER_ITERATIONS):
-    """Top-`rank` (U, sigma, Vh) of `matrix` by a randomized range finder (Halko, Martinsson, Tropp
-    2011, algorithms 4.4 + 5.1): Q spans matrix @ Omega after subspace iterations, re-orthonormalised
-    at each step; the small SVD of Q^T @ matrix gives the factors. Runs in the matrix's dtype and on
-    its device; the same seed gives the same result."""
+    """Top-`rank` (U, sigma, Vh) of `matrix` in float64 by a randomized range finder (Halko, Martinsson,
+    Tropp 2011, algorithms 4.4 + 5.1), on the matrix's device; the same seed gives the same result.
+
+    The subspace iterations (the cost: 2 q + 1 passes over the matrix) run in float32 -- they only
+    have to find the dominant subspace, re-orthonormalised at every step; the projection onto it and
+    the small SVD (one pass) run in float64, so sigma and the factors carry float64 accuracy.
+    """
     out_dim, in_dim = matrix.shape
     width = min(rank + oversample, out_dim, in_dim)
     generator = torch.Generator(device=matrix.device).manual_seed(seed)
-    omega = torch.randn(in_dim, width, generator=generator, dtype=matrix.dtype, device=matrix.device)  # [i, k]
-    Q = torch.linalg.qr(matrix @ omega).Q  # [o, k]
+    work = matrix.float()  # [o, i]; never half precision
+    omega = torch.randn(in_dim, width, generator=generator, dtype=torch.float32, device=matrix.device)  # [i, k]
+    Q = torch.linalg.qr(work @ omega).Q  # [o, k]
     for _ in range(power_iterations):
-        Q = torch.linalg.qr(matrix.T @ Q).Q  # [i, k]
-        Q = torch.linalg.qr(matrix @ Q).Q  # [o, k]
-    U_small, sigma, Vh = torch.linalg.svd(Q.T @ matrix, full_matrices=False)  # [k, k], [k], [k, i]
+        Q = torch.linalg.qr(work.T @ Q).Q  # [i, k]
+        Q = torch.linalg.qr(work @ Q).Q  # [o, k]
+    del work
+    Q = torch.linalg.qr(Q.double()).Q  # [o, k], orthonormal in float64
+    U_small, sigma, Vh = torch.linalg.svd(Q.T @ matrix.double(), full_matrices=False)  # [k, k], [k], [k, i]
     return (Q @ U_small)[:, :rank], sigma[:rank], Vh[:rank]  # [o, r], [r], [r, i]
 
 
@@ -80,8 +86,8 @@ def factorise(matrix: torch.Tensor, rank: int, alpha: float, split: str = "left"
 
     split='left': B = U_r Sigma_r / s, A = V_r^T (the paper's).  split='sqrt': both sides carry
     sqrt(Sigma_r / s). svd: exact, randomized (`randomized_svd`, seeded by `seed`) or auto (see
-    `svd_method`). Computed in float64 on the matrix's device; the factors come back as float32 on
-    the CPU.
+    `svd_method`). Computed on the matrix's device, in float64 (the randomized path's subspace
+    iterations in float32); the factors come back as float32 on the CPU.
     """
     if split not in SPLITS:
         raise ParaknowError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}.")
@@ -91,7 +97,7 @@ def factorise(matrix: torch.Tensor, rank: int, alpha: float, split: str = "left"
                             f"choose a rank between 1 and {min(out_dim, in_dim)}.")
     method = svd_method(matrix.shape, rank, svd)
     s = scaling(rank, alpha)
-    matrix = matrix.double()
+    matrix = matrix.double()  # one float64 copy for the SVD (or the final projection) and the norm
     if method == "exact":
         U, sigma, Vh = torch.linalg.svd(matrix, full_matrices=False)  # U [o, k], sigma [k], Vh [k, i]
         U_r, sigma_r, Vh_r = U[:, :rank], sigma[:rank], Vh[:rank]
