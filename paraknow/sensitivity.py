@@ -193,7 +193,7 @@ def no_sums(model, items=None, config=None, progress=None) -> Scores:
     return {}
 
 
-def magnitude_finish(model, sums=None) -> Scores:
+def magnitude(model, sums=None) -> Scores:
     """|theta| (data-free baseline)."""
     return {n: p.detach().float().abs() for n, p in _params(model).items()}
 
@@ -271,7 +271,7 @@ METRICS: dict[str, Metric] = {
     "taylor-abs": Metric(taylor_abs_sums, taylor_abs_finish),
     "taylor-sum": Metric(taylor_sum_sums, taylor_sum_finish),
     "fisher": Metric(fisher_sums, fisher_finish),
-    "magnitude": Metric(no_sums, magnitude_finish, per_parameter_sums=False),
+    "magnitude": Metric(no_sums, magnitude, per_parameter_sums=False),
     "wanda": Metric(wanda_sums, wanda_finish, per_parameter_sums=False),
 }
 
