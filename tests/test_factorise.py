@@ -4,6 +4,7 @@ import torch
 
 from paraknow.errors import ParaknowError
 from paraknow.lora import factorise, randomized_svd, scaling, svd_method
+from test_cli import saved_pair  # noqa: F401 (a fixture)
 from test_transfer import pair, run_export
 
 
@@ -89,3 +90,17 @@ def test_export_records_the_svd(tmp_path, tokenizer, seed_records):
         assert module["energy"] == pytest.approx(exact["modules"][name]["energy"], rel=0.02)
     with pytest.raises(ParaknowError, match="unknown svd"):
         run_export(tmp_path / "c", teacher, student, tokenizer, seed_records, svd="fast")
+
+
+def test_extract_command_takes_svd(tmp_path, saved_pair):
+    import json
+
+    from paraknow.cli import main
+
+    out = tmp_path / "export"
+    code = main(["extract", "--teacher", saved_pair["teacher"], "--student", saved_pair["student"],
+                 "--data", saved_pair["data"], "--out", str(out), "--samples", "3", "--max-length", "64",
+                 "--rank", "4", "--svd", "randomized", "--device", "cpu"])
+    assert code == 0
+    manifest = json.loads((out / "paraknow.json").read_text())
+    assert manifest["svd"] == "randomized" and {m["svd"] for m in manifest["modules"].values()} == {"randomized"}
