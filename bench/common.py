@@ -13,3 +13,33 @@ def timeit(fn, repeats):
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
+
+
+def scale_parser(smoke_help: str):
+    """The options the scale benches share: --smoke, --threads, --out."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help=smoke_help)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    return ap
+
+
+def parse_scale_args(ap):
+    """Parse, and set the torch thread count when --threads is given."""
+    import torch
+
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def write_figures(path, figures: dict) -> None:
+    """The bench's figures as JSON at `path` (bench/out/ is git-ignored)."""
+    import json
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(figures, indent=2))

@@ -22,22 +22,33 @@ def _quiet_transformers() -> None:
 
 def cmd_sensitivity(args) -> int:
     from .data import load_records, records_sha256
-    from .models import load_model
-    from .sensitivity import SensitivityConfig, compute_sensitivity, save_sensitivity
+    from .models import load_config, load_model, parse_max_memory
+    from .parallel import launched_world_size, process_device, process_group, rank_and_size
+    from .sensitivity import SensitivityConfig, check_memory, compute_sensitivity, save_sensitivity
 
-    config = SensitivityConfig(metric=args.metric, samples=args.samples, max_length=args.max_length)
+    config = SensitivityConfig(metric=args.metric, samples=args.samples, max_length=args.max_length,
+                               accumulate_dtype=args.accumulate_dtype, accumulate_device=args.accumulate_device)
     config.validate()
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ParaknowError(f"--out must end in .safetensors (got {out.name}).")
+    max_memory = parse_max_memory(args.max_memory)
+    if max_memory and launched_world_size() > 1:
+        raise ParaknowError("--max-memory spreads one process's model; under torchrun / accelerate launch "
+                            "every process holds a whole copy: drop --max-memory or launch one process.")
     records = load_records(args.data)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    scores = compute_sensitivity(model, tokenizer, records, config, _progress)
-    meta = {"model": args.model, "metric": config.metric, "samples": config.samples,
-            "max_length": config.max_length, "data": args.data,
-            "data_sha256": records_sha256(records[:config.samples])}
-    save_sensitivity(out, scores, meta)
-    print(json.dumps({"out": str(out), "tensors": len(scores), **meta}))
+    device = process_device(args.device)  # under torchrun / accelerate launch: one GPU per process
+    check_memory(load_config(args.model), config, args.dtype, device, max_memory)  # before loading anything
+    with process_group(device):
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, max_memory=max_memory)
+        scores = compute_sensitivity(model, tokenizer, records, config, _progress)
+        rank, world_size = rank_and_size()
+        meta = {"model": args.model, "metric": config.metric, "samples": config.samples,
+                "max_length": config.max_length, "data": args.data,
+                "data_sha256": records_sha256(records[:config.samples]), "world_size": world_size}
+        if rank == 0:
+            save_sensitivity(out, scores, meta)
+            print(json.dumps({"out": str(out), "tensors": len(scores), **meta}))
     return 0
 
 
@@ -49,7 +60,7 @@ def cmd_extract(args) -> int:
     strategy, manual = parse_layers_arg(args.layers)
     config = TransferConfig(rank=args.rank, alpha=args.alpha, layers=strategy, manual_map=manual,
                             structure=args.structure, modules=args.modules, mode=args.mode,
-                            split=args.split, seed=args.seed)
+                            split=args.split, svd=args.svd, seed=args.seed)
     sens = SensitivityConfig(metric=args.metric, samples=args.samples, max_length=args.max_length)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -92,8 +103,8 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .lora import MODES, SPLITS
-    from .sensitivity import METRICS
+    from .lora import MODES, SPLITS, SVD_METHODS
+    from .sensitivity import ACCUMULATE_DEVICES, ACCUMULATE_DTYPES, METRICS
 
     parser = argparse.ArgumentParser(prog="python -m paraknow",
                                      description="Parametric knowledge transfer between language models.")
@@ -109,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive_int, default=2048)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--accumulate-dtype", default="float32", choices=list(ACCUMULATE_DTYPES),
+                   help="precision of the running sums (bfloat16 halves their memory)")
+    p.add_argument("--accumulate-device", default="same", choices=list(ACCUMULATE_DEVICES),
+                   help="keep the running sums next to each parameter (same) or in host memory (cpu)")
+    p.add_argument("--max-memory", default=None,
+                   help="spread the model with accelerate's device map within limits, e.g. 0=20GiB,1=20GiB,cpu=60GiB")
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("extract", help="extract teacher parameters into a LoRA init for the student")
@@ -124,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modules", default="attn,ffn", help="comma list of attn, ffn, embed or single roles")
     p.add_argument("--mode", default="residual", choices=list(MODES))
     p.add_argument("--split", default="left", choices=list(SPLITS), help="where Sigma goes: left (B) or sqrt (both)")
+    p.add_argument("--svd", default="auto", choices=list(SVD_METHODS),
+                   help="exact SVD, randomized rank-r SVD, or auto (randomized for large blocks)")
     p.add_argument("--metric", default="taylor-abs", choices=metrics)
     p.add_argument("--samples", type=_positive_int, default=32)
     p.add_argument("--max-length", type=_positive_int, default=2048)

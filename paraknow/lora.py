@@ -24,24 +24,70 @@ ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
 
 
+SVD_METHODS = ("auto", "exact", "randomized")
+# `auto` takes the randomized SVD for matrices whose smaller side is at least this, when the rank
+# plus oversampling is at most a quarter of it; smaller matrices get the exact SVD (cheap there).
+RANDOMIZED_MIN_DIM = 1024
+OVERSAMPLE = 20  # extra random directions beyond the rank (Halko et al. 2011, section 4.2)
+POWER_ITERATIONS = 6  # subspace iterations: sharpen the spectrum's decay before projecting
+
+
 @dataclass
 class Factors:
     """A rank-r pair in PEFT orientation: s * B @ A approximates the target."""
     A: torch.Tensor  # [r, in]  (embedding: [r, V])
     B: torch.Tensor  # [out, r] (embedding: [d, r])
-    singular_values: torch.Tensor  # all of them, descending
-    energy: float  # share of squared singular values kept at rank r
+    singular_values: torch.Tensor  # descending: all of them (exact SVD) or the top r (randomized)
+    energy: float  # share of the squared Frobenius norm kept at rank r: sum(top-r sigma^2) / ||W||_F^2
+    method: str = "exact"  # the SVD that computed them: exact | randomized
 
 
 def scaling(rank: int, alpha: float) -> float:
     return alpha / rank
 
 
-def factorise(matrix: torch.Tensor, rank: int, alpha: float, split: str = "left") -> Factors:
+def svd_method(shape, rank: int, requested: str = "auto") -> str:
+    """The SVD `factorise` uses for a matrix of `shape` at `rank`: exact | randomized."""
+    if requested not in SVD_METHODS:
+        raise ParaknowError(f"unknown svd '{requested}'; use one of {', '.join(SVD_METHODS)}.")
+    if requested != "auto":
+        return requested
+    smaller = min(shape)
+    return "randomized" if smaller >= RANDOMIZED_MIN_DIM and 4 * (rank + OVERSAMPLE) <= smaller else "exact"
+
+
+def randomized_svd(matrix: torch.Tensor, rank: int, seed: int = 0, oversample: int = OVERSAMPLE,
+                   power_iterations: int = POWER_ITERATIONS):
+    """Top-`rank` (U, sigma, Vh) of `matrix` in float64 by a randomized range finder (Halko, Martinsson,
+    Tropp 2011, algorithms 4.4 + 5.1), on the matrix's device; the same seed gives the same result.
+
+    The subspace iterations (the cost: 2 q + 1 passes over the matrix) run in float32 -- they only
+    have to find the dominant subspace, re-orthonormalised at every step; the projection onto it and
+    the small SVD (one pass) run in float64, so sigma and the factors carry float64 accuracy.
+    """
+    out_dim, in_dim = matrix.shape
+    width = min(rank + oversample, out_dim, in_dim)
+    generator = torch.Generator(device=matrix.device).manual_seed(seed)
+    work = matrix.float()  # [o, i]; never half precision
+    omega = torch.randn(in_dim, width, generator=generator, dtype=torch.float32, device=matrix.device)  # [i, k]
+    Q = torch.linalg.qr(work @ omega).Q  # [o, k]
+    for _ in range(power_iterations):
+        Q = torch.linalg.qr(work.T @ Q).Q  # [i, k]
+        Q = torch.linalg.qr(work @ Q).Q  # [o, k]
+    del work
+    Q = torch.linalg.qr(Q.double()).Q  # [o, k], orthonormal in float64
+    U_small, sigma, Vh = torch.linalg.svd(Q.T @ matrix.double(), full_matrices=False)  # [k, k], [k], [k, i]
+    return (Q @ U_small)[:, :rank], sigma[:rank], Vh[:rank]  # [o, r], [r], [r, i]
+
+
+def factorise(matrix: torch.Tensor, rank: int, alpha: float, split: str = "left", svd: str = "auto",
+              seed: int = 0) -> Factors:
     """Truncated SVD so that `scaling * B @ A` is the best rank-r approximation of `matrix`.
 
     split='left': B = U_r Sigma_r / s, A = V_r^T (the paper's).  split='sqrt': both sides carry
-    sqrt(Sigma_r / s). Computed in float64 whatever the input dtype.
+    sqrt(Sigma_r / s). svd: exact, randomized (`randomized_svd`, seeded by `seed`) or auto (see
+    `svd_method`). Computed on the matrix's device, in float64 (the randomized path's subspace
+    iterations in float32); the factors come back as float32 on the CPU.
     """
     if split not in SPLITS:
         raise ParaknowError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}.")
@@ -49,17 +95,23 @@ def factorise(matrix: torch.Tensor, rank: int, alpha: float, split: str = "left"
     if rank < 1 or rank > min(out_dim, in_dim):
         raise ParaknowError(f"rank {rank} does not fit a [{out_dim}, {in_dim}] matrix: "
                             f"choose a rank between 1 and {min(out_dim, in_dim)}.")
+    method = svd_method(matrix.shape, rank, svd)
     s = scaling(rank, alpha)
-    U, sigma, Vh = torch.linalg.svd(matrix.double(), full_matrices=False)  # U [o, k], sigma [k], Vh [k, i]
-    U_r, sigma_r, Vh_r = U[:, :rank], sigma[:rank], Vh[:rank]
+    matrix = matrix.double()  # one float64 copy for the SVD (or the final projection) and the norm
+    if method == "exact":
+        U, sigma, Vh = torch.linalg.svd(matrix, full_matrices=False)  # U [o, k], sigma [k], Vh [k, i]
+        U_r, sigma_r, Vh_r = U[:, :rank], sigma[:rank], Vh[:rank]
+    else:
+        U_r, sigma_r, Vh_r = randomized_svd(matrix, rank, seed)
+        sigma = sigma_r
     if split == "left":
         B, A = U_r * (sigma_r / s), Vh_r
     else:
         root = (sigma_r / s).sqrt()
         B, A = U_r * root, root[:, None] * Vh_r
-    total = float(sigma.square().sum())
+    total = float(torch.linalg.vector_norm(matrix)) ** 2  # ||W||_F^2: the randomized path lacks sigma's tail
     energy = float(sigma_r.square().sum()) / total if total > 0 else 1.0
-    return Factors(A.float().contiguous(), B.float().contiguous(), sigma.float(), energy)
+    return Factors(A.float().cpu().contiguous(), B.float().cpu().contiguous(), sigma.float().cpu(), energy, method)
 
 
 def vanilla_factors(out_dim: int, in_dim: int, rank: int, generator: torch.Generator,

@@ -273,9 +273,70 @@ def load_config(ref: str, trust_remote_code: bool = False):
     return config
 
 
+def _element_size(dtype) -> int:
+    return torch.empty((), dtype=_resolve_dtype(dtype)).element_size()
+
+
 def estimate_memory_bytes(config, dtype=None) -> int:
     """Bytes of weights for a config at a dtype (activations and gradients not included)."""
-    return describe_config(config).n_params * torch.empty((), dtype=_resolve_dtype(dtype)).element_size()
+    return describe_config(config).n_params * _element_size(dtype)
+
+
+@dataclass
+class SensitivityMemory:
+    """Bytes a sensitivity pass needs, by what and where (see `estimate_sensitivity_memory`)."""
+    weights: int
+    sums: int  # the running sums, one per parameter entry (0 for forward-only metrics)
+    activations: int  # allowance: one sample's forward + backward at max_length, the largest gradient
+    result: int  # the float32 map gathered on the host at the end (0 when the sums already are it)
+    sums_on_host: bool
+
+    def device_bytes(self) -> int:
+        """Where the model runs (the host itself for a CPU run)."""
+        return self.weights + self.activations + (0 if self.sums_on_host else self.sums)
+
+    def host_bytes(self) -> int:
+        """In host memory besides a CPU run's own `device_bytes`."""
+        return self.result + (self.sums if self.sums_on_host else 0)
+
+
+def estimate_sensitivity_memory(config, dtype=None, sums_dtype="float32", sums_on_host=False,
+                                max_length: int = 2048, per_parameter_sums: bool = True) -> SensitivityMemory:
+    """Memory of a gradient sensitivity pass before loading anything.
+
+    Activations per token and layer are taken as 17 d + 3 ffn values at the weights' dtype (the
+    usual transformer count without recomputation) plus float32 logits and their gradient over the
+    vocabulary; the largest single gradient (often the embedding) is in flight at the end.
+    """
+    info = describe_config(config)
+    size, n = _element_size(dtype), info.n_params
+    per_token = info.n_layers * (17 * info.hidden_size + 3 * info.intermediate_size) * size + 2 * info.vocab_size * 4
+    largest = max(o * i for o, i in info.shapes.values()) * max(size, 4)
+    sums = n * _element_size(sums_dtype) if per_parameter_sums else 0
+    result_is_sums = sums_on_host and per_parameter_sums and _resolve_dtype(sums_dtype) == torch.float32
+    return SensitivityMemory(weights=n * size, sums=sums, activations=max_length * per_token + largest,
+                             result=0 if result_is_sums else n * 4, sums_on_host=sums_on_host)
+
+
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?$", re.IGNORECASE)
+_UNITS = {"B": 1, **{f"{p}B": 1000 ** (k + 1) for k, p in enumerate("KMGT")},
+          **{f"{p}IB": 1024 ** (k + 1) for k, p in enumerate("KMGT")}}
+
+
+def parse_max_memory(spec: str | None) -> dict | None:
+    """`0=20GiB,1=20GiB,cpu=60GiB` -> {0: bytes, 1: bytes, 'cpu': bytes}, from_pretrained's max_memory."""
+    if not spec:
+        return None
+    limits = {}
+    for part in spec.split(","):
+        key, _, size = part.strip().partition("=")
+        match = _SIZE_RE.match(size.strip())
+        key = key.strip().lower()
+        if not match or not (key.isdigit() or key in ("cpu", "mps")):
+            raise ParaknowError(f"--max-memory takes DEVICE=SIZE pairs like 0=20GiB,cpu=60GiB (GPU index or cpu; "
+                                f"units B, KB, MB, GB, KiB, MiB, GiB); got '{part.strip()}'.")
+        limits[int(key) if key.isdigit() else key] = int(float(match[1]) * _UNITS[(match[2] or "B").upper()])
+    return limits
 
 
 def available_memory_bytes(device: str) -> int | None:
@@ -291,31 +352,40 @@ def available_memory_bytes(device: str) -> int | None:
         return None
 
 
-def load_model(ref: str, dtype=None, device=None, trust_remote_code: bool = False, progress=None):
+def load_model(ref: str, dtype=None, device=None, trust_remote_code: bool = False, progress=None,
+               max_memory: dict | None = None):
     """Load a model reference as `(model, tokenizer)`. **(fixed)**
 
     dtype: None (float32), a torch dtype, or 'float32' | 'bfloat16' | 'float16'.
     device: None/'cpu', 'cuda', 'cuda:N' or 'auto' (every visible GPU via device_map='auto').
+    max_memory: {GPU index or 'cpu': bytes} (see `parse_max_memory`): spread the model with
+    accelerate's device map within these limits, whatever `device` says.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = _resolve_dtype(dtype)
-    target = resolve_device(device)
+    target = "auto" if max_memory else resolve_device(device)
     config = load_config(ref, trust_remote_code)
-    needed, free = estimate_memory_bytes(config, torch_dtype), available_memory_bytes(target)
+    needed = estimate_memory_bytes(config, torch_dtype)
+    free = sum(max_memory.values()) if max_memory else available_memory_bytes(target)
     if free is not None and needed > free:
         raise ParaknowError(f"'{ref}' needs about {needed / 2**30:.1f} GiB in {torch_dtype} but only "
-                            f"{free / 2**30:.1f} GiB is free on {target}: use bfloat16, a smaller model, "
-                            "or more GPUs with --device auto.")
+                            f"{free / 2**30:.1f} GiB is {'allowed by --max-memory' if max_memory else 'free on ' + target}"
+                            ": use bfloat16, a smaller model, or more GPUs with --device auto.")
     source = resolve_ref(ref, progress)
     kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
     if target == "auto":
         kwargs["device_map"] = "auto"
+    if max_memory:
+        kwargs["max_memory"] = max_memory
     try:
         model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise ParaknowError(f"could not load '{ref}': {first_line(exc)}")
+    except ValueError as exc:  # e.g. a device map that would need disk offload
+        raise ParaknowError(f"could not place '{ref}' on the devices: {first_line(exc)}; raise --max-memory "
+                            "or use bfloat16.")
     except torch.OutOfMemoryError:
         raise ParaknowError(f"not enough memory to load '{ref}' in {torch_dtype}: "
                             "try bfloat16, a smaller model, or --device auto on GPUs.")

@@ -7,22 +7,29 @@ freed, so memory stays at weights + accumulator + one layer's gradients in fligh
 """
 from __future__ import annotations
 
+import itertools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors import safe_open
 
+from . import parallel
 from .data import Encoded, collate, encode_all, per_sample_loss, records_sha256
 from .errors import ParaknowError
 from .fsio import atomic_save_safetensors, sha256_bytes
-from .models import ATTN_ROLES, FFN_ROLES, layer_of, model_fingerprint, role_of
+from .models import (ATTN_ROLES, FFN_ROLES, SensitivityMemory, available_memory_bytes, estimate_sensitivity_memory,
+                     layer_of, model_fingerprint, resolve_device, role_of)
 from .paths import cache_dir
 
 Progress = Callable[[int, int, str], None]
 Scores = dict[str, torch.Tensor]
+
+
+ACCUMULATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+ACCUMULATE_DEVICES = ("same", "cpu")  # next to each parameter, or in host memory
 
 
 @dataclass
@@ -31,6 +38,8 @@ class SensitivityConfig:
     samples: int = 32
     max_length: int = 2048
     batch_size: int = 8  # only `taylor-sum` and `wanda` batch samples
+    accumulate_dtype: str = "float32"  # float32 | bfloat16: the running sums (bfloat16 halves them)
+    accumulate_device: str = "same"  # same | cpu: where the running sums live
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -39,15 +48,27 @@ class SensitivityConfig:
             raise ParaknowError("--samples must be at least 1.")
         if self.max_length < 8:
             raise ParaknowError("--max-length must be at least 8 tokens.")
+        if self.accumulate_dtype not in ACCUMULATE_DTYPES:
+            raise ParaknowError(f"unknown --accumulate-dtype '{self.accumulate_dtype}'; use one of "
+                                f"{', '.join(ACCUMULATE_DTYPES)}.")
+        if self.accumulate_device not in ACCUMULATE_DEVICES:
+            raise ParaknowError(f"unknown --accumulate-device '{self.accumulate_device}'; use one of "
+                                f"{', '.join(ACCUMULATE_DEVICES)}.")
 
 
 def _params(model) -> dict[str, torch.nn.Parameter]:
     return dict(model.named_parameters())  # tied weights appear once
 
 
-def _per_sample_backward(model, items: list[Encoded], fold, progress: Progress | None) -> None:
-    """One forward + backward per sample; `fold(name, param)` consumes each finished gradient."""
+def _input_device(model) -> torch.device:
+    return model.get_input_embeddings().weight.device  # with a device map: where the first layer sits
+
+
+def _backward_passes(model, batches: list[list[Encoded]], loss_of, fold, progress: Progress | None,
+                     unit: str) -> None:
+    """One forward + backward per batch; `fold(name, param)` consumes each finished gradient."""
     params = _params(model)
+    model.zero_grad(set_to_none=True)
     handles = []
     for name, param in params.items():
         param.requires_grad_(True)
@@ -57,22 +78,41 @@ def _per_sample_backward(model, items: list[Encoded], fold, progress: Progress |
             p.grad = None  # free it at once: no full set of .grad tensors is ever held
 
         handles.append(param.register_post_accumulate_grad_hook(hook))
-    device = model.get_input_embeddings().weight.device
+    device = _input_device(model)
     try:
-        for i, item in enumerate(items):
-            batch = {k: v.to(device) for k, v in collate([item], pad_id=0).items()}
-            loss = model(**batch).loss
+        for i, batch_items in enumerate(batches):
+            batch = {k: v.to(device) for k, v in collate(batch_items, pad_id=0).items()}
+            loss = loss_of(model, batch)
             loss.backward()
             if progress:
-                progress(i + 1, len(items), f"sample {i + 1}/{len(items)}: loss {loss.item():.3f}")
+                progress(i + 1, len(batches), f"{unit} {i + 1}/{len(batches)}: loss {loss.item():.3f}")
     finally:
         for handle in handles:
             handle.remove()
         model.zero_grad(set_to_none=True)
 
 
-def _accumulators(model) -> Scores:
-    return {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in _params(model).items()}
+def _sample_loss(model, batch):
+    return model(**batch).loss  # one sample: its mean token loss
+
+
+def _summed_sample_losses(model, batch):
+    labels = batch.pop("labels")
+    return per_sample_loss(model(**batch).logits, labels).sum()  # logits [b, s, V]
+
+
+def _per_sample_backward(model, items: list[Encoded], fold, progress: Progress | None = None) -> None:
+    """One forward + backward per sample; `fold(name, param)` consumes each finished gradient."""
+    _backward_passes(model, [[item] for item in items], _sample_loss, fold, progress, "sample")
+
+
+def _accumulators(model, dtype: torch.dtype = torch.float32, device: str = "same") -> Scores:
+    return {n: torch.zeros(p.shape, dtype=dtype, device=p.device if device == "same" else device)
+            for n, p in _params(model).items()}
+
+
+def _into(acc: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return value.to(device=acc.device, dtype=acc.dtype)
 
 
 def abs_grad_folder(grad_abs: Scores):
@@ -80,87 +120,113 @@ def abs_grad_folder(grad_abs: Scores):
     which is discarded right after)."""
     def fold(name, p):
         grad = p.grad if p.grad.dtype == torch.float32 else p.grad.float()
-        grad_abs[name].add_(grad.abs_())
+        grad_abs[name].add_(_into(grad_abs[name], grad.abs_()))
     return fold
 
 
-def taylor_abs(model, items, progress=None) -> Scores:
+def _times_param(sums: Scores, model, transform) -> Scores:
+    """sums[name] *= transform(theta) in place, in float32 -- the last step of the gradient metrics."""
+    for name, p in _params(model).items():
+        sums[name].mul_(_into(sums[name], transform(p.detach().float())))
+    return sums
+
+
+# A metric in two steps, so the seed samples can be split over processes (`parallel`):
+# `accumulate(model, items, config, progress)` returns sums that add up across processes,
+# `finish(model, sums)` turns the summed totals into the scores.
+
+
+def taylor_abs_sums(model, items, config, progress=None) -> Scores:
+    """sum over samples of |grad_sample|, folded in as each gradient arrives."""
+    grad_abs = _accumulators(model, ACCUMULATE_DTYPES[config.accumulate_dtype], config.accumulate_device)
+    _per_sample_backward(model, items, abs_grad_folder(grad_abs), progress)
+    return grad_abs
+
+
+def taylor_abs_finish(model, grad_abs: Scores) -> Scores:
     """sum over samples of |theta * grad_sample| (the paper's metric).
 
     theta is the same for every sample, so sum_i |theta * g_i| = |theta| * sum_i |g_i|: the hook
     folds |g_i| into the accumulator (two passes over each gradient instead of three) and |theta|
     multiplies once at the end.
     """
-    grad_abs = _accumulators(model)
-    _per_sample_backward(model, items, abs_grad_folder(grad_abs), progress)
-    for name, p in _params(model).items():
-        grad_abs[name].mul_(p.detach().float().abs())
-    return grad_abs
+    return _times_param(grad_abs, model, torch.abs)
 
 
-def fisher(model, items, progress=None) -> Scores:
-    """theta^2 * sum over samples of grad_sample^2 (empirical Fisher diagonal)."""
-    acc = _accumulators(model)
+def fisher_sums(model, items, config, progress=None) -> Scores:
+    """sum over samples of grad_sample^2."""
+    acc = _accumulators(model, ACCUMULATE_DTYPES[config.accumulate_dtype], config.accumulate_device)
 
     def fold(name, p):
         grad = p.grad if p.grad.dtype == torch.float32 else p.grad.float()
-        acc[name].addcmul_(grad, grad)
+        acc[name].add_(_into(acc[name], grad.square_()))
 
     _per_sample_backward(model, items, fold, progress)
-    for name, p in _params(model).items():
-        acc[name].mul_(p.detach().float().square())
     return acc
 
 
-def taylor_sum(model, items, progress=None, batch_size: int = 8) -> Scores:
-    """|theta * sum of grads|: per-sample mean losses summed, batched backward (faster, signs cancel)."""
-    params = _params(model)
-    for p in params.values():
-        p.requires_grad_(True)
-    model.zero_grad(set_to_none=True)
-    device = model.get_input_embeddings().weight.device
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate(chunk, pad_id=0).items()}
-        labels = batch.pop("labels")
-        logits = model(**batch).logits  # [b, s, V]
-        per_sample_loss(logits, labels).sum().backward()
-        if progress:
-            progress(min(start + batch_size, len(items)), len(items), f"batch {start // batch_size + 1}")
-    scores = {n: (p.detach().float() * p.grad.float()).abs() if p.grad is not None
-              else torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
-    model.zero_grad(set_to_none=True)
-    return scores
+def fisher_finish(model, acc: Scores) -> Scores:
+    """theta^2 * sum over samples of grad_sample^2 (empirical Fisher diagonal)."""
+    return _times_param(acc, model, torch.square)
 
 
-def magnitude(model, items=None, progress=None) -> Scores:
+def taylor_sum_sums(model, items, config, progress=None) -> Scores:
+    """sum of the gradients of the per-sample mean losses, batched (signs cancel across samples)."""
+    acc = _accumulators(model, ACCUMULATE_DTYPES[config.accumulate_dtype], config.accumulate_device)
+
+    def fold(name, p):
+        acc[name].add_(_into(acc[name], p.grad))
+
+    batches = [items[i:i + config.batch_size] for i in range(0, len(items), config.batch_size)]
+    _backward_passes(model, batches, _summed_sample_losses, fold, progress, "batch")
+    return acc
+
+
+def taylor_sum_finish(model, grad_sum: Scores) -> Scores:
+    """|theta * sum of grads|."""
+    for name, p in _params(model).items():
+        grad_sum[name].mul_(_into(grad_sum[name], p.detach().float())).abs_()
+    return grad_sum
+
+
+def no_sums(model, items=None, config=None, progress=None) -> Scores:
+    return {}
+
+
+def magnitude(model, sums=None) -> Scores:
     """|theta| (data-free baseline)."""
     return {n: p.detach().float().abs() for n, p in _params(model).items()}
 
 
-def wanda(model, items, progress=None, batch_size: int = 8) -> Scores:
-    """|W| * L2 norm of each input feature over all seed tokens (forward only, Sun et al. 2023).
+def _input_modules(model) -> dict[str, torch.nn.Module]:
+    """{weight name: module} of every Linear and Embedding (tied lm_head included: its key is dropped later)."""
+    return {f"{name}.weight": m for name, m in model.named_modules()
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
 
-    Linear [out, in]: |W| * ||X[:, j]||; Embedding [V, d]: |W[v]| * sqrt(count of token v);
-    other parameters (norms) fall back to |theta|.
+
+def wanda_sums(model, items, config, progress=None) -> Scores:
+    """Squared L2 norm of each input feature over all real seed tokens (forward only).
+
+    Linear [out, in] -> [in]; Embedding [V, d] -> [V], the count of each token.
     """
-    sq_norms: dict[str, torch.Tensor] = {}
+    modules = _input_modules(model)
+    sq_norms = {key: torch.zeros(m.in_features if isinstance(m, torch.nn.Linear) else m.num_embeddings,
+                                 device=m.weight.device) for key, m in modules.items()}
     current_mask: list[torch.Tensor] = []  # the batch's attention mask [b, s]: padding does not count
     handles = []
-    for mod_name, module in model.named_modules():
+    for key, module in modules.items():
         if isinstance(module, torch.nn.Linear):
-            def hook(mod, inputs, output, key=mod_name + ".weight"):
+            def hook(mod, inputs, output, key=key):
                 mask = current_mask[0].to(inputs[0].device)
                 x = inputs[0].detach().float()[mask.bool()]  # [real tokens, in]
-                sq_norms[key] = sq_norms.get(key, 0) + x.square().sum(0)
-            handles.append(module.register_forward_hook(hook))
-        elif isinstance(module, torch.nn.Embedding):
-            def hook(mod, inputs, output, key=mod_name + ".weight"):
+                sq_norms[key] += x.square().sum(0).to(sq_norms[key].device)
+        else:
+            def hook(mod, inputs, output, key=key):
                 ids = inputs[0][current_mask[0].to(inputs[0].device).bool()]  # [real tokens]
-                counts = torch.bincount(ids, minlength=mod.num_embeddings).float()
-                sq_norms[key] = sq_norms.get(key, 0) + counts.to(mod.weight.device)
-            handles.append(module.register_forward_hook(hook))
-    device = model.get_input_embeddings().weight.device
+                sq_norms[key] += torch.bincount(ids, minlength=mod.num_embeddings).float().to(sq_norms[key].device)
+        handles.append(module.register_forward_hook(hook))
+    device = _input_device(model)
+    batch_size = config.batch_size
     try:
         with torch.no_grad():
             for start in range(0, len(items), batch_size):
@@ -174,44 +240,126 @@ def wanda(model, items, progress=None, batch_size: int = 8) -> Scores:
     finally:
         for handle in handles:
             handle.remove()
+    return sq_norms
+
+
+def wanda_finish(model, sq_norms: Scores) -> Scores:
+    """|W| * L2 norm of each input feature over all seed tokens (Sun et al. 2023).
+
+    Linear [out, in]: |W| * ||X[:, j]||; Embedding [V, d]: |W[v]| * sqrt(count of token v);
+    other parameters (norms) fall back to |theta|.
+    """
     scores = {}
     for name, p in _params(model).items():
         weight = p.detach().float().abs()
         if name in sq_norms and p.dim() == 2:
-            norm = sq_norms[name].sqrt()
+            norm = sq_norms[name].sqrt().to(weight.device)
             scores[name] = weight * (norm[None, :] if norm.numel() == p.shape[1] else norm[:, None])
         else:
             scores[name] = weight
     return scores
 
 
-METRICS: dict[str, Callable] = {
-    "taylor-abs": taylor_abs, "taylor-sum": taylor_sum, "fisher": fisher,
-    "magnitude": magnitude, "wanda": wanda,
+@dataclass(frozen=True)
+class Metric:
+    accumulate: Callable  # (model, items, config, progress) -> sums that add up across processes
+    finish: Callable  # (model, summed sums) -> scores
+    per_parameter_sums: bool = True  # the sums are as large as the model (False: forward-only)
+
+
+METRICS: dict[str, Metric] = {
+    "taylor-abs": Metric(taylor_abs_sums, taylor_abs_finish),
+    "taylor-sum": Metric(taylor_sum_sums, taylor_sum_finish),
+    "fisher": Metric(fisher_sums, fisher_finish),
+    "magnitude": Metric(no_sums, magnitude, per_parameter_sums=False),
+    "wanda": Metric(wanda_sums, wanda_finish, per_parameter_sums=False),
 }
+
+
+def _memory(model_config, config: SensitivityConfig, dtype) -> SensitivityMemory:
+    return estimate_sensitivity_memory(model_config, dtype, config.accumulate_dtype, config.accumulate_device == "cpu",
+                                       config.max_length, METRICS[config.metric].per_parameter_sums)
+
+
+def _budgets(device, max_memory: dict | None) -> tuple[int | None, int | None, bool]:
+    """(bytes where the model runs, bytes on the host, whether the model runs on the host)."""
+    host = (max_memory or {}).get("cpu") or available_memory_bytes("cpu")
+    gpus = [v for k, v in (max_memory or {}).items() if isinstance(k, int)]
+    target = ("auto" if gpus else "cpu") if max_memory else resolve_device(device)
+    if target == "cpu":
+        return host, host, True
+    return (sum(gpus) if gpus else available_memory_bytes(target)), host, False
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
+def check_memory(model_config, config: SensitivityConfig, dtype=None, device=None,
+                 max_memory: dict | None = None) -> SensitivityMemory:
+    """The memory estimate before loading: raise with the settings that would fit when these do not."""
+    config.validate()
+    on_device, on_host, runs_on_host = _budgets(device, max_memory)
+
+    def fits(mem: SensitivityMemory) -> bool:
+        if runs_on_host:
+            return on_host is None or mem.device_bytes() + mem.host_bytes() <= on_host
+        return (on_device is None or mem.device_bytes() <= on_device) and (on_host is None or mem.host_bytes() <= on_host)
+
+    memory = _memory(model_config, config, dtype)
+    if fits(memory):
+        return memory
+    given = {"dtype": dtype or "float32", "accumulate_dtype": config.accumulate_dtype,
+             "accumulate_device": config.accumulate_device}
+    cheaper = {"dtype": "bfloat16", "accumulate_dtype": "bfloat16", "accumulate_device": "cpu"}
+    changes = [(key, value) for key, value in cheaper.items() if given[key] != value]
+    candidates = [dict(combo) for n in range(1, len(changes) + 1)  # fewest changes first
+                  for combo in itertools.combinations(changes, n)]
+    fitting = next((c for c in candidates if fits(_memory(model_config, replace(config, **{
+        k: v for k, v in c.items() if k != "dtype"}), c.get("dtype", dtype)))), None)
+    need = (f"about {_size(memory.device_bytes())} (weights {_size(memory.weights)} + sums {_size(memory.sums)} + "
+            f"activations {_size(memory.activations)})"
+            + (f" plus {_size(memory.host_bytes())} for the result" if runs_on_host else
+               f" where the model runs and {_size(memory.host_bytes())} on the host"))
+    room = (_size(on_host) if runs_on_host else f"{_size(on_device or 0)} there and {_size(on_host or 0)} on the host")
+    advice = (" ".join(f"--{k.replace('_', '-')} {v}" for k, v in fitting.items()) + " would fit" if fitting else
+              "no cheaper --dtype/--accumulate-dtype/--accumulate-device fits: lower --max-length, or spread the "
+              "model over more GPUs with --device auto --max-memory")
+    raise ParaknowError(f"the sensitivity pass needs {need}, but only {room} is available: {advice}.")
 
 
 def compute_sensitivity(model, tokenizer, records: list[dict], config: SensitivityConfig | None = None,
                         progress: Progress | None = None) -> Scores:
-    """Sensitivity of every parameter of `model` on the first `config.samples` records (float32, CPU)."""
+    """Sensitivity of every parameter of `model` on the first `config.samples` records (float32, CPU).
+
+    Under a multi-process launch (see `parallel`) process k takes samples k, k + N, ... and the
+    sums are added across processes once at the end, so every process returns the whole map.
+    """
     config = config or SensitivityConfig()
     config.validate()
     if len(records) < config.samples:
         raise ParaknowError(f"asked for {config.samples} seed samples but the data has only "
                             f"{len(records)}; lower --samples or give more data.")
-    items = encode_all(tokenizer, records[:config.samples], config.max_length)
+    offloaded = [n for n, p in _params(model).items() if p.device.type == "meta"]
+    if offloaded:  # accelerate keeps offloaded weights outside the parameters: no gradients, no |theta|
+        raise ParaknowError(f"{len(offloaded)} parameters are offloaded to disk or host ({offloaded[0]}, ...): "
+                            "give the devices more room with --max-memory, or use --dtype bfloat16.")
+    rank, world_size = parallel.rank_and_size()
+    items = encode_all(tokenizer, records[:config.samples], config.max_length)[rank::world_size]
     was_training = model.training
     model.eval()  # no dropout: the sensitivity of the model as it is
+    metric = METRICS[config.metric]
     try:
-        metric = METRICS[config.metric]
-        kwargs = {"batch_size": config.batch_size} if config.metric in ("taylor-sum", "wanda") else {}
-        scores = metric(model, items, progress, **kwargs)
+        sums = metric.accumulate(model, items, config, progress if rank == 0 else None)
+        parallel.all_reduce_sum(sums)
+        scores = metric.finish(model, sums)
     except torch.OutOfMemoryError:
         raise ParaknowError("out of memory during the sensitivity pass: lower --max-length, use the "
-                            "forward-only metric `wanda`, or spread the model with --device auto.")
+                            "forward-only metric `wanda`, keep the sums on the host with --accumulate-device "
+                            "cpu, or spread the model with --device auto.")
     finally:
         model.train(was_training)
-    return {name: s.cpu() for name, s in scores.items()}
+    return {name: s.float().cpu() for name, s in scores.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -241,6 +389,9 @@ def sensitivity_key(model, records: list[dict], config: SensitivityConfig) -> st
     payload = {"model": model_fingerprint(model), "data": records_sha256(records[:config.samples]),
                **asdict(config)}
     payload.pop("batch_size")
+    payload.pop("accumulate_device")  # where the sums live does not change them
+    if payload["accumulate_dtype"] == "float32":  # the default keeps the keys of maps cached before it existed
+        payload.pop("accumulate_dtype")
     return sha256_bytes(json.dumps(payload, sort_keys=True).encode())[:32]
 
 
@@ -255,7 +406,7 @@ def cached_sensitivity(model, tokenizer, records, config: SensitivityConfig | No
     scores = compute_sensitivity(model, tokenizer, records, config, progress)
     meta = {"model": model_ref or getattr(model, "name_or_path", ""), "metric": config.metric,
             "samples": config.samples, "max_length": config.max_length,
-            "data_sha256": records_sha256(records[:config.samples])}
+            "data_sha256": records_sha256(records[:config.samples]), "world_size": parallel.rank_and_size()[1]}
     save_sensitivity(path, scores, meta)
     return scores, meta
 

@@ -16,7 +16,7 @@ from . import __version__
 from .errors import ParaknowError
 from .extract import Selection, block_selection, captured_share, select, STRUCTURES
 from .fsio import atomic_directory, atomic_save_safetensors, atomic_write_json
-from .lora import MODES, SPLITS, Factors, factorise, scaling, vanilla_factors, write_adapter
+from .lora import MODES, SPLITS, SVD_METHODS, Factors, factorise, scaling, vanilla_factors, write_adapter
 from .mapping import layer_scores, map_layers
 from .models import EMBED_ROLES, LAYER_ROLES, MODULE_GROUPS, ModelInfo
 
@@ -31,6 +31,7 @@ class TransferConfig:
     modules: tuple = ("attn", "ffn")  # groups (attn, ffn, embed) and/or single roles (q_proj, ...)
     mode: str = "residual"
     split: str = "left"
+    svd: str = "auto"  # auto | exact | randomized: how each block is factorised (lora.svd_method)
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # student module -> (row, col) of a manual block
 
@@ -39,6 +40,8 @@ class TransferConfig:
             raise ParaknowError(f"unknown mode '{self.mode}'; use one of {', '.join(MODES)}.")
         if self.split not in SPLITS:
             raise ParaknowError(f"unknown split '{self.split}'; use one of {', '.join(SPLITS)}.")
+        if self.svd not in SVD_METHODS:
+            raise ParaknowError(f"unknown svd '{self.svd}'; use one of {', '.join(SVD_METHODS)}.")
         if self.structure not in STRUCTURES:
             raise ParaknowError(f"unknown structure '{self.structure}'; use one of {', '.join(STRUCTURES)}.")
         if self.rank < 1:
@@ -196,13 +199,14 @@ def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: 
 
 
 def extract_factors(teacher_model, plan: TransferPlan, config: TransferConfig, progress=None) -> dict:
-    """{student module: Factors} of every planned module (SVD of the selected teacher block)."""
+    """{student module: Factors} of every planned module (SVD of the selected teacher block, computed
+    on the device that holds the teacher weight, so on a GPU when the teacher is there)."""
     params = dict(teacher_model.named_parameters())
     out = {}
     for i, mod in enumerate(plan.modules):
-        weight = _oriented(params[mod.teacher_param].detach().float().cpu(), mod.transposed)  # [o_T, i_T]
+        weight = _oriented(params[mod.teacher_param].detach(), mod.transposed)  # [o_T, i_T]
         block = mod.selection.apply(weight)  # [o_S, i_S]
-        out[mod.student_module] = factorise(block, config.rank, config.alpha, config.split)
+        out[mod.student_module] = factorise(block, config.rank, config.alpha, config.split, config.svd, config.seed)
         if progress:
             progress(i + 1, len(plan.modules), f"factorised {mod.student_module}")
     return out
@@ -252,7 +256,7 @@ def export_transfer(teacher_model, student_model, teacher: ModelInfo, student: M
     manifest = {
         **provenance,
         "rank": config.rank, "alpha": config.alpha, "scaling": s, "mode": config.mode,
-        "structure": config.structure, "split": config.split, "seed": config.seed,
+        "structure": config.structure, "split": config.split, "svd": config.svd, "seed": config.seed,
         "layers": config.layers, "layer_map": plan.layer_map, "layer_scores": plan.layer_scores,
         "roles": plan.roles, "tied_compensation": tied_compensation, "notes": plan.notes,
         "overrides": {k: list(v) for k, v in config.overrides.items()},
@@ -261,6 +265,7 @@ def export_transfer(teacher_model, student_model, teacher: ModelInfo, student: M
             "student_layer": mod.student_layer, "shape": list(mod.shape), "teacher_shape": list(mod.teacher_shape),
             "transposed": mod.transposed, "block": mod.selection.block(),
             "captured": mod.captured, "energy": factors[mod.student_module].energy,
+            "svd": factors[mod.student_module].method,
             "singular_values": factors[mod.student_module].singular_values[:64].tolist(),
         } for mod in plan.modules},
         "paraknow_version": __version__,

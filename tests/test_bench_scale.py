@@ -1,0 +1,39 @@
+"""The scale benches run at their --smoke size and write their figures (timings are not asserted)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def run_bench(script, out, *extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_bench_factorise_smoke(tmp_path):
+    stdout, result = run_bench("bench_factorise.py", tmp_path / "f.json")
+    assert "speed-up" in stdout and "randomized error vs exact" in stdout
+    assert result["seconds"]["exact"] > 0 and result["seconds"]["randomized"] > 0
+    errors = result["relative_error"]
+    assert 0 < errors["exact"] <= errors["randomized"] <= 1.01 * errors["exact"]
+
+
+def test_bench_paper_scale_smoke(tmp_path):
+    stdout, result = run_bench("bench_paper_scale.py", tmp_path / "p.json", "--layers", "2")
+    assert "13B -> 7B plan + factorise projected" in stdout
+    assert set(result["pairs"]) == {"llama2-13b-7b", "gqa-70b-8b"}
+    gqa = result["pairs"]["gqa-70b-8b"]
+    assert gqa["teacher"]["n_kv_heads"] == 2 and gqa["student"]["shapes"]["k_proj"] == [32, 64]
+    for pair in result["pairs"].values():
+        assert len(pair["layers_measured"]) == 2 and len(pair["layers_measured"][0]) == 7
+        assert set(pair["embeddings"]) == {"embed_tokens", "lm_head"}
+        projected = pair["projected"]
+        assert projected["total_s"] > 0
+        assert projected["total_s"] == sum(v for k, v in projected.items() if k != "total_s")
+        assert pair["check"]["error_excess"] <= 0.01 and pair["peak_rss_gib"] > 0
