@@ -75,6 +75,7 @@ def home() -> None:
         st.table({"step": [r[0] for r in rows], "state": [r[1] for r in rows]})
         st.caption("Everything is kept while you move between pages. Results are cached by content: "
                    "the same models, data and settings come back instantly.")
+        W.cache_panel()
 
 
 # URL names equal the ones Streamlit's legacy pages/ mode gives the same files (/Models, ...), so a direct

@@ -81,7 +81,8 @@ if st.button("Export", type="primary", icon=":material/package_2:", key="w_exp_r
                       "metric": sens["config"]["metric"], "samples": sens["config"]["samples"],
                       "max_length": sens["config"]["max_length"], "data_sha256": sens["data_sha256"]}
         progress = W.Progress(f"Exporting {name}")
-        manifest = export_transfer(teacher, student, t_info, s_info, plan, config, out_dir, provenance, progress)
+        manifest = export_transfer(teacher, student, t_info, s_info, plan, config, out_dir, provenance, progress,
+                                   overwrite=bool(st.session_state[S.W_OVERWRITE]))
         progress.finish(f"saved {len(manifest['modules'])} modules to {out_dir}")
         S.put(S.EXPORT, {"name": name, "dir": str(out_dir), "manifest": manifest})
         if name not in S.get(S.EXPORTS_MADE):

@@ -164,6 +164,10 @@ def run_details(run) -> None:
                  "export above (an export must be made for this student), then launch again; the end of its "
                  "log below shows where it stopped.", icon=":material/error:")
         st.code(jobs.read_log(run.run_dir, 4000)[-4000:] or "(stdout.log is empty)", language="text")
+    elif run.state == jobs.UNREADABLE:
+        st.warning(f"This run's files are unreadable ({s.get('error')}); the other runs are not affected. "
+                   f"Delete its folder `{run.run_dir}` to remove it from this list.",
+                   icon=":material/warning:")
     elif run.state == "stopped":
         st.info(f"Stopped at step {s.get('step') or 0}" + (" before it started." if not s.get("step") else
                 "; the adapter trained so far was saved."), icon=":material/stop_circle:")

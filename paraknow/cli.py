@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from pathlib import Path
 
 from .errors import ParaknowError
+from .fsio import REFUSE_WAIT_S, output_lock, output_path
+from .paths import cache_root
 
 
 def _progress(done: int, total: int, message: str) -> None:
@@ -22,16 +24,16 @@ def _quiet_transformers() -> None:
 
 def cmd_sensitivity(args) -> int:
     from .data import load_records, records_sha256
-    from .models import load_config, load_model, parse_max_memory
+    from .models import load_config, load_model, parse_max_memory, resolve_device
     from .parallel import launched_world_size, process_device, process_group, rank_and_size
-    from .sensitivity import SensitivityConfig, check_memory, compute_sensitivity, save_sensitivity
+    from .sensitivity import SensitivityConfig, check_memory, check_output_file, compute_sensitivity, save_sensitivity
 
     config = SensitivityConfig(metric=args.metric, samples=args.samples, max_length=args.max_length,
                                accumulate_dtype=args.accumulate_dtype, accumulate_device=args.accumulate_device)
     config.validate()
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise ParaknowError(f"--out must end in .safetensors (got {out.name}).")
+    resolve_device(args.device)
+    out = output_path(args.out)
+    check_output_file(out)
     max_memory = parse_max_memory(args.max_memory)
     if max_memory and launched_world_size() > 1:
         raise ParaknowError("--max-memory spreads one process's model; under torchrun / accelerate launch "
@@ -47,7 +49,8 @@ def cmd_sensitivity(args) -> int:
                 "max_length": config.max_length, "data": args.data,
                 "data_sha256": records_sha256(records[:config.samples]), "world_size": world_size}
         if rank == 0:
-            save_sensitivity(out, scores, meta)
+            with output_lock(out):  # a second writer of the same file waits for this one
+                save_sensitivity(out, scores, meta)
             print(json.dumps({"out": str(out), "tensors": len(scores), **meta}))
     return 0
 
@@ -62,12 +65,9 @@ def cmd_extract(args) -> int:
                             structure=args.structure, modules=args.modules, mode=args.mode,
                             split=args.split, svd=args.svd, seed=args.seed)
     sens = SensitivityConfig(metric=args.metric, samples=args.samples, max_length=args.max_length)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ParaknowError(f"--out {out} exists and is not a directory.")
-    manifest = extract_to_dir(args.teacher, args.student, args.data, out, config, sens,
-                              device=args.device, dtype=args.dtype, progress=_progress)
-    print(json.dumps({"out": str(out), "modules": len(manifest["modules"]),
+    manifest = extract_to_dir(args.teacher, args.student, args.data, output_path(args.out), config, sens,
+                              device=args.device, dtype=args.dtype, progress=_progress, overwrite=args.overwrite)
+    print(json.dumps({"out": str(output_path(args.out)), "modules": len(manifest["modules"]),
                       "layer_map": manifest["layer_map"], "notes": manifest["notes"]}))
     return 0
 
@@ -95,6 +95,32 @@ def cmd_train(args) -> int:
     return run_training(config)
 
 
+def cmd_cache(args) -> int:
+    from .cache import clear, fmt_bytes, list_entries
+
+    if args.action == "list":
+        entries = list_entries(args.kind, args.older_than)
+        print(f"{'kind':<12} {'entry':<44} {'size':>10}  {'last used':<16}  in use")
+        for entry in entries:
+            row = entry.to_row()
+            print(f"{row['kind']:<12} {row['entry']:<44} {fmt_bytes(entry.size):>10}  {row['last_used']:<16}  "
+                  f"{row['in_use']}")
+        print(f"{len(entries)} entries, {fmt_bytes(sum(e.size for e in entries))} in {cache_root()}")
+        return 0
+    result = clear(args.kind, args.older_than)
+    print(f"removed {len(result.removed)} entries ({fmt_bytes(result.freed)})"
+          + (f"; kept {len(result.skipped)} in use: " + ", ".join(f"{e.kind}/{e.name}" for e in result.skipped)
+             if result.skipped else ""))
+    return 0
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError("must be a finite number of days, at least 0")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -102,12 +128,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr too (argparse would print the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .cache import KINDS as CACHE_KINDS
     from .lora import MODES, SPLITS, SVD_METHODS
     from .sensitivity import ACCUMULATE_DEVICES, ACCUMULATE_DTYPES, METRICS
 
-    parser = argparse.ArgumentParser(prog="python -m paraknow",
-                                     description="Parametric knowledge transfer between language models.")
+    parser = _OneLineParser(prog="python -m paraknow",
+                            description="Parametric knowledge transfer between language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     metrics = list(METRICS)
 
@@ -116,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="JSONL file or task:NAME[:SPLIT]")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--metric", default="taylor-abs", choices=metrics)
-    p.add_argument("--samples", type=_positive_int, default=32)
-    p.add_argument("--max-length", type=_positive_int, default=2048)
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--accumulate-dtype", default="float32", choices=list(ACCUMULATE_DTYPES),
@@ -133,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True)
     p.add_argument("--data", required=True, help="seed data: JSONL file or task:NAME[:SPLIT]")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--rank", type=_positive_int, default=16)
+    p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=16)
     p.add_argument("--layers", default="sensitivity",
                    help="sensitivity | first | last | uniform | random | manual:I,J,... (- for unmapped)")
@@ -144,11 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--svd", default="auto", choices=list(SVD_METHODS),
                    help="exact SVD, randomized rank-r SVD, or auto (randomized for large blocks)")
     p.add_argument("--metric", default="taylor-abs", choices=metrics)
-    p.add_argument("--samples", type=_positive_int, default=32)
-    p.add_argument("--max-length", type=_positive_int, default=2048)
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it holds a previous paraknow export (never any other folder)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("eval", help="accuracy and loss of a model (optionally with an adapter) on data")
@@ -166,22 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="vanilla", help="vanilla | pissa | an export directory from `extract`")
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--batch", type=_positive_int, default=64, help="effective batch size")
-    p.add_argument("--micro-batch", type=_positive_int, default=8, help="per-step batch (accumulation = batch / micro-batch)")
-    p.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank (default 16; an export init uses its own)")
+    p.add_argument("--batch", type=int, default=64, help="effective batch size")
+    p.add_argument("--micro-batch", type=int, default=8, help="per-step batch (accumulation = batch / micro-batch)")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16; an export init uses its own)")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 16; an export init uses its own)")
     p.add_argument("--dropout", type=float, default=0.05)
     p.add_argument("--warmup", type=float, default=0.03, help="warmup as a ratio of the optimizer steps")
-    p.add_argument("--max-length", type=_positive_int, default=2048)
+    p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--eval-data", default=None, help="evaluation data: JSONL file or task:NAME[:SPLIT]")
-    p.add_argument("--eval-every", type=_positive_int, default=None, help="evaluate every N optimizer steps (and at the end)")
-    p.add_argument("--eval-limit", type=_positive_int, default=200, help="evaluate on the first N eval records")
-    p.add_argument("--eval-max-new-tokens", type=_positive_int, default=128)
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate every N optimizer steps (and at the end)")
+    p.add_argument("--eval-limit", type=int, default=200, help="evaluate on the first N eval records")
+    p.add_argument("--eval-max-new-tokens", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--spec", default=None, help="run a prepared RUN_DIR/spec.json instead of the flags above")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cache", help="list or clear the runtime cache (sensitivity maps, models, exports, runs)")
+    p.add_argument("action", choices=["list", "clear"])
+    p.add_argument("--kind", default=None, choices=list(CACHE_KINDS), help="only this kind of entry")
+    p.add_argument("--older-than", type=_non_negative_float, default=None, metavar="DAYS",
+                   help="only entries not used for this many days")
+    p.set_defaults(func=cmd_cache)
 
     return parser
 

@@ -20,6 +20,7 @@ from .errors import ParaknowError
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
 MAX_RECORDS_BYTES = 200 * 1024 * 1024
+MAX_JSON_DEPTH = 64  # a record needs 3 levels; deeper lines are refused before any recursion
 
 
 @dataclass
@@ -59,6 +60,21 @@ def _check_record(record, where: str) -> dict:
                         f"(found keys: {', '.join(sorted(record)) or 'none'}).")
 
 
+_TOO_DEEP = object()
+
+
+def _depth(value) -> int:
+    """Nesting depth of a decoded JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def parse_jsonl(text: str, source: str = "input") -> list[dict]:
     """Parse JSONL text into validated records; any bad line raises with its line number."""
     records = []
@@ -70,6 +86,12 @@ def parse_jsonl(text: str, source: str = "input") -> list[dict]:
         except json.JSONDecodeError as exc:
             raise ParaknowError(f"{source} line {lineno}: not valid JSON ({exc.msg}). "
                                 "Each line must be one JSON object.") from None
+        except RecursionError:
+            record = _TOO_DEEP  # nested too deep for the parser: reported just below
+        if record is _TOO_DEEP or (line.count("[") + line.count("{") > MAX_JSON_DEPTH
+                                   and _depth(record) > MAX_JSON_DEPTH):
+            raise ParaknowError(f"{source} line {lineno}: JSON nested deeper than {MAX_JSON_DEPTH} levels; "
+                                "a record is one flat object of messages, prompt+completion or text.")
         records.append(_check_record(record, f"{source} line {lineno}"))
     if not records:
         raise ParaknowError(f"{source} holds no records: give a JSONL file with one JSON object per line.")

@@ -259,7 +259,7 @@ def build(out_dir: Path, teacher: ModelSpec = TEACHER, student: ModelSpec = STUD
     pad = tokenizer.pad_token_id
     report = {"seed": SEED, "vocab_size": len(tokenizer), "max_new_tokens": max_new_tokens, "pool_samples": len(items),
               "pool_tokens": n_tokens, "torch_threads": torch.get_num_threads()}
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, replaces="accuracies.json") as tmp:
         for label, spec, seed in (("teacher", teacher, SEED), ("student", student, SEED + 1)):
             model = make_model(spec, tokenizer, seed).to(device)
 

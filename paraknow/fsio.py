@@ -1,21 +1,35 @@
 """Atomic file output: write to a temporary sibling, then rename over the target.
 
 A reader (another process, the UI polling a run) never sees a half-written artifact, and a
-crash mid-write leaves the previous version in place.
+crash mid-write leaves the previous version in place. Directories are only ever replaced when
+they are empty or carry the caller's marker file (a paraknow artifact), and writers of one
+output are serialised by a lock file next to it.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from safetensors.torch import save_file
+
+from .errors import ParaknowError
+
+
+def output_path(text: str | os.PathLike) -> Path:
+    """An output path as given on the command line, absolute and normalised (`~` expanded,
+    `.`/`..` resolved), so `--out .` names the current folder rather than an empty name."""
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(text))))
 
 
 def _tmp_sibling(path: Path, is_dir: bool = False) -> Path:
@@ -64,24 +78,196 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
         raise
 
 
+LOCK_WAIT_S = 60.0  # how long a writer waits for another writer of the same output
+REFUSE_WAIT_S = 1.0  # writers that refuse rather than queue still ride out a momentary probe (is_locked)
+# (thread, output path) -> [open lock file, depth]: re-entrant within one thread; two threads (two
+# app sessions in one server) hold separate open files, so flock serialises them like processes
+_held_locks: dict[tuple[int, Path], list] = {}
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The sibling lock file that serialises writers of `path`: `.<name>.lock` next to it."""
+    path = Path(path).absolute()
+    return path.with_name(f".{path.name}.lock")
+
+
+def try_flock(fh, shared: bool = False) -> bool:
+    """`flock` an open file without waiting (exclusive unless `shared`); False when another
+    holder is in the way. Re-locking a file this descriptor already holds converts the lock."""
+    try:
+        fcntl.flock(fh.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _lock_once(lock: Path, shared: bool):
+    """Open and flock the lock file; None if it is held (non-blocking). The file may have been
+    unlinked by its previous holder between our open and our flock: then try again."""
+    while True:
+        fh = open(lock, "a+")
+        if not try_flock(fh, shared):
+            fh.close()
+            return None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fh
+        fh.close()
+
+
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces `path` whole, on error it vanishes."""
+def output_lock(path: str | os.PathLike, wait_s: float = LOCK_WAIT_S, shared: bool = False) -> Iterator[None]:
+    """Hold the lock of an output path (an `fcntl.flock` on its sibling `.<name>.lock`).
+
+    Writers take it exclusively, so two processes (or threads) writing one output run one after
+    the other; `shared` readers only keep `paraknow cache clear` and eviction away. Waits up to
+    `wait_s` seconds (0: do not wait), then raises ParaknowError. Re-entrant within one thread.
+    The lock file is removed when the last holder lets go.
+    """
+    path = Path(path).absolute()
+    key = (threading.get_ident(), path)
+    held = _held_locks.get(key)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while (fh := _lock_once(lock, shared)) is None:
+        if time.monotonic() >= deadline:
+            raise ParaknowError(f"another paraknow process is writing {path} (it holds {lock}); "
+                                "wait for it to finish, or choose another output.")
+        time.sleep(0.1)
+    _held_locks[key] = [fh, 1]
+    try:
+        yield
+    finally:
+        del _held_locks[key]
+        if not shared or try_flock(fh):  # a shared holder removes the file only when it was the last
+            with contextlib.suppress(OSError):
+                if os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino:
+                    lock.unlink()
+        fh.close()
+
+
+def is_locked(path: str | os.PathLike) -> bool:
+    """Whether some process (this one included) holds the lock of `path` right now."""
+    path = Path(path).absolute()
+    if any(held == path for _, held in list(_held_locks)):
+        return True
+    try:
+        with open(lock_path(path)) as fh:  # never creates it: no lock file, no holder
+            return not try_flock(fh)  # an exclusive probe fails while anyone holds it, shared or not
+    except OSError:
+        return False
+
+
+def is_replaceable(path: str | os.PathLike, marker: str | None) -> bool:
+    """Whether an atomic write may put a new directory at `path`: nothing there, an empty
+    directory, or a directory holding `marker` (the file that proves paraknow made it)."""
     path = Path(path)
+    if not path.exists():
+        return True
+    if not path.is_dir() or path.is_symlink():
+        return False
+    return not any(path.iterdir()) or (marker is not None and (path / marker).is_file())
+
+
+def check_replaceable(path: str | os.PathLike, marker: str | None, what: str = "output") -> None:
+    """Raise ParaknowError unless `path` may receive a new directory (see `is_replaceable`)."""
+    path = Path(path)
+    if is_replaceable(path, marker):
+        return
+    if not path.is_dir():
+        raise ParaknowError(f"{path} exists and is not a directory; choose a new {what} directory.")
+    made_by_us = f" (it has no {marker}, so paraknow did not make it)" if marker else ""
+    raise ParaknowError(f"{path} is a non-empty directory{made_by_us}; paraknow never replaces it: "
+                        f"choose a new or empty {what} directory.")
+
+
+def check_writable_parent(path: str | os.PathLike) -> None:
+    """Raise ParaknowError unless `path` can be created: its nearest existing ancestor must be a
+    writable directory (checked before any long computation)."""
+    path = Path(path).expanduser().absolute()
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ParaknowError(f"cannot create {path}: {parent} is not a directory.")
+    try:  # a real probe: permissions, ACLs and read-only file systems all show here
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as exc:
+        raise ParaknowError(f"cannot write to {parent} ({exc.strerror or exc}); choose an output you can write.") from None
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux renameat2(RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, replaces: str | None = None,
+                     wait_s: float = LOCK_WAIT_S) -> Iterator[Path]:
+    """Yield a temporary directory; on success it becomes `path`, on error it vanishes.
+
+    An existing `path` is replaced only when it is empty or holds the file named `replaces`
+    (e.g. `paraknow.json`: proof that it is a paraknow artifact the caller may replace); any
+    other directory or file there raises ParaknowError and is left untouched. Writers of one
+    `path` are serialised by `output_lock`, and the swap is one atomic rename exchange where
+    the kernel supports it, so readers never see `path` missing.
+    """
+    path = Path(path)
+    check_replaceable(path, replaces)  # before the caller does any work
     tmp = _tmp_sibling(path, is_dir=True)
     try:
         yield tmp
-        if path.exists():
-            old = _tmp_sibling(path, is_dir=True)
-            os.rmdir(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        with output_lock(path, wait_s):
+            check_replaceable(path, replaces)  # again: another writer may have finished meanwhile
+            if not path.exists():
+                os.replace(tmp, path)
+            elif _exchange(tmp, path):
+                shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous version
+            else:
+                old = _tmp_sibling(path, is_dir=True)
+                os.rmdir(old)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json_object(path: str | os.PathLike, advice: str) -> dict:
+    """The JSON object in a file; ParaknowError naming the file and `advice` (what to do) when
+    it is missing, unreadable, not JSON, nested absurdly deep or not an object."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParaknowError(f"{path} is missing; {advice}.") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ParaknowError(f"{path} is unreadable ({type(exc).__name__}); {advice}.") from None
+    if not isinstance(data, dict):
+        raise ParaknowError(f"{path} holds a JSON {type(data).__name__}, not an object; {advice}.")
+    return data
 
 
 def sha256_bytes(data: bytes) -> str:

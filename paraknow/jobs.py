@@ -37,20 +37,31 @@ import socket
 import subprocess
 import sys
 import time
+import typing
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import ParaknowError
-from .fsio import atomic_directory, atomic_write_json, atomic_write_text
+from .fsio import atomic_directory, atomic_write_json, atomic_write_text, try_flock
 from .paths import PACKAGE_DIR, cache_dir, cache_root
-from .train import (ADAPTER_DIR, LOG_FILE, METRICS_FILE, SPEC_FILE, STATUS_FILE, STOP_FILE, TERMINAL_STATES,
-                    TrainConfig, proc_start_time, read_json)
+from .train import (ADAPTER_DIR, LOG_FILE, METRICS_FILE, SPEC_FILE, STATES, STATUS_FILE, STOP_FILE,
+                    TERMINAL_STATES, TrainConfig, proc_start_time, read_json)
+from .validate import type_problem
 
 LOCK_FILE = ".worker.lock"
 WORKER_LOG = "worker.log"
 CLAIM_FILE = ".launched"
 METHODS = ("vanilla", "pissa", "pkt")
+UNREADABLE = "unreadable"  # the state of a run whose spec.json or status.json is malformed
+_Number = int | float
+STATUS_TYPES = {  # status.json fields whose type the readers rely on (train.py documents them)
+    "state": str, "phase": str | None, "pid": int | None, "pid_start": int | None, "host": str | None,
+    "created": _Number | None, "started": _Number | None, "launched": _Number | None,
+    "finished": _Number | None, "step": int | None, "max_steps": int | None, "epoch": _Number | None,
+    "loss": _Number | None, "eta_s": _Number | None, "error": str | None, "final_eval": dict | None,
+    "last_eval": dict | None, "method": str | None, "samples_per_s": _Number | None,
+}
 
 _children: dict[int, subprocess.Popen] = {}  # processes this process started, reaped on liveness checks
 
@@ -146,19 +157,11 @@ def _lock_path() -> Path:
     return runs_root() / LOCK_FILE
 
 
-def _try_lock(fh) -> bool:
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-
-
 def worker_pid() -> int | None:
     """pid of the live queue worker, or None when no worker holds the lock."""
     path = _lock_path()
     with open(path, "a+") as fh:
-        if _try_lock(fh):
+        if try_flock(fh):
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
             return None
         fh.seek(0)
@@ -176,7 +179,7 @@ def ensure_worker() -> int | None:
         return worker_pid()
     fh = open(_lock_path(), "a+")
     try:
-        if not _try_lock(fh):
+        if not try_flock(fh):
             fh.seek(0)
             text = fh.read().strip()
             return int(text) if text.isdigit() else -1
@@ -222,7 +225,7 @@ def worker_main(poll_s: float = 2.0, lock_fd: int | None = None) -> int:
     """Run queued runs one after another until none is left (`python -m paraknow.jobs worker`).
     `lock_fd`: the lock file, already locked by `ensure_worker` and inherited."""
     fh = os.fdopen(lock_fd, "a+") if lock_fd is not None else open(_lock_path(), "a+")
-    if not _try_lock(fh):  # (re-locking an inherited, already locked descriptor succeeds)
+    if not try_flock(fh):  # (re-locking an inherited, already locked descriptor succeeds)
         _log("another worker holds the lock; exiting")
         return 0
     fh.seek(0)
@@ -236,7 +239,7 @@ def worker_main(poll_s: float = 2.0, lock_fd: int | None = None) -> int:
             # Release first, then look again: a run queued after our last look either sees the
             # lock free (and starts a worker) or is seen here.
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-            if _next_queued() is None or not _try_lock(fh):
+            if _next_queued() is None or not try_flock(fh):
                 _log("queue empty; exiting")
                 return 0
             continue
@@ -321,13 +324,32 @@ def _pid_alive(pid: int | None, start: int | None = None) -> bool:
     return start is None or now_start is None or now_start == start  # else: the pid was reused
 
 
+def _read_object(path: Path, types_by_key: dict) -> tuple[dict | None, str | None]:
+    """(the JSON object in `path`, None) or (None, why it is unreadable): missing, not JSON,
+    not an object, or a field of the wrong type."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, f"{path.name} is missing"
+    except (OSError, ValueError, RecursionError) as exc:
+        return None, f"{path.name} is not valid JSON ({type(exc).__name__})"
+    if not isinstance(data, dict):
+        return None, f"{path.name} holds a JSON {type(data).__name__}, not an object"
+    return (None, problem) if (problem := type_problem(data, types_by_key, path.name)) else (data, None)
+
+
 def read_status(run_dir) -> dict:
     """status.json of a run with a liveness check: a `running` run whose process is gone becomes
-    `failed` ("worker process died (pid N) without finishing"), and that is written back."""
+    `failed` ("worker process died (pid N) without finishing"), and that is written back.
+    A malformed status reads as state `unreadable` with the reason in `error` (that run only)."""
     run_dir = Path(run_dir)
-    status = read_json(run_dir / STATUS_FILE)
+    if not (run_dir / STATUS_FILE).exists():
+        return {"state": "missing", "error": f"{run_dir} has no {STATUS_FILE}"}
+    status, problem = _read_object(run_dir / STATUS_FILE, STATUS_TYPES)
     if status is None:
-        return {"state": "missing", "error": f"{run_dir} has no readable {STATUS_FILE}"}
+        return {"state": UNREADABLE, "error": problem}
+    if status.get("state") not in STATES:
+        return {"state": UNREADABLE, "error": f"{STATUS_FILE}: unknown state {status.get('state')!r}"}
     if status.get("state") != "running":
         return status
     if status.get("host") not in (None, socket.gethostname()):
@@ -356,6 +378,11 @@ def read_spec(run_dir) -> dict:
     return read_json(Path(run_dir) / SPEC_FILE) or {}
 
 
+def _spec_problem(run_dir: Path) -> str | None:
+    hints = typing.get_type_hints(TrainConfig)
+    return _read_object(run_dir / SPEC_FILE, {f.name: hints[f.name] for f in fields(TrainConfig)})[1]
+
+
 def read_metrics(run_dir) -> list[dict]:
     """Every complete line of metrics.jsonl (a line being written right now is skipped)."""
     path = Path(run_dir) / METRICS_FILE
@@ -370,7 +397,7 @@ def read_metrics(run_dir) -> list[dict]:
             continue
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(row, dict):
             rows.append(row)
@@ -389,8 +416,14 @@ def read_log(run_dir, max_bytes: int = 20000) -> str:
 
 
 def run_info(run_dir) -> RunInfo:
+    """One run as read from disk; a malformed spec.json or status.json gives state `unreadable`
+    (the reason in `status["error"]`) without affecting any other run."""
     run_dir = Path(run_dir)
-    spec, status = read_spec(run_dir), read_status(run_dir)
+    spec_problem = _spec_problem(run_dir)
+    if spec_problem:
+        spec, status = {}, {"state": UNREADABLE, "error": spec_problem}
+    else:
+        spec, status = read_spec(run_dir), read_status(run_dir)
     init = spec.get("init", "vanilla")
     method = init if init in ("vanilla", "pissa") else "pkt"
     return RunInfo(run_id=run_dir.name, run_dir=run_dir, state=status.get("state", "missing"), spec=spec,

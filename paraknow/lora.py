@@ -6,7 +6,6 @@ embedding's transpose [d, V] -- which is why embeddings are reduced as [d_T, V] 
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +14,13 @@ import torch
 from safetensors.torch import load_file
 
 from .errors import ParaknowError
-from .fsio import atomic_directory, atomic_save_safetensors, atomic_write_json
+from .fsio import atomic_directory, atomic_save_safetensors, atomic_write_json, read_json_object
 
 SPLITS = ("left", "sqrt")
 MODES = ("residual", "additive")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+MANIFEST_FILE = "paraknow.json"  # marks an export directory (and lets --overwrite replace it)
 PEFT_PREFIX = "base_model.model."
 
 
@@ -157,7 +157,7 @@ def read_adapter(directory: Path) -> tuple[dict, dict[str, tuple[torch.Tensor, t
     directory = Path(directory)
     if not (directory / ADAPTER_CONFIG).exists() or not (directory / ADAPTER_WEIGHTS).exists():
         raise ParaknowError(f"{directory} is not a LoRA adapter (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}).")
-    config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    config = read_json_object(directory / ADAPTER_CONFIG, "copy or re-create the adapter")
     tensors = load_file(str(directory / ADAPTER_WEIGHTS))
     factors: dict[str, list] = {}
     embeddings = set()
@@ -178,11 +178,11 @@ def read_adapter(directory: Path) -> tuple[dict, dict[str, tuple[torch.Tensor, t
 
 
 def load_manifest(export_dir) -> dict:
-    path = Path(export_dir) / "paraknow.json"
+    path = Path(export_dir) / MANIFEST_FILE
     if not path.exists():
-        raise ParaknowError(f"{export_dir} is not a paraknow export (no paraknow.json); "
+        raise ParaknowError(f"{export_dir} is not a paraknow export (no {MANIFEST_FILE}); "
                             "create one with `python -m paraknow extract`.")
-    return json.loads(path.read_text())
+    return read_json_object(path, "re-create the export with `python -m paraknow extract`")
 
 
 def apply_residual(student, export_dir):
@@ -199,7 +199,10 @@ def student_from_export(student, export_dir, trainable: bool = True):
     """The student ready to train from an export: residual base (if any) + the LoRA initialisation."""
     from peft import PeftModel
 
+    from .cache import touch
+
     load_manifest(export_dir)
+    touch(export_dir)  # its last use, for `paraknow cache clear --older-than`
     base = apply_residual(student, export_dir)
     return PeftModel.from_pretrained(base, str(export_dir), is_trainable=trainable)
 
@@ -236,6 +239,6 @@ def residual_to_plain(trained_adapter_dir, export_dir, out_dir) -> None:
             A0, B0 = torch.zeros_like(A1), torch.zeros_like(B1)
         combined[module] = (torch.cat([A1, A0], 0), torch.cat([B1, B0], 1))  # [2r, in], [out, 2r]
     targets = config.get("target_modules") or sorted(combined)
-    with atomic_directory(Path(out_dir)) as tmp:
+    with atomic_directory(Path(out_dir), replaces=ADAPTER_CONFIG) as tmp:
         write_adapter(tmp, combined, embeddings, 2 * rank, 2 * alpha, sorted(targets) if isinstance(targets, list) else targets,
                       config.get("base_model_name_or_path") or "", config.get("lora_dropout", 0.05))

@@ -9,6 +9,7 @@ A model is named by one string (SPEC section 3):
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import ParaknowError, first_line
-from .fsio import atomic_directory, atomic_write_json, sha256_file
+from .fsio import atomic_directory, atomic_write_json, output_lock, sha256_file
 from .paths import PACKAGE_DIR, cache_dir
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
@@ -35,6 +36,9 @@ LAYER_ROLES = ATTN_ROLES + FFN_ROLES
 ROLE_PATH = {**{r: f"self_attn.{r}" for r in ATTN_ROLES}, **{r: f"mlp.{r}" for r in FFN_ROLES}}
 MODULE_GROUPS = {"attn": ATTN_ROLES, "ffn": FFN_ROLES, "embed": EMBED_ROLES}
 
+GGUF_HASHES = "gguf_hashes.json"  # cache/models/: memo of GGUF content hashes
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LAYER_RE = re.compile(r"^(?P<prefix>.*?layers)\.(?P<idx>\d+)\.(?P<rest>.+)$")
 
@@ -156,8 +160,13 @@ def _resolve_dtype(dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
 def resolve_device(device: str | None) -> str:
     """`auto` -> every visible GPU (device_map='auto'), one GPU -> 'cuda', else 'cpu'."""
+    if device is not None and not (isinstance(device, str) and (device == "" or DEVICE_RE.match(device))):
+        raise ParaknowError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N.")
     if device in (None, "", "cpu"):
         return "cpu"
     if device == "auto":
@@ -181,10 +190,19 @@ def bundled_gguf_path(ref: str) -> Path:
     return path
 
 
+def _read_gguf_hashes(memo_path: Path) -> dict:
+    """The memo of GGUF hashes; a damaged one is a cache miss (it is rewritten on the next hash)."""
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return {k: v for k, v in memo.items() if isinstance(v, str)} if isinstance(memo, dict) else {}
+
+
 def _gguf_hash(path: Path) -> str:
     """Content hash of a GGUF file, memoised by (path, size, mtime) so it is computed once."""
-    memo_path = cache_dir("models") / "gguf_hashes.json"
-    memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+    memo_path = cache_dir("models") / GGUF_HASHES
+    memo = _read_gguf_hashes(memo_path)
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     if key not in memo:
@@ -193,13 +211,49 @@ def _gguf_hash(path: Path) -> str:
     return memo[key]
 
 
+def gguf_float32_bytes(path: Path) -> int:
+    """Bytes the GGUF's tensors take once de-quantised to float32, from its header alone (the
+    tensor shapes; no tensor is read). Raises ParaknowError when the header or metadata is damaged."""
+    try:
+        from gguf import GGUFReader
+    except ImportError as exc:
+        raise ParaknowError(f"loading GGUF files needs the `gguf` package: pip install gguf ({exc})") from None
+    try:
+        reader = GGUFReader(str(path))
+        n_elements = sum(int(t.n_elements) for t in reader.tensors)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged user file
+        raise ParaknowError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {first_line(exc)}): "
+                            "its metadata is damaged or the file is truncated; download it again.") from None
+    if n_elements == 0:
+        raise ParaknowError(f"{path} holds no tensors: it is not a model; download it again.")
+    return n_elements * 4
+
+
 def convert_gguf(path: Path, progress=None) -> Path:
-    """De-quantise a GGUF file once into cache/models/gguf-<sha>/ (safetensors + tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """De-quantise a GGUF file once into cache/models/gguf-<sha>/ (safetensors + tokenizer).
+    The memory it needs is checked from the header first; two processes converting one file
+    take turns (the second finds the result)."""
+    from .cache import enforce_cap, touch
 
     target = cache_dir("models") / f"gguf-{_gguf_hash(path)[:16]}"
     if (target / "config.json").exists():
+        touch(target)
         return target
+    needed, free = gguf_float32_bytes(path), available_memory_bytes("cpu")
+    if free is not None and needed > free:
+        raise ParaknowError(f"de-quantising {path.name} needs about {needed / 2**30:.1f} GiB of RAM in float32 "
+                            f"but only {free / 2**30:.1f} GiB is free: close other programs or use a machine "
+                            "with more memory.")
+    with output_lock(target):
+        if not (target / "config.json").exists():
+            _dequantise(path, target, progress)
+    enforce_cap(keep=target)
+    return target
+
+
+def _dequantise(path: Path, target: Path, progress=None) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     if progress:
         progress(0, 1, f"de-quantising {path.name} (first time only)")
     try:
@@ -208,8 +262,11 @@ def convert_gguf(path: Path, progress=None) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except ImportError as exc:
         raise ParaknowError(f"loading GGUF files needs the `gguf` package: pip install gguf ({exc})")
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise ParaknowError(f"could not read GGUF file {path}: {exc}")
+    except torch.OutOfMemoryError:
+        raise ParaknowError(f"not enough memory to de-quantise {path.name}; use a machine with more RAM.") from None
+    except Exception as exc:  # noqa: BLE001 - transformers' GGUF reader fails in many ways on bad files
+        raise ParaknowError(f"could not read GGUF file {path} ({type(exc).__name__}: {first_line(exc)}): "
+                            "it is damaged or not a supported model; download it again.") from None
     check_family(model.config)
     # The weights are de-quantised float32 now: drop the GGUF "quantizer" so they save as plain safetensors.
     model.hf_quantizer = None
@@ -220,7 +277,6 @@ def convert_gguf(path: Path, progress=None) -> Path:
         tokenizer.save_pretrained(tmp)
     if progress:
         progress(1, 1, "converted")
-    return target
 
 
 def resolve_ref(ref: str, progress=None) -> str:
@@ -265,16 +321,48 @@ def load_config(ref: str, trust_remote_code: bool = False):
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as exc:
-        raise ParaknowError(f"could not load the config of '{ref}': {first_line(exc)}. "
-                            "Hub ids need network access; offline, use a local directory or GGUF file.")
+        advice = ("copy the model's config.json again" if Path(source).is_dir() else
+                  "hub ids need network access; offline, use a local directory or GGUF file")
+        raise ParaknowError(f"could not load the config of '{ref}': {first_line(exc).rstrip('.')}; {advice}.")
     except ValueError as exc:
         raise ParaknowError(f"'{ref}' has a config transformers does not know: {first_line(exc)}")
     check_family(config)
+    if Path(source).is_dir():
+        check_model_files(Path(source), ref, config)
     return config
 
 
 def _element_size(dtype) -> int:
     return torch.empty((), dtype=_resolve_dtype(dtype)).element_size()
+
+
+def check_model_files(path: Path, ref: str, config) -> None:
+    """A local model directory must hold readable safetensors weights whose shapes match its
+    config, and a tokenizer. Reads only the files' headers (cheap), so a damaged model is
+    reported before anything is loaded or created."""
+    from safetensors import safe_open
+
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise ParaknowError(f"{ref} has no safetensors weights ({' or '.join(WEIGHT_FILES)}): copy the "
+                            "model's weight files into it (paraknow reads safetensors only, never pickles).")
+    expected = describe_config(config).shapes
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                shapes = {name: fh.get_slice(name).get_shape() for name in fh.keys()}
+        except Exception as exc:  # noqa: BLE001 - any header problem means a damaged file
+            raise ParaknowError(f"{file} is damaged ({first_line(exc)}): it is truncated or not a "
+                                "safetensors file; download or copy it again.") from None
+        for name, shape in shapes.items():
+            role = role_of(name)
+            if role is not None and len(shape) == 2 and list(shape) != expected[role]:
+                raise ParaknowError(f"{file}: {name} has shape {list(shape)} but config.json says "
+                                    f"{expected[role]}; the weights belong to another model: copy the "
+                                    "matching files again.")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ParaknowError(f"{ref} has no tokenizer ({', '.join(TOKENIZER_FILES)}): copy the model's "
+                            "tokenizer files into the directory.")
 
 
 def estimate_memory_bytes(config, dtype=None) -> int:
@@ -352,6 +440,19 @@ def available_memory_bytes(device: str) -> int | None:
         return None
 
 
+def _damaged(ref: str, exc: Exception, local: bool) -> None:
+    """A loading failure of a local model means damaged files (ParaknowError); any other is re-raised."""
+    if not local:
+        raise exc
+    raise ParaknowError(f"could not load '{ref}' ({type(exc).__name__}: {first_line(exc)}): its files are "
+                        "damaged or do not match each other; copy the model again.") from None
+
+
+def _in_cache(source: str) -> bool:
+    """Whether a resolved model source is an entry of cache/models/ (a converted GGUF)."""
+    return Path(source).absolute().parent == cache_dir("models").absolute()
+
+
 def load_model(ref: str, dtype=None, device=None, trust_remote_code: bool = False, progress=None,
                max_memory: dict | None = None):
     """Load a model reference as `(model, tokenizer)`. **(fixed)**
@@ -378,17 +479,33 @@ def load_model(ref: str, dtype=None, device=None, trust_remote_code: bool = Fals
         kwargs["device_map"] = "auto"
     if max_memory:
         kwargs["max_memory"] = max_memory
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise ParaknowError(f"could not load '{ref}': {first_line(exc)}")
-    except ValueError as exc:  # e.g. a device map that would need disk offload
-        raise ParaknowError(f"could not place '{ref}' on the devices: {first_line(exc)}; raise --max-memory "
-                            "or use bfloat16.")
-    except torch.OutOfMemoryError:
-        raise ParaknowError(f"not enough memory to load '{ref}' in {torch_dtype}: "
-                            "try bfloat16, a smaller model, or --device auto on GPUs.")
+    local = Path(source).is_dir()
+    with output_lock(source, shared=True) if _in_cache(source) else contextlib.nullcontext():
+        try:
+            model, loading = AutoModelForCausalLM.from_pretrained(source, config=config, output_loading_info=True,
+                                                                  **kwargs)
+        except OSError as exc:
+            raise ParaknowError(f"could not load '{ref}': {first_line(exc)}")
+        except torch.OutOfMemoryError:
+            raise ParaknowError(f"not enough memory to load '{ref}' in {torch_dtype}: "
+                                "try bfloat16, a smaller model, or --device auto on GPUs.")
+        except ValueError as exc:
+            if "device_map" in kwargs:  # e.g. a device map that would need disk offload
+                raise ParaknowError(f"could not place '{ref}' on the devices: {first_line(exc)}; raise "
+                                    "--max-memory or use bfloat16.")
+            _damaged(ref, exc, local)
+        except Exception as exc:  # noqa: BLE001 - damaged files that passed the header checks
+            _damaged(ref, exc, local)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except OSError as exc:
+            raise ParaknowError(f"could not load the tokenizer of '{ref}': {first_line(exc)}")
+        except Exception as exc:  # noqa: BLE001 - a damaged tokenizer file
+            _damaged(ref, exc, local)
+    missing = loading.get("missing_keys") or []
+    if missing:
+        raise ParaknowError(f"'{ref}' lacks {len(missing)} weight(s) its config needs (e.g. {sorted(missing)[0]}): "
+                            "its weight files are incomplete; copy the model again.")
     if target != "auto" and target != "cpu":
         model.to(target)
     if tokenizer.pad_token_id is None:

@@ -19,10 +19,11 @@ from safetensors import safe_open
 from . import parallel
 from .data import Encoded, collate, encode_all, per_sample_loss, records_sha256
 from .errors import ParaknowError
-from .fsio import atomic_save_safetensors, sha256_bytes
+from .fsio import atomic_save_safetensors, check_writable_parent, output_lock, sha256_bytes
 from .models import (ATTN_ROLES, FFN_ROLES, SensitivityMemory, available_memory_bytes, estimate_sensitivity_memory,
                      layer_of, model_fingerprint, resolve_device, role_of)
 from .paths import cache_dir
+from .validate import MAX_LENGTH, check_count
 
 Progress = Callable[[int, int, str], None]
 Scores = dict[str, torch.Tensor]
@@ -44,10 +45,9 @@ class SensitivityConfig:
     def validate(self) -> None:
         if self.metric not in METRICS:
             raise ParaknowError(f"unknown metric '{self.metric}'; use one of {', '.join(METRICS)}.")
-        if self.samples < 1:
-            raise ParaknowError("--samples must be at least 1.")
-        if self.max_length < 8:
-            raise ParaknowError("--max-length must be at least 8 tokens.")
+        check_count("samples", self.samples)
+        check_count("max_length", self.max_length, minimum=8, maximum=MAX_LENGTH)
+        check_count("batch_size", self.batch_size)
         if self.accumulate_dtype not in ACCUMULATE_DTYPES:
             raise ParaknowError(f"unknown --accumulate-dtype '{self.accumulate_dtype}'; use one of "
                                 f"{', '.join(ACCUMULATE_DTYPES)}.")
@@ -371,6 +371,26 @@ def save_sensitivity(path, scores: Scores, metadata: dict) -> None:
                             metadata={"paraknow": json.dumps(metadata, sort_keys=True)})
 
 
+def check_output_file(path) -> None:
+    """Where `sensitivity --out` may write: a new `.safetensors` file in a writable folder, or
+    an earlier paraknow sensitivity file (replaced). Anything else raises before any work."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ParaknowError(f"--out must end in .safetensors (got {path.name}).")
+    if path.is_dir():
+        raise ParaknowError(f"--out {path} is a directory; give a file name ending in .safetensors.")
+    if path.exists():
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                ours = "paraknow" in (fh.metadata() or {})
+        except Exception:  # noqa: BLE001 - unreadable: certainly not ours
+            ours = False
+        if not ours:
+            raise ParaknowError(f"--out {path} exists and is not a paraknow sensitivity file; paraknow "
+                                "never replaces it: choose another file name.")
+    check_writable_parent(path)
+
+
 def load_sensitivity(path) -> tuple[Scores, dict]:
     path = Path(path)
     if not path.is_file():
@@ -400,14 +420,23 @@ def cached_sensitivity(model, tokenizer, records, config: SensitivityConfig | No
     """compute_sensitivity through cache/sensitivity/<content key>.safetensors."""
     config = config or SensitivityConfig()
     config.validate()
+    from .cache import enforce_cap, touch
+
     path = cache_dir("sensitivity") / f"{sensitivity_key(model, records, config)}.safetensors"
     if path.exists():
-        return load_sensitivity(path)
+        with output_lock(path, shared=True):  # keeps `cache clear` and eviction away meanwhile
+            if path.exists():
+                touch(path)
+                try:
+                    return load_sensitivity(path)
+                except ParaknowError:
+                    pass  # a damaged cache entry is a cache miss: computed again and replaced below
     scores = compute_sensitivity(model, tokenizer, records, config, progress)
     meta = {"model": model_ref or getattr(model, "name_or_path", ""), "metric": config.metric,
             "samples": config.samples, "max_length": config.max_length,
             "data_sha256": records_sha256(records[:config.samples]), "world_size": parallel.rank_and_size()[1]}
     save_sensitivity(path, scores, meta)
+    enforce_cap(keep=path)
     return scores, meta
 
 

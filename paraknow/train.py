@@ -22,6 +22,7 @@ stays cheap to import.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,7 +38,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import ParaknowError, first_line
-from .fsio import atomic_directory, atomic_write_json
+from .fsio import (REFUSE_WAIT_S, atomic_directory, atomic_write_json, check_writable_parent, output_lock,
+                   output_path, read_json_object)
+from .validate import MAX_LENGTH, check_count, check_field_types, check_number, check_seed
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_RANK = 16
@@ -117,6 +120,7 @@ class TrainConfig:
         missing = [k for k in ("student", "data") if not data.get(k)]
         if missing:
             raise ParaknowError(f"the train spec lacks {' and '.join(missing)}.")
+        check_field_types(cls, data, "train spec")
         return cls(**data)
 
     @classmethod
@@ -140,22 +144,13 @@ class TrainConfig:
         from .models import DTYPES, load_config, resolve_device
 
         c = TrainConfig(**{**self.to_dict(), "target_modules": list(self.target_modules or []) or None})
-        _check(c.epochs > 0, f"--epochs must be positive (got {c.epochs}).")
-        _check(c.lr > 0, f"--lr must be positive (got {c.lr}).")
-        _check(c.batch >= 1 and c.micro_batch >= 1, "--batch and --micro-batch must be at least 1.")
+        c.check_numbers()
         n_proc = world_size()
         _check(c.batch % (c.micro_batch * n_proc) == 0,
                f"--batch {c.batch} is not a multiple of --micro-batch {c.micro_batch}"
                + (f" x {n_proc} processes" if n_proc > 1 else "")
                + ": the effective batch is micro-batch x gradient-accumulation steps; "
                f"choose e.g. --batch {c.micro_batch * n_proc * max(1, round(c.batch / (c.micro_batch * n_proc)))}.")
-        _check(0 <= c.dropout < 1, f"--dropout must be in [0, 1) (got {c.dropout}).")
-        _check(0 <= c.warmup < 1, f"--warmup is a ratio of the steps in [0, 1) (got {c.warmup}).")
-        _check(c.max_length >= 2, f"--max-length must be at least 2 (got {c.max_length}).")
-        _check(c.eval_every is None or c.eval_every >= 1, "--eval-every must be at least 1 step.")
-        _check(c.eval_limit is None or c.eval_limit >= 1, "--eval-limit must be at least 1.")
-        _check(c.eval_max_new_tokens >= 1, "--eval-max-new-tokens must be at least 1.")
-        _check(c.eval_batch >= 1, "eval_batch must be at least 1.")
         _check(c.eval_every is None or bool(c.eval_data),
                "--eval-every needs --eval-data (the records to evaluate on).")
         _check(c.dtype in (None, *DTYPES), f"unknown dtype '{c.dtype}'; use one of {', '.join(DTYPES)}.")
@@ -163,7 +158,11 @@ class TrainConfig:
         c.student = _abs_if_local(c.student)
         c.data = _abs_if_local(c.data)
         c.eval_data = _abs_if_local(c.eval_data) if c.eval_data else None
-        load_config(c.student)  # resolves the reference and checks the family, no weights
+        if c.out is not None:
+            c.out = str(output_path(c.out))
+            if check_out:
+                _check_out_dir(Path(c.out))
+        student_config = load_config(c.student)  # resolves the reference and checks the family, no weights
         load_records(c.data)
         if c.eval_data:
             load_records(c.eval_data)
@@ -173,15 +172,45 @@ class TrainConfig:
             c.target_modules = c.target_modules or list(DEFAULT_TARGETS)
         else:
             c.init = _resolve_export(c)
-        _check(isinstance(c.rank, int) and c.rank >= 1, f"--rank must be a positive integer (got {c.rank}).")
-        _check(c.alpha > 0, f"--alpha must be positive (got {c.alpha}).")
+        check_count("rank", c.rank)
+        check_number("alpha", c.alpha, above=0)
         if isinstance(c.alpha, float) and c.alpha.is_integer():
             c.alpha = int(c.alpha)
-        if c.out is not None:
-            c.out = str(Path(c.out).expanduser().absolute())
-            if check_out:
-                _check_out_dir(Path(c.out))
+        if c.method != "pkt":
+            _check_rank_fits(c.rank, c.target_modules, student_config)
         return c
+
+    def check_numbers(self) -> None:
+        """Every numeric setting finite and in range (before anything is read or loaded)."""
+        check_number("epochs", self.epochs, above=0, maximum=1e6)
+        check_number("lr", self.lr, above=0)
+        check_count("batch", self.batch)
+        check_count("micro_batch", self.micro_batch)
+        if self.rank is not None:
+            check_count("rank", self.rank)
+        if self.alpha is not None:
+            check_number("alpha", self.alpha, above=0)
+        check_number("dropout", self.dropout, minimum=0, below=1)
+        check_number("warmup", self.warmup, minimum=0, below=1)
+        check_count("max_length", self.max_length, minimum=2, maximum=MAX_LENGTH)
+        for name in ("eval_every", "eval_limit"):
+            if getattr(self, name) is not None:
+                check_count(name, getattr(self, name))
+        check_count("eval_max_new_tokens", self.eval_max_new_tokens)
+        check_count("eval_batch", self.eval_batch)
+        check_seed(self.seed)
+
+
+def _check_rank_fits(rank: int, targets: list[str], student_config) -> None:
+    """LoRA (and PiSSA's SVD) needs rank <= min(out, in) of every targeted projection."""
+    from .models import describe_config, role_of
+
+    shapes = describe_config(student_config).shapes
+    for target in targets:
+        role = role_of(f"{target}.weight")
+        if role in shapes and rank > min(shapes[role]):
+            raise ParaknowError(f"rank {rank} is larger than {target}'s smallest dimension "
+                                f"{min(shapes[role])} (its weight is {shapes[role]}): lower the rank.")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -207,7 +236,7 @@ def _resolve_export(c: TrainConfig) -> str:
     adapter_config = path / ADAPTER_CONFIG
     if not adapter_config.is_file():
         raise ParaknowError(f"{path} has no {ADAPTER_CONFIG}: re-run `python -m paraknow extract`.")
-    config = json.loads(adapter_config.read_text())
+    config = read_json_object(adapter_config, "re-run `python -m paraknow extract`")
     for name, given, own in (("--rank", c.rank, config.get("r")), ("--alpha", c.alpha, config.get("lora_alpha"))):
         if given is not None and own is not None and float(given) != float(own):
             raise ParaknowError(f"{name} {given} differs from the export's {own}: an export init trains "
@@ -221,16 +250,21 @@ def _resolve_export(c: TrainConfig) -> str:
 def _check_out_dir(out: Path) -> None:
     """A run directory must be new, empty, or prepared by `paraknow.jobs` for this process."""
     if not out.exists():
+        check_writable_parent(out)
         return
     if not out.is_dir():
         raise ParaknowError(f"--out {out} exists and is not a directory; choose a new run directory.")
     if not any(out.iterdir()):
+        check_writable_parent(out)
         return
     status = read_json(out / STATUS_FILE)
     if status and _is_prepared_for_us(status):
         return
-    state = status.get("state", "unknown") if status else "unknown"
-    raise ParaknowError(f"--out {out} already holds a run (state {state}); choose a new run directory.")
+    if status is None:
+        raise ParaknowError(f"--out {out} is a non-empty directory that is not a paraknow run; paraknow "
+                            "never writes into it: choose a new run directory.")
+    raise ParaknowError(f"--out {out} already holds a run (state {status.get('state', 'unknown')}); "
+                        "choose a new run directory.")
 
 
 def _is_prepared_for_us(status: dict) -> bool:
@@ -245,11 +279,7 @@ def load_spec(path) -> TrainConfig:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ParaknowError(f"spec file not found: {path}. Give RUN_DIR/spec.json of a prepared run.")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ParaknowError(f"{path} is not valid JSON ({exc.msg}).") from None
-    config = TrainConfig.from_dict(data)
+    config = TrainConfig.from_dict(read_json_object(path, "give RUN_DIR/spec.json of a prepared run"))
     config.out = str(path.parent.absolute())
     return config
 
@@ -267,12 +297,13 @@ def is_main_process() -> bool:
 
 
 def read_json(path) -> dict | None:
-    """A JSON file or None when missing/unreadable (files are written atomically, so a
-    half-written one only means a foreign writer)."""
+    """A JSON object from a file, or None when missing, unreadable or not an object (files are
+    written atomically, so a half-written one only means a foreign writer)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def proc_start_time(pid: int | None) -> int | None:
@@ -387,7 +418,7 @@ def save_adapter(model, config: TrainConfig, run_dir: Path) -> Path:
             finally:
                 shutil.rmtree(trained, ignore_errors=True)
             return target
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, replaces=ADAPTER_CONFIG) as tmp:
         if config.method == "pissa":
             with warnings.catch_warnings():  # "PiSSA changes the base weights..." -- we are converting
                 warnings.filterwarnings("ignore", message="PiSSA changes the base weights")
@@ -515,12 +546,18 @@ def train(config: TrainConfig, callbacks=()) -> TrainOutcome:
 
     Raises ParaknowError for bad input (nothing left behind in a RUN_DIR this call created;
     a RUN_DIR prepared by paraknow.jobs is marked failed); any other exception marks the run
-    failed and is re-raised. `callbacks` are extra transformers TrainerCallbacks.
+    failed and is re-raised. `callbacks` are extra transformers TrainerCallbacks. The main
+    process holds RUN_DIR's lock throughout, so a second `train` into it is refused at once.
     """
     if config.out is None:
         raise ParaknowError("the run needs an output directory (--out RUN_DIR).")
     main = is_main_process()
-    run_dir = Path(config.out).expanduser().absolute()
+    run_dir = output_path(config.out)
+    with output_lock(run_dir, wait_s=REFUSE_WAIT_S) if main else contextlib.nullcontext():
+        return _train_locked(config, run_dir, main, callbacks)
+
+
+def _train_locked(config: TrainConfig, run_dir: Path, main: bool, callbacks) -> TrainOutcome:
     prepared = run_dir.is_dir() and (run_dir / STATUS_FILE).exists()
     try:
         cfg = config.resolved(check_out=main)
@@ -575,8 +612,6 @@ def _open_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
     if run_dir.exists() and any(run_dir.iterdir()):
         atomic_write_json(run_dir / SPEC_FILE, {**(read_json(run_dir / SPEC_FILE) or {}), **spec})
         return False
-    if run_dir.exists():
-        run_dir.rmdir()
     with atomic_directory(run_dir) as tmp:
         atomic_write_json(Path(tmp) / SPEC_FILE, spec)
         atomic_write_json(Path(tmp) / STATUS_FILE, {"state": "running", "phase": "loading", "pid": os.getpid(),

@@ -15,10 +15,12 @@ import torch
 from . import __version__
 from .errors import ParaknowError
 from .extract import Selection, block_selection, captured_share, select, STRUCTURES
-from .fsio import atomic_directory, atomic_save_safetensors, atomic_write_json
-from .lora import MODES, SPLITS, SVD_METHODS, Factors, factorise, scaling, vanilla_factors, write_adapter
+from .fsio import (REFUSE_WAIT_S, atomic_directory, atomic_save_safetensors, atomic_write_json,
+                   check_replaceable, check_writable_parent, output_lock)
+from .lora import MANIFEST_FILE, MODES, SPLITS, SVD_METHODS, Factors, factorise, scaling, vanilla_factors, write_adapter
 from .mapping import layer_scores, map_layers
 from .models import EMBED_ROLES, LAYER_ROLES, MODULE_GROUPS, ModelInfo
+from .validate import check_count, check_number, check_seed
 
 
 @dataclass
@@ -44,10 +46,9 @@ class TransferConfig:
             raise ParaknowError(f"unknown svd '{self.svd}'; use one of {', '.join(SVD_METHODS)}.")
         if self.structure not in STRUCTURES:
             raise ParaknowError(f"unknown structure '{self.structure}'; use one of {', '.join(STRUCTURES)}.")
-        if self.rank < 1:
-            raise ParaknowError("--rank must be a positive integer.")
-        if self.alpha <= 0:
-            raise ParaknowError("--alpha must be positive.")
+        check_count("rank", self.rank)
+        check_number("alpha", self.alpha, above=0)
+        check_seed(self.seed)
         resolve_roles(self.modules)
 
 
@@ -213,8 +214,14 @@ def extract_factors(teacher_model, plan: TransferPlan, config: TransferConfig, p
 
 
 def export_transfer(teacher_model, student_model, teacher: ModelInfo, student: ModelInfo, plan: TransferPlan,
-                    config: TransferConfig, out_dir, provenance: dict, progress=None) -> dict:
-    """Write the export directory (SPEC section 5) atomically and return its manifest."""
+                    config: TransferConfig, out_dir, provenance: dict, progress=None,
+                    overwrite: bool = False) -> dict:
+    """Write the export directory atomically and return its manifest.
+
+    An existing `out_dir` must be empty, or a previous export (it holds paraknow.json) and
+    `overwrite` set; anything else raises ParaknowError before any work and stays untouched."""
+    replaces = MANIFEST_FILE if overwrite else None
+    check_export_dir(out_dir, overwrite)
     factors = extract_factors(teacher_model, plan, config, progress)
     generator = torch.Generator().manual_seed(config.seed)
     s = scaling(config.rank, config.alpha)
@@ -272,35 +279,51 @@ def export_transfer(teacher_model, student_model, teacher: ModelInfo, student: M
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     student_ref = provenance.get("student", "")
-    with atomic_directory(Path(out_dir)) as tmp:
+    with atomic_directory(Path(out_dir), replaces=replaces) as tmp:
         write_adapter(tmp, main, embeddings, config.rank, config.alpha, targets, student_ref)
         if residual:
             write_adapter(tmp / "residual", residual, embeddings, config.rank, config.alpha,
                           sorted(residual), student_ref)
         atomic_save_safetensors(selection, tmp / "selection.safetensors")
-        atomic_write_json(tmp / "paraknow.json", manifest)
+        atomic_write_json(tmp / MANIFEST_FILE, manifest)
     return manifest
 
 
+def check_export_dir(out_dir, overwrite: bool = False) -> None:
+    """An export may go to a new or empty directory in a writable folder, or replace a previous
+    export (a directory holding paraknow.json) when `overwrite` is set; nothing else."""
+    out_dir = Path(out_dir)
+    if not overwrite and (out_dir / MANIFEST_FILE).is_file():
+        raise ParaknowError(f"{out_dir} already holds a paraknow export: choose a new directory, or "
+                            "overwrite it (--overwrite).")
+    check_replaceable(out_dir, MANIFEST_FILE if overwrite else None, "export")
+    check_writable_parent(out_dir)
+
+
 def extract_to_dir(teacher_ref: str, student_ref: str, data_ref: str, out_dir, config: TransferConfig,
-                   sens_config=None, device=None, dtype=None, progress=None) -> dict:
-    """The whole `extract` command: load both models, sensitivity (cached), plan, export."""
+                   sens_config=None, device=None, dtype=None, progress=None, overwrite: bool = False) -> dict:
+    """The whole `extract` command: load both models, sensitivity (cached), plan, export.
+    The output is checked first (see `export_transfer`), so a refused one costs no work."""
     from .data import load_records, records_sha256
-    from .models import describe, load_model
+    from .models import describe, load_model, resolve_device
     from .sensitivity import SensitivityConfig, cached_sensitivity
 
     config.validate()
     sens_config = sens_config or SensitivityConfig()
     sens_config.validate()
+    resolve_device(device)
+    check_export_dir(out_dir, overwrite)
     records = load_records(data_ref)
-    teacher_model, teacher_tok = load_model(teacher_ref, dtype=dtype, device=device)
-    student_model, _ = load_model(student_ref)
-    t_info, s_info = describe(teacher_model), describe(student_model)
-    check_transferable(t_info, s_info, config)  # fail before the expensive sensitivity pass
-    scores, _ = cached_sensitivity(teacher_model, teacher_tok, records, sens_config, progress, teacher_ref)
-    plan = plan_transfer(t_info, s_info, scores, config)
-    provenance = {"teacher": teacher_ref, "student": student_ref, "data": data_ref,
-                  "metric": sens_config.metric, "samples": sens_config.samples,
-                  "max_length": sens_config.max_length,
-                  "data_sha256": records_sha256(records[:sens_config.samples])}
-    return export_transfer(teacher_model, student_model, t_info, s_info, plan, config, out_dir, provenance, progress)
+    with output_lock(out_dir, wait_s=REFUSE_WAIT_S):  # a second writer of out_dir is refused
+        teacher_model, teacher_tok = load_model(teacher_ref, dtype=dtype, device=device)
+        student_model, _ = load_model(student_ref)
+        t_info, s_info = describe(teacher_model), describe(student_model)
+        check_transferable(t_info, s_info, config)  # fail before the expensive sensitivity pass
+        scores, _ = cached_sensitivity(teacher_model, teacher_tok, records, sens_config, progress, teacher_ref)
+        plan = plan_transfer(t_info, s_info, scores, config)
+        provenance = {"teacher": teacher_ref, "student": student_ref, "data": data_ref,
+                      "metric": sens_config.metric, "samples": sens_config.samples,
+                      "max_length": sens_config.max_length,
+                      "data_sha256": records_sha256(records[:sens_config.samples])}
+        return export_transfer(teacher_model, student_model, t_info, s_info, plan, config, out_dir, provenance,
+                               progress, overwrite=overwrite)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -215,3 +216,47 @@ def test_export_helpers(tmp_path):
     assert [e["name"] for e in listed] == ["e1"] and listed[0]["modules"] == 1
     with pytest.raises(ParaknowError):
         ops.zip_dir(tmp_path / "missing")
+
+
+def test_damaged_model_files_show_the_same_message_as_the_cli(tmp_path):
+    from conftest import make_tokenizer, tiny_llama
+    from paraknow.models import load_config
+
+    damaged = tmp_path / "damaged"
+    tiny_llama().save_pretrained(damaged)
+    make_tokenizer().save_pretrained(damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    gguf = tmp_path / "broken.gguf"
+    gguf.write_bytes(b"GGUF" + bytes([3, 0, 0, 0]) + bytes(range(200)))
+    at = _app()
+    at.switch_page("pages/2_Models.py").run()
+    for kind, field, ref in ((S.KIND_LOCAL, "local", damaged), (S.KIND_GGUF, "gguf", gguf)):
+        with pytest.raises(ParaknowError) as cli_error:
+            load_config(str(ref))
+        at.radio(key=S.model_key("teacher", "kind")).set_value(kind).run()
+        at.text_input(key=S.model_key("teacher", field)).set_value(str(ref)).run()
+        assert str(cli_error.value) in _errors(at)
+        assert not at.exception
+
+
+def test_cache_panel_clears_a_kind_and_keeps_entries_in_use():
+    from paraknow import cache
+    from paraknow.paths import cache_dir
+
+    for name in ("a", "b"):
+        (cache_dir("sensitivity") / f"{name}.safetensors").write_bytes(b"x" * 1024)
+    running = cache_dir("runs") / "20260101-running"
+    running.mkdir()
+    (running / "spec.json").write_text('{"student": "demo:student", "data": "task:arith"}')
+    (running / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid()}))
+    at = _app()
+    assert any("Cache: 3 entries" in str(e.label) for e in at.expander)
+    at.selectbox(key=S.W_CACHE_KIND).set_value("sensitivity").run()
+    at.button(key="w_cache_clear").click().run()
+    _ok(at)
+    assert any("Removed 2 sensitivity entries (2.0 KB)" in str(s.value) for s in at.success)
+    at.selectbox(key=S.W_CACHE_KIND).set_value("runs").run()
+    at.button(key="w_cache_clear").click().run()
+    assert any("Removed 0 runs entries (0 B); kept 1 in use" in str(s.value) for s in at.success)  # still running
+    assert [e.name for e in cache.list_entries()] == ["20260101-running"]

@@ -3,7 +3,8 @@
 Launches a real run of the demo student from the page (task:arith:train at batch 4, 750 steps,
 evaluating 4 test records every 5 steps), watches the live chart grow, reloads the browser (the run
 is found again on disk), stops the run from the page, sees `stopped` and downloads the adapter.
-Screenshots go to docs/screenshots/6_*.png. Skips when Chromium, Playwright or the demo pair is
+Screenshots (6_*.png) go where tests/test_browser.py puts them: a temporary folder, or
+docs/screenshots/ with PARAKNOW_SCREENSHOTS=1. Skips when Chromium, Playwright or the demo pair is
 missing; PARAKNOW_APP_STUDENT may name another (small, local) student instead of demo:student.
 
 The server/browser helpers are shared with tests/test_browser.py (imported from it).
@@ -11,14 +12,14 @@ The server/browser helpers are shared with tests/test_browser.py (imported from 
 from __future__ import annotations
 
 import io
+import json
 import os
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from test_browser import CHROMIUM, _settle, _shot, streamlit_app
+from test_browser import CHROMIUM, _goto, _settle, _shot, streamlit_app
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_MS = 90_000
@@ -63,21 +64,19 @@ def _stop_leftover_runs(cache: Path) -> None:
             (run_dir / "STOP").write_text("test teardown\n")
 
 
+PAGE_MARKER = "Train the student's LoRA from the standard init"  # the Fine-tune page's caption, on no other page
+
+
 def _open_finetune(page) -> None:
-    page.locator("[data-testid='stSidebarNav']").get_by_text("Fine-tune", exact=True).click()
-    page.get_by_role("heading", name="Fine-tune").first.wait_for()
+    _goto(page, "Fine-tune", PAGE_MARKER)
+
+
+def _reloaded(page) -> None:
+    """After a reload of the Fine-tune page's URL: the page is back and its script run is over,
+    with no "Page not found" dialog (page URL names match the legacy pages/ names)."""
+    page.get_by_text(PAGE_MARKER).first.wait_for()
     _settle(page)
-
-
-def _dismiss_page_not_found(page) -> None:
-    """Streamlit shows a spurious "Page not found" dialog when a page of an st.navigation app is opened
-    by its URL while a `pages/` folder exists (legacy page discovery); the right page still runs."""
-    page.get_by_role("heading", name="Fine-tune").first.wait_for()
-    page.wait_for_timeout(1000)
-    dialog = page.get_by_text("Page not found")
-    if dialog.count():
-        page.keyboard.press("Escape")
-        dialog.first.wait_for(state="detached")
+    assert page.get_by_text("Page not found").count() == 0
 
 
 def _set_number(page, label: str, value) -> None:
@@ -92,19 +91,14 @@ def _no_errors(page) -> None:
     assert errors.count() == 0, errors.first.inner_text()
 
 
-def _wait_value(fn, predicate, seconds: float, what: str):
-    deadline = time.time() + seconds
-    value = fn()
-    while not predicate(value):
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what} (last value {value!r})")
-        time.sleep(0.5)
-        value = fn()
-    return value
+def _wait_points(page, at_least: int, seconds: float) -> int:
+    """Wait until the live loss chart holds at least `at_least` points; returns how many it holds."""
+    page.wait_for_function(f"() => ({CURVE_POINTS_JS})() >= {at_least}", timeout=seconds * 1000)
+    return page.evaluate(CURVE_POINTS_JS)
 
 
 def test_finetune_run_live_stop_and_download(server):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     url, cache = server
     student = _student_ref()
@@ -118,10 +112,9 @@ def test_finetune_run_live_stop_and_download(server):
         _settle(page)
         _open_finetune(page)
         page.get_by_text("No runs yet").first.wait_for()
-        _settle(page)
         _no_errors(page)
-        assert page.locator("[data-testid='stTextInput']").filter(has_text="Student").locator("input").input_value() \
-            == student
+        expect(page.locator("[data-testid='stTextInput']").filter(has_text="Student").locator("input")) \
+            .to_have_value(student)
 
         # task:arith:train at batch 4 for the default 3 epochs (750 steps: long enough never to finish before
         # it is stopped, even on a fast machine), eval on 4 records every 5 steps
@@ -134,20 +127,20 @@ def test_finetune_run_live_stop_and_download(server):
         _settle(page)
         _no_errors(page)
 
-        points = lambda: page.evaluate(CURVE_POINTS_JS)  # noqa: E731
-        first = _wait_value(points, lambda n: n >= 2, 120, "the first points of the live chart")
-        page.wait_for_timeout(1500)
-        step_text = page.locator("[data-testid='stProgress']").first.inner_text()
+        first = _wait_points(page, 2, 120)
+        progress = page.locator("[data-testid='stProgress']").first
+        expect(progress).to_contain_text("step")
+        step_text = progress.inner_text()
         _shot(page, "6_finetune_live_1")
-        second = _wait_value(points, lambda n: n > first + 2, 90, "the live chart to grow")
+        second = _wait_points(page, first + 3, 90)
         _shot(page, "6_finetune_live_2")
         assert second > first
-        assert page.locator("[data-testid='stProgress']").first.inner_text() != step_text
+        expect(progress).not_to_have_text(step_text)  # the progress bar moves with the chart
 
         # a browser reload finds the running run again on disk and keeps drawing it
         page.reload()
-        _dismiss_page_not_found(page)
-        _wait_value(points, lambda n: n >= second, 60, "the chart after a reload")
+        _reloaded(page)
+        _wait_points(page, second, 60)
         _no_errors(page)
 
         page.get_by_role("button", name="Stop", exact=True).first.click()
@@ -165,7 +158,5 @@ def test_finetune_run_live_stop_and_download(server):
 
     runs = [d for d in (cache / "runs").iterdir() if (d / "spec.json").is_file()]
     assert len(runs) == 1
-    import json
-
     status = json.loads((runs[0] / "status.json").read_text())
     assert status["state"] == "stopped" and 0 < status["step"] < status["max_steps"]

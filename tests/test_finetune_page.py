@@ -342,3 +342,16 @@ def test_fine_tune_step_done_only_after_a_finished_run(env):
     assert not jobs.has_finished_run()
     _fake_run(_config(env), "finished", accuracy=0.5)
     assert jobs.has_finished_run()
+
+
+def test_long_upload_names_are_shortened_safely():
+    from ui import ops
+
+    long_a, long_b = "a" * 300 + "-first.jsonl", "a" * 300 + "-second.jsonl"
+    saved = [F.save_upload(b'{"text": "a"}\n', name) for name in (long_a, long_b)]
+    for path in saved:
+        assert path.exists() and len(path.name) <= 120 and path.name.endswith(".jsonl")
+    assert saved[0].name[13:] != saved[1].name[13:]  # same start, different names: kept apart
+    assert ops.safe_file_name("../../etc/" + "b" * 400) == ops.safe_file_name("b" * 400)  # no folders
+    name = ops.default_export_name("demo:teacher", "demo:student", f"upload:{long_a}", "submatrix")
+    assert ops.check_export_name(name) == name and len(name) <= ops.NAME_MAX

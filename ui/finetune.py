@@ -7,7 +7,6 @@ every (live) rerun, so a browser reload or an app restart loses nothing. Everyth
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from pathlib import Path
@@ -113,13 +112,7 @@ def export_picker(entries: list[dict]) -> dict | None:
 
 def list_exports() -> list[dict]:
     """Exports under cache/exports/ (newest first), each with its full manifest."""
-    entries = ops.list_exports(cache_dir("exports"))
-    for e in entries:
-        try:
-            e["manifest"] = json.loads((Path(e["dir"]) / "paraknow.json").read_text())
-        except (OSError, ValueError):
-            e["manifest"] = {}
-    return entries
+    return ops.list_exports(cache_dir("exports"))
 
 
 def save_upload(data: bytes, name: str) -> Path:
@@ -134,8 +127,7 @@ def save_upload(data: bytes, name: str) -> Path:
     except UnicodeDecodeError:
         raise ParaknowError(f"{name} is not UTF-8 text; save it as UTF-8 JSONL.") from None
     parse_jsonl(text, source=name)  # a malformed line is reported with its number
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).name).strip("-.") or "data.jsonl"
-    path = cache_dir("uploads") / f"{hashlib.sha256(data).hexdigest()[:12]}-{safe}"
+    path = cache_dir("uploads") / f"{hashlib.sha256(data).hexdigest()[:12]}-{ops.safe_file_name(name)}"
     if not path.exists():
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(data)

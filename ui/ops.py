@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
-import json
 import re
 import zipfile
 from pathlib import Path
@@ -17,7 +17,24 @@ import torch
 
 from paraknow.errors import ParaknowError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+NAME_MAX = 80
+NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}$")
+
+
+def shorten(text: str, max_chars: int) -> str:
+    """`text` itself when it fits, else its start plus 8 hex digits of its hash (two long names
+    that share a start stay apart)."""
+    if len(text) <= max_chars:
+        return text
+    return text[: max_chars - 9].rstrip("-._") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def safe_file_name(name: str, default: str = "data.jsonl", max_chars: int = 100) -> str:
+    """An uploaded file's name made safe to store: letters, digits, '.', '_', '-' only, no
+    folders, at most `max_chars` characters with the suffix kept (file systems stop at 255)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).name).strip("-.") or default
+    suffix = Path(safe).suffix if len(Path(safe).suffix) <= 10 else ""
+    return shorten(safe[: len(safe) - len(suffix)], max_chars - len(suffix)) + suffix
 
 
 def slug(text: str) -> str:
@@ -29,7 +46,7 @@ def slug(text: str) -> str:
 def default_export_name(teacher: str, student: str, data_label: str, structure: str) -> str:
     data = data_label.split(":")[1] if data_label.startswith("task:") else slug(data_label)
     data = re.sub(r"\.jsonl?$", "", data)  # 'upload-seed_32.jsonl' -> 'upload-seed_32'
-    return f"{slug(teacher)}-to-{slug(student)}-{slug(data)}-{structure}"
+    return shorten(f"{slug(teacher)}-to-{slug(student)}-{slug(data)}-{structure}", NAME_MAX)
 
 
 def check_export_name(name: str) -> str:
@@ -41,7 +58,10 @@ def check_export_name(name: str) -> str:
 
 
 def list_exports(root: Path) -> list[dict]:
-    """Exports under `root` (newest first): name, dir, created, teacher, student, rank, mode, modules."""
+    """Exports under `root` (newest first): name, dir, created, teacher, student, rank, mode, modules
+    and the whole manifest. An export whose paraknow.json is unreadable is left out (not an error)."""
+    from paraknow.lora import load_manifest
+
     out = []
     if not root.is_dir():
         return out
@@ -49,12 +69,14 @@ def list_exports(root: Path) -> list[dict]:
         if d.name.startswith(".") or not (d / "paraknow.json").is_file():
             continue
         try:
-            m = json.loads((d / "paraknow.json").read_text())
-        except (OSError, ValueError):
+            m = load_manifest(d)
+        except ParaknowError:
             continue
-        out.append({"name": d.name, "dir": str(d), "created": m.get("created", ""), "teacher": m.get("teacher"),
+        modules = m.get("modules")
+        out.append({"name": d.name, "dir": str(d), "created": str(m.get("created", "")), "teacher": m.get("teacher"),
                     "student": m.get("student"), "rank": m.get("rank"), "mode": m.get("mode"),
-                    "structure": m.get("structure"), "modules": len(m.get("modules", {}))})
+                    "structure": m.get("structure"), "modules": len(modules) if isinstance(modules, dict) else 0,
+                    "manifest": m})
     return sorted(out, key=lambda r: r["created"], reverse=True)
 
 

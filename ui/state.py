@@ -65,6 +65,8 @@ def model_key(role: str, field: str) -> str:
 
 
 # Sensitivity page
+W_CACHE_KIND = "w_cache_kind"      # the kind of cache entry the Home page's cache panel clears
+W_CACHE_DAYS = "w_cache_days"      # ... only those unused for this many days (0: all)
 W_SOURCE = "w_sens_source"        # Built-in task | Upload JSONL | Paste JSONL
 W_TASK = "w_sens_task"
 W_SPLIT = "w_sens_split"

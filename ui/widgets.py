@@ -15,6 +15,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from paraknow.cache import fmt_bytes  # noqa: F401 - the pages call W.fmt_bytes
 from paraknow.errors import ParaknowError
 from ui import state as S
 from ui.state import PERSIST
@@ -439,12 +440,31 @@ def finetune_available() -> bool:
     return (ROOT / PAGE_FINETUNE).exists()
 
 
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
+def cache_panel() -> None:
+    """The runtime cache: entries and size per kind, the cap, and a clear button (entries in use
+    are kept). Same library as `python -m paraknow cache list|clear`."""
+    from paraknow import cache
+
+    entries = cache.list_entries()
+    with st.expander(f"Cache: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "
+                     f"{fmt_bytes(sum(e.size for e in entries))}",
+                     icon=":material/storage:"):
+        st.table({"kind": list(cache.KINDS),
+                  "entries": [sum(e.kind == k for e in entries) for k in cache.KINDS],
+                  "size": [fmt_bytes(sum(e.size for e in entries if e.kind == k)) for k in cache.KINDS]})
+        with show_errors("reading the cache size cap"):
+            st.caption(f"Sensitivity maps and converted models are kept under {fmt_bytes(cache.max_bytes())} "
+                       f"(`{cache.MAX_GB_ENV}`), least recently used evicted first; exports and runs are only "
+                       "removed here or with `python -m paraknow cache clear`.")
+        c1, c2 = st.columns(2)
+        kind = c1.selectbox("Clear", cache.KINDS, key=S.W_CACHE_KIND)
+        days = c2.number_input("unused for at least (days)", min_value=0, value=0, step=1, key=S.W_CACHE_DAYS)
+        if st.button("Clear", icon=":material/delete:", key="w_cache_clear"):
+            with show_errors("clearing the cache"):
+                result = cache.clear(kind, older_than_days=days or None)
+                st.success(f"Removed {len(result.removed)} {kind} entries ({fmt_bytes(result.freed)})"
+                           + (f"; kept {len(result.skipped)} in use." if result.skipped else "."),
+                           icon=":material/check_circle:")
 
 
 def sidebar_status(container=None) -> None:

@@ -1,0 +1,154 @@
+"""paraknow.cache and `python -m paraknow cache list|clear`: entries, last use, clearing that
+spares entries in use, and the LRU size cap."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from paraknow import cache
+from paraknow.cli import main
+from paraknow.paths import cache_dir
+from paraknow.sensitivity import SensitivityConfig, cached_sensitivity
+from conftest import SEED_RECORDS, TOKENIZER, tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY = 86400
+
+
+def _entry(kind: str, name: str, size: int, age_days: float = 0.0) -> Path:
+    """A cache entry of `size` bytes last used `age_days` ago (a file for sensitivity maps,
+    a folder otherwise; a run gets a finished status)."""
+    root = cache_dir(kind)
+    if kind == "sensitivity":
+        path = root / f"{name}.safetensors"
+        path.write_bytes(b"s" * size)
+        files = [path]
+    else:
+        path = root / name
+        path.mkdir()
+        (path / "weights.bin").write_bytes(b"w" * size)
+        files = [path / "weights.bin", path]
+        if kind == "runs":
+            (path / "spec.json").write_text(json.dumps({"student": "demo:student", "data": "task:arith"}))
+            (path / "status.json").write_text(json.dumps({"state": "finished"}))
+            files[:0] = [path / "spec.json", path / "status.json"]
+    stamp = time.time() - age_days * DAY
+    for file in files:
+        os.utime(file, (stamp, stamp))
+    return path
+
+
+def test_list_shows_kind_size_and_last_use_oldest_first():
+    _entry("sensitivity", "aaa", 1000, age_days=3)
+    _entry("models", "gguf-123", 5000, age_days=10)
+    _entry("exports", "my-export", 200, age_days=1)
+    _entry("runs", "20260101-run", 300, age_days=0.5)
+    (cache_dir("models") / "gguf_hashes.json").write_text("{}")  # bookkeeping, not an entry
+    entries = cache.list_entries()
+    assert [(e.kind, e.name) for e in entries] == [("models", "gguf-123"), ("sensitivity", "aaa.safetensors"),
+                                                   ("exports", "my-export"), ("runs", "20260101-run")]
+    sizes = {e.name: e.size for e in entries}
+    assert sizes["gguf-123"] == 5000 and sizes["aaa.safetensors"] == 1000
+    assert sizes["20260101-run"] > 300  # weights + spec + status
+    assert abs(entries[0].last_used - (time.time() - 10 * DAY)) < 60
+    assert [e.name for e in cache.list_entries("exports")] == ["my-export"]
+    assert [e.name for e in cache.list_entries(older_than_days=2)] == ["gguf-123", "aaa.safetensors"]
+
+
+def test_clear_by_kind_and_age_spares_entries_in_use(tmp_path):
+    old = _entry("sensitivity", "old", 100, age_days=40)
+    new = _entry("sensitivity", "new", 100, age_days=1)
+    export = _entry("exports", "kept", 100, age_days=40)
+    result = cache.clear("sensitivity", older_than_days=30)
+    assert [e.name for e in result.removed] == ["old.safetensors"] and result.freed == 100
+    assert not old.exists() and new.exists() and export.exists()
+
+    running = _entry("runs", "20260101-running", 100, age_days=40)
+    (running / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid()}))
+    queued = _entry("runs", "20260102-queued", 100, age_days=40)
+    (queued / "status.json").write_text(json.dumps({"state": "queued"}))
+    done = _entry("runs", "20260103-done", 100, age_days=40)
+    result = cache.clear("runs")
+    assert [e.name for e in result.removed] == ["20260103-done"]
+    assert sorted(e.in_use for e in result.skipped) == ["run is queued", "run is running"]
+    assert running.exists() and queued.exists() and not done.exists()
+
+
+def test_an_entry_locked_by_another_process_is_not_cleared():
+    entry = _entry("models", "gguf-busy", 100, age_days=5)
+    code = ("import sys, time; from paraknow.fsio import output_lock\n"
+            "with output_lock(sys.argv[1], shared=True):\n    print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(entry)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        listed = cache.list_entries("models")
+        assert listed[0].in_use == "locked (being written or read)"
+        assert cache.clear("models").removed == [] and entry.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [e.name for e in cache.clear("models").removed] == ["gguf-busy"]  # free once it is let go
+
+
+def test_size_cap_evicts_least_recently_used_recomputable_entries(monkeypatch):
+    monkeypatch.setenv(cache.MAX_GB_ENV, str(2500 / 2**30))  # 2500 bytes
+    oldest = _entry("sensitivity", "oldest", 1000, age_days=9)
+    middle = _entry("models", "gguf-middle", 1000, age_days=5)
+    newest = _entry("sensitivity", "newest", 1000, age_days=1)
+    export = _entry("exports", "results", 5000, age_days=20)  # results are never evicted
+    cache.touch(oldest)  # used just now: the middle one is now the least recently used
+    evicted = cache.enforce_cap(keep=newest)
+    assert [e.name for e in evicted] == ["gguf-middle"]
+    assert oldest.exists() and newest.exists() and export.exists() and not middle.exists()
+    assert cache.enforce_cap() == []  # 2000 bytes: under the cap
+
+
+def test_cap_never_evicts_the_entry_just_written_or_one_in_use(monkeypatch):
+    monkeypatch.setenv(cache.MAX_GB_ENV, "0")
+    just_written = _entry("sensitivity", "just-written", 1000, age_days=3)
+    other = _entry("sensitivity", "other", 1000, age_days=1)
+    assert [e.name for e in cache.enforce_cap(keep=just_written)] == ["other.safetensors"]
+    assert just_written.exists() and not other.exists()
+
+
+def test_cached_sensitivity_touches_on_read_and_applies_the_cap(monkeypatch):
+    model = tiny_llama(layers=1, hidden=32, ffn=64, heads=2, kv_heads=1)
+    config = SensitivityConfig(samples=2, max_length=64)
+    stale = _entry("sensitivity", "stale", 10_000, age_days=30)
+    monkeypatch.setenv(cache.MAX_GB_ENV, str(12_000 / 2**30))
+    scores, _ = cached_sensitivity(model, TOKENIZER, SEED_RECORDS, config)
+    assert not stale.exists()  # evicted to make room for the new map
+    (written,) = cache.list_entries("sensitivity")
+    old = time.time() - 5 * DAY
+    os.utime(written.path, (old, old))
+    again, _ = cached_sensitivity(model, TOKENIZER, SEED_RECORDS, config)
+    assert all((again[k] == scores[k]).all() for k in scores)
+    assert cache.list_entries("sensitivity")[0].last_used > time.time() - 60  # touched on read
+
+
+def test_cap_setting_must_be_a_number(monkeypatch):
+    monkeypatch.setenv(cache.MAX_GB_ENV, "lots")
+    with pytest.raises(cache.ParaknowError, match="PARAKNOW_CACHE_MAX_GB"):
+        cache.max_bytes()
+    monkeypatch.setenv(cache.MAX_GB_ENV, "-1")
+    with pytest.raises(cache.ParaknowError, match="at least 0"):
+        cache.max_bytes()
+
+
+def test_cache_command_lists_and_clears(capsys):
+    _entry("sensitivity", "abc", 2048, age_days=8)
+    _entry("exports", "exp", 100, age_days=1)
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:4] == ["kind", "entry", "size", "last"]
+    assert out[1].split()[:4] == ["sensitivity", "abc.safetensors", "2.0", "KB"]
+    assert out[-1].startswith("2 entries")
+    assert main(["cache", "clear", "--older-than", "7"]) == 0
+    assert capsys.readouterr().out.startswith("removed 1 entries (2.0 KB)")
+    assert [e.name for e in cache.list_entries()] == ["exp"]
+    assert main(["cache", "clear", "--kind", "exports"]) == 0
+    assert cache.list_entries() == []

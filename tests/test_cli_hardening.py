@@ -1,0 +1,350 @@
+"""Hostile input on the command line: one table of cases, each with the exit code, a fragment
+of the one-line reason, and the promise that no directory or file was touched or left behind.
+
+Plus the behaviours around the table: --overwrite replaces only a previous export, a second
+writer of one output is refused while the first holds its lock, an atomic replace never lets
+the folder vanish, a damaged GGUF hash memo is a cache miss, and the GGUF memory check runs
+from the header before any de-quantisation.
+"""
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from paraknow import models
+from paraknow.cli import main
+from paraknow.data import to_jsonl
+from paraknow.errors import ParaknowError
+from paraknow.fsio import atomic_directory, atomic_write_json, lock_path, output_lock
+from paraknow.paths import cache_dir
+from conftest import SEED_RECORDS, make_tokenizer, tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _save(model, path: Path, tokenizer=True) -> Path:
+    model.save_pretrained(path)
+    if tokenizer:
+        make_tokenizer().save_pretrained(path)
+    return path
+
+
+def _gguf_header(path: Path, payload: bytes) -> None:
+    """A GGUF v3 file: valid magic, version and counts, then `payload` as its metadata."""
+    path.write_bytes(b"GGUF" + struct.pack("<I", 3) + struct.pack("<Q", 1) + struct.pack("<Q", 5) + payload)
+
+
+def _small_gguf(path: Path) -> None:
+    """A well-formed GGUF holding one [50, 16] tensor (not a complete model)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((50, 16), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Models (good and damaged), data files and GGUFs shared by the table's cases (read-only)."""
+    root = tmp_path_factory.mktemp("inputs")
+    teacher = _save(tiny_llama(layers=4, hidden=96, ffn=192, heads=6, kv_heads=2, seed=1), root / "teacher")
+    student = _save(tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2), root / "student")
+    paths = {"T": teacher, "S": student}
+    weights = student / "model.safetensors"
+    for name in ("trunc", "random", "shape", "notok", "missing", "badtok"):
+        paths[name] = _save(tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2), root / name,
+                            tokenizer=name != "notok")
+    blob = weights.read_bytes()
+    (paths["trunc"] / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+    (paths["random"] / "model.safetensors").write_bytes(hashlib.sha256(b"x").digest() * 200)
+    tensors = load_file(weights)
+    save_file({**tensors, "model.layers.0.mlp.up_proj.weight": torch.zeros(7, 3)},
+              paths["shape"] / "model.safetensors", metadata={"format": "pt"})
+    save_file({k: v for k, v in tensors.items() if k != "model.layers.1.self_attn.k_proj.weight"},
+              paths["missing"] / "model.safetensors", metadata={"format": "pt"})
+    (paths["badtok"] / "tokenizer.json").write_text("{garbage")
+    paths["D"] = root / "seeds.jsonl"
+    paths["D"].write_text(to_jsonl(SEED_RECORDS))
+    paths["deep"] = root / "deep.jsonl"
+    paths["deep"].write_text('{"text": "fine"}\n{"text": "x", "extra": ' + "[" * 5000 + "]" * 5000 + "}\n")
+    paths["gguf"] = root / "corrupt.gguf"
+    _gguf_header(paths["gguf"], bytes(range(256)) * 2)
+    return {k: str(v) for k, v in paths.items()}
+
+
+@pytest.fixture
+def place(tmp_path, monkeypatch):
+    """This case's folder: a foreign project (V), a previous export (E), a file (F), a prepared
+    spec with a wrong type (W) and one that is not an object (L); `.` and `~` point at V."""
+    victim = tmp_path / "project"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("my work\n")
+    export = tmp_path / "old_export"
+    export.mkdir()
+    (export / "paraknow.json").write_text('{"rank": 4}\n')
+    (export / "adapter_model.safetensors").write_bytes(b"old")
+    (tmp_path / "plain.txt").write_text("a file\n")
+    for name in ("typed", "listed"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(victim)
+    monkeypatch.setenv("HOME", str(victim))
+    return {"V": str(victim), "E": str(export), "F": str(tmp_path / "plain.txt"), "TMP": str(tmp_path),
+            "W": str(tmp_path / "typed" / "spec.json"), "L": str(tmp_path / "listed" / "spec.json")}
+
+
+def _snapshot(*roots) -> dict:
+    """Every path under the roots (the runtime cache aside) with its kind and content hash."""
+    seen = {}
+    for root in roots:
+        for path in sorted(Path(root).rglob("*")):
+            if "cache" in path.relative_to(root).parts[:1]:
+                continue
+            seen[str(path)] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return seen
+
+
+EXTRACT = ["extract", "--teacher", "{T}", "--student", "{S}", "--data", "{D}"]
+TRAIN = ["train", "--student", "{S}", "--data", "{D}", "--out", "{TMP}/run"]
+SENS = ["sensitivity", "--model", "{T}", "--data", "{D}", "--out", "{TMP}/sens.safetensors"]
+
+# id, argv, exit code, fragment of the one-line reason, setup
+CASES = [
+    # never delete or overwrite a folder paraknow did not make
+    ("extract-into-foreign-dir", EXTRACT + ["--out", "{V}"], 2, "non-empty directory", None),
+    ("extract-overwrite-foreign-dir", EXTRACT + ["--out", "{V}", "--overwrite"], 2, "paraknow did not make it", None),
+    ("extract-onto-previous-export", EXTRACT + ["--out", "{E}"], 2, "already holds a paraknow export", None),
+    ("extract-out-dot", EXTRACT + ["--out", "."], 2, "non-empty directory", None),
+    ("extract-out-home", EXTRACT + ["--out", "~"], 2, "non-empty directory", None),
+    ("extract-out-is-file", EXTRACT + ["--out", "{F}"], 2, "not a directory", None),
+    ("extract-parent-is-file", EXTRACT + ["--out", "{F}/export"], 2, "is not a directory", None),
+    ("train-into-foreign-dir", ["train", "--student", "{S}", "--data", "{D}", "--out", "{V}"], 2,
+     "not a paraknow run", None),
+    ("sensitivity-onto-model-file", ["sensitivity", "--model", "{T}", "--data", "{D}", "--out", "{S}/model.safetensors"],
+     2, "not a paraknow sensitivity file", None),
+    ("sensitivity-out-suffix", ["sensitivity", "--model", "{T}", "--data", "{D}", "--out", "{F}"], 2,
+     "must end in .safetensors", None),
+    # numbers: finite and in range, checked before any work
+    ("extract-alpha-nan", EXTRACT + ["--out", "{TMP}/x", "--alpha", "nan"], 2, "alpha must be a finite number", None),
+    ("extract-alpha-inf", EXTRACT + ["--out", "{TMP}/x", "--alpha", "inf"], 2, "alpha must be a finite number", None),
+    ("extract-alpha-negative", EXTRACT + ["--out", "{TMP}/x", "--alpha", "-1"], 2, "alpha must be a number greater than 0", None),
+    ("extract-seed-negative", EXTRACT + ["--out", "{TMP}/x", "--seed", "-1"], 2, "seed must be a whole number at least 0", None),
+    ("extract-seed-2**70", EXTRACT + ["--out", "{TMP}/x", "--seed", str(2**70)], 2, "at most 4294967295", None),
+    ("extract-rank-zero", EXTRACT + ["--out", "{TMP}/x", "--rank", "0"], 2, "rank must be a whole number at least 1", None),
+    ("extract-samples-2**40", EXTRACT + ["--out", "{TMP}/x", "--samples", str(2**40)], 2, "at most 2147483647", None),
+    ("extract-device-bogus", EXTRACT + ["--out", "{TMP}/x", "--device", "bogus"], 2, "unknown device 'bogus'", None),
+    ("train-lr-inf", TRAIN + ["--lr", "inf"], 2, "lr must be a finite number", None),
+    ("train-lr-nan", TRAIN + ["--lr", "nan"], 2, "lr must be a finite number", None),
+    ("train-alpha-inf", TRAIN + ["--alpha", "inf"], 2, "alpha must be a finite number", None),
+    ("train-epochs-inf", TRAIN + ["--epochs", "inf"], 2, "epochs must be a finite number", None),
+    ("train-epochs-zero", TRAIN + ["--epochs", "0"], 2, "epochs must be a number greater than 0", None),
+    ("train-seed-negative", TRAIN + ["--seed", "-1"], 2, "seed must be a whole number at least 0", None),
+    ("train-seed-2**70", TRAIN + ["--seed", str(2**70)], 2, "at most 4294967295", None),
+    ("train-dropout-one", TRAIN + ["--dropout", "1"], 2, "dropout must be a number at least 0 and less than 1", None),
+    ("train-warmup-nan", TRAIN + ["--warmup", "nan"], 2, "warmup must be a finite number", None),
+    ("train-device-bogus", TRAIN + ["--device", "bogus"], 2, "unknown device 'bogus'", None),
+    ("train-pissa-rank-too-large", TRAIN + ["--init", "pissa", "--rank", "1000"], 2,
+     "rank 1000 is larger than q_proj's smallest dimension 64", None),
+    ("train-vanilla-rank-too-large", TRAIN + ["--rank", "100"], 2, "larger than q_proj's smallest dimension", None),
+    ("train-spec-wrong-type", ["train", "--spec", "{W}"], 2, "'epochs' must be a number (got str '3')", "spec"),
+    ("train-spec-not-object", ["train", "--spec", "{L}"], 2, "holds a JSON list, not an object", "spec"),
+    ("sensitivity-samples-zero", SENS + ["--samples", "0"], 2, "samples must be a whole number at least 1", None),
+    ("train-batch-zero", TRAIN + ["--batch", "0"], 2, "batch must be a whole number at least 1", None),
+    ("eval-max-new-tokens-zero", ["eval", "--model", "{S}", "--data", "{D}", "--max-new-tokens", "0"], 2,
+     "must be a positive integer", None),
+    ("sensitivity-device-bogus", SENS + ["--device", "gpu"], 2, "unknown device 'gpu'", None),
+    ("cache-older-than-inf", ["cache", "list", "--older-than", "inf"], 2, "finite number of days", None),
+    ("cache-kind-bogus", ["cache", "clear", "--kind", "everything"], 2, "invalid choice", None),
+    # damaged or incomplete model files: one line naming the file and what to do
+    ("train-truncated-student", ["train", "--student", "{trunc}", "--data", "{D}", "--out", "{TMP}/run"], 2,
+     "model.safetensors is damaged", None),
+    ("sensitivity-truncated", ["sensitivity", "--model", "{trunc}", "--data", "{D}", "--out", "{TMP}/s.safetensors"],
+     2, "truncated or not a safetensors file", None),
+    ("sensitivity-random-bytes", ["sensitivity", "--model", "{random}", "--data", "{D}", "--out", "{TMP}/s.safetensors"],
+     2, "model.safetensors is damaged", None),
+    ("extract-wrong-shape-student", ["extract", "--teacher", "{T}", "--student", "{shape}", "--data", "{D}",
+                                     "--out", "{TMP}/x"], 2, "up_proj.weight has shape [7, 3]", None),
+    ("eval-missing-weight", ["eval", "--model", "{missing}", "--data", "{D}"], 2, "lacks 1 weight(s)", None),
+    ("train-damaged-tokenizer-run-dir-removed", ["train", "--student", "{badtok}", "--data", "{D}", "--out",
+                                                 "{TMP}/run"], 2, "could not load", None),
+    ("train-no-tokenizer", ["train", "--student", "{notok}", "--data", "{D}", "--out", "{TMP}/run"], 2,
+     "has no tokenizer", None),
+    ("sensitivity-corrupt-gguf", ["sensitivity", "--model", "{gguf}", "--data", "{D}", "--out", "{TMP}/s.safetensors"],
+     2, "corrupt.gguf is not a readable GGUF file", None),
+    ("corrupt-gguf-hash-memo", ["sensitivity", "--model", "{gguf}", "--data", "{D}", "--out", "{TMP}/s.safetensors"],
+     2, "corrupt.gguf is not a readable GGUF file", "memo"),
+    # data
+    ("sensitivity-deeply-nested-line", ["sensitivity", "--model", "{T}", "--data", "{deep}", "--out",
+                                        "{TMP}/s.safetensors"], 2, "deep.jsonl line 2: JSON nested deeper than 64", None),
+]
+
+
+@pytest.mark.parametrize("argv, code, fragment, setup", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_hostile_cli_input(files, place, argv, code, fragment, setup, capsys):
+    names = {**files, **place}
+    if setup == "spec":
+        Path(place["W"]).write_text(json.dumps({"student": files["S"], "data": files["D"], "epochs": "3"}))
+        Path(place["L"]).write_text("[1, 2]")
+    if setup == "memo":
+        (cache_dir("models") / "gguf_hashes.json").write_text("{not json")
+    before = _snapshot(place["TMP"], Path(files["S"]).parent)
+    try:
+        got = main([arg.format(**names) for arg in argv])
+    except SystemExit as exc:  # argparse's own usage errors
+        got = exc.code
+    err = capsys.readouterr().err.strip()
+    assert got == code
+    assert fragment in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert _snapshot(place["TMP"], Path(files["S"]).parent) == before  # nothing touched, nothing left behind
+    if setup == "memo":  # a damaged memo is a cache miss, rewritten as valid JSON
+        memo = json.loads((cache_dir("models") / "gguf_hashes.json").read_text())
+        assert list(memo.values()) == [hashlib.sha256(Path(files["gguf"]).read_bytes()).hexdigest()]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission bits")
+def test_unwritable_out_parent_is_found_before_any_work(files, place, tmp_path, capsys):
+    locked = tmp_path / "readonly"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        code = main(EXTRACT[:1] + [a.format(**files) for a in EXTRACT[1:]] + ["--out", str(locked / "x")])
+    finally:
+        locked.chmod(0o755)
+    assert code == 2 and "cannot write to" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_only_a_previous_export(files, place, capsys):
+    settings = ["--rank", "4", "--samples", "4", "--layers", "manual:3,-", "--device", "cpu"]
+    argv = [a.format(**files) for a in EXTRACT] + ["--out", place["E"]] + settings
+    assert main(argv + ["--overwrite"]) == 0
+    export = Path(place["E"])
+    manifest = json.loads((export / "paraknow.json").read_text())
+    assert manifest["rank"] == 4 and manifest["layer_map"] == [3, None]
+    assert (export / "adapter_model.safetensors").read_bytes() != b"old"
+    assert not list(export.parent.glob(".old_export*"))  # no temporary or lock file left beside it
+    assert main(argv) == 2  # without --overwrite: refused
+    assert "already holds a paraknow export" in capsys.readouterr().err
+
+
+def _hold_lock_in_another_process(path: Path, seconds: float, note: Path | None = None) -> subprocess.Popen:
+    """A process that holds `path`'s output lock for `seconds`, then writes `note` (if given)
+    just before it lets go."""
+    code = ("import sys, time, pathlib; from paraknow.fsio import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(float(sys.argv[2]))\n"
+            "    sys.argv[3] and pathlib.Path(sys.argv[3]).write_text('done')")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds), str(note or "")], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_writer_of_one_output_is_refused(files, tmp_path, capsys):
+    out = tmp_path / "export"
+    holder = _hold_lock_in_another_process(out, 60)
+    try:
+        code = main([a.format(**files) for a in EXTRACT] + ["--out", str(out), "--device", "cpu"])
+        assert code == 2 and "another paraknow process is writing" in capsys.readouterr().err
+        code = main(["train", "--student", files["S"], "--data", files["D"], "--out", str(out)])
+        assert code == 2 and "another paraknow process is writing" in capsys.readouterr().err
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_atomic_directory_waits_for_the_other_writer_and_never_vanishes(tmp_path):
+    out = tmp_path / "artifact"
+    with atomic_directory(out) as tmp:
+        atomic_write_json(tmp / "paraknow.json", {"version": 0})
+    note = tmp_path.parent / f"{tmp_path.name}-holder-done"
+    holder = _hold_lock_in_another_process(out, 1.0, note)
+    missing, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            if not (out / "paraknow.json").exists():
+                missing.append(time.time())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with atomic_directory(out, replaces="paraknow.json", wait_s=30) as tmp:
+            atomic_write_json(tmp / "paraknow.json", {"version": 1})
+        assert note.exists()  # it only got through once the other writer was done
+        for version in range(2, 30):
+            with atomic_directory(out, replaces="paraknow.json") as tmp:
+                atomic_write_json(tmp / "paraknow.json", {"version": version})
+    finally:
+        stop.set()
+        watcher.join()
+        holder.wait()
+        note.unlink(missing_ok=True)
+    assert json.loads((out / "paraknow.json").read_text()) == {"version": 29}
+    assert missing == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]  # no temporaries, no lock file
+
+
+def test_atomic_directory_refuses_a_foreign_folder(tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    for replaces in (None, "paraknow.json"):
+        with pytest.raises(ParaknowError, match="non-empty directory"):
+            with atomic_directory(foreign, replaces=replaces) as tmp:
+                (tmp / "x").write_text("x")
+    assert [p.name for p in foreign.iterdir()] == ["thesis.tex"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary left beside it
+    with output_lock(foreign):
+        assert lock_path(foreign).exists()
+    assert not lock_path(foreign).exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with atomic_directory(empty) as tmp:  # an empty folder is fair game, marker or not
+        (tmp / "made.txt").write_text("new")
+    assert [p.name for p in empty.iterdir()] == ["made.txt"]
+
+
+def test_gguf_memory_check_reads_the_header_before_dequantising(tmp_path, monkeypatch):
+    path = tmp_path / "small.gguf"
+    _small_gguf(path)
+    assert models.gguf_float32_bytes(path) == 50 * 16 * 4  # from the header's shapes alone
+    monkeypatch.setattr(models, "available_memory_bytes", lambda device: 1000)
+    with pytest.raises(ParaknowError, match=r"de-quantising small.gguf needs about .* GiB of RAM"):
+        models.load_config(str(path))
+    assert not [p for p in cache_dir("models").iterdir() if p.name.startswith("gguf-")]
+
+
+def test_two_threads_writing_one_output_take_turns(tmp_path):
+    """Two app sessions (threads of one server) exporting to one name: the lock serialises them."""
+    out, inside, overlaps = tmp_path / "export", [], []
+
+    def write(version):
+        with output_lock(out):
+            inside.append(version)
+            overlaps.append(len(inside))
+            with atomic_directory(out, replaces="paraknow.json") as tmp:
+                atomic_write_json(tmp / "paraknow.json", {"version": version})
+            inside.remove(version)
+
+    threads = [threading.Thread(target=write, args=(v,)) for v in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == [1] * 6  # never two writers inside at once
+    assert json.loads((out / "paraknow.json").read_text())["version"] in range(6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
