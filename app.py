@@ -25,6 +25,7 @@ S.init()
 
 
 def home() -> None:
+    from paraknow.sensitivity import SensitivityConfig
     from paraknow.viz import pipeline_figure
 
     st.title("paraknow: parametric knowledge transfer")
@@ -42,9 +43,10 @@ def home() -> None:
     with left:
         st.subheader("Quick start")
         t_ref, s_ref = S.default_refs()
+        sens_defaults = SensitivityConfig()
         st.markdown(f"One click: load `{t_ref}` + `{s_ref}`, compute the teacher's sensitivity on "
-                    f"`{W.QUICK_TASK}` (32 samples, taylor-abs) and make the default plan "
-                    "(sensitivity-selected layers, submatrix extraction, attention + FFN).")
+                    f"`{W.QUICK_TASK}` ({sens_defaults.samples} samples, {sens_defaults.metric}) and make the "
+                    f"default plan ({W.quick_start_plan_text()}).")
         if st.button("Quick start on the demo pair", type="primary", icon=":material/rocket_launch:",
                      key="w_home_quickstart"):
             with W.show_errors("running the quick start"):

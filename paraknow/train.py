@@ -38,10 +38,9 @@ from pathlib import Path
 
 from .errors import ParaknowError, first_line
 from .fsio import atomic_directory, atomic_write_json
+from .options import default_of, device_option, dtype_option, option, positive_int
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-DEFAULT_RANK = 16
-DEFAULT_ALPHA = 16
 STATES = ("queued", "running", "finished", "failed", "stopped")
 TERMINAL_STATES = ("finished", "failed", "stopped")
 SPEC_FILE = "spec.json"
@@ -52,6 +51,10 @@ STOP_FILE = "STOP"
 PISSA_INIT_DIR = "pissa_init"  # temporary: PiSSA's initial adapter, removed when the run ends
 TRAINER_DIR = ".trainer"  # temporary: Trainer's output_dir (nothing is saved there)
 LOG_FILE = "stdout.log"
+# TrainConfig fields that are `train` flags (the others are set by the app and paraknow.jobs)
+CLI_FIELDS = ("student", "data", "out", "init", "epochs", "lr", "batch", "micro_batch", "rank", "alpha", "dropout",
+              "warmup", "max_length", "eval_data", "eval_every", "eval_limit", "eval_max_new_tokens", "eval_batch",
+              "seed", "device", "dtype")
 METRIC_KEYS = ("step", "epoch", "loss", "lr", "grad_norm")
 EVAL_KEYS = ("eval_loss", "eval_accuracy")
 STATUS_INTERVAL_S = 1.0  # status.json is rewritten at most this often while training (plus on changes)
@@ -61,34 +64,41 @@ STATUS_INTERVAL_S = 1.0  # status.json is rewritten at most this often while tra
 # Configuration
 
 
+def _init_help() -> str:
+    return "vanilla | pissa | an export directory from `extract` (PKT)"
+
+
 @dataclass
 class TrainConfig:
-    """Everything a run needs; mirrors `python -m paraknow train` (SPEC 5) plus extras.
+    """Everything a run needs; mirrors `python -m paraknow train` plus extras. Defaults are the
+    paper's (docs/method.md); each field's metadata is its CLI flag's help (paraknow.options).
 
-    rank/alpha/target_modules None mean: 16/16/the seven q,k,v,o,gate,up,down projections for
-    `vanilla`/`pissa`, and the export's own adapter_config for an export init.
+    rank/alpha/target_modules None mean: the extract defaults (16/16)/the seven q,k,v,o,gate,up,down
+    projections for `vanilla`/`pissa`, and the export's own adapter_config for an export init.
     """
-    student: str
-    data: str
-    out: str | None = None
-    init: str = "vanilla"  # vanilla | pissa | an export directory
-    epochs: float = 3
-    lr: float = 3e-4
-    batch: int = 64  # effective batch (micro_batch x gradient accumulation x processes)
-    micro_batch: int = 8
-    rank: int | None = None
-    alpha: float | None = None
-    dropout: float = 0.05
-    warmup: float = 0.03  # ratio of the optimizer steps
-    max_length: int = 2048
-    eval_data: str | None = None
-    eval_every: int | None = None  # optimizer steps; eval also runs at the end when eval_data is set
-    eval_max_new_tokens: int = 128
-    eval_limit: int | None = 200  # first N eval records
-    eval_batch: int = 16
-    seed: int = 0
-    device: str | None = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str | None = None  # None (float32) | float32 | bfloat16 | float16
+    student: str = option(None, "student model reference")
+    data: str = option(None, "training data: JSONL file or task:NAME[:SPLIT]")
+    out: str | None = option(None, "run directory (RUN_DIR) to create")
+    init: str = option("vanilla", _init_help)
+    epochs: float = option(3.0, "training epochs (fractions allowed)")
+    lr: float = option(3e-4, "peak learning rate (linear warm-up, then linear decay)")
+    batch: int = option(64, "effective batch size (micro-batch x accumulation x processes)", type=positive_int)
+    micro_batch: int = option(8, "per-step batch (accumulation = batch / micro-batch)", type=positive_int)
+    rank: int | None = option(None, "LoRA rank (not given: the extract default; an export init uses its own)",
+                              type=positive_int)
+    alpha: float | None = option(None, "LoRA alpha (not given: the extract default; an export init uses its own)",
+                                 type=float)
+    dropout: float = option(0.05, "LoRA dropout (every init)")
+    warmup: float = option(0.03, "warm-up as a ratio of the optimizer steps")
+    max_length: int = option(2048, "truncate each sample to this many tokens", type=positive_int)
+    eval_data: str | None = option(None, "evaluation data: JSONL file or task:NAME[:SPLIT]")
+    eval_every: int | None = option(None, "evaluate every N optimizer steps (and at the end)", type=positive_int)
+    eval_max_new_tokens: int = option(128, "tokens generated per evaluation answer", type=positive_int)
+    eval_limit: int | None = option(200, "evaluate on the first N eval records", type=positive_int)
+    eval_batch: int = option(16, "evaluation batch size", type=positive_int)
+    seed: int = option(0, "training seed (LoRA init, data order, dropout)")
+    device: str | None = device_option()
+    dtype: str | None = dtype_option()
     target_modules: list[str] | None = None
     group: str | None = None  # shared id of runs compared together (jobs.compare_runs)
     label: str | None = None  # free text shown in the runs table
@@ -126,12 +136,7 @@ class TrainConfig:
                                             ("--out", args.out)) if not value]
         if missing:
             raise ParaknowError(f"train needs {', '.join(missing)} (or --spec RUN_DIR/spec.json).")
-        return cls(student=args.student, data=args.data, out=args.out, init=args.init,
-                   epochs=args.epochs, lr=args.lr, batch=args.batch, micro_batch=args.micro_batch,
-                   rank=args.rank, alpha=args.alpha, dropout=args.dropout, warmup=args.warmup,
-                   max_length=args.max_length, eval_data=args.eval_data, eval_every=args.eval_every,
-                   eval_max_new_tokens=args.eval_max_new_tokens, eval_limit=args.eval_limit,
-                   seed=args.seed, device=args.device, dtype=args.dtype)
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name in CLI_FIELDS})
 
     def resolved(self, check_out: bool = True) -> "TrainConfig":
         """Validated copy with defaults filled in and local paths made absolute. Cheap: reads
@@ -168,8 +173,10 @@ class TrainConfig:
         if c.eval_data:
             load_records(c.eval_data)
         if c.init in ("vanilla", "pissa"):
-            c.rank = DEFAULT_RANK if c.rank is None else c.rank
-            c.alpha = DEFAULT_ALPHA if c.alpha is None else c.alpha
+            from .transfer import TransferConfig  # one LoRA rank/alpha default for extract and train
+
+            c.rank = default_of(TransferConfig, "rank") if c.rank is None else c.rank
+            c.alpha = default_of(TransferConfig, "alpha") if c.alpha is None else c.alpha
             c.target_modules = c.target_modules or list(DEFAULT_TARGETS)
         else:
             c.init = _resolve_export(c)
