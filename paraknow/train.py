@@ -41,6 +41,8 @@ from .fsio import atomic_directory, atomic_write_json
 from .options import default_of, device_option, dtype_option, option, positive_int
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PISSA_EMBEDDING_NOTE = ("PEFT's PiSSA cannot initialise an Embedding: embed_tokens keeps PEFT's standard LoRA "
+                        "init (A = 0, B ~ N(0, 1)) on its unchanged weights; lm_head and the projections get PiSSA.")
 STATES = ("queued", "running", "finished", "failed", "stopped")
 TERMINAL_STATES = ("finished", "failed", "stopped")
 SPEC_FILE = "spec.json"
@@ -102,6 +104,7 @@ class TrainConfig:
     target_modules: list[str] | None = None
     group: str | None = None  # shared id of runs compared together (jobs.compare_runs)
     label: str | None = None  # free text shown in the runs table
+    init_note: str | None = None  # set by resolved(): where the init differs from what its name says
 
     @property
     def method(self) -> str:
@@ -180,6 +183,7 @@ class TrainConfig:
             c.target_modules = c.target_modules or list(DEFAULT_TARGETS)
         else:
             c.init = _resolve_export(c)
+        c.init_note = PISSA_EMBEDDING_NOTE if c.method == "pissa" and "embed_tokens" in c.target_modules else None
         _check(isinstance(c.rank, int) and c.rank >= 1, f"--rank must be a positive integer (got {c.rank}).")
         _check(c.alpha > 0, f"--alpha must be positive (got {c.alpha}).")
         if isinstance(c.alpha, float) and c.alpha.is_integer():
@@ -358,7 +362,7 @@ def build_model(config: TrainConfig, work_dir: Path | None = None, write: bool =
     transformers.set_seed(config.seed)
     if config.method == "pkt":
         try:
-            model = student_from_export(model, config.init, trainable=True)
+            model = student_from_export(model, config.init, trainable=True, dropout=config.dropout)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ParaknowError(f"the export {config.init} does not fit student '{config.student}' "
                                 f"(was it made for another student?): {first_line(exc)}")
@@ -400,10 +404,40 @@ def save_adapter(model, config: TrainConfig, run_dir: Path) -> Path:
                 warnings.filterwarnings("ignore", message="PiSSA changes the base weights")
                 model.save_pretrained(str(tmp), save_embedding_layers=False,
                                       path_initial_model_for_weight_conversion=str(run_dir / PISSA_INIT_DIR))
+            _restore_embedding_loras(model, Path(tmp))
         else:
             model.save_pretrained(str(tmp), save_embedding_layers=False)
         (Path(tmp) / "README.md").unlink(missing_ok=True)  # PEFT's empty model card
     return target
+
+
+def _restore_embedding_loras(model, adapter_dir: Path) -> None:
+    """Put Embedding LoRAs back into a PiSSA adapter converted to a plain LoRA.
+
+    PEFT's conversion (path_initial_model_for_weight_conversion) drops `lora_embedding_*`. PiSSA does
+    not initialise an Embedding either: it keeps PEFT's standard init (A = 0, B ~ N(0, 1)) on an
+    unchanged base, so its trained (A, B) already is the delta to the original student; it goes in
+    zero-padded to the converted rank 2r (the converted alpha keeps s = alpha / r unchanged).
+    """
+    import torch
+
+    from .lora import PEFT_PREFIX, read_adapter, write_adapter
+
+    trained = {name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name:
+               (module.lora_embedding_A["default"].detach().float().cpu(),   # [r, V]
+                module.lora_embedding_B["default"].detach().float().cpu())   # [d, r]
+               for name, module in model.named_modules() if "default" in getattr(module, "lora_embedding_A", {})}
+    if not trained:
+        return
+    config, factors, embeddings = read_adapter(adapter_dir)
+    for module, (A, B) in trained.items():
+        pad = config["r"] - A.shape[0]
+        factors[module] = (torch.cat([A, A.new_zeros(pad, A.shape[1])]), torch.cat([B, B.new_zeros(B.shape[0], pad)], 1))
+        embeddings.add(module)
+    targets = config.get("target_modules")
+    write_adapter(adapter_dir, factors, embeddings, config["r"], config["lora_alpha"],
+                  sorted(targets) if isinstance(targets, list) else targets,
+                  config.get("base_model_name_or_path") or "", config.get("lora_dropout", 0.0))
 
 
 # ---------------------------------------------------------------------------------------
