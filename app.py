@@ -7,17 +7,10 @@ here and the sidebar status is drawn on every page.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from ui import state as S  # noqa: E402
-from ui import widgets as W  # noqa: E402
+from ui import state as S  # ui/ sits beside this file, which `streamlit run` puts on the import path
+from ui import widgets as W
 
 st.set_page_config(page_title="paraknow — parametric knowledge transfer", page_icon=":material/hub:",
                    layout="wide")

@@ -98,12 +98,23 @@ def submit(config: TrainConfig, group: str | None = None, label: str | None = No
 
 
 def _child_env() -> dict:
+    """The environment of a background process: the same cache. The child imports the installed
+    paraknow (`pip install -e .`), whatever folder it runs in."""
+    _check_installed()
     env = dict(os.environ)
     env["PARAKNOW_CACHE"] = str(cache_root())  # the child must see the same cache
-    root = str(PACKAGE_DIR.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def _check_installed() -> None:
+    from importlib import metadata
+
+    try:
+        metadata.distribution("paraknow")
+    except metadata.PackageNotFoundError:
+        raise ParaknowError("background runs need paraknow installed: run `pip install -e .` in the "
+                            f"project folder ({PACKAGE_DIR.parent}).") from None
 
 
 def launch(run_dir) -> subprocess.Popen:
