@@ -39,7 +39,7 @@ def home() -> None:
         sens_defaults = SensitivityConfig()
         st.markdown(f"One click: load `{t_ref}` + `{s_ref}`, compute the teacher's sensitivity on "
                     f"`{W.QUICK_TASK}` ({sens_defaults.samples} samples, {sens_defaults.metric}) and make the "
-                    f"default plan ({W.quick_start_plan_text()}).")
+                    f"default plan: {W.quick_start_plan_text()}.")
         if st.button("Quick start on the demo pair", type="primary", icon=":material/rocket_launch:",
                      key="w_home_quickstart"):
             with W.show_errors("running the quick start"):

@@ -556,8 +556,27 @@ def train(config: TrainConfig, callbacks=()) -> TrainOutcome:
 
     Raises ParaknowError for bad input (nothing left behind in a RUN_DIR this call created;
     a RUN_DIR prepared by paraknow.jobs is marked failed); any other exception marks the run
-    failed and is re-raised. `callbacks` are extra transformers TrainerCallbacks.
+    failed and is re-raised. `callbacks` are extra transformers TrainerCallbacks. Under a
+    multi-process launcher, the process group that training started is destroyed at the end
+    (left to the interpreter's exit, gloo's threads abort with "terminate called ...").
     """
+    distributed_before = _distributed_initialized()
+    try:
+        return _train(config, callbacks)
+    finally:
+        if not distributed_before and _distributed_initialized():
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+
+
+def _distributed_initialized() -> bool:
+    import torch.distributed
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _train(config: TrainConfig, callbacks) -> TrainOutcome:
     if config.out is None:
         raise ParaknowError("the run needs an output directory (--out RUN_DIR).")
     main = is_main_process()
