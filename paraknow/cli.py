@@ -78,7 +78,7 @@ def cmd_eval(args) -> int:
     from .evaluate import run_eval
 
     result = run_eval(args.model, args.data, adapter=args.adapter, max_new_tokens=args.eval_max_new_tokens,
-                      device=args.device)
+                      device=args.device, match=args.match)
     print(json.dumps(result))
     return 0
 
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model reference")
     p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter directory")
     p.add_argument("--data", required=True, help="JSONL file or task:NAME[:SPLIT]")
-    add_options(p, TrainConfig, ("eval_max_new_tokens",), flags={"eval_max_new_tokens": "--max-new-tokens"})
+    add_options(p, TrainConfig, ("eval_max_new_tokens", "match"), flags={"eval_max_new_tokens": "--max-new-tokens"})
     add_options(p, Placement, ("device",))
     p.set_defaults(func=cmd_eval)
 

@@ -56,7 +56,7 @@ LOG_FILE = "stdout.log"
 # TrainConfig fields that are `train` flags (the others are set by the app and paraknow.jobs)
 CLI_FIELDS = ("student", "data", "out", "init", "epochs", "lr", "batch", "micro_batch", "rank", "alpha", "dropout",
               "warmup", "max_length", "eval_data", "eval_every", "eval_limit", "eval_max_new_tokens", "eval_batch",
-              "seed", "device", "dtype")
+              "match", "seed", "device", "dtype")
 METRIC_KEYS = ("step", "epoch", "loss", "lr", "grad_norm")
 EVAL_KEYS = ("eval_loss", "eval_accuracy")
 STATUS_INTERVAL_S = 1.0  # status.json is rewritten at most this often while training (plus on changes)
@@ -64,6 +64,12 @@ STATUS_INTERVAL_S = 1.0  # status.json is rewritten at most this often while tra
 
 # ---------------------------------------------------------------------------------------
 # Configuration
+
+
+def _match_modes() -> tuple:
+    from .answers import MATCH_MODES
+
+    return MATCH_MODES
 
 
 def _init_help() -> str:
@@ -98,6 +104,8 @@ class TrainConfig:
     eval_max_new_tokens: int = option(128, "tokens generated per evaluation answer", type=positive_int)
     eval_limit: int | None = option(200, "evaluate on the first N eval records", type=positive_int)
     eval_batch: int = option(16, "evaluation batch size", type=positive_int)
+    match: str = option("auto", "answer matching: auto (numeric when the reference is a number, else exact) | "
+                        "exact | numeric (see paraknow/answers.py)", choices=_match_modes)
     seed: int = option(0, "training seed (LoRA init, data order, dropout)")
     device: str | None = device_option()
     dtype: str | None = dtype_option()
@@ -164,6 +172,7 @@ class TrainConfig:
         _check(c.eval_limit is None or c.eval_limit >= 1, "--eval-limit must be at least 1.")
         _check(c.eval_max_new_tokens >= 1, "--eval-max-new-tokens must be at least 1.")
         _check(c.eval_batch >= 1, "eval_batch must be at least 1.")
+        _check(c.match in _match_modes(), f"unknown --match '{c.match}'; use one of {', '.join(_match_modes())}.")
         _check(c.eval_every is None or bool(c.eval_data),
                "--eval-every needs --eval-data (the records to evaluate on).")
         _check(c.dtype in (None, *DTYPES), f"unknown dtype '{c.dtype}'; use one of {', '.join(DTYPES)}.")
@@ -671,7 +680,7 @@ def _train_loaded(cfg: TrainConfig, run_dir: Path, status: StatusFile, main: boo
 
     def eval_fn(m):
         return evaluate(m, tokenizer, eval_records, max_new_tokens=cfg.eval_max_new_tokens,
-                        batch_size=cfg.eval_batch, max_length=cfg.max_length)
+                        batch_size=cfg.eval_batch, max_length=cfg.max_length, match=cfg.match)
 
     metrics_fh = open(run_dir / METRICS_FILE, "a", encoding="utf-8") if main else None
     stop_event = threading.Event()

@@ -1,6 +1,7 @@
 """Every training option applies to every init, and a comparison trains the same modules in every arm."""
 import json
 
+import pytest
 import torch
 from peft import PeftModel
 from transformers import LlamaForCausalLM
@@ -83,3 +84,30 @@ def test_pissa_with_embedding_targets_saves_a_plain_lora_that_reproduces_trainin
         original = LlamaForCausalLM.from_pretrained(student_dir).eval()
         plain = PeftModel.from_pretrained(original, str(tmp_path / "run" / "adapter"))(input_ids=INPUT).logits
     torch.testing.assert_close(plain, trained, rtol=1e-4, atol=1e-4)
+
+
+def test_match_reaches_training_evaluation_and_eval_command(tmp_path, monkeypatch, capsys):
+    import paraknow.evaluate as evaluate_module
+    from paraknow.cli import main
+    from paraknow.errors import ParaknowError
+
+    student_dir, data, _ = _student_and_data(tmp_path)
+    seen = []
+    real_evaluate = evaluate_module.evaluate
+
+    def recording_evaluate(*args, **kwargs):  # the real evaluation, with the mode it was asked for noted
+        seen.append(kwargs.get("match"))
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", recording_evaluate)
+    outcome = _run(tmp_path, student_dir, data, "run", rank=4, alpha=8, eval_data=str(data), eval_limit=2,
+                   eval_max_new_tokens=2, match="numeric")
+    assert outcome.state == "finished" and seen and set(seen) == {"numeric"}
+    assert json.loads((tmp_path / "run" / "spec.json").read_text())["match"] == "numeric"
+    bad = TrainConfig(student=str(student_dir), data=str(data), out=str(tmp_path / "bad"), match="fuzzy")
+    with pytest.raises(ParaknowError, match="unknown --match 'fuzzy'"):
+        bad.resolved()
+    assert main(["eval", "--model", str(student_dir), "--data", str(data), "--max-new-tokens", "2",
+                 "--device", "cpu", "--match", "exact"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n"] == len(SEED_RECORDS) and seen[-1] == "exact"  # `eval --match` reached the scoring
