@@ -10,11 +10,10 @@ from transformers import PreTrainedTokenizerFast
 
 from paraknow import load_model
 from paraknow.cli import main
-from paraknow.data import to_jsonl
 from paraknow.errors import ParaknowError
 from paraknow.models import describe, vocab_fingerprint
 from paraknow.transfer import TransferConfig, check_transferable, compatibility
-from conftest import SEED_RECORDS, make_tokenizer, tiny_llama
+from conftest import make_tokenizer, tiny_llama
 
 
 def permuted_tokenizer() -> PreTrainedTokenizerFast:
@@ -40,19 +39,10 @@ def test_vocab_fingerprint_compares_content_not_size():
 
 
 @pytest.fixture
-def mismatched_pair(tmp_path):
-    paths = {}
-    for name, model, tok in (("teacher", tiny_llama(layers=4, hidden=96, ffn=192, heads=6, kv_heads=2, seed=1),
-                              make_tokenizer()),
-                             ("student", tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2),
-                              permuted_tokenizer())):
-        model.save_pretrained(tmp_path / name)
-        tok.save_pretrained(tmp_path / name)
-        paths[name] = str(tmp_path / name)
-    data = tmp_path / "seeds.jsonl"
-    data.write_text(to_jsonl(SEED_RECORDS))
-    paths["data"] = str(data)
-    return paths
+def mismatched_pair(saved_pair):
+    """The saved pair with a student tokenizer of the same size but other content."""
+    permuted_tokenizer().save_pretrained(saved_pair["student"])
+    return saved_pair
 
 
 def _extract(pair, out, *extra):
