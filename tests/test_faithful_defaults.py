@@ -105,3 +105,25 @@ def test_only_selected_modules_need_a_wider_teacher(tokenizer):
         with pytest.raises(ParaknowError, match="narrower than the student for k_proj"):
             check_transferable(teacher, student, TransferConfig(modules=modules))
     assert "v_proj" in compatibility(teacher, student)["errors"]["width"]  # the full report still says it
+
+
+def test_app_quick_start_plans_embeddings_and_the_checkboxes_narrow_it():
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from ui import state as S
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=600)
+    at.run()
+    at.button(key="w_home_quickstart").click().run()
+    assert not at.exception and not at.error
+    assert {"embed_tokens", "lm_head"} <= set(at.session_state[S.PLAN][1].roles)
+    at.switch_page("pages/2_Models.py").run()
+    assert [m.value for m in at.metric if m.label == "Tokenizer"] == ["same"]
+    at.switch_page("pages/4_Mapping.py").run()
+    assert all(at.checkbox(key=S.W_MODULE_PREFIX + role).value for role in ("q_proj", "embed_tokens", "lm_head"))
+    at.checkbox(key=S.W_MODULE_PREFIX + "lm_head").uncheck().run()
+    assert not at.exception and not at.error
+    roles = at.session_state[S.PLAN][1].roles
+    assert "embed_tokens" in roles and "lm_head" not in roles
