@@ -12,7 +12,6 @@ Llama case [13824, 5120] -> [11008, 4096]: max_sum_block vs the floor, one float
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
