@@ -7,17 +7,10 @@ here and the sidebar status is drawn on every page.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from ui import state as S  # noqa: E402
-from ui import widgets as W  # noqa: E402
+from ui import state as S  # ui/ sits beside this file, which `streamlit run` puts on the import path
+from ui import widgets as W
 
 st.set_page_config(page_title="paraknow — parametric knowledge transfer", page_icon=":material/hub:",
                    layout="wide")
@@ -25,6 +18,7 @@ S.init()
 
 
 def home() -> None:
+    from paraknow.sensitivity import SensitivityConfig
     from paraknow.viz import pipeline_figure
 
     st.title("paraknow: parametric knowledge transfer")
@@ -42,9 +36,10 @@ def home() -> None:
     with left:
         st.subheader("Quick start")
         t_ref, s_ref = S.default_refs()
+        sens_defaults = SensitivityConfig()
         st.markdown(f"One click: load `{t_ref}` + `{s_ref}`, compute the teacher's sensitivity on "
-                    f"`{W.QUICK_TASK}` (32 samples, taylor-abs) and make the default plan "
-                    "(sensitivity-selected layers, submatrix extraction, attention + FFN).")
+                    f"`{W.QUICK_TASK}` ({sens_defaults.samples} samples, {sens_defaults.metric}) and make the "
+                    f"default plan: {W.quick_start_plan_text()}.")
         if st.button("Quick start on the demo pair", type="primary", icon=":material/rocket_launch:",
                      key="w_home_quickstart"):
             with W.show_errors("running the quick start"):

@@ -1,4 +1,4 @@
-"""Heatmap drill-down speed (SPEC 8): a 13824 x 5120 sensitivity matrix -> browser-ready figure.
+"""Heatmap drill-down speed: a 13824 x 5120 sensitivity matrix -> browser-ready figure.
 
     python bench/bench_drilldown.py [--repeats 5] [--threads N]
 
@@ -12,29 +12,28 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import paraknow from the repo root
+import torch
 
-import torch  # noqa: E402
-
-from common import timeit  # noqa: E402
-
-from paraknow import viz  # noqa: E402
-from paraknow.extract import block_selection, select  # noqa: E402
+from common import timeit
+from paraknow import viz
+from paraknow.extract import block_selection, select
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--smoke", action="store_true", help="a small matrix, one repeat (seconds; for the tests)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shape = (13824, 5120)  # Llama-2-13B gate_proj [out, in]
-    scores = torch.rand(shape, generator=torch.Generator().manual_seed(0))
-    block = block_selection(1000, 500, 11008, 4096, shape=shape)
-    rowcol = select("rowcol", scores, 11008, 4096)
+    shape, sub = ((13824, 5120), (11008, 4096)) if not args.smoke else ((600, 300), (480, 240))  # Llama-2-13B gate_proj
+    if args.smoke:
+        args.repeats = 1
+    scores = torch.rand(shape, generator=torch.Generator().manual_seed(0))  # [out, in]
+    block = block_selection(min(1000, shape[0] - sub[0]), min(500, shape[1] - sub[1]), *sub, shape=shape)
+    rowcol = select("rowcol", scores, *sub)
 
     floor, _ = timeit(lambda: scores.sum(), args.repeats)
     pool, _ = timeit(lambda: viz.pool_for_display(scores), args.repeats)

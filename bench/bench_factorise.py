@@ -11,16 +11,10 @@ error ||W - s B A||_F / ||W||_F (target: randomized within 1 % of exact). --smok
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import paraknow from the repo root
-
-import torch  # noqa: E402
-
-from common import parse_scale_args, scale_parser, timeit, write_figures  # noqa: E402
-
-from paraknow.lora import OVERSAMPLE, POWER_ITERATIONS, factorise, scaling  # noqa: E402
+from common import parse_scale_args, scale_parser, timeit, write_figures
+from paraknow.lora import OVERSAMPLE, POWER_ITERATIONS, factorise, scaling
 
 RANK, ALPHA = 16, 16
 

@@ -19,21 +19,16 @@ randomized SVD against the exact one is checked on one module (--check-role, fir
 from __future__ import annotations
 
 import resource
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import paraknow from the repo root
+import torch
+from transformers import LlamaConfig
 
-import torch  # noqa: E402
-from transformers import LlamaConfig  # noqa: E402
-
-from common import parse_scale_args, scale_parser, write_figures  # noqa: E402
-
-from paraknow.extract import captured_share, select  # noqa: E402
-from paraknow.lora import factorise, scaling  # noqa: E402
-from paraknow.mapping import layer_scores  # noqa: E402
-from paraknow.models import EMBED_ROLES, LAYER_ROLES, describe_config  # noqa: E402
+from common import parse_scale_args, scale_parser, write_figures
+from paraknow.extract import captured_share, select
+from paraknow.lora import factorise, scaling
+from paraknow.mapping import layer_scores
+from paraknow.models import EMBED_ROLES, LAYER_ROLES, describe_config
 
 RANK, ALPHA = 16, 16
 # (layers, hidden, ffn, heads, kv heads, vocab) of teacher and student; head_dim 128 throughout

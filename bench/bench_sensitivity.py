@@ -1,7 +1,9 @@
-"""Sensitivity pass vs plain forward+backward over the same seeds (SPEC section 8).
+"""Sensitivity pass vs plain forward+backward over the same seeds.
 
-Time: the two are interleaved sample by sample in one process (same machine load for both),
-so the ratio is robust on a busy machine. Memory: each runs in a fresh subprocess and reports
+Time: the two alternate round by round in one process (same machine load for both) and the
+median rounds are compared, so the ratio holds on a busy machine. Only public functions are used:
+paraknow's side is `compute_sensitivity` itself (tokenisation and the final |theta| multiply
+included), the plain side tokenises with `encode_all` and runs forward + backward per sample. Memory: each runs in a fresh subprocess and reports
 its peak (CPU: peak RSS during the pass above the RSS before loading the model; CUDA: max_memory_allocated),
 as a ratio to the model's float32 size.
 
@@ -13,19 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from paraknow.data import collate, encode_all, load_records  # noqa: E402
-from paraknow.models import load_model  # noqa: E402
-from paraknow.sensitivity import (SensitivityConfig, _accumulators, _params, _per_sample_backward,  # noqa: E402
-                                  abs_grad_folder, compute_sensitivity)
+from paraknow.data import collate, encode_all, load_records
+from paraknow.models import load_model
+from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
 
 
 def _proc_kb(field: str) -> int:
@@ -43,33 +42,40 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_interleaved(args) -> dict:
+def _plain_pass(model, tok, records, max_length, device) -> None:
+    """What a user would write: tokenise, then forward + backward per sample (autograd fills .grad)."""
+    for item in encode_all(tok, records, max_length):
+        model(**{k: v.to(device) for k, v in collate([item], 0).items()}).loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def time_alternating(args) -> dict:
+    """Plain passes and paraknow's `compute_sensitivity` over the same seeds, alternating round by
+    round in one process (same machine load for both); the median round of each is compared."""
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     device = str(model.get_input_embeddings().weight.device)
-    items = encode_all(tok, load_records(args.data)[: args.samples], args.max_length)
-    plain_s = ours_s = 0.0
-    acc = _accumulators(model)  # allocated once, as in compute_sensitivity's taylor-abs
-    fold = abs_grad_folder(acc)
-    for item in items:
-        batch = {k: v.to(device) for k, v in collate([item], 0).items()}
+    records = load_records(args.data)[: args.samples]
+    config = _config(args, len(records))
+    plain, ours = [], []
+    for round_ in range(args.rounds):
         _sync(device)
         t0 = time.perf_counter()
-        model(**batch).loss.backward()  # plain: autograd writes .grad
+        _plain_pass(model, tok, records, args.max_length, device)
         _sync(device)
-        plain_s += time.perf_counter() - t0
-        model.zero_grad(set_to_none=True)
+        plain.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        _per_sample_backward(model, [item], fold)  # paraknow: same pass, each gradient folded on arrival
+        compute_sensitivity(model, tok, records, config)
         _sync(device)
-        ours_s += time.perf_counter() - t0
-        print(f"timed sample: plain {plain_s:.1f} s, paraknow {ours_s:.1f} s", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    for name, p in _params(model).items():  # the final |theta| multiply, once per pass
-        acc[name].mul_(p.detach().float().abs())
-    ours_s += time.perf_counter() - t0
-    tokens = sum(len(i.input_ids) for i in items)
-    return {"plain_s": plain_s, "paraknow_s": ours_s, "samples": len(items), "tokens": tokens,
-            "device": device}
+        ours.append(time.perf_counter() - t0)
+        print(f"round {round_ + 1}: plain {plain[-1]:.2f} s, paraknow {ours[-1]:.2f} s", file=sys.stderr, flush=True)
+    tokens = sum(len(i.input_ids) for i in encode_all(tok, records, args.max_length))
+    return {"plain_s": statistics.median(plain), "paraknow_s": statistics.median(ours), "samples": len(records),
+            "tokens": tokens, "device": device}
+
+
+def _config(args, samples: int) -> SensitivityConfig:
+    return SensitivityConfig(samples=samples, max_length=args.max_length, accumulate_dtype=args.accumulate_dtype,
+                             accumulate_device=args.accumulate_device)
 
 
 def peak_memory(args) -> dict:
@@ -81,13 +87,9 @@ def peak_memory(args) -> dict:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     records = load_records(args.data)[: args.samples]
     if args.mode == "plain":
-        device = str(model.get_input_embeddings().weight.device)
-        for item in encode_all(tok, records, args.max_length):
-            model(**{k: v.to(device) for k, v in collate([item], 0).items()}).loss.backward()
+        _plain_pass(model, tok, records, args.max_length, str(model.get_input_embeddings().weight.device))
     else:
-        compute_sensitivity(model, tok, records, SensitivityConfig(
-            samples=args.samples, max_length=args.max_length, accumulate_dtype=args.accumulate_dtype,
-            accumulate_device=args.accumulate_device))
+        compute_sensitivity(model, tok, records, _config(args, args.samples))
     if cuda:
         peak = torch.cuda.max_memory_allocated()
     else:
@@ -107,8 +109,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="the teacher's weights (bfloat16: the 1.6x target)")
     parser.add_argument("--accumulate-dtype", default="float32")
     parser.add_argument("--accumulate-device", default="same")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (median compared)")
+    parser.add_argument("--smoke", action="store_true", help="2 samples of 64 tokens, one round (seconds; for the tests)")
     parser.add_argument("--mode", choices=["plain", "paraknow"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.smoke:
+        args.samples, args.memory_samples, args.max_length, args.rounds = 2, 1, 64, 1
     import transformers
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -124,7 +130,7 @@ def main() -> None:
                              capture_output=True, text=True, check=True)
         mem[mode] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"memory run {mode}: {mem[mode]}", file=sys.stderr, flush=True)
-    timing = time_interleaved(args)
+    timing = time_alternating(args)
     size = mem["plain"]["model_fp32_bytes"]
     print(f"model {args.model}  device {timing['device']}  samples {timing['samples']}  tokens {timing['tokens']}")
     print(f"  model float32 size                      {size / 2**20:9.1f} MiB")
@@ -144,7 +150,6 @@ def main() -> None:
     print(f"  weights {args.dtype}, sums {args.accumulate_dtype} on {args.accumulate_device}")
     print(f"  activations and allocator slack (plain peak - 2x weights) {activations / 2**20:9.1f} MiB")
     print(f"  paraknow peak less those activations                    {ours:9.2f} x model fp32  (target <= ~{target})")
-
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""Submatrix search speed (SPEC 8): `max_sum_block` against the reference loop and the floor.
+"""Submatrix search speed: `max_sum_block` against the reference loop and the floor.
 
     python bench/bench_submatrix.py [--quick] [--threads N]
 
@@ -12,21 +12,23 @@ Llama case [13824, 5120] -> [11008, 4096]: max_sum_block vs the floor, one float
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import paraknow from the repo root
+import torch
 
-import torch  # noqa: E402
+from common import timeit
+from paraknow.extract import max_sum_block, max_sum_block_reference
 
-from common import timeit  # noqa: E402
 
-from paraknow.extract import _prefix_sums, max_sum_block, max_sum_block_reference  # noqa: E402
+def prefix_sums(scores):
+    """Textbook 2-D prefix sum in float64 with a zero first row and column: [o + 1, i + 1]."""
+    P = torch.zeros(scores.shape[0] + 1, scores.shape[1] + 1, dtype=torch.float64)
+    P[1:, 1:] = scores.double().cumsum(0).cumsum(1)
+    return P
 
 
 def plain_prefix_block(scores, h, w):
     """Vectorised textbook version: full 2-D prefix sum, all box sums, first argmax."""
-    P = _prefix_sums(scores)
+    P = prefix_sums(scores)
     box = P[h:, w:] - P[:-h, w:] - P[h:, :-w] + P[:-h, :-w]
     return divmod(int(box.view(-1).argmax()), box.shape[1])
 
@@ -34,7 +36,7 @@ def plain_prefix_block(scores, h, w):
 def python_float_loop(scores, h, w):
     """The same loop on Python floats (`tolist()`), the fastest a pure-Python loop gets."""
     o, i = scores.shape
-    P = _prefix_sums(scores).tolist()
+    P = prefix_sums(scores).tolist()
     best, pos = -float("inf"), (0, 0)
     for r in range(o - h + 1):
         top, bot = P[r], P[r + h]
@@ -49,16 +51,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat (seconds; for the tests)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    reps = 3 if args.quick else 7
+    reps = 1 if args.smoke else 3 if args.quick else 7
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {reps} runs "
           "(small case: 3x as many for max_sum_block; the reference loop runs once)\n")
 
     # small case ----------------------------------------------------------------------------
-    shape, blk = (1536, 576), (1024, 384)
+    shape, blk = ((1536, 576), (1024, 384)) if not args.smoke else ((48, 24), (32, 16))
     s = torch.rand(shape)
     n_pos = (shape[0] - blk[0] + 1) * (shape[1] - blk[1] + 1)
     max_sum_block(s, *blk)  # warm-up
@@ -80,7 +83,7 @@ def main():
           f"{'PASS' if t_ref / t_fast >= 100 else 'FAIL'}\n")
 
     # Llama case ----------------------------------------------------------------------------
-    shape, blk = (13824, 5120), (11008, 4096)
+    shape, blk = ((13824, 5120), (11008, 4096)) if not args.smoke else ((96, 48), (64, 32))
     s = torch.rand(shape)
     t_floor, _ = timeit(lambda: s.double().sum(), reps)
     t_fast, pos_fast = timeit(lambda: max_sum_block(s, *blk), reps)

@@ -1,4 +1,4 @@
-"""Helpers shared by the bench scripts (run as `python bench/NAME.py`, so this folder is on sys.path)."""
+"""Helpers shared by the bench scripts (run as `python bench/NAME.py`: Python imports this folder's modules)."""
 from __future__ import annotations
 
 import statistics

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from paraknow.models import DTYPES
-from paraknow.transfer import compatibility
+from paraknow.transfer import compatibility, tokenizers_verified
 from ui import state as S
 from ui import widgets as W
 
@@ -86,8 +86,10 @@ if len(infos) == 2:
     t, s = infos["teacher"], infos["student"]
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Layers (teacher → student)", f"{t.n_layers} → {s.n_layers}")
-    c2.metric("Vocabulary", "match" if report["vocab_match"] else "differs",
-              help=f"teacher {t.vocab_size} tokens, student {s.vocab_size}")
+    c2.metric("Tokenizer", "differs" if report["tokenizer_mismatch"] else
+              ("same" if tokenizers_verified(t, s) else "same size"),
+              help=report["tokenizer_mismatch"] or f"{t.vocab_size} tokens; compared by a sha256 of the token -> id "
+              "mapping (embeddings transfer only between the same tokenizer)")
     c3.metric("Grouped-query attention", f"T {'yes' if report['gqa']['teacher'] else 'no'} · "
                                          f"S {'yes' if report['gqa']['student'] else 'no'}")
     c4.metric("Modules that transfer", f"{sum(r['transfers'] for r in report['rows'])} / {len(report['rows'])}")

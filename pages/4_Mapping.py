@@ -83,9 +83,9 @@ with st.container(border=True):
         for box, role in zip(cols[1:], roles):
             disabled = role in EMBED_ROLES and not report["vocab_match"]
             box.checkbox(role, key=S.W_MODULE_PREFIX + role, **PERSIST, disabled=disabled,
-                         help="vocabularies differ: embeddings cannot transfer" if disabled else None)
+                         help=f"embeddings cannot transfer: {report['tokenizer_mismatch']}" if disabled else None)
     if not report["vocab_match"]:
-        st.caption("Embeddings are off: the vocabularies differ.")
+        st.caption(f"Embeddings are skipped: {report['tokenizer_mismatch']}.")
 
 if strategy == "manual" and (not S.get(S.MANUAL_MAP) or len(S.get(S.MANUAL_MAP)) != n_s):
     S.put(S.MANUAL_MAP, _auto_map("sensitivity"))

@@ -25,7 +25,7 @@ sens, t_spec, s_spec = S.get(S.SENS), S.get(S.TEACHER), S.get(S.STUDENT)
 s_info = S.get(S.STUDENT_INFO)
 
 # ---- settings -------------------------------------------------------------------------
-roles = W.selected_roles()
+roles = W.planned_roles()
 max_rank = min(min(s_info.shapes[r]) for r in roles) if roles else 1
 if not st.session_state.get(S.W_NAME):
     st.session_state[S.W_NAME] = ops.default_export_name(t_spec["ref"], s_spec["ref"], sens["label"],

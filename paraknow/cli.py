@@ -1,4 +1,8 @@
-"""`python -m paraknow <command>` (SPEC section 5). Bad input: exit 2 and a one-line reason on stderr."""
+"""`paraknow <command>` (or `python -m paraknow`). Bad input: exit 2 and a one-line reason on stderr.
+
+The options are generated from the config dataclasses (TransferConfig, SensitivityConfig,
+TrainConfig, options.Placement): a default, choice list or help text is changed there, once.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +11,7 @@ import math
 import sys
 
 from .errors import ParaknowError
-from .fsio import REFUSE_WAIT_S, output_lock, output_path
+from .fsio import output_lock, output_path
 from .paths import cache_root
 
 
@@ -28,8 +32,7 @@ def cmd_sensitivity(args) -> int:
     from .parallel import launched_world_size, process_device, process_group, rank_and_size
     from .sensitivity import SensitivityConfig, check_memory, check_output_file, compute_sensitivity, save_sensitivity
 
-    config = SensitivityConfig(metric=args.metric, samples=args.samples, max_length=args.max_length,
-                               accumulate_dtype=args.accumulate_dtype, accumulate_device=args.accumulate_device)
+    config = SensitivityConfig(**{name: getattr(args, name) for name in SENSITIVITY_COMMAND_OPTIONS})
     config.validate()
     resolve_device(args.device)
     out = output_path(args.out)
@@ -61,13 +64,13 @@ def cmd_extract(args) -> int:
     from .transfer import TransferConfig, extract_to_dir
 
     strategy, manual = parse_layers_arg(args.layers)
-    config = TransferConfig(rank=args.rank, alpha=args.alpha, layers=strategy, manual_map=manual,
-                            structure=args.structure, modules=args.modules, mode=args.mode,
-                            split=args.split, svd=args.svd, seed=args.seed)
-    sens = SensitivityConfig(metric=args.metric, samples=args.samples, max_length=args.max_length)
-    manifest = extract_to_dir(args.teacher, args.student, args.data, output_path(args.out), config, sens,
+    config = TransferConfig(**{**{name: getattr(args, name) for name in EXTRACT_OPTIONS},
+                               "layers": strategy, "manual_map": manual})
+    sens = SensitivityConfig(**{name: getattr(args, name) for name in SENSITIVITY_OPTIONS})
+    out = output_path(args.out)
+    manifest = extract_to_dir(args.teacher, args.student, args.data, out, config, sens,
                               device=args.device, dtype=args.dtype, progress=_progress, overwrite=args.overwrite)
-    print(json.dumps({"out": str(output_path(args.out)), "modules": len(manifest["modules"]),
+    print(json.dumps({"out": str(out), "modules": len(manifest["modules"]),
                       "layer_map": manifest["layer_map"], "notes": manifest["notes"]}))
     return 0
 
@@ -75,8 +78,8 @@ def cmd_extract(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import run_eval
 
-    result = run_eval(args.model, args.data, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
-                      device=args.device)
+    result = run_eval(args.model, args.data, adapter=args.adapter, max_new_tokens=args.eval_max_new_tokens,
+                      device=args.device, match=args.match)
     print(json.dumps(result))
     return 0
 
@@ -121,13 +124,6 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
 class _OneLineParser(argparse.ArgumentParser):
     """Usage mistakes are one line on stderr too (argparse would print the whole usage first)."""
 
@@ -135,87 +131,54 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .cache import KINDS as CACHE_KINDS
-    from .lora import MODES, SPLITS, SVD_METHODS
-    from .sensitivity import ACCUMULATE_DEVICES, ACCUMULATE_DTYPES, METRICS
+SENSITIVITY_OPTIONS = ("metric", "samples", "max_length")  # what `extract` takes too
+SENSITIVITY_COMMAND_OPTIONS = SENSITIVITY_OPTIONS + ("accumulate_dtype", "accumulate_device")
+EXTRACT_OPTIONS = ("rank", "alpha", "layers", "structure", "modules", "mode", "split", "svd", "seed")
 
-    parser = _OneLineParser(prog="python -m paraknow",
-                            description="Parametric knowledge transfer between language models.")
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every default, choice list and help text comes from the config dataclasses (paraknow.options)."""
+    from .cache import KINDS as CACHE_KINDS
+    from .options import Placement, add_options
+    from .sensitivity import SensitivityConfig
+    from .train import CLI_FIELDS, TrainConfig
+    from .transfer import TransferConfig
+
+    parser = _OneLineParser(prog="paraknow", description="Parametric knowledge transfer between language models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    metrics = list(METRICS)
 
     p = sub.add_parser("sensitivity", help="sensitivity of every teacher parameter on seed samples")
     p.add_argument("--model", required=True, help="model reference (demo:teacher, dir, .gguf, hub id, ...)")
     p.add_argument("--data", required=True, help="JSONL file or task:NAME[:SPLIT]")
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--metric", default="taylor-abs", choices=metrics)
-    p.add_argument("--samples", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--accumulate-dtype", default="float32", choices=list(ACCUMULATE_DTYPES),
-                   help="precision of the running sums (bfloat16 halves their memory)")
-    p.add_argument("--accumulate-device", default="same", choices=list(ACCUMULATE_DEVICES),
-                   help="keep the running sums next to each parameter (same) or in host memory (cpu)")
+    add_options(p, SensitivityConfig, SENSITIVITY_COMMAND_OPTIONS)
+    add_options(p, Placement, ("device", "dtype"))
     p.add_argument("--max-memory", default=None,
                    help="spread the model with accelerate's device map within limits, e.g. 0=20GiB,1=20GiB,cpu=60GiB")
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("extract", help="extract teacher parameters into a LoRA init for the student")
-    p.add_argument("--teacher", required=True)
-    p.add_argument("--student", required=True)
+    p.add_argument("--teacher", required=True, help="teacher model reference")
+    p.add_argument("--student", required=True, help="student model reference")
     p.add_argument("--data", required=True, help="seed data: JSONL file or task:NAME[:SPLIT]")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--alpha", type=float, default=16)
-    p.add_argument("--layers", default="sensitivity",
-                   help="sensitivity | first | last | uniform | random | manual:I,J,... (- for unmapped)")
-    p.add_argument("--structure", default="submatrix", choices=["submatrix", "rowcol", "elements", "random", "uniform"])
-    p.add_argument("--modules", default="attn,ffn", help="comma list of attn, ffn, embed or single roles")
-    p.add_argument("--mode", default="residual", choices=list(MODES))
-    p.add_argument("--split", default="left", choices=list(SPLITS), help="where Sigma goes: left (B) or sqrt (both)")
-    p.add_argument("--svd", default="auto", choices=list(SVD_METHODS),
-                   help="exact SVD, randomized rank-r SVD, or auto (randomized for large blocks)")
-    p.add_argument("--metric", default="taylor-abs", choices=metrics)
-    p.add_argument("--samples", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    add_options(p, TransferConfig, EXTRACT_OPTIONS)
+    add_options(p, SensitivityConfig, SENSITIVITY_OPTIONS)
+    add_options(p, Placement, ("device", "dtype"))
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it holds a previous paraknow export (never any other folder)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("eval", help="accuracy and loss of a model (optionally with an adapter) on data")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="model reference")
     p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter directory")
-    p.add_argument("--data", required=True)
-    p.add_argument("--max-new-tokens", type=_positive_int, default=128)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data", required=True, help="JSONL file or task:NAME[:SPLIT]")
+    add_options(p, TrainConfig, ("eval_max_new_tokens", "match"), flags={"eval_max_new_tokens": "--max-new-tokens"})
+    add_options(p, Placement, ("device",))
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train", help="fine-tune the student's LoRA: vanilla, PiSSA or from a PKT export")
-    p.add_argument("--student", default=None, help="student model reference")
-    p.add_argument("--data", default=None, help="training data: JSONL file or task:NAME[:SPLIT]")
-    p.add_argument("--out", default=None, help="run directory (RUN_DIR) to create")
-    p.add_argument("--init", default="vanilla", help="vanilla | pissa | an export directory from `extract`")
-    p.add_argument("--epochs", type=float, default=3)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--batch", type=int, default=64, help="effective batch size")
-    p.add_argument("--micro-batch", type=int, default=8, help="per-step batch (accumulation = batch / micro-batch)")
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16; an export init uses its own)")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 16; an export init uses its own)")
-    p.add_argument("--dropout", type=float, default=0.05)
-    p.add_argument("--warmup", type=float, default=0.03, help="warmup as a ratio of the optimizer steps")
-    p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--eval-data", default=None, help="evaluation data: JSONL file or task:NAME[:SPLIT]")
-    p.add_argument("--eval-every", type=int, default=None, help="evaluate every N optimizer steps (and at the end)")
-    p.add_argument("--eval-limit", type=int, default=200, help="evaluate on the first N eval records")
-    p.add_argument("--eval-max-new-tokens", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    add_options(p, TrainConfig, CLI_FIELDS)
     p.add_argument("--spec", default=None, help="run a prepared RUN_DIR/spec.json instead of the flags above")
     p.set_defaults(func=cmd_train)
 

@@ -109,12 +109,23 @@ def submit(config: TrainConfig, group: str | None = None, label: str | None = No
 
 
 def _child_env() -> dict:
+    """The environment of a background process: the same cache. The child imports the installed
+    paraknow (`pip install -e .`), whatever folder it runs in."""
+    _check_installed()
     env = dict(os.environ)
     env["PARAKNOW_CACHE"] = str(cache_root())  # the child must see the same cache
-    root = str(PACKAGE_DIR.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def _check_installed() -> None:
+    from importlib import metadata
+
+    try:
+        metadata.distribution("paraknow")
+    except metadata.PackageNotFoundError:
+        raise ParaknowError("background runs need paraknow installed: run `pip install -e .` in the "
+                            f"project folder ({PACKAGE_DIR.parent}).") from None
 
 
 def launch(run_dir) -> subprocess.Popen:
@@ -496,11 +507,12 @@ def compare_runs(student: str, data: str, export_dir, seeds=(0, 1, 2), methods=M
                  start: bool = True, **settings) -> tuple[str, list[Path]]:
     """Queue `vanilla`, `pissa` and PKT (`export_dir`) runs for every seed, tagged with one group id.
 
-    `settings` are further TrainConfig fields (epochs, lr, batch, eval_data, ...). Unless given,
-    vanilla and PiSSA use the export's rank and alpha so the three train the same number of
-    parameters. Returns (group id, run directories in queue order).
+    `settings` are further TrainConfig fields (epochs, lr, batch, eval_data, ...). Vanilla and PiSSA
+    train the export's target modules (embedding LoRA included when the export has it) and, unless
+    given, at its rank and alpha, so every arm trains the same modules and number of parameters; each
+    spec.json records its target_modules. Returns (group id, run directories in queue order).
     """
-    from .lora import load_manifest
+    from .lora import ADAPTER_CONFIG, load_manifest
 
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -513,6 +525,12 @@ def compare_runs(student: str, data: str, export_dir, seeds=(0, 1, 2), methods=M
         manifest = load_manifest(export_dir)
         settings.setdefault("rank", manifest.get("rank"))
         settings.setdefault("alpha", manifest.get("alpha"))
+        adapter_config = read_json(Path(export_dir) / ADAPTER_CONFIG) or {}
+        if "target_modules" in settings:
+            raise ParaknowError("a comparison trains the export's target modules in every arm; "
+                                "drop target_modules (re-export with other --modules instead).")
+        if isinstance(adapter_config.get("target_modules"), list):
+            settings["target_modules"] = sorted(adapter_config["target_modules"])
     group = "g" + new_run_id()
     configs = []
     for seed in seeds:

@@ -195,16 +195,20 @@ def apply_residual(student, export_dir):
     return PeftModel.from_pretrained(student, str(residual)).merge_and_unload()
 
 
-def student_from_export(student, export_dir, trainable: bool = True):
-    """The student ready to train from an export: residual base (if any) + the LoRA initialisation."""
-    from peft import PeftModel
+def student_from_export(student, export_dir, trainable: bool = True, dropout: float | None = None):
+    """The student ready to train from an export: residual base (if any) + the LoRA initialisation.
+    `dropout` replaces the adapter's stored lora_dropout (training options apply to every init)."""
+    from peft import LoraConfig, PeftModel
 
     from .cache import touch
 
     load_manifest(export_dir)
     touch(export_dir)  # its last use, for `paraknow cache clear --older-than`
     base = apply_residual(student, export_dir)
-    return PeftModel.from_pretrained(base, str(export_dir), is_trainable=trainable)
+    config = LoraConfig.from_pretrained(str(export_dir))
+    if dropout is not None:
+        config.lora_dropout = dropout
+    return PeftModel.from_pretrained(base, str(export_dir), is_trainable=trainable, config=config)
 
 
 def residual_deltas(export_dir) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

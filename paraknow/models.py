@@ -22,6 +22,7 @@ import torch
 
 from .errors import ParaknowError, first_line
 from .fsio import atomic_directory, atomic_write_json, output_lock, sha256_file
+from .options import DTYPE_NAMES
 from .paths import PACKAGE_DIR, cache_dir
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
@@ -39,7 +40,7 @@ MODULE_GROUPS = {"attn": ATTN_ROLES, "ffn": FFN_ROLES, "embed": EMBED_ROLES}
 GGUF_HASHES = "gguf_hashes.json"  # cache/models/: memo of GGUF content hashes
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # name -> torch dtype
 _LAYER_RE = re.compile(r"^(?P<prefix>.*?layers)\.(?P<idx>\d+)\.(?P<rest>.+)$")
 
 
@@ -60,6 +61,7 @@ class ModelInfo:
     embed_name: str = "model.embed_tokens"
     lm_head_name: str = "lm_head"
     shapes: dict = field(default_factory=dict)  # role -> [out, in] of its weight
+    vocab_hash: str | None = None  # vocab_fingerprint of its tokenizer; None when no tokenizer was given
 
     def module_name(self, layer: int | None, role: str) -> str:
         """Dotted module name of a role (no `.weight`); `layer` is ignored for embeddings."""
@@ -111,9 +113,19 @@ def describe_config(config) -> ModelInfo:
                      vocab_size=v, tied_embeddings=tied, n_params=n_params, shapes=shapes)
 
 
-def describe(model) -> ModelInfo:
-    """Architecture description of a loaded model (exact parameter count and names)."""
+def vocab_fingerprint(tokenizer) -> str:
+    """sha256 of a tokenizer's token -> id mapping: two tokenizers share embeddings' rows only if
+    these are equal (the same size is not enough)."""
+    items = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()
+
+
+def describe(model, tokenizer=None) -> ModelInfo:
+    """Architecture description of a loaded model (exact parameter count and names); with its
+    tokenizer, also the vocabulary fingerprint that decides whether embeddings can transfer."""
     info = describe_config(model.config)
+    if tokenizer is not None:
+        info.vocab_hash = vocab_fingerprint(tokenizer)
     names = [n for n, _ in model.named_parameters()]
     info.n_params = sum(p.numel() for p in model.parameters())
     for name in names:
@@ -363,6 +375,18 @@ def check_model_files(path: Path, ref: str, config) -> None:
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ParaknowError(f"{ref} has no tokenizer ({', '.join(TOKENIZER_FILES)}): copy the model's "
                             "tokenizer files into the directory.")
+def describe_ref(ref: str, trust_remote_code: bool = False) -> ModelInfo:
+    """ModelInfo of a reference without its weights: the config plus the tokenizer's vocabulary
+    fingerprint (cheap), so a compatibility report can compare tokenizers before anything loads."""
+    from transformers import AutoTokenizer
+
+    info = describe_config(load_config(ref, trust_remote_code))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_ref(ref), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ParaknowError(f"could not load the tokenizer of '{ref}': {first_line(exc)}")
+    info.vocab_hash = vocab_fingerprint(tokenizer)
+    return info
 
 
 def estimate_memory_bytes(config, dtype=None) -> int:

@@ -20,6 +20,7 @@ from . import parallel
 from .data import Encoded, collate, encode_all, per_sample_loss, records_sha256
 from .errors import ParaknowError
 from .fsio import atomic_save_safetensors, check_writable_parent, output_lock, sha256_bytes
+from .options import option
 from .models import (ATTN_ROLES, FFN_ROLES, SensitivityMemory, available_memory_bytes, estimate_sensitivity_memory,
                      layer_of, model_fingerprint, resolve_device, role_of)
 from .paths import cache_dir
@@ -35,12 +36,15 @@ ACCUMULATE_DEVICES = ("same", "cpu")  # next to each parameter, or in host memor
 
 @dataclass
 class SensitivityConfig:
-    metric: str = "taylor-abs"
-    samples: int = 32
-    max_length: int = 2048
+    metric: str = option("taylor-abs", "sensitivity metric (taylor-abs is the paper's |theta * grad| per sample)",
+                         choices=lambda: list(METRICS))
+    samples: int = option(32, "number of seed samples (the first N records)", type=int)
+    max_length: int = option(2048, "truncate each sample to this many tokens", type=int)
     batch_size: int = 8  # only `taylor-sum` and `wanda` batch samples
-    accumulate_dtype: str = "float32"  # float32 | bfloat16: the running sums (bfloat16 halves them)
-    accumulate_device: str = "same"  # same | cpu: where the running sums live
+    accumulate_dtype: str = option("float32", "precision of the running sums (bfloat16 halves their memory)",
+                                   choices=lambda: list(ACCUMULATE_DTYPES))
+    accumulate_device: str = option("same", "keep the running sums next to each parameter (same) or in host "
+                                    "memory (cpu)", choices=ACCUMULATE_DEVICES)
 
     def validate(self) -> None:
         if self.metric not in METRICS:

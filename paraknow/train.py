@@ -40,11 +40,12 @@ from pathlib import Path
 from .errors import ParaknowError, first_line
 from .fsio import (REFUSE_WAIT_S, atomic_directory, atomic_write_json, check_writable_parent, output_lock,
                    output_path, read_json_object)
+from .options import default_of, device_option, dtype_option, option
 from .validate import MAX_LENGTH, check_count, check_field_types, check_number, check_seed
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-DEFAULT_RANK = 16
-DEFAULT_ALPHA = 16
+PISSA_EMBEDDING_NOTE = ("PEFT's PiSSA cannot initialise an Embedding: embed_tokens keeps PEFT's standard LoRA "
+                        "init (A = 0, B ~ N(0, 1)) on its unchanged weights; lm_head and the projections get PiSSA.")
 STATES = ("queued", "running", "finished", "failed", "stopped")
 TERMINAL_STATES = ("finished", "failed", "stopped")
 SPEC_FILE = "spec.json"
@@ -55,6 +56,10 @@ STOP_FILE = "STOP"
 PISSA_INIT_DIR = "pissa_init"  # temporary: PiSSA's initial adapter, removed when the run ends
 TRAINER_DIR = ".trainer"  # temporary: Trainer's output_dir (nothing is saved there)
 LOG_FILE = "stdout.log"
+# TrainConfig fields that are `train` flags (the others are set by the app and paraknow.jobs)
+CLI_FIELDS = ("student", "data", "out", "init", "epochs", "lr", "batch", "micro_batch", "rank", "alpha", "dropout",
+              "warmup", "max_length", "eval_data", "eval_every", "eval_limit", "eval_max_new_tokens", "eval_batch",
+              "match", "seed", "device", "dtype")
 METRIC_KEYS = ("step", "epoch", "loss", "lr", "grad_norm")
 EVAL_KEYS = ("eval_loss", "eval_accuracy")
 STATUS_INTERVAL_S = 1.0  # status.json is rewritten at most this often while training (plus on changes)
@@ -64,37 +69,53 @@ STATUS_INTERVAL_S = 1.0  # status.json is rewritten at most this often while tra
 # Configuration
 
 
+def _match_modes() -> tuple:
+    from .answers import MATCH_MODES
+
+    return MATCH_MODES
+
+
+def _init_help() -> str:
+    return "vanilla | pissa | an export directory from `extract` (PKT)"
+
+
 @dataclass
 class TrainConfig:
-    """Everything a run needs; mirrors `python -m paraknow train` (SPEC 5) plus extras.
+    """Everything a run needs; mirrors `python -m paraknow train` plus extras. Defaults are the
+    paper's (docs/method.md); each field's metadata is its CLI flag's help (paraknow.options).
 
-    rank/alpha/target_modules None mean: 16/16/the seven q,k,v,o,gate,up,down projections for
-    `vanilla`/`pissa`, and the export's own adapter_config for an export init.
+    rank/alpha/target_modules None mean: the extract defaults (16/16)/the seven q,k,v,o,gate,up,down
+    projections for `vanilla`/`pissa`, and the export's own adapter_config for an export init.
     """
-    student: str
-    data: str
-    out: str | None = None
-    init: str = "vanilla"  # vanilla | pissa | an export directory
-    epochs: float = 3
-    lr: float = 3e-4
-    batch: int = 64  # effective batch (micro_batch x gradient accumulation x processes)
-    micro_batch: int = 8
-    rank: int | None = None
-    alpha: float | None = None
-    dropout: float = 0.05
-    warmup: float = 0.03  # ratio of the optimizer steps
-    max_length: int = 2048
-    eval_data: str | None = None
-    eval_every: int | None = None  # optimizer steps; eval also runs at the end when eval_data is set
-    eval_max_new_tokens: int = 128
-    eval_limit: int | None = 200  # first N eval records
-    eval_batch: int = 16
-    seed: int = 0
-    device: str | None = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str | None = None  # None (float32) | float32 | bfloat16 | float16
+    student: str = option(None, "student model reference")
+    data: str = option(None, "training data: JSONL file or task:NAME[:SPLIT]")
+    out: str | None = option(None, "run directory (RUN_DIR) to create")
+    init: str = option("vanilla", _init_help)
+    epochs: float = option(3.0, "training epochs (fractions allowed)")
+    lr: float = option(3e-4, "peak learning rate (linear warm-up, then linear decay)")
+    batch: int = option(64, "effective batch size (micro-batch x accumulation x processes)", type=int)
+    micro_batch: int = option(8, "per-step batch (accumulation = batch / micro-batch)", type=int)
+    rank: int | None = option(None, "LoRA rank (not given: the extract default; an export init uses its own)",
+                              type=int)
+    alpha: float | None = option(None, "LoRA alpha (not given: the extract default; an export init uses its own)",
+                                 type=float)
+    dropout: float = option(0.05, "LoRA dropout (every init)")
+    warmup: float = option(0.03, "warm-up as a ratio of the optimizer steps")
+    max_length: int = option(2048, "truncate each sample to this many tokens", type=int)
+    eval_data: str | None = option(None, "evaluation data: JSONL file or task:NAME[:SPLIT]")
+    eval_every: int | None = option(None, "evaluate every N optimizer steps (and at the end)", type=int)
+    eval_max_new_tokens: int = option(128, "tokens generated per evaluation answer", type=int)
+    eval_limit: int | None = option(200, "evaluate on the first N eval records", type=int)
+    eval_batch: int = option(16, "evaluation batch size", type=int)
+    match: str = option("auto", "answer matching: auto (numeric when the reference is a number, else exact) | "
+                        "exact | numeric (see paraknow/answers.py)", choices=_match_modes)
+    seed: int = option(0, "training seed (LoRA init, data order, dropout)")
+    device: str | None = device_option()
+    dtype: str | None = dtype_option()
     target_modules: list[str] | None = None
     group: str | None = None  # shared id of runs compared together (jobs.compare_runs)
     label: str | None = None  # free text shown in the runs table
+    init_note: str | None = None  # set by resolved(): where the init differs from what its name says
 
     @property
     def method(self) -> str:
@@ -130,12 +151,7 @@ class TrainConfig:
                                             ("--out", args.out)) if not value]
         if missing:
             raise ParaknowError(f"train needs {', '.join(missing)} (or --spec RUN_DIR/spec.json).")
-        return cls(student=args.student, data=args.data, out=args.out, init=args.init,
-                   epochs=args.epochs, lr=args.lr, batch=args.batch, micro_batch=args.micro_batch,
-                   rank=args.rank, alpha=args.alpha, dropout=args.dropout, warmup=args.warmup,
-                   max_length=args.max_length, eval_data=args.eval_data, eval_every=args.eval_every,
-                   eval_max_new_tokens=args.eval_max_new_tokens, eval_limit=args.eval_limit,
-                   seed=args.seed, device=args.device, dtype=args.dtype)
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name in CLI_FIELDS})
 
     def resolved(self, check_out: bool = True) -> "TrainConfig":
         """Validated copy with defaults filled in and local paths made absolute. Cheap: reads
@@ -151,6 +167,7 @@ class TrainConfig:
                + (f" x {n_proc} processes" if n_proc > 1 else "")
                + ": the effective batch is micro-batch x gradient-accumulation steps; "
                f"choose e.g. --batch {c.micro_batch * n_proc * max(1, round(c.batch / (c.micro_batch * n_proc)))}.")
+        _check(c.match in _match_modes(), f"unknown --match '{c.match}'; use one of {', '.join(_match_modes())}.")
         _check(c.eval_every is None or bool(c.eval_data),
                "--eval-every needs --eval-data (the records to evaluate on).")
         _check(c.dtype in (None, *DTYPES), f"unknown dtype '{c.dtype}'; use one of {', '.join(DTYPES)}.")
@@ -167,11 +184,14 @@ class TrainConfig:
         if c.eval_data:
             load_records(c.eval_data)
         if c.init in ("vanilla", "pissa"):
-            c.rank = DEFAULT_RANK if c.rank is None else c.rank
-            c.alpha = DEFAULT_ALPHA if c.alpha is None else c.alpha
+            from .transfer import TransferConfig  # one LoRA rank/alpha default for extract and train
+
+            c.rank = default_of(TransferConfig, "rank") if c.rank is None else c.rank
+            c.alpha = default_of(TransferConfig, "alpha") if c.alpha is None else c.alpha
             c.target_modules = c.target_modules or list(DEFAULT_TARGETS)
         else:
             c.init = _resolve_export(c)
+        c.init_note = PISSA_EMBEDDING_NOTE if c.method == "pissa" and "embed_tokens" in c.target_modules else None
         check_count("rank", c.rank)
         check_number("alpha", c.alpha, above=0)
         if isinstance(c.alpha, float) and c.alpha.is_integer():
@@ -382,7 +402,7 @@ def build_model(config: TrainConfig, work_dir: Path | None = None, write: bool =
     transformers.set_seed(config.seed)
     if config.method == "pkt":
         try:
-            model = student_from_export(model, config.init, trainable=True)
+            model = student_from_export(model, config.init, trainable=True, dropout=config.dropout)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ParaknowError(f"the export {config.init} does not fit student '{config.student}' "
                                 f"(was it made for another student?): {first_line(exc)}")
@@ -424,10 +444,40 @@ def save_adapter(model, config: TrainConfig, run_dir: Path) -> Path:
                 warnings.filterwarnings("ignore", message="PiSSA changes the base weights")
                 model.save_pretrained(str(tmp), save_embedding_layers=False,
                                       path_initial_model_for_weight_conversion=str(run_dir / PISSA_INIT_DIR))
+            _restore_embedding_loras(model, Path(tmp))
         else:
             model.save_pretrained(str(tmp), save_embedding_layers=False)
         (Path(tmp) / "README.md").unlink(missing_ok=True)  # PEFT's empty model card
     return target
+
+
+def _restore_embedding_loras(model, adapter_dir: Path) -> None:
+    """Put Embedding LoRAs back into a PiSSA adapter converted to a plain LoRA.
+
+    PEFT's conversion (path_initial_model_for_weight_conversion) drops `lora_embedding_*`. PiSSA does
+    not initialise an Embedding either: it keeps PEFT's standard init (A = 0, B ~ N(0, 1)) on an
+    unchanged base, so its trained (A, B) already is the delta to the original student; it goes in
+    zero-padded to the converted rank 2r (the converted alpha keeps s = alpha / r unchanged).
+    """
+    import torch
+
+    from .lora import PEFT_PREFIX, read_adapter, write_adapter
+
+    trained = {name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name:
+               (module.lora_embedding_A["default"].detach().float().cpu(),   # [r, V]
+                module.lora_embedding_B["default"].detach().float().cpu())   # [d, r]
+               for name, module in model.named_modules() if "default" in getattr(module, "lora_embedding_A", {})}
+    if not trained:
+        return
+    config, factors, embeddings = read_adapter(adapter_dir)
+    for module, (A, B) in trained.items():
+        pad = config["r"] - A.shape[0]
+        factors[module] = (torch.cat([A, A.new_zeros(pad, A.shape[1])]), torch.cat([B, B.new_zeros(B.shape[0], pad)], 1))
+        embeddings.add(module)
+    targets = config.get("target_modules")
+    write_adapter(adapter_dir, factors, embeddings, config["r"], config["lora_alpha"],
+                  sorted(targets) if isinstance(targets, list) else targets,
+                  config.get("base_model_name_or_path") or "", config.get("lora_dropout", 0.0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -547,8 +597,27 @@ def train(config: TrainConfig, callbacks=()) -> TrainOutcome:
     Raises ParaknowError for bad input (nothing left behind in a RUN_DIR this call created;
     a RUN_DIR prepared by paraknow.jobs is marked failed); any other exception marks the run
     failed and is re-raised. `callbacks` are extra transformers TrainerCallbacks. The main
-    process holds RUN_DIR's lock throughout, so a second `train` into it is refused at once.
+    process holds RUN_DIR's lock throughout, so a second `train` into it is refused at once. Under a
+    multi-process launcher, the process group that training started is destroyed at the end
+    (left to the interpreter's exit, gloo's threads abort with "terminate called ...").
     """
+    distributed_before = _distributed_initialized()
+    try:
+        return _train(config, callbacks)
+    finally:
+        if not distributed_before and _distributed_initialized():
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+
+
+def _distributed_initialized() -> bool:
+    import torch.distributed
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _train(config: TrainConfig, callbacks) -> TrainOutcome:
     if config.out is None:
         raise ParaknowError("the run needs an output directory (--out RUN_DIR).")
     main = is_main_process()
@@ -646,7 +715,7 @@ def _train_loaded(cfg: TrainConfig, run_dir: Path, status: StatusFile, main: boo
 
     def eval_fn(m):
         return evaluate(m, tokenizer, eval_records, max_new_tokens=cfg.eval_max_new_tokens,
-                        batch_size=cfg.eval_batch, max_length=cfg.max_length)
+                        batch_size=cfg.eval_batch, max_length=cfg.max_length, match=cfg.match)
 
     metrics_fh = open(run_dir / METRICS_FILE, "a", encoding="utf-8") if main else None
     stop_event = threading.Event()

@@ -2,7 +2,7 @@
 
 plan_transfer() decides *what* moves (pure, cheap: the Mapping page calls it on every widget
 change); export_transfer() factorises the selected teacher blocks and writes the export
-directory of SPEC section 5.
+directory (its files are listed in the README's command-line section).
 """
 from __future__ import annotations
 
@@ -21,20 +21,37 @@ from .lora import MANIFEST_FILE, MODES, SPLITS, SVD_METHODS, Factors, factorise,
 from .mapping import layer_scores, map_layers
 from .models import EMBED_ROLES, LAYER_ROLES, MODULE_GROUPS, ModelInfo
 from .validate import check_count, check_number, check_seed
+from .options import option
+
+
+DEFAULT_MODULES = ("attn", "ffn", "embed")  # the official code's default (--include_emb True)
+
+
+def _layers_help() -> str:
+    from .mapping import LAYER_STRATEGIES
+
+    return ("layer map: " + " | ".join(s for s in LAYER_STRATEGIES if s != "manual")
+            + " | manual:I,J,... (a teacher layer per student layer, - for unmapped)")
 
 
 @dataclass
 class TransferConfig:
-    rank: int = 16
-    alpha: float = 16
-    layers: str = "sensitivity"  # sensitivity | first | last | uniform | random | manual
+    """What `extract` transfers and how (see docs/method.md for the faithful defaults)."""
+    rank: int = option(16, "LoRA rank r of the exported adapter", type=int)
+    alpha: float = option(16, "LoRA alpha (scaling s = alpha / r)", type=float)
+    layers: str = option("sensitivity", _layers_help)
     manual_map: list | None = None  # for layers="manual": teacher layer (or None) per student layer
-    structure: str = "submatrix"
-    modules: tuple = ("attn", "ffn")  # groups (attn, ffn, embed) and/or single roles (q_proj, ...)
-    mode: str = "residual"
-    split: str = "left"
-    svd: str = "auto"  # auto | exact | randomized: how each block is factorised (lora.svd_method)
-    seed: int = 0
+    structure: str = option("submatrix", "which part of each teacher matrix to extract",
+                            choices=lambda: list(STRUCTURES))
+    modules: tuple | None = option(
+        None, "comma list of groups attn, ffn, embed or single roles (q_proj, ..., lm_head); "
+        "not given: attn,ffn,embed, embeddings only when teacher and student share the tokenizer")
+    mode: str = option("residual", "residual: the student's step-0 function is unchanged; additive: "
+                       "the base stays and the student starts at W_S + s*B@A", choices=MODES)
+    split: str = option("left", "where Sigma goes: left (B) or sqrt (both factors)", choices=SPLITS)
+    svd: str = option("auto", "exact SVD, randomized rank-r SVD, or auto (randomized for large blocks)",
+                      choices=SVD_METHODS)
+    seed: int = option(0, "seed of the random strategies and the vanilla init of unmapped layers")
     overrides: dict = field(default_factory=dict)  # student module -> (row, col) of a manual block
 
     def validate(self) -> None:
@@ -49,7 +66,7 @@ class TransferConfig:
         check_count("rank", self.rank)
         check_number("alpha", self.alpha, above=0)
         check_seed(self.seed)
-        resolve_roles(self.modules)
+        resolve_roles(DEFAULT_MODULES if self.modules is None else self.modules)
 
 
 def resolve_roles(modules) -> list[str]:
@@ -69,19 +86,48 @@ def resolve_roles(modules) -> list[str]:
     return [r for r in LAYER_ROLES + EMBED_ROLES if r in roles]
 
 
+def default_roles() -> list[str]:
+    """The roles of the default module set (before the tokenizer check drops embeddings)."""
+    return resolve_roles(DEFAULT_MODULES)
+
+
 # ---------------------------------------------------------------------------------------
 # Compatibility
 
 
-def compatibility(teacher: ModelInfo, student: ModelInfo) -> dict:
-    """Which roles can transfer, and why not. {'rows': [...], 'errors': [...], 'notes': [...]}"""
+def tokenizer_mismatch(teacher: ModelInfo, student: ModelInfo) -> str | None:
+    """Why embeddings cannot move between the two vocabularies, or None when nothing says they differ
+    (token -> id content compared by `models.vocab_fingerprint`; see `tokenizers_verified`)."""
+    if teacher.vocab_size != student.vocab_size:
+        return f"the vocabularies differ in size (teacher {teacher.vocab_size}, student {student.vocab_size} tokens)"
+    if teacher.vocab_hash and student.vocab_hash and teacher.vocab_hash != student.vocab_hash:
+        return (f"the tokenizers differ: same size ({teacher.vocab_size} tokens) but different token -> id "
+                f"content (vocabulary sha256 {teacher.vocab_hash[:12]} vs {student.vocab_hash[:12]})")
+    return None
+
+
+def tokenizers_verified(teacher: ModelInfo, student: ModelInfo) -> bool:
+    """Both vocabularies were fingerprinted and are equal (ModelInfo from `describe(model, tokenizer)`)."""
+    return bool(teacher.vocab_hash) and teacher.vocab_hash == student.vocab_hash
+
+
+UNVERIFIED_NOTE = ("embeddings skipped: the tokenizers were not compared (describe both models with their "
+                   "tokenizers, or request embed explicitly).")
+
+
+def compatibility(teacher: ModelInfo, student: ModelInfo, roles=None) -> dict:
+    """Which roles can transfer, and why not. {'rows': [...], 'errors': [...], 'notes': [...]}
+
+    `roles`: the roles a plan would transfer; only those must be at least as wide in the teacher
+    (None: every decoder-layer role, as the Models page shows it).
+    """
     rows, notes = [], []
     errors = {}  # kind ('depth' | 'width') -> message
-    vocab_match = teacher.vocab_size == student.vocab_size
+    mismatch = tokenizer_mismatch(teacher, student)
     for role in LAYER_ROLES + EMBED_ROLES:
         t_shape, s_shape = teacher.shapes[role], student.shapes[role]
-        if role in EMBED_ROLES and not vocab_match:
-            ok, why = False, f"vocabularies differ ({teacher.vocab_size} vs {student.vocab_size})"
+        if role in EMBED_ROLES and mismatch:
+            ok, why = False, mismatch
         elif t_shape[0] >= s_shape[0] and t_shape[1] >= s_shape[1]:
             ok, why = True, ""
         else:
@@ -90,12 +136,14 @@ def compatibility(teacher: ModelInfo, student: ModelInfo) -> dict:
     if teacher.n_layers < student.n_layers:
         errors["depth"] = (f"the teacher has {teacher.n_layers} layers and the student {student.n_layers}: "
                            "pick a deeper teacher or a manual layer map.")
-    bad = [r["module"] for r in rows if not r["transfers"] and r["module"] in LAYER_ROLES]
+    selected = LAYER_ROLES if roles is None else roles
+    bad = [r["module"] for r in rows if not r["transfers"] and r["module"] in LAYER_ROLES and r["module"] in selected]
     if bad:
-        errors["width"] = f"the teacher is narrower than the student for {', '.join(bad)}: pick a wider teacher."
+        errors["width"] = (f"the teacher is narrower than the student for {', '.join(bad)}: pick a wider "
+                           "teacher or leave these modules out.")
     embedding_notes = []  # only worth saying to a plan that transfers embeddings
-    if not vocab_match:
-        embedding_notes.append("vocabulary sizes differ: embeddings cannot transfer and will be skipped.")
+    if mismatch:
+        embedding_notes.append(f"embeddings skipped: {mismatch}.")
     if teacher.family != student.family:
         notes.append(f"different families ({teacher.family} -> {student.family}): shapes allow it, "
                      "but the paper only transfers within one family.")
@@ -103,19 +151,36 @@ def compatibility(teacher: ModelInfo, student: ModelInfo) -> dict:
         embedding_notes.append("the student ties lm_head to embed_tokens: embeddings transfer into "
                                "embed_tokens only.")
     return {"rows": rows, "errors": errors, "notes": notes + embedding_notes,
-            "embedding_notes": embedding_notes, "vocab_match": vocab_match,
+            "embedding_notes": embedding_notes, "vocab_match": mismatch is None, "tokenizer_mismatch": mismatch,
             "gqa": {"teacher": teacher.n_kv_heads < teacher.n_heads, "student": student.n_kv_heads < student.n_heads}}
 
 
+def transfer_roles(teacher: ModelInfo, student: ModelInfo, modules) -> list[str]:
+    """The roles a plan transfers. `modules` None is the default set, whose embeddings stay only when
+    the tokenizers are known to match; an explicit request for embeddings on different tokenizers is
+    refused (on tokenizers that were not compared, equal vocabulary sizes let it through)."""
+    mismatch = tokenizer_mismatch(teacher, student)
+    if modules is None:
+        keep = tokenizers_verified(teacher, student)
+        return [r for r in default_roles() if keep or r not in EMBED_ROLES]
+    roles = resolve_roles(modules)
+    if mismatch and any(r in EMBED_ROLES for r in roles):
+        raise ParaknowError(f"embeddings requested but {mismatch}: leave embed, embed_tokens and lm_head "
+                            "out of --modules, or use a student with the teacher's tokenizer.")
+    return roles
+
+
 def check_transferable(teacher: ModelInfo, student: ModelInfo, config: TransferConfig) -> dict:
-    """Raise the first blocking compatibility error (depth is fine with a manual map); return the report."""
-    report = compatibility(teacher, student)
+    """Raise the first blocking compatibility error of the selected modules (depth is fine with a
+    manual map); return the report, with `roles` the ones the plan transfers."""
+    roles = transfer_roles(teacher, student, config.modules)
+    report = compatibility(teacher, student, roles)
     errors = dict(report["errors"])
     if config.layers == "manual":
         errors.pop("depth", None)
     if errors:
         raise ParaknowError(next(iter(errors.values())))
-    return report
+    return {**report, "roles": roles}
 
 
 # ---------------------------------------------------------------------------------------
@@ -153,20 +218,22 @@ def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: 
     """Layer map and the selection of every module that receives teacher parameters."""
     config.validate()
     report = check_transferable(teacher, student, config)
-    roles = resolve_roles(config.modules)
-    with_embeddings = any(r in EMBED_ROLES for r in roles)
-    notes = [n for n in report["notes"] if with_embeddings or n not in report["embedding_notes"]]
+    roles = report["roles"]
+    wants_embeddings = any(r in EMBED_ROLES for r in resolve_roles(config.modules or DEFAULT_MODULES))
+    notes = [n for n in report["notes"] if wants_embeddings or n not in report["embedding_notes"]]
+    if wants_embeddings and not report["tokenizer_mismatch"] and not tokenizers_verified(teacher, student):
+        notes.append(UNVERIFIED_NOTE if config.modules is None else
+                     "the tokenizers were not compared, only their sizes: embeddings transfer as requested.")
     per_layer = layer_scores(scores, teacher.n_layers)
     layer_map = map_layers(config.layers, teacher.n_layers, student.n_layers, scores=per_layer,
                            seed=config.seed, manual=config.manual_map)
     modules = []
     targets = [(j, layer_map[j], role) for j in range(student.n_layers) if layer_map[j] is not None
                for role in roles if role in LAYER_ROLES]
-    if report["vocab_match"]:
-        for role in (r for r in roles if r in EMBED_ROLES):
-            if role == "lm_head" and student.tied_embeddings:
-                continue
-            targets.append((None, None, role))
+    for role in (r for r in roles if r in EMBED_ROLES):  # only there when the tokenizers match
+        if role == "lm_head" and student.tied_embeddings:
+            continue
+        targets.append((None, None, role))
     for s_layer, t_layer, role in targets:
         t_param = teacher.param_name(t_layer, role)
         if t_param not in scores:
@@ -265,6 +332,7 @@ def export_transfer(teacher_model, student_model, teacher: ModelInfo, student: M
         "rank": config.rank, "alpha": config.alpha, "scaling": s, "mode": config.mode,
         "structure": config.structure, "split": config.split, "svd": config.svd, "seed": config.seed,
         "layers": config.layers, "layer_map": plan.layer_map, "layer_scores": plan.layer_scores,
+        "module_set": list(resolve_roles(config.modules)) if config.modules else "default",
         "roles": plan.roles, "tied_compensation": tied_compensation, "notes": plan.notes,
         "overrides": {k: list(v) for k, v in config.overrides.items()},
         "modules": {mod.student_module: {
@@ -316,8 +384,8 @@ def extract_to_dir(teacher_ref: str, student_ref: str, data_ref: str, out_dir, c
     records = load_records(data_ref)
     with output_lock(out_dir, wait_s=REFUSE_WAIT_S):  # a second writer of out_dir is refused
         teacher_model, teacher_tok = load_model(teacher_ref, dtype=dtype, device=device)
-        student_model, _ = load_model(student_ref)
-        t_info, s_info = describe(teacher_model), describe(student_model)
+        student_model, student_tok = load_model(student_ref)
+        t_info, s_info = describe(teacher_model, teacher_tok), describe(student_model, student_tok)
         check_transferable(t_info, s_info, config)  # fail before the expensive sensitivity pass
         scores, _ = cached_sensitivity(teacher_model, teacher_tok, records, sens_config, progress, teacher_ref)
         plan = plan_transfer(t_info, s_info, scores, config)

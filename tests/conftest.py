@@ -64,3 +64,21 @@ SEED_RECORDS = [
 @pytest.fixture
 def seed_records():
     return [dict(r) for r in SEED_RECORDS]
+
+
+@pytest.fixture
+def saved_pair(tmp_path):
+    """Teacher and student saved as Hugging Face directories with one tokenizer, plus seed data."""
+    from paraknow.data import to_jsonl
+
+    tok = make_tokenizer()
+    paths = {}
+    for name, model in {"teacher": tiny_llama(layers=4, hidden=96, ffn=192, heads=6, kv_heads=2, seed=1),
+                        "student": tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2)}.items():
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+        paths[name] = str(tmp_path / name)
+    data = tmp_path / "seeds.jsonl"
+    data.write_text(to_jsonl(SEED_RECORDS))
+    paths["data"] = str(data)
+    return paths

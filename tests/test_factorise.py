@@ -4,7 +4,6 @@ import torch
 
 from paraknow.errors import ParaknowError
 from paraknow.lora import factorise, randomized_svd, scaling, svd_method
-from test_cli import saved_pair  # noqa: F401 (a fixture)
 from test_transfer import pair, run_export
 
 

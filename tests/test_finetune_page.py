@@ -132,7 +132,7 @@ def test_runs_from_disk_are_listed_charted_and_compared(env):
     code = ("from paraknow import jobs; from paraknow.train import TrainConfig; import json, sys; "
             "print(jobs.new_run(TrainConfig(**json.loads(sys.argv[1])), label='from the CLI'))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(config.to_dict())], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     other = Path(out.stdout.strip().splitlines()[-1])
     jobs.stop(other)  # queued -> stopped at once (no worker needed)

@@ -58,7 +58,7 @@ def test_new_run_is_on_disk_and_seen_by_another_process(setup, tmp_path):
     code = ("from paraknow import jobs; from paraknow.train import TrainConfig; import json, sys; "
             "c = TrainConfig(**json.loads(sys.argv[1])); print(jobs.new_run(c, label='other'))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(config(setup).to_dict())], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     other = Path(out.stdout.strip().splitlines()[-1])
     runs = jobs.list_runs(resume_queue=False)

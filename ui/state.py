@@ -138,19 +138,25 @@ def preset_model_widgets(role: str, ref: str, dtype: str = "float32", device: st
 
 
 def widget_defaults() -> dict:
+    """Widget defaults; every pipeline setting is read from its config dataclass (paraknow.options)."""
     from paraknow.models import EMBED_ROLES, LAYER_ROLES
+    from paraknow.options import default_of
+    from paraknow.sensitivity import SensitivityConfig
+    from paraknow.transfer import TransferConfig, default_roles
 
+    sens = lambda name: default_of(SensitivityConfig, name)  # noqa: E731
+    transfer = lambda name: default_of(TransferConfig, name)  # noqa: E731
     d = {
-        W_SOURCE: SOURCES[0], W_TASK: "arith", W_SPLIT: "seed", W_PASTE: "", W_SAMPLES: 32,
-        W_METRIC: "taylor-abs", W_MAXLEN: 2048, W_VALUE: "sum", W_LOG: False, W_DRILL_LOG: False, W_DRILL_MAX: False,
-        W_CMP_TASK: "instruct", W_CMP_MODE: "difference",
-        W_STRATEGY: "sensitivity", W_MAP_SEED: 0, W_STRUCTURE: "submatrix",
-        W_RANK: 16, W_ALPHA: 16.0, W_SPLIT_MODE: "left", W_MODE: "residual", W_NAME: "", W_OVERWRITE: False,
+        W_SOURCE: SOURCES[0], W_TASK: "arith", W_SPLIT: "seed", W_PASTE: "", W_SAMPLES: sens("samples"),
+        W_METRIC: sens("metric"), W_MAXLEN: sens("max_length"), W_VALUE: "sum", W_LOG: False, W_DRILL_LOG: False,
+        W_DRILL_MAX: False, W_CMP_TASK: "instruct", W_CMP_MODE: "difference",
+        W_STRATEGY: transfer("layers"), W_MAP_SEED: transfer("seed"), W_STRUCTURE: transfer("structure"),
+        W_RANK: transfer("rank"), W_ALPHA: float(transfer("alpha")), W_SPLIT_MODE: transfer("split"),
+        W_MODE: transfer("mode"), W_NAME: "", W_OVERWRITE: False,
     }
-    for role in LAYER_ROLES:
-        d[W_MODULE_PREFIX + role] = True
-    for role in EMBED_ROLES:
-        d[W_MODULE_PREFIX + role] = False
+    defaults = default_roles()  # embeddings included: dropped at plan time when the tokenizers differ
+    for role in LAYER_ROLES + EMBED_ROLES:
+        d[W_MODULE_PREFIX + role] = role in defaults
     for role in ROLES:
         d[model_key(role, "local")] = ""
         d[model_key(role, "gguf")] = ""
@@ -242,11 +248,20 @@ W_FT_GROUP = "w_ft_group"         # comparison group shown
 
 
 def finetune_defaults() -> dict:
+    from paraknow.options import default_of
+    from paraknow.train import TrainConfig
+    from paraknow.transfer import TransferConfig
+
+    train = lambda name: default_of(TrainConfig, name)  # noqa: E731
     student = (get(STUDENT) or {}).get("ref") or default_refs()[1]
-    d = {FT_NOTICE: None, FT_UPLOADS: {}, W_FT_STUDENT: student, W_FT_DEVICE: "auto",
-         W_FT_DTYPE: "float32", W_FT_EVAL_LIMIT: 200, W_FT_EVAL_EVERY: 0, W_FT_EVAL_TOKENS: 128,
-         W_FT_INIT: "vanilla", W_FT_EPOCHS: 3.0, W_FT_LR: 3e-4, W_FT_BATCH: 64, W_FT_MICRO: 8, W_FT_RANK: 16,
-         W_FT_ALPHA: 16.0, W_FT_DROPOUT: 0.05, W_FT_WARMUP: 0.03, W_FT_MAXLEN: 2048, W_FT_SEEDS: "0",
+    d = {FT_NOTICE: None, FT_UPLOADS: {}, W_FT_STUDENT: student, W_FT_DEVICE: train("device"),
+         W_FT_DTYPE: train("dtype") or "float32", W_FT_EVAL_LIMIT: train("eval_limit"),
+         W_FT_EVAL_EVERY: train("eval_every") or 0, W_FT_EVAL_TOKENS: train("eval_max_new_tokens"),
+         W_FT_INIT: train("init"), W_FT_EPOCHS: float(train("epochs")), W_FT_LR: train("lr"),
+         W_FT_BATCH: train("batch"), W_FT_MICRO: train("micro_batch"),
+         W_FT_RANK: train("rank") or default_of(TransferConfig, "rank"),
+         W_FT_ALPHA: float(train("alpha") or default_of(TransferConfig, "alpha")), W_FT_DROPOUT: train("dropout"),
+         W_FT_WARMUP: train("warmup"), W_FT_MAXLEN: train("max_length"), W_FT_SEEDS: str(train("seed")),
          W_FT_CMP_SEEDS: "0, 1, 2", W_FT_SHOW: None}
     for role, split in (("train", "train"), ("eval", "test")):
         d.update({W_FT_SRC + role: FT_SOURCES[0], W_FT_TASK + role: "arith", W_FT_SPLIT + role: split,

@@ -125,19 +125,19 @@ def _load_model_cached(ref: str, dtype: str, device: str, stamp: str):
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     model, tokenizer = load_model(ref, dtype=dtype, device=device)
-    return model, tokenizer, describe(model)
+    return model, tokenizer, describe(model, tokenizer)
 
 
 def describe_ref(ref: str):
-    """ModelInfo from the config alone (before loading weights) -- errors are not cached."""
+    """ModelInfo from the config and tokenizer (before loading weights) -- errors are not cached."""
     return _describe_ref(ref, ref_stamp(ref))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _describe_ref(ref: str, stamp: str):
-    from paraknow.models import describe_config, load_config
+    from paraknow.models import describe_ref as describe_reference
 
-    return describe_config(load_config(ref))
+    return describe_reference(ref)
 
 
 def bundled_status() -> str | None:
@@ -307,10 +307,27 @@ def set_sensitivity(result: dict) -> None:
         S.reset_after_sensitivity()
 
 
-def selected_roles() -> list[str]:
+def selected_modules() -> tuple | None:
+    """TransferConfig.modules from the module checkboxes: None (the default set, which skips embeddings
+    on different tokenizers with a note) while they show the default; else the ticked roles (embeddings
+    only when they can transfer: their boxes are disabled otherwise)."""
     from paraknow.models import EMBED_ROLES, LAYER_ROLES
+    from paraknow.transfer import default_roles, tokenizer_mismatch
 
-    return [r for r in LAYER_ROLES + EMBED_ROLES if st.session_state.get(S.W_MODULE_PREFIX + r)]
+    roles = [r for r in LAYER_ROLES + EMBED_ROLES if st.session_state.get(S.W_MODULE_PREFIX + r)]
+    if roles == default_roles():
+        return None
+    t_info, s_info = S.get(S.TEACHER_INFO), S.get(S.STUDENT_INFO)
+    if t_info and s_info and tokenizer_mismatch(t_info, s_info):
+        roles = [r for r in roles if r not in EMBED_ROLES]
+    return tuple(roles)
+
+
+def planned_roles() -> list[str]:
+    """The roles the current module choice transfers for the loaded pair."""
+    from paraknow.transfer import transfer_roles
+
+    return transfer_roles(S.get(S.TEACHER_INFO), S.get(S.STUDENT_INFO), selected_modules())
 
 
 def current_transfer_config():
@@ -318,14 +335,12 @@ def current_transfer_config():
     from paraknow.transfer import TransferConfig
 
     ss = st.session_state
-    strategy = ss.get(S.W_STRATEGY, "sensitivity")
-    roles = selected_roles()
+    strategy = ss[S.W_STRATEGY]
     return TransferConfig(
-        rank=int(ss.get(S.W_RANK, 16)), alpha=float(ss.get(S.W_ALPHA, 16.0)), layers=strategy,
+        rank=int(ss[S.W_RANK]), alpha=float(ss[S.W_ALPHA]), layers=strategy,
         manual_map=list(S.get(S.MANUAL_MAP) or []) if strategy == "manual" else None,
-        structure=ss.get(S.W_STRUCTURE, "submatrix"), modules=tuple(roles),
-        mode=ss.get(S.W_MODE, "residual"), split=ss.get(S.W_SPLIT_MODE, "left"),
-        seed=int(ss.get(S.W_MAP_SEED, 0)), overrides=dict(S.get(S.OVERRIDES) or {}))
+        structure=ss[S.W_STRUCTURE], modules=selected_modules(), mode=ss[S.W_MODE], split=ss[S.W_SPLIT_MODE],
+        seed=int(ss[S.W_MAP_SEED]), overrides=dict(S.get(S.OVERRIDES) or {}))
 
 
 def plan_key(config) -> str:
@@ -353,40 +368,51 @@ def current_plan(config=None):
 
 
 def quick_start() -> str:
-    """Load the default pair, compute the sensitivity on task:arith:seed (32, taylor-abs), plan."""
+    """Load the default pair, compute the sensitivity on QUICK_TASK and make the default plan; every
+    setting is the config dataclasses' default (the same defaults as the CLI)."""
     from paraknow.data import load_records
-    from paraknow.models import EMBED_ROLES, LAYER_ROLES
     from paraknow.sensitivity import SensitivityConfig
 
     t_ref, s_ref = S.default_refs()
+    config = SensitivityConfig()
     with st.status("Quick start on the demo pair…", expanded=True) as status:
         t0 = time.time()
         S.preset_model_widgets("teacher", t_ref)
         S.preset_model_widgets("student", s_ref)
         spec = lambda ref: {"ref": ref, "dtype": "float32", "device": "cpu"}  # noqa: E731
         load_pair(spec(t_ref), spec(s_ref), status)
-        status.write(f"Sensitivity of the teacher on `{QUICK_TASK}` (32 samples, taylor-abs)…")
+        status.write(f"Sensitivity of the teacher on `{QUICK_TASK}` ({config.samples} samples, {config.metric})…")
         ss = st.session_state
+        defaults = S.widget_defaults()
         ss[S.W_SOURCE], ss[S.W_TASK], ss[S.W_SPLIT] = S.SOURCES[0], "arith", "seed"
-        ss[S.W_SAMPLES], ss[S.W_METRIC], ss[S.W_MAXLEN] = 32, "taylor-abs", 2048
-        config = SensitivityConfig(metric="taylor-abs", samples=32, max_length=2048)
+        for key in (S.W_SAMPLES, S.W_METRIC, S.W_MAXLEN):
+            ss[key] = defaults[key]
         result = sensitivity_result(load_records(QUICK_TASK), QUICK_TASK, config, Progress("sensitivity", first="checking the cache…"))
         set_sensitivity(result)
-        status.write("Default plan: sensitivity layer selection, submatrix extraction, attention + FFN…")
-        ss[S.W_STRATEGY], ss[S.W_STRUCTURE], ss[S.W_MAP_SEED] = "sensitivity", "submatrix", 0
-        for role in LAYER_ROLES:
-            ss[S.W_MODULE_PREFIX + role] = True
-        for role in EMBED_ROLES:
-            ss[S.W_MODULE_PREFIX + role] = False
+        status.write(f"Default plan: {quick_start_plan_text()}…")
+        for key in (S.W_STRATEGY, S.W_STRUCTURE, S.W_MAP_SEED):
+            ss[key] = defaults[key]
+        for key in (k for k in defaults if k.startswith(S.W_MODULE_PREFIX)):
+            ss[key] = defaults[key]
         plan = current_plan()
         took = "from the cache" if result["cached"] else f"{result['seconds']:.1f} s"
         summary = (f"Loaded `{t_ref}` and `{s_ref}`, computed the sensitivity on `{QUICK_TASK}` "
                    f"({took}), planned "
-                   f"{len(plan.modules)} modules: student layers <- teacher layers {plan.layer_map}. "
-                   f"Total {time.time() - t0:.1f} s.")
+                   f"{len(plan.modules)} modules ({', '.join(plan.roles)}): student layers <- teacher layers "
+                   f"{plan.layer_map}. Total {time.time() - t0:.1f} s.")
         status.update(label="Quick start done", state="complete", expanded=False)
     S.put(S.QUICKSTART, summary)
     return summary
+
+
+def quick_start_plan_text() -> str:
+    """The default plan in words, from TransferConfig's defaults (home page and quick start)."""
+    from paraknow.transfer import DEFAULT_MODULES, TransferConfig
+
+    config = TransferConfig()
+    groups = {"attn": "attention", "ffn": "FFN", "embed": "embeddings (when both models share the tokenizer)"}
+    return (f"{config.layers} layer selection, {config.structure} extraction, "
+            + " + ".join(groups.get(m, m) for m in DEFAULT_MODULES))
 
 
 # ---------------------------------------------------------------------------------------
