@@ -9,6 +9,12 @@ Structures (registry `STRUCTURES`, picked by name with `select`):
   elements   the o_S*i_S largest entries, row-major, reshaped to [o_S, i_S]
   random     seeded random rows and columns, sorted
   uniform    evenly spaced rows and columns ("Weight Selection", Xu et al. 2024)
+  heads      whole attention heads and whole FFN neurons, decided per layer (paraknow/structure.py);
+             a matrix outside that structure (the embeddings) keeps whole rows and columns, as rowcol
+
+`select_within` is `select` with some axes fixed in advance (index sets shared by several
+matrices, see paraknow/structure.py): the structure then picks only the free axis, on its
+marginal over the fixed one, with the structure's own 1-D rule (`pick_indices`).
 
 The block search `max_sum_block` is the hot spot: the paper's code loops over every block
 position in Python (hours at Llama sizes). Here all box sums come from two sliding-window
@@ -273,6 +279,7 @@ STRUCTURES = {
     "elements": _elements,
     "random": _random,
     "uniform": _uniform,
+    "heads": _rowcol,  # per matrix only where there are no heads or neurons to keep whole
 }
 
 
@@ -283,6 +290,36 @@ def select(structure: str, scores: torch.Tensor, n_rows: int, n_cols: int, seed:
                             f"use one of: {', '.join(STRUCTURES)}")
     _check_block(scores.shape, n_rows, n_cols)
     return STRUCTURES[structure](scores, n_rows, n_cols, seed=seed)
+
+
+def pick_indices(structure: str, values: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """k of the n indices of a score vector [n], ascending, by the structure's own rule in 1-D.
+
+    The structure runs on the [1, n] matrix: submatrix -> the best contiguous window, rowcol /
+    elements / heads -> the k largest, random -> seeded, uniform -> evenly spaced.
+    """
+    sel = select(structure, values.reshape(1, -1), 1, k, seed=seed)
+    return sel.flat if sel.flat is not None else sel.cols  # [1, n] row-major: flat index = column
+
+
+def select_within(structure: str, scores: torch.Tensor, n_rows: int, n_cols: int, rows=None, cols=None,
+                  seed: int = 0) -> Selection:
+    """`select` with the rows and/or columns fixed in advance (None = free).
+
+    A free axis is picked with `pick_indices` on its marginal over the fixed one, e.g. the rows
+    of q_proj given a shared hidden-dimension set: the row sums of scores[:, cols].
+    """
+    if rows is None and cols is None:
+        return select(structure, scores, n_rows, n_cols, seed=seed)
+    _check_block(scores.shape, n_rows, n_cols)
+    if rows is None:
+        rows = pick_indices(structure, scores[:, cols].double().sum(1), n_rows, seed)  # [o_T] marginal
+    if cols is None:
+        cols = pick_indices(structure, scores[rows].double().sum(0), n_cols, seed)  # [i_T] marginal
+    if len(rows) != n_rows or len(cols) != n_cols:
+        raise ParaknowError(f"fixed index sets of sizes {len(rows)} x {len(cols)} do not give the student's "
+                            f"[{n_rows}, {n_cols}]; recompute the plan for this student")
+    return Selection((n_rows, n_cols), rows=rows.long(), cols=cols.long())
 
 
 def captured_share(scores: torch.Tensor, selection: Selection) -> float:

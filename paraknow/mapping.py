@@ -7,12 +7,17 @@ student layer j receives nothing. Strategies (registry `LAYER_STRATEGIES`):
   uniform      evenly spaced, first and last teacher layer included
   random       seeded, in index order
   manual       any list; entries may be None, teacher layers may repeat
+  cka          the teacher layers, increasing with depth, with the largest summed linear CKA to
+               the student layers they feed (dynamic programming over the [L_T, L_S] similarity
+               of paraknow/similarity.py, computed by the caller on the seed samples)
 """
 from __future__ import annotations
 
+import math
 import random
 import re
 
+import numpy as np
 import torch
 
 from .errors import ParaknowError
@@ -45,29 +50,51 @@ def _evenly_spaced(n: int, k: int) -> list[int]:
     return [(2 * j * (n - 1) + (k - 1)) // (2 * (k - 1)) for j in range(k)]  # round(j*(n-1)/(k-1))
 
 
-def _sensitivity(n_teacher, n_student, scores, seed, manual):
+def _sensitivity(n_teacher, n_student, scores, seed, manual, similarity):
     best = sorted(range(n_teacher), key=lambda i: (-scores[i], i))[:n_student]  # ties -> lower index
     return sorted(best)
 
 
-def _first(n_teacher, n_student, scores, seed, manual):
+def _first(n_teacher, n_student, scores, seed, manual, similarity):
     return list(range(n_student))
 
 
-def _last(n_teacher, n_student, scores, seed, manual):
+def _last(n_teacher, n_student, scores, seed, manual, similarity):
     return list(range(n_teacher - n_student, n_teacher))
 
 
-def _uniform(n_teacher, n_student, scores, seed, manual):
+def _uniform(n_teacher, n_student, scores, seed, manual, similarity):
     return _evenly_spaced(n_teacher, n_student)
 
 
-def _random(n_teacher, n_student, scores, seed, manual):
+def _random(n_teacher, n_student, scores, seed, manual, similarity):
     return sorted(random.Random(seed).sample(range(n_teacher), n_student))
 
 
-def _manual(n_teacher, n_student, scores, seed, manual):
+def _manual(n_teacher, n_student, scores, seed, manual, similarity):
     return list(manual)
+
+
+def _cka(n_teacher, n_student, scores, seed, manual, similarity):
+    # best[t][j]: the largest sum for student layers 0..j with student layer j on teacher layer t,
+    # teacher layers strictly increasing; ties -> the earliest teacher layers
+    sim = np.asarray(similarity, dtype=np.float64)  # [L_T, L_S]
+    best = np.full((n_teacher, n_student), -math.inf)
+    back = np.zeros((n_teacher, n_student), dtype=np.int64)
+    best[:, 0] = sim[:, 0]
+    for j in range(1, n_student):
+        run, arg = -math.inf, 0  # max of best[t', j-1] over t' < t
+        for t in range(n_teacher):
+            if run > -math.inf:
+                best[t, j], back[t, j] = run + sim[t, j], arg
+            if best[t, j - 1] > run:
+                run, arg = best[t, j - 1], t
+    t = int(np.argmax(best[:, n_student - 1]))
+    out = [t]
+    for j in range(n_student - 1, 0, -1):
+        t = int(back[t, j])
+        out.append(t)
+    return out[::-1]
 
 
 LAYER_STRATEGIES = {
@@ -77,12 +104,16 @@ LAYER_STRATEGIES = {
     "uniform": _uniform,
     "random": _random,
     "manual": _manual,
+    "cka": _cka,
 }
 
 
 def map_layers(strategy: str, n_teacher: int, n_student: int, scores: list[float] | None = None,
-               seed: int = 0, manual: list[int | None] | None = None) -> list[int | None]:
-    """Teacher layer for each student layer (None = left unmapped), per `strategy`."""
+               seed: int = 0, manual: list[int | None] | None = None, similarity=None) -> list[int | None]:
+    """Teacher layer for each student layer (None = left unmapped), per `strategy`.
+
+    `similarity` [n_teacher, n_student] (layer_similarity's CKA) is read by the cka strategy only.
+    """
     if strategy not in LAYER_STRATEGIES:
         raise ParaknowError(f"unknown layer strategy {strategy!r}; use one of: "
                             f"{', '.join(LAYER_STRATEGIES)} (manual as manual:I,J,...)")
@@ -112,20 +143,29 @@ def map_layers(strategy: str, n_teacher: int, n_student: int, scores: list[float
         if len(scores) != n_teacher:
             raise ParaknowError(f"got {len(scores)} layer scores for a teacher with {n_teacher} layers; "
                                 "recompute the sensitivity map for this teacher")
-    return LAYER_STRATEGIES[strategy](n_teacher, n_student, scores, seed, manual)
+    if strategy == "cka":
+        if similarity is None:
+            raise ParaknowError("the cka layer strategy needs the teacher x student layer similarity: compute "
+                                "it on the Mapping page (extract computes it from the seed samples)")
+        shape = tuple(np.shape(similarity))
+        if shape != (n_teacher, n_student) or not np.isfinite(np.asarray(similarity, dtype=np.float64)).all():
+            raise ParaknowError(f"the layer similarity is {list(shape)} (or not finite) but the models have "
+                                f"{n_teacher} x {n_student} layers; recompute it for these models")
+    return LAYER_STRATEGIES[strategy](n_teacher, n_student, scores, seed, manual, similarity)
 
 
 def parse_layers_arg(text: str) -> tuple[str, list[int | None] | None]:
     """CLI --layers value -> (strategy, manual list or None).
 
-    sensitivity | first | last | uniform | random | manual:I,J,...  (an entry may be - or none)
+    sensitivity | first | last | uniform | random | cka | manual:I,J,...  (an entry may be - or none)
     """
     name, sep, rest = text.strip().partition(":")
     name = name.strip().lower()
     if name != "manual":
         if sep or name not in LAYER_STRATEGIES:
-            raise ParaknowError(f"bad --layers value {text!r}; use one of sensitivity, first, last, "
-                                "uniform, random, or manual:I,J,... (e.g. manual:0,2,-,5)")
+            named = ", ".join(n for n in LAYER_STRATEGIES if n != "manual")
+            raise ParaknowError(f"bad --layers value {text!r}; use one of {named}, "
+                                "or manual:I,J,... (e.g. manual:0,2,-,5)")
         return name, None
     entries = [e.strip().lower() for e in rest.split(",")] if rest.strip() else []
     if not entries:

@@ -14,12 +14,14 @@ import torch
 
 from . import __version__
 from .errors import ParaknowError
-from .extract import Selection, block_selection, captured_share, select, STRUCTURES
+from .diagnostics import init_cosines, oriented_weight
+from .extract import Selection, block_selection, captured_share, select_within, STRUCTURES
 from .fsio import (REFUSE_WAIT_S, atomic_directory, atomic_save_safetensors, atomic_write_json,
                    check_replaceable, check_writable_parent, output_lock)
 from .lora import MANIFEST_FILE, MODES, SPLITS, SVD_METHODS, Factors, factorise, scaling, vanilla_factors, write_adapter
 from .mapping import layer_scores, map_layers
 from .models import EMBED_ROLES, LAYER_ROLES, MODULE_GROUPS, ModelInfo
+from .structure import COHERENT, plan_index_sets
 from .validate import check_count, check_number, check_seed
 from .options import option
 
@@ -43,6 +45,8 @@ class TransferConfig:
     manual_map: list | None = None  # for layers="manual": teacher layer (or None) per student layer
     structure: str = option("submatrix", "which part of each teacher matrix to extract",
                             choices=lambda: list(STRUCTURES))
+    coherent: str = option("off", lambda: "index sets shared across matrices (docs/structure.md): " + "; ".join(
+        f"{k}: {v}" for k, v in COHERENT.items()), choices=lambda: list(COHERENT))
     modules: tuple | None = option(
         None, "comma list of groups attn, ffn, embed or single roles (q_proj, ..., lm_head); "
         "not given: attn,ffn,embed, embeddings only when teacher and student share the tokenizer")
@@ -63,6 +67,8 @@ class TransferConfig:
             raise ParaknowError(f"unknown svd '{self.svd}'; use one of {', '.join(SVD_METHODS)}.")
         if self.structure not in STRUCTURES:
             raise ParaknowError(f"unknown structure '{self.structure}'; use one of {', '.join(STRUCTURES)}.")
+        if self.coherent not in COHERENT:
+            raise ParaknowError(f"unknown coherent option '{self.coherent}'; use one of {', '.join(COHERENT)}.")
         check_count("rank", self.rank)
         check_number("alpha", self.alpha, above=0)
         check_seed(self.seed)
@@ -199,6 +205,17 @@ class ModulePlan:
     transposed: bool  # embed_tokens: the selection runs on the teacher's transpose [d_T, V]
     selection: Selection
     captured: float
+    auto_captured: float | None = None  # the structure's own selection, when an override replaced it
+
+    @property
+    def area(self) -> float:
+        """Share (0..1) of the teacher matrix's entries that the student's shape takes."""
+        return (self.shape[0] * self.shape[1]) / (self.teacher_shape[0] * self.teacher_shape[1])
+
+    @property
+    def lift(self) -> float:
+        """Captured share / area share: 1 = no better than any part of the same size."""
+        return self.captured / self.area
 
 
 @dataclass
@@ -208,14 +225,21 @@ class TransferPlan:
     roles: list
     modules: list  # [ModulePlan]
     notes: list
+    index_sets: dict = field(default_factory=dict)  # student layer (None: embeddings) -> LayerSets
+    layer_similarity: list | None = None  # [L_T][L_S] CKA behind a cka layer map
 
 
 def _oriented(scores: torch.Tensor, transposed: bool) -> torch.Tensor:
     return scores.T if transposed else scores  # embed_tokens [V, d] -> [d, V]
 
 
-def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: TransferConfig) -> TransferPlan:
-    """Layer map and the selection of every module that receives teacher parameters."""
+def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: TransferConfig,
+                  similarity=None) -> TransferPlan:
+    """Layer map and the selection of every module that receives teacher parameters.
+
+    `similarity` [L_T, L_S] (linear CKA, paraknow/similarity.py) is needed by the cka layer map only;
+    the caller computes it, so planning stays pure.
+    """
     config.validate()
     report = check_transferable(teacher, student, config)
     roles = report["roles"]
@@ -226,14 +250,14 @@ def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: 
                      "the tokenizers were not compared, only their sizes: embeddings transfer as requested.")
     per_layer = layer_scores(scores, teacher.n_layers)
     layer_map = map_layers(config.layers, teacher.n_layers, student.n_layers, scores=per_layer,
-                           seed=config.seed, manual=config.manual_map)
-    modules = []
+                           seed=config.seed, manual=config.manual_map, similarity=similarity)
     targets = [(j, layer_map[j], role) for j in range(student.n_layers) if layer_map[j] is not None
                for role in roles if role in LAYER_ROLES]
     for role in (r for r in roles if r in EMBED_ROLES):  # only there when the tokenizers match
         if role == "lm_head" and student.tied_embeddings:
             continue
         targets.append((None, None, role))
+    planned = []  # (s_layer, t_layer, role, t_param, t_shape, s_shape, transposed, oriented sensitivity)
     for s_layer, t_layer, role in targets:
         t_param = teacher.param_name(t_layer, role)
         if t_param not in scores:
@@ -250,16 +274,32 @@ def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: 
         if config.rank > min(s_shape):
             raise ParaknowError(f"rank {config.rank} is larger than {role}'s smallest dimension "
                                 f"{min(s_shape)}: lower --rank.")
-        module = student.module_name(s_layer, role)
         sens = _oriented(scores[t_param], transposed)  # [o_T, i_T]
+        planned.append((s_layer, t_layer, role, t_param, t_shape, s_shape, transposed, sens))
+    by_layer: dict = {}
+    for s_layer, _, role, *_rest, sens in planned:
+        if s_layer is not None:
+            by_layer.setdefault(s_layer, {})[role] = sens
+    index_sets = plan_index_sets(config.structure, config.coherent, by_layer,
+                                 {p[2]: p[-1] for p in planned if p[0] is None}, teacher, student, config.seed)
+    modules = []
+    for s_layer, t_layer, role, t_param, t_shape, s_shape, transposed, sens in planned:
+        module = student.module_name(s_layer, role)
+        sets = index_sets.get(s_layer)
+        rows, cols = sets.axes(role) if sets else (None, None)
+        # embeddings keep every vocabulary entry since s_shape spans all of V
+        auto = select_within(config.structure, sens, *s_shape, rows=rows, cols=cols, seed=config.seed)
+        auto_captured = captured_share(sens, auto)
         if module in config.overrides:
             row, col = config.overrides[module]
             selection = block_selection(int(row), int(col), *s_shape, shape=t_shape)
-        else:  # embeddings keep every vocabulary entry since s_shape spans all of V
-            selection = select(config.structure, sens, s_shape[0], s_shape[1], seed=config.seed)
+            captured = captured_share(sens, selection)
+        else:
+            selection, captured, auto_captured = auto, auto_captured, None
         modules.append(ModulePlan(module, role, s_layer, t_layer, t_param, t_shape, s_shape, transposed,
-                                  selection, captured_share(sens, selection)))
-    return TransferPlan(layer_map, per_layer, roles, modules, notes)
+                                  selection, captured, auto_captured))
+    matrix = None if similarity is None or config.layers != "cka" else [list(map(float, r)) for r in similarity]
+    return TransferPlan(layer_map, per_layer, roles, modules, notes, index_sets, matrix)
 
 
 # ---------------------------------------------------------------------------------------
@@ -319,6 +359,10 @@ def export_transfer(teacher_model, student_model, teacher: ModelInfo, student: M
             tied_compensation = {"embedding": embed, "lm_head": student.lm_head_name}
     targets = layer_roles + [r for r in ("embed_tokens", "lm_head")
                              if any(m.endswith(r) for m in main)]
+    student_params = dict(student_model.named_parameters())
+    cosines = {mod.student_module: init_cosines(
+        s * factors[mod.student_module].B.double() @ factors[mod.student_module].A.double(),  # [o_S, i_S]
+        oriented_weight(student_params, mod.student_module + ".weight", mod.transposed)) for mod in plan.modules}
     selection = {}
     for mod in plan.modules:
         sel = mod.selection
@@ -330,17 +374,22 @@ def export_transfer(teacher_model, student_model, teacher: ModelInfo, student: M
     manifest = {
         **provenance,
         "rank": config.rank, "alpha": config.alpha, "scaling": s, "mode": config.mode,
-        "structure": config.structure, "split": config.split, "svd": config.svd, "seed": config.seed,
+        "structure": config.structure, "coherent": config.coherent, "split": config.split, "svd": config.svd,
+        "seed": config.seed,
         "layers": config.layers, "layer_map": plan.layer_map, "layer_scores": plan.layer_scores,
         "module_set": list(resolve_roles(config.modules)) if config.modules else "default",
+        "layer_similarity": plan.layer_similarity,
+        "index_sets": {"embeddings" if j is None else str(j): sets.to_dict() for j, sets in plan.index_sets.items()},
         "roles": plan.roles, "tied_compensation": tied_compensation, "notes": plan.notes,
         "overrides": {k: list(v) for k, v in config.overrides.items()},
         "modules": {mod.student_module: {
             "teacher_param": mod.teacher_param, "role": mod.role, "teacher_layer": mod.teacher_layer,
             "student_layer": mod.student_layer, "shape": list(mod.shape), "teacher_shape": list(mod.teacher_shape),
             "transposed": mod.transposed, "block": mod.selection.block(),
-            "captured": mod.captured, "energy": factors[mod.student_module].energy,
-            "svd": factors[mod.student_module].method,
+            "captured": mod.captured, "area": mod.area, "lift": mod.lift,
+            "cos_to_student": cosines[mod.student_module].to_weight,
+            "cos_to_residual": cosines[mod.student_module].to_residual,
+            "energy": factors[mod.student_module].energy, "svd": factors[mod.student_module].method,
             "singular_values": factors[mod.student_module].singular_values[:64].tolist(),
         } for mod in plan.modules},
         "paraknow_version": __version__,
@@ -388,7 +437,14 @@ def extract_to_dir(teacher_ref: str, student_ref: str, data_ref: str, out_dir, c
         t_info, s_info = describe(teacher_model, teacher_tok), describe(student_model, student_tok)
         check_transferable(t_info, s_info, config)  # fail before the expensive sensitivity pass
         scores, _ = cached_sensitivity(teacher_model, teacher_tok, records, sens_config, progress, teacher_ref)
-        plan = plan_transfer(t_info, s_info, scores, config)
+        similarity = None
+        if config.layers == "cka":  # on the same seed samples as the sensitivity
+            from .similarity import layer_similarity
+
+            similarity, _ = layer_similarity(teacher_model, student_model, teacher_tok,
+                                             records[:sens_config.samples], student_tokenizer=student_tok,
+                                             progress=progress)
+        plan = plan_transfer(t_info, s_info, scores, config, similarity)
         provenance = {"teacher": teacher_ref, "student": student_ref, "data": data_ref,
                       "metric": sens_config.metric, "samples": sens_config.samples,
                       "max_length": sens_config.max_length,

@@ -1,3 +1,6 @@
+import itertools
+
+import numpy as np
 import pytest
 import torch
 
@@ -59,7 +62,7 @@ def test_manual_allows_none_repeats_and_shallow_teacher():
 
 
 def test_strategies_registry():
-    assert set(LAYER_STRATEGIES) == {"sensitivity", "first", "last", "uniform", "random", "manual"}
+    assert set(LAYER_STRATEGIES) == {"sensitivity", "first", "last", "uniform", "random", "manual", "cka"}
 
 
 def test_map_layers_validates():
@@ -89,3 +92,27 @@ def test_parse_layers_arg():
     for bad in ["deep", "first:3", "manual", "manual:", "manual:0,x", "manual:0,-2", "manual:0,,1"]:
         with pytest.raises(ParaknowError):
             parse_layers_arg(bad)
+
+
+def test_cka_map_is_the_best_increasing_assignment():
+    rng = np.random.default_rng(0)
+    for n_t, n_s in [(1, 1), (4, 2), (5, 5), (6, 3), (7, 4)]:
+        for _ in range(5):
+            sim = rng.random((n_t, n_s))
+            # brute force: every strictly increasing choice of n_s teacher layers
+            best = max(itertools.combinations(range(n_t), n_s),
+                       key=lambda c: sum(sim[t, j] for j, t in enumerate(c)))
+            assert map_layers("cka", n_t, n_s, similarity=sim) == list(best)
+    # the identity wins on a similarity that peaks on the diagonal, even when greedy would repeat
+    sim = np.array([[0.9, 0.8], [0.1, 0.2], [0.0, 0.1]])
+    assert map_layers("cka", 3, 2, similarity=sim) == [0, 1]
+    assert parse_layers_arg("cka") == ("cka", None)
+
+
+def test_cka_map_validates():
+    with pytest.raises(ParaknowError, match="needs the teacher x student layer similarity"):
+        map_layers("cka", 4, 2)
+    with pytest.raises(ParaknowError, match=r"\[3, 2\]"):
+        map_layers("cka", 4, 2, similarity=np.ones((3, 2)))
+    with pytest.raises(ParaknowError, match="not finite"):
+        map_layers("cka", 2, 2, similarity=np.array([[1.0, np.nan], [0.0, 1.0]]))
