@@ -133,7 +133,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 SENSITIVITY_OPTIONS = ("metric", "samples", "max_length")  # what `extract` takes too
 SENSITIVITY_COMMAND_OPTIONS = SENSITIVITY_OPTIONS + ("accumulate_dtype", "accumulate_device")
-EXTRACT_OPTIONS = ("rank", "alpha", "layers", "structure", "modules", "mode", "split", "svd", "seed")
+EXTRACT_OPTIONS = ("rank", "alpha", "layers", "structure", "coherent", "modules", "mode", "split", "svd", "seed")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -369,8 +369,9 @@ def export_transfer(teacher_model, student_model, teacher: ModelInfo, student: M
         if sel.flat is not None:
             selection[f"{mod.student_module}.flat"] = sel.flat.long()
         else:
-            selection[f"{mod.student_module}.rows"] = sel.rows.long()
-            selection[f"{mod.student_module}.cols"] = sel.cols.long()
+            # copies: shared index sets (paraknow/structure.py) are one tensor in several modules
+            selection[f"{mod.student_module}.rows"] = sel.rows.to(torch.int64, copy=True)
+            selection[f"{mod.student_module}.cols"] = sel.cols.to(torch.int64, copy=True)
     manifest = {
         **provenance,
         "rank": config.rank, "alpha": config.alpha, "scaling": s, "mode": config.mode,
