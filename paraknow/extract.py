@@ -313,9 +313,9 @@ def select_within(structure: str, scores: torch.Tensor, n_rows: int, n_cols: int
         return select(structure, scores, n_rows, n_cols, seed=seed)
     _check_block(scores.shape, n_rows, n_cols)
     if rows is None:
-        rows = pick_indices(structure, scores[:, cols].double().sum(1), n_rows, seed)  # [o_T] marginal
+        rows = pick_indices(structure, scores[:, cols].sum(1, dtype=torch.float64), n_rows, seed)  # [o_T]
     if cols is None:
-        cols = pick_indices(structure, scores[rows].double().sum(0), n_cols, seed)  # [i_T] marginal
+        cols = pick_indices(structure, scores[rows].sum(0, dtype=torch.float64), n_cols, seed)  # [i_T]
     if len(rows) != n_rows or len(cols) != n_cols:
         raise ParaknowError(f"fixed index sets of sizes {len(rows)} x {len(cols)} do not give the student's "
                             f"[{n_rows}, {n_cols}]; recompute the plan for this student")
@@ -323,18 +323,18 @@ def select_within(structure: str, scores: torch.Tensor, n_rows: int, n_cols: int
 
 
 def captured_share(scores: torch.Tensor, selection: Selection) -> float:
-    """Share (0..1) of the matrix's total sensitivity that lies inside the selection."""
-    s = scores.detach().double()
-    total = float(s.sum())
+    """Share (0..1) of the matrix's total sensitivity that lies inside the selection (float64 sums)."""
+    s = scores.detach()
+    total = float(s.sum(dtype=torch.float64))
     if total == 0:
         return 0.0
     if selection.flat is not None:
-        inside = float(s.reshape(-1)[selection.flat].sum())
+        inside = float(s.reshape(-1)[selection.flat].sum(dtype=torch.float64))
     else:
         b = selection.block()
         if b is not None:  # contiguous: a view, no gather
             r, c = b
-            inside = float(s[r:r + selection.shape[0], c:c + selection.shape[1]].sum())
+            inside = float(s[r:r + selection.shape[0], c:c + selection.shape[1]].sum(dtype=torch.float64))
         else:
-            inside = float(s[selection.rows][:, selection.cols].sum())
+            inside = float(s[selection.rows][:, selection.cols].sum(dtype=torch.float64))
     return min(1.0, max(0.0, inside / total))

@@ -86,9 +86,9 @@ def _marginal(scores: dict, set_name: str, size: int) -> torch.Tensor:
     for role, s in scores.items():
         rows, cols = AXES[role]
         if rows == set_name:
-            total += s.double().sum(1)  # [o] row sums
+            total += s.sum(1, dtype=torch.float64)  # [o] row sums
         if cols == set_name:
-            total += s.double().sum(0)  # [i] column sums
+            total += s.sum(0, dtype=torch.float64)  # [i] column sums
     return total
 
 

@@ -299,3 +299,41 @@ def test_residual_export_keeps_student_and_records_options(tmp_path, planned, to
         assert sim.shape == (4, 2) and recorded["layer_map"] == plan.layer_map
         best = max(itertools.combinations(range(4), 2), key=lambda c: sim[c[0], 0] + sim[c[1], 1])
         assert recorded["layer_map"] == list(best)
+
+
+def test_cli_extract_with_the_new_options(tmp_path, capsys):
+    from conftest import SEED_RECORDS, make_tokenizer
+    from paraknow.cli import main
+    from paraknow.data import to_jsonl
+
+    teacher, student = pair("qwen2", 4)
+    for name, model in (("teacher", teacher), ("student", student)):
+        model.save_pretrained(tmp_path / name)
+        make_tokenizer().save_pretrained(tmp_path / name)
+    (tmp_path / "seeds.jsonl").write_text(to_jsonl(SEED_RECORDS))
+    out = tmp_path / "export"
+    argv = ["extract", "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
+            "--data", str(tmp_path / "seeds.jsonl"), "--out", str(out), "--rank", "4", "--samples", "4",
+            "--device", "cpu"]
+    assert main(argv + ["--structure", "heads", "--coherent", "layer", "--layers", "cka"]) == 0
+    manifest = json.loads((out / "paraknow.json").read_text())
+    assert (manifest["structure"], manifest["coherent"], manifest["layers"]) == ("heads", "layer", "cka")
+    assert len(manifest["layer_similarity"]) == 4 and set(manifest["index_sets"]) == {"0", "1"}
+    assert {"kv_heads", "q_heads", "head_dims", "neurons", "hidden"} <= set(manifest["index_sets"]["0"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(argv + ["--coherent", "sideways"])
+    assert exc.value.code == 2 and "--coherent" in capsys.readouterr().err
+
+
+def test_bench_smoke_runs():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "bench_structure.py"
+    proc = subprocess.run([sys.executable, str(bench), "--smoke"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip().endswith(tuple("0123456789"))]
+    assert [r[:2] for r in rows] == [["submatrix", "off"], ["heads", "off"], ["heads", "layer"], ["heads", "model"],
+                                     ["submatrix", "layer"], ["submatrix", "model"], ["rowcol", "layer"]]
