@@ -5,10 +5,12 @@ import pandas as pd
 import streamlit as st
 
 from paraknow import viz
+from paraknow.diagnostics import module_cosines
 from paraknow.errors import ParaknowError
-from paraknow.extract import STRUCTURES, captured_share, select
+from paraknow.extract import STRUCTURES
 from paraknow.mapping import LAYER_STRATEGIES, map_layers
 from paraknow.models import ATTN_ROLES, EMBED_ROLES, FFN_ROLES
+from paraknow.structure import COHERENT, head_axes
 from paraknow.transfer import compatibility
 from ui import state as S
 from ui import widgets as W
@@ -20,12 +22,15 @@ STRATEGY_HELP = {
     "uniform": "evenly spaced teacher layers, first and last included",
     "random": "random teacher layers (seeded), in order",
     "manual": "any teacher layer per student layer (edit the table); layers may repeat or stay unmapped",
+    "cka": "the teacher layers, in depth order, whose hidden states are most similar (linear CKA) to the "
+           "student layers they feed",
 }
 STRUCTURE_HELP = {
     "submatrix": "the contiguous student-sized block with the most sensitivity (the paper's)",
     "rowcol": "the most sensitive rows and columns, wherever they are",
     "elements": "the most sensitive single entries (destroys the matrix structure; ablation)",
     "random": "random rows and columns (seeded)", "uniform": "evenly spaced rows and columns (Weight Selection)",
+    "heads": "whole attention heads with their GQA key/value groups, whole FFN neurons",
 }
 
 W.entry_guard()
@@ -76,6 +81,11 @@ with st.container(border=True):
     structure = c2.selectbox("Structure", list(STRUCTURES), key=S.W_STRUCTURE, **PERSIST,
                              help="\n".join(f"- **{k}**: {v}" for k, v in STRUCTURE_HELP.items()))
     c2.caption(STRUCTURE_HELP[structure])
+    coherent = c2.segmented_control("Coherent", list(COHERENT), key=S.W_COHERENT, **PERSIST, required=True,
+                                    help="One set of residual-stream dimensions (and of FFN neurons) shared by "
+                                         "the matrices of a layer or of the whole model, so the moved pieces "
+                                         "describe the same dimensions.")
+    c2.caption(f"**coherent {coherent}**: {COHERENT[coherent]}")
     st.markdown("**Modules to transfer**")
     for label, roles in (("attention", ATTN_ROLES), ("FFN", FFN_ROLES), ("embeddings", EMBED_ROLES)):
         cols = st.columns([1, 1.3, 1.3, 1.3, 1.3, 0.6])
@@ -109,6 +119,15 @@ with right:
             S.put(S.MANUAL_MAP, viz.table_to_mapping(edited.to_dict("records"), n_s, n_t))
         st.caption("Edit the teacher column: a teacher layer may feed several student layers; "
                    "`-` leaves a student layer with the vanilla LoRA init.")
+
+if strategy == "cka" and W.current_similarity() is None:
+    with right:
+        st.info("The cka map needs the layer similarity of the two models on the seed samples.",
+                icon=":material/info:")
+        if st.button("Compute layer similarity", icon=":material/grid_on:", key="w_map_cka_for_map"):
+            W.compute_similarity()
+            st.rerun()
+    W.stop()
 
 try:
     with st.spinner("Planning: layer map and the selection in every teacher matrix…"):
@@ -154,7 +173,35 @@ with p2:
     choice = st.selectbox("Student module", names, key=S.W_PREVIEW, **PERSIST, format_func=_label)
     mod = by_name[choice]
     block = mod.selection.block()
-    st.metric("Captured share of the teacher matrix's sensitivity", f"{mod.captured:.1%}")
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Captured sensitivity", f"{mod.captured:.1%}", help="share of the teacher matrix's sensitivity "
+              "inside the selection")
+    m2.metric("Area", f"{mod.area:.1%}", help="share of the teacher matrix's entries the student's shape takes")
+    m3.metric("Lift", f"{mod.lift:.2f}x", help="captured / area: 1 = no better than any part of that size")
+    sets = plan.index_sets.get(mod.student_layer)
+    if sets is not None:
+        listed = []
+        if sets.heads is not None and mod.role in ATTN_ROLES:
+            listed += [f"teacher KV heads **{sets.heads.kv_heads}** -> student KV heads 0-{len(sets.heads.kv_heads) - 1}",
+                       f"query heads **{sets.heads.q_heads}** (in the student's order, grouped by KV head)",
+                       f"dims kept in every head: {viz.index_ranges(sets.heads.head_dims)} "
+                       f"of {t_info.head_dim} (rotary pairs i, i + {t_info.head_dim // 2} kept together)"]
+        if sets.neurons is not None and mod.role in FFN_ROLES:
+            listed.append(f"FFN neurons ({len(sets.neurons)} of {t_info.intermediate_size}, shared by "
+                          f"gate/up/down): {viz.index_ranges(sets.neurons)}")
+        if sets.hidden is not None:
+            listed.append(f"residual dims ({len(sets.hidden)} of {t_info.hidden_size}, shared "
+                          f"{'by the whole model' if coherent == 'model' else 'in this layer'}): "
+                          f"{viz.index_ranges(sets.hidden)}")
+        if listed:
+            st.markdown("\n".join(f"- {line}" for line in listed))
+    with W.show_errors("comparing the extracted init with the student's weight"):
+        config = W.current_transfer_config()
+        teacher_model, student_model = W.get_model("teacher")[0], W.get_model("student")[0]
+        cos = module_cosines(dict(teacher_model.named_parameters()), dict(student_model.named_parameters()),
+                             mod, config.rank, config.alpha, config.split)
+        st.caption(f"Init s·B·A (rank {config.rank}) vs the student's W: cosine {cos.to_weight:+.3f}; "
+                   f"vs the residual base W − s·B·A: {cos.to_residual:+.3f}.")
     st.caption(f"From teacher `{mod.teacher_param}` {list(mod.teacher_shape)} → student {list(mod.shape)}"
                + (" (embedding, reduced over the hidden size as [d, V])" if mod.transposed else "")
                + (f"; block at row {block[0]}, column {block[1]}." if block else "; scattered rows/columns/entries."))
@@ -180,26 +227,30 @@ with p2:
             if max_c > 0:
                 st.slider("Block column (left)", 0, max_c, key=ck, **PERSIST, on_change=_set_override,
                           args=(choice, default))
-            scores_m = sens["scores"][mod.teacher_param]
-            scores_m = scores_m.T if mod.transposed else scores_m
-            with W.show_errors("scoring the automatic selection"):
-                auto = select(structure, scores_m, *mod.shape, seed=int(st.session_state[S.W_MAP_SEED]))
-                st.caption(f"The automatic **{structure}** selection captures {captured_share(scores_m, auto):.1%}.")
+            if mod.auto_captured is not None:
+                st.caption(f"The automatic **{structure}** selection captures {mod.auto_captured:.1%}.")
 with p1:
     scores_m = sens["scores"][mod.teacher_param]
     scores_m = scores_m.T if mod.transposed else scores_m
     st.plotly_chart(viz.matrix_figure(scores_m, title=f"{mod.teacher_param}{' (transposed)' if mod.transposed else ''}",
-                                      selection=mod.selection, height=520),
+                                      selection=mod.selection, height=520,
+                                      heads=head_axes(mod.role, t_info.head_dim)),
                     config={"displayModeBar": False}, key="map_preview")
+    if mod.role in ATTN_ROLES:
+        st.caption(f"Dotted lines: attention-head boundaries ({t_info.head_dim} rows/columns per head).")
 
 st.subheader("Captured share per module")
+st.caption("Area = the share of the teacher matrix's entries the student takes; lift = captured / area "
+           "(1 = no better than any part of the same size).")
 rows = pd.DataFrame(viz.plan_rows(plan))
 overrides = S.get(S.OVERRIDES) or {}
 rows["override"] = [("manual " + str(tuple(overrides[n]))) if n in overrides else "" for n in rows["student module"]]
 st.dataframe(rows, hide_index=True, width="stretch",
-             column_order=["student module", "teacher layer", "captured", "block at", "override", "teacher shape",
-                           "student shape"],
-             column_config={"captured": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)})
+             column_order=["student module", "teacher layer", "captured", "area", "lift", "block at", "override",
+                           "teacher shape", "student shape"],
+             column_config={"captured": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
+                            "area": st.column_config.NumberColumn(format="percent"),
+                            "lift": st.column_config.NumberColumn(format="%.2fx")})
 st.plotly_chart(viz.captured_bars(plan), config={"displayModeBar": False}, key="map_captured")
 
 # ---- layer similarity -----------------------------------------------------------------
@@ -207,21 +258,10 @@ st.subheader("Teacher × student layer similarity")
 st.caption("Linear CKA between each teacher layer's and each student layer's hidden states on the seed samples "
            "(1 = the same representation up to rotation and scale). Circles mark the current mapping; "
            "use it to pick teacher layers for a manual map.")
-cka_id = (str(S.get(S.TEACHER)), str(S.get(S.STUDENT)), sens["id"])
-cka = S.get(S.CKA)
 if st.button("Compute layer similarity", icon=":material/grid_on:", key="w_map_cka"):
-    from paraknow.similarity import layer_similarity
-
-    with W.show_errors("computing the layer similarity"):
-        teacher, t_tok, _ = W.get_model("teacher")
-        student, s_tok, _ = W.get_model("student")
-        progress = W.Progress("Hidden states")
-        matrix, info = layer_similarity(teacher, student, t_tok, sens["records"], student_tokenizer=s_tok,
-                                        progress=progress)
-        progress.finish(f"compared on {info['n']} {info['inputs']}")
-        cka = {"key": cka_id, "matrix": matrix, "info": info}
-        S.put(S.CKA, cka)
-if cka and cka["key"] == cka_id:
+    W.compute_similarity()
+cka = S.get(S.CKA)
+if W.current_similarity() is not None:
     st.plotly_chart(viz.similarity_heatmap(cka["matrix"], plan.layer_map), config={"displayModeBar": False},
                     key="map_cka")
     st.caption(f"Computed on {cka['info']['n']} {cka['info']['inputs']} from {cka['info']['samples']} seed samples.")

@@ -191,3 +191,8 @@ def plan_index_sets(structure: str, coherent: str, layer_scores: dict, embed_sco
         if embed_scores:
             out[None] = LayerSets(hidden=hidden)
     return out
+
+
+def head_axes(role: str, head_dim: int) -> dict:
+    """{"rows" / "cols": head_dim} for the axes of a role's matrix that run over attention heads."""
+    return {axis: head_dim for axis, name in zip(("rows", "cols"), AXES[role]) if name in ("q_rows", "kv_rows")}

@@ -29,6 +29,7 @@ SEQUENTIAL = "Viridis"
 DIVERGING = "RdBu_r"
 DONE_COLOR, TODO_COLOR, NEXT_COLOR = "#2e7d32", "#b0bec5", "#f9a825"
 SELECT_COLOR = "#ff1744"
+HEAD_COLOR = "#e0e0e0"  # attention-head boundaries on the drill-down
 
 
 def _fig(height: int, **layout) -> go.Figure:
@@ -249,11 +250,12 @@ def pooled_mask(selection, shape: tuple[int, int], max_rows: int = 256, max_cols
 
 def matrix_figure(matrix: torch.Tensor, title: str = "", log: bool = False, max_cells: int = 256,
                   selection=None, height: int = 620, pooled: Pooled | None = None,
-                  reduce: str = "mean") -> go.Figure:
+                  reduce: str = "mean", heads: dict | None = None) -> go.Figure:
     """Pooled heatmap of one weight's sensitivity [out, in] with row and column marginals.
 
     Traces: [0] column marginal (top), [1] heatmap, [2] row marginal (right), then
     [3] the selection mask for non-block selections. A contiguous block is a rectangle shape.
+    `heads` {"rows" or "cols": head_dim} draws the attention-head boundaries along that axis.
     """
     p = pooled or pool_for_display(matrix, max_cells, max_cells, reduce)
     n_rows, n_cols = p.shape
@@ -289,6 +291,15 @@ def matrix_figure(matrix: torch.Tensor, title: str = "", log: bool = False, max_
                                      colorscale=[[0, "rgba(255,23,68,0)"], [1, "rgba(255,23,68,0.6)"]],
                                      hovertemplate="selected share of cell: %{z:.0%}<extra></extra>"),
                           row=2, col=1)
+    for axis, step in (heads or {}).items():
+        extent = n_rows if axis == "rows" else n_cols
+        for edge in range(step, extent, step):
+            if axis == "rows":
+                fig.add_shape(type="line", x0=-0.5, x1=n_cols - 0.5, y0=edge - 0.5, y1=edge - 0.5,
+                              line=dict(color=HEAD_COLOR, width=1, dash="dot"), row=2, col=1)
+            else:
+                fig.add_shape(type="line", y0=-0.5, y1=n_rows - 0.5, x0=edge - 0.5, x1=edge - 0.5,
+                              line=dict(color=HEAD_COLOR, width=1, dash="dot"), row=2, col=1)
     fig.update_yaxes(autorange="reversed", row=2, col=1, title="row (out)")
     fig.update_yaxes(autorange="reversed", row=2, col=2)
     fig.update_xaxes(title="column (in)", row=2, col=1)
@@ -487,7 +498,7 @@ def plan_rows(plan) -> list[dict]:
                      "teacher layer": m.teacher_layer, "teacher shape": "x".join(map(str, m.teacher_shape)),
                      "student shape": "x".join(map(str, m.shape)),
                      "block at": f"({block[0]}, {block[1]})" if block else "scattered",
-                     "captured": m.captured})
+                     "captured": m.captured, "area": m.area, "lift": m.lift})
     return rows
 
 
@@ -569,6 +580,18 @@ def energy_figure(manifest: dict, height: int = 340) -> go.Figure:
     fig.update_yaxes(tickformat=".0%", range=[0, 1])
     fig.update_xaxes(tickangle=-45)
     return fig
+
+
+def index_ranges(indices, limit: int = 24) -> str:
+    """Ascending indices as runs, e.g. [0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8" (at most `limit` runs shown)."""
+    runs = []
+    for i in map(int, indices):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:limit])
+    return text + (f", … ({len(runs) - limit} more runs)" if len(runs) > limit else "")
 
 
 def _short(module: str) -> str:

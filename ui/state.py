@@ -90,6 +90,7 @@ SOURCES = ("Built-in task", "Upload JSONL", "Paste JSONL")
 W_STRATEGY = "w_map_strategy"
 W_MAP_SEED = "w_map_seed"
 W_STRUCTURE = "w_map_structure"
+W_COHERENT = "w_map_coherent"
 W_MODULE_PREFIX = "w_map_mod_"    # + role: one checkbox per module role
 W_PREVIEW = "w_map_preview"       # student module shown in the preview
 W_OVR_ON = "w_map_ovr_on"         # + module suffix added by the page
@@ -151,6 +152,7 @@ def widget_defaults() -> dict:
         W_METRIC: sens("metric"), W_MAXLEN: sens("max_length"), W_VALUE: "sum", W_LOG: False, W_DRILL_LOG: False,
         W_DRILL_MAX: False, W_CMP_TASK: "instruct", W_CMP_MODE: "difference",
         W_STRATEGY: transfer("layers"), W_MAP_SEED: transfer("seed"), W_STRUCTURE: transfer("structure"),
+        W_COHERENT: transfer("coherent"),
         W_RANK: transfer("rank"), W_ALPHA: float(transfer("alpha")), W_SPLIT_MODE: transfer("split"),
         W_MODE: transfer("mode"), W_NAME: "", W_OVERWRITE: False,
     }

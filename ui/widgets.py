@@ -339,7 +339,7 @@ def current_transfer_config():
     return TransferConfig(
         rank=int(ss[S.W_RANK]), alpha=float(ss[S.W_ALPHA]), layers=strategy,
         manual_map=list(S.get(S.MANUAL_MAP) or []) if strategy == "manual" else None,
-        structure=ss[S.W_STRUCTURE], modules=selected_modules(), mode=ss[S.W_MODE], split=ss[S.W_SPLIT_MODE],
+        structure=ss[S.W_STRUCTURE], coherent=ss[S.W_COHERENT], modules=selected_modules(), mode=ss[S.W_MODE], split=ss[S.W_SPLIT_MODE],
         seed=int(ss[S.W_MAP_SEED]), overrides=dict(S.get(S.OVERRIDES) or {}))
 
 
@@ -347,7 +347,35 @@ def plan_key(config) -> str:
     sens = S.get(S.SENS)
     d = asdict(config)
     d.pop("alpha"), d.pop("mode"), d.pop("split")  # do not change what is selected
-    return f"{sens['id'] if sens else None}|{S.get(S.STUDENT)}|{sorted(d.items(), key=lambda kv: kv[0])!r}"
+    similarity = cka_key() if config.layers == "cka" and current_similarity() is not None else None
+    return (f"{sens['id'] if sens else None}|{S.get(S.STUDENT)}|{similarity}|"
+            f"{sorted(d.items(), key=lambda kv: kv[0])!r}")
+
+
+def cka_key() -> tuple:
+    """What the layer similarity depends on: both models and the seed samples (the sensitivity's)."""
+    sens = S.get(S.SENS)
+    return str(S.get(S.TEACHER)), str(S.get(S.STUDENT)), sens["id"] if sens else None
+
+
+def current_similarity():
+    """The [L_T, L_S] layer similarity of the current models and seeds, or None if not computed."""
+    cka = S.get(S.CKA)
+    return cka["matrix"] if cka and cka["key"] == cka_key() else None
+
+
+def compute_similarity() -> None:
+    """Linear CKA of every teacher x student layer on the seed samples, stored in the session."""
+    from paraknow.similarity import layer_similarity
+
+    with show_errors("computing the layer similarity"):
+        teacher, t_tok, _ = get_model("teacher")
+        student, s_tok, _ = get_model("student")
+        progress = Progress("Hidden states")
+        matrix, info = layer_similarity(teacher, student, t_tok, S.get(S.SENS)["records"],
+                                        student_tokenizer=s_tok, progress=progress)
+        progress.finish(f"compared on {info['n']} {info['inputs']}")
+        S.put(S.CKA, {"key": cka_key(), "matrix": matrix, "info": info})
 
 
 def current_plan(config=None):
@@ -362,7 +390,8 @@ def current_plan(config=None):
     sens = S.get(S.SENS)
     if not sens:
         raise ParaknowError("no sensitivity map yet: compute one on the Sensitivity page first.")
-    plan = plan_transfer(S.get(S.TEACHER_INFO), S.get(S.STUDENT_INFO), sens["scores"], config)
+    similarity = current_similarity() if config.layers == "cka" else None
+    plan = plan_transfer(S.get(S.TEACHER_INFO), S.get(S.STUDENT_INFO), sens["scores"], config, similarity)
     S.put(S.PLAN, (key, plan))
     return plan
 
@@ -390,7 +419,7 @@ def quick_start() -> str:
         result = sensitivity_result(load_records(QUICK_TASK), QUICK_TASK, config, Progress("sensitivity", first="checking the cache…"))
         set_sensitivity(result)
         status.write(f"Default plan: {quick_start_plan_text()}…")
-        for key in (S.W_STRATEGY, S.W_STRUCTURE, S.W_MAP_SEED):
+        for key in (S.W_STRATEGY, S.W_STRUCTURE, S.W_COHERENT, S.W_MAP_SEED):
             ss[key] = defaults[key]
         for key in (k for k in defaults if k.startswith(S.W_MODULE_PREFIX)):
             ss[key] = defaults[key]
