@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -229,6 +230,18 @@ class TransferPlan:
     layer_similarity: list | None = None  # [L_T][L_S] CKA behind a cka layer map
 
 
+class _Target(NamedTuple):
+    """One student module to fill, before its selection is made."""
+    s_layer: int | None
+    t_layer: int | None
+    role: str
+    t_param: str
+    t_shape: tuple
+    s_shape: tuple
+    transposed: bool
+    sens: torch.Tensor  # [o_T, i_T] oriented sensitivity
+
+
 def _oriented(scores: torch.Tensor, transposed: bool) -> torch.Tensor:
     return scores.T if transposed else scores  # embed_tokens [V, d] -> [d, V]
 
@@ -257,7 +270,7 @@ def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: 
         if role == "lm_head" and student.tied_embeddings:
             continue
         targets.append((None, None, role))
-    planned = []  # (s_layer, t_layer, role, t_param, t_shape, s_shape, transposed, oriented sensitivity)
+    planned = []
     for s_layer, t_layer, role in targets:
         t_param = teacher.param_name(t_layer, role)
         if t_param not in scores:
@@ -275,13 +288,14 @@ def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: 
             raise ParaknowError(f"rank {config.rank} is larger than {role}'s smallest dimension "
                                 f"{min(s_shape)}: lower --rank.")
         sens = _oriented(scores[t_param], transposed)  # [o_T, i_T]
-        planned.append((s_layer, t_layer, role, t_param, t_shape, s_shape, transposed, sens))
-    by_layer: dict = {}
-    for s_layer, _, role, *_rest, sens in planned:
-        if s_layer is not None:
-            by_layer.setdefault(s_layer, {})[role] = sens
-    index_sets = plan_index_sets(config.structure, config.coherent, by_layer,
-                                 {p[2]: p[-1] for p in planned if p[0] is None}, teacher, student, config.seed)
+        planned.append(_Target(s_layer, t_layer, role, t_param, t_shape, s_shape, transposed, sens))
+    by_layer: dict = {}  # student layer -> {role: oriented sensitivity}
+    for t in planned:
+        if t.s_layer is not None:
+            by_layer.setdefault(t.s_layer, {})[t.role] = t.sens
+    embeddings = {t.role: t.sens for t in planned if t.s_layer is None}
+    index_sets = plan_index_sets(config.structure, config.coherent, by_layer, embeddings, teacher, student,
+                                 config.seed)
     modules = []
     for s_layer, t_layer, role, t_param, t_shape, s_shape, transposed, sens in planned:
         module = student.module_name(s_layer, role)
