@@ -337,3 +337,16 @@ def test_bench_smoke_runs():
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip().endswith(tuple("0123456789"))]
     assert [r[:2] for r in rows] == [["submatrix", "off"], ["heads", "off"], ["heads", "layer"], ["heads", "model"],
                                      ["submatrix", "layer"], ["submatrix", "model"], ["rowcol", "layer"]]
+
+
+def test_drilldown_head_boundaries_and_index_ranges():
+    from paraknow import viz
+    from paraknow.structure import head_axes
+
+    assert head_axes("q_proj", 16) == {"rows": 16} and head_axes("o_proj", 16) == {"cols": 16}
+    assert head_axes("up_proj", 16) == {}
+    fig = viz.matrix_figure(torch.rand(128, 64), "q_proj", heads=head_axes("q_proj", 16))
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert sorted(s.y0 for s in lines) == [15.5, 31.5, 47.5, 63.5, 79.5, 95.5, 111.5]  # 8 heads of 16 rows
+    assert viz.index_ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+    assert viz.index_ranges(range(0, 10, 2), limit=2) == "0, 2, … (3 more runs)"
