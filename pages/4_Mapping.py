@@ -174,18 +174,20 @@ with p2:
     mod = by_name[choice]
     block = mod.selection.block()
     m1, m2, m3 = st.columns(3)
-    m1.metric("Captured sensitivity", f"{mod.captured:.1%}", help="share of the teacher matrix's sensitivity "
-              "inside the selection")
+    m1.metric("Captured", f"{mod.captured:.1%}", help="share of the teacher matrix's sensitivity inside "
+              "the selection")
     m2.metric("Area", f"{mod.area:.1%}", help="share of the teacher matrix's entries the student's shape takes")
     m3.metric("Lift", f"{mod.lift:.2f}x", help="captured / area: 1 = no better than any part of that size")
     sets = plan.index_sets.get(mod.student_layer)
     if sets is not None:
         listed = []
         if sets.heads is not None and mod.role in ATTN_ROLES:
+            dims = sets.heads.head_dims
             listed += [f"teacher KV heads **{sets.heads.kv_heads}** -> student KV heads 0-{len(sets.heads.kv_heads) - 1}",
                        f"query heads **{sets.heads.q_heads}** (in the student's order, grouped by KV head)",
-                       f"dims kept in every head: {viz.index_ranges(sets.heads.head_dims)} "
-                       f"of {t_info.head_dim} (rotary pairs i, i + {t_info.head_dim // 2} kept together)"]
+                       f"all {t_info.head_dim} dims of every head" if len(dims) == t_info.head_dim else
+                       f"dims kept in every head: {viz.index_ranges(dims)} of {t_info.head_dim} "
+                       f"(rotary pairs i, i + {t_info.head_dim // 2} kept together)"]
         if sets.neurons is not None and mod.role in FFN_ROLES:
             listed.append(f"FFN neurons ({len(sets.neurons)} of {t_info.intermediate_size}, shared by "
                           f"gate/up/down): {viz.index_ranges(sets.neurons)}")

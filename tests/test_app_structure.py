@@ -23,7 +23,7 @@ def test_mapping_heads_coherent_and_cka():
     at.switch_page("pages/4_Mapping.py").run()
     _ok(at)
     assert at.session_state[S.PLAN][1].index_sets == {}  # the default: today's per-matrix submatrix
-    assert [m.label for m in at.metric][:3] == ["Captured sensitivity", "Area", "Lift"]
+    assert [m.label for m in at.metric][:3] == ["Captured", "Area", "Lift"]
     at.selectbox(key=S.W_STRUCTURE).set_value("heads").run()
     at.session_state[S.W_COHERENT] = "layer"
     at.run()
