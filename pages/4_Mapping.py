@@ -201,7 +201,7 @@ with p2:
         config = W.current_transfer_config()
         teacher_model, student_model = W.get_model("teacher")[0], W.get_model("student")[0]
         cos = module_cosines(dict(teacher_model.named_parameters()), dict(student_model.named_parameters()),
-                             mod, config.rank, config.alpha, config.split)
+                             mod, config)
         st.caption(f"Init s·B·A (rank {config.rank}) vs the student's W: cosine {cos.to_weight:+.3f}; "
                    f"vs the residual base W − s·B·A: {cos.to_residual:+.3f}.")
     st.caption(f"From teacher `{mod.teacher_param}` {list(mod.teacher_shape)} → student {list(mod.shape)}"

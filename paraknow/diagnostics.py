@@ -39,10 +39,10 @@ def oriented_weight(params: dict, name: str, transposed: bool) -> torch.Tensor:
     return w.T if transposed else w
 
 
-def module_cosines(teacher_params: dict, student_params: dict, mod, rank: int, alpha: float,
-                   split: str = "left") -> InitCosines:
-    """Factorise one planned module (a `transfer.ModulePlan`) and compare its delta with the student."""
+def module_cosines(teacher_params: dict, student_params: dict, mod, config) -> InitCosines:
+    """Factorise one planned module (a `transfer.ModulePlan`) as `config` (a TransferConfig) would, and
+    compare its delta with the student's weight."""
     block = mod.selection.apply(oriented_weight(teacher_params, mod.teacher_param, mod.transposed))  # [o_S, i_S]
-    f = factorise(block, rank, alpha, split)
-    delta = scaling(rank, alpha) * f.B.double() @ f.A.double()  # [o_S, i_S]
+    f = factorise(block, config.rank, config.alpha, config.split, config.svd, config.seed)
+    delta = scaling(config.rank, config.alpha) * f.B.double() @ f.A.double()  # [o_S, i_S]
     return init_cosines(delta, oriented_weight(student_params, mod.student_module + ".weight", mod.transposed))

@@ -13,6 +13,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from paraknow.diagnostics import module_cosines
 from paraknow.errors import ParaknowError
 from paraknow.extract import max_sum_block_reference, select
 from paraknow.models import ATTN_ROLES, FFN_ROLES, describe, describe_config
@@ -275,6 +276,10 @@ def test_residual_export_keeps_student_and_records_options(tmp_path, planned, to
     out = tmp_path / "export"
     before = logits(student)
     manifest = export_transfer(teacher, student, t, s, plan, config, out, {"teacher": "t", "student": "s"})
+    first = plan.modules[0]  # the page's one-module diagnostic agrees with the export's
+    cos = module_cosines(dict(teacher.named_parameters()), dict(student.named_parameters()), first, config)
+    assert manifest["modules"][first.student_module]["cos_to_student"] == pytest.approx(cos.to_weight, abs=1e-6)
+    assert manifest["modules"][first.student_module]["cos_to_residual"] == pytest.approx(cos.to_residual, abs=1e-6)
     base = PeftModel.from_pretrained(student, str(out / "residual")).merge_and_unload()
     after = logits(PeftModel.from_pretrained(base, str(out)))
     assert (after - before).abs().max() <= 1e-4
