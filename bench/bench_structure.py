@@ -1,6 +1,6 @@
 """Planning time of the structure-aware options against today's submatrix plan, side by side.
 
-    python bench/bench_structure.py [--smoke] [--repeats N] [--threads N]
+    python bench/bench_structure.py [--smoke] [--repeats N] [--threads N] [--out FILE.json]
 
 Teacher: SmolLM2-135M's shapes (30 layers, hidden 576, 9 query / 3 key-value heads, head_dim 64,
 FFN 1536, vocabulary 49152); student: the SmolLM-shaped student of bench_extract_smollm.py
@@ -12,7 +12,6 @@ the test suite can run it in seconds; its ratios say nothing about speed.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -22,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import paraknow 
 
 import torch  # noqa: E402
 from transformers import LlamaConfig  # noqa: E402
+
+from common import parse_scale_args, scale_parser, write_figures  # noqa: E402
 
 from paraknow.models import EMBED_ROLES, LAYER_ROLES, describe_config  # noqa: E402
 from paraknow.transfer import TransferConfig, plan_transfer  # noqa: E402
@@ -54,13 +55,9 @@ def random_scores(teacher, seed=0) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes, one run each (for the test suite)")
+    ap = scale_parser("tiny shapes, one run each (for the test suite)")
     ap.add_argument("--repeats", type=int, default=5, help="plans per option (median)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_scale_args(ap)
     name = "smoke" if args.smoke else "smollm2-135m"
     repeats = 1 if args.smoke else args.repeats
     teacher, student = (info(*shape) for shape in SHAPES[name])
@@ -82,6 +79,7 @@ def main() -> None:
             times[option].append(time.perf_counter() - t0)
     base = statistics.median(times[OPTIONS[0]])
     print(f"  {'structure':<11}{'coherent':<10}{'plan time':>11}{'vs submatrix':>14}  {'mean lift':>9}")
+    figures = {"shapes": name, "repeats": repeats, "threads": torch.get_num_threads(), "options": []}
     for (structure, coherent), option_times in times.items():
         seconds = statistics.median(option_times)
         ratio = seconds / base
@@ -91,6 +89,10 @@ def main() -> None:
         if {structure, coherent} & TARGETED and not args.smoke:
             verdict = "  (target <= 2x: " + ("PASS)" if ratio <= 2 else "FAIL)")
         print(f"  {structure:<11}{coherent:<10}{seconds * 1e3:>9.1f}ms{ratio:>13.2f}x  {lift:>9.3f}{verdict}")
+        figures["options"].append({"structure": structure, "coherent": coherent, "seconds": seconds,
+                                   "ratio_vs_submatrix": ratio, "mean_lift": lift})
+    if args.out:
+        write_figures(args.out, figures)
 
 if __name__ == "__main__":
     main()
