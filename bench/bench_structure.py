@@ -13,19 +13,14 @@ the test suite can run it in seconds; its ratios say nothing about speed.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # import paraknow from the repo root
+import torch
+from transformers import LlamaConfig
 
-import torch  # noqa: E402
-from transformers import LlamaConfig  # noqa: E402
-
-from common import parse_scale_args, scale_parser, write_figures  # noqa: E402
-
-from paraknow.models import EMBED_ROLES, LAYER_ROLES, describe_config  # noqa: E402
-from paraknow.transfer import TransferConfig, plan_transfer  # noqa: E402
+from common import parse_scale_args, scale_parser, write_figures
+from paraknow.models import EMBED_ROLES, LAYER_ROLES, describe_config
+from paraknow.transfer import TransferConfig, plan_transfer
 
 SHAPES = {  # name -> (teacher, student): layers, hidden, ffn, heads, kv heads, head_dim, vocab
     "smollm2-135m": ((30, 576, 1536, 9, 3, 64, 49152), (15, 384, 1024, 6, 2, 64, 49152)),

@@ -331,19 +331,6 @@ def test_cli_extract_with_the_new_options(tmp_path, capsys):
     assert exc.value.code == 2 and "--coherent" in capsys.readouterr().err
 
 
-def test_bench_smoke_runs():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    bench = Path(__file__).resolve().parents[1] / "bench" / "bench_structure.py"
-    proc = subprocess.run([sys.executable, str(bench), "--smoke"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    rows = [line.split() for line in proc.stdout.splitlines() if line.strip().endswith(tuple("0123456789"))]
-    assert [r[:2] for r in rows] == [["submatrix", "off"], ["heads", "off"], ["heads", "layer"], ["heads", "model"],
-                                     ["submatrix", "layer"], ["submatrix", "model"], ["rowcol", "layer"]]
-
-
 def test_drilldown_head_boundaries_and_index_ranges():
     from paraknow import viz
     from paraknow.structure import head_axes
