@@ -232,15 +232,22 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+def per_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each next-token prediction, as transformers shifts them; 0 where ignored.
+
+    logits [batch, seq, vocab], labels [batch, seq] -> [batch, seq-1] (position t predicts labels[t+1])
+    """
+    shift_logits = logits[:, :-1].float()  # [b, s-1, V]
+    shift_labels = labels[:, 1:]  # [b, s-1]
+    return torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="none").view_as(shift_labels)  # [b, s-1]
+
+
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean token cross-entropy of each sample over its target tokens, as transformers shifts them.
 
     logits [batch, seq, vocab], labels [batch, seq] -> [batch]
     """
-    shift_logits = logits[:, :-1].float()  # [b, s-1, V]
-    shift_labels = labels[:, 1:]  # [b, s-1]
-    token_loss = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="none").view_as(shift_labels)  # [b, s-1]
-    n_tokens = (shift_labels != IGNORE_INDEX).sum(1).clamp(min=1)
-    return token_loss.sum(1) / n_tokens
+    n_tokens = (labels[:, 1:] != IGNORE_INDEX).sum(1).clamp(min=1)
+    return per_token_loss(logits, labels).sum(1) / n_tokens

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -161,11 +160,12 @@ def evaluate(model, tokenizer, records: list[dict], max_new_tokens: int = 128, b
 def run_eval(model_ref: str, data_ref: str, adapter: str | None = None, max_new_tokens: int = 128,
              device: str | None = None, batch_size: int = 16, progress: Progress | None = None,
              match: str = "auto") -> dict:
-    """`python -m paraknow eval`: load a model (and optional PEFT adapter), evaluate a dataset.
+    """`python -m paraknow eval`: load a model (and optional adapter, `lora.attach_adapter`), evaluate a dataset.
 
     Returns {"accuracy", "loss", "n"}.
     """
     from .data import load_records
+    from .lora import attach_adapter
     from .models import load_model
 
     if max_new_tokens < 1:
@@ -174,17 +174,6 @@ def run_eval(model_ref: str, data_ref: str, adapter: str | None = None, max_new_
     records = load_records(data_ref)
     model, tokenizer = load_model(model_ref, device=device)
     if adapter:
-        path = Path(adapter).expanduser()
-        if not (path / "adapter_config.json").is_file():
-            raise ParaknowError(f"adapter not found: {adapter} has no adapter_config.json. Give the "
-                                "directory written by `extract` or a run's adapter/ folder.")
-        from peft import PeftModel
-
-        try:
-            model = PeftModel.from_pretrained(model, str(path))
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise ParaknowError(f"the adapter in {adapter} does not fit model '{model_ref}': "
-                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}")
-        model.eval()
+        model = attach_adapter(model, adapter, model_ref)
     return evaluate(model, tokenizer, records, max_new_tokens=max_new_tokens,
                     batch_size=batch_size, progress=progress, match=match).to_dict()

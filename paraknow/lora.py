@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .errors import ParaknowError
+from .errors import ParaknowError, first_line
 from .fsio import atomic_directory, atomic_save_safetensors, atomic_write_json, read_json_object
 
 SPLITS = ("left", "sqrt")
@@ -209,6 +209,28 @@ def student_from_export(student, export_dir, trainable: bool = True, dropout: fl
     if dropout is not None:
         config.lora_dropout = dropout
     return PeftModel.from_pretrained(base, str(export_dir), is_trainable=trainable, config=config)
+
+
+def attach_adapter(model, adapter_dir, model_ref: str = "the model"):
+    """`model` with a LoRA adapter loaded for inference (eval, generate, the Playground page).
+
+    A paraknow export in residual mode gets its `residual/` companion merged into the base first,
+    so "student + export" is the student that training starts from; a run's `adapter/` folder or
+    any other PEFT adapter is loaded as it is. The model is returned in eval mode.
+    """
+    from peft import PeftModel
+
+    path = Path(adapter_dir).expanduser()
+    if not (path / ADAPTER_CONFIG).is_file():
+        raise ParaknowError(f"adapter not found: {adapter_dir} has no {ADAPTER_CONFIG}. Give the "
+                            "directory written by `extract` or a run's adapter/ folder.")
+    try:
+        if (path / "paraknow.json").is_file():
+            model = apply_residual(model, path)
+        model = PeftModel.from_pretrained(model, str(path))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ParaknowError(f"the adapter in {adapter_dir} does not fit model '{model_ref}': {first_line(exc)}")
+    return model.eval()
 
 
 def residual_deltas(export_dir) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
