@@ -52,6 +52,7 @@ def home() -> None:
                      icon=":material/local_fire_department:")
         st.page_link(W.PAGE_MAPPING, label="Mapping: layers and submatrices", icon=":material/account_tree:")
         st.page_link(W.PAGE_EXPORT, label="Export: the LoRA initialisation", icon=":material/package_2:")
+        st.page_link(W.PAGE_PLAYGROUND, label="Playground: the models' answers side by side", icon=":material/compare:")
     pipeline_slot.plotly_chart(pipeline_figure(S.progress_summary()), config={"displayModeBar": False},
                                key="home_pipeline")
     with right:
@@ -84,6 +85,7 @@ PAGES = [
 ]
 if W.finetune_available():  # page 6 is added by the fine-tuning work
     PAGES.append(st.Page(W.PAGE_FINETUNE, title="Fine-tune", url_path="Fine-tune", icon=":material/model_training:"))
+PAGES.append(st.Page(W.PAGE_PLAYGROUND, title="Playground", url_path="Playground", icon=":material/compare:"))
 
 W.HOME_PAGE = PAGES[0]  # page_link to the home page needs its Page object (it is a function)
 page = st.navigation(PAGES)

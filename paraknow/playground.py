@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import difflib
 import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-from .data import IGNORE_INDEX, encode, per_token_loss
+from .data import IGNORE_INDEX, encode, per_token_loss, split_conversation
 from .errors import ParaknowError
-from .evaluate import generate_completions
+from .evaluate import generate_completions, is_correct
 
 DEFAULT_MAX_NEW_TOKENS = 128
+LOSS_SCALE = 5.0  # nats at which a token is drawn fully red (probability e^-5 ~ 0.7 %)
 
 
 class TokenLoss(NamedTuple):
@@ -80,6 +84,92 @@ def run_generate(model_ref: str, prompt: str, adapter: str | None = None,
     if adapter:
         model = attach_adapter(model, adapter, model_ref)
     return generate_text(model.eval(), tokenizer, prompt, max_new_tokens)
+
+
+@dataclass
+class Output:
+    """What one model does with the prompt: its greedy completion and the reference's token losses."""
+    name: str
+    text: str
+    correct: bool | None  # the completion's final answer against the reference (None: no reference)
+    losses: list[TokenLoss] = field(default_factory=list)  # empty without a reference
+
+    @property
+    def mean_loss(self) -> float | None:
+        return sum(x.loss for x in self.losses) / len(self.losses) if self.losses else None
+
+
+def task_item(task: str, index: int, split: str = "test") -> tuple[dict, str, str]:
+    """(record, prompt, reference completion) of one built-in task item."""
+    from .tasks import task_records
+
+    records = task_records(task, split)
+    if not 0 <= index < len(records):
+        raise ParaknowError(f"task:{task}:{split} has items 0 to {len(records) - 1}; pick one of them.")
+    messages, reference = split_conversation(records[index])
+    return records[index], messages[-1]["content"], reference
+
+
+def compare_models(models: list[tuple[str, object, object]], prompt: str, reference: str = "",
+                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, record: dict | None = None) -> list[Output]:
+    """Every (name, model, tokenizer) on one prompt: greedy completion, and with a reference its
+    per-token losses and whether the completion's answer matches it (`record`: the item to score
+    against, e.g. a built-in test item with its `answer`; default: the prompt and reference)."""
+    reference = reference or ""
+    scored = record if record is not None else user_record(prompt, reference)
+    outputs = []
+    for name, model, tokenizer in models:
+        text = generate_text(model, tokenizer, prompt, max_new_tokens)
+        has_reference = bool(reference.strip())
+        outputs.append(Output(name, text, is_correct(scored, text) if has_reference else None,
+                              token_losses(model, tokenizer, prompt, reference) if has_reference else []))
+    return outputs
+
+
+@dataclass
+class AdapterChoice:
+    """An adapter the student can be run with: a PKT export or a trained run's adapter/."""
+    name: str  # "export NAME" | "run ID"
+    detail: str
+    path: str
+    student: str | None  # the student it was made for (None: unknown)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.detail})"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def adapter_choices(student_ref: str | None = None) -> list[AdapterChoice]:
+    """Exports under cache/exports/ and finished runs' adapters under cache/runs/ (newest first),
+    only those made for `student_ref` (or for an unknown student) when it is given."""
+    from .jobs import list_runs
+    from .lora import ADAPTER_CONFIG
+    from .paths import cache_dir
+
+    exports = []
+    for d in cache_dir("exports").iterdir():
+        manifest = _read_json(d / "paraknow.json")
+        if d.name.startswith(".") or not manifest or not (d / ADAPTER_CONFIG).is_file():
+            continue
+        exports.append((manifest.get("created", ""), AdapterChoice(
+            f"export {d.name}", f"{manifest.get('mode')}, rank {manifest.get('rank')}", str(d),
+            manifest.get("student"))))
+    choices = [c for _, c in sorted(exports, key=lambda e: e[0], reverse=True)]
+    for run in list_runs(resume_queue=False):
+        adapter = run.run_dir / "adapter"
+        if (adapter / ADAPTER_CONFIG).is_file():
+            accuracy = (run.final_eval or {}).get("accuracy")
+            scored = f", test accuracy {accuracy:.1%}" if accuracy is not None else ""
+            choices.append(AdapterChoice(f"run {run.run_id}", f"{run.method}, seed {run.spec.get('seed')}{scored}",
+                                         str(adapter), run.spec.get("student")))
+    return [c for c in choices if student_ref is None or c.student in (None, student_ref)]
 
 
 # ---------------------------------------------------------------------------------------

@@ -44,12 +44,13 @@ ZIP = "pk_zip"                    # {"dir", "stamp", "data"} zip bytes of an exp
 QUICKSTART = "pk_quickstart"      # summary line of the last quick start
 DRILL_CLICK = "pk_drill_click"    # last heatmap click applied to the drill-down
 HUB_CHECKED = "pk_hub_checked"    # hub ids whose config the user asked to look up (network)
+PG_RESULT = "pk_pg_result"        # {"key", "outputs": [playground.Output]} of the last Playground run
 
 RESULT_DEFAULTS = {
     TEACHER: None, STUDENT: None, TEACHER_INFO: None, STUDENT_INFO: None, SENS: None, SENS_B: None,
     MANUAL_MAP: None, MANUAL_BASE: None, MANUAL_VERSION: 0, OVERRIDES: {}, PLAN: None, CKA: None,
     EXPORT: None, EXPORTS_MADE: [], VERIFY: None, ZIP: None, QUICKSTART: None, DRILL_CLICK: None,
-    HUB_CHECKED: [],
+    HUB_CHECKED: [], PG_RESULT: None,
 }
 
 # ---- widgets --------------------------------------------------------------------------
@@ -108,6 +109,19 @@ W_OVERWRITE = "w_exp_overwrite"
 W_SPEC_MODULES = "w_exp_spec_modules"
 
 
+# Playground page
+PG_SOURCES = ("Built-in test item", "Type a prompt")
+W_PG_SOURCE = "w_pg_source"
+W_PG_TASK = "w_pg_task"
+W_PG_INDEX = "w_pg_index"
+W_PG_PROMPT = "w_pg_prompt"
+W_PG_REFERENCE = "w_pg_reference"
+W_PG_ADAPTER = "w_pg_adapter"      # adapter path for "student + adapter" ("" = none; unset: the newest)
+W_PG_TOKENS = "w_pg_tokens"        # max new tokens
+W_PG_DIFF_A = "w_pg_diff_a"        # the two outputs whose difference is highlighted
+W_PG_DIFF_B = "w_pg_diff_b"
+
+
 def default_refs() -> tuple[str, str]:
     """(teacher, student) references preselected everywhere: the demo pair unless overridden."""
     return (os.environ.get("PARAKNOW_APP_TEACHER") or "demo:teacher",
@@ -144,6 +158,7 @@ def widget_defaults() -> dict:
     from paraknow.options import default_of
     from paraknow.sensitivity import SensitivityConfig
     from paraknow.transfer import TransferConfig, default_roles
+    from paraknow.playground import DEFAULT_MAX_NEW_TOKENS
 
     sens = lambda name: default_of(SensitivityConfig, name)  # noqa: E731
     transfer = lambda name: default_of(TransferConfig, name)  # noqa: E731
@@ -155,6 +170,8 @@ def widget_defaults() -> dict:
         W_COHERENT: transfer("coherent"),
         W_RANK: transfer("rank"), W_ALPHA: float(transfer("alpha")), W_SPLIT_MODE: transfer("split"),
         W_MODE: transfer("mode"), W_NAME: "", W_OVERWRITE: False,
+        W_PG_SOURCE: PG_SOURCES[0], W_PG_TASK: "arith", W_PG_INDEX: 0, W_PG_PROMPT: "", W_PG_REFERENCE: "",
+        W_PG_TOKENS: DEFAULT_MAX_NEW_TOKENS,
     }
     defaults = default_roles()  # embeddings included: dropped at plan time when the tokenizers differ
     for role in LAYER_ROLES + EMBED_ROLES:

@@ -27,6 +27,7 @@ PAGE_SENSITIVITY = "pages/3_Sensitivity.py"
 PAGE_MAPPING = "pages/4_Mapping.py"
 PAGE_EXPORT = "pages/5_Export.py"
 PAGE_FINETUNE = "pages/6_Fine-tune.py"
+PAGE_PLAYGROUND = "pages/7_Playground.py"
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_SCRIPT = ROOT / "app.py"
@@ -126,6 +127,29 @@ def _load_model_cached(ref: str, dtype: str, device: str, stamp: str):
     transformers.utils.logging.disable_progress_bar()
     model, tokenizer = load_model(ref, dtype=dtype, device=device)
     return model, tokenizer, describe(model, tokenizer)
+
+
+def load_adapted_cached(spec: dict, adapter_dir: str):
+    """(model, tokenizer) of a copy of the model in `spec` with an adapter (`lora.attach_adapter`:
+    a residual export's residual/ merged first), keyed by the model's and the adapter's files."""
+    return _load_adapted_cached(spec["ref"], spec["dtype"], spec["device"], ref_stamp(spec["ref"]),
+                                adapter_dir, ref_stamp(adapter_dir))
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _load_adapted_cached(ref: str, dtype: str, device: str, stamp: str, adapter_dir: str, adapter_stamp: str):
+    import copy
+
+    from paraknow.lora import attach_adapter
+
+    model, tokenizer, _ = load_model_cached(ref, dtype, device)
+    return attach_adapter(copy.deepcopy(model), adapter_dir, ref), tokenizer  # the cached base stays as it is
+
+
+def loaded_or_default_specs() -> tuple[dict, dict]:
+    """(teacher, student) specs: those loaded on the Models page, else the default pair on the CPU."""
+    defaults = [{"ref": ref, "dtype": "float32", "device": "cpu"} for ref in S.default_refs()]
+    return S.get(S.TEACHER) or defaults[0], S.get(S.STUDENT) or defaults[1]
 
 
 def describe_ref(ref: str):
@@ -520,6 +544,13 @@ def cache_panel() -> None:
                 st.success(f"Removed {len(result.removed)} {kind} entries ({fmt_bytes(result.freed)})"
                            + (f"; kept {len(result.skipped)} in use." if result.skipped else "."),
                            icon=":material/check_circle:")
+
+
+def md_escape(text: str) -> str:
+    """`text` shown literally inside st.markdown (paths and model ids hold _ * ` and friends)."""
+    import re
+
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>$:])", r"\\\1", text)
 
 
 def sidebar_status(container=None) -> None:
