@@ -91,7 +91,7 @@ W.HOME_PAGE = PAGES[0]  # page_link to the home page needs its Page object (it i
 page = st.navigation(PAGES)
 status_slot = st.sidebar.container()  # filled after the page ran, so it shows this run's results
 try:
-    with W.running_in_app():
+    with W.running_in_app(), W.collecting_figures():
         page.run()
 except W.StopPage:  # a page ended early (missing prerequisite, error): the sidebar still shows the state
     pass

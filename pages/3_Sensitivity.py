@@ -98,12 +98,12 @@ drill_module = st.session_state.get(S.W_DRILL_MODULE)
 with left:
     fig = viz.sensitivity_heatmap(table, st.session_state[S.W_VALUE] or "sum", st.session_state[S.W_LOG],
                                   selected=(drill_layer, drill_module))
-    st.plotly_chart(fig, key=S.W_GRID_CHART, on_select=_on_cell_click, selection_mode="points",
-                    config={"displayModeBar": False})
+    W.chart(fig, key=S.W_GRID_CHART, on_select=_on_cell_click, selection_mode="points",
+            config={"displayModeBar": False})
     st.caption("Click a cell to open that matrix below.")
 with right:
-    st.plotly_chart(viz.layer_bars(sens["layer_scores"]), config={"displayModeBar": False}, key="sens_layers")
-    st.plotly_chart(viz.group_share_figure(sens["shares"]), config={"displayModeBar": False}, key="sens_groups")
+    W.chart(viz.layer_bars(sens["layer_scores"]), config={"displayModeBar": False}, key="sens_layers")
+    W.chart(viz.group_share_figure(sens["shares"]), config={"displayModeBar": False}, key="sens_groups")
     top = sorted(range(len(sens["layer_scores"])), key=lambda i: -sens["layer_scores"][i])[:S.get(S.STUDENT_INFO).n_layers]
     st.caption(f"The student has {S.get(S.STUDENT_INFO).n_layers} layers; the sensitivity strategy keeps "
                f"teacher layers {sorted(top)}.")
@@ -132,7 +132,7 @@ with W.show_errors("drawing the matrix"):
         fig = viz.matrix_figure(scores[param], title=param, log=st.session_state[S.W_DRILL_LOG],
                                 reduce="max" if st.session_state[S.W_DRILL_MAX] else "mean")
         built = time.perf_counter() - t0
-        st.plotly_chart(fig, config={"displayModeBar": False}, key="sens_matrix")
+        W.chart(fig, config={"displayModeBar": False}, key="sens_matrix")
         row = next((r for r in table if r["param"] == param), None)
         total = row["sum"] if row else float(scores[param].sum())
         st.caption(f"`{param}` {list(scores[param].shape)} [out, in]: sum {total:.4g}"
@@ -160,12 +160,12 @@ sens_b = S.get(S.SENS_B)
 if sens_b and sens_b["teacher"] == S.get(S.TEACHER):
     mode = st.segmented_control("Show", ["difference", "side by side"], key=S.W_CMP_MODE, **PERSIST, required=True)
     with W.show_errors("comparing the maps"):
-        st.plotly_chart(viz.compare_figure(table, sens_b["table"], sens["label"], sens_b["label"],
-                                           mode="side" if mode == "side by side" else "diff",
-                                           value=st.session_state[S.W_VALUE] or "sum"),
-                        config={"displayModeBar": False}, key="sens_compare")
-        st.plotly_chart(viz.layer_share_diff(sens["layer_scores"], sens_b["layer_scores"], sens["label"],
-                                             sens_b["label"]), config={"displayModeBar": False}, key="sens_cmp_layers")
+        W.chart(viz.compare_figure(table, sens_b["table"], sens["label"], sens_b["label"],
+                                   mode="side" if mode == "side by side" else "diff",
+                                   value=st.session_state[S.W_VALUE] or "sum"),
+                config={"displayModeBar": False}, key="sens_compare")
+        W.chart(viz.layer_share_diff(sens["layer_scores"], sens_b["layer_scores"], sens["label"],
+                                     sens_b["label"]), config={"displayModeBar": False}, key="sens_cmp_layers")
         specific = viz.task_specific_layers(sens["layer_scores"], sens_b["layer_scores"])
         st.markdown("Most task-specific layers: " + ", ".join(
             f"layer {i} ({d:+.1%} for {sens_b['label'] if d > 0 else sens['label']})" for i, d in specific))
@@ -175,5 +175,8 @@ elif sens_b is None:
 with st.expander("All layer × module values"):
     st.dataframe(pd.DataFrame(table).drop(columns=["param"]), hide_index=True, width="stretch")
 
+W.report_actions("Sensitivity", {"cell value": st.session_state[S.W_VALUE], "log scale": st.session_state[S.W_LOG],
+                                 "matrix shown": f"layer {drill_layer} {drill_module}",
+                                 "compared with": sens_b["label"] if sens_b else "none"})
 st.page_link(W.PAGE_MAPPING, label="Next: choose the layer mapping and the submatrices",
              icon=":material/arrow_forward:")

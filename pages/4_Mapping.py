@@ -146,8 +146,8 @@ with right:
         st.button("Edit this mapping by hand", on_click=_edit_as_manual, args=(plan.layer_map,),
                   icon=":material/edit:", key="w_map_to_manual")
 with left:
-    st.plotly_chart(viz.mapping_diagram(plan.layer_map, n_t, sens["layer_scores"]),
-                    config={"displayModeBar": False}, key="map_diagram")
+    W.chart(viz.mapping_diagram(plan.layer_map, n_t, sens["layer_scores"]),
+            config={"displayModeBar": False}, key="map_diagram")
 for note in plan.notes:
     st.info(note, icon=":material/info:")
 
@@ -234,10 +234,10 @@ with p2:
 with p1:
     scores_m = sens["scores"][mod.teacher_param]
     scores_m = scores_m.T if mod.transposed else scores_m
-    st.plotly_chart(viz.matrix_figure(scores_m, title=f"{mod.teacher_param}{' (transposed)' if mod.transposed else ''}",
-                                      selection=mod.selection, height=520,
-                                      heads=head_axes(mod.role, t_info.head_dim)),
-                    config={"displayModeBar": False}, key="map_preview")
+    W.chart(viz.matrix_figure(scores_m, title=f"{mod.teacher_param}{' (transposed)' if mod.transposed else ''}",
+                              selection=mod.selection, height=520,
+                              heads=head_axes(mod.role, t_info.head_dim)),
+            config={"displayModeBar": False}, key="map_preview")
     if mod.role in ATTN_ROLES:
         st.caption(f"Dotted lines: attention-head boundaries ({t_info.head_dim} rows/columns per head).")
 
@@ -253,7 +253,7 @@ st.dataframe(rows, hide_index=True, width="stretch",
              column_config={"captured": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
                             "area": st.column_config.NumberColumn(format="percent"),
                             "lift": st.column_config.NumberColumn(format="%.2fx")})
-st.plotly_chart(viz.captured_bars(plan), config={"displayModeBar": False}, key="map_captured")
+W.chart(viz.captured_bars(plan), config={"displayModeBar": False}, key="map_captured")
 
 # ---- layer similarity -----------------------------------------------------------------
 st.subheader("Teacher × student layer similarity")
@@ -264,8 +264,10 @@ if st.button("Compute layer similarity", icon=":material/grid_on:", key="w_map_c
     W.compute_similarity()
 cka = S.get(S.CKA)
 if W.current_similarity() is not None:
-    st.plotly_chart(viz.similarity_heatmap(cka["matrix"], plan.layer_map), config={"displayModeBar": False},
-                    key="map_cka")
+    W.chart(viz.similarity_heatmap(cka["matrix"], plan.layer_map), config={"displayModeBar": False},
+            key="map_cka")
     st.caption(f"Computed on {cka['info']['n']} {cka['info']['inputs']} from {cka['info']['samples']} seed samples.")
 
+W.report_actions("Mapping", {"layer strategy": strategy, "structure": structure, "modules": W.selected_roles(),
+                             "manual block overrides": len(S.get(S.OVERRIDES) or {})})
 st.page_link(W.PAGE_EXPORT, label="Next: export the LoRA initialisation", icon=":material/arrow_forward:")

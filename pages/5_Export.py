@@ -103,13 +103,13 @@ if export:
     m2.metric("Rank / alpha", f"{manifest['rank']} / {manifest['alpha']:g}")
     m3.metric("Mean energy kept at rank r", f"{sum(m['energy'] for m in mods.values()) / max(1, len(mods)):.1%}")
     m4.metric("Mean captured sensitivity", f"{sum(m['captured'] for m in mods.values()) / max(1, len(mods)):.1%}")
-    st.plotly_chart(viz.energy_figure(manifest), config={"displayModeBar": False}, key="exp_energy")
+    W.chart(viz.energy_figure(manifest), config={"displayModeBar": False}, key="exp_energy")
     roles_in = [r for r in LAYER_ROLES + EMBED_ROLES if any(m["role"] == r for m in mods.values())]
     if not st.session_state.get(S.W_SPEC_MODULES) or not set(st.session_state[S.W_SPEC_MODULES]) <= set(roles_in):
         st.session_state[S.W_SPEC_MODULES] = roles_in[:1]
     shown = st.multiselect("Spectra of", roles_in, key=S.W_SPEC_MODULES, **PERSIST)
-    st.plotly_chart(viz.spectrum_figure(manifest, [n for n, m in mods.items() if m["role"] in shown]),
-                    config={"displayModeBar": False}, key="exp_spectrum")
+    W.chart(viz.spectrum_figure(manifest, [n for n, m in mods.items() if m["role"] in shown]),
+            config={"displayModeBar": False}, key="exp_spectrum")
 
     d1, d2 = st.columns(2)
     with d1:
@@ -140,6 +140,8 @@ if export:
                          icon=":material/error:")
             else:
                 st.info(text + " Additive mode: the change is the injected teacher knowledge.", icon=":material/info:")
+    W.report_actions("Export", {"export": export["dir"], **{k: manifest.get(k) for k in (
+        "rank", "alpha", "split", "mode", "structure", "layer_map")}, "modules exported": len(mods)})
     if W.finetune_available():
         st.page_link(W.PAGE_FINETUNE, label="Next: fine-tune the student from this export",
                      icon=":material/arrow_forward:")

@@ -196,8 +196,8 @@ def comparison(runs) -> None:
                          format_func=lambda g: F.group_label(g, runs))
     results = jobs.group_results(group, runs)
     st.dataframe(pd.DataFrame(viz.comparison_rows(results)), hide_index=True, width="stretch")
-    st.plotly_chart(viz.comparison_figure(results, F.group_points(group, runs)), key="ft_compare_chart",
-                    config={"displayModeBar": False})
+    W.chart(viz.comparison_figure(results, F.group_points(group, runs)), key="ft_compare_chart",
+            config={"displayModeBar": False})
     members = [r.run_id for r in runs if r.group == group]
     c1, c2 = st.columns([3, 1])
     c1.caption("Final accuracy of each finished run (exact match on the eval data); the bars are means with ± one "
@@ -208,8 +208,11 @@ def comparison(runs) -> None:
               icon=":material/stacked_line_chart:")
 
 
+REPORT_SPEC_KEYS = ("student", "data", "init", "epochs", "lr", "batch", "rank", "alpha", "seed")  # per run, in a report
+
+
 def runs_panel(live: bool) -> None:
-    with W.show_errors("reading the runs"):
+    with W.show_errors("reading the runs"), W.collecting_figures():  # the fragment also reruns alone
         _runs_panel(live)
 
 
@@ -258,7 +261,7 @@ def _runs_panel(live: bool) -> None:
                 item["color"] = viz.METHOD_COLORS.get(run.method)
                 item["dash"] = ("solid", "dash", "dot", "dashdot")[seeds.index(run.spec.get("seed")) % 4]
             series.append(item)
-        st.plotly_chart(viz.run_curves(series), key="ft_curves", config={"displayModeBar": False})
+        W.chart(viz.run_curves(series), key="ft_curves", config={"displayModeBar": False})
     else:
         st.caption("Select runs above to draw their curves.")
 
@@ -268,6 +271,9 @@ def _runs_panel(live: bool) -> None:
     with st.container(border=True):
         run_details(by_id[detail])
     comparison(runs)
+    W.report_actions("Fine-tune", {
+        **{f"run {i}": {k: by_id[i].spec.get(k) for k in REPORT_SPEC_KEYS} for i in shown},
+        "comparison": ss.get(S.W_FT_GROUP) or "none"})
 
 
 live = False

@@ -495,6 +495,84 @@ def running_in_app():
         _IN_APP.reset(token)
 
 
+# ---------------------------------------------------------------------------------------
+# Charts and the reports that take them out of the app
+
+_FIGURES = contextvars.ContextVar("paraknow_page_figures", default=None)  # charts drawn in this run
+
+
+@contextlib.contextmanager
+def collecting_figures():
+    """Keep the charts drawn with `chart` inside (a page run, or a fragment's own reruns) for
+    `report_actions`."""
+    token = _FIGURES.set([])
+    try:
+        yield
+    finally:
+        _FIGURES.reset(token)
+
+
+def chart(figure, key: str, title: str | None = None, **kwargs):
+    """st.plotly_chart(figure, key=key, **kwargs) that also remembers the chart for the page's report."""
+    from paraknow.htmlreport import ReportFigure
+
+    figures = _FIGURES.get()
+    if figures is not None:
+        figures.append(ReportFigure(title or figure.layout.title.text or key, figure))
+    return st.plotly_chart(figure, key=key, **kwargs)
+
+
+def session_settings() -> dict:
+    """The pipeline settings this session holds (seed data, metric, layer map), for a report."""
+    sens, plan = S.get(S.SENS), S.get(S.PLAN)
+    out = {}
+    if sens:
+        out.update({"seed data": sens["label"], "metric": sens["config"]["metric"],
+                    "samples": sens["config"]["samples"], "max tokens": sens["config"]["max_length"]})
+    if plan:
+        out.update({"layer map (teacher layer per student layer)": plan[1].layer_map,
+                    "modules planned": len(plan[1].modules)})
+    return out
+
+
+def report_actions(page: str, settings: dict) -> None:
+    """"Download report" (one offline HTML file with every chart drawn so far in this run, the
+    session's and the page's settings, the models and the provenance) and, where plotly's image
+    export works, one chart as PNG or SVG; where it does not, one line saying why."""
+    from paraknow.htmlreport import IMAGE_FORMATS, figure_image, image_export_unavailable, report_html
+
+    figures = list(_FIGURES.get() or [])
+    if not figures:
+        return
+    models = {role: spec["ref"] for role, spec in (("teacher", S.get(S.TEACHER)), ("student", S.get(S.STUDENT)))
+              if spec}
+    slug = page.lower().replace(" ", "-")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with st.container(border=True):
+        c1, c2 = st.columns([1, 2], vertical_alignment="center")
+        c1.download_button(
+            f"Download report ({len(figures)} chart{'s' * (len(figures) != 1)})",
+            data=lambda: report_html(f"paraknow · {page}", figures, {**session_settings(), **settings}, models,
+                                     source=f"streamlit app, {page} page").encode("utf-8"),
+            file_name=f"paraknow-{slug}-{stamp}.html", mime="text/html", on_click="ignore",
+            icon=":material/download:", key=f"w_report_{slug}",
+            help="One HTML file with these charts (interactive), the settings, the models and the provenance; "
+                 "it opens in any browser without network.")
+        reason = image_export_unavailable()
+        if reason:
+            c2.caption(f"Chart images (PNG/SVG) are unavailable: {reason}. The HTML report holds every chart.")
+            return
+        i1, i2, i3 = c2.columns([3, 1, 1], vertical_alignment="bottom")
+        titles = [f.title for f in figures]
+        chosen = i1.selectbox("Chart as an image", range(len(figures)), format_func=titles.__getitem__,
+                              key=f"w_report_img_{slug}")
+        fmt = i2.selectbox("Format", IMAGE_FORMATS, key=f"w_report_fmt_{slug}")
+        i3.download_button(f"{fmt.upper()}", data=lambda: figure_image(figures[chosen].figure, fmt),
+                           file_name=f"paraknow-{slug}-{chosen + 1}.{fmt}", mime=f"image/{'svg+xml' if fmt == 'svg' else fmt}",
+                           on_click="ignore", icon=":material/image:", key=f"w_report_img_dl_{slug}",
+                           help="Rendered by plotly's static export (kaleido + Chromium): a few seconds.")
+
+
 def require(*needs: str) -> bool:
     """Check prerequisites ('models', 'sensitivity'); explain what to do when one is missing."""
     if "models" in needs and not (S.get(S.TEACHER) and S.get(S.STUDENT)):
