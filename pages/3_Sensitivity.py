@@ -176,7 +176,8 @@ with st.expander("All layer × module values"):
     st.dataframe(pd.DataFrame(table).drop(columns=["param"]), hide_index=True, width="stretch")
 
 W.report_actions("Sensitivity", {"cell value": st.session_state[S.W_VALUE], "log scale": st.session_state[S.W_LOG],
-                                 "matrix shown": f"layer {drill_layer} {drill_module}",
+                                 "matrix shown": f"layer {st.session_state.get(S.W_DRILL_LAYER)} "
+                                                 f"{st.session_state.get(S.W_DRILL_MODULE)}",
                                  "compared with": sens_b["label"] if sens_b else "none"})
 st.page_link(W.PAGE_MAPPING, label="Next: choose the layer mapping and the submatrices",
              icon=":material/arrow_forward:")

@@ -18,6 +18,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import plotly.graph_objects as go
+
 from . import __version__
 from .errors import ParaknowError, first_line
 from .fsio import atomic_write_text
@@ -26,6 +28,7 @@ IMAGE_FORMATS = ("png", "svg")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 IMAGE_WIDTH = 1100  # px of a static image whose figure has no width of its own
 PNG_SCALE = 2  # PNG pixels per CSS pixel (sharp on slides)
+MIN_MARGIN_PX = 60  # left and bottom margins of a chart in a report: room for the axis labels
 
 
 @dataclass
@@ -69,7 +72,10 @@ def report_html(title: str, figures: list[ReportFigure], settings: dict, models:
     prov = report_provenance(source)
     charts = []
     for i, item in enumerate(figures):
-        div = item.figure.to_html(full_html=False, include_plotlyjs=(i == 0), include_mathjax=False,
+        figure = go.Figure(item.figure)  # a copy: the app's margins are too tight for a page of its own
+        margin = figure.layout.margin
+        figure.update_layout(margin=dict(l=max(margin.l or 0, MIN_MARGIN_PX), b=max(margin.b or 0, MIN_MARGIN_PX)))
+        div = figure.to_html(full_html=False, include_plotlyjs=(i == 0), include_mathjax=False,
                                   div_id=f"pk-chart-{i}", config={"displaylogo": False, "responsive": True})
         charts.append(f"<h2>{html.escape(item.title)}</h2>\n{div}")
     commit = prov.get("commit")

@@ -546,13 +546,14 @@ def report_actions(page: str, settings: dict) -> None:
         return
     models = {role: spec["ref"] for role, spec in (("teacher", S.get(S.TEACHER)), ("student", S.get(S.STUDENT)))
               if spec}
+    settings = {**session_settings(), **settings}  # read now: the download runs outside this script run
     slug = page.lower().replace(" ", "-")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with st.container(border=True):
         c1, c2 = st.columns([1, 2], vertical_alignment="center")
         c1.download_button(
             f"Download report ({len(figures)} chart{'s' * (len(figures) != 1)})",
-            data=lambda: report_html(f"paraknow · {page}", figures, {**session_settings(), **settings}, models,
+            data=lambda: report_html(f"paraknow · {page}", figures, settings, models,
                                      source=f"streamlit app, {page} page").encode("utf-8"),
             file_name=f"paraknow-{slug}-{stamp}.html", mime="text/html", on_click="ignore",
             icon=":material/download:", key=f"w_report_{slug}",
