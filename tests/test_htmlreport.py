@@ -56,39 +56,44 @@ def test_report_is_one_self_contained_file(tmp_path):
     assert not (tmp_path / "empty.html").exists()
 
 
-def test_report_draws_every_chart_offline_in_chromium(tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    path = _report(tmp_path)
-    asked = []
+def open_offline(browser, path: Path, n_charts: int, screenshot: Path):
+    """Open a report file in a fresh context with the network off and every non-file request
+    aborted; check that each of its `n_charts` charts drew an svg with data in it. Returns the page."""
+    asked, errors = [], []
 
     def only_files(route):
         asked.append(route.request.url)
         return route.continue_() if route.request.url.startswith("file:") else route.abort()
 
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM)
-        context = browser.new_context(viewport={"width": 1300, "height": 900}, offline=True)
-        context.route("**/*", only_files)
-        page = context.new_page()
-        errors = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(path.as_uri())
-        page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 3",
-                               timeout=120_000)
-        n = len(_figures())
-        assert page.locator("div.plot-container.plotly").count() == n
-        assert page.locator(".js-plotly-plot").count() == n
-        for i in range(n):  # every chart drew its svg with something in it
-            chart = page.locator(f"#pk-chart-{i}")
-            assert chart.locator("svg.main-svg").count() >= 1
-            assert chart.locator(".trace, .hm, image").count() >= 1
-        assert page.locator("table.pk-table").count() == 3  # models, settings, provenance
-        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        browser.close()
+    context = browser.new_context(viewport={"width": 1300, "height": 900}, offline=True)
+    context.route("**/*", only_files)
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(path.as_uri())
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n_charts}",
+                           timeout=120_000)
+    assert page.locator("div.plot-container.plotly").count() == n_charts
+    assert page.locator(".js-plotly-plot").count() == n_charts
+    for i in range(n_charts):  # every chart drew its svg with something in it
+        chart = page.locator(f"#pk-chart-{i}")
+        assert chart.locator("svg.main-svg").count() >= 1
+        assert chart.locator(".trace, .hm, image").count() >= 1
+    page.screenshot(path=str(screenshot), full_page=True)
     assert not errors, errors
     assert asked and all(url.startswith("file:") for url in asked)  # nothing else was even needed
+    return page
+
+
+def test_report_draws_every_chart_offline_in_chromium(tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    path = _report(tmp_path)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM)
+        page = open_offline(browser, path, len(_figures()), tmp_path / "report.png")
+        assert page.locator("table.pk-table").count() == 3  # models, settings, provenance
+        browser.close()
 
 
 def test_images_png_and_svg():
