@@ -197,6 +197,7 @@ def comparison(runs) -> None:
     results = jobs.group_results(group, runs)
     st.dataframe(pd.DataFrame(viz.comparison_rows(results)), hide_index=True, width="stretch")
     W.chart(viz.comparison_figure(results, F.group_points(group, runs)), key="ft_compare_chart",
+            title=f"Final accuracy per method: {F.group_label(group, runs)}",
             config={"displayModeBar": False})
     members = [r.run_id for r in runs if r.group == group]
     c1, c2 = st.columns([3, 1])
@@ -261,7 +262,7 @@ def _runs_panel(live: bool) -> None:
                 item["color"] = viz.METHOD_COLORS.get(run.method)
                 item["dash"] = ("solid", "dash", "dot", "dashdot")[seeds.index(run.spec.get("seed")) % 4]
             series.append(item)
-        W.chart(viz.run_curves(series), key="ft_curves", config={"displayModeBar": False})
+        W.chart(viz.run_curves(series), key="ft_curves", title="Training curves", config={"displayModeBar": False})
     else:
         st.caption("Select runs above to draw their curves.")
 
