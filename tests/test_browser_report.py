@@ -6,6 +6,7 @@ downloaded too. Skips when Chromium or Playwright is missing.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from paraknow.htmlreport import image_export_unavailable
@@ -27,8 +28,11 @@ def test_downloaded_report_draws_every_chart_offline(server, tmp_path):
         _settle(page)
         _goto(page, "Sensitivity", "Layers × modules")
         _no_errors(page)
-        shown = page.locator("[data-testid='stMain'] .js-plotly-plot").count()
-        button = page.get_by_role("button", name=f"Download report ({shown} charts)")
+        button = page.get_by_role("button", name=re.compile(r"Download report \(\d+ charts\)"))
+        shown = int(re.search(r"\((\d+) charts", button.inner_text()).group(1))
+        assert shown == 4  # the grid, the layer scores, the attention/FFN share, the drilled-down matrix
+        page.wait_for_function(  # the page draws as many charts as the report packs
+            f"document.querySelectorAll(\"[data-testid='stMain'] .js-plotly-plot\").length == {shown}")
         with page.expect_download() as info:
             button.click()
         report = tmp_path / info.value.suggested_filename
