@@ -87,7 +87,7 @@ def cmd_eval(args) -> int:
 def cmd_generate(args) -> int:
     from .playground import run_generate
 
-    print(run_generate(args.model, args.prompt, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
+    print(run_generate(args.model, args.prompt, adapter=args.adapter, max_new_tokens=args.eval_max_new_tokens,
                        device=args.device))
     return 0
 
@@ -148,7 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     """Every default, choice list and help text comes from the config dataclasses (paraknow.options)."""
     from .cache import KINDS as CACHE_KINDS
     from .options import Placement, add_options
-    from .playground import DEFAULT_MAX_NEW_TOKENS
     from .sensitivity import SensitivityConfig
     from .train import CLI_FIELDS, TrainConfig
     from .transfer import TransferConfig
@@ -190,8 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter directory (an export or a run's adapter/)")
     p.add_argument("--prompt", required=True, help="the user turn to complete")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=DEFAULT_MAX_NEW_TOKENS,
-                   help=f"most tokens to generate (default {DEFAULT_MAX_NEW_TOKENS})")
+    add_options(p, TrainConfig, ("eval_max_new_tokens",), flags={"eval_max_new_tokens": "--max-new-tokens"})
     add_options(p, Placement, ("device",))
     p.set_defaults(func=cmd_generate)
 
