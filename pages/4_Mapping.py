@@ -268,6 +268,6 @@ if W.current_similarity() is not None:
             key="map_cka")
     st.caption(f"Computed on {cka['info']['n']} {cka['info']['inputs']} from {cka['info']['samples']} seed samples.")
 
-W.report_actions("Mapping", {"layer strategy": strategy, "structure": structure, "modules": W.selected_roles(),
+W.report_actions("Mapping", {"layer strategy": strategy, "structure": structure, "modules": W.planned_roles(),
                              "manual block overrides": len(S.get(S.OVERRIDES) or {})})
 st.page_link(W.PAGE_EXPORT, label="Next: export the LoRA initialisation", icon=":material/arrow_forward:")
