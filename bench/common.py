@@ -37,9 +37,11 @@ def parse_scale_args(ap):
 
 
 def write_figures(path, figures: dict) -> None:
-    """The bench's figures as JSON at `path` (bench/out/ is git-ignored)."""
-    import json
-    from pathlib import Path
+    """The bench's figures as JSON at `path`, with their provenance (date, machine, git commit and
+    this command; see paraknow.report). Figures quoted in the README go to docs/results/."""
+    import shlex
+    import sys
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(figures, indent=2))
+    from paraknow.report import write_report
+
+    write_report(path, figures, "python " + " ".join(shlex.quote(a) for a in sys.argv))
