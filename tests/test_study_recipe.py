@@ -141,3 +141,17 @@ def test_cli_unknown_key_exits_2_with_one_line_and_writes_nothing(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: unknown key arms[1].extract.structur ")
     assert "structure" in lines[0] and proc.stdout == ""
     assert not out.exists()
+
+
+def test_demo_example_recipe_parses_and_covers_the_registries():
+    recipe = load_recipe("docs/examples/study-demo.json")
+    pkt = [a for a in recipe.arms if a.init == "pkt"]
+    structures = {a.extract.get("structure", "submatrix") for a in pkt}
+    layers = {a.extract.get("layers", "sensitivity") for a in pkt}
+    assert structures == set(STRUCTURES)
+    assert layers == set(LAYER_STRATEGIES) - {"manual"}
+    assert {a.extract.get("samples", 32) for a in pkt} >= {1, 4, 16, 32}
+    assert {a.init for a in recipe.arms} == {"vanilla", "pissa", "pkt", "untuned", "teacher"}
+    assert any(a.extract.get("teacher_weights") == "random" for a in pkt)
+    assert all(len(a.lr_sweep) >= 3 for a in recipe.arms if a.init in ("vanilla", "pissa"))
+    assert len(recipe.seeds) == 5 and recipe.baseline == "vanilla"
