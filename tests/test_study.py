@@ -261,3 +261,16 @@ def test_budget_refusal_before_anything_runs(tmp_path, capsys):
     code = cli_main(["study", "--recipe", write_recipe(tmp_path / "r.json", recipe), "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "budget_minutes" in err[0] and not out.exists()
+
+
+def test_bench_study_smoke(tmp_path):
+    """The overhead bench at its smoke size runs and reports both sides (no timing asserted)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_study.py"
+    spec = importlib.util.spec_from_file_location("bench_study", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--smoke", "--out", str(tmp_path / "bench.json")])
+    assert result["study_s"] > 0 and result["by_hand_s"] > 0 and result["cells"] == 2
+    assert json.loads((tmp_path / "bench.json").read_text()) == result

@@ -2,7 +2,13 @@
 
 DIR layout:
   recipe.json                 the recipe as run (defaults filled in)
-  cells/<cell id>/cell.json   the cell's state and numbers (running | finished | failed)
+  study.json                  the study process: state running | finished | stopped | failed, pid,
+                              started/finished, the cell running now, cells done
+  stdout.log                  a background study's output (paraknow.study.control)
+  .lock                       flock of the process running the study
+  STOP                        (created by `stop_study` or by hand) no new cell starts and the running
+                              cell's training stops at its next step; the cell is recorded `stopped`
+  cells/<cell id>/cell.json   the cell's state (running | finished | failed | stopped) and numbers
   cells/<cell id>/run/        its training run directory (paraknow.train's files)
   cells/<cell id>/stdout.log  the cell's training log (stdout and stderr)
   exports/<key>/              PKT exports, keyed by content (teacher, student, seed data,
@@ -19,8 +25,10 @@ is the unit that survives interruption (a cell left `running` is simply rerun by
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -28,20 +36,22 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ParaknowError, first_line
-from ..fsio import atomic_directory, atomic_write_json, sha256_bytes
-from ..train import LOG_FILE, read_json
+from ..fsio import atomic_directory, atomic_write_json, atomic_write_text, sha256_bytes
+from ..train import LOG_FILE, STOP_FILE, proc_start_time, read_json
 from .budget import calibrate, estimate_study
 from .plan import Cell, check_recipe, plan_cells, train_config
 from .recipe import Recipe
 
 RECIPE_FILE = "recipe.json"
+STUDY_FILE = "study.json"  # the study process: state, pid, current cell (paraknow.study.control reads it)
+LOCK_FILE = ".lock"  # held (flock) by the process running the study
 CELLS_DIR = "cells"
 CELL_FILE = "cell.json"
 RUN_DIR = "run"
 EXPORTS_DIR = "exports"
 TEACHERS_DIR = "teachers"
 RANDOM_TEACHER_SEED = 0
-CELL_STATES = ("running", "finished", "failed")  # and "pending" for a cell that never started
+CELL_STATES = ("running", "finished", "failed", "stopped")  # and "pending" for a cell that never started
 # a cell's record: the fields of results.json's cells (docs/study.md) plus where its files are
 CELL_FIELDS = ("arm", "seed", "lr", "state", "test_accuracy", "test_loss", "val_accuracy", "val_loss",
                "seconds", "run_dir", "export", "error")
@@ -140,6 +150,28 @@ def _write_signals(recipe: Recipe, export: Path) -> None:
 # One cell
 
 
+class CellStopped(Exception):
+    """The study was asked to stop (DIR/STOP) while this cell ran."""
+
+
+def _stop_requested(out: Path) -> bool:
+    return (Path(out) / STOP_FILE).exists()
+
+
+def _stop_relay(out: Path, run_dir: Path):
+    """A TrainerCallback that passes DIR/STOP on to the running training (RUN_DIR/STOP), which
+    then stops cleanly at the end of this step."""
+    from transformers import TrainerCallback
+
+    class StopRelay(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if _stop_requested(out) and not (run_dir / STOP_FILE).exists():
+                atomic_write_text(run_dir / STOP_FILE, f"{time.time()}\n")
+            return control
+
+    return StopRelay()
+
+
 def _eval_settings(config) -> dict:
     return {"max_new_tokens": config.eval_max_new_tokens, "batch_size": config.eval_batch,
             "max_length": config.max_length}
@@ -158,10 +190,15 @@ def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
         if not signals_file(export).is_file():
             _write_signals(recipe, export)
         init, fields["export"] = str(export), str(export.relative_to(out))
-    config = train_config(recipe, arm, cell.seed, cell.lr, init, out=str(folder / RUN_DIR))
+    if _stop_requested(out):
+        raise CellStopped()
+    run_dir = folder / RUN_DIR
+    config = train_config(recipe, arm, cell.seed, cell.lr, init, out=str(run_dir))
     with open(folder / LOG_FILE, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log):
-        outcome = train(config)
+        outcome = train(config, callbacks=[_stop_relay(out, run_dir)])
+    if outcome.state == "stopped":
+        raise CellStopped()
     if outcome.state != "finished":
         raise ParaknowError(f"training ended {outcome.state}: {outcome.status.get('error') or f'see {LOG_FILE}'}")
     val = outcome.status.get("final_eval") or {}
@@ -183,7 +220,8 @@ def _run_control(recipe: Recipe, cell: Cell, test_records) -> dict:
 
 
 def run_cell(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
-    """Run one cell from scratch and record it; any error marks it failed (and is not raised)."""
+    """Run one cell from scratch and record it; an error marks it failed (and is not raised), a
+    stop request marks it stopped."""
     folder = cell_dir(out, cell)
     shutil.rmtree(folder, ignore_errors=True)  # a rerun starts clean
     folder.mkdir(parents=True)
@@ -193,6 +231,8 @@ def run_cell(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
         arm = recipe.arm(cell.arm)
         numbers = _run_trained(recipe, cell, out, test_records) if arm.trained else \
             _run_control(recipe, cell, test_records)
+    except CellStopped:
+        return _write_cell(out, cell, state="stopped", started=started, seconds=round(time.time() - started, 3))
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the study goes on
         error = str(exc) if isinstance(exc, ParaknowError) else f"{type(exc).__name__}: {first_line(exc)}"
         return _write_cell(out, cell, state="failed", error=error, started=started,
@@ -248,12 +288,43 @@ def prepare(recipe: Recipe, out, resume: bool = False, calibration=None) -> tupl
     return pending, estimate
 
 
+@contextlib.contextmanager
+def _study_lock(out: Path):
+    """One process per study directory (an flock, released when the process dies)."""
+    with open(out / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            status = read_json(out / STUDY_FILE) or {}
+            raise ParaknowError(f"{out} is being run by another process (pid {status.get('pid', '?')}); "
+                                "stop it first (create STOP in the study directory).") from None
+        yield
+
+
+def _clear_old_stop(out: Path) -> None:
+    """Resuming is the request to go on: remove a STOP left from before -- but not one made after
+    the app launched this process (paraknow.study.control records `launched` in study.json)."""
+    status = read_json(out / STUDY_FILE) or {}
+    since = status.get("launched") if status.get("state") == "starting" else None
+    try:
+        if since is None or (out / STOP_FILE).stat().st_mtime < since:
+            (out / STOP_FILE).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _write_status(out: Path, status: dict, **changes) -> None:
+    status.update(changes)
+    atomic_write_json(out / STUDY_FILE, status)
+
+
 def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | None = None,
               calibration=None) -> dict:
     """Run (or resume) a study into `out` and return its results (also written there).
 
     Bad input, an incompatible pair or a study over budget raise ParaknowError before anything
-    is written. `calibration`: a budget.Calibration to use instead of measuring one.
+    is written. `calibration`: a budget.Calibration to use instead of measuring one. A STOP file
+    in `out` stops the study after (or inside) the running cell; resuming removes it.
     """
     from ..data import load_records
     from .report import write_outputs
@@ -262,23 +333,46 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
     out = Path(out).expanduser().absolute()
     pending, estimate = prepare(recipe, out, resume, calibration)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / RECIPE_FILE, recipe.to_dict())
-    total = len(plan_cells(recipe))
-    say(f"study {out}: {total} cells, {total - len(pending)} already finished; {estimate.describe()}")
-    test_records = load_records(recipe.test_data)
-    started = time.time()
-    for k, cell in enumerate(pending, 1):
-        name = cell.arm + ("" if cell.seed is None else f" seed {cell.seed}") + \
-            ("" if cell.lr is None else f" lr {cell.lr:g}")
-        say(f"[{k}/{len(pending)}] {name}: running")
-        record = run_cell(recipe, cell, out, test_records)
-        if record["state"] == "finished":
-            acc = record["test_accuracy"]
-            say(f"[{k}/{len(pending)}] {name}: finished in {record['seconds']:.0f} s, test accuracy "
-                + ("-" if acc is None else f"{100 * acc:.1f} %"))
-        else:
-            say(f"[{k}/{len(pending)}] {name}: FAILED: {record['error']}")
-        write_outputs(recipe, out, with_html=False)
-    timing = {"estimate_s": round(estimate.total_s, 1), "wall_s": round(time.time() - started, 1),
-              "cells": len(pending)}
-    return write_outputs(recipe, out, timing=timing)
+    with _study_lock(out):
+        _clear_old_stop(out)
+        atomic_write_json(out / RECIPE_FILE, recipe.to_dict())
+        total = len(plan_cells(recipe))
+        started = time.time()
+        status = {"state": "running", "pid": os.getpid(), "pid_start": proc_start_time(os.getpid()),
+                  "started": started, "finished": None, "cell": None, "cells_total": total,
+                  "cells_to_run": len(pending), "cells_run": 0, "estimate_s": round(estimate.total_s, 1),
+                  "error": None}
+        _write_status(out, status)
+        say(f"study {out}: {total} cells, {total - len(pending)} already finished; {estimate.describe()}")
+        try:
+            test_records = load_records(recipe.test_data)
+            for k, cell in enumerate(pending, 1):
+                if _stop_requested(out):
+                    break
+                name = cell.arm + ("" if cell.seed is None else f" seed {cell.seed}") + \
+                    ("" if cell.lr is None else f" lr {cell.lr:g}")
+                say(f"[{k}/{len(pending)}] {name}: running")
+                _write_status(out, status, cell=cell.cell_id)
+                record = run_cell(recipe, cell, out, test_records)
+                if record["state"] == "finished":
+                    acc = record["test_accuracy"]
+                    say(f"[{k}/{len(pending)}] {name}: finished in {record['seconds']:.0f} s, test accuracy "
+                        + ("-" if acc is None else f"{100 * acc:.1f} %"))
+                else:
+                    say(f"[{k}/{len(pending)}] {name}: {record['state'].upper()}"
+                        + (f": {record['error']}" if record["error"] else ""))
+                _write_status(out, status, cell=None, cells_run=k)
+                write_outputs(recipe, out, with_html=False)
+        except BaseException as exc:
+            _write_status(out, status, state="failed", finished=time.time(), cell=None,
+                          error="interrupted" if isinstance(exc, KeyboardInterrupt) else
+                          f"{type(exc).__name__}: {first_line(exc)}")
+            raise
+        stopped = _stop_requested(out)
+        if stopped:
+            say("stopped: resume with --resume")
+        timing = {"estimate_s": round(estimate.total_s, 1), "wall_s": round(time.time() - started, 1),
+                  "cells": status["cells_run"]}
+        results = write_outputs(recipe, out, timing=timing)
+        _write_status(out, status, state="stopped" if stopped else "finished", finished=time.time())
+        return results
