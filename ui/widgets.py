@@ -27,6 +27,7 @@ PAGE_SENSITIVITY = "pages/3_Sensitivity.py"
 PAGE_MAPPING = "pages/4_Mapping.py"
 PAGE_EXPORT = "pages/5_Export.py"
 PAGE_FINETUNE = "pages/6_Fine-tune.py"
+PAGE_STUDY = "pages/7_Study.py"
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_SCRIPT = ROOT / "app.py"

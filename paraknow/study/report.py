@@ -80,7 +80,7 @@ def bars_figure(results: dict):
     if base is not None:
         fig.add_hline(y=100 * base["mean"], line_dash="dot", annotation_text=f"baseline {base['arm']}")
     fig.update_layout(yaxis_title="test accuracy (%), mean and 95 % CI over seeds", xaxis_title="arm",
-                      margin={"t": 40}, height=460)
+                      yaxis_rangemode="tozero", margin={"t": 40}, height=460)
     return fig
 
 

@@ -376,5 +376,6 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
         timing = {"estimate_s": round(estimate.total_s, 1), "wall_s": round(time.time() - started, 1),
                   "cells": status["cells_run"]}
         results = write_outputs(recipe, out, timing=timing)
-        _write_status(out, status, state="stopped" if stopped else "finished", finished=time.time())
+        _write_status(out, status, state="stopped" if stopped else "finished", finished=time.time(),
+                      wall_s=timing["wall_s"])
         return results
