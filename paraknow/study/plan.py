@@ -6,10 +6,13 @@ and has a single cell (seed and lr None) that every seed is compared against.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from ..errors import ParaknowError
+from ..train import TrainConfig
 from .recipe import Recipe
+
+DEFAULT_LR = next(f.default for f in fields(TrainConfig) if f.name == "lr")
 
 
 @dataclass(frozen=True)
@@ -33,15 +36,9 @@ def plan_cells(recipe: Recipe) -> list[Cell]:
     for seed in recipe.seeds:
         for arm in recipe.arms:
             if arm.trained:
-                lrs = arm.lr_sweep or [float(recipe.train_settings(arm).get("lr", _default_lr()))]
+                lrs = arm.lr_sweep or [float(recipe.train_settings(arm).get("lr", DEFAULT_LR))]
                 cells += [Cell(arm.name, seed, float(lr)) for lr in lrs]
     return cells
-
-
-def _default_lr() -> float:
-    from ..train import TrainConfig
-
-    return TrainConfig(student="", data="").lr
 
 
 @dataclass
@@ -80,8 +77,6 @@ def check_recipe(recipe: Recipe) -> DataSizes:
 def train_config(recipe: Recipe, arm, seed: int, lr: float | None, init: str, out: str | None = None):
     """The TrainConfig of one cell. PKT trains at its export's rank and alpha, so those (and the
     target modules) are left to the export."""
-    from ..train import TrainConfig
-
     settings = recipe.train_settings(arm)
     if arm.init == "pkt":
         for key in ("rank", "alpha", "target_modules"):

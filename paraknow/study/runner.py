@@ -116,20 +116,20 @@ def random_teacher(teacher_ref: str, out: Path) -> Path:
     return path
 
 
-def _export(recipe: Recipe, arm, seed: int, out: Path, device) -> tuple[Path, bool]:
+def _export(recipe: Recipe, arm, seed: int, out: Path, device) -> Path:
     """The cell's export directory, made unless a cell with the same content already made it."""
     from ..transfer import extract_to_dir
 
     path = Path(out) / EXPORTS_DIR / export_key(recipe, arm, seed)
     if (path / "paraknow.json").is_file():
-        return path, False
+        return path
     teacher = recipe.teacher_of(arm)
     if recipe.random_teacher(arm):
         teacher = str(random_teacher(teacher, out))
     path.parent.mkdir(parents=True, exist_ok=True)
     extract_to_dir(teacher, recipe.student, recipe.seed_data, path, recipe.transfer_config(arm, seed),
                    recipe.sensitivity_config(arm), device=device)
-    return path, True
+    return path
 
 
 def signals_file(export: Path) -> Path:
@@ -188,7 +188,7 @@ def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
     init, fields = arm.init, {}
     if arm.init == "pkt":
         device = recipe.train_settings(arm).get("device", "auto")
-        export, _ = _export(recipe, arm, cell.seed, out, device)
+        export = _export(recipe, arm, cell.seed, out, device)
         if not signals_file(export).is_file():
             _write_signals(recipe, export)
         init, fields["export"] = str(export), str(export.relative_to(out))
