@@ -10,7 +10,8 @@ from paraknow import viz
 from paraknow.study import parse_recipe
 from paraknow.study.control import log_tail, read_study, start_study, stop_study
 from paraknow.study.plan import plan_cells
-from paraknow.study.report import REPORT_HTML, RESULTS_CSV, RESULTS_JSON, arm_rows, bars_figure
+from paraknow.study.report import (REPORT_HTML, RESULTS_CSV, RESULTS_JSON, arm_rows, bars_figure,
+                                   seed_count_figure, seed_count_points)
 from paraknow.study.runner import RECIPE_FILE, prepare
 from paraknow.tasks import TASKS
 from ui import state as S
@@ -203,6 +204,11 @@ def _study_panel(live: bool) -> None:
         st.plotly_chart(bars_figure(results), key="st_bars", config={"displayModeBar": False})
         st.caption("Mean test accuracy over seeds with its 95 % confidence interval (Student t); the dotted line "
                    "is the baseline. Partial while the study runs.")
+    points = seed_count_points(view.recipe, results)
+    if points:
+        st.plotly_chart(seed_count_figure(points, results), key="st_seed_count", config={"displayModeBar": False})
+        st.caption("PKT with the default extraction but for the number of seed samples behind the sensitivity "
+                   "(the paper's seed-count figure).")
     series = U.curve_series(view.out, results)
     if series:
         with st.expander("Learning curves of the chosen runs", expanded=False):

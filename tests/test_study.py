@@ -274,3 +274,19 @@ def test_bench_study_smoke(tmp_path):
     result = bench.main(["--smoke", "--out", str(tmp_path / "bench.json")])
     assert result["study_s"] > 0 and result["by_hand_s"] > 0 and result["cells"] == 2
     assert json.loads((tmp_path / "bench.json").read_text()) == result
+
+
+def test_seed_count_curve_from_arms_that_differ_only_in_samples(study):
+    from paraknow.study.report import seed_count_figure, seed_count_points
+
+    recipe = parse_recipe(study["recipe"])
+    # the fixture's PKT arms set samples 4 only once: no curve from one level
+    assert seed_count_points(recipe, study["results"]) == []
+    results = json.loads(json.dumps(study["results"]))
+    recipe.arms.append(parse_recipe({**study["recipe"], "arms": [{"name": "pkt-2", "init": "pkt",
+                                                                 "extract": {"samples": 2}}]}).arms[0])
+    results["arms"].append({"arm": "pkt-2", "mean": 0.25, "ci95": [0.2, 0.3]})
+    points = seed_count_points(recipe, results)
+    assert [(p["samples"], p["arm"]) for p in points] == [(2, "pkt-2"), (4, "pkt")]
+    fig = seed_count_figure(points, results)
+    assert list(fig.data[0].x) == [2, 4] and fig.data[0].y[0] == pytest.approx(25.0)

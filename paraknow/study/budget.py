@@ -75,6 +75,7 @@ def calibrate(recipe: Recipe, sizes: DataSizes) -> Calibration:
     from ..models import load_model
 
     base = train_config(recipe, recipe.arm(recipe.baseline), 0, None, "vanilla")
+    load_model(recipe.student)  # the first load also pays one-off imports, which cells do not
     load_s, (model, tokenizer) = _timed(load_model, recipe.student)
     train_records = load_records(recipe.train_data)
     per_sample = _train_seconds_per_sample(model, tokenizer, train_records, base.micro_batch, base.max_length)

@@ -84,6 +84,43 @@ def bars_figure(results: dict):
     return fig
 
 
+def seed_count_points(recipe: Recipe, results: dict) -> list[dict]:
+    """The paper's seed-count figure: PKT arms that differ from the default extraction only in the
+    number of seed samples, as {"samples", "arm", "mean", "ci95"} sorted by samples ([] when fewer
+    than two such arms have results)."""
+    from ..sensitivity import SensitivityConfig
+
+    by_name = {a["arm"]: a for a in results["arms"]}
+    points = []
+    for arm in recipe.arms:
+        if arm.init == "pkt" and set(arm.extract) <= {"samples"} and not arm.train and not arm.lr_sweep:
+            row = by_name[arm.name]
+            if row["mean"] is not None:
+                samples = arm.extract.get("samples", SensitivityConfig().samples)
+                points.append({"samples": samples, "arm": arm.name, "mean": row["mean"], "ci95": row["ci95"]})
+    points.sort(key=lambda p: p["samples"])
+    return points if len({p["samples"] for p in points}) >= 2 else []
+
+
+def seed_count_figure(points: list[dict], results: dict):
+    """Mean test accuracy against the number of seed samples (log axis), 95 % CI error bars, the
+    baseline as a dotted line."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(
+        x=[p["samples"] for p in points], y=[100 * p["mean"] for p in points], mode="lines+markers",
+        text=[p["arm"] for p in points], name="PKT",
+        error_y={"type": "data", "symmetric": False,
+                 "array": [100 * (p["ci95"][1] - p["mean"]) if p["ci95"] else 0 for p in points],
+                 "arrayminus": [100 * (p["mean"] - p["ci95"][0]) if p["ci95"] else 0 for p in points]}))
+    base = next((a for a in results["arms"] if a["arm"] == results["baseline"] and a["mean"] is not None), None)
+    if base is not None:
+        fig.add_hline(y=100 * base["mean"], line_dash="dot", annotation_text=f"baseline {base['arm']}")
+    fig.update_layout(xaxis_type="log", xaxis_title="seed samples for the sensitivity (log scale)",
+                      yaxis_title="test accuracy (%)", margin={"t": 40}, height=380)
+    return fig
+
+
 def _html_table(rows: list[dict]) -> str:
     if not rows:
         return "<p>none</p>"
@@ -99,6 +136,9 @@ def _fmt(x) -> str:
 def report_html(recipe: Recipe, results: dict) -> str:
     """A self-contained page: the verdict table, the bar chart, the signals and their correlations."""
     figure = bars_figure(results).to_html(full_html=False, include_plotlyjs=True)
+    points = seed_count_points(recipe, results)
+    seed_curve = ("<h2>Number of seed samples</h2>"
+                  + seed_count_figure(points, results).to_html(full_html=False, include_plotlyjs=False)) if points else ""
     signals = [{"arm": a["arm"], **{s: _fmt(a["signals"].get(s)) for s in SIGNALS}}
                for a in results["arms"] if a["signals"]]
     correlations = [{"signal": s, "arms": c["n"], "Spearman vs accuracy": _fmt(c["spearman"])}
@@ -116,6 +156,7 @@ seeds {html.escape(str(recipe.seeds))}; baseline <b>{html.escape(results['baseli
 {f"Estimated {timing['estimate_s'] / 60:.1f} min, took {timing['wall_s'] / 60:.1f} min." if timing else ""}</p>
 <h2>Test accuracy per arm</h2>{_html_table(arm_rows(results))}
 {figure}
+{seed_curve}
 <h2>Cheap signals (before training)</h2>{_html_table(signals)}
 <h2>Rank correlation of each signal with the final accuracy across arms</h2>{_html_table(correlations)}
 </body></html>
