@@ -7,7 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from paraknow import viz
-from paraknow.study import parse_recipe
+from paraknow.errors import ParaknowError
+from paraknow.study import parse_recipe, recipe_from_text
 from paraknow.study.control import log_tail, read_study, start_study, stop_study
 from paraknow.study.plan import plan_cells
 from paraknow.study.report import (REPORT_HTML, RESULTS_CSV, RESULTS_JSON, arm_rows, bars_figure,
@@ -83,14 +84,9 @@ def builder_recipe() -> dict:
 
 
 def use_pasted() -> None:
-    import yaml
-
     try:
-        ss[S.ST_RECIPE] = parse_recipe(yaml.safe_load(ss[S.W_ST_PASTE] or "")).to_dict()  # JSON is YAML
-    except yaml.YAMLError as exc:
-        ss[S.ST_RECIPE] = None
-        ss[S.ST_NOTICE] = ("error", f"the recipe is not valid JSON or YAML: {str(exc).splitlines()[0]}")
-    except Exception as exc:  # noqa: BLE001 - shown to the user
+        ss[S.ST_RECIPE] = recipe_from_text(ss[S.W_ST_PASTE] or "").to_dict()
+    except ParaknowError as exc:
         ss[S.ST_RECIPE] = None
         ss[S.ST_NOTICE] = ("error", str(exc))
 

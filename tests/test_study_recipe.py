@@ -107,6 +107,12 @@ def test_yaml_and_json_recipes_are_the_same(tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
     (tmp_path / "r.json").write_text(json.dumps(data))
     assert load_recipe(tmp_path / "r.yaml").to_dict() == load_recipe(tmp_path / "r.json").to_dict()
+    (tmp_path / "short.yml").write_text(
+        "student: demo:student\ntrain_data: task:arith:train\nval_data: task:arith:val\n"
+        "test_data: task:arith:test\ntrain: {lr: 3e-4, epochs: 2}\n"
+        "arms:\n  - {name: v, init: vanilla, lr_sweep: [1e-4, 1E-3, 3.0e-3]}\n")
+    short = load_recipe(tmp_path / "short.yml")
+    assert short.train == {"lr": 3e-4, "epochs": 2} and short.arms[0].lr_sweep == [1e-4, 1e-3, 3e-3]
     (tmp_path / "bad.yaml").write_text("arms: [\n  - name: v\n  init")
     with pytest.raises(ParaknowError, match="not valid YAML at line"):
         load_recipe(tmp_path / "bad.yaml")

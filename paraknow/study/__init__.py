@@ -6,8 +6,8 @@ resumably; results.py turns the cells into per-arm means with 95 % intervals, pa
 against the baseline and verdicts; report.py writes results.json/.csv and report.html.
 docs/study.md describes all of it.
 """
-from .recipe import Arm, Recipe, load_recipe, parse_recipe
+from .recipe import Arm, Recipe, load_recipe, parse_recipe, recipe_from_text
 from .report import format_table, write_outputs
 from .runner import prepare, run_study
 
-__all__ = ["Arm", "Recipe", "load_recipe", "parse_recipe", "run_study", "prepare", "format_table", "write_outputs"]
+__all__ = ["Arm", "Recipe", "load_recipe", "parse_recipe", "recipe_from_text", "run_study", "prepare", "format_table", "write_outputs"]

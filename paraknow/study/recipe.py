@@ -283,24 +283,43 @@ def parse_recipe(data) -> Recipe:
     return recipe
 
 
+def _yaml_loader():
+    """yaml.SafeLoader that also reads 1e-4 as a number (YAML 1.1 wants 1.0e-4; JSON and people
+    write learning rates the short way)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return Loader
+
+
+def recipe_from_text(text: str, source: str = "the recipe", yaml_format: bool | None = None) -> Recipe:
+    """A Recipe from JSON or YAML text (`yaml_format` None: JSON when the text starts with `{`)."""
+    if yaml_format is None:
+        yaml_format = not text.lstrip().startswith("{")
+    if yaml_format:
+        import yaml
+
+        try:
+            data = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: no Python objects
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ParaknowError(f"{source} is not valid YAML{where}: {first_line(exc)}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ParaknowError(f"{source} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+    return parse_recipe(data)
+
+
 def load_recipe(path) -> Recipe:
     """Read a recipe file: YAML for .yaml/.yml, JSON otherwise."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ParaknowError(f"recipe file not found: {path}.")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ParaknowError(f"{path} is not valid YAML{where}: {first_line(exc)}") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ParaknowError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
-    return parse_recipe(data)
+    return recipe_from_text(path.read_text(encoding="utf-8"), str(path), path.suffix.lower() in (".yaml", ".yml"))
