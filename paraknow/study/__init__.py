@@ -10,4 +10,5 @@ from .recipe import Arm, Recipe, load_recipe, parse_recipe, recipe_from_text
 from .report import format_table, write_outputs
 from .runner import prepare, run_study
 
-__all__ = ["Arm", "Recipe", "load_recipe", "parse_recipe", "recipe_from_text", "run_study", "prepare", "format_table", "write_outputs"]
+__all__ = ["Arm", "Recipe", "load_recipe", "parse_recipe", "recipe_from_text", "run_study", "prepare", "format_table",
+           "write_outputs"]
