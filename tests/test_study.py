@@ -255,7 +255,8 @@ def test_budget_refusal_before_anything_runs(tmp_path, capsys):
     paths = study_inputs(tmp_path / "in")
     recipe = tiny_recipe(paths, budget_minutes=0.001)
     out = tmp_path / "out"
-    with pytest.raises(ParaknowError, match=r"needs about .* min for 6 cells.*budget of 0.001 min: raise budget_minutes"):
+    with pytest.raises(ParaknowError,
+                       match=r"needs about .* min for 6 cells.*budget of 0.001 min: raise budget_minutes"):
         prepare(parse_recipe(recipe), out)
     assert not out.exists()
     code = cli_main(["study", "--recipe", write_recipe(tmp_path / "r.json", recipe), "--out", str(out)])

@@ -137,8 +137,8 @@ def report_html(recipe: Recipe, results: dict) -> str:
     """A self-contained page: the verdict table, the bar chart, the signals and their correlations."""
     figure = bars_figure(results).to_html(full_html=False, include_plotlyjs=True)
     points = seed_count_points(recipe, results)
-    seed_curve = ("<h2>Number of seed samples</h2>"
-                  + seed_count_figure(points, results).to_html(full_html=False, include_plotlyjs=False)) if points else ""
+    seed_curve = "" if not points else ("<h2>Number of seed samples</h2>" + seed_count_figure(
+        points, results).to_html(full_html=False, include_plotlyjs=False))
     signals = [{"arm": a["arm"], **{s: _fmt(a["signals"].get(s)) for s in SIGNALS}}
                for a in results["arms"] if a["signals"]]
     correlations = [{"signal": s, "arms": c["n"], "Spearman vs accuracy": _fmt(c["spearman"])}

@@ -253,7 +253,8 @@ def _check_out(out: Path, recipe: Recipe, resume: bool) -> None:
         if not resume:
             raise ParaknowError(f"{out} already holds a study: pass --resume to continue it, or choose a new --out.")
         current = json.loads(json.dumps(recipe.to_dict()))  # as it reads back from recipe.json
-        changed = sorted(k for k in set(stored) | set(current) if k != "budget_minutes" and stored.get(k) != current.get(k))
+        changed = sorted(k for k in set(stored) | set(current)
+                         if k != "budget_minutes" and stored.get(k) != current.get(k))
         if changed:
             raise ParaknowError(f"the recipe differs from {out / RECIPE_FILE} (in {', '.join(changed)}): "
                                 "resume with the recipe as run, or start a new --out.")
