@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SIZES = {"full": {"train": 256, "val": 32, "test": 64, "seed": 32, "seeds": [0, 1], "tokens": 64},
          "smoke": {"train": 8, "val": 2, "test": 2, "seed": 4, "seeds": [0], "tokens": 4}}
@@ -88,10 +85,8 @@ def main(argv=None) -> dict:
     import contextlib
     import io
 
-    from paraknow.cli import _quiet_transformers
     from paraknow.study import parse_recipe
 
-    _quiet_transformers()
     size = SIZES["smoke" if args.smoke else "full"]
     cache = os.environ.get("PARAKNOW_CACHE")
     with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:

@@ -232,9 +232,12 @@ def test_cli_gives_the_same_cell_numbers_as_the_library(study, tmp_path, capsys)
 
 def test_a_failed_cell_does_not_stop_the_others(tmp_path):
     paths = study_inputs(tmp_path / "in")
-    broken = tmp_path / "broken_teacher"  # a valid config and tokenizer, corrupt weights
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken_teacher"  # valid files, but its weights are NaN: the extraction's SVD fails
     shutil.copytree(paths["teacher"], broken)
-    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    weights = {k: torch.full_like(v, float("nan")) for k, v in load_file(str(broken / "model.safetensors")).items()}
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
     recipe = tiny_recipe(paths, seeds=[0], arms=[
         {"name": "vanilla", "init": "vanilla"},
         {"name": "pkt-broken", "init": "pkt", "extract": {"samples": 4, "teacher": str(broken)}},

@@ -121,7 +121,7 @@ def test_yaml_and_json_recipes_are_the_same(tmp_path):
 @pytest.mark.parametrize("teacher_shape,modules,expected", [
     ({**TEACHER, "layers": 1}, "attn,ffn", "layers"),  # shallower than the student
     ({**TEACHER, "hidden": 48, "heads": 3, "kv_heads": 1}, "attn,ffn", "narrower"),
-    ({**TEACHER, "vocab": 120}, "attn,ffn,embed", "tokenizers differ"),
+    ({**TEACHER, "vocab": 120}, "attn,ffn,embed", "embeddings requested but the vocabularies differ"),
 ])
 def test_a_pair_that_cannot_transfer_is_refused_before_anything_runs(tmp_path, teacher_shape, modules, expected):
     paths = study_inputs(tmp_path / "in")

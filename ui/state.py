@@ -312,15 +312,17 @@ def study_defaults() -> dict:
     from dataclasses import fields
 
     from paraknow.study.recipe import DEFAULT_BUDGET_MINUTES
-    from paraknow.train import DEFAULT_ALPHA, DEFAULT_RANK, TrainConfig
+    from paraknow.train import TrainConfig
+    from paraknow.transfer import TransferConfig
     from ui.study import DEFAULT_CONTROLS, SWEEP_DEFAULT, factor_levels
 
     train = {f.name: f.default for f in fields(TrainConfig)}
+    transfer = {f.name: f.default for f in fields(TransferConfig)}  # LoRA rank/alpha: the extract defaults
     teacher, student = default_refs()
     d = {ST_RECIPE: None, ST_ESTIMATE: None, ST_NOTICE: None, W_ST_NAME: "", W_ST_TEACHER: teacher,
          W_ST_STUDENT: student, W_ST_TASK: "arith", W_ST_EPOCHS: float(train["epochs"]), W_ST_LR: train["lr"],
-         W_ST_BATCH: train["batch"], W_ST_MICRO: train["micro_batch"], W_ST_RANK: DEFAULT_RANK,
-         W_ST_ALPHA: float(DEFAULT_ALPHA), W_ST_EVAL_LIMIT: train["eval_limit"],
+         W_ST_BATCH: train["batch"], W_ST_MICRO: train["micro_batch"], W_ST_RANK: transfer["rank"],
+         W_ST_ALPHA: float(transfer["alpha"]), W_ST_EVAL_LIMIT: train["eval_limit"],
          W_ST_TOKENS: train["eval_max_new_tokens"], W_ST_SEEDS: 5, W_ST_SWEEP: SWEEP_DEFAULT,
          W_ST_CONTROLS: list(DEFAULT_CONTROLS), W_ST_BASELINE: "vanilla",
          W_ST_BUDGET: float(DEFAULT_BUDGET_MINUTES), W_ST_PASTE: "", W_ST_VIEW: None}

@@ -96,8 +96,8 @@ def _check_training(recipe: Recipe, arm, lr) -> None:
 
 
 def _check_pair(recipe: Recipe, arm, i: int, n_seed: int) -> None:
-    from ..models import EMBED_ROLES, describe_config, load_config
-    from ..transfer import check_transferable, compatibility, resolve_roles
+    from ..models import describe_config, load_config
+    from ..transfer import check_transferable
 
     where = f"arms[{i}] ({arm.name})"
     config = recipe.transfer_config(arm, 0)
@@ -107,14 +107,10 @@ def _check_pair(recipe: Recipe, arm, i: int, n_seed: int) -> None:
                             f"holds {n_seed}; lower samples or give more seed data.")
     teacher = describe_config(_prefixed(f"{where} teacher", load_config, recipe.teacher_of(arm)))
     student = describe_config(_prefixed("student", load_config, recipe.student))
-    try:
-        check_transferable(teacher, student, config)
+    try:  # depth, width of the selected modules, embeddings across different tokenizers
+        roles = check_transferable(teacher, student, config)["roles"]
     except ParaknowError as exc:
         raise ParaknowError(f"the pair cannot transfer for {where}: {exc}") from None
-    roles = resolve_roles(config.modules)
-    if any(r in EMBED_ROLES for r in roles) and not compatibility(teacher, student)["vocab_match"]:
-        raise ParaknowError(f"the pair cannot transfer embeddings for {where}: the tokenizers differ "
-                            f"({teacher.vocab_size} vs {student.vocab_size} tokens); drop embed from its modules.")
     for role in roles:
         smallest = min(student.shapes[role])
         if config.rank > smallest:

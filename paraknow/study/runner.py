@@ -173,10 +173,9 @@ def _stop_relay(out: Path, run_dir: Path):
 
 
 def _eval_settings(config) -> dict:
-    """The test evaluation uses the training's own evaluation settings (answer matching included
-    once TrainConfig carries `match`)."""
+    """The test evaluation uses the training's own evaluation settings (answer matching included)."""
     return {"max_new_tokens": config.eval_max_new_tokens, "batch_size": config.eval_batch,
-            "max_length": config.max_length, "match": getattr(config, "match", "auto")}
+            "max_length": config.max_length, "match": config.match}
 
 
 def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
