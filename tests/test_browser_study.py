@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from study_fixtures import study_inputs, tiny_recipe
-from test_browser import CHROMIUM, _settle, _shot, streamlit_app
-from test_browser_finetune import _no_errors, _wait_value
+from test_browser import CHROMIUM, _no_errors, _settle, _shot, streamlit_app
 
 TIMEOUT_MS = 120_000
 
@@ -47,6 +46,12 @@ def _dismiss_page_not_found(page) -> None:
     if dialog.count():
         page.keyboard.press("Escape")
         dialog.first.wait_for(state="detached")
+
+
+def _wait_finished(page, counts, timeout_ms: int = 600_000) -> None:
+    """Wait until the page says one of `counts` out of 9 runs finished."""
+    pattern = re.compile(r"(?<!\d)(?:" + "|".join(str(n) for n in counts) + r")/9 runs finished")
+    page.get_by_text(pattern).first.wait_for(timeout=timeout_ms)
 
 
 def _finished(page) -> tuple[int, int]:
@@ -85,8 +90,9 @@ def test_study_launch_partial_reload_stop_resume(server):
         page.get_by_role("button", name="Launch").click()
         page.get_by_text(re.compile(r"\d+/9 runs finished")).first.wait_for()
 
-        done, total = _wait_value(lambda: _finished(page), lambda v: v[0] >= 1, 300, "a first finished run")
-        assert total == 9 and done < total
+        _wait_finished(page, range(1, 9))
+        done, total = _finished(page)
+        assert total == 9 and 1 <= done < total
         _no_errors(page)
         _shot(page, "7_study_running")
         page.get_by_role("button", name="Stop", exact=True).click()
@@ -95,12 +101,12 @@ def test_study_launch_partial_reload_stop_resume(server):
         assert stopped_at < 9
 
         page.get_by_role("button", name="Resume", exact=True).click()
-        _wait_value(lambda: _finished(page)[0], lambda n: n > stopped_at, 300, "a run after the resume")
+        _wait_finished(page, range(stopped_at + 1, 10))
         page.reload()  # mid-study: the study goes on in its own process and is found again on disk
         _dismiss_page_not_found(page)
         page.get_by_text(re.compile(r"\d+/9 runs finished")).first.wait_for()
         _no_errors(page)
-        _wait_value(lambda: _finished(page)[0], lambda n: n == 9, 600, "every run to finish")
+        _wait_finished(page, [9])
         page.get_by_text("finished", exact=True).first.wait_for()
         _settle(page)
         _no_errors(page)
