@@ -267,19 +267,6 @@ def test_budget_refusal_before_anything_runs(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "budget_minutes" in err[0] and not out.exists()
 
 
-def test_bench_study_smoke(tmp_path):
-    """The overhead bench at its smoke size runs and reports both sides (no timing asserted)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_study.py"
-    spec = importlib.util.spec_from_file_location("bench_study", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    result = bench.main(["--smoke", "--out", str(tmp_path / "bench.json")])
-    assert result["study_s"] > 0 and result["by_hand_s"] > 0 and result["cells"] == 2
-    assert json.loads((tmp_path / "bench.json").read_text()) == result
-
-
 def test_seed_count_curve_from_arms_that_differ_only_in_samples(study):
     from paraknow.study.report import seed_count_figure, seed_count_points
 
