@@ -86,6 +86,7 @@ PAGES = [
 if W.finetune_available():  # page 6 is added by the fine-tuning work
     PAGES.append(st.Page(W.PAGE_FINETUNE, title="Fine-tune", url_path="Fine-tune", icon=":material/model_training:"))
 PAGES.append(st.Page(W.PAGE_PLAYGROUND, title="Playground", url_path="Playground", icon=":material/compare:"))
+PAGES.append(st.Page(W.PAGE_STUDY, title="Study", url_path="Study", icon=":material/science:"))
 
 W.HOME_PAGE = PAGES[0]  # page_link to the home page needs its Page object (it is a function)
 page = st.navigation(PAGES)

@@ -106,6 +106,20 @@ def cmd_train(args) -> int:
     return run_training(config)
 
 
+def cmd_study(args) -> int:
+    from .study import format_table, load_recipe, run_study
+
+    recipe = load_recipe(args.recipe)
+    results = run_study(recipe, args.out, resume=args.resume,
+                        progress=lambda message: print(message, file=sys.stderr, flush=True))
+    print(format_table(results))
+    failed = sum(c["state"] == "failed" for c in results["cells"])
+    if failed:
+        print(f"error: {failed} cell(s) failed (see {args.out}/cells/*/cell.json); rerun with --resume to retry them",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_cache(args) -> int:
     from .cache import clear, fmt_bytes, list_entries
 
@@ -204,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--older-than", type=_non_negative_float, default=None, metavar="DAYS",
                    help="only entries not used for this many days")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("study", help="a controlled experiment: arms x seeds, mean and 95 %% CI per arm")
+    p.add_argument("--recipe", required=True, help="study recipe, JSON or YAML (docs/study.md)")
+    p.add_argument("--out", required=True, help="study directory (cells, results.json, report.html)")
+    p.add_argument("--resume", action="store_true", help="continue a study in --out: finished cells are kept")
+    p.set_defaults(func=cmd_study)
 
     return parser
 

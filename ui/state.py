@@ -295,3 +295,62 @@ def init_finetune() -> None:
     for key, value in finetune_defaults().items():
         if key not in ss:
             ss[key] = value.copy() if isinstance(value, (dict, list)) else value
+
+
+# ---- Study page (page 7) -----------------------------------------------------------------
+# Studies live on disk (paraknow.study.control, cache/studies/<name>/); the session keeps the
+# grid builder's values, a pasted recipe, the study shown and the last estimate.
+ST_RECIPE = "pk_st_recipe"          # a recipe loaded or pasted (dict), used instead of the builder; or None
+ST_ESTIMATE = "pk_st_estimate"      # {"recipe": dict, "text": str} of the last estimate
+ST_NOTICE = "pk_st_notice"          # message about the last launch (shown once)
+W_ST_NAME = "w_st_name"
+W_ST_TEACHER = "w_st_teacher"
+W_ST_STUDENT = "w_st_student"
+W_ST_TASK = "w_st_task"
+W_ST_EPOCHS = "w_st_epochs"
+W_ST_LR = "w_st_lr"
+W_ST_BATCH = "w_st_batch"
+W_ST_MICRO = "w_st_micro"
+W_ST_RANK = "w_st_rank"
+W_ST_ALPHA = "w_st_alpha"
+W_ST_EVAL_LIMIT = "w_st_eval_limit"
+W_ST_TOKENS = "w_st_tokens"
+W_ST_SEEDS = "w_st_seeds"           # number of seeds (0, 1, ...)
+W_ST_SWEEP = "w_st_sweep"           # "1e-4, 3e-4, 1e-3": vanilla and PiSSA learning rates
+W_ST_CONTROLS = "w_st_controls"
+W_ST_FACTOR = "w_st_factor_"        # + factor name: chosen levels
+W_ST_BASELINE = "w_st_baseline"
+W_ST_BUDGET = "w_st_budget"
+W_ST_PASTE = "w_st_paste"           # recipe text (JSON or YAML) to load
+W_ST_VIEW = "w_st_view"             # study shown
+
+
+def study_defaults() -> dict:
+    """The builder starts from the training defaults (TrainConfig) and the recipe's budget; five
+    seeds (the recipe's default is three, five see differences of a few points)."""
+    from dataclasses import fields
+
+    from paraknow.study.recipe import DEFAULT_BUDGET_MINUTES
+    from paraknow.train import TrainConfig
+    from paraknow.transfer import TransferConfig
+    from ui.study import DEFAULT_CONTROLS, SWEEP_DEFAULT, factor_levels
+
+    train = {f.name: f.default for f in fields(TrainConfig)}
+    transfer = {f.name: f.default for f in fields(TransferConfig)}  # LoRA rank/alpha: the extract defaults
+    teacher, student = default_refs()
+    d = {ST_RECIPE: None, ST_ESTIMATE: None, ST_NOTICE: None, W_ST_NAME: "", W_ST_TEACHER: teacher,
+         W_ST_STUDENT: student, W_ST_TASK: "arith", W_ST_EPOCHS: float(train["epochs"]), W_ST_LR: train["lr"],
+         W_ST_BATCH: train["batch"], W_ST_MICRO: train["micro_batch"], W_ST_RANK: transfer["rank"],
+         W_ST_ALPHA: float(transfer["alpha"]), W_ST_EVAL_LIMIT: train["eval_limit"],
+         W_ST_TOKENS: train["eval_max_new_tokens"], W_ST_SEEDS: 5, W_ST_SWEEP: SWEEP_DEFAULT,
+         W_ST_CONTROLS: list(DEFAULT_CONTROLS), W_ST_BASELINE: "vanilla",
+         W_ST_BUDGET: float(DEFAULT_BUDGET_MINUTES), W_ST_PASTE: "", W_ST_VIEW: None}
+    d.update({W_ST_FACTOR + factor: [] for factor in factor_levels()})
+    return d
+
+
+def init_study() -> None:
+    ss = st.session_state
+    for key, value in study_defaults().items():
+        if key not in ss:
+            ss[key] = value.copy() if isinstance(value, (dict, list)) else value

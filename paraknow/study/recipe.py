@@ -1,0 +1,325 @@
+"""A study recipe: its keys, parsing (JSON or YAML), and the checks made before anything runs.
+
+The recipe file is the whole state of a study (docs/study.md). Its keys are fixed; the keys of
+`train` are TrainConfig's fields and those of `extract` are TransferConfig's and
+SensitivityConfig's (the `extract` command's options by long name) plus `teacher` and
+`teacher_weights` -- read from those dataclasses, so a new option is a recipe key at once.
+Every error names the key path (`arms[2].extract.structure`) and what is allowed there.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ..errors import ParaknowError, first_line
+from ..sensitivity import SensitivityConfig
+from ..train import TrainConfig
+from ..transfer import TransferConfig
+
+RECIPE_KEYS = ("teacher", "student", "seed_data", "train_data", "val_data", "test_data", "train", "seeds",
+               "baseline", "budget_minutes", "arms")
+ARM_KEYS = ("name", "init", "lr_sweep", "extract", "train")
+INIT_LABELS = {"vanilla": "vanilla LoRA", "pissa": "PiSSA", "pkt": "PKT",
+               "untuned": "the untuned student", "teacher": "the teacher"}
+TRAINED_INITS = ("vanilla", "pissa", "pkt")  # the others are controls: evaluated once, never trained
+TEACHER_WEIGHTS = ("trained", "random")
+STUDY_EXTRACT_KEYS = ("teacher", "teacher_weights")
+DEFAULT_SEEDS = [0, 1, 2]
+DEFAULT_BUDGET_MINUTES = 120
+# TrainConfig fields the study sets itself for every cell (the recipe cannot override them)
+CELL_TRAIN_FIELDS = ("student", "data", "out", "init", "eval_data", "seed", "group", "label")
+# TransferConfig / SensitivityConfig fields that are not `extract` options in a recipe
+HIDDEN_EXTRACT_FIELDS = ("manual_map", "overrides", "batch_size")
+ARM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+
+
+def train_keys() -> list[str]:
+    return [f.name for f in fields(TrainConfig) if f.name not in CELL_TRAIN_FIELDS]
+
+
+def _config_fields(cls) -> dict:
+    return {f.name: f for f in fields(cls) if f.name not in HIDDEN_EXTRACT_FIELDS}
+
+
+def extract_keys() -> list[str]:
+    return sorted({*_config_fields(TransferConfig), *_config_fields(SensitivityConfig), *STUDY_EXTRACT_KEYS})
+
+
+@dataclass
+class Arm:
+    name: str
+    init: str  # vanilla | pissa | pkt | untuned | teacher
+    lr_sweep: list[float] | None = None
+    extract: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+    @property
+    def trained(self) -> bool:
+        return self.init in TRAINED_INITS
+
+    def label(self) -> str:
+        """How a verdict names this arm, e.g. "best-lr vanilla LoRA (vanilla)"."""
+        text = ("best-lr " if self.lr_sweep else "") + INIT_LABELS[self.init]
+        return text if self.name == self.init else f"{text} ({self.name})"
+
+    def to_dict(self) -> dict:
+        out = {"name": self.name, "init": self.init}
+        if self.lr_sweep:
+            out["lr_sweep"] = list(self.lr_sweep)
+        if self.extract:
+            out["extract"] = dict(self.extract)
+        if self.train:
+            out["train"] = dict(self.train)
+        return out
+
+
+@dataclass
+class Recipe:
+    student: str
+    train_data: str
+    val_data: str
+    test_data: str
+    arms: list[Arm]
+    teacher: str | None = None
+    seed_data: str | None = None
+    train: dict = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
+    baseline: str = ""
+    budget_minutes: float = DEFAULT_BUDGET_MINUTES
+
+    def to_dict(self) -> dict:
+        """The recipe as run: every key, defaults filled in (DIR/recipe.json)."""
+        return {"teacher": self.teacher, "student": self.student, "seed_data": self.seed_data,
+                "train_data": self.train_data, "val_data": self.val_data, "test_data": self.test_data,
+                "train": dict(self.train), "seeds": list(self.seeds), "baseline": self.baseline,
+                "budget_minutes": self.budget_minutes, "arms": [a.to_dict() for a in self.arms]}
+
+    def arm(self, name: str) -> Arm:
+        return next(a for a in self.arms if a.name == name)
+
+    def train_settings(self, arm: Arm) -> dict:
+        """TrainConfig settings of an arm: the recipe's `train`, then the arm's overrides."""
+        return {**self.train, **arm.train}
+
+    def teacher_of(self, arm: Arm) -> str:
+        return arm.extract.get("teacher") or self.teacher
+
+    def random_teacher(self, arm: Arm) -> bool:
+        return arm.extract.get("teacher_weights") == "random"
+
+    def transfer_config(self, arm: Arm, seed: int) -> TransferConfig:
+        """The arm's extraction for one seed. Rank and alpha default to the training rank and
+        alpha (so PKT trains as many parameters as vanilla LoRA); the extraction seed (random
+        layers and positions) defaults to the cell's seed."""
+        from ..mapping import parse_layers_arg
+
+        settings = self.train_settings(arm)
+        given = {k: v for k, v in arm.extract.items() if k in _config_fields(TransferConfig)}
+        for key in ("rank", "alpha"):
+            if key not in given and settings.get(key) is not None:
+                given[key] = settings[key]
+        given.setdefault("seed", seed)
+        if "layers" in given:
+            given["layers"], given["manual_map"] = parse_layers_arg(given["layers"])
+        if isinstance(given.get("modules"), list):
+            given["modules"] = tuple(given["modules"])
+        return TransferConfig(**given)
+
+    def sensitivity_config(self, arm: Arm) -> SensitivityConfig:
+        return SensitivityConfig(**{k: v for k, v in arm.extract.items() if k in _config_fields(SensitivityConfig)})
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing
+
+
+def _fail(path: str, message: str) -> None:
+    raise ParaknowError(f"recipe {path}: {message}")
+
+
+def _check_keys(obj, path: str, allowed) -> dict:
+    if not isinstance(obj, dict):
+        _fail(path or "(top level)", f"must be an object with keys {', '.join(allowed)}.")
+    normal = {}
+    for key, value in obj.items():
+        name = str(key).replace("-", "_")
+        if name not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            raise ParaknowError(f"unknown key {where} in the recipe; allowed there: {', '.join(allowed)}.")
+        normal[name] = value
+    return normal
+
+
+def _type_ok(value, annotation: str) -> bool:
+    """Whether a JSON value fits a dataclass field's annotation (as written in the source)."""
+    if value is None:
+        return "None" in annotation
+    if isinstance(value, bool):
+        return "bool" in annotation
+    if "float" in annotation and isinstance(value, (int, float)):
+        return True
+    if "int" in annotation and isinstance(value, int):
+        return True
+    if "str" in annotation and isinstance(value, str) and "list[str]" not in annotation:
+        return True
+    if ("list" in annotation or "tuple" in annotation) and isinstance(value, list):
+        return all(isinstance(v, str) for v in value)
+    if "tuple" in annotation and isinstance(value, str):  # modules as "attn,ffn"
+        return True
+    return "dict" in annotation and isinstance(value, dict)
+
+
+def _typed(obj: dict, path: str, field_map: dict) -> dict:
+    for key, value in obj.items():
+        if key in field_map and not _type_ok(value, str(field_map[key].type)):
+            _fail(f"{path}.{key}", f"{value!r} is not a valid value (expected {field_map[key].type}).")
+    return obj
+
+
+def _parse_train(obj, path: str) -> dict:
+    settings = _check_keys(obj, path, train_keys())
+    return _typed(settings, path, {f.name: f for f in fields(TrainConfig)})
+
+
+def _parse_extract(obj, path: str) -> dict:
+    from ..mapping import parse_layers_arg
+
+    extract = _check_keys(obj, path, extract_keys())
+    transfer, sens = _config_fields(TransferConfig), _config_fields(SensitivityConfig)
+    _typed(extract, path, {**transfer, **sens})
+    for key, value in extract.items():
+        try:
+            if key == "layers":
+                parse_layers_arg(value)
+            elif key == "teacher":
+                if not isinstance(value, str) or not value.strip():
+                    raise ParaknowError("must be a model reference (demo:teacher, a directory, ...).")
+            elif key == "teacher_weights":
+                if value not in TEACHER_WEIGHTS:
+                    raise ParaknowError(f"{value!r} is not one of {', '.join(TEACHER_WEIGHTS)}.")
+            elif key in transfer:  # each option alone, so the error names its key
+                TransferConfig(**{key: tuple(value) if isinstance(value, list) else value}).validate()
+            else:
+                SensitivityConfig(**{key: value}).validate()
+        except ParaknowError as exc:
+            _fail(f"{path}.{key}", str(exc))
+    return extract
+
+
+def _parse_lrs(value, path: str) -> list[float]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value):
+        _fail(path, "must be a non-empty list of positive learning rates, e.g. [1e-4, 3e-4, 1e-3].")
+    if len(set(value)) != len(value):
+        _fail(path, "lists a learning rate twice.")
+    return [float(v) for v in value]
+
+
+def _parse_arm(obj, i: int) -> Arm:
+    path = f"arms[{i}]"
+    data = _check_keys(obj, path, ARM_KEYS)
+    name, init = data.get("name"), data.get("init")
+    if not isinstance(name, str) or not ARM_NAME_RE.match(name):
+        _fail(f"{path}.name", "every arm needs a name of letters, digits and . _ + - (it names its folders).")
+    if init not in INIT_LABELS:
+        _fail(f"{path}.init", f"{init!r} is not one of {', '.join(INIT_LABELS)}.")
+    arm = Arm(name=name, init=init)
+    if "lr_sweep" in data:
+        if init not in TRAINED_INITS:
+            _fail(f"{path}.lr_sweep", f"the {init} control is not trained; only vanilla, pissa and pkt arms sweep.")
+        arm.lr_sweep = _parse_lrs(data["lr_sweep"], f"{path}.lr_sweep")
+    if "extract" in data:
+        if init != "pkt":
+            _fail(f"{path}.extract", "only pkt arms extract from a teacher.")
+        arm.extract = _parse_extract(data["extract"], f"{path}.extract")
+    if "train" in data:
+        arm.train = _parse_train(data["train"], f"{path}.train")
+        if arm.lr_sweep and "lr" in arm.train:
+            _fail(f"{path}.train.lr", "the arm sweeps lr_sweep; drop its fixed lr.")
+    return arm
+
+
+def parse_recipe(data) -> Recipe:
+    """A Recipe from the parsed file (a dict); raises ParaknowError naming the bad key."""
+    data = _check_keys(data, "", RECIPE_KEYS)
+    for key in ("student", "train_data", "val_data", "test_data"):
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            _fail(key, "is required (a model reference or a dataset such as task:arith:test).")
+    for key in ("teacher", "seed_data", "baseline"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            _fail(key, "must be a string.")
+    arms_data = data.get("arms")
+    if not isinstance(arms_data, list) or not arms_data:
+        _fail("arms", "must be a non-empty list of arms ({\"name\": ..., \"init\": ...}).")
+    arms = [_parse_arm(a, i) for i, a in enumerate(arms_data)]
+    names = [a.name for a in arms]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            _fail(f"arms[{i}].name", f"'{name}' names two arms; arm names must be unique.")
+    seeds = data.get("seeds", list(DEFAULT_SEEDS))
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        _fail("seeds", "must be a non-empty list of integers, e.g. [0, 1, 2].")
+    if len(set(seeds)) != len(seeds):
+        _fail("seeds", "lists a seed twice.")
+    budget = data.get("budget_minutes", DEFAULT_BUDGET_MINUTES)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
+        _fail("budget_minutes", "must be a positive number of minutes.")
+    baseline = data.get("baseline") or next((a.name for a in arms if a.init == "vanilla"), arms[0].name)
+    if baseline not in names:
+        _fail("baseline", f"'{baseline}' is not an arm; the arms are {', '.join(names)}.")
+    recipe = Recipe(student=data["student"], train_data=data["train_data"], val_data=data["val_data"],
+                    test_data=data["test_data"], arms=arms, teacher=data.get("teacher"),
+                    seed_data=data.get("seed_data"), train=_parse_train(data.get("train", {}), "train"),
+                    seeds=list(seeds), baseline=baseline, budget_minutes=budget)
+    for i, arm in enumerate(arms):
+        needs = (["teacher"] if arm.init in ("pkt", "teacher") and not arm.extract.get("teacher") else []) + \
+            (["seed_data"] if arm.init == "pkt" else [])
+        for key in needs:
+            if not getattr(recipe, key):
+                _fail(key, f"is required by arms[{i}] ({arm.name}, init {arm.init}).")
+    return recipe
+
+
+def _yaml_loader():
+    """yaml.SafeLoader that also reads 1e-4 as a number (YAML 1.1 wants 1.0e-4; JSON and people
+    write learning rates the short way)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return Loader
+
+
+def recipe_from_text(text: str, source: str = "the recipe", yaml_format: bool | None = None) -> Recipe:
+    """A Recipe from JSON or YAML text (`yaml_format` None: JSON when the text starts with `{`)."""
+    if yaml_format is None:
+        yaml_format = not text.lstrip().startswith("{")
+    if yaml_format:
+        import yaml
+
+        try:
+            data = yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: no Python objects
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ParaknowError(f"{source} is not valid YAML{where}: {first_line(exc)}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ParaknowError(f"{source} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+    return parse_recipe(data)
+
+
+def load_recipe(path) -> Recipe:
+    """Read a recipe file: YAML for .yaml/.yml, JSON otherwise."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ParaknowError(f"recipe file not found: {path}.")
+    return recipe_from_text(path.read_text(encoding="utf-8"), str(path), path.suffix.lower() in (".yaml", ".yml"))

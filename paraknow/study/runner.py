@@ -1,0 +1,381 @@
+"""Running a study: every cell extract -> train -> evaluate, state on disk, resumable.
+
+DIR layout:
+  recipe.json                 the recipe as run (defaults filled in)
+  study.json                  the study process: state running | finished | stopped | failed, pid,
+                              started/finished, the cell running now, cells done
+  stdout.log                  a background study's output (paraknow.study.control)
+  .lock                       flock of the process running the study
+  STOP                        (created by `stop_study` or by hand) no new cell starts and the running
+                              cell's training stops at its next step; the cell is recorded `stopped`
+  cells/<cell id>/cell.json   the cell's state (running | finished | failed | stopped) and numbers
+  cells/<cell id>/run/        its training run directory (paraknow.train's files)
+  cells/<cell id>/stdout.log  the cell's training log (stdout and stderr)
+  exports/<key>/              PKT exports, keyed by content (teacher, student, seed data,
+                              extraction settings) so cells that differ only in learning rate share one
+  exports/<key>.signals.json  the export's cheap signals (paraknow.study.signals)
+  teachers/random-<hash>/     a teacher's architecture with random weights (seeded), made once
+  results.json, results.csv, report.html
+
+Cells run one after another in this process (`paraknow.train.train`, not a `train --spec`
+subprocess): a subprocess would re-import torch and transformers for every cell, seconds that
+small cells cannot afford against the 5 % overhead allowance, while the study itself already
+is the unit that survives interruption (a cell left `running` is simply rerun by --resume).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ParaknowError, first_line
+from ..fsio import atomic_directory, atomic_write_json, atomic_write_text, sha256_bytes
+from ..train import LOG_FILE, STOP_FILE, proc_start_time, read_json
+from .budget import calibrate, estimate_study
+from .plan import Cell, check_recipe, plan_cells, train_config
+from .recipe import Recipe
+
+RECIPE_FILE = "recipe.json"
+STUDY_FILE = "study.json"  # the study process: state, pid, current cell (paraknow.study.control reads it)
+LOCK_FILE = ".lock"  # held (flock) by the process running the study
+CELLS_DIR = "cells"
+CELL_FILE = "cell.json"
+RUN_DIR = "run"
+EXPORTS_DIR = "exports"
+TEACHERS_DIR = "teachers"
+RANDOM_TEACHER_SEED = 0
+CELL_STATES = ("running", "finished", "failed", "stopped")  # and "pending" for a cell that never started
+# a cell's record: the fields of results.json's cells (docs/study.md) plus where its files are
+CELL_FIELDS = ("arm", "seed", "lr", "state", "test_accuracy", "test_loss", "val_accuracy", "val_loss",
+               "seconds", "run_dir", "export", "error")
+
+Progress = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------
+# Cell state on disk
+
+
+def cell_dir(out: Path, cell: Cell) -> Path:
+    return Path(out) / CELLS_DIR / cell.cell_id
+
+
+def read_cell(out: Path, cell: Cell) -> dict:
+    """The cell's record, or {"state": "pending"} when it never started."""
+    record = read_json(cell_dir(out, cell) / CELL_FILE)
+    return record if record else {"arm": cell.arm, "seed": cell.seed, "lr": cell.lr, "state": "pending"}
+
+
+def _write_cell(out: Path, cell: Cell, **fields) -> dict:
+    record = {**dict.fromkeys(CELL_FIELDS), "arm": cell.arm, "seed": cell.seed, "lr": cell.lr,
+              "state": "running", **fields}
+    atomic_write_json(cell_dir(out, cell) / CELL_FILE, record)
+    return record
+
+
+# ---------------------------------------------------------------------------------------
+# Exports and teachers
+
+
+def export_key(recipe: Recipe, arm, seed: int) -> str:
+    """Content key of a PKT cell's export (independent of DIR, so a moved study still resumes)."""
+    teacher = recipe.teacher_of(arm)
+    payload = {"teacher": f"random:{teacher}" if recipe.random_teacher(arm) else teacher,
+               "student": recipe.student, "seed_data": recipe.seed_data,
+               "transfer": asdict(recipe.transfer_config(arm, seed)),
+               "sensitivity": asdict(recipe.sensitivity_config(arm))}
+    return sha256_bytes(json.dumps(payload, sort_keys=True, default=list).encode())[:16]
+
+
+def random_teacher(teacher_ref: str, out: Path) -> Path:
+    """The teacher's architecture with random weights (torch seed RANDOM_TEACHER_SEED), saved once
+    under DIR/teachers/ with the teacher's tokenizer: is it the knowledge, or only a spectrum?"""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..models import load_config, resolve_ref
+
+    path = Path(out) / TEACHERS_DIR / f"random-{sha256_bytes(teacher_ref.encode())[:12]}"
+    if (path / "config.json").is_file():
+        return path
+    config = load_config(teacher_ref)
+    torch.manual_seed(RANDOM_TEACHER_SEED)
+    model = AutoModelForCausalLM.from_config(config)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_ref(teacher_ref))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(path) as tmp, contextlib.redirect_stderr(io.StringIO()):  # no progress bar
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return path
+
+
+def _export(recipe: Recipe, arm, seed: int, out: Path, device) -> Path:
+    """The cell's export directory, made unless a cell with the same content already made it."""
+    from ..transfer import extract_to_dir
+
+    path = Path(out) / EXPORTS_DIR / export_key(recipe, arm, seed)
+    if (path / "paraknow.json").is_file():
+        return path
+    teacher = recipe.teacher_of(arm)
+    if recipe.random_teacher(arm):
+        teacher = str(random_teacher(teacher, out))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extract_to_dir(teacher, recipe.student, recipe.seed_data, path, recipe.transfer_config(arm, seed),
+                   recipe.sensitivity_config(arm), device=device)
+    return path
+
+
+def signals_file(export: Path) -> Path:
+    return export.parent / f"{export.name}.signals.json"
+
+
+def _write_signals(recipe: Recipe, export: Path) -> None:
+    from ..data import load_records
+    from ..models import load_model
+    from .signals import export_signals
+
+    student, tokenizer = load_model(recipe.student)
+    atomic_write_json(signals_file(export),
+                      export_signals(export, student, tokenizer, load_records(recipe.val_data)))
+
+
+# ---------------------------------------------------------------------------------------
+# One cell
+
+
+class CellStopped(Exception):
+    """The study was asked to stop (DIR/STOP) while this cell ran."""
+
+
+def _stop_requested(out: Path) -> bool:
+    return (Path(out) / STOP_FILE).exists()
+
+
+def _stop_relay(out: Path, run_dir: Path):
+    """A TrainerCallback that passes DIR/STOP on to the running training (RUN_DIR/STOP), which
+    then stops cleanly at the end of this step."""
+    from transformers import TrainerCallback
+
+    class StopRelay(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if _stop_requested(out) and not (run_dir / STOP_FILE).exists():
+                atomic_write_text(run_dir / STOP_FILE, f"{time.time()}\n")
+            return control
+
+    return StopRelay()
+
+
+def _eval_settings(config) -> dict:
+    """The test evaluation uses the training's own evaluation settings (answer matching included)."""
+    return {"max_new_tokens": config.eval_max_new_tokens, "batch_size": config.eval_batch,
+            "max_length": config.max_length, "match": config.match}
+
+
+def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
+    from ..evaluate import evaluate
+    from ..train import train
+
+    arm = recipe.arm(cell.arm)
+    folder = cell_dir(out, cell)
+    init, fields = arm.init, {}
+    if arm.init == "pkt":
+        device = recipe.train_settings(arm).get("device", "auto")
+        export = _export(recipe, arm, cell.seed, out, device)
+        if not signals_file(export).is_file():
+            _write_signals(recipe, export)
+        init, fields["export"] = str(export), str(export.relative_to(out))
+    if _stop_requested(out):
+        raise CellStopped()
+    run_dir = folder / RUN_DIR
+    config = train_config(recipe, arm, cell.seed, cell.lr, init, out=str(run_dir))
+    with open(folder / LOG_FILE, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        outcome = train(config, callbacks=[_stop_relay(out, run_dir)])
+    if outcome.state == "stopped":
+        raise CellStopped()
+    if outcome.state != "finished":
+        raise ParaknowError(f"training ended {outcome.state}: {outcome.status.get('error') or f'see {LOG_FILE}'}")
+    val = outcome.status.get("final_eval") or {}
+    test = evaluate(outcome.model, outcome.tokenizer, test_records, **_eval_settings(config))
+    return {**fields, "run_dir": str(Path(CELLS_DIR) / cell.cell_id / RUN_DIR), "val_accuracy": val.get("accuracy"),
+            "val_loss": val.get("loss"), "test_accuracy": test.accuracy, "test_loss": test.loss}
+
+
+def _run_control(recipe: Recipe, cell: Cell, test_records) -> dict:
+    from ..evaluate import evaluate
+    from ..models import load_model
+
+    arm = recipe.arm(cell.arm)
+    config = train_config(recipe, arm, 0, None, "vanilla")
+    ref = recipe.student if arm.init == "untuned" else recipe.teacher
+    model, tokenizer = load_model(ref, device=config.device)
+    test = evaluate(model, tokenizer, test_records, **_eval_settings(config))
+    return {"test_accuracy": test.accuracy, "test_loss": test.loss}
+
+
+def run_cell(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
+    """Run one cell from scratch and record it; an error marks it failed (and is not raised), a
+    stop request marks it stopped."""
+    folder = cell_dir(out, cell)
+    shutil.rmtree(folder, ignore_errors=True)  # a rerun starts clean
+    folder.mkdir(parents=True)
+    started = time.time()
+    _write_cell(out, cell, started=started)
+    try:
+        arm = recipe.arm(cell.arm)
+        numbers = _run_trained(recipe, cell, out, test_records) if arm.trained else \
+            _run_control(recipe, cell, test_records)
+    except CellStopped:
+        return _write_cell(out, cell, state="stopped", started=started, seconds=round(time.time() - started, 3))
+    except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the study goes on
+        error = str(exc) if isinstance(exc, ParaknowError) else f"{type(exc).__name__}: {first_line(exc)}"
+        return _write_cell(out, cell, state="failed", error=error, started=started,
+                           seconds=round(time.time() - started, 3))
+    return _write_cell(out, cell, state="finished", started=started, seconds=round(time.time() - started, 3),
+                       **numbers)
+
+
+# ---------------------------------------------------------------------------------------
+# The study
+
+
+def _check_out(out: Path, recipe: Recipe, resume: bool) -> None:
+    stored = read_json(out / RECIPE_FILE)
+    if stored is not None:
+        if not resume:
+            raise ParaknowError(f"{out} already holds a study: pass --resume to continue it, or choose a new --out.")
+        current = json.loads(json.dumps(recipe.to_dict()))  # as it reads back from recipe.json
+        changed = sorted(k for k in set(stored) | set(current)
+                         if k != "budget_minutes" and stored.get(k) != current.get(k))
+        if changed:
+            raise ParaknowError(f"the recipe differs from {out / RECIPE_FILE} (in {', '.join(changed)}): "
+                                "resume with the recipe as run, or start a new --out.")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ParaknowError(f"{out} exists and is not a study directory; choose a new --out.")
+
+
+def prepare(recipe: Recipe, out, resume: bool = False, calibration=None) -> tuple[list[Cell], object]:
+    """Every check that comes before launch, in order, writing nothing: the recipe against the
+    models and data, DIR, and the time estimate against the budget. Returns (cells still to
+    run, their TimeEstimate). Raises ParaknowError."""
+    out = Path(out).expanduser().absolute()
+    sizes = check_recipe(recipe)
+    _check_out(out, recipe, resume)
+    cells = plan_cells(recipe)
+    records = {c.cell_id: read_cell(out, c) for c in cells}
+    pending = [c for c in cells if records[c.cell_id]["state"] != "finished"]
+    measured: dict[str, list[float]] = {}
+    for cell in cells:
+        record = records[cell.cell_id]
+        if record["state"] == "finished" and record.get("seconds") is not None:
+            measured.setdefault(cell.arm, []).append(record["seconds"])
+    keys = {c.cell_id: export_key(recipe, recipe.arm(c.arm), c.seed) for c in pending
+            if recipe.arm(c.arm).init == "pkt"}
+    keys = {cid: key for cid, key in keys.items() if not (out / EXPORTS_DIR / key / "paraknow.json").is_file()}
+    if pending:
+        calibration = calibration or calibrate(recipe, sizes)
+    estimate = estimate_study(recipe, pending, sizes, calibration,
+                              {arm: sum(v) / len(v) for arm, v in measured.items()}, keys)
+    if estimate.total_s > recipe.budget_minutes * 60:
+        raise ParaknowError(f"the study needs {estimate.describe()}, over its budget of "
+                            f"{recipe.budget_minutes:g} min: raise budget_minutes in the recipe, or cut arms, "
+                            "seeds, epochs or data.")
+    return pending, estimate
+
+
+@contextlib.contextmanager
+def _study_lock(out: Path):
+    """One process per study directory (an flock, released when the process dies)."""
+    with open(out / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            status = read_json(out / STUDY_FILE) or {}
+            raise ParaknowError(f"{out} is being run by another process (pid {status.get('pid', '?')}); "
+                                "stop it first (create STOP in the study directory).") from None
+        yield
+
+
+def _clear_old_stop(out: Path) -> None:
+    """Resuming is the request to go on: remove a STOP left from before -- but not one made after
+    the app launched this process (paraknow.study.control records `launched` in study.json)."""
+    status = read_json(out / STUDY_FILE) or {}
+    since = status.get("launched") if status.get("state") == "starting" else None
+    try:
+        if since is None or (out / STOP_FILE).stat().st_mtime < since:
+            (out / STOP_FILE).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _write_status(out: Path, status: dict, **changes) -> None:
+    status.update(changes)
+    atomic_write_json(out / STUDY_FILE, status)
+
+
+def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | None = None,
+              calibration=None) -> dict:
+    """Run (or resume) a study into `out` and return its results (also written there).
+
+    Bad input, an incompatible pair or a study over budget raise ParaknowError before anything
+    is written. `calibration`: a budget.Calibration to use instead of measuring one. A STOP file
+    in `out` stops the study after (or inside) the running cell; resuming removes it.
+    """
+    from ..data import load_records
+    from .report import write_outputs
+
+    say = progress or (lambda message: None)
+    out = Path(out).expanduser().absolute()
+    pending, estimate = prepare(recipe, out, resume, calibration)
+    out.mkdir(parents=True, exist_ok=True)
+    with _study_lock(out):
+        _clear_old_stop(out)
+        atomic_write_json(out / RECIPE_FILE, recipe.to_dict())
+        total = len(plan_cells(recipe))
+        started = time.time()
+        status = {"state": "running", "pid": os.getpid(), "pid_start": proc_start_time(os.getpid()),
+                  "started": started, "finished": None, "cell": None, "cells_total": total,
+                  "cells_to_run": len(pending), "cells_run": 0, "estimate_s": round(estimate.total_s, 1),
+                  "error": None}
+        _write_status(out, status)
+        say(f"study {out}: {total} cells, {total - len(pending)} already finished; {estimate.describe()}")
+        try:
+            test_records = load_records(recipe.test_data)
+            for k, cell in enumerate(pending, 1):
+                if _stop_requested(out):
+                    break
+                name = cell.arm + ("" if cell.seed is None else f" seed {cell.seed}") + \
+                    ("" if cell.lr is None else f" lr {cell.lr:g}")
+                say(f"[{k}/{len(pending)}] {name}: running")
+                _write_status(out, status, cell=cell.cell_id)
+                record = run_cell(recipe, cell, out, test_records)
+                if record["state"] == "finished":
+                    acc = record["test_accuracy"]
+                    say(f"[{k}/{len(pending)}] {name}: finished in {record['seconds']:.0f} s, test accuracy "
+                        + ("-" if acc is None else f"{100 * acc:.1f} %"))
+                else:
+                    say(f"[{k}/{len(pending)}] {name}: {record['state'].upper()}"
+                        + (f": {record['error']}" if record["error"] else ""))
+                _write_status(out, status, cell=None, cells_run=k)
+                write_outputs(recipe, out, with_html=False)
+        except BaseException as exc:
+            _write_status(out, status, state="failed", finished=time.time(), cell=None,
+                          error="interrupted" if isinstance(exc, KeyboardInterrupt) else
+                          f"{type(exc).__name__}: {first_line(exc)}")
+            raise
+        stopped = _stop_requested(out)
+        if stopped:
+            say("stopped: resume with --resume")
+        timing = {"estimate_s": round(estimate.total_s, 1), "wall_s": round(time.time() - started, 1),
+                  "cells": status["cells_run"]}
+        results = write_outputs(recipe, out, timing=timing)
+        _write_status(out, status, state="stopped" if stopped else "finished", finished=time.time(),
+                      wall_s=timing["wall_s"])
+        return results

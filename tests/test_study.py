@@ -1,0 +1,283 @@
+"""Studies end to end on tiny saved models: cells, lr selection on validation, intervals, signals,
+resume without rerunning finished cells, a failed cell that does not stop the rest, the budget
+refusal, and the CLI giving the same per-cell numbers as the library."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from paraknow.cli import main as cli_main
+from paraknow.data import load_records
+from paraknow.errors import ParaknowError
+from paraknow.evaluate import completion_losses
+from paraknow.study import parse_recipe, prepare, run_study
+from paraknow.study.results import select_lr
+from paraknow.study.runner import random_teacher
+from paraknow.study.signals import SIGNALS, export_signals
+from paraknow.study.stats import mean_interval, paired_difference
+from study_fixtures import study_inputs, tiny_recipe, write_recipe
+
+NUMBERS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
+
+
+def full_recipe(paths: dict) -> dict:
+    recipe = tiny_recipe(paths)
+    recipe["arms"] += [{"name": "pkt-random-teacher", "init": "pkt",
+                        "extract": {"samples": 4, "teacher_weights": "random", "structure": "random"}},
+                       {"name": "untuned", "init": "untuned"}, {"name": "teacher", "init": "teacher"}]
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """One library run of a 5-arm x 2-seed study (vanilla with a 2-rate sweep), shared by the tests."""
+    root = tmp_path_factory.mktemp("study")
+    paths = study_inputs(root / "in")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PARAKNOW_CACHE", str(root / "cache"))
+        lines = []
+        data = full_recipe(paths)
+        results = run_study(parse_recipe(data), root / "out", progress=lines.append)
+    return {"root": root, "paths": paths, "recipe": data, "out": root / "out", "results": results, "lines": lines}
+
+
+def cells_by_id(results):
+    return {(c["arm"], c["seed"], c["lr"]): c for c in results["cells"]}
+
+
+def test_end_to_end_cells_and_files(study):
+    results, out = study["results"], study["out"]
+    cells = results["cells"]
+    # 2 controls once, vanilla 2 rates x 2 seeds, two PKT arms x 2 seeds
+    assert len(cells) == 2 + 4 + 2 + 2
+    assert all(c["state"] == "finished" and c["error"] is None for c in cells)
+    assert json.loads((out / "results.json").read_text()) == results
+    assert json.loads((out / "recipe.json").read_text()) == parse_recipe(study["recipe"]).to_dict()
+    for c in cells:
+        for key in ("arm", "seed", "lr", "state", "test_accuracy", "test_loss", "val_accuracy", "seconds"):
+            assert key in c
+        assert 0 <= c["test_accuracy"] <= 1 and c["test_loss"] > 0 and c["seconds"] > 0
+        if c["arm"] in ("untuned", "teacher"):
+            assert c["seed"] is None and c["lr"] is None and c["run_dir"] is None
+        else:
+            run = out / c["run_dir"]
+            status = json.loads((run / "status.json").read_text())
+            assert status["state"] == "finished" and status["final_eval"]["accuracy"] == c["val_accuracy"]
+            assert json.loads((run / "spec.json").read_text())["seed"] == c["seed"]
+            assert (run / "adapter" / "adapter_config.json").is_file()
+    # the two sweep cells of one seed share nothing but their seed; PKT cells of one seed share an export
+    pkt = [c for c in cells if c["arm"] == "pkt"]
+    assert len({c["export"] for c in pkt}) == 2 and all((out / c["export"] / "paraknow.json").is_file() for c in pkt)
+    assert len(list((out / "teachers").iterdir())) == 1
+    assert (out / "results.csv").read_text().splitlines()[0].startswith("arm,seed,lr,state,test_accuracy")
+    assert len((out / "results.csv").read_text().splitlines()) == len(cells) + 1
+    assert any("[10/10]" in line for line in study["lines"])
+
+
+def test_untuned_and_teacher_controls_are_the_models_as_they_are(study):
+    from paraknow.evaluate import run_eval
+
+    cells = cells_by_id(study["results"])
+    paths = study["paths"]
+    for arm, ref in (("untuned", paths["student"]), ("teacher", paths["teacher"])):
+        direct = run_eval(ref, paths["test_data"], max_new_tokens=3, device="cpu")
+        assert cells[(arm, None, None)]["test_loss"] == pytest.approx(direct["loss"], rel=1e-6)
+
+
+def test_per_arm_statistics_follow_the_selected_cells(study):
+    results = study["results"]
+    cells = results["cells"]
+    arms = {a["arm"]: a for a in results["arms"]}
+    chosen = {}
+    for seed in (0, 1):
+        sweep = [c for c in cells if c["arm"] == "vanilla" and c["seed"] == seed]
+        pick = select_lr(sweep)
+        chosen[seed] = pick
+        assert [c["selected"] for c in sweep] == [c is pick for c in sweep]
+        assert arms["vanilla"]["lr"][str(seed)] == pick["lr"]
+    for name, arm in arms.items():
+        if name in ("untuned", "teacher"):
+            per_seed = {None: next(c for c in cells if c["arm"] == name)["test_accuracy"]}
+        elif name == "vanilla":
+            per_seed = {s: c["test_accuracy"] for s, c in chosen.items()}
+        else:
+            per_seed = {c["seed"]: c["test_accuracy"] for c in cells if c["arm"] == name}
+        est = mean_interval(per_seed.values())
+        assert arm["n"] == est.n and arm["mean"] == pytest.approx(est.mean)
+        assert arm["ci95"] == (None if est.interval is None else pytest.approx(est.interval))
+        if name == "vanilla":
+            assert arm["verdict"] == "baseline" and arm["diff_vs_baseline"] is None
+            continue
+        base = {s: c["test_accuracy"] for s, c in chosen.items()}
+        mine = {s: per_seed[None] for s in base} if None in per_seed else per_seed
+        diff = paired_difference(mine, base)
+        assert arm["diff_vs_baseline"] == pytest.approx(diff.mean)
+        assert arm["diff_ci95"] == (None if diff.interval is None else pytest.approx(diff.interval, abs=1e-12))
+        assert "best-lr vanilla LoRA" in arm["verdict"]
+
+
+def test_signals_of_pkt_arms(study):
+    arms = {a["arm"]: a for a in study["results"]["arms"]}
+    for name in ("vanilla", "untuned", "teacher"):
+        assert arms[name]["signals"] is None
+    for name in ("pkt", "pkt-random-teacher"):
+        s = arms[name]["signals"]
+        assert set(s) == set(SIGNALS) and all(s[k] is not None for k in SIGNALS)
+        assert 0 < s["captured"] <= 1 and 0 < s["area"] < 1 and 0 < s["energy"] <= 1
+        assert -1 <= s["cos_w"] <= 1 and -1 <= s["cos_residual"] <= 1
+    # sensitivity-selected blocks capture more than their area; random positions about their area
+    assert arms["pkt"]["signals"]["lift"] > 1
+    assert arms["pkt-random-teacher"]["signals"]["lift"] == pytest.approx(1, abs=0.15)
+    assert set(study["results"]["signal_correlations"]) == set(SIGNALS)
+    report = (study["out"] / "report.html").read_text()
+    assert "Cheap signals" in report and "best-lr vanilla LoRA" in report
+    assert 'src="http' not in report and len(report) > 1_000_000  # plotly.js inlined: works offline
+
+
+def test_zero_step_signal_is_the_additive_loss_change(study):
+    """Independent check through PEFT: the export's main adapter on the untouched student is the
+    additive injection; the signal must equal its loss change, and leave the student unchanged."""
+    from peft import PeftModel
+
+    from paraknow.models import load_model
+
+    out, paths = study["out"], study["paths"]
+    export = out / next(c for c in study["results"]["cells"] if c["arm"] == "pkt")["export"]
+    student, tok = load_model(paths["student"])
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    val = load_records(paths["val_data"])
+    signals = export_signals(export, student, tok, val)
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+    base = sum(completion_losses(student, tok, val)) / len(val)
+    additive = PeftModel.from_pretrained(load_model(paths["student"])[0], str(export)).eval()
+    changed = sum(completion_losses(additive, tok, val)) / len(val)
+    assert signals["zero_step_loss"] == pytest.approx(changed - base, rel=1e-4, abs=1e-6)
+
+
+def test_random_teacher_is_seeded_and_not_the_teacher(study, tmp_path):
+    from safetensors.torch import load_file
+
+    made = random_teacher(study["paths"]["teacher"], tmp_path / "a")
+    again = random_teacher(study["paths"]["teacher"], tmp_path / "b")
+    teacher = load_file(str(Path(study["paths"]["teacher"]) / "model.safetensors"))
+    first, second = load_file(str(made / "model.safetensors")), load_file(str(again / "model.safetensors"))
+    assert set(first) == set(teacher)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.equal(first["model.layers.0.self_attn.q_proj.weight"],
+                           teacher["model.layers.0.self_attn.q_proj.weight"])
+    shipped = load_file(str(next((study["out"] / "teachers").iterdir()) / "model.safetensors"))
+    assert all(torch.equal(first[k], shipped[k]) for k in first)
+
+
+def test_resume_skips_finished_cells_and_reruns_unfinished_ones(study, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(study["out"], out)
+    recipe = parse_recipe(study["recipe"])
+    with pytest.raises(ParaknowError, match="--resume"):
+        prepare(recipe, out)
+    cell_files = sorted(out.glob("cells/*/cell.json"))
+    stamps = {p: (p.stat().st_mtime_ns, p.read_text()) for p in cell_files}
+    lines = []
+    results = run_study(recipe, out, resume=True, progress=lines.append)  # nothing left to run
+    assert {p: (p.stat().st_mtime_ns, p.read_text()) for p in cell_files} == stamps
+    assert not any("running" in line for line in lines)
+    assert cells_by_id(results) == cells_by_id(study["results"])
+
+    # an interrupted cell (left `running`) and a failed one are rerun; the others are not touched
+    interrupted, failed = out / "cells" / "pkt__seed1__lr0.0003", out / "cells" / "vanilla__seed0__lr0.01"
+    for folder, state in ((interrupted, "running"), (failed, "failed")):
+        record = json.loads((folder / "cell.json").read_text())
+        (folder / "cell.json").write_text(json.dumps({**record, "state": state, "test_accuracy": None}))
+    untouched = {p: stamps[p] for p in cell_files if p.parent not in (interrupted, failed)}
+    run_status = {p: p.read_text() for p in out.glob("cells/*/run/status.json")}
+    lines.clear()
+    results = run_study(recipe, out, resume=True, progress=lines.append)
+    assert {p: (p.stat().st_mtime_ns, p.read_text()) for p in untouched} == untouched
+    assert sum("running" in line for line in lines) == 2
+    for p, text in run_status.items():
+        assert (p.read_text() == text) == (p.parent.parent not in (interrupted, failed))
+    # rerun from scratch with the same seeds: the same numbers as the first time
+    before, after = cells_by_id(study["results"]), cells_by_id(results)
+    for key, cell in after.items():
+        assert cell["state"] == "finished"
+        assert all(cell[k] == pytest.approx(before[key][k], rel=1e-6) for k in NUMBERS if cell[k] is not None)
+
+
+def test_resume_refuses_a_changed_recipe(study, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(study["out"], out)
+    changed = dict(study["recipe"], seeds=[0, 1, 2])
+    with pytest.raises(ParaknowError, match="differs .*seeds"):
+        prepare(parse_recipe(changed), out, resume=True)
+
+
+def test_cli_gives_the_same_cell_numbers_as_the_library(study, tmp_path, capsys):
+    recipe_file = write_recipe(tmp_path / "recipe.json", study["recipe"])
+    code = cli_main(["study", "--recipe", recipe_file, "--out", str(tmp_path / "cli")])
+    captured = capsys.readouterr()
+    assert code == 0
+    table = captured.out.strip().splitlines()
+    assert table[0].split()[:3] == ["arm", "init", "n"] and len(table) == 1 + len(study["recipe"]["arms"])
+    assert "[10/10]" in captured.err
+    lib, cli = cells_by_id(study["results"]), cells_by_id(json.loads((tmp_path / "cli" / "results.json").read_text()))
+    assert lib.keys() == cli.keys()
+    for key in lib:
+        assert {k: cli[key][k] for k in NUMBERS} == {k: lib[key][k] for k in NUMBERS}, key
+    assert [a["mean"] for a in json.loads((tmp_path / "cli" / "results.json").read_text())["arms"]] == \
+        [a["mean"] for a in study["results"]["arms"]]
+
+
+def test_a_failed_cell_does_not_stop_the_others(tmp_path):
+    paths = study_inputs(tmp_path / "in")
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken_teacher"  # valid files, but its weights are NaN: the extraction's SVD fails
+    shutil.copytree(paths["teacher"], broken)
+    weights = {k: torch.full_like(v, float("nan")) for k, v in load_file(str(broken / "model.safetensors")).items()}
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    recipe = tiny_recipe(paths, seeds=[0], arms=[
+        {"name": "vanilla", "init": "vanilla"},
+        {"name": "pkt-broken", "init": "pkt", "extract": {"samples": 4, "teacher": str(broken)}},
+        {"name": "untuned", "init": "untuned"}])
+    lines = []
+    results = run_study(parse_recipe(recipe), tmp_path / "out", progress=lines.append)
+    states = {c["arm"]: c for c in results["cells"]}
+    assert states["pkt-broken"]["state"] == "failed" and states["pkt-broken"]["error"]
+    assert states["vanilla"]["state"] == "finished" and states["untuned"]["state"] == "finished"
+    assert any("FAILED" in line for line in lines)
+    arm = next(a for a in results["arms"] if a["arm"] == "pkt-broken")
+    assert arm["n"] == 0 and arm["mean"] is None and arm["states"] == {"failed": 1}
+    code = cli_main(["study", "--recipe", write_recipe(tmp_path / "r.json", recipe), "--out", str(tmp_path / "cli")])
+    assert code == 1
+
+
+def test_budget_refusal_before_anything_runs(tmp_path, capsys):
+    paths = study_inputs(tmp_path / "in")
+    recipe = tiny_recipe(paths, budget_minutes=0.001)
+    out = tmp_path / "out"
+    with pytest.raises(ParaknowError,
+                       match=r"needs about .* min for 6 cells.*budget of 0.001 min: raise budget_minutes"):
+        prepare(parse_recipe(recipe), out)
+    assert not out.exists()
+    code = cli_main(["study", "--recipe", write_recipe(tmp_path / "r.json", recipe), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "budget_minutes" in err[0] and not out.exists()
+
+
+def test_seed_count_curve_from_arms_that_differ_only_in_samples(study):
+    from paraknow.study.report import seed_count_figure, seed_count_points
+
+    recipe = parse_recipe(study["recipe"])
+    # the fixture's PKT arms set samples 4 only once: no curve from one level
+    assert seed_count_points(recipe, study["results"]) == []
+    results = json.loads(json.dumps(study["results"]))
+    recipe.arms.append(parse_recipe({**study["recipe"], "arms": [{"name": "pkt-2", "init": "pkt",
+                                                                 "extract": {"samples": 2}}]}).arms[0])
+    results["arms"].append({"arm": "pkt-2", "mean": 0.25, "ci95": [0.2, 0.3]})
+    points = seed_count_points(recipe, results)
+    assert [(p["samples"], p["arm"]) for p in points] == [(2, "pkt-2"), (4, "pkt")]
+    fig = seed_count_figure(points, results)
+    assert list(fig.data[0].x) == [2, 4] and fig.data[0].y[0] == pytest.approx(25.0)

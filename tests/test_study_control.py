@@ -1,0 +1,78 @@
+"""Background studies for the app: started as their own process, stopped through DIR/STOP (also
+inside a running training), resumed without rerunning finished cells, read back from disk."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from paraknow.errors import ParaknowError
+from paraknow.study import parse_recipe
+from paraknow.study.control import read_status, read_study, start_study, stop_study
+from paraknow.study.plan import plan_cells, train_config
+from paraknow.study.runner import STUDY_FILE, _stop_relay
+from study_fixtures import study_inputs, tiny_recipe
+
+
+def small_recipe(paths, **changes):
+    return parse_recipe(tiny_recipe(paths, arms=[{"name": "vanilla", "init": "vanilla"},
+                                                 {"name": "untuned", "init": "untuned"}], **changes))
+
+
+def test_a_stop_request_reaches_a_running_training(tmp_path):
+    from paraknow.train import train
+
+    paths = study_inputs(tmp_path / "in")
+    recipe = parse_recipe(tiny_recipe(paths, train={**tiny_recipe(paths)["train"], "epochs": 3}))
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "STOP").write_text("now\n")
+    run_dir = out / "run"
+    config = train_config(recipe, recipe.arm("vanilla"), 0, 1e-3, "vanilla", out=str(run_dir))
+    outcome = train(config, callbacks=[_stop_relay(out, run_dir)])
+    assert outcome.state == "stopped" and outcome.status["step"] == 1  # 3 epochs would be 6 steps
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+
+
+def test_background_study_stops_and_resumes(tmp_path):
+    paths = study_inputs(tmp_path / "in")
+    recipe = small_recipe(paths)
+    out = tmp_path / "study"
+    proc = start_study(recipe, out)
+    assert read_status(out)["state"] in ("starting", "running")
+    with pytest.raises(ParaknowError, match="already running"):
+        start_study(recipe, out, resume=True)
+    stop_study(out)
+    assert proc.wait() == 0
+    view = read_study(out)
+    assert view.state == "stopped" and not view.live
+    assert view.status["cells_run"] == 0  # the stop came before the first cell
+    assert all(c["state"] == "pending" for c in view.results["cells"])
+
+    proc = start_study(recipe, out, resume=True)
+    assert proc.wait() == 0
+    view = read_study(out)
+    assert view.state == "finished" and view.status["cells_run"] == len(plan_cells(recipe)) == 3
+    assert all(c["state"] == "finished" for c in view.results["cells"])
+    assert json.loads((out / "results.json").read_text())["cells"] == view.results["cells"]
+    assert (out / "report.html").is_file() and "[3/3] vanilla seed 1" in (out / "stdout.log").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/cell.json")}
+    proc = start_study(recipe, out, resume=True)  # nothing left: no cell is touched
+    assert proc.wait() == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("cells/*/cell.json")} == stamps
+
+
+def test_refusals_come_before_anything_is_written(tmp_path):
+    paths = study_inputs(tmp_path / "in")
+    out = tmp_path / "study"
+    with pytest.raises(ParaknowError, match="budget"):
+        start_study(small_recipe(paths, budget_minutes=0.001), out)
+    assert not out.exists()
+
+
+def test_a_study_whose_process_died_reads_interrupted(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / STUDY_FILE).write_text(json.dumps({"state": "running", "pid": gone.pid, "pid_start": None}))
+    assert read_status(tmp_path)["state"] == "interrupted"
+    assert read_status(tmp_path / "nothing")["state"] == "missing"

@@ -1,0 +1,117 @@
+"""Page 7 (Study) through streamlit.testing.v1.AppTest: the grid builder, a loaded recipe, bad input,
+and a real background study launched, stopped, resumed and read back (tiny models)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from paraknow.study.control import read_status
+from ui import state as S
+from ui import study as U
+from study_fixtures import study_inputs, tiny_recipe
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGE = "pages/8_Study.py"
+POLL_S = 0.5
+
+
+def page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=600)
+    at.run()
+    at.switch_page(PAGE).run()
+    ok(at)
+    return at
+
+
+def ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def summary(at: AppTest) -> str:
+    return next(str(m.value) for m in at.markdown if "runs**" in str(m.value))
+
+
+def table_with(at: AppTest, column: str):
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def wait_until_not_live(out: Path) -> dict:
+    """The background study's own process decides when it ends; poll its status file."""
+    while (status := read_status(out))["state"] in ("starting", "running"):
+        time.sleep(POLL_S)
+    return status
+
+
+def test_grid_builder_counts_arms_and_runs():
+    at = page()
+    assert summary(at).startswith("**6 arms, 42 runs**")  # 6 default controls, vanilla/PiSSA x 3 rates, 5 seeds
+    at.multiselect(key=S.W_ST_FACTOR + "structure").set_value(["rowcol", "elements"]).run()
+    at.multiselect(key=S.W_ST_FACTOR + "samples").set_value([4]).run()
+    at.number_input(key=S.W_ST_SEEDS).set_value(2).run()
+    ok(at)
+    assert summary(at).startswith("**9 arms, 24 runs**")  # 2 x (2 + 2 + 1 + 1 + 3 PKT) + 2 controls
+    at.text_input(key=S.W_ST_SWEEP).set_value("1e-4, x").run()
+    assert "learning rates must be numbers" in " ".join(str(e.value) for e in at.error)
+
+
+def test_factor_levels_come_from_the_registries():
+    from paraknow.extract import STRUCTURES
+    from paraknow.mapping import LAYER_STRATEGIES
+
+    levels = U.factor_levels()
+    assert set(levels["structure"]) == set(STRUCTURES) - {"submatrix"}
+    assert set(levels["layers"]) == set(LAYER_STRATEGIES) - {"manual", "sensitivity"}
+    recipe = U.build_recipe("t", "s", "arith", {"epochs": 1}, 3, [1e-4, 1e-3], ["vanilla", "untuned"],
+                            {"structure": ["rowcol"], "modules": ["attn,ffn,embed"]}, "vanilla", 60)
+    assert [a["name"] for a in recipe["arms"]] == ["vanilla", "untuned", "pkt-structure-rowcol",
+                                                   "pkt-modules-attn+ffn+embed"]
+    assert recipe["arms"][0]["lr_sweep"] == [1e-4, 1e-3] and recipe["val_data"] == "task:arith:val"
+
+
+def test_a_bad_pasted_recipe_names_the_key_and_launches_nothing(tmp_path):
+    at = page()
+    recipe = tiny_recipe(study_inputs(tmp_path / "in"))
+    recipe["arms"][0]["lr_sweeps"] = [1e-3]
+    at.text_area(key=S.W_ST_PASTE).set_value(json.dumps(recipe)).run()
+    at.button(key="w_st_use").click().run()
+    assert any("arms[0].lr_sweeps" in str(e.value) for e in at.error)
+    assert U.list_studies() == []
+
+
+def test_launch_stop_resume_and_results(tmp_path):
+    at = page()
+    recipe = tiny_recipe(study_inputs(tmp_path / "in"), seeds=[0, 1])
+    at.text_area(key=S.W_ST_PASTE).set_value(json.dumps(recipe)).run()
+    at.button(key="w_st_use").click().run()
+    ok(at)
+    assert "from the loaded recipe" in summary(at) and summary(at).startswith("**2 arms, 6 runs**")
+    at.text_input(key=S.W_ST_NAME).set_value("tiny").run()
+    at.button(key="w_st_launch").click().run()
+    ok(at)
+    out = U.studies_root() / "tiny"
+    assert U.list_studies() == ["tiny"] and (out / "recipe.json").is_file()
+    at.button(key="w_st_stop").click().run()
+    status = wait_until_not_live(out)
+    assert status["state"] == "stopped" and status["cells_run"] < 6
+    at.run()
+    ok(at)
+    assert any("stopped" in str(m.value) for m in at.markdown)
+
+    at.button(key="w_st_resume").click().run()
+    ok(at)
+    assert wait_until_not_live(out)["state"] == "finished"
+    at.run()
+    ok(at)
+    assert any("6/6 runs finished" in str(m.value) for m in at.markdown)
+    arms = table_with(at, "verdict")
+    assert list(arms["arm"]) == ["vanilla", "pkt"] and list(arms["n"]) == [2, 2]
+    assert list(arms["verdict"])[0] == "baseline"
+    signals = table_with(at, "lift")
+    assert list(signals["arm"]) == ["pkt", "Spearman vs accuracy"]
+    results = json.loads((out / "results.json").read_text())
+    assert [c["state"] for c in results["cells"]] == ["finished"] * 6
+    assert (out / "report.html").is_file()

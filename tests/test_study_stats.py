@@ -1,0 +1,79 @@
+"""Study statistics against scipy.stats on fixed samples: mean intervals, paired
+differences (ttest_rel's interval), Spearman; the learning-rate selection rule; verdicts."""
+import pytest
+from scipy import stats as sps
+
+from paraknow.study.results import select_lr, verdict
+from paraknow.study.stats import Estimate, mean_interval, paired_difference, spearman
+
+SAMPLES = [[0.62], [0.51, 0.55], [0.12, 0.18, 0.15], [0.31, 0.35, 0.29, 0.40, 0.33],
+           [0.8, 0.82, 0.79, 0.85, 0.81, 0.78, 0.9, 0.77]]
+
+
+@pytest.mark.parametrize("values", SAMPLES)
+def test_mean_interval_matches_scipy_t_interval(values):
+    est = mean_interval(values)
+    assert est.n == len(values) and est.mean == pytest.approx(sum(values) / len(values))
+    if len(values) == 1:
+        assert est.interval is None  # n = 1: no interval, not a zero-width one
+        return
+    lo, hi = sps.t.interval(0.95, len(values) - 1, loc=sps.tmean(values), scale=sps.sem(values))
+    assert est.interval == pytest.approx([lo, hi], rel=1e-10)
+
+
+def test_paired_difference_matches_ttest_rel_interval():
+    a = {0: 0.31, 1: 0.40, 2: 0.28, 3: 0.36, 4: 0.45}
+    b = {0: 0.25, 1: 0.33, 2: 0.30, 3: 0.29, 4: 0.37, 7: 0.99}  # seed 7 has no partner: left out
+    est = paired_difference(a, b)
+    seeds = sorted(a)
+    ci = sps.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).confidence_interval(0.95)
+    assert est.n == 5
+    assert est.mean == pytest.approx(sum(a[s] - b[s] for s in seeds) / 5)
+    assert est.interval == pytest.approx([ci.low, ci.high], rel=1e-10)
+    # pairing matters: the unpaired interval of the same numbers is wider
+    unpaired = sps.ttest_ind([a[s] for s in seeds], [b[s] for s in seeds]).confidence_interval(0.95)
+    assert est.hi - est.lo < unpaired.high - unpaired.low
+
+
+@pytest.mark.parametrize("x,y", [([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]), ([0.3, 0.1, 0.1, 0.9], [2, 1, 3, 4]),
+                                 ([1, 2, 3], [3, 2, 1]), ([0.5, 0.2, 0.7, 0.7, 0.1, 0.4], [10, 3, 8, 9, 1, 9])])
+def test_spearman_matches_scipy(x, y):
+    assert spearman(x, y) == pytest.approx(sps.spearmanr(x, y).statistic, rel=1e-12)
+
+
+def test_spearman_needs_three_pairs_and_spread():
+    assert spearman([1, 2], [2, 1]) is None
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def _cell(lr, val_acc, val_loss, test_acc, state="finished"):
+    return {"arm": "a", "seed": 0, "lr": lr, "state": state, "val_accuracy": val_acc, "val_loss": val_loss,
+            "test_accuracy": test_acc, "test_loss": 1.0}
+
+
+def test_lr_selection_uses_validation_not_test():
+    cells = [_cell(1e-4, 0.30, 1.0, 0.60), _cell(1e-3, 0.50, 1.2, 0.20), _cell(1e-2, 0.40, 0.9, 0.90)]
+    assert select_lr(cells)["lr"] == 1e-3  # the best test accuracy (1e-2) is not chosen
+
+
+def test_lr_selection_ties_go_to_lower_val_loss_then_smaller_lr():
+    cells = [_cell(1e-2, 0.5, 1.1, 0.1), _cell(1e-3, 0.5, 0.8, 0.2), _cell(1e-4, 0.5, 0.9, 0.9)]
+    assert select_lr(cells)["lr"] == 1e-3
+    cells = [_cell(3e-3, 0.5, 0.8, 0.1), _cell(1e-3, 0.5, 0.8, 0.2)]
+    assert select_lr(cells)["lr"] == 1e-3
+
+
+def test_lr_selection_ignores_unfinished_cells():
+    cells = [_cell(1e-4, 0.9, 0.1, 0.9, state="failed"), _cell(1e-3, 0.2, 1.0, 0.2)]
+    assert select_lr(cells)["lr"] == 1e-3
+    assert select_lr([_cell(1e-4, None, None, None, state="running")]) is None
+
+
+def test_verdicts_in_words():
+    label = "best-lr vanilla LoRA"
+    assert verdict(Estimate(5, 0.021, 0.008, 0.034), label) == \
+        "+2.1 points over best-lr vanilla LoRA, 95 % CI [+0.8, +3.4]"
+    assert verdict(Estimate(5, -0.03, -0.05, -0.01), label).startswith("-3.0 points under best-lr vanilla LoRA")
+    assert verdict(Estimate(3, 0.004, -0.012, 0.020), label) == \
+        "no difference from best-lr vanilla LoRA detectable at this sample size (95 % CI [-1.2, +2.0])"
+    assert "too few seeds" in verdict(Estimate(1, 0.02), label)

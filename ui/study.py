@@ -1,0 +1,152 @@
+"""Study page helpers: the grid builder's choices and its recipe, the studies on disk, table rows.
+
+Studies live under cache/studies/<name>/ (paraknow.study.control runs them in the background), so
+the page reads them back on every rerun. Everything here works without a Streamlit session.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import fields
+from pathlib import Path
+
+from paraknow.errors import ParaknowError
+from paraknow.paths import cache_dir
+
+SWEEP_DEFAULT = "1e-4, 3e-4, 1e-3"
+# one click each: the controls a study needs to be read honestly
+CONTROLS = {
+    "vanilla": ({"init": "vanilla"}, "vanilla LoRA with the learning-rate sweep (the usual baseline)"),
+    "pissa": ({"init": "pissa"}, "PiSSA with the same sweep"),
+    "pkt": ({"init": "pkt"}, "PKT with the default extraction (the paper's)"),
+    "pkt-random-positions": ({"init": "pkt", "extract": {"structure": "random"}},
+                             "PKT from random block positions of the same size"),
+    "pkt-random-teacher": ({"init": "pkt", "extract": {"teacher_weights": "random"}},
+                           "PKT from a teacher of the same architecture with random weights"),
+    "untuned": ({"init": "untuned"}, "the student as it is (no training)"),
+    "teacher": ({"init": "teacher"}, "the teacher (no training)"),
+}
+SWEPT = ("vanilla", "pissa")
+DEFAULT_CONTROLS = ["vanilla", "pissa", "pkt", "pkt-random-positions", "untuned", "teacher"]
+SAMPLE_LEVELS = [1, 2, 4, 8, 16, 64]
+RANK_LEVELS = [4, 8, 32, 64]
+
+
+def _transfer_defaults() -> dict:
+    from paraknow.transfer import TransferConfig
+
+    return {f.name: f.default for f in fields(TransferConfig)}
+
+
+def factor_levels() -> dict[str, list]:
+    """Each factor a PKT arm can vary, with its levels other than the default (which the `pkt`
+    control has), read from the registries."""
+    from paraknow.extract import STRUCTURES
+    from paraknow.lora import MODES
+    from paraknow.mapping import LAYER_STRATEGIES
+    from paraknow.models import EMBED_ROLES, LAYER_ROLES, MODULE_GROUPS
+    from paraknow.sensitivity import SensitivityConfig
+
+    d = _transfer_defaults()
+    samples = SensitivityConfig().samples
+    return {"layers": [s for s in LAYER_STRATEGIES if s not in ("manual", d["layers"])],
+            "modules": [*MODULE_GROUPS, ",".join(MODULE_GROUPS), *LAYER_ROLES, *EMBED_ROLES],
+            "structure": [s for s in STRUCTURES if s != d["structure"]],
+            "samples": [n for n in SAMPLE_LEVELS if n != samples],
+            "rank": [r for r in RANK_LEVELS if r != d["rank"]],
+            "mode": [m for m in MODES if m != d["mode"]]}
+
+
+FACTOR_LABELS = {"layers": "Layer selection", "modules": "Origin (modules)", "structure": "Structure",
+                 "samples": "Seed samples", "rank": "Rank", "mode": "Injection mode"}
+
+
+def parse_rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in re.split(r"[,\s]+", text.strip()) if x]
+    except ValueError:
+        raise ParaknowError(f"learning rates must be numbers separated by commas (got '{text}').") from None
+    if not rates:
+        raise ParaknowError("give at least one learning rate, e.g. 1e-4, 3e-4, 1e-3.")
+    return rates
+
+
+def build_recipe(teacher: str, student: str, task: str, train: dict, n_seeds: int, sweep: list[float],
+                 controls: list[str], factors: dict[str, list], baseline: str | None,
+                 budget_minutes: float) -> dict:
+    """The grid as a recipe: the chosen controls, then one PKT arm per chosen factor level (one
+    factor at a time, everything else at the default: an ablation)."""
+    arms = []
+    for name in controls:
+        arm, _ = CONTROLS[name]
+        arms.append({"name": name, **json.loads(json.dumps(arm)),
+                     **({"lr_sweep": list(sweep)} if name in SWEPT and len(sweep) > 1 else {})})
+        if name in SWEPT and len(sweep) == 1:
+            arms[-1]["train"] = {"lr": sweep[0]}
+    for factor, levels in factors.items():
+        for level in levels:
+            arms.append({"name": f"pkt-{factor}-{str(level).replace(',', '+')}", "init": "pkt",
+                         "extract": {factor: level}})
+    names = [a["name"] for a in arms]
+    recipe = {"teacher": teacher, "student": student, "seed_data": f"task:{task}:seed",
+              "train_data": f"task:{task}:train", "val_data": f"task:{task}:val", "test_data": f"task:{task}:test",
+              "train": dict(train), "seeds": list(range(n_seeds)), "budget_minutes": budget_minutes, "arms": arms}
+    if baseline in names:
+        recipe["baseline"] = baseline
+    return recipe
+
+
+def studies_root() -> Path:
+    return cache_dir("studies")
+
+
+def list_studies() -> list[str]:
+    """Names of the studies under cache/studies/, newest first."""
+    from paraknow.study.runner import RECIPE_FILE
+
+    found = [p for p in studies_root().iterdir() if (p / RECIPE_FILE).is_file()]
+    return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+def new_study_dir(name: str) -> Path:
+    name = name.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise ParaknowError("name the study with letters, digits and . _ - (it names its folder).")
+    path = studies_root() / name
+    if path.exists():
+        raise ParaknowError(f"a study named '{name}' exists already: pick it below to resume it, or choose "
+                            "another name.")
+    return path
+
+
+def cell_rows(results: dict) -> list[dict]:
+    """One display row per cell (percentages as text)."""
+    def pct(x):
+        return "–" if x is None else f"{100 * x:.1f}"
+
+    return [{"arm": c["arm"], "seed": "–" if c["seed"] is None else c["seed"],
+             "lr": "–" if c["lr"] is None else f"{c['lr']:g}", "state": c["state"],
+             "val %": pct(c["val_accuracy"]), "test %": pct(c["test_accuracy"]),
+             "chosen": "✓" if c.get("selected") and c["lr"] is not None else "",
+             "seconds": "–" if c["seconds"] is None else f"{c['seconds']:.0f}",
+             "error": c.get("error") or ""} for c in results["cells"]]
+
+
+def signal_rows(results: dict) -> list[dict]:
+    from paraknow.study.signals import SIGNALS
+
+    rows = [{"arm": a["arm"], **{s: None if a["signals"].get(s) is None else round(a["signals"][s], 4)
+                                 for s in SIGNALS}} for a in results["arms"] if a["signals"]]
+    corr = results["signal_correlations"]
+    if rows:
+        rows.append({"arm": "Spearman vs accuracy", **{s: None if corr[s]["spearman"] is None
+                                                       else round(corr[s]["spearman"], 3) for s in SIGNALS}})
+    return rows
+
+
+def curve_series(out: Path, results: dict) -> list[dict]:
+    """The selected cells' training metrics, for viz.run_curves (one line per arm and seed)."""
+    from paraknow.jobs import read_metrics
+
+    return [{"label": f"{c['arm']} s{c['seed']}", "rows": read_metrics(Path(out) / c["run_dir"])}
+            for c in results["cells"] if c.get("selected") and c.get("run_dir")]
