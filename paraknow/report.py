@@ -73,19 +73,17 @@ def write_report(path, figures: dict, command: str) -> Path:
 
 
 def mean_ci95(values: list[float]) -> dict:
-    """n, mean, sample std and the Student-t 95 % interval of the mean (None for n < 2)."""
-    from scipy import stats
+    """n, mean, sample std and the Student-t 95 % interval of the mean (None for n < 2), with the
+    interval from `paraknow.study.stats.mean_interval` (the Study's own)."""
+    from .study.stats import mean_interval
 
     n = len(values)
     if n == 0:
         return {"n": 0, "mean": None, "std": None, "ci95": None, "min": None, "max": None}
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    ci = None
-    if n > 1:
-        half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-        ci = [mean - half, mean + half]
-    return {"n": n, "mean": mean, "std": std, "ci95": ci, "min": min(values), "max": max(values)}
+    estimate = mean_interval(values)
+    std = math.sqrt(sum((v - estimate.mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"n": n, "mean": estimate.mean, "std": std, "ci95": estimate.interval,
+            "min": min(values), "max": max(values)}
 
 
 # ---------------------------------------------------------------------------------------
