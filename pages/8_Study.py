@@ -13,7 +13,7 @@ from paraknow.study.control import log_tail, read_study, start_study, stop_study
 from paraknow.study.plan import plan_cells
 from paraknow.study.report import (REPORT_HTML, RESULTS_CSV, RESULTS_JSON, arm_rows, bars_figure,
                                    seed_count_figure, seed_count_points)
-from paraknow.study.runner import RECIPE_FILE, prepare
+from paraknow.study.runner import MAX_WORKERS, RECIPE_FILE, WORKERS_HELP, prepare
 from paraknow.tasks import TASKS
 from ui import state as S
 from ui import study as U
@@ -129,13 +129,15 @@ if recipe is not None:
                                     "lr sweep": ", ".join(f"{x:g}" for x in a.lr_sweep or []),
                                     "extract": json.dumps(a.extract) if a.extract else ""} for a in recipe.arms]),
                      hide_index=True, width="stretch")
-    e = st.columns([2, 1, 1, 1], vertical_alignment="bottom")
+    e = st.columns([2, 1, 1, 1, 1], vertical_alignment="bottom")
     e[0].text_input("Study name", key=S.W_ST_NAME, **PERSIST, placeholder="e.g. arith-structures",
                     help="Its folder under cache/studies/.")
-    estimate = e[1].button("Estimate time", key="w_st_estimate", icon=":material/timer:", width="stretch",
+    e[1].number_input("Cells at a time", min_value=1, max_value=MAX_WORKERS, step=1, key=S.W_ST_WORKERS, **PERSIST,
+                      help=WORKERS_HELP)
+    estimate = e[2].button("Estimate time", key="w_st_estimate", icon=":material/timer:", width="stretch",
                            help="Measures this machine on the study's models and data (a few seconds).")
-    launch = e[2].button("Launch", key="w_st_launch", type="primary", icon=":material/play_arrow:", width="stretch")
-    e[3].download_button("Recipe (JSON)", data=json.dumps(recipe.to_dict(), indent=1), file_name="study.json",
+    launch = e[3].button("Launch", key="w_st_launch", type="primary", icon=":material/play_arrow:", width="stretch")
+    e[4].download_button("Recipe (JSON)", data=json.dumps(recipe.to_dict(), indent=1), file_name="study.json",
                          mime="application/json", on_click="ignore", key="w_st_dl_recipe", width="stretch",
                          icon=":material/download:")
     if estimate:
@@ -148,7 +150,7 @@ if recipe is not None:
     if launch:
         with W.show_errors("launching the study"), st.spinner("Checking the recipe and measuring this machine…"):
             out = U.new_study_dir(ss[S.W_ST_NAME])
-            start_study(recipe, out)
+            start_study(recipe, out, workers=ss[S.W_ST_WORKERS])
             ss[S.W_ST_VIEW] = out.name
             st.success(f"Study `{out.name}` started: {len(cells)} runs.", icon=":material/schedule:")
 
@@ -175,16 +177,17 @@ def _study_panel(live: bool) -> None:
     done = sum(c["state"] == "finished" for c in results["cells"])
     total = len(results["cells"])
     color = {"finished": "green", "running": "blue", "starting": "blue", "stopped": "orange"}.get(view.state, "red")
+    running = status.get("cells_running") or ([status["cell"]] if status.get("cell") else [])
     c1, c2, c3 = st.columns([4, 1, 1], vertical_alignment="center")
     c1.markdown(f":{color}-badge[{view.state}] {done}/{total} runs finished"
-                + (f" · running `{status['cell']}`" if view.live and status.get("cell") else "")
+                + (" · running " + ", ".join(f"`{c}`" for c in running) if view.live and running else "")
                 + (f" · updating every {LIVE_EVERY_S} s" if view.live else ""))
     c2.button("Stop", key="w_st_stop", icon=":material/stop:", disabled=not view.live, width="stretch",
               on_click=stop_study, args=(view.out,))
     if c3.button("Resume", key="w_st_resume", icon=":material/play_arrow:", width="stretch",
                  disabled=view.live or done == total):
         with W.show_errors("resuming the study"), st.spinner("Checking the recipe and measuring this machine…"):
-            start_study(view.recipe, view.out, resume=True)
+            start_study(view.recipe, view.out, resume=True, workers=ss[S.W_ST_WORKERS])
             st.rerun()
     st.progress(done / total if total else 0.0)
     if view.state == "finished" and status.get("wall_s") is not None:

@@ -110,7 +110,7 @@ def cmd_study(args) -> int:
     from .study import format_table, load_recipe, run_study
 
     recipe = load_recipe(args.recipe)
-    results = run_study(recipe, args.out, resume=args.resume,
+    results = run_study(recipe, args.out, resume=args.resume, workers=args.workers,
                         progress=lambda message: print(message, file=sys.stderr, flush=True))
     print(format_table(results))
     failed = sum(c["state"] == "failed" for c in results["cells"])
@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cache import KINDS as CACHE_KINDS
     from .options import Placement, add_options
     from .sensitivity import SensitivityConfig
+    from .study.runner import DEFAULT_WORKERS, WORKERS_HELP
     from .train import CLI_FIELDS, TrainConfig
     from .transfer import TransferConfig
 
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", required=True, help="study recipe, JSON or YAML (docs/study.md)")
     p.add_argument("--out", required=True, help="study directory (cells, results.json, report.html)")
     p.add_argument("--resume", action="store_true", help="continue a study in --out: finished cells are kept")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
     p.set_defaults(func=cmd_study)
 
     return parser

@@ -281,3 +281,30 @@ def test_seed_count_curve_from_arms_that_differ_only_in_samples(study):
     assert [(p["samples"], p["arm"]) for p in points] == [(2, "pkt-2"), (4, "pkt")]
     fig = seed_count_figure(points, results)
     assert list(fig.data[0].x) == [2, 4] and fig.data[0].y[0] == pytest.approx(25.0)
+
+
+def test_two_workers_give_the_same_cell_numbers(study, tmp_path, monkeypatch, capsys):
+    """`--workers 2` runs cells two at a time in worker processes (exports and the random teacher
+    made once under a lock): every cell's numbers are those of the one-at-a-time study."""
+    monkeypatch.setenv("PARAKNOW_CACHE", str(tmp_path / "cache"))  # the workers compute their own maps
+    recipe_file = write_recipe(tmp_path / "recipe.json", study["recipe"])
+    code = cli_main(["study", "--recipe", recipe_file, "--out", str(tmp_path / "two"), "--workers", "2"])
+    assert code == 0, capsys.readouterr().err
+    lib, two = cells_by_id(study["results"]), cells_by_id(json.loads((tmp_path / "two" / "results.json").read_text()))
+    assert lib.keys() == two.keys() and all(c["state"] == "finished" for c in two.values())
+    for key in lib:
+        for name in NUMBERS:
+            if lib[key][name] is None:
+                assert two[key][name] is None, (key, name)
+            else:  # other thread counts may reorder float sums: equal to rounding, not bit for bit
+                assert two[key][name] == pytest.approx(lib[key][name], rel=1e-3, abs=1e-6), (key, name)
+    assert len(list((tmp_path / "two" / "teachers").iterdir())) == 1
+    status = json.loads((tmp_path / "two" / "study.json").read_text())
+    assert status["state"] == "finished" and status["cells_running"] == [] and status["cells_run"] == len(lib)
+
+
+def test_workers_out_of_range_is_refused_before_anything_runs(study, tmp_path, capsys):
+    recipe_file = write_recipe(tmp_path / "recipe.json", study["recipe"])
+    assert cli_main(["study", "--recipe", recipe_file, "--out", str(tmp_path / "w"), "--workers", "0"]) == 2
+    assert "workers must be a whole number" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

@@ -323,6 +323,7 @@ W_ST_BASELINE = "w_st_baseline"
 W_ST_BUDGET = "w_st_budget"
 W_ST_PASTE = "w_st_paste"           # recipe text (JSON or YAML) to load
 W_ST_VIEW = "w_st_view"             # study shown
+W_ST_WORKERS = "w_st_workers"       # cells at a time
 
 
 def study_defaults() -> dict:
@@ -331,6 +332,7 @@ def study_defaults() -> dict:
     from dataclasses import fields
 
     from paraknow.study.recipe import DEFAULT_BUDGET_MINUTES
+    from paraknow.study.runner import DEFAULT_WORKERS
     from paraknow.train import TrainConfig
     from paraknow.transfer import TransferConfig
     from ui.study import DEFAULT_CONTROLS, SWEEP_DEFAULT, factor_levels
@@ -344,7 +346,8 @@ def study_defaults() -> dict:
          W_ST_ALPHA: float(transfer["alpha"]), W_ST_EVAL_LIMIT: train["eval_limit"],
          W_ST_TOKENS: train["eval_max_new_tokens"], W_ST_SEEDS: 5, W_ST_SWEEP: SWEEP_DEFAULT,
          W_ST_CONTROLS: list(DEFAULT_CONTROLS), W_ST_BASELINE: "vanilla",
-         W_ST_BUDGET: float(DEFAULT_BUDGET_MINUTES), W_ST_PASTE: "", W_ST_VIEW: None}
+         W_ST_BUDGET: float(DEFAULT_BUDGET_MINUTES), W_ST_PASTE: "", W_ST_VIEW: None,
+         W_ST_WORKERS: DEFAULT_WORKERS}
     d.update({W_ST_FACTOR + factor: [] for factor in factor_levels()})
     return d
 

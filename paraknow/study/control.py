@@ -20,7 +20,7 @@ from ..jobs import _child_env, _children, _pid_alive, read_log
 from ..train import LOG_FILE, STOP_FILE, read_json
 from .recipe import Recipe, parse_recipe
 from .report import collect
-from .runner import RECIPE_FILE, STUDY_FILE, prepare
+from .runner import DEFAULT_WORKERS, RECIPE_FILE, STUDY_FILE, prepare
 
 LIVE_STATES = ("starting", "running")
 
@@ -42,8 +42,9 @@ class StudyView:
         return self.state in LIVE_STATES
 
 
-def start_study(recipe: Recipe, out, resume: bool = False) -> subprocess.Popen:
-    """Check, then start the study as a background process; returns the process."""
+def start_study(recipe: Recipe, out, resume: bool = False, workers: int = DEFAULT_WORKERS) -> subprocess.Popen:
+    """Check, then start the study as a background process running `workers` cells at a time;
+    returns the process."""
     out = Path(out).expanduser().absolute()
     status = read_json(out / STUDY_FILE) or {}
     if status and _alive(status):
@@ -52,7 +53,8 @@ def start_study(recipe: Recipe, out, resume: bool = False) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RECIPE_FILE, recipe.to_dict())
     (out / STOP_FILE).unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "paraknow", "study", "--recipe", str(out / RECIPE_FILE), "--out", str(out), "--resume"]
+    cmd = [sys.executable, "-m", "paraknow", "study", "--recipe", str(out / RECIPE_FILE), "--out", str(out), "--resume",
+           "--workers", str(workers)]
     with open(out / LOG_FILE, "ab") as log:
         log.write(f"$ {' '.join(cmd)}\n".encode())
         log.flush()

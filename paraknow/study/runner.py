@@ -28,15 +28,17 @@ import contextlib
 import fcntl
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 from ..errors import ParaknowError, first_line
-from ..fsio import atomic_directory, atomic_write_json, atomic_write_text, sha256_bytes
+from ..fsio import atomic_directory, atomic_write_json, atomic_write_text, output_lock, sha256_bytes
 from ..train import LOG_FILE, STOP_FILE, proc_start_time, read_json
 from .budget import calibrate, estimate_study
 from .plan import Cell, check_recipe, plan_cells, train_config
@@ -51,6 +53,11 @@ RUN_DIR = "run"
 EXPORTS_DIR = "exports"
 TEACHERS_DIR = "teachers"
 RANDOM_TEACHER_SEED = 0
+MAKE_WAIT_S = 3600.0  # how long a worker waits for another worker making the export it needs
+DEFAULT_WORKERS = 1  # cells at a time; bench/bench_study_parallel.py decides whether 2 pays on a machine
+MAX_WORKERS = 64
+WORKERS_HELP = ("cells run at a time, each in its own process with cpu_count / N torch threads "
+                f"(default {DEFAULT_WORKERS}; see bench/bench_study_parallel.py)")
 CELL_STATES = ("running", "finished", "failed", "stopped")  # and "pending" for a cell that never started
 # a cell's record: the fields of results.json's cells (docs/study.md) plus where its files are
 CELL_FIELDS = ("arm", "seed", "lr", "state", "test_accuracy", "test_loss", "val_accuracy", "val_loss",
@@ -97,23 +104,27 @@ def export_key(recipe: Recipe, arm, seed: int) -> str:
 def random_teacher(teacher_ref: str, out: Path) -> Path:
     """The teacher's architecture with random weights (torch seed RANDOM_TEACHER_SEED), saved once
     under DIR/teachers/ with the teacher's tokenizer: is it the knowledge, or only a spectrum?"""
+    path = Path(out) / TEACHERS_DIR / f"random-{sha256_bytes(teacher_ref.encode())[:12]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(path, wait_s=MAKE_WAIT_S):  # another worker making it: wait, then reuse it
+        if not (path / "config.json").is_file():
+            _save_random_teacher(teacher_ref, path)
+    return path
+
+
+def _save_random_teacher(teacher_ref: str, path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..models import load_config, resolve_ref
 
-    path = Path(out) / TEACHERS_DIR / f"random-{sha256_bytes(teacher_ref.encode())[:12]}"
-    if (path / "config.json").is_file():
-        return path
     config = load_config(teacher_ref)
     torch.manual_seed(RANDOM_TEACHER_SEED)
     model = AutoModelForCausalLM.from_config(config)
     tokenizer = AutoTokenizer.from_pretrained(resolve_ref(teacher_ref))
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(path) as tmp, contextlib.redirect_stderr(io.StringIO()):  # no progress bar
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return path
 
 
 def _export(recipe: Recipe, arm, seed: int, out: Path, device) -> Path:
@@ -123,12 +134,16 @@ def _export(recipe: Recipe, arm, seed: int, out: Path, device) -> Path:
     path = Path(out) / EXPORTS_DIR / export_key(recipe, arm, seed)
     if (path / "paraknow.json").is_file():
         return path
-    teacher = recipe.teacher_of(arm)
-    if recipe.random_teacher(arm):
-        teacher = str(random_teacher(teacher, out))
     path.parent.mkdir(parents=True, exist_ok=True)
-    extract_to_dir(teacher, recipe.student, recipe.seed_data, path, recipe.transfer_config(arm, seed),
-                   recipe.sensitivity_config(arm), device=device)
+    with output_lock(path, wait_s=MAKE_WAIT_S):  # cells sharing the export in other workers wait for it
+        if not (path / "paraknow.json").is_file():
+            teacher = recipe.teacher_of(arm)
+            if recipe.random_teacher(arm):
+                teacher = str(random_teacher(teacher, out))
+            extract_to_dir(teacher, recipe.student, recipe.seed_data, path, recipe.transfer_config(arm, seed),
+                           recipe.sensitivity_config(arm), device=device)
+        if not signals_file(path).is_file():
+            _write_signals(recipe, path)
     return path
 
 
@@ -188,8 +203,6 @@ def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
     if arm.init == "pkt":
         device = recipe.train_settings(arm).get("device", "auto")
         export = _export(recipe, arm, cell.seed, out, device)
-        if not signals_file(export).is_file():
-            _write_signals(recipe, export)
         init, fields["export"] = str(export), str(export.relative_to(out))
     if _stop_requested(out):
         raise CellStopped()
@@ -320,17 +333,77 @@ def _write_status(out: Path, status: dict, **changes) -> None:
     atomic_write_json(out / STUDY_FILE, status)
 
 
+def _cell_name(cell: Cell) -> str:
+    return cell.arm + ("" if cell.seed is None else f" seed {cell.seed}") + ("" if cell.lr is None else f" lr {cell.lr:g}")
+
+
+_worker_test_records: dict[str, list] = {}  # a worker process's test records, read once
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_cell_in_worker(recipe: Recipe, cell: Cell, out: Path) -> dict:
+    from ..data import load_records
+
+    if recipe.test_data not in _worker_test_records:
+        _worker_test_records[recipe.test_data] = load_records(recipe.test_data)
+    return run_cell(recipe, cell, out, _worker_test_records[recipe.test_data])
+
+
+def _run_cells(recipe: Recipe, pending: list[Cell], out: Path, status: dict, say: Progress, workers: int):
+    """Yield (cell, record) as cells finish, in plan order one at a time, or `workers` at a time in
+    worker processes (each with cpu_count // workers torch threads). No new cell starts after STOP."""
+    from ..data import load_records
+
+    if workers == 1:
+        test_records = load_records(recipe.test_data)
+        for k, cell in enumerate(pending, 1):
+            if _stop_requested(out):
+                return
+            say(f"[{k}/{len(pending)}] {_cell_name(cell)}: running")
+            _write_status(out, status, cell=cell.cell_id, cells_running=[cell.cell_id])
+            record = run_cell(recipe, cell, out, test_records)
+            _write_status(out, status, cell=None, cells_running=[])
+            yield cell, record
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    queue, running = iter(enumerate(pending, 1)), {}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        while True:
+            while len(running) < workers and not _stop_requested(out) and (item := next(queue, None)):
+                k, cell = item
+                say(f"[{k}/{len(pending)}] {_cell_name(cell)}: running")
+                running[pool.submit(_run_cell_in_worker, recipe, cell, out)] = cell
+                ids = [c.cell_id for c in running.values()]
+                _write_status(out, status, cell=ids[0], cells_running=ids)
+            if not running:
+                return
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                cell = running.pop(future)
+                ids = [c.cell_id for c in running.values()]
+                _write_status(out, status, cell=ids[0] if ids else None, cells_running=ids)
+                yield cell, future.result()
+
+
 def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | None = None,
-              calibration=None) -> dict:
+              calibration=None, workers: int = DEFAULT_WORKERS) -> dict:
     """Run (or resume) a study into `out` and return its results (also written there).
 
     Bad input, an incompatible pair or a study over budget raise ParaknowError before anything
     is written. `calibration`: a budget.Calibration to use instead of measuring one. A STOP file
-    in `out` stops the study after (or inside) the running cell; resuming removes it.
+    in `out` stops the study after (or inside) the running cell; resuming removes it. `workers`:
+    how many cells run at a time (bench/bench_study_parallel.py measures whether two at a time pays).
     """
-    from ..data import load_records
     from .report import write_outputs
 
+    if not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise ParaknowError(f"workers must be a whole number from 1 to {MAX_WORKERS}; got {workers!r}.")
     say = progress or (lambda message: None)
     out = Path(out).expanduser().absolute()
     pending, estimate = prepare(recipe, out, resume, calibration)
@@ -347,15 +420,8 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
         _write_status(out, status)
         say(f"study {out}: {total} cells, {total - len(pending)} already finished; {estimate.describe()}")
         try:
-            test_records = load_records(recipe.test_data)
-            for k, cell in enumerate(pending, 1):
-                if _stop_requested(out):
-                    break
-                name = cell.arm + ("" if cell.seed is None else f" seed {cell.seed}") + \
-                    ("" if cell.lr is None else f" lr {cell.lr:g}")
-                say(f"[{k}/{len(pending)}] {name}: running")
-                _write_status(out, status, cell=cell.cell_id)
-                record = run_cell(recipe, cell, out, test_records)
+            for k, (cell, record) in enumerate(_run_cells(recipe, pending, out, status, say, workers), 1):
+                name = _cell_name(cell)
                 if record["state"] == "finished":
                     acc = record["test_accuracy"]
                     say(f"[{k}/{len(pending)}] {name}: finished in {record['seconds']:.0f} s, test accuracy "
@@ -363,7 +429,7 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
                 else:
                     say(f"[{k}/{len(pending)}] {name}: {record['state'].upper()}"
                         + (f": {record['error']}" if record["error"] else ""))
-                _write_status(out, status, cell=None, cells_run=k)
+                _write_status(out, status, cells_run=k)
                 write_outputs(recipe, out, with_html=False)
         except BaseException as exc:
             _write_status(out, status, state="failed", finished=time.time(), cell=None,
