@@ -1,0 +1,101 @@
+"""Cells one at a time vs two at a time: `run_study(workers=1)` vs `run_study(workers=2)`.
+
+The same study (demo pair, JSONL subsets of task:instruct, vanilla LoRA and PKT over a two-rate
+sweep) runs both ways from a fresh sensitivity cache: one at a time in this process with all
+cores as torch threads, or two worker processes with half the threads each. Issue 10: on this
+2-core CPU cells run two at a time only where this bench shows it is faster in total; the
+study's default (`--workers`, paraknow.study.runner.DEFAULT_WORKERS) follows its figure.
+
+    python bench/bench_study_parallel.py --out docs/results/study_parallel.json
+    python bench/bench_study_parallel.py --smoke          # seconds; what the test suite runs
+
+Rounds: one at a time, two at a time, one at a time; the faster one-at-a-time round is compared.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from common import write_figures
+
+SIZES = {"full": {"train": 256, "val": 32, "test": 200, "seed": 32, "seeds": [0, 1, 2], "tokens": 32},
+         "smoke": {"train": 8, "val": 2, "test": 2, "seed": 4, "seeds": [0], "tokens": 4}}
+
+
+def make_recipe(root: Path, size: dict) -> dict:
+    from paraknow.data import load_records, to_jsonl
+
+    splits = {"seed_data": load_records("task:instruct:seed")[:size["seed"]],
+              "train_data": load_records("task:instruct:train")[:size["train"]],
+              "val_data": load_records("task:instruct:val")[:size["val"]],
+              "test_data": load_records("task:instruct:test")[:size["test"]]}
+    paths = {}
+    for key, records in splits.items():
+        (root / f"{key}.jsonl").write_text(to_jsonl(records))
+        paths[key] = str(root / f"{key}.jsonl")
+    sweep = [3e-3, 1e-2]
+    return {"teacher": "demo:teacher", "student": "demo:student", **paths,
+            "train": {"epochs": 1, "batch": 8, "micro_batch": 8, "eval_max_new_tokens": size["tokens"],
+                      "device": "cpu"},
+            "seeds": size["seeds"], "budget_minutes": 600,
+            "arms": [{"name": "vanilla", "init": "vanilla", "lr_sweep": sweep},
+                     {"name": "pkt", "init": "pkt", "lr_sweep": sweep, "extract": {"samples": size["seed"]}}]}
+
+
+def timed_study(recipe, out: Path, workers: int, calibration) -> float:
+    import torch
+
+    from paraknow.study import run_study
+
+    torch.set_num_threads(os.cpu_count() or 1)  # one at a time: every core for the one cell
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # the training logs
+        run_study(recipe, out, workers=workers, calibration=calibration)
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), for the test suite")
+    parser.add_argument("--out", default=None, help="also write the figures (with provenance) as JSON here")
+    args = parser.parse_args(argv)
+
+    from paraknow.study import parse_recipe
+    from paraknow.study.budget import calibrate
+    from paraknow.study.plan import check_recipe
+
+    size = SIZES["smoke" if args.smoke else "full"]
+    cache = os.environ.get("PARAKNOW_CACHE")
+    with tempfile.TemporaryDirectory(prefix="bench-study-parallel-") as tmp:
+        root = Path(tmp)
+        recipe = parse_recipe(make_recipe(root, size))
+        calibration = calibrate(recipe, check_recipe(recipe))  # measured once, outside both sides
+        rounds = {}
+        try:
+            for name, workers in (("one_1", 1), ("two", 2), ("one_2", 1)):
+                os.environ["PARAKNOW_CACHE"] = str(root / f"cache-{name}")  # every side computes its sensitivity
+                rounds[name] = timed_study(recipe, root / name, workers, calibration)
+        finally:
+            if cache is None:
+                os.environ.pop("PARAKNOW_CACHE", None)
+            else:
+                os.environ["PARAKNOW_CACHE"] = cache
+        cells = len(json.loads((root / "two" / "results.json").read_text())["cells"])
+    one_s = min(rounds["one_1"], rounds["one_2"])
+    figures = {"size": "smoke" if args.smoke else "full", "cells": cells, "cpu_count": os.cpu_count(),
+               "one_at_a_time_s": round(one_s, 2), "two_at_a_time_s": round(rounds["two"], 2),
+               "speedup_two_over_one": round(one_s / rounds["two"], 3)}
+    print(json.dumps(figures))
+    if args.out:
+        write_figures(args.out, figures)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
