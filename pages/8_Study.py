@@ -11,6 +11,7 @@ from paraknow.errors import ParaknowError
 from paraknow.study import parse_recipe, recipe_from_text
 from paraknow.study.control import log_tail, read_study, start_study, stop_study
 from paraknow.study.plan import plan_cells
+from paraknow.study.recipe import FACTOR_LABELS
 from paraknow.study.report import (REPORT_HTML, RESULTS_CSV, RESULTS_JSON, arm_rows, bars_figure,
                                    seed_count_figure, seed_count_points)
 from paraknow.study.runner import MAX_WORKERS, RECIPE_FILE, WORKERS_HELP, prepare
@@ -62,7 +63,7 @@ def builder_recipe() -> dict:
         levels = U.factor_levels()
         cols = st.columns(len(levels))
         for col, (factor, options) in zip(cols, levels.items()):
-            col.multiselect(U.FACTOR_LABELS[factor], options, key=S.W_ST_FACTOR + factor, **PERSIST)
+            col.multiselect(FACTOR_LABELS[factor], options, key=S.W_ST_FACTOR + factor, **PERSIST)
         d = st.columns([1, 2, 1])
         d[0].number_input("Seeds", min_value=1, max_value=64, key=S.W_ST_SEEDS, **PERSIST,
                           help="Five or more to see differences of a few points.")

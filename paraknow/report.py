@@ -2,6 +2,8 @@
 
     python -m paraknow.report demo [--out docs/results/demo_pair.json]
     python -m paraknow.report compare --task facts [--seeds 0 1 2] [--out docs/results/compare_facts.json]
+    python -m paraknow.report study [--recipe docs/examples/study-demo.json] [--dir cache/studies/demo]
+                                    [--out docs/results/study_demo] [--workers N]
 
 Every report is one JSON file holding the figures and `provenance`: the UTC date, the machine
 (processor count, torch threads, GPU), the git commit of the checkout (and whether it had
@@ -15,6 +17,11 @@ so every figure there can be reproduced and traced.
   training settings, trained on the task's `train` split (which neither demo model saw in
   pre-training) and evaluated on all of its `test` split, one run per seed; per method the mean,
   sample standard deviation and a Student-t 95 % confidence interval over seeds.
+- `study`: runs (or resumes: finished cells are kept) the shipped study recipe in `--dir`, then
+  writes into `--out` summary.json (provenance, recipe, per-arm results and verdicts, signal
+  correlations, timing), results.csv (every cell) and the figures as PNG (bars per arm coloured
+  by factor, the seed-count curve, the learning curves). The PNGs need kaleido and Chromium
+  (requirements-images.txt); without them the JSON and CSV are still written and the reason is said.
 """
 from __future__ import annotations
 
@@ -168,6 +175,45 @@ def compare_report(task: str, seeds: list[int], workdir: Path, max_new_tokens: i
             "wall_seconds": round(time.time() - t0, 1)}
 
 
+def study_report(recipe_path, study_dir: Path, out_dir: Path, workers: int, progress=print) -> dict:
+    """Run or resume the study, then write its summary, cells and figures into `out_dir`."""
+    from .htmlreport import figure_image, image_export_unavailable
+    from .study import load_recipe, run_study
+    from .study.plan import plan_cells
+    from .study.runner import read_cell
+    from .study.report import (arm_curves, bars_figure, cells_csv, curves_figure, seed_count_figure,
+                               seed_count_points)
+    from .fsio import atomic_write_bytes, atomic_write_text
+
+    recipe = load_recipe(recipe_path)
+    results = run_study(recipe, study_dir, resume=(Path(study_dir) / "recipe.json").is_file(), workers=workers,
+                        progress=progress)
+    cells = results["cells"]
+    records = [read_cell(study_dir, c) for c in plan_cells(recipe)]  # with the start times
+    spans = [(r["started"], r["started"] + r["seconds"]) for r in records if r.get("started") and r.get("seconds")]
+    timing = {"cells": len(cells), "finished": sum(c["state"] == "finished" for c in cells),
+              "cell_seconds_total": round(sum(c["seconds"] or 0 for c in cells), 1),
+              "elapsed_s": round(max(e for _, e in spans) - min(s for s, _ in spans), 1) if spans else None,
+              "workers": workers}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "results.csv", cells_csv(results))
+    figures = {"bars.png": bars_figure(results).update_layout(width=1500, height=560)}
+    points = seed_count_points(recipe, results)
+    if points:
+        figures["seed_count.png"] = seed_count_figure(points, results).update_layout(width=900)
+    curves = arm_curves(study_dir, results)
+    if curves:
+        figures["curves.png"] = curves_figure(curves, results).update_layout(width=1500)
+    why_not = image_export_unavailable()
+    for name, figure in figures.items():
+        if why_not is None:
+            atomic_write_bytes(out_dir / name, figure_image(figure, "png"))
+    return {"recipe": recipe.to_dict(), "baseline": results["baseline"], "arms": results["arms"],
+            "signal_correlations": results["signal_correlations"], "timing": timing,
+            "figures": sorted(figures) if why_not is None else [], "figures_unavailable": why_not}
+
+
 def _finals(run_dirs, method: str) -> list[dict]:
     from .jobs import run_info
 
@@ -189,6 +235,11 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default=None, help="default docs/results/compare_<task>.json")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p = sub.add_parser("study", help="run or resume the shipped study and write its results and figures")
+    p.add_argument("--recipe", default=str(PACKAGE_DIR.parent / "docs" / "examples" / "study-demo.json"))
+    p.add_argument("--dir", default=None, help="study directory (default: the cache's studies/demo)")
+    p.add_argument("--out", default=str(RESULTS_DIR / "study_demo"))
+    p.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     import tempfile
 
@@ -199,6 +250,13 @@ def main(argv=None) -> int:
         if args.report == "demo":
             figures = demo_report(args.max_new_tokens)
             out = args.out
+        elif args.report == "study":
+            from .paths import cache_dir
+
+            study_dir = Path(args.dir) if args.dir else cache_dir("studies") / "demo"
+            figures = study_report(args.recipe, study_dir, Path(args.out), args.workers,
+                                   progress=lambda m: print(m, file=sys.stderr, flush=True))
+            out = str(Path(args.out) / "summary.json")
         else:
             with tempfile.TemporaryDirectory(prefix="paraknow-compare-") as work:
                 figures = compare_report(args.task, args.seeds, Path(work), args.max_new_tokens)

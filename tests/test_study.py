@@ -308,3 +308,43 @@ def test_workers_out_of_range_is_refused_before_anything_runs(study, tmp_path, c
     assert cli_main(["study", "--recipe", recipe_file, "--out", str(tmp_path / "w"), "--workers", "0"]) == 2
     assert "workers must be a whole number" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_report_study_writes_summary_cells_and_figures_without_rerunning(study, tmp_path):
+    """`python -m paraknow.report study` on a finished study: nothing reruns; the summary holds
+    the study's own per-arm results, the CSV every cell, the timing spans the cells' clock times."""
+    from paraknow.htmlreport import image_export_unavailable
+    from paraknow.report import main as report_main
+
+    study_dir = tmp_path / "study"
+    shutil.copytree(study["out"], study_dir)
+    before = {p: p.stat().st_mtime_ns for p in study_dir.glob("cells/*/cell.json")}
+    recipe_file = write_recipe(tmp_path / "recipe.json", study["recipe"])
+    assert report_main(["study", "--recipe", recipe_file, "--dir", str(study_dir), "--out", str(tmp_path / "docs")]) == 0
+    assert {p: p.stat().st_mtime_ns for p in study_dir.glob("cells/*/cell.json")} == before  # no cell reran
+    summary = json.loads((tmp_path / "docs" / "summary.json").read_text())
+    assert summary["provenance"]["command"].startswith("python -m paraknow.report study")
+    assert [(a["arm"], a["mean"], a["factor"]) for a in summary["arms"]] == \
+        [(a["arm"], a["mean"], a["factor"]) for a in study["results"]["arms"]]
+    records = [json.loads(p.read_text()) for p in before]
+    assert summary["timing"]["elapsed_s"] == pytest.approx(
+        max(r["started"] + r["seconds"] for r in records) - min(r["started"] for r in records), abs=0.2)
+    assert summary["timing"]["elapsed_s"] >= max(r["seconds"] for r in records)
+    lines = (tmp_path / "docs" / "results.csv").read_text().strip().splitlines()
+    assert len(lines) == 1 + len(study["results"]["cells"])
+    if image_export_unavailable() is None:
+        assert set(summary["figures"]) == {"bars.png", "curves.png"}  # one `samples` level: no seed-count curve
+        for name in summary["figures"]:
+            assert (tmp_path / "docs" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert summary["figures"] == [] and summary["figures_unavailable"]
+
+
+def test_arm_factor_groups_the_paper_analyses():
+    from paraknow.study.recipe import Arm
+
+    assert Arm("untuned", "untuned").factor == "Controls"
+    assert Arm("vanilla", "vanilla", lr_sweep=[1e-3]).factor == "Methods"
+    assert Arm("pkt-attn", "pkt", extract={"modules": "attn"}).factor == "Origin (modules)"
+    assert Arm("pkt-x", "pkt", extract={"modules": "attn", "rank": 4}).factor == "Crossed"
+    assert Arm("pkt-svd", "pkt", extract={"svd": "exact"}).factor == "Other options"

@@ -57,10 +57,6 @@ def factor_levels() -> dict[str, list]:
             "mode": [m for m in MODES if m != d["mode"]]}
 
 
-FACTOR_LABELS = {"layers": "Layer selection", "modules": "Origin (modules)", "structure": "Structure",
-                 "samples": "Seed samples", "rank": "Rank", "mode": "Injection mode"}
-
-
 def parse_rates(text: str) -> list[float]:
     try:
         rates = [float(x) for x in re.split(r"[,\s]+", text.strip()) if x]

@@ -32,6 +32,12 @@ DEFAULT_BUDGET_MINUTES = 120
 CELL_TRAIN_FIELDS = ("student", "data", "out", "init", "eval_data", "seed", "group", "label")
 # TransferConfig / SensitivityConfig fields that are not `extract` options in a recipe
 HIDDEN_EXTRACT_FIELDS = ("manual_map", "overrides", "batch_size")
+# the factors of the paper's analyses an arm's `extract` can vary (the Study page's grid builder and
+# the results' grouping read these labels); an arm with no `extract` is one of the methods
+FACTOR_LABELS = {"layers": "Layer selection", "modules": "Origin (modules)", "structure": "Structure",
+                 "samples": "Seed samples", "rank": "Rank", "mode": "Injection mode", "teacher": "Teacher",
+                 "teacher_weights": "Teacher weights"}
+CONTROLS_GROUP, METHODS_GROUP, CROSSED_GROUP, OTHER_GROUP = "Controls", "Methods", "Crossed", "Other options"
 ARM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
@@ -58,6 +64,20 @@ class Arm:
     @property
     def trained(self) -> bool:
         return self.init in TRAINED_INITS
+
+    @property
+    def factor(self) -> str:
+        """The analysis the arm belongs to: Controls (untuned, teacher), Methods (vanilla, PiSSA,
+        PKT as extracted by default), the label of the one factor its `extract` changes, Crossed
+        (several factors) or Other options (a setting that is not one of the factors)."""
+        if not self.trained:
+            return CONTROLS_GROUP
+        keys = set(self.extract)
+        if not keys:
+            return METHODS_GROUP
+        if len(keys) > 1:
+            return CROSSED_GROUP if len(keys & set(FACTOR_LABELS)) > 1 else OTHER_GROUP
+        return FACTOR_LABELS.get(keys.pop(), OTHER_GROUP)
 
     def label(self) -> str:
         """How a verdict names this arm, e.g. "best-lr vanilla LoRA (vanilla)"."""

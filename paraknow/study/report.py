@@ -63,24 +63,78 @@ def format_table(results: dict) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+FACTOR_COLORS = ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                 "#bcbd22", "#17becf")
+
+
+def _factor_colors(arms: list[dict]) -> dict[str, str]:
+    """One colour per factor group, in order of first appearance (Controls first in the recipes)."""
+    groups = list(dict.fromkeys(a.get("factor", "") for a in arms))
+    return {g: FACTOR_COLORS[i % len(FACTOR_COLORS)] for i, g in enumerate(groups)}
+
+
 def bars_figure(results: dict):
-    """Mean test accuracy per arm with 95 % CI error bars; the baseline's mean as a dotted line."""
+    """Mean test accuracy per arm with 95 % CI error bars, one colour per factor (the paper's
+    analyses one at a time), arms in recipe order; the baseline's mean as a dotted line."""
     import plotly.graph_objects as go
 
     arms = [a for a in results["arms"] if a["mean"] is not None]
-    names = [a["arm"] for a in arms]
-    means = [100 * a["mean"] for a in arms]
-    upper = [100 * (a["ci95"][1] - a["mean"]) if a["ci95"] else 0 for a in arms]
-    lower = [100 * (a["mean"] - a["ci95"][0]) if a["ci95"] else 0 for a in arms]
-    fig = go.Figure(go.Bar(x=names, y=means, error_y={"type": "data", "symmetric": False, "array": upper,
-                                                       "arrayminus": lower},
-                           text=[f"{m:.1f}" for m in means], textposition="outside",
-                           hovertext=[a["verdict"] for a in arms], name="test accuracy"))
+    colors = _factor_colors(arms)
+    fig = go.Figure()
+    for group, color in colors.items():
+        members = [a for a in arms if a.get("factor", "") == group]
+        means = [100 * a["mean"] for a in members]
+        fig.add_trace(go.Bar(
+            x=[a["arm"] for a in members], y=means, name=group or "arms", marker_color=color,
+            error_y={"type": "data", "symmetric": False,
+                     "array": [100 * (a["ci95"][1] - a["mean"]) if a["ci95"] else 0 for a in members],
+                     "arrayminus": [100 * (a["mean"] - a["ci95"][0]) if a["ci95"] else 0 for a in members]},
+            text=[f"{m:.1f}" for m in means], textposition="outside", hovertext=[a["verdict"] for a in members]))
     base = next((a for a in arms if a["arm"] == results["baseline"]), None)
     if base is not None:
         fig.add_hline(y=100 * base["mean"], line_dash="dot", annotation_text=f"baseline {base['arm']}")
     fig.update_layout(yaxis_title="test accuracy (%), mean and 95 % CI over seeds", xaxis_title="arm",
-                      yaxis_rangemode="tozero", margin={"t": 40}, height=460)
+                      xaxis={"categoryorder": "array", "categoryarray": [a["arm"] for a in arms]},
+                      yaxis_rangemode="tozero", margin={"t": 40}, height=460, legend_title_text="factor")
+    return fig
+
+
+def arm_curves(out, results: dict) -> list[dict]:
+    """Per trained arm, the training loss per optimizer step averaged over its selected cells
+    (its seeds at the chosen rate): [{"arm", "factor", "steps", "loss"}] in recipe order."""
+    from ..jobs import read_metrics
+
+    factor = {a["arm"]: a.get("factor", "") for a in results["arms"]}
+    curves = []
+    for name in factor:
+        sums: dict[int, list[float]] = {}
+        for c in results["cells"]:
+            if c["arm"] == name and c.get("selected") and c.get("run_dir"):
+                for row in read_metrics(Path(out) / c["run_dir"]):
+                    if row.get("loss") is not None:
+                        sums.setdefault(row["step"], []).append(row["loss"])
+        if sums:
+            steps = sorted(sums)
+            curves.append({"arm": name, "factor": factor[name], "steps": steps,
+                           "loss": [sum(sums[k]) / len(sums[k]) for k in steps]})
+    return curves
+
+
+def curves_figure(curves: list[dict], results: dict):
+    """The learning curves of all trained arms overlaid (mean over seeds), coloured by factor."""
+    import plotly.graph_objects as go
+
+    colors = _factor_colors(results["arms"])
+    fig = go.Figure()
+    shown = set()
+    for c in curves:
+        group = c["factor"]
+        fig.add_trace(go.Scatter(x=c["steps"], y=c["loss"], mode="lines", name=group or "arms", legendgroup=group,
+                                 showlegend=group not in shown, line={"color": colors.get(group), "width": 1.5},
+                                 hovertemplate=f"{c['arm']}<br>step %{{x}}: loss %{{y:.3f}}<extra></extra>"))
+        shown.add(group)
+    fig.update_layout(xaxis_title="optimizer step", yaxis_title="training loss (mean over seeds)",
+                      margin={"t": 40}, height=420, legend_title_text="factor")
     return fig
 
 
@@ -133,12 +187,15 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
-def report_html(recipe: Recipe, results: dict) -> str:
+def report_html(recipe: Recipe, results: dict, out=None) -> str:
     """A self-contained page: the verdict table, the bar chart, the signals and their correlations."""
     figure = bars_figure(results).to_html(full_html=False, include_plotlyjs=True)
     points = seed_count_points(recipe, results)
     seed_curve = "" if not points else ("<h2>Number of seed samples</h2>" + seed_count_figure(
         points, results).to_html(full_html=False, include_plotlyjs=False))
+    arm_loss = arm_curves(out, results) if out is not None else []
+    curves = "" if not arm_loss else ("<h2>Learning curves</h2>" + curves_figure(
+        arm_loss, results).to_html(full_html=False, include_plotlyjs=False))
     signals = [{"arm": a["arm"], **{s: _fmt(a["signals"].get(s)) for s in SIGNALS}}
                for a in results["arms"] if a["signals"]]
     correlations = [{"signal": s, "arms": c["n"], "Spearman vs accuracy": _fmt(c["spearman"])}
@@ -157,6 +214,7 @@ seeds {html.escape(str(recipe.seeds))}; baseline <b>{html.escape(results['baseli
 <h2>Test accuracy per arm</h2>{_html_table(arm_rows(results))}
 {figure}
 {seed_curve}
+{curves}
 <h2>Cheap signals (before training)</h2>{_html_table(signals)}
 <h2>Rank correlation of each signal with the final accuracy across arms</h2>{_html_table(correlations)}
 </body></html>
@@ -172,5 +230,5 @@ def write_outputs(recipe: Recipe, out, timing: dict | None = None, with_html: bo
     atomic_write_json(out / RESULTS_JSON, results)
     atomic_write_text(out / RESULTS_CSV, cells_csv(results))
     if with_html:
-        atomic_write_text(out / REPORT_HTML, report_html(recipe, results))
+        atomic_write_text(out / REPORT_HTML, report_html(recipe, results, out))
     return results

@@ -108,7 +108,7 @@ def summarize(recipe: Recipe, out, records: dict) -> dict:
             if c.arm == arm.name:
                 state = records[c.cell_id]["state"]
                 states[state] = states.get(state, 0) + 1
-        arms.append({"arm": arm.name, "init": arm.init, "n": est.n, "mean": est.mean, "ci95": est.interval,
+        arms.append({"arm": arm.name, "init": arm.init, "factor": arm.factor, "n": est.n, "mean": est.mean, "ci95": est.interval,
                      "diff_vs_baseline": None if is_base else diff.mean,
                      "diff_ci95": None if is_base else diff.interval,
                      "verdict": "baseline" if is_base else verdict(diff, base_arm.label()),
