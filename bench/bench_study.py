@@ -16,27 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
+
+from common import run_sides, study_inputs, write_figures
 
 SIZES = {"full": {"train": 256, "val": 32, "test": 64, "seed": 32, "seeds": [0, 1], "tokens": 64},
          "smoke": {"train": 8, "val": 2, "test": 2, "seed": 4, "seeds": [0], "tokens": 4}}
 
 
 def make_recipe(root: Path, size: dict) -> dict:
-    from paraknow.data import load_records, to_jsonl
-
-    train = load_records("task:arith:train")
-    splits = {"seed_data": load_records("task:arith:seed")[:size["seed"]],
-              "train_data": train[:size["train"]],
-              "val_data": train[-size["val"]:],  # the tail of train, disjoint from the head used for training
-              "test_data": load_records("task:arith:test")[:size["test"]]}
-    paths = {}
-    for key, records in splits.items():
-        (root / f"{key}.jsonl").write_text(to_jsonl(records))
-        paths[key] = str(root / f"{key}.jsonl")
+    paths = study_inputs(root, "arith", size)
     return {"teacher": "demo:teacher", "student": "demo:student", **paths,
             "train": {"epochs": 1, "batch": 8, "micro_batch": 8, "eval_max_new_tokens": size["tokens"],
                       "device": "cpu"},
@@ -88,28 +79,24 @@ def main(argv=None) -> dict:
     from paraknow.study import parse_recipe
 
     size = SIZES["smoke" if args.smoke else "full"]
-    cache = os.environ.get("PARAKNOW_CACHE")
     with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:
         root = Path(tmp)
         recipe = parse_recipe(make_recipe(root, size))
-        rounds = {}
-        try:
-            for name, fn in (("by_hand_1", by_hand), ("study", with_study), ("by_hand_2", by_hand)):
-                os.environ["PARAKNOW_CACHE"] = str(root / f"cache-{name}")  # every side computes its sensitivity
+
+        def side(fn, name):
+            def run():
                 with contextlib.redirect_stdout(io.StringIO()):  # the training logs
-                    rounds[name] = fn(recipe, root / name)
-        finally:
-            if cache is None:
-                os.environ.pop("PARAKNOW_CACHE", None)
-            else:
-                os.environ["PARAKNOW_CACHE"] = cache
+                    return fn(recipe, root / name)
+            return name, run
+
+        rounds = run_sides([side(by_hand, "by_hand_1"), side(with_study, "study"), side(by_hand, "by_hand_2")], root)
     by_hand_s = min(rounds["by_hand_1"], rounds["by_hand_2"])
     result = {"size": "smoke" if args.smoke else "full", "cells": len(size["seeds"]) * 2,
               "study_s": round(rounds["study"], 2), "by_hand_s": round(by_hand_s, 2),
               "overhead_share": round((rounds["study"] - by_hand_s) / rounds["study"], 4)}
     print(json.dumps(result))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        write_figures(args.out, result)
     return result
 
 

@@ -22,23 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import write_figures
+from common import run_sides, study_inputs, write_figures
 
 SIZES = {"full": {"train": 256, "val": 32, "test": 200, "seed": 32, "seeds": [0, 1, 2], "tokens": 32},
          "smoke": {"train": 8, "val": 2, "test": 2, "seed": 4, "seeds": [0], "tokens": 4}}
 
 
 def make_recipe(root: Path, size: dict) -> dict:
-    from paraknow.data import load_records, to_jsonl
-
-    splits = {"seed_data": load_records("task:instruct:seed")[:size["seed"]],
-              "train_data": load_records("task:instruct:train")[:size["train"]],
-              "val_data": load_records("task:instruct:val")[:size["val"]],
-              "test_data": load_records("task:instruct:test")[:size["test"]]}
-    paths = {}
-    for key, records in splits.items():
-        (root / f"{key}.jsonl").write_text(to_jsonl(records))
-        paths[key] = str(root / f"{key}.jsonl")
+    paths = study_inputs(root, "instruct", size)
     sweep = [3e-3, 1e-2]
     return {"teacher": "demo:teacher", "student": "demo:student", **paths,
             "train": {"epochs": 1, "batch": 8, "micro_batch": 8, "eval_max_new_tokens": size["tokens"],
@@ -71,21 +62,13 @@ def main(argv=None) -> dict:
     from paraknow.study.plan import check_recipe
 
     size = SIZES["smoke" if args.smoke else "full"]
-    cache = os.environ.get("PARAKNOW_CACHE")
     with tempfile.TemporaryDirectory(prefix="bench-study-parallel-") as tmp:
         root = Path(tmp)
         recipe = parse_recipe(make_recipe(root, size))
         calibration = calibrate(recipe, check_recipe(recipe))  # measured once, outside both sides
-        rounds = {}
-        try:
-            for name, workers in (("one_1", 1), ("two", 2), ("one_2", 1)):
-                os.environ["PARAKNOW_CACHE"] = str(root / f"cache-{name}")  # every side computes its sensitivity
-                rounds[name] = timed_study(recipe, root / name, workers, calibration)
-        finally:
-            if cache is None:
-                os.environ.pop("PARAKNOW_CACHE", None)
-            else:
-                os.environ["PARAKNOW_CACHE"] = cache
+        rounds = run_sides([(name, lambda name=name, workers=workers: timed_study(recipe, root / name, workers,
+                                                                                   calibration))
+                            for name, workers in (("one_1", 1), ("two", 2), ("one_2", 1))], root)
         cells = len(json.loads((root / "two" / "results.json").read_text())["cells"])
     one_s = min(rounds["one_1"], rounds["one_2"])
     figures = {"size": "smoke" if args.smoke else "full", "cells": cells, "cpu_count": os.cpu_count(),

@@ -45,3 +45,38 @@ def write_figures(path, figures: dict) -> None:
     from paraknow.report import write_report
 
     write_report(path, figures, "python " + " ".join(shlex.quote(a) for a in sys.argv))
+
+
+def study_inputs(root, task: str, size: dict) -> dict:
+    """JSONL subsets of a built-in task's splits under `root` for a bench study: the first
+    `size[split]` records of seed, train, val and test. Returns the recipe's data keys."""
+    from pathlib import Path
+
+    from paraknow.data import load_records, to_jsonl
+
+    paths = {}
+    for key, split in (("seed_data", "seed"), ("train_data", "train"), ("val_data", "val"), ("test_data", "test")):
+        path = Path(root) / f"{key}.jsonl"
+        path.write_text(to_jsonl(load_records(f"task:{task}:{split}")[:size[split]]))
+        paths[key] = str(path)
+    return paths
+
+
+def run_sides(sides, cache_root):
+    """{name: seconds} of `sides` ([(name, fn)], each fn() -> seconds) run in turn, each with its
+    own empty PARAKNOW_CACHE under `cache_root` (so every side computes its own sensitivity); the
+    caller's PARAKNOW_CACHE is restored afterwards."""
+    import os
+    from pathlib import Path
+
+    saved, rounds = os.environ.get("PARAKNOW_CACHE"), {}
+    try:
+        for name, fn in sides:
+            os.environ["PARAKNOW_CACHE"] = str(Path(cache_root) / f"cache-{name}")
+            rounds[name] = fn()
+    finally:
+        if saved is None:
+            os.environ.pop("PARAKNOW_CACHE", None)
+        else:
+            os.environ["PARAKNOW_CACHE"] = saved
+    return rounds
