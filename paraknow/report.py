@@ -67,7 +67,9 @@ def provenance(command: str) -> dict:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                    "python": platform.python_version(), "torch": torch.__version__},
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    # other work sharing the machine when the figures were written (1, 5, 15 min)
+                    "load_average": [round(x, 2) for x in os.getloadavg()]},
         **git_commit(),
         "command": command,
     }
