@@ -19,7 +19,7 @@ def _progress(done: int, total: int, message: str) -> None:
     print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_transformers()
+    quiet_transformers()
     try:
         return args.func(args)
     except ParaknowError as exc:

@@ -225,6 +225,8 @@ def _finals(run_dirs, method: str) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    from .study.runner import DEFAULT_WORKERS, WORKERS_HELP
+
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m paraknow.report",
                                      description="Write a README report with its provenance.")
@@ -241,13 +243,13 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", default=str(PACKAGE_DIR.parent / "docs" / "examples" / "study-demo.json"))
     p.add_argument("--dir", default=None, help="study directory (default: the cache's studies/demo)")
     p.add_argument("--out", default=str(RESULTS_DIR / "study_demo"))
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
     args = parser.parse_args(argv)
     import tempfile
 
-    import transformers
+    from .cli import quiet_transformers
 
-    transformers.utils.logging.set_verbosity_error()
+    quiet_transformers()
     try:
         if args.report == "demo":
             figures = demo_report(args.max_new_tokens)
