@@ -348,3 +348,29 @@ def test_arm_factor_groups_the_paper_analyses():
     assert Arm("pkt-attn", "pkt", extract={"modules": "attn"}).factor == "Origin (modules)"
     assert Arm("pkt-x", "pkt", extract={"modules": "attn", "rank": 4}).factor == "Crossed"
     assert Arm("pkt-svd", "pkt", extract={"svd": "exact"}).factor == "Other options"
+
+
+def test_vanilla_trains_the_modules_the_pkt_export_trains(study):
+    """A difference between arms is the initialisation, not the set of trained modules: vanilla
+    LoRA's spec lists the target modules of the PKT arm's export (embeddings included: the tiny
+    pair shares its tokenizer)."""
+    out = study["out"]
+    export = next(c["export"] for c in study["results"]["cells"] if c["arm"] == "pkt" and c["export"])
+    exported = json.loads((out / export / "adapter_config.json").read_text())["target_modules"]
+    for cell in study["results"]["cells"]:
+        if cell["arm"] == "vanilla":
+            spec = json.loads((out / cell["run_dir"] / "spec.json").read_text())
+            assert sorted(spec["target_modules"]) == sorted(exported)
+    assert {"embed_tokens", "lm_head"} <= set(exported)
+
+
+def test_a_recipe_target_modules_is_kept_for_vanilla(tmp_path):
+    from paraknow.study.plan import train_config
+
+    paths = study_inputs(tmp_path / "in")
+    data = tiny_recipe(paths)
+    data["arms"].append({"name": "vanilla-layers", "init": "vanilla", "train": {"target_modules": ["q_proj", "v_proj"]}})
+    recipe = parse_recipe(data)
+    assert train_config(recipe, recipe.arm("vanilla-layers"), 0, None, "vanilla").target_modules == ["q_proj", "v_proj"]
+    no_pkt = parse_recipe(dict(data, arms=[a for a in data["arms"] if a["init"] != "pkt"]))
+    assert train_config(no_pkt, no_pkt.arm("vanilla"), 0, None, "vanilla").target_modules is None  # TrainConfig's default

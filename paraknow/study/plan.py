@@ -6,6 +6,7 @@ and has a single cell (seed and lr None) that every seed is compared against.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 from ..errors import ParaknowError
@@ -74,13 +75,28 @@ def check_recipe(recipe: Recipe) -> DataSizes:
     return DataSizes(**counts)
 
 
+@functools.lru_cache(maxsize=16)
+def default_pkt_targets(teacher: str, student: str) -> tuple[str, ...]:
+    """The modules a default PKT export of this pair trains: the attention and FFN projections, and
+    embed_tokens and lm_head when the two tokenizers are the same (paraknow.transfer.transfer_roles)."""
+    from ..models import describe_ref
+    from ..transfer import transfer_roles
+
+    return tuple(transfer_roles(describe_ref(teacher), describe_ref(student), None))
+
+
 def train_config(recipe: Recipe, arm, seed: int, lr: float | None, init: str, out: str | None = None):
     """The TrainConfig of one cell. PKT trains at its export's rank and alpha, so those (and the
-    target modules) are left to the export."""
+    target modules) are left to the export. Vanilla LoRA and PiSSA train the modules the default
+    PKT export trains (embedding LoRA included when the tokenizers match), as the Fine-tune page's
+    comparison does, so that a difference is the initialisation and not the set of trained
+    modules -- unless the recipe sets `target_modules` for them."""
     settings = recipe.train_settings(arm)
     if arm.init == "pkt":
         for key in ("rank", "alpha", "target_modules"):
             settings.pop(key, None)
+    elif arm.trained and "target_modules" not in settings and recipe.pkt_teacher() is not None:
+        settings["target_modules"] = list(default_pkt_targets(recipe.pkt_teacher(), recipe.student))
     if lr is not None:
         settings["lr"] = lr
     return TrainConfig(student=recipe.student, data=recipe.train_data, eval_data=recipe.val_data,

@@ -126,6 +126,12 @@ class Recipe:
     def teacher_of(self, arm: Arm) -> str:
         return arm.extract.get("teacher") or self.teacher
 
+    def pkt_teacher(self) -> str | None:
+        """The teacher of the study's PKT arms (the recipe's; the first PKT arm's own otherwise);
+        None for a study without PKT arms."""
+        pkt = [arm for arm in self.arms if arm.init == "pkt"]
+        return None if not pkt else (self.teacher or self.teacher_of(pkt[0]))
+
     def random_teacher(self, arm: Arm) -> bool:
         return arm.extract.get("teacher_weights") == "random"
 
