@@ -76,3 +76,28 @@ def test_a_study_whose_process_died_reads_interrupted(tmp_path):
     (tmp_path / STUDY_FILE).write_text(json.dumps({"state": "running", "pid": gone.pid, "pid_start": None}))
     assert read_status(tmp_path)["state"] == "interrupted"
     assert read_status(tmp_path / "nothing")["state"] == "missing"
+
+
+def test_sigterm_during_a_cell_stops_the_study_not_just_the_cell(tmp_path):
+    """`kill PID` on a study process: the training stops at its next step, that cell is recorded
+    stopped, and no further cell starts (the study is `stopped`, resumable)."""
+    import signal
+    import time
+
+    paths = study_inputs(tmp_path / "in")
+    recipe = small_recipe(paths, train={**tiny_recipe(paths)["train"], "epochs": 200})  # 400 steps per cell
+    out = tmp_path / "study"
+    proc = start_study(recipe, out)
+    cell = plan_cells(recipe)[1]
+    assert cell.arm == "vanilla" and cell.seed == 0
+    metrics = out / "cells" / cell.cell_id / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):  # the first cell is training
+        assert proc.poll() is None and time.monotonic() < deadline, (out / "stdout.log").read_text()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 0
+    view = read_study(out)
+    states = {c["arm"] + str(c["seed"]): c["state"] for c in view.results["cells"]}
+    assert view.state == "stopped" and states == {"untunedNone": "finished", "vanilla0": "stopped",
+                                                  "vanilla1": "pending"}

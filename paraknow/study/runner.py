@@ -31,6 +31,8 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict
@@ -171,6 +173,25 @@ class CellStopped(Exception):
 
 def _stop_requested(out: Path) -> bool:
     return (Path(out) / STOP_FILE).exists()
+
+
+def _request_stop(out: Path) -> None:
+    if not _stop_requested(out):
+        atomic_write_text(Path(out) / STOP_FILE, f"{time.time()}\n")
+
+
+@contextlib.contextmanager
+def _sigterm_stops(out: Path):
+    """SIGTERM to the study process stops the study as DIR/STOP does (while a cell trains, the
+    training's own handler stops it first, and a stopped cell ends the study)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: _request_stop(out))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stop_relay(out: Path, run_dir: Path):
@@ -368,6 +389,8 @@ def _run_cells(recipe: Recipe, pending: list[Cell], out: Path, status: dict, say
             _write_status(out, status, cell=cell.cell_id, cells_running=[cell.cell_id])
             record = run_cell(recipe, cell, out, test_records)
             _write_status(out, status, cell=None, cells_running=[])
+            if record["state"] == "stopped":  # STOP, or SIGTERM caught by the cell's training
+                _request_stop(out)
             yield cell, record
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -388,7 +411,10 @@ def _run_cells(recipe: Recipe, pending: list[Cell], out: Path, status: dict, say
                 cell = running.pop(future)
                 ids = [c.cell_id for c in running.values()]
                 _write_status(out, status, cell=ids[0] if ids else None, cells_running=ids)
-                yield cell, future.result()
+                record = future.result()
+                if record["state"] == "stopped":
+                    _request_stop(out)  # the other workers' cells stop too
+                yield cell, record
 
 
 def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | None = None,
@@ -408,7 +434,7 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
     out = Path(out).expanduser().absolute()
     pending, estimate = prepare(recipe, out, resume, calibration)
     out.mkdir(parents=True, exist_ok=True)
-    with _study_lock(out):
+    with _study_lock(out), _sigterm_stops(out):
         _clear_old_stop(out)
         atomic_write_json(out / RECIPE_FILE, recipe.to_dict())
         total = len(plan_cells(recipe))
