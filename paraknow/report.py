@@ -19,7 +19,7 @@ so every figure there can be reproduced and traced.
   sample standard deviation and a Student-t 95 % confidence interval over seeds.
 - `study`: runs (or resumes: finished cells are kept) the shipped study recipe in `--dir`, then
   writes into `--out` summary.json (provenance, recipe, per-arm results and verdicts, signal
-  correlations, timing), results.csv (every cell) and the figures as PNG (bars per arm coloured
+  correlations, timing), results.csv (every cell), table.md (the per-arm table the README quotes) and the figures as PNG (bars per arm coloured
   by factor, the seed-count curve, the learning curves). The PNGs need kaleido and Chromium
   (requirements-images.txt); without them the JSON and CSV are still written and the reason is said.
 """
@@ -183,8 +183,8 @@ def study_report(recipe_path, study_dir: Path, out_dir: Path, workers: int, prog
     from .study import load_recipe, run_study
     from .study.plan import plan_cells
     from .study.runner import read_cell
-    from .study.report import (arm_curves, bars_figure, cells_csv, curves_figure, seed_count_figure,
-                               seed_count_points)
+    from .study.report import (arm_curves, bars_figure, cells_csv, curves_figure, markdown_table,
+                               seed_count_figure, seed_count_points)
     from .fsio import atomic_write_bytes, atomic_write_text
 
     recipe = load_recipe(recipe_path)
@@ -200,6 +200,7 @@ def study_report(recipe_path, study_dir: Path, out_dir: Path, workers: int, prog
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "results.csv", cells_csv(results))
+    atomic_write_text(out_dir / "table.md", markdown_table(results))
     figures = {"bars.png": bars_figure(results).update_layout(width=1500, height=560)}
     points = seed_count_points(recipe, results)
     if points:

@@ -332,6 +332,8 @@ def test_report_study_writes_summary_cells_and_figures_without_rerunning(study, 
     assert summary["timing"]["elapsed_s"] >= max(r["seconds"] for r in records)
     lines = (tmp_path / "docs" / "results.csv").read_text().strip().splitlines()
     assert len(lines) == 1 + len(study["results"]["cells"])
+    table = (tmp_path / "docs" / "table.md").read_text().splitlines()
+    assert len(table) == 2 + len(study["recipe"]["arms"]) and "| `vanilla` | 2 |" in table[2]
     if image_export_unavailable() is None:
         assert set(summary["figures"]) == {"bars.png", "curves.png"}  # one `samples` level: no seed-count curve
         for name in summary["figures"]:

@@ -51,6 +51,16 @@ def arm_rows(results: dict) -> list[dict]:
              "verdict": a["verdict"]} for a in results["arms"]]
 
 
+def markdown_table(results: dict) -> str:
+    """The per-arm table in Markdown, factor by factor (what the README quotes)."""
+    lines = ["| factor | arm | seeds | test accuracy | 95 % CI | paired with the baseline |",
+             "|---|---|---|---|---|---|"]
+    for a in results["arms"]:
+        lines.append(f"| {a.get('factor', '')} | `{a['arm']}` | {a['n']} | {_pct(a['mean'])} % | "
+                     f"{_interval(a['ci95'])} | {a['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
 def format_table(results: dict) -> str:
     """The per-arm table as aligned text (what the CLI prints on stdout)."""
     rows = arm_rows(results)
