@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .options import Placement, add_options
     from .sensitivity import SensitivityConfig
     from .study.runner import DEFAULT_WORKERS, WORKERS_HELP
-    from .train import CLI_FIELDS, TrainConfig
+    from .train_config import CLI_FIELDS, TrainConfig
     from .transfer import TransferConfig
 
     parser = _OneLineParser(prog="paraknow", description="Parametric knowledge transfer between language models.")

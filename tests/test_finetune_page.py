@@ -22,7 +22,8 @@ from paraknow import jobs, viz
 from paraknow.errors import ParaknowError
 from paraknow.fsio import atomic_write_json
 from paraknow.paths import cache_dir
-from paraknow.train import TrainConfig, proc_start_time
+from paraknow.processes import proc_start_time
+from paraknow.train import TrainConfig
 from ui import finetune as F
 from ui import state as S
 

@@ -10,7 +10,7 @@ import functools
 from dataclasses import dataclass, fields
 
 from ..errors import ParaknowError
-from ..train import TrainConfig
+from ..train_config import TrainConfig
 from .recipe import Recipe
 
 DEFAULT_LR = next(f.default for f in fields(TrainConfig) if f.name == "lr")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..train import read_json
+from ..rundir import read_json
 from .plan import Cell, plan_cells
 from .recipe import Recipe
 from .signals import SIGNALS

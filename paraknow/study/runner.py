@@ -41,7 +41,8 @@ from typing import Callable
 
 from ..errors import ParaknowError, first_line
 from ..fsio import atomic_directory, atomic_write_json, atomic_write_text, output_lock, sha256_bytes
-from ..train import LOG_FILE, STOP_FILE, proc_start_time, read_json
+from ..processes import proc_start_time
+from ..rundir import LOG_FILE, STOP_FILE, read_json
 from .budget import calibrate, estimate_study
 from .plan import Cell, check_recipe, plan_cells, train_config
 from .recipe import Recipe
