@@ -165,7 +165,7 @@ if st.session_state.get(S.W_PREVIEW) not in names:
 
 def _label(name: str) -> str:
     # the student module only: a label that depends on the plan would go stale in the open widget
-    return f"student {viz._short(name)}"
+    return f"student {viz.short_module_name(name)}"
 
 
 p1, p2 = st.columns([3, 2], gap="large")

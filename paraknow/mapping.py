@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import math
 import random
-import re
 
 import numpy as np
 import torch
 
+from .architecture import layer_of
 from .errors import ParaknowError
-
-_LAYER_RE = re.compile(r"^(.*?layers)\.(\d+)\.")
 
 
 def layer_scores(scores: dict[str, torch.Tensor], n_layers: int) -> list[float]:
@@ -32,10 +30,9 @@ def layer_scores(scores: dict[str, torch.Tensor], n_layers: int) -> list[float]:
     """
     totals = [0.0] * n_layers
     for name, s in scores.items():
-        m = _LAYER_RE.match(name)
-        if m is None:
+        i = layer_of(name)
+        if i is None:
             continue
-        i = int(m.group(2))
         if i >= n_layers:
             raise ParaknowError(f"the sensitivity map has scores for layer {i} ({name}) but the "
                                 f"model has {n_layers} layers; recompute the map for this model")

@@ -7,7 +7,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from paraknow import load_model
 from paraknow.errors import ParaknowError
-from paraknow.models import SUPPORTED_FAMILIES, describe, describe_config, estimate_memory_bytes, load_config
+from paraknow.models import (SUPPORTED_FAMILIES, describe, describe_config, estimate_memory_bytes,
+                             estimate_sensitivity_memory, load_config)
 from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
 from conftest import SEED_RECORDS, make_tokenizer
 
@@ -48,6 +49,20 @@ def test_dtype_and_memory_estimate(tmp_path):
     assert next(model.parameters()).dtype == torch.bfloat16
     config = load_config(path)
     assert estimate_memory_bytes(config, "bfloat16") * 2 == estimate_memory_bytes(config, None)
+
+
+def test_memory_estimates_take_a_config_or_its_description(tmp_path):
+    """The Models page has a ModelInfo (read before loading), the CLI a config: one estimate for both."""
+    config = load_config(save_family(tmp_path, "llama"))
+    info = describe_config(config)
+    assert estimate_memory_bytes(info, "float32") == estimate_memory_bytes(config, "float32") == info.n_params * 4
+    need = estimate_sensitivity_memory(info, "bfloat16")
+    assert need == estimate_sensitivity_memory(config, "bfloat16")
+    assert need.weights == info.n_params * 2 and need.sums == info.n_params * 4  # float32 running sums
+    assert need.total_bytes() == need.weights + need.sums + need.activations + need.result
+    on_host = estimate_sensitivity_memory(info, "bfloat16", sums_on_host=True)
+    # float32 sums kept on the host already are the gathered map: no second copy
+    assert on_host.total_bytes() == need.total_bytes() - need.result and on_host.device_bytes() < need.device_bytes()
 
 
 def test_unsupported_family_is_named(tmp_path):

@@ -174,7 +174,7 @@ def test_plan_rows_captured_bars_and_export_figures():
     assert len(viz.spectrum_figure(manifest, modules=[plan.modules[0].student_module]).data) == 1
     energy = viz.energy_figure(manifest)
     assert [t.name for t in energy.data] == ["energy at rank r", "captured sensitivity"]
-    assert viz._short("model.layers.3.self_attn.q_proj") == "L3.q_proj"
+    assert viz.short_module_name("model.layers.3.self_attn.q_proj") == "L3.q_proj"
 
 
 # ---- linear CKA ----------------------------------------------------------------------
