@@ -77,23 +77,23 @@ if len(infos) == 2:
     t, s = infos["teacher"], infos["student"]
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Layers (teacher → student)", f"{t.n_layers} → {s.n_layers}")
-    c2.metric("Tokenizer", "differs" if report["tokenizer_mismatch"] else
+    c2.metric("Tokenizer", "differs" if report.tokenizer_mismatch else
               ("same" if tokenizers_verified(t, s) else "same size"),
-              help=report["tokenizer_mismatch"] or f"{t.vocab_size} tokens; compared by a sha256 of the token -> id "
+              help=report.tokenizer_mismatch or f"{t.vocab_size} tokens; compared by a sha256 of the token -> id "
               "mapping (embeddings transfer only between the same tokenizer)")
-    c3.metric("Grouped-query attention", f"T {'yes' if report['gqa']['teacher'] else 'no'} · "
-                                         f"S {'yes' if report['gqa']['student'] else 'no'}")
-    c4.metric("Modules that transfer", f"{sum(r['transfers'] for r in report['rows'])} / {len(report['rows'])}")
-    for kind, msg in report["errors"].items():
+    c3.metric("Grouped-query attention", f"T {'yes' if report.teacher_gqa else 'no'} · "
+                                         f"S {'yes' if report.student_gqa else 'no'}")
+    c4.metric("Modules that transfer", f"{report.transferable} / {len(report.rows)}")
+    for kind, msg in report.errors.items():
         if kind == "depth":
             st.error(msg + " (A manual layer map on the Mapping page can reuse teacher layers.)",
                      icon=":material/error:")
         else:
             st.error(msg, icon=":material/error:")
-    for note in report["notes"]:
+    for note in report.notes:
         st.info(note, icon=":material/info:")
-    rows = [{"module": r["module"], "teacher [out, in]": str(r["teacher"]), "student [out, in]": str(r["student"]),
-             "transfers": bool(r["transfers"]), "why not": r["reason"]} for r in report["rows"]]
+    rows = [{"module": r.module, "teacher [out, in]": str(r.teacher), "student [out, in]": str(r.student),
+             "transfers": r.transfers, "why not": r.reason} for r in report.rows]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=35 * (len(rows) + 1) + 3,
                  column_config={"transfers": st.column_config.CheckboxColumn()})
 

@@ -7,7 +7,7 @@ import streamlit as st
 from paraknow import viz
 from paraknow.diagnostics import module_cosines
 from paraknow.errors import ParaknowError
-from paraknow.extract import STRUCTURES
+from paraknow.extract import STRUCTURES, oriented
 from paraknow.mapping import LAYER_STRATEGIES, map_layers
 from paraknow.models import ATTN_ROLES, EMBED_ROLES, FFN_ROLES
 from paraknow.structure import COHERENT, head_axes
@@ -46,7 +46,7 @@ report = compatibility(t_info, s_info)
 
 def _auto_map(strategy: str) -> list:
     try:
-        return map_layers(strategy, n_t, n_s, scores=sens["layer_scores"], seed=int(st.session_state[S.W_MAP_SEED]))
+        return map_layers(strategy, n_t, n_s, scores=sens.layer_scores, seed=int(st.session_state[S.W_MAP_SEED]))
     except ParaknowError:
         return [min(j, n_t - 1) for j in range(n_s)]
 
@@ -91,11 +91,11 @@ with st.container(border=True):
         cols = st.columns([1, 1.3, 1.3, 1.3, 1.3, 0.6])
         cols[0].caption(label)
         for box, role in zip(cols[1:], roles):
-            disabled = role in EMBED_ROLES and not report["vocab_match"]
+            disabled = role in EMBED_ROLES and not report.vocab_match
             box.checkbox(role, key=S.W_MODULE_PREFIX + role, **PERSIST, disabled=disabled,
-                         help=f"embeddings cannot transfer: {report['tokenizer_mismatch']}" if disabled else None)
-    if not report["vocab_match"]:
-        st.caption(f"Embeddings are skipped: {report['tokenizer_mismatch']}.")
+                         help=f"embeddings cannot transfer: {report.tokenizer_mismatch}" if disabled else None)
+    if not report.vocab_match:
+        st.caption(f"Embeddings are skipped: {report.tokenizer_mismatch}.")
 
 if strategy == "manual" and (not S.get(S.MANUAL_MAP) or len(S.get(S.MANUAL_MAP)) != n_s):
     S.put(S.MANUAL_MAP, _auto_map("sensitivity"))
@@ -139,14 +139,14 @@ except ParaknowError as exc:
 
 with right:
     if strategy != "manual":
-        st.dataframe(pd.DataFrame(viz.mapping_table(plan.layer_map, sens["layer_scores"])), hide_index=True,
+        st.dataframe(pd.DataFrame(viz.mapping_table(plan.layer_map, sens.layer_scores)), hide_index=True,
                      width="stretch", column_config={"teacher layer share": st.column_config.ProgressColumn(
                          format="percent", min_value=0, max_value=max(1e-12, max(
-                             s / (sum(sens["layer_scores"]) or 1) for s in sens["layer_scores"])))})
+                             s / (sum(sens.layer_scores) or 1) for s in sens.layer_scores)))})
         st.button("Edit this mapping by hand", on_click=_edit_as_manual, args=(plan.layer_map,),
                   icon=":material/edit:", key="w_map_to_manual")
 with left:
-    W.chart(viz.mapping_diagram(plan.layer_map, n_t, sens["layer_scores"]),
+    W.chart(viz.mapping_diagram(plan.layer_map, n_t, sens.layer_scores),
             config={"displayModeBar": False}, key="map_diagram")
 for note in plan.notes:
     st.info(note, icon=":material/info:")
@@ -232,8 +232,7 @@ with p2:
             if mod.auto_captured is not None:
                 st.caption(f"The automatic **{structure}** selection captures {mod.auto_captured:.1%}.")
 with p1:
-    scores_m = sens["scores"][mod.teacher_param]
-    scores_m = scores_m.T if mod.transposed else scores_m
+    scores_m = oriented(sens.scores[mod.teacher_param], mod.transposed)  # [o_T, i_T]
     W.chart(viz.matrix_figure(scores_m, title=f"{mod.teacher_param}{' (transposed)' if mod.transposed else ''}",
                               selection=mod.selection, height=520,
                               heads=head_axes(mod.role, t_info.head_dim)),

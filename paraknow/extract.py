@@ -1,4 +1,4 @@
-"""Dimensionality reduction of one teacher matrix to the student's shape (SPEC 2.4).
+"""Dimensionality reduction of one teacher matrix to the student's shape (docs/method.md).
 
 Pure tensor code: give it a sensitivity matrix S_T [o_T, i_T] and the student's shape
 [o_S, i_S], get back a `Selection` saying which teacher entries to keep.
@@ -198,6 +198,11 @@ class Selection:
                 and torch.equal(self.cols, torch.arange(c, c + len(self.cols)))):
             return r, c
         return None
+
+
+def oriented(matrix: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """A weight or its sensitivity as the plan orients it: embed_tokens [V, d] -> [d, V]."""
+    return matrix.T if transposed else matrix
 
 
 def _top_sorted(values: torch.Tensor, k: int) -> torch.Tensor:

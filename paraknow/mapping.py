@@ -21,6 +21,7 @@ import torch
 
 from .architecture import layer_of
 from .errors import ParaknowError
+from .extract import evenly_spaced
 
 
 def layer_scores(scores: dict[str, torch.Tensor], n_layers: int) -> list[float]:
@@ -40,13 +41,6 @@ def layer_scores(scores: dict[str, torch.Tensor], n_layers: int) -> list[float]:
     return totals
 
 
-def _evenly_spaced(n: int, k: int) -> list[int]:
-    """k strictly increasing integers in [0, n), first and last included when k > 1."""
-    if k == 1:
-        return [0]
-    return [(2 * j * (n - 1) + (k - 1)) // (2 * (k - 1)) for j in range(k)]  # round(j*(n-1)/(k-1))
-
-
 def _sensitivity(n_teacher, n_student, scores, seed, manual, similarity):
     best = sorted(range(n_teacher), key=lambda i: (-scores[i], i))[:n_student]  # ties -> lower index
     return sorted(best)
@@ -61,7 +55,7 @@ def _last(n_teacher, n_student, scores, seed, manual, similarity):
 
 
 def _uniform(n_teacher, n_student, scores, seed, manual, similarity):
-    return _evenly_spaced(n_teacher, n_student)
+    return evenly_spaced(n_teacher, n_student).tolist()
 
 
 def _random(n_teacher, n_student, scores, seed, manual, similarity):

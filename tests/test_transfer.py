@@ -153,21 +153,24 @@ def test_compatibility_errors(tokenizer, seed_records):
     teacher, student = pair()
     t_info, s_info = describe(teacher), describe(student)
     report = compatibility(t_info, s_info)
-    assert not report["errors"] and report["gqa"] == {"teacher": True, "student": True}
+    assert not report.errors and report.teacher_gqa and report.student_gqa
     scores = compute_sensitivity(student, tokenizer, seed_records, SensitivityConfig(samples=2))
     with pytest.raises(ParaknowError, match="deeper teacher"):
         plan_transfer(s_info, t_info, scores, TransferConfig())
     with pytest.raises(ParaknowError, match="narrower"):  # a manual map allows depth, not width
         plan_transfer(s_info, t_info, scores, TransferConfig(layers="manual", manual_map=[0, 1, 1, 0]))
     other_vocab = describe(tiny_llama(layers=2, hidden=64, ffn=128, vocab=120))
-    assert not compatibility(t_info, other_vocab)["vocab_match"]
+    mismatched = compatibility(t_info, other_vocab)
+    assert not mismatched.vocab_match and "differ in size" in mismatched.tokenizer_mismatch
+    assert {r.module for r in mismatched.rows if not r.transfers} == {"embed_tokens", "lm_head"}
+    assert mismatched.transferable == len(mismatched.rows) - 2
 
 
 def test_tied_embedding_note_only_when_embeddings_transfer(tokenizer, seed_records):
     teacher, student = pair(tied_student=True)
     scores = compute_sensitivity(teacher, tokenizer, seed_records[:2], SensitivityConfig(samples=2))
     t_info, s_info = describe(teacher), describe(student)
-    assert any("ties lm_head" in n for n in compatibility(t_info, s_info)["notes"])  # the Models page says it
+    assert any("ties lm_head" in n for n in compatibility(t_info, s_info).notes)  # the Models page says it
     without = plan_transfer(t_info, s_info, scores, TransferConfig(modules=("attn", "ffn")))
     assert not any("ties lm_head" in n for n in without.notes)
     embeds = plan_transfer(t_info, s_info, scores, TransferConfig(modules=("attn", "embed")))
