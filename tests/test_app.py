@@ -219,7 +219,7 @@ def test_export_helpers(tmp_path):
 
 
 def test_damaged_model_files_show_the_same_message_as_the_cli(tmp_path):
-    from conftest import make_tokenizer, tiny_llama
+    from tiny import make_tokenizer, tiny_llama
     from paraknow.models import load_config
 
     damaged = tmp_path / "damaged"

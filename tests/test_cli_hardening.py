@@ -26,7 +26,7 @@ from paraknow.data import to_jsonl
 from paraknow.errors import ParaknowError
 from paraknow.fsio import atomic_directory, atomic_write_json, lock_path, output_lock
 from paraknow.paths import cache_dir
-from conftest import SEED_RECORDS, make_tokenizer, tiny_llama
+from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 

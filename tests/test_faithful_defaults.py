@@ -13,7 +13,7 @@ from paraknow.cli import main
 from paraknow.errors import ParaknowError
 from paraknow.models import describe, vocab_fingerprint
 from paraknow.transfer import TransferConfig, check_transferable, compatibility
-from conftest import make_tokenizer, tiny_llama
+from tiny import make_tokenizer, tiny_llama
 
 
 def permuted_tokenizer() -> PreTrainedTokenizerFast:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import SEED_RECORDS, make_tokenizer, tiny_llama
+from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 from paraknow import jobs, viz
 from paraknow.errors import ParaknowError
 from paraknow.fsio import atomic_write_json

@@ -14,7 +14,7 @@ import pytest
 from paraknow import jobs
 from paraknow.errors import ParaknowError
 from paraknow.train import TrainConfig
-from conftest import SEED_RECORDS, make_tokenizer, tiny_llama
+from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 

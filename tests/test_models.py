@@ -10,7 +10,7 @@ from paraknow.errors import ParaknowError
 from paraknow.models import (SUPPORTED_FAMILIES, describe, describe_config, estimate_memory_bytes,
                              estimate_sensitivity_memory, load_config)
 from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
-from conftest import SEED_RECORDS, make_tokenizer
+from tiny import SEED_RECORDS, make_tokenizer
 
 TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=103, max_position_embeddings=256, head_dim=16)

@@ -3,9 +3,12 @@ import torch
 
 from paraknow.data import collate, encode_all
 from paraknow.errors import ParaknowError
+from paraknow.data import records_sha256
+from paraknow.mapping import layer_scores
 from paraknow.sensitivity import (SensitivityConfig, cached_sensitivity, compute_sensitivity, group_shares,
-                                  load_sensitivity, marginals, module_table, pooled, save_sensitivity)
-from conftest import tiny_llama
+                                  load_sensitivity, marginals, module_table, pooled, save_sensitivity,
+                                  sensitivity_map)
+from tiny import tiny_llama
 
 
 def reference_grads(model, tokenizer, records):
@@ -85,6 +88,26 @@ def test_file_roundtrip_and_cache(tmp_path, tokenizer, seed_records):
     loaded, loaded_meta = load_sensitivity(path)
     assert loaded_meta == {"metric": "taylor-abs", "samples": 4}
     assert all(torch.equal(loaded[k], scores[k]) for k in scores)
+
+
+def test_sensitivity_map_says_whether_it_came_from_the_cache(tokenizer, seed_records):
+    model = tiny_llama(layers=3)
+    config = SensitivityConfig(samples=4)
+    first = sensitivity_map(model, tokenizer, seed_records, config, "seeds", 3, model_ref="tiny")
+    second = sensitivity_map(model, tokenizer, seed_records, config, "seeds again", 3, model_ref="tiny")
+    assert not first.cached and second.cached and first.id != second.id
+    assert first.records == seed_records[:4] and first.data_sha256 == records_sha256(seed_records[:4])
+    reference = compute_sensitivity(model, tokenizer, seed_records, config)
+    assert all(torch.equal(first.scores[k], reference[k]) and torch.equal(second.scores[k], reference[k])
+               for k in reference)
+    assert first.layer_scores == pytest.approx(layer_scores(reference, 3))
+    assert first.table == module_table(reference) and first.shares == group_shares(reference)
+    assert first.meta["data_sha256"] == first.data_sha256 and first.meta["model"] == "tiny"
+    assert second.provenance("t", "s") == {"teacher": "t", "student": "s", "data": "seeds again",
+                                           "metric": "taylor-abs", "samples": 4, "max_length": 2048,
+                                           "data_sha256": first.data_sha256}
+    with pytest.raises(ParaknowError, match="only 8"):
+        sensitivity_map(model, tokenizer, seed_records, SensitivityConfig(samples=9), "seeds", 3)
 
 
 def test_summaries(tokenizer, seed_records):

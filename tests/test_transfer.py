@@ -11,8 +11,8 @@ from paraknow.extract import max_sum_block_reference
 from paraknow.lora import read_adapter, residual_to_plain, student_from_export
 from paraknow.models import describe
 from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
-from paraknow.transfer import TransferConfig, compatibility, export_transfer, plan_transfer
-from conftest import tiny_llama
+from paraknow.transfer import TransferConfig, compatibility, export_transfer, plan_transfer, verify_export
+from tiny import tiny_llama
 
 INPUT = torch.tensor([[1, 20, 33, 45, 50, 61, 70, 12, 5]])
 
@@ -108,6 +108,21 @@ def test_additive_mode_starts_at_student_plus_teacher(tmp_path, tokenizer, seed_
     fresh = tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2)
     torch.testing.assert_close(merged.model.layers[0].mlp.up_proj.weight,
                                fresh.model.layers[0].mlp.up_proj.weight + 2.0 * B @ A, rtol=1e-5, atol=1e-5)
+
+
+def test_verify_export_loads_it_with_plain_peft(tmp_path, tokenizer, seed_records):
+    """Residual: the student's function is unchanged (tolerance scaled by the logits); additive: changed."""
+    teacher, student = pair()
+    records = seed_records[:3]
+    _, _, _, residual = run_export(tmp_path / "r", teacher, student, tokenizer, seed_records)
+    check = verify_export(student, tokenizer, residual, records)
+    assert check.mode == "residual" and check.unchanged and check.max_change < 1e-4
+    assert check.samples == 3 and check.tokens > 3 and check.tolerance == pytest.approx(1e-3 * max(1.0, check.max_logit))
+    _, _, _, additive = run_export(tmp_path / "a", teacher, student, tokenizer, seed_records, mode="additive")
+    changed = verify_export(student, tokenizer, additive, records)
+    assert changed.mode == "additive" and not changed.unchanged and changed.max_change > changed.tolerance
+    assert changed.to_dict()["unchanged"] is False
+    torch.testing.assert_close(logits(student), logits(pair()[1]))  # the student itself was not touched
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from conftest import TOKENIZER, tiny_llama
+from tiny import TOKENIZER, tiny_llama
 from paraknow import viz
 from paraknow.errors import ParaknowError
 from paraknow.extract import block_selection, select
