@@ -1,4 +1,4 @@
-"""Layer selection: which teacher layer feeds each student layer (SPEC 2.3).
+"""Layer selection: which teacher layer feeds each student layer (docs/method.md).
 
 A mapping is a list indexed by student layer: mapping[j] = teacher layer, or None when
 student layer j receives nothing. Strategies (registry `LAYER_STRATEGIES`):

@@ -1,4 +1,4 @@
-"""Fine-tuning runs (SPEC 2.7, 5 `train`) on tiny random models: files, adapters, STOP, failures."""
+"""Fine-tuning runs (`paraknow train`) on tiny random models: files, adapters, STOP, failures."""
 import json
 
 import pytest
