@@ -82,8 +82,7 @@ PAGES = [
     st.Page(W.PAGE_MAPPING, title="Mapping", url_path="Mapping", icon=":material/account_tree:"),
     st.Page(W.PAGE_EXPORT, title="Export", url_path="Export", icon=":material/package_2:"),
 ]
-if W.finetune_available():  # page 6 is added by the fine-tuning work
-    PAGES.append(st.Page(W.PAGE_FINETUNE, title="Fine-tune", url_path="Fine-tune", icon=":material/model_training:"))
+PAGES.append(st.Page(W.PAGE_FINETUNE, title="Fine-tune", url_path="Fine-tune", icon=":material/model_training:"))
 PAGES.append(st.Page(W.PAGE_PLAYGROUND, title="Playground", url_path="Playground", icon=":material/compare:"))
 PAGES.append(st.Page(W.PAGE_STUDY, title="Study", url_path="Study", icon=":material/science:"))
 

@@ -133,7 +133,7 @@ try:
     with st.spinner("Planning: layer map and the selection in every teacher matrix…"):
         plan = W.current_plan()
 except ParaknowError as exc:
-    st.error(f"{exc} (The rank is set on the Export page.)" if "rank" in str(exc) else str(exc),
+    st.error(f"{exc} (The rank is set on the Export page.)" if exc.setting == "rank" else str(exc),
              icon=":material/error:")
     W.stop()
 

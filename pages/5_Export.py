@@ -138,12 +138,8 @@ if export:
                 st.info(text + " Additive mode: the change is the injected teacher knowledge.", icon=":material/info:")
     W.report_actions("Export", {"export": export["dir"], **{k: manifest.get(k) for k in (
         "rank", "alpha", "split", "mode", "structure", "layer_map")}, "modules exported": len(mods)})
-    if W.finetune_available():
-        st.page_link(W.PAGE_FINETUNE, label="Next: fine-tune the student from this export",
-                     icon=":material/arrow_forward:")
-    else:
-        st.caption(f"Next: fine-tune from it with `python -m paraknow train --student {manifest['student']} "
-                   f"--data task:arith:train --init {export['dir']} --out RUN_DIR`.")
+    st.page_link(W.PAGE_FINETUNE, label="Next: fine-tune the student from this export",
+                 icon=":material/arrow_forward:")
 
 # ---- earlier exports ------------------------------------------------------------------
 earlier = ops.list_exports(cache_dir("exports"))

@@ -188,7 +188,7 @@ def _targets(teacher: ModelInfo, student: ModelInfo, scores: dict, config: Trans
                                 "pick a wider teacher or leave this module out.")
         if config.rank > min(s_shape):
             raise ParaknowError(f"rank {config.rank} is larger than {role}'s smallest dimension "
-                                f"{min(s_shape)}: lower --rank.")
+                                f"{min(s_shape)}: lower --rank.", setting="rank")
         sens = oriented(scores[t_param], transposed)  # [o_T, i_T]
         planned.append(_Target(s_layer, t_layer, role, t_param, t_shape, s_shape, transposed, sens))
     return planned

@@ -175,6 +175,13 @@ def test_compatibility_errors(tokenizer, seed_records):
     with pytest.raises(ParaknowError, match="narrower"):  # a manual map allows depth, not width
         plan_transfer(s_info, t_info, scores, TransferConfig(layers="manual", manual_map=[0, 1, 1, 0]))
     other_vocab = describe(tiny_llama(layers=2, hidden=64, ffn=128, vocab=120))
+    teacher_scores = compute_sensitivity(teacher, tokenizer, seed_records[:2], SensitivityConfig(samples=2))
+    with pytest.raises(ParaknowError, match="lower --rank") as too_large:  # the page names where rank is set
+        plan_transfer(t_info, s_info, teacher_scores, TransferConfig(rank=65))
+    assert too_large.value.setting == "rank"
+    with pytest.raises(ParaknowError) as deeper:
+        plan_transfer(s_info, t_info, scores, TransferConfig())
+    assert deeper.value.setting is None
     mismatched = compatibility(t_info, other_vocab)
     assert not mismatched.vocab_match and "differ in size" in mismatched.tokenizer_mismatch
     assert {r.module for r in mismatched.rows if not r.transfers} == {"embed_tokens", "lm_head"}

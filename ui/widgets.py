@@ -575,11 +575,6 @@ def require(*needs: str) -> bool:
     return True
 
 
-def finetune_available() -> bool:
-    """Page 6 (Fine-tune) is added by the fine-tuning work; until then the pages point to the CLI."""
-    return (ROOT / PAGE_FINETUNE).exists()
-
-
 def cache_panel() -> None:
     """The runtime cache: entries and size per kind, the cap, and a clear button (entries in use
     are kept). Same library as `python -m paraknow cache list|clear`."""
