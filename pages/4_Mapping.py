@@ -7,31 +7,14 @@ import streamlit as st
 from paraknow import viz
 from paraknow.diagnostics import module_cosines
 from paraknow.errors import ParaknowError
-from paraknow.extract import STRUCTURES, oriented
-from paraknow.mapping import LAYER_STRATEGIES, map_layers
+from paraknow.extract import STRUCTURE_HELP, STRUCTURES, oriented
+from paraknow.mapping import LAYER_STRATEGIES, STRATEGY_HELP, map_layers
 from paraknow.models import ATTN_ROLES, EMBED_ROLES, FFN_ROLES
 from paraknow.structure import COHERENT, head_axes
 from paraknow.transfer import compatibility
 from ui import state as S
 from ui import widgets as W
 from ui.state import PERSIST
-
-STRATEGY_HELP = {
-    "sensitivity": "the student-count most sensitive teacher layers, in order (the paper's)",
-    "first": "the first teacher layers", "last": "the last teacher layers",
-    "uniform": "evenly spaced teacher layers, first and last included",
-    "random": "random teacher layers (seeded), in order",
-    "manual": "any teacher layer per student layer (edit the table); layers may repeat or stay unmapped",
-    "cka": "the teacher layers, in depth order, whose hidden states are most similar (linear CKA) to the "
-           "student layers they feed",
-}
-STRUCTURE_HELP = {
-    "submatrix": "the contiguous student-sized block with the most sensitivity (the paper's)",
-    "rowcol": "the most sensitive rows and columns, wherever they are",
-    "elements": "the most sensitive single entries (destroys the matrix structure; ablation)",
-    "random": "random rows and columns (seeded)", "uniform": "evenly spaced rows and columns (Weight Selection)",
-    "heads": "whole attention heads with their GQA key/value groups, whole FFN neurons",
-}
 
 W.entry_guard()
 st.title("Mapping")

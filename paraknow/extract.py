@@ -286,6 +286,14 @@ STRUCTURES = {
     "uniform": _uniform,
     "heads": _rowcol,  # per matrix only where there are no heads or neurons to keep whole
 }
+# one line per structure for the app's picker (tests check it covers STRUCTURES)
+STRUCTURE_HELP = {
+    "submatrix": "the contiguous student-sized block with the most sensitivity (the paper's)",
+    "rowcol": "the most sensitive rows and columns, wherever they are",
+    "elements": "the most sensitive single entries (destroys the matrix structure; ablation)",
+    "random": "random rows and columns (seeded)", "uniform": "evenly spaced rows and columns (Weight Selection)",
+    "heads": "whole attention heads with their GQA key/value groups, whole FFN neurons",
+}
 
 
 def select(structure: str, scores: torch.Tensor, n_rows: int, n_cols: int, seed: int = 0) -> Selection:

@@ -97,6 +97,16 @@ LAYER_STRATEGIES = {
     "manual": _manual,
     "cka": _cka,
 }
+# one line per strategy for the app's picker (tests check it covers LAYER_STRATEGIES)
+STRATEGY_HELP = {
+    "sensitivity": "the student-count most sensitive teacher layers, in order (the paper's)",
+    "first": "the first teacher layers", "last": "the last teacher layers",
+    "uniform": "evenly spaced teacher layers, first and last included",
+    "random": "random teacher layers (seeded), in order",
+    "manual": "any teacher layer per student layer (edit the table); layers may repeat or stay unmapped",
+    "cka": "the teacher layers, in depth order, whose hidden states are most similar (linear CKA) to the "
+           "student layers they feed",
+}
 
 
 def map_layers(strategy: str, n_teacher: int, n_student: int, scores: list[float] | None = None,

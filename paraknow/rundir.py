@@ -17,16 +17,14 @@ reads (and is persisted) as `failed`.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
 import time
-import zipfile
 from pathlib import Path
 
 from .errors import ParaknowError
-from .fsio import atomic_write_json, atomic_write_text, check_writable_parent
+from .fsio import atomic_write_json, atomic_write_text, check_writable_parent, zip_folder
 from .paths import cache_dir
 from .processes import pid_alive
 from .validate import type_problem
@@ -255,9 +253,4 @@ def adapter_zip(run_dir) -> bytes:
     if not (adapter / "adapter_config.json").is_file():
         raise ParaknowError(f"run {Path(run_dir).name} has no adapter yet: it is saved when training "
                             "finishes or is stopped.")
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(adapter.rglob("*")):
-            if path.is_file():
-                zf.write(path, f"{ADAPTER_DIR}/{path.relative_to(adapter).as_posix()}")
-    return buffer.getvalue()
+    return zip_folder(adapter)

@@ -7,12 +7,11 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import re
-import zipfile
 from pathlib import Path
 
 from paraknow.errors import ParaknowError
+from paraknow.fsio import zip_folder
 
 NAME_MAX = 80
 NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}$")
@@ -82,12 +81,7 @@ def zip_dir(directory) -> bytes:
     directory = Path(directory)
     if not directory.is_dir():
         raise ParaknowError(f"export folder {directory} does not exist any more; export again.")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(directory.rglob("*")):
-            if path.is_file():
-                zf.write(path, arcname=str(Path(directory.name) / path.relative_to(directory)))
-    return buf.getvalue()
+    return zip_folder(directory)
 
 
 def files_table(directory) -> list[dict]:
