@@ -57,15 +57,14 @@ def home() -> None:
                                key="home_pipeline")
     with right:
         st.subheader("This session")
-        t, s, sens, plan, exp = (S.get(S.TEACHER), S.get(S.STUDENT), S.get(S.SENS), S.get(S.PLAN),
-                                 S.get(S.EXPORT))
+        t, s, sens, held = S.get(S.TEACHER), S.get(S.STUDENT), S.get(S.SENS), S.get(S.PLAN)
         t_info, s_info = S.get(S.TEACHER_INFO), S.get(S.STUDENT_INFO)
         rows = [
             ("Teacher", f"{t['ref']} · {t_info.n_layers} layers · {t_info.n_params / 1e6:.2f}M params" if t else "not loaded"),
             ("Student", f"{s['ref']} · {s_info.n_layers} layers · {s_info.n_params / 1e6:.2f}M params" if s else "not loaded"),
-            ("Sensitivity", f"{sens['label']} · {sens['config']['samples']} samples · {sens['config']['metric']}"
+            ("Sensitivity", f"{sens.label} · {sens.config.samples} samples · {sens.config.metric}"
              if sens else "not computed"),
-            ("Mapping", f"layers {plan[1].layer_map} · {len(plan[1].modules)} modules" if plan else "not planned"),
+            ("Mapping", f"layers {held.plan.layer_map} · {len(held.plan.modules)} modules" if held else "not planned"),
             ("Exports", ", ".join(S.get(S.EXPORTS_MADE)) or "none yet"),
         ]
         st.table({"step": [r[0] for r in rows], "state": [r[1] for r in rows]})
@@ -83,8 +82,7 @@ PAGES = [
     st.Page(W.PAGE_MAPPING, title="Mapping", url_path="Mapping", icon=":material/account_tree:"),
     st.Page(W.PAGE_EXPORT, title="Export", url_path="Export", icon=":material/package_2:"),
 ]
-if W.finetune_available():  # page 6 is added by the fine-tuning work
-    PAGES.append(st.Page(W.PAGE_FINETUNE, title="Fine-tune", url_path="Fine-tune", icon=":material/model_training:"))
+PAGES.append(st.Page(W.PAGE_FINETUNE, title="Fine-tune", url_path="Fine-tune", icon=":material/model_training:"))
 PAGES.append(st.Page(W.PAGE_PLAYGROUND, title="Playground", url_path="Playground", icon=":material/compare:"))
 PAGES.append(st.Page(W.PAGE_STUDY, title="Study", url_path="Study", icon=":material/science:"))
 

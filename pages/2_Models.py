@@ -1,12 +1,10 @@
 """Models: pick teacher and student, see both architectures and their compatibility, then load."""
 from __future__ import annotations
 
-import os
-
 import pandas as pd
 import streamlit as st
 
-from paraknow.models import DTYPES
+from paraknow.memory import available_memory_bytes, estimate_memory_bytes, estimate_sensitivity_memory
 from paraknow.transfer import compatibility, tokenizers_verified
 from ui import state as S
 from ui import widgets as W
@@ -46,13 +44,6 @@ for role, col in zip(S.ROLES, columns):
             st.caption(f"Currently loaded: `{loaded['ref']}` ({loaded['dtype']}). Press **Load** to switch.")
 
 
-def _available_memory() -> int | None:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 if infos:
     st.subheader("Architectures")
     props = ["family", "decoder layers", "hidden size", "FFN size", "attention heads", "KV heads",
@@ -64,17 +55,17 @@ if infos:
         if info is None:
             continue
         dtype = specs[role]["dtype"]
-        weights = info.n_params * DTYPES[dtype].itemsize
+        weights = estimate_memory_bytes(info, dtype)
         gqa = f"{info.n_kv_heads}" + (" (GQA)" if info.n_kv_heads < info.n_heads else "")
         table[role] = [info.family, info.n_layers, info.hidden_size, info.intermediate_size, info.n_heads, gqa,
                        info.head_dim, info.vocab_size, "yes" if info.tied_embeddings else "no",
                        f"{info.n_params / 1e6:,.2f} M", f"{W.fmt_bytes(weights)} ({dtype})",
-                       f"{W.fmt_bytes(weights + 2 * info.n_params * 4)} + activations" if role == "teacher" else "—"]
+                       W.fmt_bytes(estimate_sensitivity_memory(info, dtype).total_bytes()) if role == "teacher" else "—"]
     st.dataframe(pd.DataFrame({k: [str(v) for v in vals] for k, vals in table.items()}, index=props),
                  width="stretch", height=35 * (len(props) + 1) + 3)
-    free = _available_memory()
+    free = available_memory_bytes("cpu")
     if free:
-        need = sum(infos[r].n_params * DTYPES[specs[r]["dtype"]].itemsize for r in infos)
+        need = sum(estimate_memory_bytes(infos[r], specs[r]["dtype"]) for r in infos)
         st.caption(f"Free memory now: {W.fmt_bytes(free)}; both models' weights: {W.fmt_bytes(need)}.")
         if need > free:
             st.error(f"Not enough free memory to load these models ({W.fmt_bytes(need)} needed, "
@@ -86,23 +77,23 @@ if len(infos) == 2:
     t, s = infos["teacher"], infos["student"]
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Layers (teacher → student)", f"{t.n_layers} → {s.n_layers}")
-    c2.metric("Tokenizer", "differs" if report["tokenizer_mismatch"] else
+    c2.metric("Tokenizer", "differs" if report.tokenizer_mismatch else
               ("same" if tokenizers_verified(t, s) else "same size"),
-              help=report["tokenizer_mismatch"] or f"{t.vocab_size} tokens; compared by a sha256 of the token -> id "
+              help=report.tokenizer_mismatch or f"{t.vocab_size} tokens; compared by a sha256 of the token -> id "
               "mapping (embeddings transfer only between the same tokenizer)")
-    c3.metric("Grouped-query attention", f"T {'yes' if report['gqa']['teacher'] else 'no'} · "
-                                         f"S {'yes' if report['gqa']['student'] else 'no'}")
-    c4.metric("Modules that transfer", f"{sum(r['transfers'] for r in report['rows'])} / {len(report['rows'])}")
-    for kind, msg in report["errors"].items():
+    c3.metric("Grouped-query attention", f"T {'yes' if report.teacher_gqa else 'no'} · "
+                                         f"S {'yes' if report.student_gqa else 'no'}")
+    c4.metric("Modules that transfer", f"{report.transferable} / {len(report.rows)}")
+    for kind, msg in report.errors.items():
         if kind == "depth":
             st.error(msg + " (A manual layer map on the Mapping page can reuse teacher layers.)",
                      icon=":material/error:")
         else:
             st.error(msg, icon=":material/error:")
-    for note in report["notes"]:
+    for note in report.notes:
         st.info(note, icon=":material/info:")
-    rows = [{"module": r["module"], "teacher [out, in]": str(r["teacher"]), "student [out, in]": str(r["student"]),
-             "transfers": bool(r["transfers"]), "why not": r["reason"]} for r in report["rows"]]
+    rows = [{"module": r.module, "teacher [out, in]": str(r.teacher), "student [out, in]": str(r.student),
+             "transfers": r.transfers, "why not": r.reason} for r in report.rows]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", height=35 * (len(rows) + 1) + 3,
                  column_config={"transfers": st.column_config.CheckboxColumn()})
 

@@ -7,20 +7,13 @@ import pandas as pd
 import streamlit as st
 
 from paraknow import viz
+from paraknow.mapping import map_layers
 from paraknow.models import LAYER_ROLES
 from paraknow.sensitivity import METRICS, SensitivityConfig
 from paraknow.tasks import TASKS
 from ui import state as S
 from ui import widgets as W
 from ui.state import PERSIST
-
-METRIC_HELP = {
-    "taylor-abs": "the paper's: Σ over samples of |θ·∇L| (one backward per sample)",
-    "taylor-sum": "|θ · Σ∇L|, one batched backward (faster; signs cancel)",
-    "fisher": "θ² · Σ(∇L)² (empirical Fisher diagonal)",
-    "magnitude": "|θ| (data-free baseline)",
-    "wanda": "|W| · ‖input activations‖ (forward only, for teachers too large to backpropagate)",
-}
 
 W.entry_guard()
 st.title("Sensitivity")
@@ -37,12 +30,12 @@ with st.container(border=True):
     c1.number_input("Seed samples", min_value=1, max_value=100_000, step=1, key=S.W_SAMPLES, **PERSIST,
                     help="The paper uses 32. The first N records of the data are used.")
     c2.selectbox("Metric", list(METRICS), key=S.W_METRIC, **PERSIST, format_func=lambda m: m,
-                 help="\n".join(f"- **{k}**: {v}" for k, v in METRIC_HELP.items()))
+                 help="\n".join(f"- **{k}**: {m.help}" for k, m in METRICS.items()))
     c3.number_input("Max tokens per sample", min_value=8, max_value=32_768, step=64, key=S.W_MAXLEN, **PERSIST,
                     help="Longer samples are truncated (the paper: 2048).")
     config = SensitivityConfig(metric=st.session_state[S.W_METRIC], samples=int(st.session_state[S.W_SAMPLES]),
                                max_length=int(st.session_state[S.W_MAXLEN]))
-    st.caption(f"Metric **{config.metric}**: {METRIC_HELP.get(config.metric, '')}. "
+    st.caption(f"Metric **{config.metric}**: {METRICS[config.metric].help}. "
                f"Teacher `{S.get(S.TEACHER)['ref']}` ({t_info.n_params / 1e6:.2f}M parameters).")
     if st.button("Compute sensitivity", type="primary", icon=":material/play_arrow:", disabled=picked is None,
                  key="w_sens_compute"):
@@ -51,19 +44,19 @@ with st.container(border=True):
             progress = W.Progress(f"Sensitivity on {label}", first="checking the cache (fingerprint of the weights)…")
             result = W.sensitivity_result(records, label, config, progress)
             W.set_sensitivity(result)
-            progress.finish("from the cache (same model, data and settings)" if result["cached"]
-                            else f"done in {result['seconds']:.1f} s")
+            progress.finish("from the cache (same model, data and settings)" if result.cached
+                            else f"done in {result.seconds:.1f} s")
 
 sens = S.get(S.SENS)
-if not sens or sens["teacher"] != S.get(S.TEACHER):
+if not sens or sens.teacher != S.get(S.TEACHER):
     st.info("Choose the seed data and press **Compute sensitivity**.", icon=":material/touch_app:")
     W.stop()
 
-scores, table = sens["scores"], sens["table"]
-how = "from the cache" if sens["cached"] else f"{sens['seconds']:.1f} s"
-st.markdown(f"**Map:** `{sens['label']}` · {sens['config']['samples']} samples · {sens['config']['metric']} · "
-            f"max {sens['config']['max_length']} tokens · {how}")
-if picked and (picked[1] != sens["label"] or sens["config"] != {**sens["config"], **config.__dict__}):
+scores, table = sens.scores, sens.table
+how = "from the cache" if sens.cached else f"{sens.seconds:.1f} s"
+st.markdown(f"**Map:** `{sens.label}` · {sens.config.samples} samples · {sens.config.metric} · "
+            f"max {sens.config.max_length} tokens · {how}")
+if picked and (picked[1] != sens.label or sens.config != config):
     st.caption("The settings above differ from this map's: press **Compute sensitivity** to update it.")
 
 # ---- overview -------------------------------------------------------------------------
@@ -89,7 +82,6 @@ def _on_cell_click() -> None:
         if data:
             st.session_state[S.W_DRILL_LAYER] = int(data[0])
             st.session_state[S.W_DRILL_MODULE] = str(data[1])
-            S.put(S.DRILL_CLICK, (int(data[0]), str(data[1])))
             return
 
 
@@ -102,11 +94,12 @@ with left:
             config={"displayModeBar": False})
     st.caption("Click a cell to open that matrix below.")
 with right:
-    W.chart(viz.layer_bars(sens["layer_scores"]), config={"displayModeBar": False}, key="sens_layers")
-    W.chart(viz.group_share_figure(sens["shares"]), config={"displayModeBar": False}, key="sens_groups")
-    top = sorted(range(len(sens["layer_scores"])), key=lambda i: -sens["layer_scores"][i])[:S.get(S.STUDENT_INFO).n_layers]
-    st.caption(f"The student has {S.get(S.STUDENT_INFO).n_layers} layers; the sensitivity strategy keeps "
-               f"teacher layers {sorted(top)}.")
+    W.chart(viz.layer_bars(sens.layer_scores), config={"displayModeBar": False}, key="sens_layers")
+    W.chart(viz.group_share_figure(sens.shares), config={"displayModeBar": False}, key="sens_groups")
+    n_student = S.get(S.STUDENT_INFO).n_layers
+    if n_student <= t_info.n_layers:
+        kept = map_layers("sensitivity", t_info.n_layers, n_student, scores=sens.layer_scores)
+        st.caption(f"The student has {n_student} layers; the sensitivity strategy keeps teacher layers {kept}.")
 
 # ---- drill-down -----------------------------------------------------------------------
 st.subheader("Drill down into one matrix")
@@ -150,25 +143,25 @@ if c2.button("Compute the second map", icon=":material/compare_arrows:", key="w_
     from paraknow.data import load_records
 
     with W.show_errors("computing the second map"):
-        cfg = SensitivityConfig(**sens["config"])
+        cfg = sens.config
         ref = f"task:{other}:seed"
         progress = W.Progress(f"Sensitivity on {ref}", first="checking the cache (fingerprint of the weights)…")
         result_b = W.sensitivity_result(load_records(ref), ref, cfg, progress)
         S.put(S.SENS_B, result_b)
-        progress.finish("from the cache" if result_b["cached"] else f"done in {result_b['seconds']:.1f} s")
+        progress.finish("from the cache" if result_b.cached else f"done in {result_b.seconds:.1f} s")
 sens_b = S.get(S.SENS_B)
-if sens_b and sens_b["teacher"] == S.get(S.TEACHER):
+if sens_b and sens_b.teacher == S.get(S.TEACHER):
     mode = st.segmented_control("Show", ["difference", "side by side"], key=S.W_CMP_MODE, **PERSIST, required=True)
     with W.show_errors("comparing the maps"):
-        W.chart(viz.compare_figure(table, sens_b["table"], sens["label"], sens_b["label"],
+        W.chart(viz.compare_figure(table, sens_b.table, sens.label, sens_b.label,
                                    mode="side" if mode == "side by side" else "diff",
                                    value=st.session_state[S.W_VALUE] or "sum"),
                 config={"displayModeBar": False}, key="sens_compare")
-        W.chart(viz.layer_share_diff(sens["layer_scores"], sens_b["layer_scores"], sens["label"],
-                                     sens_b["label"]), config={"displayModeBar": False}, key="sens_cmp_layers")
-        specific = viz.task_specific_layers(sens["layer_scores"], sens_b["layer_scores"])
+        W.chart(viz.layer_share_diff(sens.layer_scores, sens_b.layer_scores, sens.label,
+                                     sens_b.label), config={"displayModeBar": False}, key="sens_cmp_layers")
+        specific = viz.task_specific_layers(sens.layer_scores, sens_b.layer_scores)
         st.markdown("Most task-specific layers: " + ", ".join(
-            f"layer {i} ({d:+.1%} for {sens_b['label'] if d > 0 else sens['label']})" for i, d in specific))
+            f"layer {i} ({d:+.1%} for {sens_b.label if d > 0 else sens.label})" for i, d in specific))
 elif sens_b is None:
     st.info("Pick a second task and press **Compute the second map**.", icon=":material/compare_arrows:")
 
@@ -178,6 +171,6 @@ with st.expander("All layer × module values"):
 W.report_actions("Sensitivity", {"cell value": st.session_state[S.W_VALUE], "log scale": st.session_state[S.W_LOG],
                                  "matrix shown": f"layer {st.session_state.get(S.W_DRILL_LAYER)} "
                                                  f"{st.session_state.get(S.W_DRILL_MODULE)}",
-                                 "compared with": sens_b["label"] if sens_b else "none"})
+                                 "compared with": sens_b.label if sens_b else "none"})
 st.page_link(W.PAGE_MAPPING, label="Next: choose the layer mapping and the submatrices",
              icon=":material/arrow_forward:")

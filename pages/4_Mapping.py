@@ -7,31 +7,14 @@ import streamlit as st
 from paraknow import viz
 from paraknow.diagnostics import module_cosines
 from paraknow.errors import ParaknowError
-from paraknow.extract import STRUCTURES
-from paraknow.mapping import LAYER_STRATEGIES, map_layers
+from paraknow.extract import STRUCTURE_HELP, STRUCTURES, oriented
+from paraknow.mapping import LAYER_STRATEGIES, STRATEGY_HELP, map_layers
 from paraknow.models import ATTN_ROLES, EMBED_ROLES, FFN_ROLES
 from paraknow.structure import COHERENT, head_axes
 from paraknow.transfer import compatibility
 from ui import state as S
 from ui import widgets as W
 from ui.state import PERSIST
-
-STRATEGY_HELP = {
-    "sensitivity": "the student-count most sensitive teacher layers, in order (the paper's)",
-    "first": "the first teacher layers", "last": "the last teacher layers",
-    "uniform": "evenly spaced teacher layers, first and last included",
-    "random": "random teacher layers (seeded), in order",
-    "manual": "any teacher layer per student layer (edit the table); layers may repeat or stay unmapped",
-    "cka": "the teacher layers, in depth order, whose hidden states are most similar (linear CKA) to the "
-           "student layers they feed",
-}
-STRUCTURE_HELP = {
-    "submatrix": "the contiguous student-sized block with the most sensitivity (the paper's)",
-    "rowcol": "the most sensitive rows and columns, wherever they are",
-    "elements": "the most sensitive single entries (destroys the matrix structure; ablation)",
-    "random": "random rows and columns (seeded)", "uniform": "evenly spaced rows and columns (Weight Selection)",
-    "heads": "whole attention heads with their GQA key/value groups, whole FFN neurons",
-}
 
 W.entry_guard()
 st.title("Mapping")
@@ -46,7 +29,7 @@ report = compatibility(t_info, s_info)
 
 def _auto_map(strategy: str) -> list:
     try:
-        return map_layers(strategy, n_t, n_s, scores=sens["layer_scores"], seed=int(st.session_state[S.W_MAP_SEED]))
+        return map_layers(strategy, n_t, n_s, scores=sens.layer_scores, seed=int(st.session_state[S.W_MAP_SEED]))
     except ParaknowError:
         return [min(j, n_t - 1) for j in range(n_s)]
 
@@ -91,11 +74,11 @@ with st.container(border=True):
         cols = st.columns([1, 1.3, 1.3, 1.3, 1.3, 0.6])
         cols[0].caption(label)
         for box, role in zip(cols[1:], roles):
-            disabled = role in EMBED_ROLES and not report["vocab_match"]
+            disabled = role in EMBED_ROLES and not report.vocab_match
             box.checkbox(role, key=S.W_MODULE_PREFIX + role, **PERSIST, disabled=disabled,
-                         help=f"embeddings cannot transfer: {report['tokenizer_mismatch']}" if disabled else None)
-    if not report["vocab_match"]:
-        st.caption(f"Embeddings are skipped: {report['tokenizer_mismatch']}.")
+                         help=f"embeddings cannot transfer: {report.tokenizer_mismatch}" if disabled else None)
+    if not report.vocab_match:
+        st.caption(f"Embeddings are skipped: {report.tokenizer_mismatch}.")
 
 if strategy == "manual" and (not S.get(S.MANUAL_MAP) or len(S.get(S.MANUAL_MAP)) != n_s):
     S.put(S.MANUAL_MAP, _auto_map("sensitivity"))
@@ -133,20 +116,20 @@ try:
     with st.spinner("Planning: layer map and the selection in every teacher matrix…"):
         plan = W.current_plan()
 except ParaknowError as exc:
-    st.error(f"{exc} (The rank is set on the Export page.)" if "rank" in str(exc) else str(exc),
+    st.error(f"{exc} (The rank is set on the Export page.)" if exc.setting == "rank" else str(exc),
              icon=":material/error:")
     W.stop()
 
 with right:
     if strategy != "manual":
-        st.dataframe(pd.DataFrame(viz.mapping_table(plan.layer_map, sens["layer_scores"])), hide_index=True,
+        st.dataframe(pd.DataFrame(viz.mapping_table(plan.layer_map, sens.layer_scores)), hide_index=True,
                      width="stretch", column_config={"teacher layer share": st.column_config.ProgressColumn(
                          format="percent", min_value=0, max_value=max(1e-12, max(
-                             s / (sum(sens["layer_scores"]) or 1) for s in sens["layer_scores"])))})
+                             s / (sum(sens.layer_scores) or 1) for s in sens.layer_scores)))})
         st.button("Edit this mapping by hand", on_click=_edit_as_manual, args=(plan.layer_map,),
                   icon=":material/edit:", key="w_map_to_manual")
 with left:
-    W.chart(viz.mapping_diagram(plan.layer_map, n_t, sens["layer_scores"]),
+    W.chart(viz.mapping_diagram(plan.layer_map, n_t, sens.layer_scores),
             config={"displayModeBar": False}, key="map_diagram")
 for note in plan.notes:
     st.info(note, icon=":material/info:")
@@ -165,7 +148,7 @@ if st.session_state.get(S.W_PREVIEW) not in names:
 
 def _label(name: str) -> str:
     # the student module only: a label that depends on the plan would go stale in the open widget
-    return f"student {viz._short(name)}"
+    return f"student {viz.short_module_name(name)}"
 
 
 p1, p2 = st.columns([3, 2], gap="large")
@@ -232,8 +215,7 @@ with p2:
             if mod.auto_captured is not None:
                 st.caption(f"The automatic **{structure}** selection captures {mod.auto_captured:.1%}.")
 with p1:
-    scores_m = sens["scores"][mod.teacher_param]
-    scores_m = scores_m.T if mod.transposed else scores_m
+    scores_m = oriented(sens.scores[mod.teacher_param], mod.transposed)  # [o_T, i_T]
     W.chart(viz.matrix_figure(scores_m, title=f"{mod.teacher_param}{' (transposed)' if mod.transposed else ''}",
                               selection=mod.selection, height=520,
                               heads=head_axes(mod.role, t_info.head_dim)),

@@ -6,6 +6,7 @@ import streamlit as st
 
 from paraknow import viz
 from paraknow.errors import ParaknowError
+from paraknow.export import export_transfer, verify_export
 from paraknow.lora import MODES, SPLITS
 from paraknow.models import EMBED_ROLES, LAYER_ROLES
 from paraknow.paths import cache_dir
@@ -28,7 +29,7 @@ s_info = S.get(S.STUDENT_INFO)
 roles = W.planned_roles()
 max_rank = min(min(s_info.shapes[r]) for r in roles) if roles else 1
 if not st.session_state.get(S.W_NAME):
-    st.session_state[S.W_NAME] = ops.default_export_name(t_spec["ref"], s_spec["ref"], sens["label"],
+    st.session_state[S.W_NAME] = ops.default_export_name(t_spec["ref"], s_spec["ref"], sens.label,
                                                          st.session_state[S.W_STRUCTURE])
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns(4)
@@ -64,11 +65,9 @@ st.markdown(
     f"layer strategy `{config.layers}` (student layer j ← teacher layer {plan.layer_map}[j]) · "
     f"structure `{config.structure}`"
     + (f" · {len(overrides)} manual block override(s)" if overrides else "")
-    + f" · seeds `{sens['label']}` ({sens['config']['metric']}).")
+    + f" · seeds `{sens.label}` ({sens.config.metric}).")
 
 if st.button("Export", type="primary", icon=":material/package_2:", key="w_exp_run"):
-    from paraknow.transfer import export_transfer
-
     with W.show_errors("exporting"):
         name = ops.check_export_name(st.session_state[S.W_NAME])
         out_dir = cache_dir("exports") / name
@@ -77,9 +76,7 @@ if st.button("Export", type="primary", icon=":material/package_2:", key="w_exp_r
                                 "or tick 'Overwrite if it exists'.")
         teacher, _, t_info = W.get_model("teacher")
         student, _, s_info = W.get_model("student")
-        provenance = {"teacher": t_spec["ref"], "student": s_spec["ref"], "data": sens["label"],
-                      "metric": sens["config"]["metric"], "samples": sens["config"]["samples"],
-                      "max_length": sens["config"]["max_length"], "data_sha256": sens["data_sha256"]}
+        provenance = sens.provenance(t_spec["ref"], s_spec["ref"])
         progress = W.Progress(f"Exporting {name}")
         manifest = export_transfer(teacher, student, t_info, s_info, plan, config, out_dir, provenance, progress,
                                    overwrite=bool(st.session_state[S.W_OVERWRITE]))
@@ -125,29 +122,24 @@ if export:
             with W.show_errors("verifying the export"):
                 student, s_tok, _ = W.get_model("student")
                 progress = W.Progress("Comparing logits")
-                S.put(S.VERIFY, ops.verify_export(student, s_tok, export["dir"], sens["records"],
-                                                  max_length=min(512, sens["config"]["max_length"]),
-                                                  progress=progress))
+                S.put(S.VERIFY, verify_export(student, s_tok, export["dir"], sens.records,
+                                              max_length=min(512, sens.config.max_length), progress=progress))
                 progress.finish()
         result = S.get(S.VERIFY)
-        if result and result["dir"] == export["dir"]:
-            text = (f"Maximum logit change vs the original student on {result['samples']} seed samples "
-                    f"({result['tokens']} tokens): **{result['max_change']:.2e}** (largest logit {result['max_logit']:.1f}).")
-            if result["mode"] == "residual" and result["unchanged"]:
+        if result and result.dir == export["dir"]:
+            text = (f"Maximum logit change vs the original student on {result.samples} seed samples "
+                    f"({result.tokens} tokens): **{result.max_change:.2e}** (largest logit {result.max_logit:.1f}).")
+            if result.mode == "residual" and result.unchanged:
                 st.success(text + " Residual mode: the student's outputs are unchanged.", icon=":material/verified:")
-            elif result["mode"] == "residual":
-                st.error(text + f" Residual mode should leave the outputs unchanged (tolerance {result['tolerance']:.1e}).",
+            elif result.mode == "residual":
+                st.error(text + f" Residual mode should leave the outputs unchanged (tolerance {result.tolerance:.1e}).",
                          icon=":material/error:")
             else:
                 st.info(text + " Additive mode: the change is the injected teacher knowledge.", icon=":material/info:")
     W.report_actions("Export", {"export": export["dir"], **{k: manifest.get(k) for k in (
         "rank", "alpha", "split", "mode", "structure", "layer_map")}, "modules exported": len(mods)})
-    if W.finetune_available():
-        st.page_link(W.PAGE_FINETUNE, label="Next: fine-tune the student from this export",
-                     icon=":material/arrow_forward:")
-    else:
-        st.caption(f"Next: fine-tune from it with `python -m paraknow train --student {manifest['student']} "
-                   f"--data task:arith:train --init {export['dir']} --out RUN_DIR`.")
+    st.page_link(W.PAGE_FINETUNE, label="Next: fine-tune the student from this export",
+                 icon=":material/arrow_forward:")
 
 # ---- earlier exports ------------------------------------------------------------------
 earlier = ops.list_exports(cache_dir("exports"))

@@ -79,7 +79,7 @@ with st.container(border=True):
     st.radio("Initialisation", S.FT_INITS, key=S.W_FT_INIT, horizontal=True, **PERSIST,
              format_func=lambda m: F.INIT_LABELS[m],
              help="vanilla: Kaiming A, zero B. PiSSA: the student's principal components (PEFT). "
-                  "PKT export: the teacher's extracted, factorised parameters (SPEC 2.4-2.6).")
+                  "PKT export: the teacher's extracted, factorised parameters (docs/method.md).")
     export = F.export_picker(exports)
     if export and (export["manifest"].get("student") or student) != (student or "").strip():
         st.warning(f"This export was made for `{export['manifest'].get('student')}`, not `{student}`: a PKT run "

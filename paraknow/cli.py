@@ -27,10 +27,11 @@ def quiet_transformers() -> None:
 
 
 def cmd_sensitivity(args) -> int:
-    from .data import load_records, records_sha256
+    from .data import load_records
     from .models import load_config, load_model, parse_max_memory, resolve_device
     from .parallel import launched_world_size, process_device, process_group, rank_and_size
-    from .sensitivity import SensitivityConfig, check_memory, check_output_file, compute_sensitivity, save_sensitivity
+    from .sensitivity import (SensitivityConfig, check_memory, check_output_file, compute_sensitivity,
+                              save_sensitivity, sensitivity_meta)
 
     config = SensitivityConfig(**{name: getattr(args, name) for name in SENSITIVITY_COMMAND_OPTIONS})
     config.validate()
@@ -47,11 +48,8 @@ def cmd_sensitivity(args) -> int:
     with process_group(device):
         model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, max_memory=max_memory)
         scores = compute_sensitivity(model, tokenizer, records, config, _progress)
-        rank, world_size = rank_and_size()
-        meta = {"model": args.model, "metric": config.metric, "samples": config.samples,
-                "max_length": config.max_length, "data": args.data,
-                "data_sha256": records_sha256(records[:config.samples]), "world_size": world_size}
-        if rank == 0:
+        meta = sensitivity_meta(args.model, config, records, data=args.data)
+        if rank_and_size()[0] == 0:
             with output_lock(out):  # a second writer of the same file waits for this one
                 save_sensitivity(out, scores, meta)
             print(json.dumps({"out": str(out), "tensors": len(scores), **meta}))
@@ -160,15 +158,19 @@ EXTRACT_OPTIONS = ("rank", "alpha", "layers", "structure", "coherent", "modules"
 
 def build_parser() -> argparse.ArgumentParser:
     """Every default, choice list and help text comes from the config dataclasses (paraknow.options)."""
-    from .cache import KINDS as CACHE_KINDS
-    from .options import Placement, add_options
-    from .sensitivity import SensitivityConfig
-    from .study.runner import DEFAULT_WORKERS, WORKERS_HELP
-    from .train import CLI_FIELDS, TrainConfig
-    from .transfer import TransferConfig
-
     parser = _OneLineParser(prog="paraknow", description="Parametric knowledge transfer between language models.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_transfer_commands(sub)
+    _add_model_use_commands(sub)
+    _add_housekeeping_commands(sub)
+    return parser
+
+
+def _add_transfer_commands(sub) -> None:
+    """sensitivity, extract."""
+    from .options import Placement, add_options
+    from .sensitivity import SensitivityConfig
+    from .transfer import TransferConfig
 
     p = sub.add_parser("sensitivity", help="sensitivity of every teacher parameter on seed samples")
     p.add_argument("--model", required=True, help="model reference (demo:teacher, dir, .gguf, hub id, ...)")
@@ -192,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace --out if it holds a previous paraknow export (never any other folder)")
     p.set_defaults(func=cmd_extract)
 
+
+def _add_model_use_commands(sub) -> None:
+    """eval, generate, train."""
+    from .options import Placement, add_options
+    from .train_config import CLI_FIELDS, TrainConfig
+
     p = sub.add_parser("eval", help="accuracy and loss of a model (optionally with an adapter) on data")
     p.add_argument("--model", required=True, help="model reference")
     p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter directory")
@@ -213,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default=None, help="run a prepared RUN_DIR/spec.json instead of the flags above")
     p.set_defaults(func=cmd_train)
 
+
+def _add_housekeeping_commands(sub) -> None:
+    """cache, study."""
+    from .cache import KINDS as CACHE_KINDS
+    from .study.runner import DEFAULT_WORKERS, WORKERS_HELP
+
     p = sub.add_parser("cache", help="list or clear the runtime cache (sensitivity maps, models, exports, runs)")
     p.add_argument("action", choices=["list", "clear"])
     p.add_argument("--kind", default=None, choices=list(CACHE_KINDS), help="only this kind of entry")
@@ -226,8 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a study in --out: finished cells are kept")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
     p.set_defaults(func=cmd_study)
-
-    return parser
 
 
 def main(argv=None) -> int:

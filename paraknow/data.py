@@ -1,6 +1,6 @@
 """Datasets: JSONL files in three shapes or built-in tasks, tokenised with completion-only labels.
 
-Record shapes (SPEC section 4):
+Record shapes:
   {"messages": [{"role": ..., "content": ...}, ...]}  loss on the last assistant message
   {"prompt": ..., "completion": ...}                   loss on the completion
   {"text": ...}                                        loss on every token

@@ -1,4 +1,4 @@
-"""Rebuild the built-in demo pair `demo:teacher` / `demo:student` (SPEC section 6).
+"""Rebuild the built-in demo pair `demo:teacher` / `demo:student` (docs/method.md).
 
     python -m paraknow.demo            # about 35 minutes on a 2-core CPU
     python -m paraknow.demo --device cuda --eval-every 1000   # a few minutes on a GPU, with curves
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time

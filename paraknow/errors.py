@@ -7,7 +7,14 @@ turns it into a one-line reason on stderr with exit code 2; the pages show it wi
 
 
 class ParaknowError(Exception):
-    """A mistake in the user's input (path, model, data, settings), explained for a person."""
+    """A mistake in the user's input (path, model, data, settings), explained for a person.
+
+    `setting`: the config field the mistake is about, when it is one (e.g. "rank"), so a page can
+    say where that setting is changed without reading the message."""
+
+    def __init__(self, message: str = "", setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
 
 
 def first_line(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Evaluation: completion loss and exact-match accuracy of greedy generations (SPEC 5 `eval`).
+"""Evaluation: completion loss and exact-match accuracy of greedy generations (`paraknow eval`).
 
 - loss: mean over samples of each sample's mean token cross-entropy on its completion
   tokens (the same masking as training; `{"text": ...}` records count every token);

@@ -1,4 +1,4 @@
-"""Dimensionality reduction of one teacher matrix to the student's shape (SPEC 2.4).
+"""Dimensionality reduction of one teacher matrix to the student's shape (docs/method.md).
 
 Pure tensor code: give it a sensitivity matrix S_T [o_T, i_T] and the student's shape
 [o_S, i_S], get back a `Selection` saying which teacher entries to keep.
@@ -200,6 +200,11 @@ class Selection:
         return None
 
 
+def oriented(matrix: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """A weight or its sensitivity as the plan orients it: embed_tokens [V, d] -> [d, V]."""
+    return matrix.T if transposed else matrix
+
+
 def _top_sorted(values: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k largest values (ties -> smaller index), ascending."""
     order = torch.sort(values, descending=True, stable=True).indices
@@ -280,6 +285,14 @@ STRUCTURES = {
     "random": _random,
     "uniform": _uniform,
     "heads": _rowcol,  # per matrix only where there are no heads or neurons to keep whole
+}
+# one line per structure for the app's picker (tests check it covers STRUCTURES)
+STRUCTURE_HELP = {
+    "submatrix": "the contiguous student-sized block with the most sensitivity (the paper's)",
+    "rowcol": "the most sensitive rows and columns, wherever they are",
+    "elements": "the most sensitive single entries (destroys the matrix structure; ablation)",
+    "random": "random rows and columns (seeded)", "uniform": "evenly spaced rows and columns (Weight Selection)",
+    "heads": "whole attention heads with their GQA key/value groups, whole FFN neurons",
 }
 
 

@@ -11,12 +11,14 @@ import contextlib
 import ctypes
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -280,3 +282,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def zip_folder(directory: str | os.PathLike) -> bytes:
+    """A folder as zip bytes, every file under `<folder name>/` (for a download button)."""
+    directory = Path(directory)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                zf.write(path, f"{directory.name}/{path.relative_to(directory).as_posix()}")
+    return buffer.getvalue()

@@ -1,6 +1,6 @@
 """Background training runs for the app (LLaMA-Factory style): every run is a separate process.
 
-Everything lives on disk under `cache/runs/<id>/` (the files `paraknow.train` documents), so a
+Everything lives on disk under `cache/runs/<id>/` (the files `paraknow.rundir` documents), so a
 page reload or an app restart simply re-reads it:
 
   new_run(config)       -> run_dir       prepare a run: spec.json + status `queued`
@@ -28,8 +28,6 @@ queued runs resume when the app next calls `list_runs()` or `ensure_worker()`.
 from __future__ import annotations
 
 import fcntl
-import io
-import json
 import math
 import os
 import secrets
@@ -38,37 +36,26 @@ import subprocess
 import sys
 import time
 import typing
-import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import ParaknowError
-from .fsio import atomic_directory, atomic_write_json, atomic_write_text, try_flock
-from .paths import PACKAGE_DIR, cache_dir, cache_root
-from .train import (ADAPTER_DIR, LOG_FILE, METRICS_FILE, SPEC_FILE, STATES, STATUS_FILE, STOP_FILE,
-                    TERMINAL_STATES, TrainConfig, proc_start_time, read_json)
-from .validate import type_problem
+from .fsio import atomic_directory, atomic_write_json, try_flock
+from .processes import proc_start_time, spawn
+from .rundir import (ADAPTER_DIR, LOG_FILE, METRICS_FILE, SPEC_FILE, STATES, STATUS_FILE, STOP_FILE,
+                     TERMINAL_STATES, UNREADABLE, adapter_zip, find_run, has_finished_run, read_json, read_log,
+                     read_metrics, read_object, read_spec, read_status, run_dirs, runs_root, stop)
+from .train_config import METHODS, TrainConfig, method_of
 
 LOCK_FILE = ".worker.lock"
 WORKER_LOG = "worker.log"
 CLAIM_FILE = ".launched"
-METHODS = ("vanilla", "pissa", "pkt")
-UNREADABLE = "unreadable"  # the state of a run whose spec.json or status.json is malformed
-_Number = int | float
-STATUS_TYPES = {  # status.json fields whose type the readers rely on (train.py documents them)
-    "state": str, "phase": str | None, "pid": int | None, "pid_start": int | None, "host": str | None,
-    "created": _Number | None, "started": _Number | None, "launched": _Number | None,
-    "finished": _Number | None, "step": int | None, "max_steps": int | None, "epoch": _Number | None,
-    "loss": _Number | None, "eta_s": _Number | None, "error": str | None, "final_eval": dict | None,
-    "last_eval": dict | None, "method": str | None, "samples_per_s": _Number | None,
-}
-
-_children: dict[int, subprocess.Popen] = {}  # processes this process started, reaped on liveness checks
-
-
-def runs_root() -> Path:
-    return cache_dir("runs")
-
+__all__ = [  # the run-directory readers are part of this module's interface (the app imports them from here)
+    "ADAPTER_DIR", "CLAIM_FILE", "LOCK_FILE", "LOG_FILE", "METHODS", "METRICS_FILE", "SPEC_FILE", "STATES",
+    "STATUS_FILE", "STOP_FILE", "TERMINAL_STATES", "UNREADABLE", "WORKER_LOG", "RunInfo", "adapter_zip",
+    "compare_runs", "ensure_worker", "find_run", "group_results", "has_finished_run", "launch", "list_runs",
+    "new_run", "new_run_id", "read_log", "read_metrics", "read_spec", "read_status", "run_info", "runs_root",
+    "stop", "submit", "worker_main", "worker_pid"]
 
 # ---------------------------------------------------------------------------------------
 # Creating and starting runs
@@ -108,26 +95,6 @@ def submit(config: TrainConfig, group: str | None = None, label: str | None = No
     return run_dir
 
 
-def _child_env() -> dict:
-    """The environment of a background process: the same cache. The child imports the installed
-    paraknow (`pip install -e .`), whatever folder it runs in."""
-    _check_installed()
-    env = dict(os.environ)
-    env["PARAKNOW_CACHE"] = str(cache_root())  # the child must see the same cache
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def _check_installed() -> None:
-    from importlib import metadata
-
-    try:
-        metadata.distribution("paraknow")
-    except metadata.PackageNotFoundError:
-        raise ParaknowError("background runs need paraknow installed: run `pip install -e .` in the "
-                            f"project folder ({PACKAGE_DIR.parent}).") from None
-
-
 def launch(run_dir) -> subprocess.Popen:
     """Start a prepared (queued) run now as `python -m paraknow train --spec RUN_DIR/spec.json`.
 
@@ -146,12 +113,7 @@ def launch(run_dir) -> subprocess.Popen:
     status.update(state="running", phase="starting", pid=None, launched=time.time())
     atomic_write_json(run_dir / STATUS_FILE, status)
     cmd = [sys.executable, "-m", "paraknow", "train", "--spec", str(run_dir / SPEC_FILE)]
-    with open(run_dir / LOG_FILE, "ab") as log:
-        log.write(f"$ {' '.join(cmd)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(cmd, cwd=str(run_dir), env=_child_env(), stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    _children[proc.pid] = proc
+    proc = spawn(cmd, run_dir, run_dir / LOG_FILE)
     # The child takes seconds to import torch before it writes anything: record its pid now.
     status.update(pid=proc.pid, pid_start=proc_start_time(proc.pid))
     current = read_json(run_dir / STATUS_FILE) or {}
@@ -196,11 +158,7 @@ def ensure_worker() -> int | None:
             return int(text) if text.isdigit() else -1
         root = runs_root()
         cmd = [sys.executable, "-m", "paraknow.jobs", "worker", "--lock-fd", str(fh.fileno())]
-        with open(root / WORKER_LOG, "ab") as log:
-            proc = subprocess.Popen(cmd, cwd=str(root), env=_child_env(), stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                    pass_fds=(fh.fileno(),))
-        _children[proc.pid] = proc
+        proc = spawn(cmd, root, root / WORKER_LOG, pass_fds=(fh.fileno(),))
         fh.seek(0)
         fh.truncate()
         fh.write(str(proc.pid))
@@ -211,7 +169,7 @@ def ensure_worker() -> int | None:
 
 
 def _next_queued() -> Path | None:
-    for run_dir in _run_dirs():
+    for run_dir in run_dirs():
         status = read_json(run_dir / STATUS_FILE) or {}
         if status.get("state") == "queued" and not (run_dir / CLAIM_FILE).exists():
             return run_dir
@@ -220,7 +178,7 @@ def _next_queued() -> Path | None:
 
 def _busy_run() -> Path | None:
     """A run that is running right now (started by anyone), after the liveness check."""
-    for run_dir in _run_dirs():
+    for run_dir in run_dirs():
         status = read_json(run_dir / STATUS_FILE) or {}
         if status.get("state") == "running" and status.get("host") in (None, socket.gethostname()) \
                 and read_status(run_dir).get("state") == "running":
@@ -305,125 +263,9 @@ class RunInfo:
                 "error": self.status.get("error")}
 
 
-def _run_dirs() -> list[Path]:
-    """Run directories in creation order."""
-    root = runs_root()
-    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                   and (p / SPEC_FILE).is_file()), key=lambda p: p.name)
-
-
-def _pid_alive(pid: int | None, start: int | None = None) -> bool:
-    if not pid:
-        return False
-    child = _children.get(pid)
-    if child is not None and child.poll() is not None:  # reaps our own zombies
-        _children.pop(pid, None)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat[stat.rindex(")") + 2:].split()[0] in ("Z", "X"):
-            return False
-    except (OSError, ValueError, IndexError):
-        pass
-    now_start = proc_start_time(pid)
-    return start is None or now_start is None or now_start == start  # else: the pid was reused
-
-
-def _read_object(path: Path, types_by_key: dict) -> tuple[dict | None, str | None]:
-    """(the JSON object in `path`, None) or (None, why it is unreadable): missing, not JSON,
-    not an object, or a field of the wrong type."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None, f"{path.name} is missing"
-    except (OSError, ValueError, RecursionError) as exc:
-        return None, f"{path.name} is not valid JSON ({type(exc).__name__})"
-    if not isinstance(data, dict):
-        return None, f"{path.name} holds a JSON {type(data).__name__}, not an object"
-    return (None, problem) if (problem := type_problem(data, types_by_key, path.name)) else (data, None)
-
-
-def read_status(run_dir) -> dict:
-    """status.json of a run with a liveness check: a `running` run whose process is gone becomes
-    `failed` ("worker process died (pid N) without finishing"), and that is written back.
-    A malformed status reads as state `unreadable` with the reason in `error` (that run only)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / STATUS_FILE).exists():
-        return {"state": "missing", "error": f"{run_dir} has no {STATUS_FILE}"}
-    status, problem = _read_object(run_dir / STATUS_FILE, STATUS_TYPES)
-    if status is None:
-        return {"state": UNREADABLE, "error": problem}
-    if status.get("state") not in STATES:
-        return {"state": UNREADABLE, "error": f"{STATUS_FILE}: unknown state {status.get('state')!r}"}
-    if status.get("state") != "running":
-        return status
-    if status.get("host") not in (None, socket.gethostname()):
-        return status  # written by a process on another machine: its pid means nothing here
-    pid = status.get("pid")
-    if pid is None:
-        launched = status.get("launched") or status.get("started") or 0
-        if status.get("phase") == "starting" and time.time() - launched > 120:
-            status = _fail_if_still_running(run_dir, "the run was launched but its process never reported")
-        return status
-    if _pid_alive(pid, status.get("pid_start")):
-        return status
-    # The process is gone. It may have written its final state just before exiting: read again.
-    return _fail_if_still_running(run_dir, f"worker process died (pid {pid}) without finishing")
-
-
-def _fail_if_still_running(run_dir: Path, reason: str) -> dict:
-    status = read_json(run_dir / STATUS_FILE) or {}
-    if status.get("state") == "running":
-        status.update(state="failed", phase="done", error=reason, finished=time.time())
-        atomic_write_json(run_dir / STATUS_FILE, status)
-    return status
-
-
-def read_spec(run_dir) -> dict:
-    return read_json(Path(run_dir) / SPEC_FILE) or {}
-
-
 def _spec_problem(run_dir: Path) -> str | None:
     hints = typing.get_type_hints(TrainConfig)
-    return _read_object(run_dir / SPEC_FILE, {f.name: hints[f.name] for f in fields(TrainConfig)})[1]
-
-
-def read_metrics(run_dir) -> list[dict]:
-    """Every complete line of metrics.jsonl (a line being written right now is skipped)."""
-    path = Path(run_dir) / METRICS_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    rows = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def read_log(run_dir, max_bytes: int = 20000) -> str:
-    """The tail of RUN_DIR/stdout.log."""
-    path = Path(run_dir) / LOG_FILE
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, path.stat().st_size - max_bytes))
-            return fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
+    return read_object(run_dir / SPEC_FILE, {f.name: hints[f.name] for f in fields(TrainConfig)})[1]
 
 
 def run_info(run_dir) -> RunInfo:
@@ -435,8 +277,7 @@ def run_info(run_dir) -> RunInfo:
         spec, status = {}, {"state": UNREADABLE, "error": spec_problem}
     else:
         spec, status = read_spec(run_dir), read_status(run_dir)
-    init = spec.get("init", "vanilla")
-    method = init if init in ("vanilla", "pissa") else "pkt"
+    method = method_of(spec.get("init", "vanilla"))
     return RunInfo(run_id=run_dir.name, run_dir=run_dir, state=status.get("state", "missing"), spec=spec,
                    status=status, method=method, group=spec.get("group"), label=spec.get("label"),
                    created=status.get("created"))
@@ -445,58 +286,12 @@ def run_info(run_dir) -> RunInfo:
 def list_runs(group: str | None = None, resume_queue: bool = True) -> list[RunInfo]:
     """Every run under cache/runs/, newest first, read from disk (statuses liveness-checked).
     With `resume_queue`, queued runs left without a worker (e.g. after a reboot) are resumed."""
-    runs = [run_info(d) for d in _run_dirs()]
+    runs = [run_info(d) for d in run_dirs()]
     if group is not None:
         runs = [r for r in runs if r.group == group]
     if resume_queue and any(r.state == "queued" for r in runs):
         ensure_worker()
     return runs[::-1]
-
-
-def has_finished_run() -> bool:
-    """Whether any run under cache/runs/ has finished training (reads status files only: `finished`
-    is terminal, so no liveness check is needed)."""
-    return any((read_json(d / STATUS_FILE) or {}).get("state") == "finished" for d in reversed(_run_dirs()))
-
-
-def find_run(run_id: str) -> Path:
-    run_dir = runs_root() / run_id
-    if not (run_dir / SPEC_FILE).is_file():
-        raise ParaknowError(f"no run '{run_id}' under {runs_root()}.")
-    return run_dir
-
-
-# ---------------------------------------------------------------------------------------
-# Acting on runs
-
-
-def stop(run_dir) -> dict:
-    """Ask a run to stop: a running one stops cleanly at its next step (and saves its adapter);
-    a queued one is marked `stopped` without starting. Returns the (new) status."""
-    run_dir = Path(run_dir)
-    status = read_status(run_dir)
-    state = status.get("state")
-    if state in TERMINAL_STATES or state == "missing":
-        return status
-    atomic_write_text(run_dir / STOP_FILE, f"{time.time()}\n")
-    if state == "queued":
-        status.update(state="stopped", phase="done", finished=time.time(), note="stopped before it started")
-        atomic_write_json(run_dir / STATUS_FILE, status)
-    return status
-
-
-def adapter_zip(run_dir) -> bytes:
-    """The run's adapter/ folder as zip bytes (files under `adapter/`)."""
-    adapter = Path(run_dir) / ADAPTER_DIR
-    if not (adapter / "adapter_config.json").is_file():
-        raise ParaknowError(f"run {Path(run_dir).name} has no adapter yet: it is saved when training "
-                            "finishes or is stopped.")
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(adapter.rglob("*")):
-            if path.is_file():
-                zf.write(path, f"{ADAPTER_DIR}/{path.relative_to(adapter).as_posix()}")
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Layer selection: which teacher layer feeds each student layer (SPEC 2.3).
+"""Layer selection: which teacher layer feeds each student layer (docs/method.md).
 
 A mapping is a list indexed by student layer: mapping[j] = teacher layer, or None when
 student layer j receives nothing. Strategies (registry `LAYER_STRATEGIES`):
@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import math
 import random
-import re
 
 import numpy as np
 import torch
 
+from .architecture import layer_of
 from .errors import ParaknowError
-
-_LAYER_RE = re.compile(r"^(.*?layers)\.(\d+)\.")
+from .extract import evenly_spaced
 
 
 def layer_scores(scores: dict[str, torch.Tensor], n_layers: int) -> list[float]:
@@ -32,22 +31,14 @@ def layer_scores(scores: dict[str, torch.Tensor], n_layers: int) -> list[float]:
     """
     totals = [0.0] * n_layers
     for name, s in scores.items():
-        m = _LAYER_RE.match(name)
-        if m is None:
+        i = layer_of(name)
+        if i is None:
             continue
-        i = int(m.group(2))
         if i >= n_layers:
             raise ParaknowError(f"the sensitivity map has scores for layer {i} ({name}) but the "
                                 f"model has {n_layers} layers; recompute the map for this model")
         totals[i] += float(s.detach().sum(dtype=torch.float64))
     return totals
-
-
-def _evenly_spaced(n: int, k: int) -> list[int]:
-    """k strictly increasing integers in [0, n), first and last included when k > 1."""
-    if k == 1:
-        return [0]
-    return [(2 * j * (n - 1) + (k - 1)) // (2 * (k - 1)) for j in range(k)]  # round(j*(n-1)/(k-1))
 
 
 def _sensitivity(n_teacher, n_student, scores, seed, manual, similarity):
@@ -64,7 +55,7 @@ def _last(n_teacher, n_student, scores, seed, manual, similarity):
 
 
 def _uniform(n_teacher, n_student, scores, seed, manual, similarity):
-    return _evenly_spaced(n_teacher, n_student)
+    return evenly_spaced(n_teacher, n_student).tolist()
 
 
 def _random(n_teacher, n_student, scores, seed, manual, similarity):
@@ -105,6 +96,16 @@ LAYER_STRATEGIES = {
     "random": _random,
     "manual": _manual,
     "cka": _cka,
+}
+# one line per strategy for the app's picker (tests check it covers LAYER_STRATEGIES)
+STRATEGY_HELP = {
+    "sensitivity": "the student-count most sensitive teacher layers, in order (the paper's)",
+    "first": "the first teacher layers", "last": "the last teacher layers",
+    "uniform": "evenly spaced teacher layers, first and last included",
+    "random": "random teacher layers (seeded), in order",
+    "manual": "any teacher layer per student layer (edit the table); layers may repeat or stay unmapped",
+    "cka": "the teacher layers, in depth order, whose hidden states are most similar (linear CKA) to the "
+           "student layers they feed",
 }
 
 

@@ -138,7 +138,8 @@ def compare_report(task: str, seeds: list[int], workdir: Path, max_new_tokens: i
     from .jobs import compare_runs, group_results, read_spec
     from .sensitivity import SensitivityConfig
     from .tasks import TASKS
-    from .train import load_spec, run_training
+    from .train import run_training
+    from .train_config import load_spec, method_of
     from .transfer import TransferConfig, extract_to_dir
 
     if task not in TASKS:
@@ -156,7 +157,7 @@ def compare_report(task: str, seeds: list[int], workdir: Path, max_new_tokens: i
         t1 = time.time()
         code = run_training(load_spec(run_dir / "spec.json"))
         spec = read_spec(run_dir)
-        runs.append({"run": run_dir.name, "method": spec["init"] if spec["init"] in ("vanilla", "pissa") else "pkt",
+        runs.append({"run": run_dir.name, "method": method_of(spec["init"]),
                      "seed": spec["seed"], "exit_code": code, "seconds": round(time.time() - t1, 1)})
         progress(f"{runs[-1]['method']} seed {spec['seed']}: exit {code} ({runs[-1]['seconds']} s)")
     results = group_results(group)

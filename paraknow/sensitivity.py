@@ -1,30 +1,36 @@
-"""Parameter sensitivity on seed samples (SPEC section 2.2), its file format and its summaries.
+"""Parameter sensitivity on seed samples (docs/method.md): the metrics and the pass that computes them.
 
 The paper's metric `taylor-abs`: for each seed sample separately, backpropagate its loss and
 accumulate S += |theta * grad| element-wise, in float32. Each gradient is folded into the
 accumulator the moment autograd finishes it (`register_post_accumulate_grad_hook`) and then
 freed, so memory stays at weights + accumulator + one layer's gradients in flight.
+
+The file format and cache live in paraknow.sensitivity_files, the summaries and the `SensitivityMap`
+in paraknow.sensitivity_map; their public names are importable from here too.
 """
 from __future__ import annotations
 
 import itertools
-import json
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
-from safetensors import safe_open
 
 from . import parallel
-from .data import Encoded, collate, encode_all, per_sample_loss, records_sha256
+from .data import Encoded, collate, encode_all, per_sample_loss
 from .errors import ParaknowError
-from .fsio import atomic_save_safetensors, check_writable_parent, output_lock, sha256_bytes
+from .models import SensitivityMemory, available_memory_bytes, estimate_sensitivity_memory, resolve_device
 from .options import option
-from .models import (ATTN_ROLES, FFN_ROLES, SensitivityMemory, available_memory_bytes, estimate_sensitivity_memory,
-                     layer_of, model_fingerprint, resolve_device, role_of)
-from .paths import cache_dir
+from .sensitivity_files import (cached_sensitivity, cached_sensitivity_hit, check_output_file, load_sensitivity,
+                                save_sensitivity, sensitivity_key, sensitivity_meta)
+from .sensitivity_map import (MODULE_ORDER, SensitivityMap, group_shares, marginals, module_table, pooled,
+                              sensitivity_map)
 from .validate import MAX_LENGTH, check_count
+
+__all__ = ["ACCUMULATE_DEVICES", "ACCUMULATE_DTYPES", "METRICS", "MODULE_ORDER", "Metric", "SensitivityConfig",
+           "SensitivityMap", "cached_sensitivity", "cached_sensitivity_hit", "check_memory", "check_output_file",
+           "compute_sensitivity", "group_shares", "load_sensitivity", "magnitude", "marginals", "module_table",
+           "pooled", "save_sensitivity", "sensitivity_key", "sensitivity_map", "sensitivity_meta"]
 
 Progress = Callable[[int, int, str], None]
 Scores = dict[str, torch.Tensor]
@@ -269,14 +275,17 @@ class Metric:
     accumulate: Callable  # (model, items, config, progress) -> sums that add up across processes
     finish: Callable  # (model, summed sums) -> scores
     per_parameter_sums: bool = True  # the sums are as large as the model (False: forward-only)
+    help: str = ""  # one line for the app's metric picker
 
 
 METRICS: dict[str, Metric] = {
-    "taylor-abs": Metric(taylor_abs_sums, taylor_abs_finish),
-    "taylor-sum": Metric(taylor_sum_sums, taylor_sum_finish),
-    "fisher": Metric(fisher_sums, fisher_finish),
-    "magnitude": Metric(no_sums, magnitude, per_parameter_sums=False),
-    "wanda": Metric(wanda_sums, wanda_finish, per_parameter_sums=False),
+    "taylor-abs": Metric(taylor_abs_sums, taylor_abs_finish,
+                         help="the paper's: Σ over samples of |θ·∇L| (one backward per sample)"),
+    "taylor-sum": Metric(taylor_sum_sums, taylor_sum_finish, help="|θ · Σ∇L|, one batched backward (faster; signs cancel)"),
+    "fisher": Metric(fisher_sums, fisher_finish, help="θ² · Σ(∇L)² (empirical Fisher diagonal)"),
+    "magnitude": Metric(no_sums, magnitude, per_parameter_sums=False, help="|θ| (data-free baseline)"),
+    "wanda": Metric(wanda_sums, wanda_finish, per_parameter_sums=False,
+                    help="|W| · ‖input activations‖ (forward only, for teachers too large to backpropagate)"),
 }
 
 
@@ -364,130 +373,3 @@ def compute_sensitivity(model, tokenizer, records: list[dict], config: Sensitivi
     finally:
         model.train(was_training)
     return {name: s.float().cpu() for name, s in scores.items()}
-
-
-# ---------------------------------------------------------------------------------------
-# File format: one float32 tensor per parameter name, JSON metadata in the header.
-
-
-def save_sensitivity(path, scores: Scores, metadata: dict) -> None:
-    atomic_save_safetensors({k: v.float() for k, v in scores.items()}, path,
-                            metadata={"paraknow": json.dumps(metadata, sort_keys=True)})
-
-
-def check_output_file(path) -> None:
-    """Where `sensitivity --out` may write: a new `.safetensors` file in a writable folder, or
-    an earlier paraknow sensitivity file (replaced). Anything else raises before any work."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ParaknowError(f"--out must end in .safetensors (got {path.name}).")
-    if path.is_dir():
-        raise ParaknowError(f"--out {path} is a directory; give a file name ending in .safetensors.")
-    if path.exists():
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                ours = "paraknow" in (fh.metadata() or {})
-        except Exception:  # noqa: BLE001 - unreadable: certainly not ours
-            ours = False
-        if not ours:
-            raise ParaknowError(f"--out {path} exists and is not a paraknow sensitivity file; paraknow "
-                                "never replaces it: choose another file name.")
-    check_writable_parent(path)
-
-
-def load_sensitivity(path) -> tuple[Scores, dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise ParaknowError(f"sensitivity file not found: {path}.")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {}).get("paraknow", "{}"))
-            scores = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:  # noqa: BLE001 - any header/format problem is the user's file
-        raise ParaknowError(f"{path} is not a paraknow sensitivity file ({exc}).") from None
-    return scores, meta
-
-
-def sensitivity_key(model, records: list[dict], config: SensitivityConfig) -> str:
-    """Cache key from content: the model's weights, the seed records used, and the settings."""
-    payload = {"model": model_fingerprint(model), "data": records_sha256(records[:config.samples]),
-               **asdict(config)}
-    payload.pop("batch_size")
-    payload.pop("accumulate_device")  # where the sums live does not change them
-    if payload["accumulate_dtype"] == "float32":  # the default keeps the keys of maps cached before it existed
-        payload.pop("accumulate_dtype")
-    return sha256_bytes(json.dumps(payload, sort_keys=True).encode())[:32]
-
-
-def cached_sensitivity(model, tokenizer, records, config: SensitivityConfig | None = None,
-                       progress: Progress | None = None, model_ref: str | None = None) -> tuple[Scores, dict]:
-    """compute_sensitivity through cache/sensitivity/<content key>.safetensors."""
-    config = config or SensitivityConfig()
-    config.validate()
-    from .cache import enforce_cap, touch
-
-    path = cache_dir("sensitivity") / f"{sensitivity_key(model, records, config)}.safetensors"
-    if path.exists():
-        with output_lock(path, shared=True):  # keeps `cache clear` and eviction away meanwhile
-            if path.exists():
-                touch(path)
-                try:
-                    return load_sensitivity(path)
-                except ParaknowError:
-                    pass  # a damaged cache entry is a cache miss: computed again and replaced below
-    scores = compute_sensitivity(model, tokenizer, records, config, progress)
-    meta = {"model": model_ref or getattr(model, "name_or_path", ""), "metric": config.metric,
-            "samples": config.samples, "max_length": config.max_length,
-            "data_sha256": records_sha256(records[:config.samples]), "world_size": parallel.rank_and_size()[1]}
-    save_sensitivity(path, scores, meta)
-    enforce_cap(keep=path)
-    return scores, meta
-
-
-# ---------------------------------------------------------------------------------------
-# Summaries for the pages.
-
-MODULE_ORDER = ATTN_ROLES + FFN_ROLES
-
-
-def module_table(scores: Scores) -> list[dict]:
-    """One row per (layer, module role): `layer`, `module`, `sum`, `mean`, `numel`."""
-    rows = []
-    for name, s in scores.items():
-        layer, role = layer_of(name), role_of(name)
-        if layer is None or role is None:
-            continue
-        rows.append({"layer": layer, "module": role, "sum": float(s.double().sum()),
-                     "mean": float(s.double().mean()), "numel": s.numel(), "param": name})
-    rows.sort(key=lambda r: (r["layer"], MODULE_ORDER.index(r["module"])))
-    return rows
-
-
-def group_shares(scores: Scores) -> dict[str, float]:
-    """Share of total sensitivity in attention, FFN, embeddings and everything else (norms)."""
-    totals = {"attention": 0.0, "ffn": 0.0, "embeddings": 0.0, "other": 0.0}
-    for name, s in scores.items():
-        role = role_of(name)
-        group = ("attention" if role in ATTN_ROLES else "ffn" if role in FFN_ROLES
-                 else "embeddings" if role in ("embed_tokens", "lm_head") else "other")
-        totals[group] += float(s.double().sum())
-    grand = sum(totals.values()) or 1.0
-    return {k: v / grand for k, v in totals.items()}
-
-
-def marginals(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row sums [out] and column sums [in] of a 2-D score matrix, in float64."""
-    return matrix.sum(1, dtype=torch.float64), matrix.sum(0, dtype=torch.float64)
-
-
-def pooled(matrix: torch.Tensor, max_rows: int = 256, max_cols: int = 256, reduce: str = "mean") -> torch.Tensor:
-    """Block-pool a 2-D matrix down to at most [max_rows, max_cols] for display.
-
-    Uses adaptive pooling so any shape works; `reduce` is `mean` or `max`.
-    """
-    if matrix.dim() == 1:
-        matrix = matrix[None, :]
-    out_rows, out_cols = min(max_rows, matrix.shape[0]), min(max_cols, matrix.shape[1])
-    x = matrix.float()[None, None]  # [1, 1, out, in]
-    pool = torch.nn.functional.adaptive_avg_pool2d if reduce == "mean" else torch.nn.functional.adaptive_max_pool2d
-    return pool(x, (out_rows, out_cols))[0, 0]

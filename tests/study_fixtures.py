@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import make_tokenizer, tiny_llama
+from tiny import make_tokenizer, tiny_llama
 
 TEACHER = dict(layers=4, hidden=96, ffn=192, heads=6, kv_heads=2, seed=1)
 STUDENT = dict(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2)

@@ -58,7 +58,7 @@ def test_main_flow_quick_start_sensitivity_mapping_export():
     _ok(at)
     ss = at.session_state
     assert ss[S.TEACHER]["ref"] == S.default_refs()[0] and ss[S.SENS] is not None and ss[S.PLAN] is not None
-    assert ss[S.SENS]["config"]["samples"] == 32 and ss[S.SENS]["config"]["metric"] == "taylor-abs"
+    assert ss[S.SENS].config.samples == 32 and ss[S.SENS].config.metric == "taylor-abs"
     n_t = ss[S.TEACHER_INFO].n_layers
 
     at.switch_page("pages/2_Models.py").run()
@@ -75,11 +75,11 @@ def test_main_flow_quick_start_sensitivity_mapping_export():
     at.number_input(key=S.W_SAMPLES).set_value(8).run()
     at.button(key="w_sens_compute").click().run()
     _ok(at)
-    assert at.session_state[S.SENS]["config"]["samples"] == 8
+    assert at.session_state[S.SENS].config.samples == 8
     at.selectbox(key=S.W_CMP_TASK).set_value("facts").run()
     at.button(key="w_cmp_compute").click().run()
     _ok(at)
-    assert at.session_state[S.SENS_B]["label"] == "task:facts:seed"
+    assert at.session_state[S.SENS_B].label == "task:facts:seed"
     assert any("Most task-specific layers" in str(m.value) for m in at.markdown)
 
     # Mapping: strategy, structure, a manual block position, manual table, layer similarity
@@ -88,20 +88,20 @@ def test_main_flow_quick_start_sensitivity_mapping_export():
     at.selectbox(key=S.W_STRATEGY).set_value("uniform").run()
     _ok(at)
     n_s = at.session_state[S.STUDENT_INFO].n_layers
-    plan = at.session_state[S.PLAN][1]
+    plan = at.session_state[S.PLAN].plan
     assert plan.layer_map[0] == 0 and plan.layer_map[-1] == n_t - 1 and len(plan.layer_map) == n_s
     at.selectbox(key=S.W_STRUCTURE).set_value("rowcol").run()
     _ok(at)
     at.selectbox(key=S.W_STRUCTURE).set_value("submatrix").run()
     module = at.session_state[S.W_PREVIEW]
-    before = next(m for m in at.session_state[S.PLAN][1].modules if m.student_module == module)
+    before = next(m for m in at.session_state[S.PLAN].plan.modules if m.student_module == module)
     at.checkbox(key=f"{S.W_OVR_ON}::{module}").check().run()
     _ok(at)
     at.slider(key=f"{S.W_OVR_ROW}::{module}").set_value(0).run()
     at.slider(key=f"{S.W_OVR_COL}::{module}").set_value(0).run()
     _ok(at)
     assert at.session_state[S.OVERRIDES][module] == (0, 0)
-    after = next(m for m in at.session_state[S.PLAN][1].modules if m.student_module == module)
+    after = next(m for m in at.session_state[S.PLAN].plan.modules if m.student_module == module)
     assert after.selection.block() == (0, 0) and after.captured <= before.captured + 1e-12
     at.button(key="w_map_cka").click().run()
     _ok(at)
@@ -134,7 +134,7 @@ def test_main_flow_quick_start_sensitivity_mapping_export():
     at.button(key="w_exp_verify").click().run()
     assert not at.exception
     verify = at.session_state[S.VERIFY]
-    assert verify["unchanged"] and verify["max_change"] < 1e-3, verify
+    assert verify.unchanged and verify.max_change < 1e-3, verify
     assert any("outputs are unchanged" in str(s.value) for s in at.success)
     at.selectbox(key=S.W_MODE).set_value("additive").run()
     at.text_input(key=S.W_NAME).set_value("apptest-additive").run()
@@ -143,7 +143,7 @@ def test_main_flow_quick_start_sensitivity_mapping_export():
     assert not (Path(at.session_state[S.EXPORT]["dir"]) / "residual").exists()
     at.button(key="w_exp_verify").click().run()
     _ok(at)
-    assert at.session_state[S.VERIFY]["max_change"] > 1e-4  # the teacher's knowledge is in the outputs now
+    assert at.session_state[S.VERIFY].max_change > 1e-4  # the teacher's knowledge is in the outputs now
     assert any("Additive mode" in str(i.value) for i in at.info)
 
     at.switch_page("pages/3_Sensitivity.py").run()  # state survives moving back
@@ -186,7 +186,7 @@ def test_user_mistakes_are_explained():
     at.number_input(key=S.W_SAMPLES).set_value(2).run()
     at.button(key="w_sens_compute").click().run()
     _ok(at)
-    assert at.session_state[S.SENS]["label"] == "pasted"
+    assert at.session_state[S.SENS].label == "pasted"
 
     at.switch_page("pages/5_Export.py").run()
     at.number_input(key=S.W_RANK).set_value(4096).run()
@@ -219,7 +219,7 @@ def test_export_helpers(tmp_path):
 
 
 def test_damaged_model_files_show_the_same_message_as_the_cli(tmp_path):
-    from conftest import make_tokenizer, tiny_llama
+    from tiny import make_tokenizer, tiny_llama
     from paraknow.models import load_config
 
     damaged = tmp_path / "damaged"

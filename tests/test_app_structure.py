@@ -22,13 +22,13 @@ def test_mapping_heads_coherent_and_cka():
     _ok(at)
     at.switch_page("pages/4_Mapping.py").run()
     _ok(at)
-    assert at.session_state[S.PLAN][1].index_sets == {}  # the default: today's per-matrix submatrix
+    assert at.session_state[S.PLAN].plan.index_sets == {}  # the default: today's per-matrix submatrix
     assert [m.label for m in at.metric][:3] == ["Captured", "Area", "Lift"]
     at.selectbox(key=S.W_STRUCTURE).set_value("heads").run()
     at.session_state[S.W_COHERENT] = "layer"
     at.run()
     _ok(at)
-    plan = at.session_state[S.PLAN][1]
+    plan = at.session_state[S.PLAN].plan
     t_info = at.session_state[S.TEACHER_INFO]
     q = next(m for m in plan.modules if m.role == "q_proj")
     assert set((q.selection.rows // t_info.head_dim).tolist()) == set(plan.index_sets[0].heads.q_heads)
@@ -40,7 +40,7 @@ def test_mapping_heads_coherent_and_cka():
     _ok(at)
     at.button(key="w_map_cka_for_map").click().run()
     _ok(at)
-    plan = at.session_state[S.PLAN][1]
+    plan = at.session_state[S.PLAN].plan
     assert plan.layer_similarity is not None
     assert all(b > a for a, b in zip(plan.layer_map, plan.layer_map[1:]))
     at.switch_page("pages/5_Export.py").run()

@@ -156,14 +156,15 @@ def test_full_flow_in_browser(server):
         _goto(page, "Sensitivity", "Layers × modules")
         page.locator(".js-plotly-plot").first.wait_for()
         _no_errors(page)
-        # click a heatmap cell (invisible markers carry [layer, module]): the drill-down follows
-        grid = page.locator(".js-plotly-plot").first.locator(".nsewdrag").first
-        grid.scroll_into_view_if_needed()
-        box = grid.bounding_box()
-        n_modules = 7
-        page.mouse.click(box["x"] + box["width"] * 4.5 / n_modules, box["y"] + box["height"] * 0.69)
+        # click a heatmap cell: its invisible marker (customdata [layer, module], one per cell, row by row
+        # over the 7 modules) is located, and plotly's drag layer above it takes the click
+        cell = page.locator(".js-plotly-plot").first.locator(".scatterlayer .point").nth(5 * 7 + 4)
+        cell.scroll_into_view_if_needed()
+        cell.click(force=True)  # layer 5, gate_proj
         module = page.locator("[data-testid='stSelectbox']").filter(has_text="Module").first.locator("input")
+        layer = page.locator("[data-testid='stSelectbox']").filter(has_text="Layer").first.locator("input")
         expect(module).to_have_value("gate_proj", timeout=TIMEOUT_MS)  # the drill-down followed the click
+        expect(layer).to_have_value("5", timeout=TIMEOUT_MS)
         _settle(page)
         _no_errors(page)
         _shot(page, "3_sensitivity")

@@ -41,7 +41,7 @@ def _dismiss_page_not_found(page) -> None:
     """After a reload of /Study Streamlit may show a spurious "Page not found" dialog (see
     test_browser_finetune); the page itself still runs."""
     page.get_by_role("heading", name="Study").first.wait_for()
-    page.wait_for_timeout(1000)
+    _settle(page)
     dialog = page.get_by_text("Page not found")
     if dialog.count():
         page.keyboard.press("Escape")

@@ -13,7 +13,7 @@ from paraknow import cache
 from paraknow.cli import main
 from paraknow.paths import cache_dir
 from paraknow.sensitivity import SensitivityConfig, cached_sensitivity
-from conftest import SEED_RECORDS, TOKENIZER, tiny_llama
+from tiny import SEED_RECORDS, TOKENIZER, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 86400

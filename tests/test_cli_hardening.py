@@ -20,13 +20,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from paraknow import models
+from paraknow import gguf_models, models
 from paraknow.cli import main
 from paraknow.data import to_jsonl
 from paraknow.errors import ParaknowError
 from paraknow.fsio import atomic_directory, atomic_write_json, lock_path, output_lock
 from paraknow.paths import cache_dir
-from conftest import SEED_RECORDS, make_tokenizer, tiny_llama
+from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -322,7 +322,7 @@ def test_gguf_memory_check_reads_the_header_before_dequantising(tmp_path, monkey
     path = tmp_path / "small.gguf"
     _small_gguf(path)
     assert models.gguf_float32_bytes(path) == 50 * 16 * 4  # from the header's shapes alone
-    monkeypatch.setattr(models, "available_memory_bytes", lambda device: 1000)
+    monkeypatch.setattr(gguf_models, "available_memory_bytes", lambda device: 1000)
     with pytest.raises(ParaknowError, match=r"de-quantising small.gguf needs about .* GiB of RAM"):
         models.load_config(str(path))
     assert not [p for p in cache_dir("models").iterdir() if p.name.startswith("gguf-")]

@@ -42,7 +42,9 @@ def test_evaluate_returns_loss_accuracy_n(model, tokenizer):
                       progress=lambda d, t, m: calls.append((d, t)))
     assert isinstance(result, EvalResult)
     assert result.n == 12 and len(result.predictions) == 12
-    assert 0.0 <= result.accuracy <= 1.0
+    assert result.accuracy == sum(p["correct"] for p in result.predictions) / 12
+    assert [p["correct"] for p in result.predictions] == [
+        tasks.score(r, p["prediction"]) for r, p in zip(records(), result.predictions)]
     assert result.loss > 0  # its value is checked against an unbatched computation below
     assert calls and calls[-1][0] == calls[-1][1]
     assert result.to_dict() == {"accuracy": result.accuracy, "loss": result.loss, "n": 12}
@@ -124,7 +126,7 @@ def test_oracle_exact_match_counting(model, tokenizer):
 def test_generic_records_and_text(model, tokenizer):
     generic = [{"prompt": "What is 2 + 2?", "completion": "So the answer is 4."}]
     result = evaluate(model, tokenizer, generic, max_new_tokens=3)
-    assert result.n == 1 and result.accuracy in (0.0, 1.0)
+    assert result.n == 1 and result.accuracy == float(tasks.score(generic[0], result.predictions[0]["prediction"]))
     text_only = evaluate(model, tokenizer, [{"text": "The capital of Paan is Lipa."}], max_new_tokens=3)
     assert text_only.accuracy is None and text_only.loss > 0
     with pytest.raises(ParaknowError):

@@ -13,7 +13,7 @@ from paraknow.cli import main
 from paraknow.errors import ParaknowError
 from paraknow.models import describe, vocab_fingerprint
 from paraknow.transfer import TransferConfig, check_transferable, compatibility
-from conftest import make_tokenizer, tiny_llama
+from tiny import make_tokenizer, tiny_llama
 
 
 def permuted_tokenizer() -> PreTrainedTokenizerFast:
@@ -100,11 +100,11 @@ def test_only_selected_modules_need_a_wider_teacher(tokenizer):
     teacher = describe(tiny_llama(layers=4, hidden=96, ffn=192, heads=6, kv_heads=1, seed=1), tokenizer)
     student = describe(tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2), tokenizer)
     report = check_transferable(teacher, student, TransferConfig(modules="ffn,q_proj,o_proj"))
-    assert report["roles"] == ["q_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert report.roles == ["q_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     for modules in ("attn", None, "k_proj,ffn"):
         with pytest.raises(ParaknowError, match="narrower than the student for k_proj"):
             check_transferable(teacher, student, TransferConfig(modules=modules))
-    assert "v_proj" in compatibility(teacher, student)["errors"]["width"]  # the full report still says it
+    assert "v_proj" in compatibility(teacher, student).errors["width"]  # the full report still says it
 
 
 def test_app_quick_start_plans_embeddings_and_the_checkboxes_narrow_it():
@@ -118,12 +118,12 @@ def test_app_quick_start_plans_embeddings_and_the_checkboxes_narrow_it():
     at.run()
     at.button(key="w_home_quickstart").click().run()
     assert not at.exception and not at.error
-    assert {"embed_tokens", "lm_head"} <= set(at.session_state[S.PLAN][1].roles)
+    assert {"embed_tokens", "lm_head"} <= set(at.session_state[S.PLAN].plan.roles)
     at.switch_page("pages/2_Models.py").run()
     assert [m.value for m in at.metric if m.label == "Tokenizer"] == ["same"]
     at.switch_page("pages/4_Mapping.py").run()
     assert all(at.checkbox(key=S.W_MODULE_PREFIX + role).value for role in ("q_proj", "embed_tokens", "lm_head"))
     at.checkbox(key=S.W_MODULE_PREFIX + "lm_head").uncheck().run()
     assert not at.exception and not at.error
-    roles = at.session_state[S.PLAN][1].roles
+    roles = at.session_state[S.PLAN].plan.roles
     assert "embed_tokens" in roles and "lm_head" not in roles

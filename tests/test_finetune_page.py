@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import SEED_RECORDS, make_tokenizer, tiny_llama
+from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 from paraknow import jobs, viz
 from paraknow.errors import ParaknowError
 from paraknow.fsio import atomic_write_json
 from paraknow.paths import cache_dir
-from paraknow.train import TrainConfig, proc_start_time
+from paraknow.processes import proc_start_time
+from paraknow.train import TrainConfig
 from ui import finetune as F
 from ui import state as S
 

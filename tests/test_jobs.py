@@ -14,7 +14,7 @@ import pytest
 from paraknow import jobs
 from paraknow.errors import ParaknowError
 from paraknow.train import TrainConfig
-from conftest import SEED_RECORDS, make_tokenizer, tiny_llama
+from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,7 +159,8 @@ def test_compare_runs_groups_and_results(setup, tmp_path):
         status = jobs.read_status(run_dir)
         status.update(state="finished", final_eval={"accuracy": 0.1 * i, "loss": 1.0 + i, "n": 10})
         (run_dir / "status.json").write_text(json.dumps(status))
-    jobs.stop(run_dirs[5])  # finished already: stays finished
+    assert jobs.stop(run_dirs[5])["state"] == "finished"  # finished already: stays finished, no STOP file
+    assert not (run_dirs[5] / "STOP").exists()
     results = jobs.group_results(group)
     assert results["complete"]
     pkt = results["methods"]["pkt"]

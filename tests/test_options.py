@@ -75,3 +75,13 @@ def test_every_train_flag_is_a_config_field():
     args = build_parser().parse_args(["train", "--student", "s", "--data", "d", "--out", "o"])
     assert {name: getattr(args, name) for name in CLI_FIELDS} == \
         {name: default_of(TrainConfig, name) for name in CLI_FIELDS} | {"student": "s", "data": "d", "out": "o"}
+
+
+def test_every_registry_entry_carries_its_help():
+    """The pages' pickers read their help lines from the registries, so a new entry needs one."""
+    from paraknow.extract import STRUCTURE_HELP, STRUCTURES
+    from paraknow.mapping import LAYER_STRATEGIES, STRATEGY_HELP
+
+    assert set(STRATEGY_HELP) == set(LAYER_STRATEGIES) and all(STRATEGY_HELP.values())
+    assert set(STRUCTURE_HELP) == set(STRUCTURES) and all(STRUCTURE_HELP.values())
+    assert all(metric.help for metric in METRICS.values())

@@ -3,9 +3,12 @@ import torch
 
 from paraknow.data import collate, encode_all
 from paraknow.errors import ParaknowError
+from paraknow.data import records_sha256
+from paraknow.mapping import layer_scores
 from paraknow.sensitivity import (SensitivityConfig, cached_sensitivity, compute_sensitivity, group_shares,
-                                  load_sensitivity, marginals, module_table, pooled, save_sensitivity)
-from conftest import tiny_llama
+                                  cached_sensitivity_hit, load_sensitivity, marginals, module_table, pooled,
+                                  save_sensitivity, sensitivity_map)
+from tiny import tiny_llama
 
 
 def reference_grads(model, tokenizer, records):
@@ -73,9 +76,11 @@ def test_wanda_uses_input_norms(tokenizer, seed_records):
 def test_file_roundtrip_and_cache(tmp_path, tokenizer, seed_records):
     model = tiny_llama()
     config = SensitivityConfig(samples=4)
-    scores, meta = cached_sensitivity(model, tokenizer, seed_records, config)
-    again, meta2 = cached_sensitivity(model, tokenizer, seed_records, config)
+    scores, meta, hit = cached_sensitivity_hit(model, tokenizer, seed_records, config)
+    again, meta2, hit2 = cached_sensitivity_hit(model, tokenizer, seed_records, config)
+    assert not hit and hit2  # the second call reads the file the first one wrote
     assert meta == meta2 and all(torch.equal(scores[k], again[k]) for k in scores)
+    assert cached_sensitivity(model, tokenizer, seed_records, config)[1] == meta
     with torch.no_grad():  # changed weights -> a different key, never the stale map
         model.model.layers[0].mlp.up_proj.weight.mul_(2)
     changed, _ = cached_sensitivity(model, tokenizer, seed_records, config)
@@ -87,6 +92,26 @@ def test_file_roundtrip_and_cache(tmp_path, tokenizer, seed_records):
     assert all(torch.equal(loaded[k], scores[k]) for k in scores)
 
 
+def test_sensitivity_map_says_whether_it_came_from_the_cache(tokenizer, seed_records):
+    model = tiny_llama(layers=3)
+    config = SensitivityConfig(samples=4)
+    first = sensitivity_map(model, tokenizer, seed_records, config, "seeds", 3, model_ref="tiny")
+    second = sensitivity_map(model, tokenizer, seed_records, config, "seeds again", 3, model_ref="tiny")
+    assert not first.cached and second.cached and first.id != second.id
+    assert first.records == seed_records[:4] and first.data_sha256 == records_sha256(seed_records[:4])
+    reference = compute_sensitivity(model, tokenizer, seed_records, config)
+    assert all(torch.equal(first.scores[k], reference[k]) and torch.equal(second.scores[k], reference[k])
+               for k in reference)
+    assert first.layer_scores == pytest.approx(layer_scores(reference, 3))
+    assert first.table == module_table(reference) and first.shares == group_shares(reference)
+    assert first.meta["data_sha256"] == first.data_sha256 and first.meta["model"] == "tiny"
+    assert second.provenance("t", "s") == {"teacher": "t", "student": "s", "data": "seeds again",
+                                           "metric": "taylor-abs", "samples": 4, "max_length": 2048,
+                                           "data_sha256": first.data_sha256}
+    with pytest.raises(ParaknowError, match="only 8"):
+        sensitivity_map(model, tokenizer, seed_records, SensitivityConfig(samples=9), "seeds", 3)
+
+
 def test_summaries(tokenizer, seed_records):
     model = tiny_llama(layers=3)
     scores = compute_sensitivity(model, tokenizer, seed_records, SensitivityConfig(samples=3))
@@ -95,7 +120,13 @@ def test_summaries(tokenizer, seed_records):
     row = next(r for r in table if r["layer"] == 2 and r["module"] == "gate_proj")
     assert row["sum"] == pytest.approx(float(scores["model.layers.2.mlp.gate_proj.weight"].double().sum()))
     shares = group_shares(scores)
-    assert sum(shares.values()) == pytest.approx(1.0)
+    total = sum(float(v.double().sum()) for v in scores.values())
+    ffn = sum(float(v.double().sum()) for k, v in scores.items() if k.endswith(("gate_proj.weight", "up_proj.weight",
+                                                                                    "down_proj.weight")))
+    embeddings = sum(float(v.double().sum()) for k, v in scores.items() if k.endswith(("embed_tokens.weight",
+                                                                                           "lm_head.weight")))
+    assert shares["ffn"] == pytest.approx(ffn / total) and shares["embeddings"] == pytest.approx(embeddings / total)
+    assert 0 < shares["other"] < shares["attention"]  # the norms' share is small but there
     m = torch.rand(300, 70)
     rows, cols = marginals(m)
     torch.testing.assert_close(rows, m.double().sum(1))

@@ -10,7 +10,7 @@ import torch
 from paraknow.cli import main
 from paraknow.data import encode_all, to_jsonl
 from paraknow.sensitivity import METRICS, SensitivityConfig, compute_sensitivity, load_sensitivity
-from conftest import SEED_RECORDS, make_tokenizer, tiny_llama
+from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
 from paraknow.similarity import layer_similarity
 from paraknow.structure import AXES, plan_index_sets
 from paraknow.transfer import TransferConfig, export_transfer, plan_transfer
-from conftest import VOCAB
+from tiny import VOCAB
 
 INPUT = torch.tensor([[1, 20, 33, 45, 50, 61, 70, 12, 5]])
 FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
@@ -59,7 +59,7 @@ def logits(model):
 @pytest.fixture(scope="module")
 def planned():
     """{(family, group): (teacher, student, scores)} with the sensitivity computed once."""
-    from conftest import SEED_RECORDS, make_tokenizer
+    from tiny import SEED_RECORDS, make_tokenizer
 
     out = {}
     for family in FAMILIES:
@@ -307,7 +307,7 @@ def test_residual_export_keeps_student_and_records_options(tmp_path, planned, to
 
 
 def test_cli_extract_with_the_new_options(tmp_path, capsys):
-    from conftest import SEED_RECORDS, make_tokenizer
+    from tiny import SEED_RECORDS, make_tokenizer
     from paraknow.cli import main
     from paraknow.data import to_jsonl
 

@@ -15,7 +15,7 @@ from paraknow.errors import ParaknowError
 from paraknow.evaluate import completion_losses
 from paraknow.study import parse_recipe, prepare, run_study
 from paraknow.study.results import select_lr
-from paraknow.study.runner import random_teacher
+from paraknow.study.exports import random_teacher
 from paraknow.study.signals import SIGNALS, export_signals
 from paraknow.study.stats import mean_interval, paired_difference
 from study_fixtures import study_inputs, tiny_recipe, write_recipe

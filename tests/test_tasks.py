@@ -71,7 +71,7 @@ def test_corpus_never_contains_a_split_record(name):
 def test_facts_test_split_asks_about_other_facts():
     part = tasks.fact_partition()
     assert not set(part["test"]) & set(part["train"])
-    questions = {tasks._RELATIONS[rel][0].format(s=subj): (rel, subj)
+    questions = {tasks.RELATIONS[rel][0].format(s=subj): (rel, subj)
                  for rel, subj, _ in tasks.world()["facts"]}
 
     def asked(records):

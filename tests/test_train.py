@@ -1,4 +1,4 @@
-"""Fine-tuning runs (SPEC 2.7, 5 `train`) on tiny random models: files, adapters, STOP, failures."""
+"""Fine-tuning runs (`paraknow train`) on tiny random models: files, adapters, STOP, failures."""
 import json
 
 import pytest
@@ -11,7 +11,7 @@ from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
 from paraknow.train import METRIC_KEYS, TrainConfig, load_spec, run_training, train
 from paraknow.transfer import TransferConfig, export_transfer, plan_transfer
 from paraknow.models import describe
-from conftest import SEED_RECORDS, make_tokenizer, tiny_llama
+from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 
 INPUT = torch.tensor([[1, 20, 33, 45, 50, 61, 70, 12, 5]])
 STUDENT = dict(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2)

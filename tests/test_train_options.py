@@ -11,7 +11,7 @@ from paraknow.models import describe
 from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
 from paraknow.train import PISSA_EMBEDDING_NOTE, TrainConfig, train
 from paraknow.transfer import TransferConfig, export_transfer, plan_transfer
-from conftest import SEED_RECORDS, make_tokenizer, tiny_llama
+from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 
 INPUT = torch.tensor([[1, 20, 33, 45, 50, 61, 70, 12, 5]])
 EMBED_TARGETS = ["down_proj", "embed_tokens", "gate_proj", "k_proj", "lm_head", "o_proj", "q_proj", "up_proj",

@@ -11,8 +11,8 @@ from paraknow.extract import max_sum_block_reference
 from paraknow.lora import read_adapter, residual_to_plain, student_from_export
 from paraknow.models import describe
 from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
-from paraknow.transfer import TransferConfig, compatibility, export_transfer, plan_transfer
-from conftest import tiny_llama
+from paraknow.transfer import TransferConfig, compatibility, export_transfer, plan_transfer, verify_export
+from tiny import tiny_llama
 
 INPUT = torch.tensor([[1, 20, 33, 45, 50, 61, 70, 12, 5]])
 
@@ -110,6 +110,21 @@ def test_additive_mode_starts_at_student_plus_teacher(tmp_path, tokenizer, seed_
                                fresh.model.layers[0].mlp.up_proj.weight + 2.0 * B @ A, rtol=1e-5, atol=1e-5)
 
 
+def test_verify_export_loads_it_with_plain_peft(tmp_path, tokenizer, seed_records):
+    """Residual: the student's function is unchanged (tolerance scaled by the logits); additive: changed."""
+    teacher, student = pair()
+    records = seed_records[:3]
+    _, _, _, residual = run_export(tmp_path / "r", teacher, student, tokenizer, seed_records)
+    check = verify_export(student, tokenizer, residual, records)
+    assert check.mode == "residual" and check.unchanged and check.max_change < 1e-4
+    assert check.samples == 3 and check.tokens > 3 and check.tolerance == pytest.approx(1e-3 * max(1.0, check.max_logit))
+    _, _, _, additive = run_export(tmp_path / "a", teacher, student, tokenizer, seed_records, mode="additive")
+    changed = verify_export(student, tokenizer, additive, records)
+    assert changed.mode == "additive" and not changed.unchanged and changed.max_change > changed.tolerance
+    assert changed.to_dict()["unchanged"] is False
+    torch.testing.assert_close(logits(student), logits(pair()[1]))  # the student itself was not touched
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_residual_trained_adapter_converts_to_plain_lora(tmp_path, tokenizer, seed_records, tied):
     teacher, student = pair(tied_student=tied)
@@ -153,21 +168,31 @@ def test_compatibility_errors(tokenizer, seed_records):
     teacher, student = pair()
     t_info, s_info = describe(teacher), describe(student)
     report = compatibility(t_info, s_info)
-    assert not report["errors"] and report["gqa"] == {"teacher": True, "student": True}
+    assert not report.errors and report.teacher_gqa and report.student_gqa
     scores = compute_sensitivity(student, tokenizer, seed_records, SensitivityConfig(samples=2))
     with pytest.raises(ParaknowError, match="deeper teacher"):
         plan_transfer(s_info, t_info, scores, TransferConfig())
     with pytest.raises(ParaknowError, match="narrower"):  # a manual map allows depth, not width
         plan_transfer(s_info, t_info, scores, TransferConfig(layers="manual", manual_map=[0, 1, 1, 0]))
     other_vocab = describe(tiny_llama(layers=2, hidden=64, ffn=128, vocab=120))
-    assert not compatibility(t_info, other_vocab)["vocab_match"]
+    teacher_scores = compute_sensitivity(teacher, tokenizer, seed_records[:2], SensitivityConfig(samples=2))
+    with pytest.raises(ParaknowError, match="lower --rank") as too_large:  # the page names where rank is set
+        plan_transfer(t_info, s_info, teacher_scores, TransferConfig(rank=65))
+    assert too_large.value.setting == "rank"
+    with pytest.raises(ParaknowError) as deeper:
+        plan_transfer(s_info, t_info, scores, TransferConfig())
+    assert deeper.value.setting is None
+    mismatched = compatibility(t_info, other_vocab)
+    assert not mismatched.vocab_match and "differ in size" in mismatched.tokenizer_mismatch
+    assert {r.module for r in mismatched.rows if not r.transfers} == {"embed_tokens", "lm_head"}
+    assert mismatched.transferable == len(mismatched.rows) - 2
 
 
 def test_tied_embedding_note_only_when_embeddings_transfer(tokenizer, seed_records):
     teacher, student = pair(tied_student=True)
     scores = compute_sensitivity(teacher, tokenizer, seed_records[:2], SensitivityConfig(samples=2))
     t_info, s_info = describe(teacher), describe(student)
-    assert any("ties lm_head" in n for n in compatibility(t_info, s_info)["notes"])  # the Models page says it
+    assert any("ties lm_head" in n for n in compatibility(t_info, s_info).notes)  # the Models page says it
     without = plan_transfer(t_info, s_info, scores, TransferConfig(modules=("attn", "ffn")))
     assert not any("ties lm_head" in n for n in without.notes)
     embeds = plan_transfer(t_info, s_info, scores, TransferConfig(modules=("attn", "embed")))

@@ -16,7 +16,7 @@ import streamlit as st
 from paraknow import jobs
 from paraknow.errors import ParaknowError
 from paraknow.paths import cache_dir
-from paraknow.train import TrainConfig
+from paraknow.train_config import TrainConfig, method_of
 from ui import ops
 from ui import state as S
 from ui.state import PERSIST
@@ -171,7 +171,7 @@ def launch_runs(settings: dict, init: str, seeds: list[int], rank: int | None = 
                 export_name: str | None = None) -> list[Path]:
     """Queue one run per seed (`jobs.submit`); all are validated before any is created.
     `init`: vanilla | pissa | an export directory (which brings its own rank and alpha)."""
-    method = init if init in ("vanilla", "pissa") else "pkt"
+    method = method_of(init)
     extra = {} if method == "pkt" else {"rank": rank, "alpha": alpha}
     tag = f"pkt {export_name}" if method == "pkt" and export_name else method
     configs = [TrainConfig(init=init, seed=seed, label=f"{tag} seed {seed}", **settings, **extra) for seed in seeds]

@@ -2,20 +2,16 @@
 
 - export names and the list of exports under cache/exports/
 - zipping an export for download
-- verifying an export with plain PEFT against the original student
+(verifying an export with plain PEFT is paraknow.export.verify_export)
 """
 from __future__ import annotations
 
-import copy
 import hashlib
-import io
 import re
-import zipfile
 from pathlib import Path
 
-import torch
-
 from paraknow.errors import ParaknowError
+from paraknow.fsio import zip_folder
 
 NAME_MAX = 80
 NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}$")
@@ -85,55 +81,10 @@ def zip_dir(directory) -> bytes:
     directory = Path(directory)
     if not directory.is_dir():
         raise ParaknowError(f"export folder {directory} does not exist any more; export again.")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(directory.rglob("*")):
-            if path.is_file():
-                zf.write(path, arcname=str(Path(directory.name) / path.relative_to(directory)))
-    return buf.getvalue()
+    return zip_folder(directory)
 
 
 def files_table(directory) -> list[dict]:
     directory = Path(directory)
     return [{"file": str(p.relative_to(directory)), "bytes": p.stat().st_size}
             for p in sorted(directory.rglob("*")) if p.is_file()]
-
-
-def verify_export(student, tokenizer, export_dir, records: list[dict], max_length: int = 512,
-                  progress=None) -> dict:
-    """Load the export with plain PEFT on a copy of the student and compare logits on the records.
-
-    Residual mode: merge `residual/` into the base first (PeftModel + merge_and_unload), then load
-    the main adapter; the outputs must equal the original student's (max change ~1e-5).
-    Additive mode: the change is the teacher's knowledge itself, so it is expected to be > 0.
-    """
-    from peft import PeftModel
-
-    from paraknow.data import encode
-    from paraknow.lora import load_manifest
-
-    export_dir = Path(export_dir)
-    manifest = load_manifest(export_dir)
-    base = copy.deepcopy(student).eval()
-    original = student
-    residual = export_dir / "residual"
-    if (residual / "adapter_config.json").is_file():
-        base = PeftModel.from_pretrained(base, str(residual)).merge_and_unload()
-    model = PeftModel.from_pretrained(base, str(export_dir)).eval()
-    device = original.get_input_embeddings().weight.device
-    max_change, max_logit, n_tokens = 0.0, 0.0, 0
-    with torch.inference_mode():
-        for i, record in enumerate(records):
-            ids = torch.tensor([encode(tokenizer, record, max_length).input_ids], device=device)
-            a = original(input_ids=ids).logits.float()
-            b = model(input_ids=ids).logits.float()
-            max_change = max(max_change, float((a - b).abs().max()))
-            max_logit = max(max_logit, float(a.abs().max()))
-            n_tokens += ids.shape[1]
-            if progress:
-                progress(i + 1, len(records), f"sample {i + 1}/{len(records)}")
-    mode = manifest.get("mode")
-    tolerance = 1e-3 * max(1.0, max_logit)
-    return {"dir": str(export_dir), "mode": mode, "max_change": max_change, "max_logit": max_logit,
-            "samples": len(records), "tokens": n_tokens, "tolerance": tolerance,
-            "unchanged": max_change <= tolerance}

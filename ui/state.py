@@ -16,6 +16,7 @@ model references (demo:teacher / demo:student), e.g. with tiny local models.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import streamlit as st
 
@@ -29,27 +30,34 @@ TEACHER = "pk_teacher"            # {"ref", "dtype", "device"} of the loaded tea
 STUDENT = "pk_student"            # same for the student
 TEACHER_INFO = "pk_teacher_info"  # paraknow.models.ModelInfo of the loaded teacher (describe)
 STUDENT_INFO = "pk_student_info"
-SENS = "pk_sens"                  # sensitivity result dict (see ui.widgets.run_sensitivity)
+SENS = "pk_sens"                  # paraknow.sensitivity.SensitivityMap (ui.widgets.sensitivity_result)
 SENS_B = "pk_sens_b"              # second map for the task comparison
 MANUAL_MAP = "pk_manual_map"      # manual layer map (list, teacher layer or None per student layer)
 MANUAL_BASE = "pk_manual_base"    # the map the mapping table editor started from
 MANUAL_VERSION = "pk_manual_version"  # bumped to give the table editor a fresh key
 OVERRIDES = "pk_overrides"        # {student module: (row, col)} manual block positions
-PLAN = "pk_plan"                  # (settings key, TransferPlan) of the current mapping
+PLAN = "pk_plan"                  # HeldPlan: the TransferPlan of the current mapping and its settings key
 CKA = "pk_cka"                    # {"key", "matrix", "info"} layer similarity
 EXPORT = "pk_export"              # {"name", "dir", "manifest"} of the last export
 EXPORTS_MADE = "pk_exports_made"  # names exported in this session
-VERIFY = "pk_verify"              # {"dir", "max_change", ...} of the last verification
-ZIP = "pk_zip"                    # {"dir", "stamp", "data"} zip bytes of an export
+VERIFY = "pk_verify"              # paraknow.export.Verification of the last verification
 QUICKSTART = "pk_quickstart"      # summary line of the last quick start
-DRILL_CLICK = "pk_drill_click"    # last heatmap click applied to the drill-down
 HUB_CHECKED = "pk_hub_checked"    # hub ids whose config the user asked to look up (network)
 PG_RESULT = "pk_pg_result"        # {"key", "outputs": [playground.Output]} of the last Playground run
+
+
+
+@dataclass
+class HeldPlan:
+    """The plan the session holds, with the settings it was made from (ui.widgets.plan_key)."""
+    key: str
+    plan: object  # paraknow.transfer.TransferPlan
+
 
 RESULT_DEFAULTS = {
     TEACHER: None, STUDENT: None, TEACHER_INFO: None, STUDENT_INFO: None, SENS: None, SENS_B: None,
     MANUAL_MAP: None, MANUAL_BASE: None, MANUAL_VERSION: 0, OVERRIDES: {}, PLAN: None, CKA: None,
-    EXPORT: None, EXPORTS_MADE: [], VERIFY: None, ZIP: None, QUICKSTART: None, DRILL_CLICK: None,
+    EXPORT: None, EXPORTS_MADE: [], VERIFY: None, QUICKSTART: None,
     HUB_CHECKED: [], PG_RESULT: None,
 }
 
@@ -209,7 +217,7 @@ def put(key: str, value) -> None:
 
 def reset_after_models() -> None:
     """New models: everything computed from the old ones is stale."""
-    for key in (SENS, SENS_B, MANUAL_MAP, MANUAL_BASE, PLAN, CKA, EXPORT, VERIFY, ZIP):
+    for key in (SENS, SENS_B, MANUAL_MAP, MANUAL_BASE, PLAN, CKA, EXPORT, VERIFY):
         st.session_state[key] = None
     st.session_state[OVERRIDES] = {}
     st.session_state[MANUAL_VERSION] = get(MANUAL_VERSION) + 1
@@ -217,10 +225,9 @@ def reset_after_models() -> None:
 
 def reset_after_sensitivity() -> None:
     """A new sensitivity map: plans, overrides and exports made from the old one are stale."""
-    for key in (PLAN, SENS_B, EXPORT, VERIFY, ZIP):
+    for key in (PLAN, SENS_B, EXPORT, VERIFY):
         st.session_state[key] = None
     st.session_state[OVERRIDES] = {}
-    st.session_state[DRILL_CLICK] = None
 
 
 def progress_summary() -> dict[str, bool]:

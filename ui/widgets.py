@@ -9,8 +9,7 @@ import contextvars
 import runpy
 import time
 import traceback
-import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import streamlit as st
@@ -291,44 +290,26 @@ def load_pair(t_spec: dict, s_spec: dict, status=None) -> None:
         S.reset_after_models()
 
 
-def sensitivity_result(records: list[dict], label: str, config, progress=None) -> dict:
-    """Sensitivity of the loaded teacher (content-cached on disk, memoised in the session)."""
+def sensitivity_result(records: list[dict], label: str, config, progress=None):
+    """The loaded teacher's SensitivityMap (content-cached on disk, memoised in the session)."""
     from paraknow.data import records_sha256
-    from paraknow.mapping import layer_scores
-    from paraknow.sensitivity import cached_sensitivity, group_shares, module_table
+    from paraknow.sensitivity import sensitivity_map
 
     teacher, tokenizer, info = get_model("teacher")
     spec = S.get(S.TEACHER)
-    config.validate()
-    if len(records) < config.samples:
-        raise ParaknowError(f"asked for {config.samples} seed samples but the data has only {len(records)}; "
-                            "lower the sample count or give more data.")
-    used = records[:config.samples]
-    digest = records_sha256(used)
+    digest = records_sha256(records[:config.samples])
     for key in (S.SENS, S.SENS_B):  # same inputs as a map we already hold: instant
         old = S.get(key)
-        if old and old["teacher"] == spec and old["data_sha256"] == digest and old["config"] == asdict(config):
-            return {**old, "label": label, "seconds": 0.0, "cached": True}
-    t0 = time.time()
-    calls = []
-
-    def tracked(done, total, message=""):
-        calls.append(done)
-        if progress:
-            progress(done, total, message)
-
-    scores, meta = cached_sensitivity(teacher, tokenizer, used, config, tracked, model_ref=spec["ref"])
-    return {"id": uuid.uuid4().hex[:12], "teacher": dict(spec), "label": label, "records": used,
-            "data_sha256": digest, "config": asdict(config), "scores": scores, "meta": meta,
-            "table": module_table(scores), "layer_scores": layer_scores(scores, info.n_layers),
-            "shares": group_shares(scores), "seconds": time.time() - t0,
-            "cached": not calls}
+        if old and old.teacher == spec and old.data_sha256 == digest and old.config == config:
+            return replace(old, label=label, seconds=0.0, cached=True)
+    return sensitivity_map(teacher, tokenizer, records, config, label, info.n_layers, progress,
+                           model_ref=spec["ref"], teacher=dict(spec))
 
 
 def set_sensitivity(result: dict) -> None:
     old = S.get(S.SENS)
     S.put(S.SENS, result)
-    if not old or old["id"] != result["id"]:
+    if not old or old.id != result.id:
         S.reset_after_sensitivity()
 
 
@@ -373,14 +354,14 @@ def plan_key(config) -> str:
     d = asdict(config)
     d.pop("alpha"), d.pop("mode"), d.pop("split")  # do not change what is selected
     similarity = cka_key() if config.layers == "cka" and current_similarity() is not None else None
-    return (f"{sens['id'] if sens else None}|{S.get(S.STUDENT)}|{similarity}|"
+    return (f"{sens.id if sens else None}|{S.get(S.STUDENT)}|{similarity}|"
             f"{sorted(d.items(), key=lambda kv: kv[0])!r}")
 
 
 def cka_key() -> tuple:
     """What the layer similarity depends on: both models and the seed samples (the sensitivity's)."""
     sens = S.get(S.SENS)
-    return str(S.get(S.TEACHER)), str(S.get(S.STUDENT)), sens["id"] if sens else None
+    return str(S.get(S.TEACHER)), str(S.get(S.STUDENT)), sens.id if sens else None
 
 
 def current_similarity():
@@ -397,7 +378,7 @@ def compute_similarity() -> None:
         teacher, t_tok, _ = get_model("teacher")
         student, s_tok, _ = get_model("student")
         progress = Progress("Hidden states")
-        matrix, info = layer_similarity(teacher, student, t_tok, S.get(S.SENS)["records"],
+        matrix, info = layer_similarity(teacher, student, t_tok, S.get(S.SENS).records,
                                         student_tokenizer=s_tok, progress=progress)
         progress.finish(f"compared on {info['n']} {info['inputs']}")
         S.put(S.CKA, {"key": cka_key(), "matrix": matrix, "info": info})
@@ -410,14 +391,14 @@ def current_plan(config=None):
     config = config or current_transfer_config()
     key = plan_key(config)
     held = S.get(S.PLAN)
-    if held and held[0] == key:
-        return held[1]
+    if held and held.key == key:
+        return held.plan
     sens = S.get(S.SENS)
     if not sens:
         raise ParaknowError("no sensitivity map yet: compute one on the Sensitivity page first.")
     similarity = current_similarity() if config.layers == "cka" else None
-    plan = plan_transfer(S.get(S.TEACHER_INFO), S.get(S.STUDENT_INFO), sens["scores"], config, similarity)
-    S.put(S.PLAN, (key, plan))
+    plan = plan_transfer(S.get(S.TEACHER_INFO), S.get(S.STUDENT_INFO), sens.scores, config, similarity)
+    S.put(S.PLAN, S.HeldPlan(key, plan))
     return plan
 
 
@@ -449,7 +430,7 @@ def quick_start() -> str:
         for key in (k for k in defaults if k.startswith(S.W_MODULE_PREFIX)):
             ss[key] = defaults[key]
         plan = current_plan()
-        took = "from the cache" if result["cached"] else f"{result['seconds']:.1f} s"
+        took = "from the cache" if result.cached else f"{result.seconds:.1f} s"
         summary = (f"Loaded `{t_ref}` and `{s_ref}`, computed the sensitivity on `{QUICK_TASK}` "
                    f"({took}), planned "
                    f"{len(plan.modules)} modules ({', '.join(plan.roles)}): student layers <- teacher layers "
@@ -528,11 +509,11 @@ def session_settings() -> dict:
     sens, plan = S.get(S.SENS), S.get(S.PLAN)
     out = {}
     if sens:
-        out.update({"seed data": sens["label"], "metric": sens["config"]["metric"],
-                    "samples": sens["config"]["samples"], "max tokens": sens["config"]["max_length"]})
+        out.update({"seed data": sens.label, "metric": sens.config.metric,
+                    "samples": sens.config.samples, "max tokens": sens.config.max_length})
     if plan:
-        out.update({"layer map (teacher layer per student layer)": plan[1].layer_map,
-                    "modules planned": len(plan[1].modules)})
+        out.update({"layer map (teacher layer per student layer)": plan.plan.layer_map,
+                    "modules planned": len(plan.plan.modules)})
     return out
 
 
@@ -587,16 +568,11 @@ def require(*needs: str) -> bool:
         return False
     if "sensitivity" in needs:
         sens = S.get(S.SENS)
-        if not sens or sens["teacher"] != S.get(S.TEACHER):
+        if not sens or sens.teacher != S.get(S.TEACHER):
             st.warning("Compute the teacher's sensitivity first.", icon=":material/arrow_back:")
             st.page_link(PAGE_SENSITIVITY, label="Go to Sensitivity", icon=":material/local_fire_department:")
             return False
     return True
-
-
-def finetune_available() -> bool:
-    """Page 6 (Fine-tune) is added by the fine-tuning work; until then the pages point to the CLI."""
-    return (ROOT / PAGE_FINETUNE).exists()
 
 
 def cache_panel() -> None:
@@ -642,8 +618,8 @@ def sidebar_status(container=None) -> None:
         lines = [
             f"{ok} teacher: `{t['ref']}`" if t else f"{todo} teacher: not loaded",
             f"{ok} student: `{s['ref']}`" if s else f"{todo} student: not loaded",
-            f"{ok} sensitivity: {sens['label']}, {sens['config']['metric']}" if sens else f"{todo} sensitivity: not computed",
-            f"{ok} mapping: {plan[1].layer_map}" if plan else f"{todo} mapping: not planned",
+            f"{ok} sensitivity: {sens.label}, {sens.config.metric}" if sens else f"{todo} sensitivity: not computed",
+            f"{ok} mapping: {plan.plan.layer_map}" if plan else f"{todo} mapping: not planned",
             f"{ok} export: `{exp['name']}`" if exp else f"{todo} export: none yet",
         ]
         st.markdown("  \n".join(lines))

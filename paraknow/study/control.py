@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..errors import ParaknowError
 from ..fsio import atomic_write_json, atomic_write_text
-from ..jobs import _child_env, _children, _pid_alive, read_log
-from ..train import LOG_FILE, STOP_FILE, read_json
+from ..processes import pid_alive, spawn
+from ..rundir import LOG_FILE, STOP_FILE, read_json, read_log
 from .recipe import Recipe, parse_recipe
 from .report import collect
 from .runner import DEFAULT_WORKERS, RECIPE_FILE, STUDY_FILE, prepare
@@ -55,12 +55,7 @@ def start_study(recipe: Recipe, out, resume: bool = False, workers: int = DEFAUL
     (out / STOP_FILE).unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "paraknow", "study", "--recipe", str(out / RECIPE_FILE), "--out", str(out), "--resume",
            "--workers", str(workers)]
-    with open(out / LOG_FILE, "ab") as log:
-        log.write(f"$ {' '.join(cmd)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(cmd, cwd=str(out), env=_child_env(), stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    _children[proc.pid] = proc  # reaped by the liveness check
+    proc = spawn(cmd, out, out / LOG_FILE)  # reaped by the liveness check
     atomic_write_json(out / STUDY_FILE, {**status, "state": "starting", "pid": proc.pid, "pid_start": None,
                                          "launched": time.time(), "estimate_s": round(estimate.total_s, 1),
                                          "error": None})
@@ -68,7 +63,7 @@ def start_study(recipe: Recipe, out, resume: bool = False, workers: int = DEFAUL
 
 
 def _alive(status: dict) -> bool:
-    return status.get("state") in LIVE_STATES and _pid_alive(status.get("pid"), status.get("pid_start"))
+    return status.get("state") in LIVE_STATES and pid_alive(status.get("pid"), status.get("pid_start"))
 
 
 def read_status(out) -> dict:

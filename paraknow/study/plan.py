@@ -10,7 +10,7 @@ import functools
 from dataclasses import dataclass, fields
 
 from ..errors import ParaknowError
-from ..train import TrainConfig
+from ..train_config import TrainConfig
 from .recipe import Recipe
 
 DEFAULT_LR = next(f.default for f in fields(TrainConfig) if f.name == "lr")
@@ -124,7 +124,7 @@ def _check_pair(recipe: Recipe, arm, i: int, n_seed: int) -> None:
     teacher = describe_config(_prefixed(f"{where} teacher", load_config, recipe.teacher_of(arm)))
     student = describe_config(_prefixed("student", load_config, recipe.student))
     try:  # depth, width of the selected modules, embeddings across different tokenizers
-        roles = check_transferable(teacher, student, config)["roles"]
+        roles = check_transferable(teacher, student, config).roles
     except ParaknowError as exc:
         raise ParaknowError(f"the pair cannot transfer for {where}: {exc}") from None
     for role in roles:

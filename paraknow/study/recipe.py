@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import ParaknowError, first_line
 from ..sensitivity import SensitivityConfig
-from ..train import TrainConfig
+from ..train_config import TrainConfig
 from ..transfer import TransferConfig
 
 RECIPE_KEYS = ("teacher", "student", "seed_data", "train_data", "val_data", "test_data", "train", "seeds",

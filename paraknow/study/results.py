@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..train import read_json
+from ..rundir import read_json
 from .plan import Cell, plan_cells
 from .recipe import Recipe
 from .signals import SIGNALS
@@ -76,7 +76,7 @@ def verdict(diff: Estimate, baseline_label: str) -> str:
 
 def _arm_signals(out: Path, by_seed: dict) -> dict | None:
     """Mean of each signal over the arm's exports (one per seed when the extraction is seeded)."""
-    from .runner import signals_file
+    from .exports import signals_file
 
     exports = sorted({r["export"] for r in by_seed.values() if r.get("export")})
     found = [read_json(signals_file(Path(out) / e)) for e in exports]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
 import json
 import multiprocessing
 import os
@@ -35,14 +34,15 @@ import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 from ..errors import ParaknowError, first_line
-from ..fsio import atomic_directory, atomic_write_json, atomic_write_text, output_lock, sha256_bytes
-from ..train import LOG_FILE, STOP_FILE, proc_start_time, read_json
+from ..fsio import atomic_write_json, atomic_write_text
+from ..processes import proc_start_time
+from ..rundir import LOG_FILE, STOP_FILE, read_json
 from .budget import calibrate, estimate_study
+from .exports import EXPORTS_DIR, cell_export, export_key
 from .plan import Cell, check_recipe, plan_cells, train_config
 from .recipe import Recipe
 
@@ -52,10 +52,6 @@ LOCK_FILE = ".lock"  # held (flock) by the process running the study
 CELLS_DIR = "cells"
 CELL_FILE = "cell.json"
 RUN_DIR = "run"
-EXPORTS_DIR = "exports"
-TEACHERS_DIR = "teachers"
-RANDOM_TEACHER_SEED = 0
-MAKE_WAIT_S = 3600.0  # how long a worker waits for another worker making the export it needs
 DEFAULT_WORKERS = 1  # cells at a time; bench/bench_study_parallel.py decides whether 2 pays on a machine
 MAX_WORKERS = 64
 WORKERS_HELP = ("cells run at a time, each in its own process with cpu_count / N torch threads "
@@ -91,76 +87,6 @@ def _write_cell(out: Path, cell: Cell, **fields) -> dict:
 
 # ---------------------------------------------------------------------------------------
 # Exports and teachers
-
-
-def export_key(recipe: Recipe, arm, seed: int) -> str:
-    """Content key of a PKT cell's export (independent of DIR, so a moved study still resumes)."""
-    teacher = recipe.teacher_of(arm)
-    payload = {"teacher": f"random:{teacher}" if recipe.random_teacher(arm) else teacher,
-               "student": recipe.student, "seed_data": recipe.seed_data,
-               "transfer": asdict(recipe.transfer_config(arm, seed)),
-               "sensitivity": asdict(recipe.sensitivity_config(arm))}
-    return sha256_bytes(json.dumps(payload, sort_keys=True, default=list).encode())[:16]
-
-
-def random_teacher(teacher_ref: str, out: Path) -> Path:
-    """The teacher's architecture with random weights (torch seed RANDOM_TEACHER_SEED), saved once
-    under DIR/teachers/ with the teacher's tokenizer: is it the knowledge, or only a spectrum?"""
-    path = Path(out) / TEACHERS_DIR / f"random-{sha256_bytes(teacher_ref.encode())[:12]}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(path, wait_s=MAKE_WAIT_S):  # another worker making it: wait, then reuse it
-        if not (path / "config.json").is_file():
-            _save_random_teacher(teacher_ref, path)
-    return path
-
-
-def _save_random_teacher(teacher_ref: str, path: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..models import load_config, resolve_ref
-
-    config = load_config(teacher_ref)
-    torch.manual_seed(RANDOM_TEACHER_SEED)
-    model = AutoModelForCausalLM.from_config(config)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_ref(teacher_ref))
-    with atomic_directory(path) as tmp, contextlib.redirect_stderr(io.StringIO()):  # no progress bar
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-
-def _export(recipe: Recipe, arm, seed: int, out: Path, device) -> Path:
-    """The cell's export directory, made unless a cell with the same content already made it."""
-    from ..transfer import extract_to_dir
-
-    path = Path(out) / EXPORTS_DIR / export_key(recipe, arm, seed)
-    if (path / "paraknow.json").is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(path, wait_s=MAKE_WAIT_S):  # cells sharing the export in other workers wait for it
-        if not (path / "paraknow.json").is_file():
-            teacher = recipe.teacher_of(arm)
-            if recipe.random_teacher(arm):
-                teacher = str(random_teacher(teacher, out))
-            extract_to_dir(teacher, recipe.student, recipe.seed_data, path, recipe.transfer_config(arm, seed),
-                           recipe.sensitivity_config(arm), device=device)
-        if not signals_file(path).is_file():
-            _write_signals(recipe, path)
-    return path
-
-
-def signals_file(export: Path) -> Path:
-    return export.parent / f"{export.name}.signals.json"
-
-
-def _write_signals(recipe: Recipe, export: Path) -> None:
-    from ..data import load_records
-    from ..models import load_model
-    from .signals import export_signals
-
-    student, tokenizer = load_model(recipe.student)
-    atomic_write_json(signals_file(export),
-                      export_signals(export, student, tokenizer, load_records(recipe.val_data)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -223,7 +149,7 @@ def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
     init, fields = arm.init, {}
     if arm.init == "pkt":
         device = recipe.train_settings(arm).get("device", "auto")
-        export = _export(recipe, arm, cell.seed, out, device)
+        export = cell_export(recipe, arm, cell.seed, out, device)
         init, fields["export"] = str(export), str(export.relative_to(out))
     if _stop_requested(out):
         raise CellStopped()
