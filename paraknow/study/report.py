@@ -157,7 +157,7 @@ def seed_count_points(recipe: Recipe, results: dict) -> list[dict]:
     by_name = {a["arm"]: a for a in results["arms"]}
     points = []
     for arm in recipe.arms:
-        if arm.init == "pkt" and set(arm.extract) <= {"samples"} and not arm.train and not arm.lr_sweep:
+        if arm.init == "pkt" and set(arm.extract) <= {"samples"} and not arm.train:
             row = by_name[arm.name]
             if row["mean"] is not None:
                 samples = arm.extract.get("samples", SensitivityConfig().samples)
@@ -180,6 +180,7 @@ def seed_count_figure(points: list[dict], results: dict):
     base = next((a for a in results["arms"] if a["arm"] == results["baseline"] and a["mean"] is not None), None)
     if base is not None:
         fig.add_hline(y=100 * base["mean"], line_dash="dot", annotation_text=f"baseline {base['arm']}")
+    fig.update_xaxes(tickvals=[p["samples"] for p in points])
     fig.update_layout(xaxis_type="log", xaxis_title="seed samples for the sensitivity (log scale)",
                       yaxis_title="test accuracy (%)", margin={"t": 40}, height=380)
     return fig
