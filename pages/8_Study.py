@@ -191,7 +191,7 @@ def _study_panel(live: bool) -> None:
             start_study(view.recipe, view.out, resume=True, workers=ss[S.W_ST_WORKERS])
             st.rerun()
     st.progress(done / total if total else 0.0)
-    if view.state == "finished" and status.get("wall_s") is not None:
+    if view.state == "finished" and status.get("wall_s") is not None and status.get("cells_run"):
         st.caption(f"Estimated {status['estimate_s'] / 60:.1f} min, took {status['wall_s'] / 60:.1f} min "
                    f"for the {status['cells_run']} runs of the last session.")
     if view.state in ("failed", "interrupted"):
