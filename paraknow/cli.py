@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 
 from .errors import ParaknowError
 from .fsio import output_lock, output_path
@@ -91,8 +92,10 @@ def cmd_generate(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .executors import ExecutorConfig
     from .train import TrainConfig, load_spec, run_training
 
+    executor = ExecutorConfig(**{name: getattr(args, name) for name in EXECUTOR_OPTIONS}).validate()
     if args.spec:
         given = [flag for flag, value in (("--student", args.student), ("--data", args.data), ("--out", args.out))
                  if value]
@@ -101,14 +104,46 @@ def cmd_train(args) -> int:
         config = load_spec(args.spec)
     else:
         config = TrainConfig.from_args(args)
-    return run_training(config)
+    if executor.executor == "local":
+        return run_training(config)  # in this process
+    return _train_dispatched(config, executor, prepared=bool(args.spec))
+
+
+def _train_dispatched(config, executor, prepared: bool) -> int:
+    """`train --executor ray`: the run directory is prepared here (or was, for --spec) and the same
+    `train --spec` runs where the executor runs it; Ctrl-C stops it cleanly (RUN_DIR/STOP)."""
+    from . import jobs
+    from .executors import make_executor
+    from .train import run_summary
+
+    make_executor(executor)  # connect first: an unreachable cluster leaves no run directory behind
+    run_dir = Path(config.out) if prepared else jobs.new_run(config, executor=executor, run_dir=config.out)
+    dispatch = jobs.launch(run_dir, executor)
+    print(f"{run_dir}: started with --executor {executor.executor}; its output goes to {run_dir / 'stdout.log'}. "
+          "Ctrl-C stops it at the next step.", file=sys.stderr, flush=True)
+    try:
+        code = dispatch.wait()
+    except KeyboardInterrupt:
+        jobs.stop(run_dir)
+        print("stopping at the next step (the adapter is saved); Ctrl-C again stops waiting", file=sys.stderr,
+              flush=True)
+        code = dispatch.wait()
+    state = jobs.settle(run_dir, code)
+    status = jobs.read_status(run_dir)
+    if state == "failed":
+        print(f"error: {status.get('error')}", file=sys.stderr)
+        return 2 if code == 2 else 1
+    print(json.dumps(run_summary(run_dir, status)))
+    return 0
 
 
 def cmd_study(args) -> int:
+    from .executors import ExecutorConfig
     from .study import format_table, load_recipe, run_study
 
+    executor = ExecutorConfig(**{name: getattr(args, name) for name in EXECUTOR_OPTIONS}).validate()
     recipe = load_recipe(args.recipe)
-    results = run_study(recipe, args.out, resume=args.resume, workers=args.workers,
+    results = run_study(recipe, args.out, resume=args.resume, workers=args.workers, executor=executor,
                         progress=lambda message: print(message, file=sys.stderr, flush=True))
     print(format_table(results))
     failed = sum(c["state"] == "failed" for c in results["cells"])
@@ -153,6 +188,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 SENSITIVITY_OPTIONS = ("metric", "samples", "max_length")  # what `extract` takes too
 SENSITIVITY_COMMAND_OPTIONS = SENSITIVITY_OPTIONS + ("accumulate_dtype", "accumulate_device")
+EXECUTOR_OPTIONS = ("executor", "address", "cpus", "gpus")  # `train` and `study` (paraknow.executors)
 EXTRACT_OPTIONS = ("rank", "alpha", "layers", "structure", "coherent", "modules", "mode", "split", "svd", "seed")
 
 
@@ -197,6 +233,7 @@ def _add_transfer_commands(sub) -> None:
 
 def _add_model_use_commands(sub) -> None:
     """eval, generate, train."""
+    from .executors import ExecutorConfig
     from .options import Placement, add_options
     from .train_config import CLI_FIELDS, TrainConfig
 
@@ -219,12 +256,15 @@ def _add_model_use_commands(sub) -> None:
     p = sub.add_parser("train", help="fine-tune the student's LoRA: vanilla, PiSSA or from a PKT export")
     add_options(p, TrainConfig, CLI_FIELDS)
     p.add_argument("--spec", default=None, help="run a prepared RUN_DIR/spec.json instead of the flags above")
+    add_options(p, ExecutorConfig, EXECUTOR_OPTIONS)
     p.set_defaults(func=cmd_train)
 
 
 def _add_housekeeping_commands(sub) -> None:
     """cache, study."""
     from .cache import KINDS as CACHE_KINDS
+    from .executors import ExecutorConfig
+    from .options import add_options
     from .study.runner import DEFAULT_WORKERS, WORKERS_HELP
 
     p = sub.add_parser("cache", help="list or clear the runtime cache (sensitivity maps, models, exports, runs)")
@@ -239,6 +279,7 @@ def _add_housekeeping_commands(sub) -> None:
     p.add_argument("--out", required=True, help="study directory (cells, results.json, report.html)")
     p.add_argument("--resume", action="store_true", help="continue a study in --out: finished cells are kept")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
+    add_options(p, ExecutorConfig, EXECUTOR_OPTIONS)
     p.set_defaults(func=cmd_study)
 
 

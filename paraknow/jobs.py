@@ -28,6 +28,7 @@ queued runs resume when the app next calls `list_runs()` or `ensure_worker()`.
 from __future__ import annotations
 
 import fcntl
+import functools
 import math
 import os
 import secrets
@@ -40,11 +41,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import ParaknowError
+from .executors import ExecutorConfig, make_executor
 from .fsio import atomic_directory, atomic_write_json, try_flock
 from .processes import proc_start_time, spawn
 from .rundir import (ADAPTER_DIR, LOG_FILE, METRICS_FILE, SPEC_FILE, STATES, STATUS_FILE, STOP_FILE,
-                     TERMINAL_STATES, UNREADABLE, adapter_zip, find_run, has_finished_run, read_json, read_log,
-                     read_metrics, read_object, read_spec, read_status, run_dirs, runs_root, stop)
+                     TERMINAL_STATES, UNREADABLE, adapter_zip, fail_if_still_running, find_run, has_finished_run,
+                     read_json, read_log, read_metrics, read_object, read_spec, read_status, run_dirs, runs_root,
+                     stop)
 from .train_config import METHODS, TrainConfig, method_of
 
 LOCK_FILE = ".worker.lock"
@@ -54,8 +57,8 @@ __all__ = [  # the run-directory readers are part of this module's interface (th
     "ADAPTER_DIR", "CLAIM_FILE", "LOCK_FILE", "LOG_FILE", "METHODS", "METRICS_FILE", "SPEC_FILE", "STATES",
     "STATUS_FILE", "STOP_FILE", "TERMINAL_STATES", "UNREADABLE", "WORKER_LOG", "RunInfo", "adapter_zip",
     "compare_runs", "ensure_worker", "find_run", "group_results", "has_finished_run", "launch", "list_runs",
-    "new_run", "new_run_id", "read_log", "read_metrics", "read_spec", "read_status", "run_info", "runs_root",
-    "stop", "submit", "worker_main", "worker_pid"]
+    "new_run", "new_run_id", "record_pid", "read_log", "read_metrics", "read_spec", "read_status", "run_info", "runs_root",
+    "settle", "stop", "submit", "worker_main", "worker_pid"]
 
 # ---------------------------------------------------------------------------------------
 # Creating and starting runs
@@ -67,38 +70,44 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"{int(now % 1 * 1e6):06d}-" + secrets.token_hex(3)
 
 
-def new_run(config: TrainConfig, group: str | None = None, label: str | None = None) -> Path:
-    """Validate `config` (cheaply: no weights loaded) and create `cache/runs/<id>/` with spec.json and
-    status `queued`, atomically. Raises ParaknowError on bad input (and creates nothing)."""
+def new_run(config: TrainConfig, group: str | None = None, label: str | None = None,
+            executor: ExecutorConfig | None = None, run_dir=None) -> Path:
+    """Validate `config` (cheaply: no weights loaded) and create `cache/runs/<id>/` (or the new
+    `run_dir`) with spec.json and status `queued`, atomically; status.json records the executor
+    that will run it (local unless given). Raises ParaknowError on bad input (and creates nothing)."""
     config = TrainConfig(**config.to_dict())
     if group is not None:
         config.group = group
     if label is not None:
         config.label = label
-    root = runs_root()
-    run_id = new_run_id()
-    run_dir = root / run_id
+    executor = (executor or ExecutorConfig()).validate()
+    chosen = run_dir is not None  # a new or empty directory the caller names (checked like --out)
+    run_dir = Path(run_dir).expanduser().absolute() if chosen else runs_root() / new_run_id()
     config.out = str(run_dir)
-    resolved = config.resolved(check_out=False)
+    resolved = config.resolved(check_out=chosen)
+    executor.check_device(resolved.device)
     now = time.time()
     with atomic_directory(run_dir) as tmp:
         atomic_write_json(Path(tmp) / SPEC_FILE, resolved.to_dict())
         atomic_write_json(Path(tmp) / STATUS_FILE, {"state": "queued", "created": now, "pid": None,
-                                                    "method": resolved.method})
+                                                    "method": resolved.method, "executor": executor.to_dict()})
     return run_dir
 
 
-def submit(config: TrainConfig, group: str | None = None, label: str | None = None) -> Path:
+def submit(config: TrainConfig, group: str | None = None, label: str | None = None,
+           executor: ExecutorConfig | None = None) -> Path:
     """Queue a run and make sure the worker is running; returns the run directory."""
-    run_dir = new_run(config, group=group, label=label)
+    run_dir = new_run(config, group=group, label=label, executor=executor)
     ensure_worker()
     return run_dir
 
 
-def launch(run_dir) -> subprocess.Popen:
-    """Start a prepared (queued) run now as `python -m paraknow train --spec RUN_DIR/spec.json`.
+def launch(run_dir, executor: ExecutorConfig | None = None):
+    """Start a prepared (queued) run now as `python -m paraknow train --spec RUN_DIR/spec.json`
+    with `executor` (default: the one its status.json records); returns the Dispatch (`.pid`,
+    `.wait()`; a Popen for the local executor).
 
-    The child gets its own session (it outlives the caller), stdin from /dev/null and stdout +
+    The command gets its own session (it outlives the caller), stdin from /dev/null and stdout +
     stderr appended to RUN_DIR/stdout.log. A run is started at most once (RUN_DIR/.launched).
     """
     run_dir = Path(run_dir)
@@ -107,19 +116,39 @@ def launch(run_dir) -> subprocess.Popen:
         raise ParaknowError(f"run {run_dir.name} is {status.get('state', 'missing')}, not queued; "
                             "only a queued run can be started.")
     try:
+        executor = executor or ExecutorConfig.from_dict(status.get("executor"))
+        runner = make_executor(executor)  # connects to a Ray cluster
+    except ParaknowError as exc:  # it cannot start anywhere: failed, so the queue moves on
+        status.update(state="failed", phase="done", error=str(exc), finished=time.time())
+        atomic_write_json(run_dir / STATUS_FILE, status)
+        raise
+    try:
         os.close(os.open(run_dir / CLAIM_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         raise ParaknowError(f"run {run_dir.name} has already been started.") from None
-    status.update(state="running", phase="starting", pid=None, launched=time.time())
+    status.update(state="running", phase="starting", pid=None, launched=time.time(), executor=executor.to_dict())
     atomic_write_json(run_dir / STATUS_FILE, status)
-    cmd = [sys.executable, "-m", "paraknow", "train", "--spec", str(run_dir / SPEC_FILE)]
-    proc = spawn(cmd, run_dir, run_dir / LOG_FILE)
-    # The child takes seconds to import torch before it writes anything: record its pid now.
-    status.update(pid=proc.pid, pid_start=proc_start_time(proc.pid))
-    current = read_json(run_dir / STATUS_FILE) or {}
-    if current.get("phase") == "starting" and current.get("state") == "running":
-        atomic_write_json(run_dir / STATUS_FILE, status)
-    return proc
+    return runner.start(["train", "--spec", str(run_dir / SPEC_FILE)], run_dir, run_dir / LOG_FILE,
+                        functools.partial(record_pid, run_dir))
+
+
+def record_pid(run_dir, pid: int) -> None:
+    """Record the process that answers for a starting run (the command takes seconds to import
+    torch before it writes anything); called where that process runs, so `host` is its machine."""
+    status = read_json(Path(run_dir) / STATUS_FILE) or {}
+    if status.get("phase") == "starting" and status.get("state") == "running":
+        status.update(pid=pid, pid_start=proc_start_time(pid), host=socket.gethostname())
+        atomic_write_json(Path(run_dir) / STATUS_FILE, status)
+
+
+def settle(run_dir, code: int) -> str:
+    """After a run's command ended: a run still `running` (its command died, or a Ray task was
+    lost on another machine, where no liveness check reaches) is marked failed. Returns the state."""
+    state = read_status(run_dir).get("state")
+    if state == "running":
+        state = fail_if_still_running(Path(run_dir), f"its process ended (exit code {code}) without "
+                                                     f"finishing; see {LOG_FILE}").get("state")
+    return state
 
 
 # ---------------------------------------------------------------------------------------
@@ -226,8 +255,7 @@ def worker_main(poll_s: float = 2.0, lock_fd: int | None = None) -> int:
             continue
         _log(f"started run {run_dir.name} (pid {proc.pid})")
         code = proc.wait()
-        state = read_status(run_dir).get("state")
-        _log(f"run {run_dir.name} ended with exit code {code}, state {state}")
+        _log(f"run {run_dir.name} ended with exit code {code}, state {settle(run_dir, code)}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ STATUS_TYPES = {  # status.json fields whose type the readers rely on
     "finished": _Number | None, "step": int | None, "max_steps": int | None, "epoch": _Number | None,
     "loss": _Number | None, "eta_s": _Number | None, "error": str | None, "final_eval": dict | None,
     "last_eval": dict | None, "method": str | None, "samples_per_s": _Number | None,
+    "executor": dict | None,  # where the run executes (paraknow.executors)
 }
 
 
@@ -160,15 +161,15 @@ def read_status(run_dir) -> dict:
     if pid is None:
         launched = status.get("launched") or status.get("started") or 0
         if status.get("phase") == "starting" and time.time() - launched > 120:
-            status = _fail_if_still_running(run_dir, "the run was launched but its process never reported")
+            status = fail_if_still_running(run_dir, "the run was launched but its process never reported")
         return status
     if pid_alive(pid, status.get("pid_start")):
         return status
     # The process is gone. It may have written its final state just before exiting: read again.
-    return _fail_if_still_running(run_dir, f"worker process died (pid {pid}) without finishing")
+    return fail_if_still_running(run_dir, f"worker process died (pid {pid}) without finishing")
 
 
-def _fail_if_still_running(run_dir: Path, reason: str) -> dict:
+def fail_if_still_running(run_dir: Path, reason: str) -> dict:
     status = read_json(run_dir / STATUS_FILE) or {}
     if status.get("state") == "running":
         status.update(state="failed", phase="done", error=reason, finished=time.time())

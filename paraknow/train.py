@@ -41,7 +41,7 @@ from .train_config import (CLI_FIELDS, PISSA_EMBEDDING_NOTE, TrainConfig, is_mai
 from .train_model import build_model, save_adapter, train_device
 
 __all__ = ["CLI_FIELDS", "METRIC_KEYS", "PISSA_EMBEDDING_NOTE", "TrainConfig", "TrainOutcome", "build_model",
-           "load_spec", "run_training", "save_adapter", "train"]
+           "load_spec", "run_summary", "run_training", "save_adapter", "train"]
 
 
 @dataclass
@@ -274,7 +274,11 @@ def run_training(config: TrainConfig) -> int:
         print(f"error: training failed: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr, flush=True)
         return 1
     if is_main_process():
-        print(json.dumps({"run_dir": str(outcome.run_dir), "state": outcome.state,
-                          "steps": outcome.status.get("step"), "final_eval": outcome.status.get("final_eval")}),
-              flush=True)
+        print(json.dumps(run_summary(outcome.run_dir, outcome.status)), flush=True)
     return 0
+
+
+def run_summary(run_dir, status: dict) -> dict:
+    """The one-line JSON `paraknow train` prints when a run ends."""
+    return {"run_dir": str(run_dir), "state": status.get("state"), "steps": status.get("step"),
+            "final_eval": status.get("final_eval")}

@@ -21,23 +21,25 @@ Cells run one after another in this process (`paraknow.train.train`, not a `trai
 subprocess): a subprocess would re-import torch and transformers for every cell, seconds that
 small cells cannot afford against the 5 % overhead allowance, while the study itself already
 is the unit that survives interruption (a cell left `running` is simply rerun by --resume).
+With `--executor ray` each cell (`run_cell`) runs as a Ray task instead (`--workers` at a time),
+writing into DIR on a filesystem the cluster shares (docs/cluster.md).
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import json
-import multiprocessing
 import os
 import shutil
 import signal
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Callable
 
 from ..errors import ParaknowError, first_line
+from ..executors import ExecutorConfig, make_executor
 from ..fsio import atomic_write_json, atomic_write_text
 from ..processes import proc_start_time
 from ..rundir import LOG_FILE, STOP_FILE, read_json
@@ -284,36 +286,36 @@ def _cell_name(cell: Cell) -> str:
     return cell.arm + ("" if cell.seed is None else f" seed {cell.seed}") + ("" if cell.lr is None else f" lr {cell.lr:g}")
 
 
-_worker_test_records: dict[str, list] = {}  # a worker process's test records, read once
-
-
 def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
 
 
-def _run_cell_in_worker(recipe: Recipe, cell: Cell, out: Path) -> dict:
+def _lost(out: Path, cell: Cell, exc: ParaknowError) -> dict:
+    """The record of a cell that the executor lost (e.g. its Ray node died): failed, rerun by --resume."""
+    return _write_cell(out, cell, state="failed", error=str(exc))
+
+
+def _run_cells(recipe: Recipe, pending: list[Cell], out: Path, status: dict, say: Progress, workers: int,
+               runner):
+    """Yield (cell, record) as cells finish: in plan order one at a time (`runner.call`: in this
+    process, or one Ray task after another), or `workers` at a time (`runner.pool`: worker
+    processes with cpu_count // workers torch threads each, or Ray tasks). No new cell starts
+    after STOP."""
     from ..data import load_records
 
-    if recipe.test_data not in _worker_test_records:
-        _worker_test_records[recipe.test_data] = load_records(recipe.test_data)
-    return run_cell(recipe, cell, out, _worker_test_records[recipe.test_data])
-
-
-def _run_cells(recipe: Recipe, pending: list[Cell], out: Path, status: dict, say: Progress, workers: int):
-    """Yield (cell, record) as cells finish, in plan order one at a time, or `workers` at a time in
-    worker processes (each with cpu_count // workers torch threads). No new cell starts after STOP."""
-    from ..data import load_records
-
+    test_records = load_records(recipe.test_data)
     if workers == 1:
-        test_records = load_records(recipe.test_data)
         for k, cell in enumerate(pending, 1):
             if _stop_requested(out):
                 return
             say(f"[{k}/{len(pending)}] {_cell_name(cell)}: running")
             _write_status(out, status, cell=cell.cell_id, cells_running=[cell.cell_id])
-            record = run_cell(recipe, cell, out, test_records)
+            try:
+                record = runner.call(run_cell, recipe, cell, out, test_records)
+            except ParaknowError as exc:
+                record = _lost(out, cell, exc)
             _write_status(out, status, cell=None, cells_running=[])
             if record["state"] == "stopped":  # STOP, or SIGTERM caught by the cell's training
                 _request_stop(out)
@@ -321,13 +323,12 @@ def _run_cells(recipe: Recipe, pending: list[Cell], out: Path, status: dict, say
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     queue, running = iter(enumerate(pending, 1)), {}
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+    with runner.pool(workers, _init_worker, (threads,)) as pool:
         while True:
             while len(running) < workers and not _stop_requested(out) and (item := next(queue, None)):
                 k, cell = item
                 say(f"[{k}/{len(pending)}] {_cell_name(cell)}: running")
-                running[pool.submit(_run_cell_in_worker, recipe, cell, out)] = cell
+                running[pool.submit(run_cell, recipe, cell, out, test_records)] = cell
                 ids = [c.cell_id for c in running.values()]
                 _write_status(out, status, cell=ids[0], cells_running=ids)
             if not running:
@@ -337,20 +338,24 @@ def _run_cells(recipe: Recipe, pending: list[Cell], out: Path, status: dict, say
                 cell = running.pop(future)
                 ids = [c.cell_id for c in running.values()]
                 _write_status(out, status, cell=ids[0] if ids else None, cells_running=ids)
-                record = future.result()
+                try:
+                    record = future.result()
+                except ParaknowError as exc:
+                    record = _lost(out, cell, exc)
                 if record["state"] == "stopped":
                     _request_stop(out)  # the other workers' cells stop too
                 yield cell, record
 
 
 def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | None = None,
-              calibration=None, workers: int = DEFAULT_WORKERS) -> dict:
+              calibration=None, workers: int = DEFAULT_WORKERS, executor: ExecutorConfig | None = None) -> dict:
     """Run (or resume) a study into `out` and return its results (also written there).
 
     Bad input, an incompatible pair or a study over budget raise ParaknowError before anything
     is written. `calibration`: a budget.Calibration to use instead of measuring one. A STOP file
     in `out` stops the study after (or inside) the running cell; resuming removes it. `workers`:
     how many cells run at a time (bench/bench_study_parallel.py measures whether two at a time pays).
+    `executor`: where the cells run (default: this machine; see paraknow.executors).
     """
     from .report import write_outputs
 
@@ -358,7 +363,11 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
         raise ParaknowError(f"workers must be a whole number from 1 to {MAX_WORKERS}; got {workers!r}.")
     say = progress or (lambda message: None)
     out = Path(out).expanduser().absolute()
+    executor = (executor or ExecutorConfig()).validate()
+    for arm in recipe.arms:
+        executor.check_device(recipe.train_settings(arm).get("device"))
     pending, estimate = prepare(recipe, out, resume, calibration)
+    runner = make_executor(executor)
     out.mkdir(parents=True, exist_ok=True)
     with _study_lock(out), _sigterm_stops(out):
         _clear_old_stop(out)
@@ -372,7 +381,7 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
         _write_status(out, status)
         say(f"study {out}: {total} cells, {total - len(pending)} already finished; {estimate.describe()}")
         try:
-            for k, (cell, record) in enumerate(_run_cells(recipe, pending, out, status, say, workers), 1):
+            for k, (cell, record) in enumerate(_run_cells(recipe, pending, out, status, say, workers, runner), 1):
                 name = _cell_name(cell)
                 if record["state"] == "finished":
                     acc = record["test_accuracy"]
