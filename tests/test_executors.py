@@ -18,6 +18,7 @@ from paraknow import jobs
 from paraknow.cli import main as cli_main
 from paraknow.errors import ParaknowError
 from paraknow.executors import ExecutorConfig
+from paraknow.processes import pid_alive
 from paraknow.study import parse_recipe, run_study
 from test_jobs import config, setup, wait_for  # noqa: F401 (setup is a fixture)
 from study_fixtures import study_inputs, tiny_recipe, write_recipe
@@ -70,7 +71,7 @@ def test_a_queued_run_on_ray_has_the_local_runs_files_metrics_and_stop(setup, ra
         wait_for(lambda: jobs.worker_pid() is None, 60, "the worker to exit")
     finally:
         for pid in (proc.pid, worker):
-            if pid and jobs._pid_alive(pid):
+            if pid and pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
     proc.wait()
     statuses = {d: jobs.read_status(d) for d in (local, remote)}
