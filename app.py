@@ -53,6 +53,8 @@ def home() -> None:
         st.page_link(W.PAGE_MAPPING, label="Mapping: layers and submatrices", icon=":material/account_tree:")
         st.page_link(W.PAGE_EXPORT, label="Export: the LoRA initialisation", icon=":material/package_2:")
         st.page_link(W.PAGE_PLAYGROUND, label="Playground: the models' answers side by side", icon=":material/compare:")
+        st.page_link(W.PAGE_LESSON, label="Lesson: the whole pipeline in nine guided steps, for a class",
+                     icon=":material/school:")
     pipeline_slot.plotly_chart(pipeline_figure(S.progress_summary()), config={"displayModeBar": False},
                                key="home_pipeline")
     with right:
@@ -85,6 +87,7 @@ PAGES = [
 PAGES.append(st.Page(W.PAGE_FINETUNE, title="Fine-tune", url_path="Fine-tune", icon=":material/model_training:"))
 PAGES.append(st.Page(W.PAGE_PLAYGROUND, title="Playground", url_path="Playground", icon=":material/compare:"))
 PAGES.append(st.Page(W.PAGE_STUDY, title="Study", url_path="Study", icon=":material/science:"))
+PAGES.append(st.Page(W.PAGE_LESSON, title="Lesson", url_path="Lesson", icon=":material/school:"))
 
 W.HOME_PAGE = PAGES[0]  # page_link to the home page needs its Page object (it is a function)
 page = st.navigation(PAGES)

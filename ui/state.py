@@ -44,6 +44,7 @@ VERIFY = "pk_verify"              # paraknow.export.Verification of the last ver
 QUICKSTART = "pk_quickstart"      # summary line of the last quick start
 HUB_CHECKED = "pk_hub_checked"    # hub ids whose config the user asked to look up (network)
 PG_RESULT = "pk_pg_result"        # {"key", "outputs": [playground.Output]} of the last Playground run
+LESSON = "pk_lesson"              # paraknow.lesson.Lesson of the Lesson page (its results so far)
 
 
 
@@ -58,7 +59,7 @@ RESULT_DEFAULTS = {
     TEACHER: None, STUDENT: None, TEACHER_INFO: None, STUDENT_INFO: None, SENS: None, SENS_B: None,
     MANUAL_MAP: None, MANUAL_BASE: None, MANUAL_VERSION: 0, OVERRIDES: {}, PLAN: None, CKA: None,
     EXPORT: None, EXPORTS_MADE: [], VERIFY: None, QUICKSTART: None,
-    HUB_CHECKED: [], PG_RESULT: None,
+    HUB_CHECKED: [], PG_RESULT: None, LESSON: None,
 }
 
 # ---- widgets --------------------------------------------------------------------------
@@ -129,6 +130,11 @@ W_PG_TOKENS = "w_pg_tokens"        # max new tokens
 W_PG_DIFF_A = "w_pg_diff_a"        # the two outputs whose difference is highlighted
 W_PG_DIFF_B = "w_pg_diff_b"
 
+# Lesson page
+W_LESSON_STEP = "w_lesson_step"        # the step shown (a paraknow.lesson.STEP_KEYS key)
+W_LESSON_PRESENT = "w_lesson_present"  # presentation mode: larger fonts and charts
+W_LESSON_PREDICT = "w_lesson_predict_"  # + step key: the option predicted before the step runs
+
 
 def default_refs() -> tuple[str, str]:
     """(teacher, student) references preselected everywhere: the demo pair unless overridden."""
@@ -166,6 +172,7 @@ def widget_defaults() -> dict:
     from paraknow.options import default_of
     from paraknow.sensitivity import SensitivityConfig
     from paraknow.transfer import TransferConfig, default_roles
+    from paraknow.lesson import STEP_KEYS
     from paraknow.playground import DEFAULT_MAX_NEW_TOKENS
 
     sens = lambda name: default_of(SensitivityConfig, name)  # noqa: E731
@@ -179,7 +186,7 @@ def widget_defaults() -> dict:
         W_RANK: transfer("rank"), W_ALPHA: float(transfer("alpha")), W_SPLIT_MODE: transfer("split"),
         W_MODE: transfer("mode"), W_NAME: "", W_OVERWRITE: False,
         W_PG_SOURCE: PG_SOURCES[0], W_PG_TASK: "arith", W_PG_INDEX: 0, W_PG_PROMPT: "", W_PG_REFERENCE: "",
-        W_PG_TOKENS: DEFAULT_MAX_NEW_TOKENS,
+        W_PG_TOKENS: DEFAULT_MAX_NEW_TOKENS, W_LESSON_STEP: STEP_KEYS[0], W_LESSON_PRESENT: False,
     }
     defaults = default_roles()  # embeddings included: dropped at plan time when the tokenizers differ
     for role in LAYER_ROLES + EMBED_ROLES:

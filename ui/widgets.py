@@ -28,6 +28,7 @@ PAGE_EXPORT = "pages/5_Export.py"
 PAGE_FINETUNE = "pages/6_Fine-tune.py"
 PAGE_PLAYGROUND = "pages/7_Playground.py"
 PAGE_STUDY = "pages/8_Study.py"
+PAGE_LESSON = "pages/9_Lesson.py"
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_SCRIPT = ROOT / "app.py"
