@@ -52,8 +52,11 @@ def show_result(les: L.Lesson, step: L.Step, result: L.StepResult, present: bool
         W.chart(figure(fig, present), key=f"lesson_{step.key}_{i}", title=title, config={"displayModeBar": False})
     if step.key == "compare":
         outputs = result.extra["outputs"]
-        st.markdown("**The question** (test item)")
-        st.text(result.extra["prompt"])
+        q1, q2 = st.columns(2)
+        q1.markdown("**The question** (test item)")
+        q1.text(result.extra["prompt"])
+        q2.markdown("**The reference answer**")
+        q2.text(result.extra["reference"])
         for column, out in zip(st.columns(len(outputs)), outputs):
             with column.container(border=True):
                 st.markdown(f"**{W.md_escape(out.name)}**")
@@ -101,7 +104,7 @@ def finetune_panel(les: L.Lesson, live: bool) -> None:
 # ---- header ----------------------------------------------------------------------------
 st.title("Lesson: knowledge transfer in nine steps")
 les = lesson()
-c1, c2 = st.columns([4, 1], vertical_alignment="center")
+c1, c2 = st.columns([3, 1], vertical_alignment="center")
 c1.caption(f"A guided walk through the whole pipeline on `{les.config.teacher}` → `{les.config.student}`. Every "
            "step runs the real computation and writes its “what to notice” from the numbers it shows; slow results "
            "are cached, so a second class starts where the first ended.")

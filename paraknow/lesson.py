@@ -63,6 +63,8 @@ class LessonConfig:
     lr: float = 1e-3
     batch: int = 32
     micro_batch: int = 8
+    eval_items: int = 16  # the run evaluates on the first N test items ...
+    eval_every: int = 16  # ... every N optimizer steps (and at the end)
     seed: int = 0
 
 
@@ -198,7 +200,9 @@ class Lesson:
     # ---- the fine-tuning run (a background job) -------------------------------------------
     @property
     def run_group(self) -> str:
-        return RUN_GROUP_PREFIX + self.export_name()
+        """The lesson's runs: this export, these settings."""
+        settings = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{RUN_GROUP_PREFIX}{self.export_name()}-{settings}"
 
     def train_config(self):
         from .train import TrainConfig
@@ -206,7 +210,8 @@ class Lesson:
         c = self.config
         return TrainConfig(student=c.student, data=f"task:{c.task}:train", init=str(self.export_dir()),
                            epochs=c.epochs, lr=c.lr, batch=c.batch, micro_batch=c.micro_batch, seed=c.seed,
-                           eval_data=None, device="cpu")
+                           eval_data=f"task:{c.task}:test", eval_limit=c.eval_items, eval_every=c.eval_every,
+                           eval_max_new_tokens=c.max_new_tokens, device="cpu")
 
     def run(self):
         """The newest run of this lesson that is not failed or stopped (RunInfo), or None."""
@@ -292,9 +297,12 @@ def presentation(figure: go.Figure, scale: float = PRESENTATION_SCALE) -> go.Fig
     """A copy of `figure` with fonts and height scaled up, for a projector."""
     fig = go.Figure(figure)
     height = fig.layout.height or 400
-    fig.update_layout(height=int(height * scale), font=dict(size=int(12 * scale)),
-                      title_font=dict(size=int(17 * scale)))
-    fig.update_annotations(font_size=int(12 * scale))
+    size = int(12 * scale)
+    fig.update_layout(height=int(height * scale), font=dict(size=size), title_font=dict(size=int(17 * scale)),
+                      legend_font_size=size, hoverlabel_font_size=size)
+    fig.update_xaxes(tickfont_size=size, title_font_size=size)  # explicit: the app's chart theme sets its own
+    fig.update_yaxes(tickfont_size=size, title_font_size=size)
+    fig.update_annotations(font_size=size)
     return fig
 
 
@@ -394,7 +402,8 @@ def step_where(lesson: Lesson) -> StepResult:
     role_share = roles[role] / total
     densities = {g: shares[g] / (params[g] / n_params) for g in shares if params[g]}
     densest = max(densities, key=densities.get)
-    note = (f"{GROUP_NAMES[largest].capitalize()} holds the largest share, {pct(shares[largest])} of the sensitivity, "
+    name = GROUP_NAMES[largest]
+    note = (f"{name[0].upper() + name[1:]} holds the largest share, {pct(shares[largest])} of the sensitivity, "
             f"with {pct(params[largest] / n_params)} of the parameters: {times(densities[largest])} the average per "
             f"parameter. Per parameter the densest part is {GROUP_NAMES[densest]} ({times(densities[densest])}). "
             f"Summed over the layers, the most sensitive kind of matrix is {role} "
@@ -537,12 +546,25 @@ def step_finetune(lesson: Lesson) -> StepResult | None:
     table = [{"run": run.run_id, "init": "PKT export", "data": run.spec.get("data"), "steps": str(steps[-1]),
               f"mean loss, first {k} steps": f"{first:.3f}", f"mean loss, last {k} steps": f"{last:.3f}",
               "lowest loss": f"{min(losses):.3f}"}]
+    eval_steps, accuracy = curve_points(rows, "eval_accuracy")
+    _, eval_losses = curve_points(rows, "eval_loss")
     note = (f"The training loss, averaged over {k} steps, went from {first:.3f} (steps {steps[0]}–{steps[k - 1]}) to "
             f"{last:.3f} (steps {steps[-k]}–{steps[-1]}): it {loss_change(first, last)}. The lowest single step was "
             f"{min(losses):.3f} (step {steps[losses.index(min(losses))]}).")
+    if accuracy:
+        table[0].update({f"eval accuracy, step {eval_steps[0]}": pct(accuracy[0]),
+                         f"eval accuracy, step {eval_steps[-1]}": pct(accuracy[-1])})
+        trend = (f"stayed at {pct(accuracy[0])}" if accuracy[-1] == accuracy[0] else
+                 f"{'rose' if accuracy[-1] > accuracy[0] else 'fell'} from {pct(accuracy[0])} to {pct(accuracy[-1])}")
+        table[0].update({f"eval loss, step {eval_steps[0]}": f"{eval_losses[0]:.3f}",
+                         f"eval loss, step {eval_steps[-1]}": f"{eval_losses[-1]:.3f}"})
+        note += (f" On the first {lesson.config.eval_items} test questions the accuracy {trend} between step "
+                 f"{eval_steps[0]} and step {eval_steps[-1]}, and their loss {loss_change(eval_losses[0], eval_losses[-1])} "
+                 f"({eval_losses[0]:.3f} to {eval_losses[-1]:.3f}).")
     curves = run_curves([{"label": f"PKT, lesson run {run.run_id}", "rows": rows, "color": "#e53935"}])
     return StepResult([("Training curves", curves)], table, note,
-                      {"first_loss": first, "last_loss": last, "window": k, "steps": steps[-1],
+                      {"first_loss": first, "last_loss": last, "window": k, "steps": steps[-1], "accuracy": accuracy,
+                       "eval_losses": eval_losses,
                        "run_dir": str(run.run_dir)})
 
 
