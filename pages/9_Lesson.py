@@ -104,7 +104,7 @@ def finetune_panel(les: L.Lesson, live: bool) -> None:
 # ---- header ----------------------------------------------------------------------------
 st.title("Lesson: knowledge transfer in nine steps")
 les = lesson()
-c1, c2 = st.columns([3, 1], vertical_alignment="center")
+c1, c2 = st.columns([5, 2], vertical_alignment="center")
 c1.caption(f"A guided walk through the whole pipeline on `{les.config.teacher}` → `{les.config.student}`. Every "
            "step runs the real computation and writes its “what to notice” from the numbers it shows; slow results "
            "are cached, so a second class starts where the first ended.")
@@ -115,11 +115,13 @@ if present:
 if ss.get(S.W_LESSON_STEP) not in L.STEP_KEYS:
     ss[S.W_LESSON_STEP] = L.STEP_KEYS[0]
 titles = {s.key: f"{i + 1}. {s.title}" for i, s in enumerate(L.STEPS)}
-key = st.radio("Step", L.STEP_KEYS, key=S.W_LESSON_STEP, **PERSIST, horizontal=True,
-               format_func=lambda k: titles[k] + (" ✓" if k in les.results else ""))
+# (fixed labels: a label that changes makes Streamlit see a new widget, which forgets the chosen step)
+key = st.radio("Step", L.STEP_KEYS, key=S.W_LESSON_STEP, **PERSIST, horizontal=True, format_func=titles.get)
 index = L.STEP_KEYS.index(key)
 step = L.STEPS[index]
-st.progress((index + 1) / len(L.STEPS), text=f"Step {index + 1} of {len(L.STEPS)}")
+done = [titles[k].split(".")[0] for k in L.STEP_KEYS if k in les.results]
+st.progress((index + 1) / len(L.STEPS), text=f"Step {index + 1} of {len(L.STEPS)}"
+            + (f" · done: {', '.join(done)}" if done else ""))
 st.header(f"Step {index + 1}: {step.title}")
 with st.container(border=True):
     st.markdown(f"**The formula.** {step.formula}")
