@@ -5,7 +5,8 @@ import streamlit as st
 
 from paraknow import jobs
 from paraknow import lesson as L
-from paraknow.playground import token_loss_html, LOSS_SCALE
+from paraknow.playground import LOSS_SCALE, token_loss_html
+from paraknow.viz import run_curves
 from ui import finetune as F
 from ui import state as S
 from ui import widgets as W
@@ -92,9 +93,8 @@ def finetune_panel(les: L.Lesson, live: bool) -> None:
             frac, text = F.progress_of(run)
             st.progress(frac, text=f"Run {run.run_id}: {text}")
             rows = jobs.read_metrics(run.run_dir)
-            from paraknow.viz import run_curves
-
-            W.chart(figure(run_curves([{"label": "PKT (lesson)", "rows": rows, "color": "#e53935"}]), ss[S.W_LESSON_PRESENT]),
+            curves = run_curves([{"label": "PKT (lesson)", "rows": rows, "color": "#e53935"}])
+            W.chart(figure(curves, ss[S.W_LESSON_PRESENT]),
                     key="lesson_live_curves", title="Training curves (live)", config={"displayModeBar": False})
             return
         result = L.run_step(les, "finetune")

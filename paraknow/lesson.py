@@ -325,7 +325,8 @@ def step_load(lesson: Lesson) -> StepResult:
     parts = {f"teacher ({lesson.config.teacher})": _parameter_parts(m["teacher"]),
              f"student ({lesson.config.student})": _parameter_parts(m["student"])}
     table = [{"model": ref, "layers": str(info.n_layers), "hidden size": str(info.hidden_size),
-              "FFN size": str(info.intermediate_size), "heads (query / key-value)": f"{info.n_heads} / {info.n_kv_heads}",
+              "FFN size": str(info.intermediate_size),
+              "heads (query / key-value)": f"{info.n_heads} / {info.n_kv_heads}",
               "parameters": f"{info.n_params / 1e6:.2f} M", "vocabulary": str(info.vocab_size)}
              for ref, info in ((lesson.config.teacher, t), (lesson.config.student, s))]
     same_vocab = bool(t.vocab_hash) and t.vocab_hash == s.vocab_hash
@@ -429,7 +430,8 @@ def step_layers(lesson: Lesson) -> StepResult:
     students = {t: j for j, t in enumerate(plan.layer_map) if t is not None}
     table = [{"teacher layer": str(i), "share": pct(s / total),
               "student layer": str(students[i]) if i in students else "–"} for i, s in enumerate(scores)]
-    compare = ("more than" if chosen_share > even_share else "the same as" if chosen_share == even_share else "less than")
+    compare = ("more than" if chosen_share > even_share else
+               "the same as" if chosen_share == even_share else "less than")
     note = (f"Teacher layer {top} holds the largest share, {pct(scores[top] / total)}. The layer map keeps "
             f"{len(chosen)} layers, {', '.join(map(str, chosen))}, in their order: together {pct(chosen_share)} of "
             f"the layer sensitivity, {compare} the {pct(even_share)} of {len(evenly)} evenly spaced layers "
@@ -559,7 +561,8 @@ def step_finetune(lesson: Lesson) -> StepResult | None:
         table[0].update({f"eval loss, step {eval_steps[0]}": f"{eval_losses[0]:.3f}",
                          f"eval loss, step {eval_steps[-1]}": f"{eval_losses[-1]:.3f}"})
         note += (f" On the first {lesson.config.eval_items} test questions the accuracy {trend} between step "
-                 f"{eval_steps[0]} and step {eval_steps[-1]}, and their loss {loss_change(eval_losses[0], eval_losses[-1])} "
+                 f"{eval_steps[0]} and step {eval_steps[-1]}, and their loss "
+                 f"{loss_change(eval_losses[0], eval_losses[-1])} "
                  f"({eval_losses[0]:.3f} to {eval_losses[-1]:.3f}).")
     curves = run_curves([{"label": f"PKT, lesson run {run.run_id}", "rows": rows, "color": "#e53935"}])
     return StepResult([("Training curves", curves)], table, note,

@@ -111,12 +111,20 @@ def _close(shown: str, value: float, digits: int = 1) -> bool:
     return abs(float(shown) - value) <= 0.5 * 10 ** -digits + 1e-9
 
 
-def _run(page, step: int, title: str, button: str = "Run this step") -> str:
-    """Open step `step` with Next (from the step before), run it, and return its note."""
+def _run(page, step: int, title: str, button: str = "Run this step", predict: str | None = None) -> str:
+    """Open step `step` with Next (from the step before), run it (after picking the option `predict`
+    of its "predict first" question, then Reveal), and return its note."""
+    from playwright.sync_api import expect
+
     if step > 1:
         page.get_by_role("button", name="Next").click()
     page.get_by_role("heading", name=f"Step {step}: {title}").wait_for()
     _settle(page)
+    if predict is not None:
+        page.get_by_text(predict, exact=True).click()
+        expect(page.get_by_role("radio", name=predict)).to_be_checked()
+        _settle(page)
+        button = "Reveal"
     page.get_by_role("button", name=button).click()
     page.locator(".st-key-lesson-note").wait_for(timeout=TIMEOUT_MS)
     _settle(page)
@@ -128,7 +136,8 @@ def test_whole_lesson_notes_match_the_screen_and_independent_numbers(server):
     from playwright.sync_api import sync_playwright
 
     url, cache = server
-    teacher_w, student_w = _tensors(DEMO / "teacher" / "model.safetensors"), _tensors(DEMO / "student" / "model.safetensors")
+    teacher_w = _tensors(DEMO / "teacher" / "model.safetensors")
+    student_w = _tensors(DEMO / "student" / "model.safetensors")
     t_config = json.loads((DEMO / "teacher" / "config.json").read_text())
     s_config = json.loads((DEMO / "student" / "config.json").read_text())
     notes = {}
@@ -166,15 +175,7 @@ def test_whole_lesson_notes_match_the_screen_and_independent_numbers(server):
         assert table[0]["share"] == f"{m[3]} %"  # the note quotes the table
 
         # 3. where it sits: predict FFN first, then the shares by part
-        page.get_by_role("button", name="Next").click()
-        page.get_by_role("heading", name="Step 3: Where it sits").wait_for()
-        _settle(page)
-        page.get_by_text("FFN", exact=True).click()
-        _settle(page)
-        page.get_by_role("button", name="Reveal").click()
-        page.locator(".st-key-lesson-note").wait_for()
-        _settle(page)
-        notes[3] = note = _note(page)
+        notes[3] = note = _run(page, 3, "Where it sits", predict="FFN")
         sums, params = {}, {}
         for n, t in scores.items():
             sums[_group(n)] = sums.get(_group(n), 0.0) + float(t.double().sum())
@@ -212,15 +213,7 @@ def test_whole_lesson_notes_match_the_screen_and_independent_numbers(server):
                                                            for i in range(n_layers)]
 
         # 5. structure: predict the submatrix; best contiguous block and top entries by brute force
-        page.get_by_role("button", name="Next").click()
-        page.get_by_role("heading", name="Step 5: Structure").wait_for()
-        _settle(page)
-        page.get_by_text("submatrix (the best contiguous block)", exact=True).click()
-        _settle(page)
-        page.get_by_role("button", name="Reveal").click()
-        page.locator(".st-key-lesson-note").wait_for()
-        _settle(page)
-        notes[5] = note = _note(page)
+        notes[5] = note = _run(page, 5, "Structure", predict="submatrix (the best contiguous block)")
         block, elements = [], []
         for name, transposed, (n, m_) in _moved_matrices(teacher_w, student_w, chosen):
             s = scores[name].T if transposed else scores[name]  # [o_T, i_T]

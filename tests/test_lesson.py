@@ -62,7 +62,8 @@ def test_where_note_follows_the_part_that_holds_most(group, name):
     assert result.facts["largest"] == ("ffn" if name == "FFN" else "attention")
     assert "right" in L.judge(L.WHERE_QUESTION, result, result.facts["largest"])
     wrong = next(k for k in L.WHERE_QUESTION.options if k != result.facts["largest"])
-    assert L.judge(L.WHERE_QUESTION, result, wrong).endswith(f"the most is {L.WHERE_QUESTION.options[result.facts['largest']]}.")
+    right_name = L.WHERE_QUESTION.options[result.facts["largest"]]
+    assert L.judge(L.WHERE_QUESTION, result, wrong).endswith(f"the most is {right_name}.")
 
 
 def test_layers_note_compares_the_chosen_layers_with_evenly_spaced_ones():
