@@ -163,3 +163,11 @@ def test_whole_lesson_on_the_demo_pair():
     assert ("the answer changed" in compare.note) == (before.text != after.text)
     recap = L.run_step(lesson, "recap")
     assert len(recap.table) == len(L.STEPS) - 1 and recap.facts["missing"] == []
+
+
+def test_the_lesson_library_does_not_import_streamlit():
+    import subprocess
+    import sys
+
+    code = "import sys, paraknow.lesson; assert 'streamlit' not in sys.modules, 'streamlit imported'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
