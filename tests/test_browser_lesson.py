@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from paraknow.extract import STRUCTURE_HELP
 from test_browser import CHROMIUM, _no_errors, _settle, _shot, streamlit_app
 from test_browser_finetune import _stop_leftover_runs
 
@@ -213,7 +214,7 @@ def test_whole_lesson_notes_match_the_screen_and_independent_numbers(server):
                                                            for i in range(n_layers)]
 
         # 5. structure: predict the submatrix; best contiguous block and top entries by brute force
-        notes[5] = note = _run(page, 5, "Structure", predict="submatrix (the best contiguous block)")
+        notes[5] = note = _run(page, 5, "Structure", predict=f"submatrix: {STRUCTURE_HELP['submatrix']}")
         block, elements = [], []
         for name, transposed, (n, m_) in _moved_matrices(teacher_w, student_w, chosen):
             s = scores[name].T if transposed else scores[name]  # [o_T, i_T]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import TOKENIZER, tiny_llama
+from tiny import TOKENIZER, tiny_llama
 from paraknow import lesson as L
 from paraknow.errors import ParaknowError
 from paraknow.paths import cache_dir

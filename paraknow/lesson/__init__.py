@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from ..errors import ParaknowError
 from .figures import parameters_figure, presentation, structure_figure, token_loss_figure
-from .state import (GROUP_NAMES, PRESENTATION_SCALE, STRUCTURE_NAMES, Lesson, LessonConfig, Question, Step,
+from .state import (GROUP_NAMES, PRESENTATION_SCALE, Lesson, LessonConfig, Question, Step,
                     StepResult, default_loader, pct, times)
 from .steps import (STRUCTURE_QUESTION, WHERE_QUESTION, how_much, loss_change, step_export, step_layers,
                     step_load, step_sensitivity, step_structure, step_where, structure_rows)
 from .training import step_compare, step_finetune
 
-__all__ = ["GROUP_NAMES", "PRESENTATION_SCALE", "STEPS", "STEP_KEYS", "STRUCTURE_NAMES", "STRUCTURE_QUESTION",
+__all__ = ["GROUP_NAMES", "PRESENTATION_SCALE", "STEPS", "STEP_KEYS", "STRUCTURE_QUESTION",
            "WHERE_QUESTION", "Lesson", "LessonConfig", "Question", "Step", "StepResult", "default_loader",
            "how_much", "judge", "loss_change", "parameters_figure", "pct", "presentation", "run_step", "step",
            "structure_figure", "structure_rows", "times", "token_loss_figure"]

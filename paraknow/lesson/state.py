@@ -10,14 +10,6 @@ from typing import Callable
 from ..errors import ParaknowError
 
 GROUP_NAMES = {"attention": "attention", "ffn": "FFN", "embeddings": "embeddings", "other": "norms"}
-STRUCTURE_NAMES = {  # registry structure -> how the lesson calls it
-    "submatrix": "submatrix (the best contiguous block)",
-    "rowcol": "rows + columns (the most sensitive of each)",
-    "elements": "single entries (the most sensitive ones)",
-    "random": "random rows + columns (a random block of the same size)",
-    "uniform": "evenly spaced rows + columns",
-    "heads": "whole attention heads and FFN neurons",
-}
 RUN_GROUP_PREFIX = "lesson-"
 PRESENTATION_SCALE = 1.5  # fonts and chart heights in presentation mode
 

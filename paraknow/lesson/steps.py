@@ -7,8 +7,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import ParaknowError
+from ..extract import STRUCTURE_HELP
 from .figures import parameters_figure, structure_figure
-from .state import GROUP_NAMES, STRUCTURE_NAMES, Lesson, Question, StepResult, pct, times
+from .state import GROUP_NAMES, Lesson, Question, StepResult, pct, times
+
 
 def _parameter_parts(model) -> dict[str, float]:
     """Parameters per group (attention, FFN, embeddings, other), grouped as the sensitivity is."""
@@ -141,7 +143,7 @@ def step_layers(lesson: Lesson) -> StepResult:
 STRUCTURE_QUESTION = Question(
     "Each teacher matrix gives the student a part of the student's size. Which way of choosing that part "
     "captures the most of the matrix's sensitivity?",
-    dict(STRUCTURE_NAMES), "best")
+    {s: f"{s}: {help_}" for s, help_ in STRUCTURE_HELP.items()}, "best")
 
 
 def structure_rows(lesson: Lesson) -> list[dict]:
@@ -165,7 +167,7 @@ def step_structure(lesson: Lesson) -> StepResult:
     by = {r["structure"]: r for r in rows}
     sub, rnd = by["submatrix"], by["random"]
     best = max(rows, key=lambda r: r["captured"])
-    table = [{"structure": r["structure"], "what it takes": STRUCTURE_NAMES.get(r["structure"], r["structure"]),
+    table = [{"structure": r["structure"], "what it takes": STRUCTURE_HELP.get(r["structure"], ""),
               "captured (mean)": pct(r["captured"]), "captured (least)": pct(r["min"]), "entries taken": pct(r["area"]),
               "vs. random": times(r["captured"] / rnd["captured"]) if rnd["captured"] else "–"} for r in rows]
     ratio = sub["captured"] / rnd["captured"] if rnd["captured"] else float("inf")
