@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import streamlit as st
 
+from ui import session
 from ui import state as S  # ui/ sits beside this file, which `streamlit run` puts on the import path
 from ui import widgets as W
 
 st.set_page_config(page_title="paraknow — parametric knowledge transfer", page_icon=":material/hub:",
                    layout="wide")
 S.init()
+with W.show_errors("opening the session from the link"):
+    session.restore_from_url()
 
 
 def home() -> None:
@@ -70,8 +73,9 @@ def home() -> None:
             ("Exports", ", ".join(S.get(S.EXPORTS_MADE)) or "none yet"),
         ]
         st.table({"step": [r[0] for r in rows], "state": [r[1] for r in rows]})
-        st.caption("Everything is kept while you move between pages. Results are cached by content: "
-                   "the same models, data and settings come back instantly.")
+        st.caption("Everything is kept while you move between pages, and the address bar holds the session: "
+                   "a reload or a link opens it again. Results are cached by content: the same models, data "
+                   "and settings come back instantly, and long computations go on in the background.")
         W.cache_panel()
 
 
@@ -98,3 +102,5 @@ try:
 except W.StopPage:  # a page ended early (missing prerequisite, error): the sidebar still shows the state
     pass
 W.sidebar_status(status_slot)
+session.recipe_panel()
+session.write_url()

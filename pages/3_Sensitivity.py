@@ -10,7 +10,9 @@ from paraknow import viz
 from paraknow.mapping import map_layers
 from paraknow.models import LAYER_ROLES
 from paraknow.sensitivity import METRICS, SensitivityConfig
+from paraknow.data import load_records
 from paraknow.tasks import TASKS
+from ui import jobs as J
 from ui import state as S
 from ui import widgets as W
 from ui.state import PERSIST
@@ -37,15 +39,15 @@ with st.container(border=True):
                                max_length=int(st.session_state[S.W_MAXLEN]))
     st.caption(f"Metric **{config.metric}**: {METRICS[config.metric].help}. "
                f"Teacher `{S.get(S.TEACHER)['ref']}` ({t_info.n_params / 1e6:.2f}M parameters).")
+    request = J.try_sensitivity_request(picked, config)
     if st.button("Compute sensitivity", type="primary", icon=":material/play_arrow:", disabled=picked is None,
-                 key="w_sens_compute"):
-        records, label = picked
+                 key="w_sens_compute",
+                 help="Runs in the background: moving around, changing the view or reloading the page never "
+                      "stops it; the same data and settings attach to the running computation."):
         with W.show_errors("computing the sensitivity"):
-            progress = W.Progress(f"Sensitivity on {label}", first="checking the cache (fingerprint of the weights)…")
-            result = W.sensitivity_result(records, label, config, progress)
-            W.set_sensitivity(result)
-            progress.finish("from the cache (same model, data and settings)" if result.cached
-                            else f"done in {result.seconds:.1f} s")
+            request = J.sensitivity_request(picked, config)
+            J.start_sensitivity(request)
+    J.follow_sensitivity(request, S.SENS, f"Sensitivity on {picked.label}" if picked else "Sensitivity")
 
 sens = S.get(S.SENS)
 if not sens or sens.teacher != S.get(S.TEACHER):
@@ -56,7 +58,7 @@ scores, table = sens.scores, sens.table
 how = "from the cache" if sens.cached else f"{sens.seconds:.1f} s"
 st.markdown(f"**Map:** `{sens.label}` · {sens.config.samples} samples · {sens.config.metric} · "
             f"max {sens.config.max_length} tokens · {how}")
-if picked and (picked[1] != sens.label or sens.config != config):
+if request is None or request.key != sens.id:
     st.caption("The settings above differ from this map's: press **Compute sensitivity** to update it.")
 
 # ---- overview -------------------------------------------------------------------------
@@ -139,16 +141,14 @@ st.caption("Which layers are task-specific? A second map on the same teacher wit
 c1, c2 = st.columns([2, 1])
 other = c1.selectbox("Second task (seed split)", list(TASKS), key=S.W_CMP_TASK, **PERSIST,
                      format_func=lambda n: f"{n} ({TASKS[n].family})")
+ref_b = f"task:{other}:seed"
+seeds_b = J.SeedData(load_records(ref_b), ref_b, ref_b)
+request_b = J.try_sensitivity_request(seeds_b, sens.config)
 if c2.button("Compute the second map", icon=":material/compare_arrows:", key="w_cmp_compute"):
-    from paraknow.data import load_records
-
     with W.show_errors("computing the second map"):
-        cfg = sens.config
-        ref = f"task:{other}:seed"
-        progress = W.Progress(f"Sensitivity on {ref}", first="checking the cache (fingerprint of the weights)…")
-        result_b = W.sensitivity_result(load_records(ref), ref, cfg, progress)
-        S.put(S.SENS_B, result_b)
-        progress.finish("from the cache" if result_b.cached else f"done in {result_b.seconds:.1f} s")
+        request_b = J.sensitivity_request(seeds_b, sens.config)
+        J.start_sensitivity(request_b)
+J.follow_sensitivity(request_b, S.SENS_B, f"Sensitivity on {ref_b}")
 sens_b = S.get(S.SENS_B)
 if sens_b and sens_b.teacher == S.get(S.TEACHER):
     mode = st.segmented_control("Show", ["difference", "side by side"], key=S.W_CMP_MODE, **PERSIST, required=True)

@@ -12,6 +12,8 @@ from paraknow.mapping import LAYER_STRATEGIES, STRATEGY_HELP, map_layers
 from paraknow.models import ATTN_ROLES, EMBED_ROLES, FFN_ROLES
 from paraknow.structure import COHERENT, head_axes
 from paraknow.transfer import compatibility
+from paraknow import background
+from ui import jobs as J
 from ui import state as S
 from ui import widgets as W
 from ui.state import PERSIST
@@ -80,6 +82,11 @@ with st.container(border=True):
     if not report.vocab_match:
         st.caption(f"Embeddings are skipped: {report.tokenizer_mismatch}.")
 
+if W.selected_modules() == ():
+    st.warning("No module is ticked: tick at least one module above (attention, FFN or embeddings) to plan "
+               "a transfer.", icon=":material/warning:")
+    W.stop()
+
 if strategy == "manual" and (not S.get(S.MANUAL_MAP) or len(S.get(S.MANUAL_MAP)) != n_s):
     S.put(S.MANUAL_MAP, _auto_map("sensitivity"))
     S.put(S.MANUAL_VERSION, S.get(S.MANUAL_VERSION) + 1)
@@ -107,9 +114,12 @@ if strategy == "cka" and W.current_similarity() is None:
     with right:
         st.info("The cka map needs the layer similarity of the two models on the seed samples.",
                 icon=":material/info:")
-        if st.button("Compute layer similarity", icon=":material/grid_on:", key="w_map_cka_for_map"):
-            W.compute_similarity()
-            st.rerun()
+        if st.button("Compute layer similarity", icon=":material/grid_on:", key="w_map_cka_for_map",
+                     disabled=background.read("similarity", J.similarity_key()).live):
+            with W.show_errors("computing the layer similarity"):
+                J.start_similarity()
+                st.rerun()
+        J.follow_similarity()  # its progress while it runs; the page reruns when it is done
     W.stop()
 
 try:
@@ -242,10 +252,12 @@ st.subheader("Teacher × student layer similarity")
 st.caption("Linear CKA between each teacher layer's and each student layer's hidden states on the seed samples "
            "(1 = the same representation up to rotation and scale). Circles mark the current mapping; "
            "use it to pick teacher layers for a manual map.")
-if st.button("Compute layer similarity", icon=":material/grid_on:", key="w_map_cka"):
-    W.compute_similarity()
-cka = S.get(S.CKA)
-if W.current_similarity() is not None:
+if st.button("Compute layer similarity", icon=":material/grid_on:", key="w_map_cka",
+             help="Runs in the background, like the sensitivity map."):
+    with W.show_errors("computing the layer similarity"):
+        J.start_similarity()
+if J.follow_similarity() is not None:  # its progress while it runs
+    cka = S.get(S.CKA)
     W.chart(viz.similarity_heatmap(cka["matrix"], plan.layer_map), config={"displayModeBar": False},
             key="map_cka")
     st.caption(f"Computed on {cka['info']['n']} {cka['info']['inputs']} from {cka['info']['samples']} seed samples.")

@@ -1,15 +1,17 @@
 """Export: factorise the selected teacher blocks into a LoRA initialisation for the student."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pandas as pd
 import streamlit as st
 
 from paraknow import viz
 from paraknow.errors import ParaknowError
-from paraknow.export import export_transfer, verify_export
 from paraknow.lora import MODES, SPLITS
 from paraknow.models import EMBED_ROLES, LAYER_ROLES
 from paraknow.paths import cache_dir
+from ui import jobs as J
 from ui import ops
 from ui import state as S
 from ui import widgets as W
@@ -26,11 +28,14 @@ sens, t_spec, s_spec = S.get(S.SENS), S.get(S.TEACHER), S.get(S.STUDENT)
 s_info = S.get(S.STUDENT_INFO)
 
 # ---- settings -------------------------------------------------------------------------
-roles = W.planned_roles()
-max_rank = min(min(s_info.shapes[r]) for r in roles) if roles else 1
-if not st.session_state.get(S.W_NAME):
-    st.session_state[S.W_NAME] = ops.default_export_name(t_spec["ref"], s_spec["ref"], sens.label,
-                                                         st.session_state[S.W_STRUCTURE])
+roles = W.planned_roles() if W.selected_modules() != () else []
+if not roles:
+    st.warning("No module is chosen for the transfer: tick at least one module on the Mapping page.",
+               icon=":material/warning:")
+    st.page_link(W.PAGE_MAPPING, label="Back to Mapping", icon=":material/arrow_back:")
+    W.stop()
+max_rank = min(min(s_info.shapes[r]) for r in roles)
+W.follow_default_export_name()
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns(4)
     c1.number_input("Rank r", min_value=1, max_value=4096, step=1, key=S.W_RANK, **PERSIST,
@@ -67,24 +72,19 @@ st.markdown(
     + (f" · {len(overrides)} manual block override(s)" if overrides else "")
     + f" · seeds `{sens.label}` ({sens.config.metric}).")
 
-if st.button("Export", type="primary", icon=":material/package_2:", key="w_exp_run"):
+if st.button("Export", type="primary", icon=":material/package_2:", key="w_exp_run",
+             help="Runs in the background: moving around or reloading the page never stops it."):
     with W.show_errors("exporting"):
         name = ops.check_export_name(st.session_state[S.W_NAME])
         out_dir = cache_dir("exports") / name
         if out_dir.exists() and not st.session_state[S.W_OVERWRITE]:
             raise ParaknowError(f"an export named '{name}' already exists in {out_dir.parent}: choose another name "
                                 "or tick 'Overwrite if it exists'.")
-        teacher, _, t_info = W.get_model("teacher")
-        student, _, s_info = W.get_model("student")
-        provenance = sens.provenance(t_spec["ref"], s_spec["ref"])
-        progress = W.Progress(f"Exporting {name}")
-        manifest = export_transfer(teacher, student, t_info, s_info, plan, config, out_dir, provenance, progress,
-                                   overwrite=bool(st.session_state[S.W_OVERWRITE]))
-        progress.finish(f"saved {len(manifest['modules'])} modules to {out_dir}")
-        S.put(S.EXPORT, {"name": name, "dir": str(out_dir), "manifest": manifest})
-        if name not in S.get(S.EXPORTS_MADE):
-            S.get(S.EXPORTS_MADE).append(name)
-        S.put(S.VERIFY, None)
+        J.start_export({"teacher": t_spec, "student": s_spec, "sensitivity": str(J.sensitivity_file(sens)),
+                        "config": asdict(config), "similarity": W.similarity_list(config), "out": str(out_dir),
+                        "overwrite": bool(st.session_state[S.W_OVERWRITE]),
+                        "provenance": sens.provenance(t_spec["ref"], s_spec["ref"])})
+J.follow_export(st.session_state.get(S.W_NAME))
 
 # ---- the last export ------------------------------------------------------------------
 export = S.get(S.EXPORT)
@@ -120,12 +120,8 @@ if export:
                      help="Loads the export on a copy of the student with peft.PeftModel (residual/ merged first) "
                           "and compares the logits on the seed samples with the original student's."):
             with W.show_errors("verifying the export"):
-                student, s_tok, _ = W.get_model("student")
-                progress = W.Progress("Comparing logits")
-                S.put(S.VERIFY, verify_export(student, s_tok, export["dir"], sens.records,
-                                              max_length=min(512, sens.config.max_length), progress=progress))
-                progress.finish()
-        result = S.get(S.VERIFY)
+                J.start_verify(export)
+        result = J.follow_verify(export)
         if result and result.dir == export["dir"]:
             text = (f"Maximum logit change vs the original student on {result.samples} seed samples "
                     f"({result.tokens} tokens): **{result.max_change:.2e}** (largest logit {result.max_logit:.1f}).")

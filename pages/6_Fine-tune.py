@@ -81,7 +81,7 @@ with st.container(border=True):
              help="vanilla: Kaiming A, zero B. PiSSA: the student's principal components (PEFT). "
                   "PKT export: the teacher's extracted, factorised parameters (docs/method.md).")
     export = F.export_picker(exports)
-    if export and (export["manifest"].get("student") or student) != (student or "").strip():
+    if pkt and export and (export["manifest"].get("student") or student) != (student or "").strip():
         st.warning(f"This export was made for `{export['manifest'].get('student')}`, not `{student}`: a PKT run "
                    "needs an export made for the same student.", icon=":material/warning:")
 
@@ -111,8 +111,9 @@ with st.container(border=True):
                 init = export["dir"]
             dirs = F.launch_runs(settings, init, F.parse_seeds(ss[S.W_FT_SEEDS]), rank=int(ss[S.W_FT_RANK]),
                                  alpha=float(ss[S.W_FT_ALPHA]), export_name=export["name"] if export else None)
-            ss[S.W_FT_SHOW] = [d.name for d in dirs]
-            ss[S.W_FT_DETAIL] = dirs[0].name
+            # the new runs join the charts; the run shown in detail stays (it may be the one running)
+            ss[S.W_FT_SHOW] = list(dict.fromkeys((ss.get(S.W_FT_SHOW) or []) + [d.name for d in dirs]))
+            ss[S.W_FT_DETAIL] = ss.get(S.W_FT_DETAIL) or dirs[0].name
             S.put(S.FT_NOTICE, f"Queued {len(dirs)} run(s): {', '.join(d.name for d in dirs)}.")
     if compare:
         with W.show_errors("queueing the comparison"):

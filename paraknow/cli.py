@@ -62,9 +62,15 @@ def cmd_extract(args) -> int:
     from .sensitivity import SensitivityConfig
     from .transfer import TransferConfig, extract_to_dir
 
+    if args.recipe:
+        _apply_recipe(args)
+    for flag in ("teacher", "student", "data", "out"):
+        if not getattr(args, flag):
+            raise ParaknowError(f"--{flag} is required (on the command line or, except --out, in --recipe).")
     strategy, manual = parse_layers_arg(args.layers)
     config = TransferConfig(**{**{name: getattr(args, name) for name in EXTRACT_OPTIONS},
-                               "layers": strategy, "manual_map": manual})
+                               "layers": strategy, "manual_map": manual,
+                               "overrides": getattr(args, "overrides", None) or {}})
     sens = SensitivityConfig(**{name: getattr(args, name) for name in SENSITIVITY_OPTIONS})
     out = output_path(args.out)
     manifest = extract_to_dir(args.teacher, args.student, args.data, out, config, sens,
@@ -72,6 +78,34 @@ def cmd_extract(args) -> int:
     print(json.dumps({"out": str(out), "modules": len(manifest["modules"]),
                       "layer_map": manifest["layer_map"], "notes": manifest["notes"]}))
     return 0
+
+
+def _apply_recipe(args) -> None:
+    """Fill `args` from the recipe (paraknow/extract_recipe.py); flags given on the command line
+    win. Without --out, a recipe's `name` writes where the app writes: cache/exports/<name>."""
+    from .extract_recipe import REFERENCE_KEYS, SETTING_KEYS, load_recipe
+    from .paths import cache_dir
+
+    recipe = load_recipe(args.recipe)
+    given = _given_flags(args.argv)
+    for key in REFERENCE_KEYS[:3] + SETTING_KEYS:
+        if key not in given and (key in REFERENCE_KEYS or key in recipe.settings):
+            value = getattr(recipe, key) if key in REFERENCE_KEYS else recipe.get(key)
+            if key == "modules" and isinstance(value, list):
+                value = ",".join(value)
+            setattr(args, key, value)
+    args.overrides = recipe.get("overrides")
+    if not args.out and recipe.name:
+        args.out = str(cache_dir("exports") / recipe.name)
+
+
+def _given_flags(argv) -> set[str]:
+    """The `extract` options given on the command line (argparse fills in the rest with defaults)."""
+    parser = build_parser()
+    extract = parser._subparsers._group_actions[0].choices["extract"]
+    for action in extract._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    return set(vars(parser.parse_args(argv)).keys()) - {"command", "func"}
 
 
 def cmd_eval(args) -> int:
@@ -219,10 +253,12 @@ def _add_transfer_commands(sub) -> None:
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("extract", help="extract teacher parameters into a LoRA init for the student")
-    p.add_argument("--teacher", required=True, help="teacher model reference")
-    p.add_argument("--student", required=True, help="student model reference")
-    p.add_argument("--data", required=True, help="seed data: JSONL file or task:NAME[:SPLIT]")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--teacher", help="teacher model reference (required unless --recipe gives it)")
+    p.add_argument("--student", help="student model reference (required unless --recipe gives it)")
+    p.add_argument("--data", help="seed data: JSONL file or task:NAME[:SPLIT] (required unless --recipe gives it)")
+    p.add_argument("--out", help="output directory (with --recipe: cache/exports/<the recipe's name> if not given)")
+    p.add_argument("--recipe", default=None,
+                   help="the app's state as a JSON file (Download recipe in the app); flags given here override it")
     add_options(p, TransferConfig, EXTRACT_OPTIONS)
     add_options(p, SensitivityConfig, SENSITIVITY_OPTIONS)
     add_options(p, Placement, ("device", "dtype"))
@@ -286,6 +322,7 @@ def _add_housekeeping_commands(sub) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     quiet_transformers()
     try:
         return args.func(args)

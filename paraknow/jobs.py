@@ -43,7 +43,7 @@ from pathlib import Path
 from .errors import ParaknowError
 from .executors import ExecutorConfig, make_executor
 from .fsio import atomic_directory, atomic_write_json, try_flock
-from .processes import proc_start_time, spawn
+from .processes import proc_start_time, reap_children, spawn
 from .rundir import (ADAPTER_DIR, LOG_FILE, METRICS_FILE, SPEC_FILE, STATES, STATUS_FILE, STOP_FILE,
                      TERMINAL_STATES, UNREADABLE, adapter_zip, fail_if_still_running, find_run, has_finished_run,
                      read_json, read_log, read_metrics, read_object, read_spec, read_status, run_dirs, runs_root,
@@ -314,6 +314,7 @@ def run_info(run_dir) -> RunInfo:
 def list_runs(group: str | None = None, resume_queue: bool = True) -> list[RunInfo]:
     """Every run under cache/runs/, newest first, read from disk (statuses liveness-checked).
     With `resume_queue`, queued runs left without a worker (e.g. after a reboot) are resumed."""
+    reap_children()
     runs = [run_info(d) for d in run_dirs()]
     if group is not None:
         runs = [r for r in runs if r.group == group]

@@ -4,6 +4,7 @@ the caller, and tell whether one is still alive.
   spawn(cmd, cwd, log_path) -> Popen   own session, stdin /dev/null, stdout + stderr appended to
                                        log_path (after a `$ cmd` line), same cache as this process
   pid_alive(pid, start)     -> bool    alive, not a zombie, and not a reused pid
+  reap_children()                      collect every ended child (also done by pid_alive)
   proc_start_time(pid)      -> int     kernel start time, recorded beside a pid to detect reuse
 """
 from __future__ import annotations
@@ -65,14 +66,19 @@ def proc_start_time(pid: int | None) -> int | None:
         return None
 
 
+def reap_children() -> None:
+    """Collect the exit status of every process this one started that has ended (queue workers,
+    runs, studies, page jobs), so none lingers as a zombie under the server."""
+    for child_pid, child in list(children.items()):
+        if child.poll() is not None:
+            children.pop(child_pid, None)
+
+
 def pid_alive(pid: int | None, start: int | None = None) -> bool:
     """Whether process `pid` runs (and is the one that started at `start`, when given)."""
     if not pid:
         return False
-    child = children.get(pid)
-    if child is not None and child.poll() is not None:  # reaps our own zombies
-        children.pop(pid, None)
-        return False
+    reap_children()  # (a child of ours that ended is reaped here, so the checks below see it gone)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

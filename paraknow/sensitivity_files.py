@@ -71,15 +71,21 @@ def load_sensitivity(path) -> tuple[Scores, dict]:
     return scores, meta
 
 
-def sensitivity_key(model, records: list[dict], config: SensitivityConfig) -> str:
-    """Cache key from content: the model's weights, the seed records used, and the settings."""
-    payload = {"model": model_fingerprint(model), "data": records_sha256(records[:config.samples]),
+def sensitivity_key(model, records: list[dict], config: SensitivityConfig, fingerprint: str | None = None) -> str:
+    """Cache key from content: the model's weights (`fingerprint`: their `model_fingerprint`,
+    when the caller already has it), the seed records used, and the settings."""
+    payload = {"model": fingerprint or model_fingerprint(model), "data": records_sha256(records[:config.samples]),
                **asdict(config)}
     payload.pop("batch_size")
     payload.pop("accumulate_device")  # where the sums live does not change them
     if payload["accumulate_dtype"] == "float32":  # the default keeps the keys of maps cached before it existed
         payload.pop("accumulate_dtype")
     return sha256_bytes(json.dumps(payload, sort_keys=True).encode())[:32]
+
+
+def cache_path(key: str) -> Path:
+    """Where the map of content key `key` (`sensitivity_key`) is cached."""
+    return cache_dir("sensitivity") / f"{key}.safetensors"
 
 
 def cached_sensitivity(model, tokenizer, records, config: SensitivityConfig | None = None,
@@ -99,7 +105,7 @@ def cached_sensitivity_hit(model, tokenizer, records, config: SensitivityConfig 
     config = config or SensitivityConfig()
     config.validate()
 
-    path = cache_dir("sensitivity") / f"{sensitivity_key(model, records, config)}.safetensors"
+    path = cache_path(sensitivity_key(model, records, config))
     if path.exists():
         with output_lock(path, shared=True):  # keeps `cache clear` and eviction away meanwhile
             if path.exists():

@@ -38,7 +38,8 @@ class SensitivityMap:
     teacher: dict | None = None  # the app's model spec {"ref", "dtype", "device"} of the teacher
     seconds: float = 0.0
     cached: bool = False  # read from cache/sensitivity/ instead of computed
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # the app uses the content key
+    data_ref: str | None = None  # a reference that loads the seed data again (task:..., a JSONL path)
 
     def provenance(self, teacher_ref: str, student_ref: str) -> dict:
         """What an export made from this map records about its origin (export.provenance)."""

@@ -40,3 +40,13 @@ def saved_pair(tmp_path):
     data.write_text(to_jsonl(SEED_RECORDS))
     paths["data"] = str(data)
     return paths
+
+
+def finish_jobs(at):
+    """Wait until every background job the app started (paraknow.background) has ended, then run
+    the AppTest script again: the page then reads the result from the cache, as after a poll."""
+    from paraknow import background
+
+    for view in background.live_jobs():
+        background.wait(view.kind, view.key)
+    return at.run()

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from conftest import finish_jobs
+
 from paraknow.errors import ParaknowError
 from ui import ops
 from ui import state as S
@@ -73,11 +75,11 @@ def test_main_flow_quick_start_sensitivity_mapping_export():
     _ok(at)
     assert any(f"model.layers.{n_t - 1}.mlp.down_proj" in str(c.value) for c in at.caption)
     at.number_input(key=S.W_SAMPLES).set_value(8).run()
-    at.button(key="w_sens_compute").click().run()
+    finish_jobs(at.button(key="w_sens_compute").click().run())
     _ok(at)
     assert at.session_state[S.SENS].config.samples == 8
     at.selectbox(key=S.W_CMP_TASK).set_value("facts").run()
-    at.button(key="w_cmp_compute").click().run()
+    finish_jobs(at.button(key="w_cmp_compute").click().run())
     _ok(at)
     assert at.session_state[S.SENS_B].label == "task:facts:seed"
     assert any("Most task-specific layers" in str(m.value) for m in at.markdown)
@@ -103,7 +105,7 @@ def test_main_flow_quick_start_sensitivity_mapping_export():
     assert at.session_state[S.OVERRIDES][module] == (0, 0)
     after = next(m for m in at.session_state[S.PLAN].plan.modules if m.student_module == module)
     assert after.selection.block() == (0, 0) and after.captured <= before.captured + 1e-12
-    at.button(key="w_map_cka").click().run()
+    finish_jobs(at.button(key="w_map_cka").click().run())
     _ok(at)
     assert at.session_state[S.CKA]["matrix"].shape == (n_t, n_s)
     at.button(key="w_map_to_manual").click().run()
@@ -118,7 +120,7 @@ def test_main_flow_quick_start_sensitivity_mapping_export():
     at.button(key="w_exp_run").click().run()
     assert "not a usable export name" in _errors(at)
     at.text_input(key=S.W_NAME).set_value("apptest-export").run()
-    at.button(key="w_exp_run").click().run()
+    finish_jobs(at.button(key="w_exp_run").click().run())
     _ok(at)
     export = at.session_state[S.EXPORT]
     out = Path(export["dir"])
@@ -131,17 +133,17 @@ def test_main_flow_quick_start_sensitivity_mapping_export():
     assert all(0 < m["energy"] <= 1 for m in manifest["modules"].values())
     at.button(key="w_exp_run").click().run()  # same name again: explained, nothing overwritten
     assert "already exists" in _errors(at)
-    at.button(key="w_exp_verify").click().run()
+    finish_jobs(at.button(key="w_exp_verify").click().run())
     assert not at.exception
     verify = at.session_state[S.VERIFY]
     assert verify.unchanged and verify.max_change < 1e-3, verify
     assert any("outputs are unchanged" in str(s.value) for s in at.success)
     at.selectbox(key=S.W_MODE).set_value("additive").run()
     at.text_input(key=S.W_NAME).set_value("apptest-additive").run()
-    at.button(key="w_exp_run").click().run()
+    finish_jobs(at.button(key="w_exp_run").click().run())
     _ok(at)
     assert not (Path(at.session_state[S.EXPORT]["dir"]) / "residual").exists()
-    at.button(key="w_exp_verify").click().run()
+    finish_jobs(at.button(key="w_exp_verify").click().run())
     _ok(at)
     assert at.session_state[S.VERIFY].max_change > 1e-4  # the teacher's knowledge is in the outputs now
     assert any("Additive mode" in str(i.value) for i in at.info)
@@ -184,7 +186,7 @@ def test_user_mistakes_are_explained():
     at.button(key="w_sens_compute").click().run()  # 32 samples asked, 2 given
     assert "only 2" in _errors(at)
     at.number_input(key=S.W_SAMPLES).set_value(2).run()
-    at.button(key="w_sens_compute").click().run()
+    finish_jobs(at.button(key="w_sens_compute").click().run())
     _ok(at)
     assert at.session_state[S.SENS].label == "pasted"
 

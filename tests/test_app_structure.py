@@ -5,6 +5,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from conftest import finish_jobs
+
 from ui import state as S
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -38,7 +40,7 @@ def test_mapping_heads_coherent_and_cka():
     assert any("coherent layer" in str(c.value) for c in at.caption)
     at.selectbox(key=S.W_STRATEGY).set_value("cka").run()
     _ok(at)
-    at.button(key="w_map_cka_for_map").click().run()
+    finish_jobs(at.button(key="w_map_cka_for_map").click().run())
     _ok(at)
     plan = at.session_state[S.PLAN].plan
     assert plan.layer_similarity is not None

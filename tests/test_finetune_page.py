@@ -229,7 +229,7 @@ def test_launch_and_compare_queue_runs_with_the_form_settings(env):
     # a user mistake is explained, nothing is queued
     at.number_input(key=S.W_FT_BATCH).set_value(5).run()
     at.button(key="w_ft_launch").click().run()
-    assert "not a multiple of --micro-batch" in at.error[0].value
+    assert "not a multiple of micro-batch" in at.error[0].value and "--" not in at.error[0].value
     at.number_input(key=S.W_FT_BATCH).set_value(4)
     at.text_input(key=S.W_FT_SEEDS).set_value("one").run()
     at.button(key="w_ft_launch").click().run()
@@ -356,3 +356,34 @@ def test_long_upload_names_are_shortened_safely():
     assert ops.safe_file_name("../../etc/" + "b" * 400) == ops.safe_file_name("b" * 400)  # no folders
     name = ops.default_export_name("demo:teacher", "demo:student", f"upload:{long_a}", "submatrix")
     assert ops.check_export_name(name) == name and len(name) <= ops.NAME_MAX
+
+
+def test_another_students_export_warns_only_for_pkt_and_a_second_launch_keeps_the_charts(env):
+    _fake_export("other-student-export", student="demo:student")
+    at = _page()
+    at.radio(key=S.W_FT_INIT).set_value("vanilla").run()
+    assert not any("made for" in str(w.value) for w in at.warning)  # vanilla does not use the export
+    at.radio(key=S.W_FT_INIT).set_value("pkt").run()
+    assert any("made for `demo:student`" in str(w.value) for w in at.warning)
+    at.radio(key=S.W_FT_INIT).set_value("vanilla").run()
+    at.selectbox(key=S.W_FT_SPLIT + "train").set_value("seed")
+    at.radio(key=S.W_FT_SRC + "eval").set_value(S.FT_EVAL_NONE).run()
+    at.button(key="w_ft_launch").click().run()
+    _ok(at)
+    first = at.session_state[S.W_FT_SHOW]
+    detail = at.session_state[S.W_FT_DETAIL]
+    at.button(key="w_ft_launch").click().run()  # the same settings again
+    _ok(at)
+    runs = jobs.list_runs(resume_queue=False)
+    assert len(runs) == 2
+    assert at.session_state[S.W_FT_SHOW] == first + [runs[0].run_id]  # added, the first still charted
+    assert at.session_state[S.W_FT_DETAIL] == detail  # the detail view does not jump
+    assert len({F.run_label(r) for r in runs}) == 2  # launched apart: labels apart
+    for r in runs:
+        jobs.stop(r.run_dir)
+
+
+def test_run_labels_read_the_time_to_the_second():
+    run = jobs.RunInfo(run_id="20261130-115012123456-abc123", run_dir=Path("x"), state="queued", spec={},
+                       status={}, method="vanilla", label="vanilla seed 0")
+    assert F.run_label(run) == "vanilla seed 0 · 11-30 11:50:12 #abc"

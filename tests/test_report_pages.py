@@ -7,6 +7,8 @@ import time
 
 from streamlit.testing.v1 import AppTest
 
+from conftest import finish_jobs
+
 from paraknow import jobs
 from paraknow.fsio import atomic_write_json
 from paraknow.htmlreport import image_export_unavailable
@@ -40,7 +42,7 @@ def test_report_on_sensitivity_mapping_and_export():
     at.switch_page("pages/3_Sensitivity.py").run()
     _ok(at)
     assert _charts_packed(at, "sensitivity") == len(at.get("plotly_chart")) == 4  # grid, layers, groups, matrix
-    at.button(key="w_cmp_compute").click().run()  # a second task: two more charts
+    finish_jobs(at.button(key="w_cmp_compute").click().run())  # a second task: two more charts
     _ok(at)
     assert _charts_packed(at, "sensitivity") == len(at.get("plotly_chart")) == 6
     available = image_export_unavailable() is None
@@ -58,7 +60,7 @@ def test_report_on_sensitivity_mapping_and_export():
     _ok(at)
     assert not any("w_report" in b.proto.id for b in at.get("download_button"))  # nothing exported yet
     at.text_input(key=S.W_NAME).set_value("report-export").run()
-    at.button(key="w_exp_run").click().run()
+    finish_jobs(at.button(key="w_exp_run").click().run())
     _ok(at)
     assert _charts_packed(at, "export") == len(at.get("plotly_chart")) == 2  # energy, spectra
 

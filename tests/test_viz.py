@@ -215,3 +215,14 @@ def test_distinct_colors_do_not_repeat_past_ten():
     for n in (1, 10, 15, 32):
         colors = viz.distinct_colors(n)
         assert len(colors) == n and len(set(colors)) == n
+
+
+def test_log_spectra_label_values_and_a_one_point_run_gets_whole_steps_from_zero():
+    manifest = {"rank": 4, "modules": {"m": {"role": "q_proj", "singular_values": [2.0, 0.9, 0.5, 0.3, 0.1]}}}
+    axis = viz.spectrum_figure(manifest).layout.yaxis
+    assert axis.type == "log" and axis.dtick == "D2" and axis.tickformat == "~g"  # 0.2, 0.5, 1, 2: no bare '9 8 7'
+    one = viz.run_curves([{"label": "run", "rows": [{"step": 1, "loss": 2.5, "lr": 1e-4}]}])
+    for name in ("xaxis", "xaxis2", "xaxis3", "xaxis4"):
+        assert list(one.layout[name].range) == [0, 1.5] and one.layout[name].dtick == 1
+    many = viz.run_curves([{"label": "run", "rows": [{"step": s, "loss": 1.0} for s in range(1, 200)]}])
+    assert many.layout.xaxis.range is None  # long runs keep plotly's own range

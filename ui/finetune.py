@@ -208,9 +208,14 @@ def stopping(run) -> bool:
 
 
 def run_label(run) -> str:
-    """'pkt arith-demo seed 0 · 0412-0310' -- the label (or method) and the run's time."""
-    stamp = run.run_id[4:8] + "-" + run.run_id[9:13] if len(run.run_id) >= 13 else run.run_id
-    return f"{run.label or run.method} · {stamp}"
+    """'pkt arith-demo seed 0 · 04-12 03:10:59 #a3f' -- the label (or method), the run's time to the
+    second and the start of its id's random part (ids are YYYYMMDD-HHMMSSffffff-xxxxxx), so two
+    launches of one setting read apart."""
+    rid = run.run_id
+    if len(rid) < 24:
+        return f"{run.label or run.method} · {rid}"
+    return (f"{run.label or run.method} · {rid[4:6]}-{rid[6:8]} {rid[9:11]}:{rid[11:13]}:{rid[13:15]} "
+            f"#{rid[22:25]}")
 
 
 def progress_of(run) -> tuple[float, str]:

@@ -11,10 +11,9 @@ import re
 from pathlib import Path
 
 from paraknow.errors import ParaknowError
+from paraknow.extract_recipe import NAME_MAX, check_export_name  # noqa: F401 - the pages call ops.check_export_name
 from paraknow.fsio import zip_folder
 
-NAME_MAX = 80
-NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}$")
 
 
 def shorten(text: str, max_chars: int) -> str:
@@ -39,18 +38,13 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:40] or "model"
 
 
-def default_export_name(teacher: str, student: str, data_label: str, structure: str) -> str:
+def default_export_name(teacher: str, student: str, data_label: str, structure: str, tag: str = "") -> str:
+    """'<teacher>-to-<student>-<data>-<structure>[-<tag>]'; the page's tag is a short hash of the
+    settings, so exports with other settings get other names."""
     data = data_label.split(":")[1] if data_label.startswith("task:") else slug(data_label)
     data = re.sub(r"\.jsonl?$", "", data)  # 'upload-seed_32.jsonl' -> 'upload-seed_32'
-    return shorten(f"{slug(teacher)}-to-{slug(student)}-{slug(data)}-{structure}", NAME_MAX)
-
-
-def check_export_name(name: str) -> str:
-    name = (name or "").strip()
-    if not NAME_RE.match(name):
-        raise ParaknowError(f"'{name}' is not a usable export name: use 1-80 letters, digits, '.', '_' or '-', "
-                            "starting with a letter or digit.")
-    return name
+    tail = f"-{tag}" if tag else ""
+    return shorten(f"{slug(teacher)}-to-{slug(student)}-{slug(data)}-{structure}", NAME_MAX - len(tail)) + tail
 
 
 def list_exports(root: Path) -> list[dict]:

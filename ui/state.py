@@ -37,10 +37,15 @@ MANUAL_BASE = "pk_manual_base"    # the map the mapping table editor started fro
 MANUAL_VERSION = "pk_manual_version"  # bumped to give the table editor a fresh key
 OVERRIDES = "pk_overrides"        # {student module: (row, col)} manual block positions
 PLAN = "pk_plan"                  # HeldPlan: the TransferPlan of the current mapping and its settings key
-CKA = "pk_cka"                    # {"key", "matrix", "info"} layer similarity
+CKA = "pk_cka"                    # {"key", "matrix", "info"} layer similarity (key: ui.jobs.similarity_key)
 EXPORT = "pk_export"              # {"name", "dir", "manifest"} of the last export
+EXPORT_JOB = "pk_export_job"      # key of the export job started from this session, until it ends
+NAME_AUTO = "pk_name_auto"        # the export name last filled in from the settings (followed until edited)
+URL_READ = "pk_url_read"          # the URL's state was applied (once per session: a reload is a new session)
+URL_NOTICE = "pk_url_notice"      # what in the URL or an uploaded recipe could not be used
 EXPORTS_MADE = "pk_exports_made"  # names exported in this session
 VERIFY = "pk_verify"              # paraknow.export.Verification of the last verification
+VERIFY_KEY = "pk_verify_key"      # content key of that verification's job (ui.jobs.verify_key)
 QUICKSTART = "pk_quickstart"      # summary line of the last quick start
 HUB_CHECKED = "pk_hub_checked"    # hub ids whose config the user asked to look up (network)
 PG_RESULT = "pk_pg_result"        # {"key", "outputs": [playground.Output]} of the last Playground run
@@ -58,7 +63,8 @@ class HeldPlan:
 RESULT_DEFAULTS = {
     TEACHER: None, STUDENT: None, TEACHER_INFO: None, STUDENT_INFO: None, SENS: None, SENS_B: None,
     MANUAL_MAP: None, MANUAL_BASE: None, MANUAL_VERSION: 0, OVERRIDES: {}, PLAN: None, CKA: None,
-    EXPORT: None, EXPORTS_MADE: [], VERIFY: None, QUICKSTART: None,
+    EXPORT: None, EXPORT_JOB: None, NAME_AUTO: None, URL_NOTICE: None, EXPORTS_MADE: [], VERIFY: None,
+    VERIFY_KEY: None, QUICKSTART: None,
     HUB_CHECKED: [], PG_RESULT: None, LESSON: None,
 }
 
@@ -75,12 +81,14 @@ def model_key(role: str, field: str) -> str:
 
 
 # Sensitivity page
+W_RECIPE_UPLOAD = "w_recipe_upload"  # the sidebar's recipe file uploader (not persisted: applied once)
 W_CACHE_KIND = "w_cache_kind"      # the kind of cache entry the Home page's cache panel clears
 W_CACHE_DAYS = "w_cache_days"      # ... only those unused for this many days (0: all)
-W_SOURCE = "w_sens_source"        # Built-in task | Upload JSONL | Paste JSONL
+W_SOURCE = "w_sens_source"        # one of SOURCES
 W_TASK = "w_sens_task"
 W_SPLIT = "w_sens_split"
 W_PASTE = "w_sens_paste"
+W_DATA_PATH = "w_sens_path"       # a JSONL file on the server
 W_UPLOAD = "w_sens_upload"        # file_uploader (no persist: the parsed records are kept instead)
 W_SAMPLES = "w_sens_samples"
 W_METRIC = "w_sens_metric"
@@ -94,7 +102,8 @@ W_DRILL_MAX = "w_drill_max"      # max pooling instead of mean in the drill-down
 W_GRID_CHART = "w_grid_chart"     # the clickable heatmap's selection state
 W_CMP_TASK = "w_cmp_task"
 W_CMP_MODE = "w_cmp_mode"
-SOURCES = ("Built-in task", "Upload JSONL", "Paste JSONL")
+SOURCE_TASK, SOURCE_UPLOAD, SOURCE_PASTE, SOURCE_FILE = "Built-in task", "Upload JSONL", "Paste JSONL", "JSONL file"
+SOURCES = (SOURCE_TASK, SOURCE_UPLOAD, SOURCE_PASTE, SOURCE_FILE)
 
 # Mapping page
 W_STRATEGY = "w_map_strategy"
@@ -178,7 +187,7 @@ def widget_defaults() -> dict:
     sens = lambda name: default_of(SensitivityConfig, name)  # noqa: E731
     transfer = lambda name: default_of(TransferConfig, name)  # noqa: E731
     d = {
-        W_SOURCE: SOURCES[0], W_TASK: "arith", W_SPLIT: "seed", W_PASTE: "", W_SAMPLES: sens("samples"),
+        W_SOURCE: SOURCE_TASK, W_TASK: "arith", W_SPLIT: "seed", W_PASTE: "", W_DATA_PATH: "", W_SAMPLES: sens("samples"),
         W_METRIC: sens("metric"), W_MAXLEN: sens("max_length"), W_VALUE: "sum", W_LOG: False, W_DRILL_LOG: False,
         W_DRILL_MAX: False, W_CMP_TASK: "instruct", W_CMP_MODE: "difference",
         W_STRATEGY: transfer("layers"), W_MAP_SEED: transfer("seed"), W_STRUCTURE: transfer("structure"),

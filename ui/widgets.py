@@ -9,7 +9,7 @@ import contextvars
 import runpy
 import time
 import traceback
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import streamlit as st
@@ -61,7 +61,7 @@ def show_errors(doing: str = ""):
     try:
         yield
     except ParaknowError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(page_message(str(exc)), icon=":material/error:")
     except Exception as exc:  # noqa: BLE001 - never show a traceback to the user
         where = f" while {doing}" if doing else ""
         st.error(f"Unexpected error{where}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. "
@@ -71,12 +71,28 @@ def show_errors(doing: str = ""):
             st.code("".join(traceback.format_exception_only(type(exc), exc)))
 
 
+def page_message(text: str) -> str:
+    """A library message as a page shows it: settings by name, not as CLI flags ('--micro-batch 3'
+    reads 'micro-batch 3'), and no emoji shortcodes made of references such as 'task:arith:train:'."""
+    import re
+
+    return no_shortcodes(re.sub(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)", r"\1", text))
+
+
+def no_shortcodes(text: str) -> str:
+    """`text` with a zero-width space after every colon that would open an emoji or icon shortcode
+    (':train:' in 'task:arith:train: sample 3'); it reads and copies the same otherwise."""
+    import re
+
+    return re.sub(r":(?=[A-Za-z0-9_+/-]+:)", ":\u200b", text)
+
+
 class Progress:
     """paraknow progress callback (done, total, message) -> an st.progress bar (throttled)."""
 
     def __init__(self, label: str, container=None, every: float = 0.15, first: str = ""):
         self.label = label
-        self.bar = (container or st).progress(0.0, text=f"{label}: {first}" if first else label)
+        self.bar = (container or st).progress(0.0, text=no_shortcodes(f"{label}: {first}" if first else label))
         self.every = every
         self._last = 0.0
 
@@ -86,10 +102,14 @@ class Progress:
             return
         self._last = now
         frac = 0.0 if total <= 0 else max(0.0, min(1.0, done / total))
-        self.bar.progress(frac, text=f"{self.label}: {message}" if message else self.label)
+        self.bar.progress(frac, text=no_shortcodes(f"{self.label}: {message}" if message else self.label))
 
     def finish(self, text: str | None = None) -> None:
-        self.bar.progress(1.0, text=text or f"{self.label}: done")
+        self.bar.progress(1.0, text=no_shortcodes(text or f"{self.label}: done"))
+
+    def clear(self) -> None:
+        """Remove the bar (a step that failed: its error is shown instead, not beside a stale bar)."""
+        self.bar.empty()
 
 
 # ---------------------------------------------------------------------------------------
@@ -234,22 +254,32 @@ def model_picker(role: str) -> dict | None:
     return {"ref": ref, "dtype": dtype, "device": device}
 
 
-def data_picker() -> tuple[list[dict], str] | None:
-    """Seed data from a built-in task, an uploaded JSONL or pasted JSONL -> (records, label)."""
-    from paraknow.data import load_records, parse_jsonl
+def data_picker():
+    """Seed data from a built-in task, a JSONL file on the server, an uploaded JSONL or pasted JSONL
+    -> ui.jobs.SeedData (uploads and pastes are saved under cache/uploads/, so the data has a
+    reference the background job, the URL and the recipe can name) or None."""
+    from paraknow.data import load_records
     from paraknow.tasks import SPLITS, TASKS
+    from ui.jobs import SeedData
 
     source = st.radio("Seed data", S.SOURCES, key=S.W_SOURCE, horizontal=True, **PERSIST)
     with show_errors("reading the seed data"):
-        if source == S.SOURCES[0]:
+        if source == S.SOURCE_TASK:
             c1, c2 = st.columns([2, 1])
             name = c1.selectbox("Task", list(TASKS), key=S.W_TASK, **PERSIST,
                                 format_func=lambda n: f"{n} ({TASKS[n].family})")
             split = c2.selectbox("Split", list(SPLITS), key=S.W_SPLIT, **PERSIST)
             st.caption(TASKS[name].description)
             ref = f"task:{name}:{split}"
-            return load_records(ref), ref
-        if source == S.SOURCES[1]:
+            return SeedData(load_records(ref), ref, ref)
+        if source == S.SOURCE_FILE:
+            path = st.text_input("JSONL file on the server", key=S.W_DATA_PATH, **PERSIST,
+                                 placeholder="/path/to/seeds.jsonl").strip()
+            if not path:
+                st.info("Enter the path of a JSONL file to use it as seed data.", icon=":material/edit:")
+                return None
+            return SeedData(load_records(path), Path(path).name, path)
+        if source == S.SOURCE_UPLOAD:
             up = st.file_uploader("JSONL file (one JSON object per line: messages, prompt+completion, or text)",
                                   type=["jsonl", "json", "txt"], key=S.W_UPLOAD)
             if up is None:
@@ -258,11 +288,7 @@ def data_picker() -> tuple[list[dict], str] | None:
             if up.size > MAX_UPLOAD_BYTES:
                 raise ParaknowError(f"{up.name} is {up.size / 2**20:.1f} MB; seed data is limited to "
                                     f"{MAX_UPLOAD_BYTES >> 20} MB. Upload only the samples you need (32 by default).")
-            try:
-                text = up.getvalue().decode("utf-8")
-            except UnicodeDecodeError:
-                raise ParaknowError(f"{up.name} is not UTF-8 text; save it as UTF-8 JSONL.") from None
-            return parse_jsonl(text, source=up.name), f"upload:{up.name}"
+            return _saved_seeds(up.getvalue(), up.name, f"upload:{up.name}")
         text = st.text_area("JSONL (one JSON object per line)", key=S.W_PASTE, **PERSIST, height=150,
                             placeholder='{"prompt": "What is 2 plus 3?", "completion": "5"}')
         if len(text.encode("utf-8")) > MAX_UPLOAD_BYTES:
@@ -270,8 +296,19 @@ def data_picker() -> tuple[list[dict], str] | None:
         if not text.strip():
             st.info("Paste JSONL lines to use them as seed data.", icon=":material/content_paste:")
             return None
-        return parse_jsonl(text, source="pasted text"), "pasted"
+        return _saved_seeds(text.encode("utf-8"), "pasted.jsonl", "pasted")
     return None
+
+
+def _saved_seeds(data: bytes, name: str, label: str):
+    """Uploaded or pasted seed records, saved by content under cache/uploads/ (a line that is not
+    valid JSONL is reported with its number)."""
+    from paraknow.data import load_records
+    from ui.finetune import save_upload
+    from ui.jobs import SeedData
+
+    path = str(save_upload(data, name))
+    return SeedData(load_records(path), label, path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,22 +326,6 @@ def load_pair(t_spec: dict, s_spec: dict, status=None) -> None:
         S.put(S.TEACHER_INFO if role == "teacher" else S.STUDENT_INFO, info)
     if old != (t_spec, s_spec):
         S.reset_after_models()
-
-
-def sensitivity_result(records: list[dict], label: str, config, progress=None):
-    """The loaded teacher's SensitivityMap (content-cached on disk, memoised in the session)."""
-    from paraknow.data import records_sha256
-    from paraknow.sensitivity import sensitivity_map
-
-    teacher, tokenizer, info = get_model("teacher")
-    spec = S.get(S.TEACHER)
-    digest = records_sha256(records[:config.samples])
-    for key in (S.SENS, S.SENS_B):  # same inputs as a map we already hold: instant
-        old = S.get(key)
-        if old and old.teacher == spec and old.data_sha256 == digest and old.config == config:
-            return replace(old, label=label, seconds=0.0, cached=True)
-    return sensitivity_map(teacher, tokenizer, records, config, label, info.n_layers, progress,
-                           model_ref=spec["ref"], teacher=dict(spec))
 
 
 def set_sensitivity(result: dict) -> None:
@@ -351,38 +372,49 @@ def current_transfer_config():
 
 
 def plan_key(config) -> str:
+    from ui.jobs import similarity_key
+
     sens = S.get(S.SENS)
     d = asdict(config)
     d.pop("alpha"), d.pop("mode"), d.pop("split")  # do not change what is selected
-    similarity = cka_key() if config.layers == "cka" and current_similarity() is not None else None
+    similarity = similarity_key() if config.layers == "cka" and current_similarity() is not None else None
     return (f"{sens.id if sens else None}|{S.get(S.STUDENT)}|{similarity}|"
             f"{sorted(d.items(), key=lambda kv: kv[0])!r}")
 
 
-def cka_key() -> tuple:
-    """What the layer similarity depends on: both models and the seed samples (the sensitivity's)."""
-    sens = S.get(S.SENS)
-    return str(S.get(S.TEACHER)), str(S.get(S.STUDENT)), sens.id if sens else None
-
-
 def current_similarity():
     """The [L_T, L_S] layer similarity of the current models and seeds, or None if not computed."""
-    cka = S.get(S.CKA)
-    return cka["matrix"] if cka and cka["key"] == cka_key() else None
+    from ui.jobs import follow_similarity
+
+    return follow_similarity(show=False)
 
 
-def compute_similarity() -> None:
-    """Linear CKA of every teacher x student layer on the seed samples, stored in the session."""
-    from paraknow.similarity import layer_similarity
+def plan_is_current() -> bool:
+    """Whether the session's plan was made from the current settings."""
+    plan = S.get(S.PLAN)
+    return bool(plan and S.get(S.SENS) and selected_modules() != () and plan.key == plan_key(current_transfer_config()))
 
-    with show_errors("computing the layer similarity"):
-        teacher, t_tok, _ = get_model("teacher")
-        student, s_tok, _ = get_model("student")
-        progress = Progress("Hidden states")
-        matrix, info = layer_similarity(teacher, student, t_tok, S.get(S.SENS).records,
-                                        student_tokenizer=s_tok, progress=progress)
-        progress.finish(f"compared on {info['n']} {info['inputs']}")
-        S.put(S.CKA, {"key": cka_key(), "matrix": matrix, "info": info})
+
+def follow_default_export_name() -> None:
+    """The export name field holds a name made from the current settings (with a short hash of
+    them, so other settings never collide with an earlier export) and follows them until edited."""
+    from paraknow.background import content_key
+    from ui import ops
+
+    config = current_transfer_config()
+    t, s, sens = S.get(S.TEACHER), S.get(S.STUDENT), S.get(S.SENS)
+    tag = content_key({"plan": plan_key(config), "alpha": config.alpha, "mode": config.mode,
+                       "split": config.split})[:6]
+    auto = ops.default_export_name(t["ref"], s["ref"], sens.label, config.structure, tag)
+    if not st.session_state.get(S.W_NAME) or st.session_state[S.W_NAME] == S.get(S.NAME_AUTO):
+        st.session_state[S.W_NAME] = auto
+    S.put(S.NAME_AUTO, auto)
+
+
+def similarity_list(config) -> list | None:
+    """The layer similarity a cka plan uses, as a JSON list for a background job (None otherwise)."""
+    similarity = current_similarity() if config.layers == "cka" else None
+    return None if similarity is None else similarity.tolist()
 
 
 def current_plan(config=None):
@@ -408,6 +440,7 @@ def quick_start() -> str:
     setting is the config dataclasses' default (the same defaults as the CLI)."""
     from paraknow.data import load_records
     from paraknow.sensitivity import SensitivityConfig
+    from ui.jobs import SeedData
 
     t_ref, s_ref = S.default_refs()
     config = SensitivityConfig()
@@ -420,11 +453,10 @@ def quick_start() -> str:
         status.write(f"Sensitivity of the teacher on `{QUICK_TASK}` ({config.samples} samples, {config.metric})…")
         ss = st.session_state
         defaults = S.widget_defaults()
-        ss[S.W_SOURCE], ss[S.W_TASK], ss[S.W_SPLIT] = S.SOURCES[0], "arith", "seed"
+        ss[S.W_SOURCE], ss[S.W_TASK], ss[S.W_SPLIT] = S.SOURCE_TASK, "arith", "seed"
         for key in (S.W_SAMPLES, S.W_METRIC, S.W_MAXLEN):
             ss[key] = defaults[key]
-        result = sensitivity_result(load_records(QUICK_TASK), QUICK_TASK, config, Progress("sensitivity", first="checking the cache…"))
-        set_sensitivity(result)
+        result = quick_sensitivity(SeedData(load_records(QUICK_TASK), QUICK_TASK, QUICK_TASK), config)
         status.write(f"Default plan: {quick_start_plan_text()}…")
         for key in (S.W_STRATEGY, S.W_STRUCTURE, S.W_COHERENT, S.W_MAP_SEED):
             ss[key] = defaults[key]
@@ -439,6 +471,25 @@ def quick_start() -> str:
         status.update(label="Quick start done", state="complete", expanded=False)
     S.put(S.QUICKSTART, summary)
     return summary
+
+
+def quick_sensitivity(data, config) -> dict:
+    """The quick start's map: from the cache, or from a background job this run waits for (a
+    click meanwhile leaves the job running; the Sensitivity page then attaches to it)."""
+    from ui import jobs
+
+    request = jobs.sensitivity_request(data, config)
+    started, cached = time.time(), jobs.sensitivity_cached(request)
+    if not cached:
+        jobs.start_sensitivity(request)
+        progress = Progress("sensitivity", first="starting…")
+        view = jobs.wait("sensitivity", request.key, progress)
+        progress.clear()
+        if view.state != "finished":
+            raise ParaknowError(f"the sensitivity map {view.state}: {view.error or 'see the Sensitivity page'}")
+    result = jobs.sensitivity_result(request, None if cached else time.time() - started)
+    set_sensitivity(result)
+    return result
 
 
 def quick_start_plan_text() -> str:
@@ -613,6 +664,8 @@ def md_escape(text: str) -> str:
 def sidebar_status(container=None) -> None:
     """Where the session is in the pipeline (shown on every page, in `container` of the sidebar)."""
     t, s, sens, plan, exp = S.get(S.TEACHER), S.get(S.STUDENT), S.get(S.SENS), S.get(S.PLAN), S.get(S.EXPORT)
+    if plan and not plan_is_current():
+        plan = None  # the settings changed since (e.g. every module unticked): no ✓ for a plan that is gone
     with container if container is not None else st.sidebar:
         st.markdown("**This session**")
         ok, todo = ":green[:material/check_circle:]", ":gray[:material/radio_button_unchecked:]"

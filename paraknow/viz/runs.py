@@ -34,7 +34,7 @@ def run_curves(series: list[dict], height: int = 560) -> go.Figure:
     """
     fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in CURVE_PANELS],
                         horizontal_spacing=0.08, vertical_spacing=0.16)
-    n_points = 0
+    n_points, last_step = 0, 0
     for i, s in enumerate(series):
         color = s.get("color") or RUN_PALETTE[i % len(RUN_PALETTE)]
         shown = False
@@ -42,7 +42,7 @@ def run_curves(series: list[dict], height: int = 560) -> go.Figure:
             x, y = curve_points(s.get("rows") or [], key)
             if not x:
                 continue
-            n_points += len(x)
+            n_points, last_step = n_points + len(x), max(last_step, max(x))
             is_eval = key.startswith("eval")
             value = "%{y:.1%}" if key == "eval_accuracy" else "%{y:.4g}"
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if is_eval or len(x) == 1 else "lines",
@@ -54,6 +54,8 @@ def run_curves(series: list[dict], height: int = 560) -> go.Figure:
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), uirevision="run-curves",
                       legend=dict(orientation="h", yanchor="top", y=-0.1, xanchor="left", x=0))
     fig.update_xaxes(title_text="step", row=2)
+    if 0 < last_step <= 10:  # a few points (one, at first): whole steps from 0, not a range padded around them
+        fig.update_xaxes(range=[0, last_step + 0.5], dtick=1)
     fig.update_yaxes(tickformat=".0%", rangemode="tozero", row=2, col=2)
     fig.update_yaxes(exponentformat="e", row=1, col=2)
     if not n_points:

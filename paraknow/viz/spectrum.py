@@ -19,7 +19,7 @@ def spectrum_figure(manifest: dict, modules: list[str] | None = None, height: in
                                  line=dict(color=color),
                                  hovertemplate=f"{name}<br>σ%{{x}} = %{{y:.4g}}<extra></extra>"))
     fig.add_vline(x=rank + 0.5, line=dict(color=SELECT_COLOR, dash="dash"), annotation_text=f"r = {rank}")
-    fig.update_yaxes(type="log", title="singular value")
+    fig.update_yaxes(type="log", title="singular value", dtick="D2", tickformat="~g")  # 0.2 0.5 1 2 5, not bare digits
     fig.update_xaxes(title="index")
     fig.update_layout(showlegend=len(names) <= 24)
     return fig

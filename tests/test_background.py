@@ -1,0 +1,122 @@
+"""Background jobs for the pages (paraknow/background.py): a separate process per content key,
+attached to by a second start, cancelled only by `cancel`, failures recorded in one line."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import signal
+import time
+from dataclasses import asdict
+
+import torch
+
+from paraknow import background
+from paraknow.background_work import RECORDS_FILE
+from paraknow.data import load_records, to_jsonl
+from paraknow.sensitivity import SensitivityConfig, compute_sensitivity, load_sensitivity
+from paraknow.rundir import read_json
+
+TEACHER = {"ref": "demo:teacher", "dtype": "float32", "device": "cpu"}
+
+
+def _start_map(key: str, records: list[dict], config: SensitivityConfig, model=TEACHER):
+    return background.start("sensitivity", key, {"model": model, "config": asdict(config)},
+                            {RECORDS_FILE: to_jsonl(records[:config.samples])})
+
+
+def _until(condition, what: str, poll_s: float = 0.1):
+    """Poll `condition` until it holds (the job's own progress decides when; no time limit)."""
+    while not (value := condition()):
+        time.sleep(poll_s)
+    return value
+
+
+def test_a_second_start_attaches_and_the_map_equals_the_in_process_one():
+    from paraknow.models import load_model
+
+    records = load_records("task:arith:seed")
+    config = SensitivityConfig(samples=3, max_length=64)
+    first = _start_map("k-attach", records, config)
+    second = _start_map("k-attach", records, config)
+    assert first.state == second.state == "running" and first.dir == second.dir
+    done = background.wait("sensitivity", "k-attach")
+    assert done.state == "finished", done.error
+    assert done.seconds is not None and done.seconds > 0
+    launches = (done.dir / "stdout.log").read_text().count("$ ")
+    assert launches == 1  # one process: the second start attached instead of starting another
+    scores, meta = load_sensitivity(done.result["path"])
+    model, tokenizer = load_model("demo:teacher")
+    expected = compute_sensitivity(model, tokenizer, records, config)
+    assert scores.keys() == expected.keys()
+    assert all(torch.allclose(scores[k], expected[k], rtol=1e-5, atol=1e-8) for k in expected)
+    assert meta["samples"] == 3
+    assert background.live_jobs() == []
+
+
+def test_cancel_stops_a_running_job_and_caches_nothing():
+    records = load_records("task:arith:train")
+    config = SensitivityConfig(samples=400, max_length=64)
+    view = _start_map("k-cancel", records, config)
+    assert view.live
+    _until(lambda: background.read("sensitivity", "k-cancel").done >= 1, "the first sample")
+    background.cancel("sensitivity", "k-cancel")
+    ended = background.wait("sensitivity", "k-cancel")
+    assert ended.state == "cancelled" and ended.error is None
+    assert not ended.result
+    from paraknow.paths import cache_dir
+
+    assert not list(cache_dir("sensitivity").glob("*.safetensors"))
+    # started again, the same key runs afresh (the page offers Compute again)
+    again = _start_map("k-cancel", records, SensitivityConfig(samples=2, max_length=64))
+    assert again.live and not (again.dir / "STOP").exists()
+    assert background.wait("sensitivity", "k-cancel").state == "finished"
+
+
+def test_a_bad_reference_fails_with_one_line_and_a_killed_job_reads_failed():
+    config = SensitivityConfig(samples=1, max_length=32)
+    records = load_records("task:arith:seed")
+    bad = _start_map("k-bad", records, config, model={**TEACHER, "ref": "/nonexistent/model"})
+    failed = background.wait("sensitivity", bad.key)
+    assert failed.state == "failed" and "not found" in failed.error and "\n" not in failed.error
+
+    slow = _start_map("k-kill", load_records("task:arith:train"), SensitivityConfig(samples=400, max_length=64))
+    pid = _until(lambda: (read_json(slow.dir / "status.json") or {}).get("pid"), "the pid")
+    os.killpg(pid, signal.SIGKILL)  # no chance to write its state: the liveness check decides
+    dead = background.wait("sensitivity", "k-kill")
+    assert dead.state == "failed" and "ended without a result" in dead.error
+
+
+def test_content_keys_ignore_key_order_and_unknown_kinds_are_refused():
+    import pytest
+
+    from paraknow.errors import ParaknowError
+
+    assert background.content_key({"a": 1, "b": [1, 2]}) == background.content_key({"b": [1, 2], "a": 1})
+    assert background.content_key({"a": 1}) != background.content_key({"a": 2})
+    with pytest.raises(ParaknowError, match="unknown background job kind"):
+        background.start("nope", "k", {})
+    assert background.read("sensitivity", "never-started").state == "missing"
+
+
+def _zombie_or_gone(pid: int) -> bool:
+    """The process has exited and waits to be reaped (or is gone). A leader whose own thread ended
+    while others still run also reads Z, so its thread count must be down to one too."""
+    try:
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except OSError:
+        return True
+    return status["State"].strip().startswith(("Z", "X")) and status["Threads"].strip() == "1"
+
+
+def test_any_liveness_check_reaps_every_finished_child():
+    """Finished background processes (jobs, queue workers) do not linger as zombies under the server."""
+    from paraknow import processes
+
+    records = load_records("task:arith:seed")
+    a = _start_map("k-reap-a", records, SensitivityConfig(samples=1, max_length=32))
+    b = _start_map("k-reap-b", records, SensitivityConfig(samples=1, max_length=32))
+    pid_b = _until(lambda: (read_json(b.dir / "status.json") or {}).get("pid"), "the pid")
+    assert pid_b in processes.children
+    _until(lambda: _zombie_or_gone(pid_b), "b's process to end")  # ended, not yet reaped
+    background.wait("sensitivity", a.key)  # checks a's liveness only
+    assert pid_b not in processes.children and not Path(f"/proc/{pid_b}").exists()

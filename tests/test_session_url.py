@@ -1,0 +1,102 @@
+"""The session lives in the URL (ui/session.py): a new session opened with the app's query
+parameters has the same models, settings, map, plan and export, the maps coming from the content
+cache; the same state as a recipe makes the same export through `extract --recipe`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file
+from streamlit.testing.v1 import AppTest
+
+from conftest import finish_jobs
+from paraknow import cli
+from paraknow.extract_recipe import from_query, to_json
+from ui import state as S
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TIMEOUT = 600
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _opened(query: dict) -> AppTest:
+    """A new session (no state) opened on a link with `query`."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.run()
+    return at
+
+
+def _session_with_an_export() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    at.button(key="w_home_quickstart").click().run()
+    at.switch_page("pages/3_Sensitivity.py").run()
+    at.number_input(key=S.W_SAMPLES).set_value(6).run()
+    finish_jobs(at.button(key="w_sens_compute").click().run())
+    at.switch_page("pages/4_Mapping.py").run()
+    at.selectbox(key=S.W_STRATEGY).set_value("uniform").run()
+    at.selectbox(key=S.W_STRUCTURE).set_value("rowcol").run()
+    at.checkbox(key=S.W_MODULE_PREFIX + "embed_tokens").uncheck().run()
+    at.checkbox(key=S.W_MODULE_PREFIX + "lm_head").uncheck().run()
+    at.switch_page("pages/5_Export.py").run()
+    at.number_input(key=S.W_RANK).set_value(8).run()
+    at.text_input(key=S.W_NAME).set_value("linked-export").run()
+    finish_jobs(at.button(key="w_exp_run").click().run())
+    _ok(at)
+    return at
+
+
+def test_a_link_restores_the_state_and_the_results_and_the_recipe_reproduces_the_export(tmp_path, capsys):
+    at = _session_with_an_export()
+    query = dict(at.query_params)
+    assert query["samples"] == "6" and query["layers"] == "uniform" and query["structure"] == "rowcol"
+    assert query["rank"] == "8" and query["name"] == "linked-export" and query["data"] == "task:arith:seed"
+    plan, export = at.session_state[S.PLAN].plan, at.session_state[S.EXPORT]
+
+    fresh = _opened(query)
+    _ok(fresh)
+    ss = fresh.session_state
+    assert ss[S.TEACHER]["ref"] == "demo:teacher" and ss[S.STUDENT]["ref"] == "demo:student"
+    assert ss[S.SENS].cached and ss[S.SENS].id == at.session_state[S.SENS].id  # from the cache
+    assert ss[S.W_RANK] == 8 and ss[S.W_STRUCTURE] == "rowcol" and not ss[S.W_MODULE_PREFIX + "embed_tokens"]
+    fresh.switch_page("pages/5_Export.py").run()
+    _ok(fresh)
+    assert fresh.session_state[S.PLAN].plan.layer_map == plan.layer_map
+    assert [m.student_module for m in fresh.session_state[S.PLAN].plan.modules] == [m.student_module for m in plan.modules]
+    assert fresh.session_state[S.EXPORT]["dir"] == export["dir"]  # the zip it made is offered again
+    assert any(b.label == "Download as zip" for b in fresh.get("download_button"))
+    assert dict(fresh.query_params) == query
+
+    recipe, problems = from_query(query)
+    assert not problems
+    path = tmp_path / "recipe.json"
+    path.write_text(to_json(recipe))
+    assert cli.main(["extract", "--recipe", str(path), "--out", str(tmp_path / "cli")]) == 0
+    capsys.readouterr()
+    app_adapter = load_file(str(Path(export["dir"]) / "adapter_model.safetensors"))
+    cli_adapter = load_file(str(tmp_path / "cli" / "adapter_model.safetensors"))
+    assert app_adapter.keys() == cli_adapter.keys()
+    assert all((app_adapter[k] == cli_adapter[k]).all() for k in app_adapter)
+    app_manifest = json.loads((Path(export["dir"]) / "paraknow.json").read_text())
+    cli_manifest = json.loads((tmp_path / "cli" / "paraknow.json").read_text())
+    for key in ("layer_map", "rank", "alpha", "structure", "samples", "data_sha256", "roles"):
+        assert app_manifest[key] == cli_manifest[key], key
+
+
+def test_a_bad_value_in_the_link_is_named_and_the_rest_restored():
+    at = _opened({"teacher": "demo:teacher", "student": "demo:student", "data": "task:facts:seed",
+                  "rank": "zero", "samples": "5"})
+    _ok(at)
+    warnings = " ".join(str(w.value) for w in at.sidebar.warning)
+    assert "'rank'" in warnings
+    assert at.session_state[S.TEACHER]["ref"] == "demo:teacher" and at.session_state[S.W_SAMPLES] == 5
+    assert at.session_state[S.W_TASK] == "facts" and at.session_state[S.SENS] is None  # not computed yet
+    at.switch_page("pages/3_Sensitivity.py").run()
+    _ok(at)
+    assert any("press **Compute sensitivity**" in str(i.value) for i in at.info)
