@@ -119,7 +119,7 @@ class SensitivityRequest:
 
 def sensitivity_request(data: SeedData, config) -> SensitivityRequest:
     """The map of the loaded teacher on `data` with `config`; raises ParaknowError on bad settings."""
-    from paraknow.sensitivity import sensitivity_key
+    from paraknow.sensitivity_files import sensitivity_key
 
     config.validate()
     if len(data.records) < config.samples:
@@ -154,14 +154,14 @@ def sensitivity_cached(request: SensitivityRequest) -> bool:
 
 
 def _cached_map(request: SensitivityRequest) -> Path:
-    from paraknow.sensitivity import cache_path
+    from paraknow.sensitivity_files import cache_path
 
     return cache_path(request.key)
 
 
 def sensitivity_file(sens: dict) -> Path:
     """The cached file of a map the session holds (its id is its content key)."""
-    from paraknow.sensitivity import cache_path
+    from paraknow.sensitivity_files import cache_path
 
     return cache_path(sens.id)
 
