@@ -15,6 +15,7 @@ import io
 import json
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def _goto(page, title: str, marker: str) -> None:
     """Open a page from the sidebar and wait until it is drawn: its URL, then a text only it shows
     (the script state alone does not prove the switch has started)."""
     page.locator("[data-testid='stSidebarNav']").get_by_text(title, exact=True).click()
-    page.wait_for_url(f"**/{title}", timeout=TIMEOUT_MS)
+    page.wait_for_url(re.compile(rf"/{re.escape(title)}(\?|$)"), timeout=TIMEOUT_MS)  # the query holds the session
     page.get_by_text(marker, exact=False).first.wait_for(timeout=TIMEOUT_MS)
     _settle(page)
 
