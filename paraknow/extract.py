@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ParaknowError
+from . import numerics
+from .numerics import row_blocks, sum64
 
 _EPS64 = torch.finfo(torch.float64).eps
-_CHUNK_ELEMS = 1 << 20  # 8 MiB of float64 per chunk: cache-friendly, and few enough parallel regions
-# that a busy machine (threads descheduled at every sync) does not slow the search down badly
 
 
 # -----------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def _box_sums(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         return _box_sums(x.t(), w, h).t()
     n, m = x.shape
     k = n - h
-    step = max(1, _CHUNK_ELEMS // m)
+    step = max(1, numerics.CHUNK_ELEMS // m)
     col_sums = torch.zeros(m, dtype=torch.float64)  # [m] column sums of rows [0, h)
     for a in range(0, h, step):
         col_sums += x[a:min(a + step, h)].sum(0, dtype=torch.float64)
@@ -142,7 +142,7 @@ def max_sum_block(scores: torch.Tensor, n_rows: int, n_cols: int) -> tuple[int, 
     if lo >= 0:
         mass = math.ceil(o / n_rows) * math.ceil(i / n_cols) * best
     else:
-        mass = float(torch.linalg.vector_norm(x, 1, dtype=torch.float64))
+        mass = float(sum64(x.abs()))
     tol = 16 * (o + i + 4) * _EPS64 * mass
     near = B >= best - tol
     if int(near.sum()) == 1 or mass == 0:
@@ -150,10 +150,30 @@ def max_sum_block(scores: torch.Tensor, n_rows: int, n_cols: int) -> tuple[int, 
         return divmod(flat, B.shape[1])
     # near-ties: settle them exactly as the reference loop would
     rr, cc = near.nonzero(as_tuple=True)  # row-major order
-    P = _prefix_sums(x)
-    s = P[rr + n_rows, cc + n_cols] - P[rr, cc + n_cols] - P[rr + n_rows, cc] + P[rr, cc]
-    j = int(s.argmax())  # first maximum
+    j = int(_reference_sums_at(x, n_rows, n_cols, rr, cc).argmax())  # first maximum
     return int(rr[j]), int(cc[j])
+
+
+def _reference_sums_at(x: torch.Tensor, n_rows: int, n_cols: int, rr: torch.Tensor, cc: torch.Tensor) -> torch.Tensor:
+    """The reference's own P[r+h, c+w] - P[r, c+w] - P[r+h, c] + P[r, c] at the positions (rr, cc) [k],
+    without its whole float64 table (3x the scores' size, for an lm_head 25 GB): the column running
+    sums stream down the rows a block at a time -- the same sequential scan as the table's cumsum --
+    and only the table rows the positions touch get their running sum along the columns."""
+    o, i = x.shape
+    upper = torch.zeros(len(rr), 2, dtype=torch.float64)  # P[r, c], P[r, c + w]
+    lower = torch.zeros(len(rr), 2, dtype=torch.float64)  # P[r + h, c], P[r + h, c + w]
+    corner_cols = torch.stack([cc, cc + n_cols], 1)  # [k, 2]
+    carry = torch.zeros(1, i, dtype=torch.float64)  # column sums of the rows above the block (P row 0: zeros)
+    for a, b in row_blocks(o, i):
+        C = torch.cat([carry, x[a:b].double()]).cumsum(0)  # [b-a+1, i]: C[t] = column sums of rows [0, a+t)
+        carry = C[-1:]
+        for corners, rows in ((upper, rr), (lower, rr + n_rows)):
+            hit = ((rows > a) & (rows <= b)).nonzero().view(-1)  # P rows a+1..b are C[1..b-a]
+            if hit.numel():
+                needed, which = (rows[hit] - a).unique(return_inverse=True)
+                P = torch.nn.functional.pad(C[needed].cumsum(1), (1, 0))  # [u, i+1]
+                corners[hit] = P[which[:, None], corner_cols[hit]]
+    return lower[:, 1] - upper[:, 1] - lower[:, 0] + upper[:, 0]  # the reference's order of operations
 
 
 # -----------------------------------------------------------------------------
@@ -326,9 +346,9 @@ def select_within(structure: str, scores: torch.Tensor, n_rows: int, n_cols: int
         return select(structure, scores, n_rows, n_cols, seed=seed)
     _check_block(scores.shape, n_rows, n_cols)
     if rows is None:
-        rows = pick_indices(structure, scores[:, cols].sum(1, dtype=torch.float64), n_rows, seed)  # [o_T]
+        rows = pick_indices(structure, sum64(scores[:, cols], 1), n_rows, seed)  # [o_T]
     if cols is None:
-        cols = pick_indices(structure, scores[rows].sum(0, dtype=torch.float64), n_cols, seed)  # [i_T]
+        cols = pick_indices(structure, sum64(scores[rows], 0), n_cols, seed)  # [i_T]
     if len(rows) != n_rows or len(cols) != n_cols:
         raise ParaknowError(f"fixed index sets of sizes {len(rows)} x {len(cols)} do not give the student's "
                             f"[{n_rows}, {n_cols}]; recompute the plan for this student")
@@ -338,16 +358,16 @@ def select_within(structure: str, scores: torch.Tensor, n_rows: int, n_cols: int
 def captured_share(scores: torch.Tensor, selection: Selection) -> float:
     """Share (0..1) of the matrix's total sensitivity that lies inside the selection (float64 sums)."""
     s = scores.detach()
-    total = float(s.sum(dtype=torch.float64))
+    total = float(sum64(s))
     if total == 0:
         return 0.0
     if selection.flat is not None:
-        inside = float(s.reshape(-1)[selection.flat].sum(dtype=torch.float64))
+        inside = float(sum64(s.reshape(-1)[selection.flat]))
     else:
         b = selection.block()
         if b is not None:  # contiguous: a view, no gather
             r, c = b
-            inside = float(s[r:r + selection.shape[0], c:c + selection.shape[1]].sum(dtype=torch.float64))
+            inside = float(sum64(s[r:r + selection.shape[0], c:c + selection.shape[1]]))
         else:
-            inside = float(s[selection.rows][:, selection.cols].sum(dtype=torch.float64))
+            inside = float(sum64(s[selection.rows][:, selection.cols]))
     return min(1.0, max(0.0, inside / total))

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from .errors import ParaknowError, first_line
 from .fsio import atomic_directory, atomic_save_safetensors, atomic_write_json, read_json_object
+from .numerics import column_major, row_blocks, squared_norm64
 
 SPLITS = ("left", "sqrt")
 MODES = ("residual", "additive")
@@ -63,12 +64,13 @@ def randomized_svd(matrix: torch.Tensor, rank: int, seed: int = 0, oversample: i
 
     The subspace iterations (the cost: 2 q + 1 passes over the matrix) run in float32 -- they only
     have to find the dominant subspace, re-orthonormalised at every step; the projection onto it and
-    the small SVD (one pass) run in float64, so sigma and the factors carry float64 accuracy.
+    the small SVD (one pass) run in float64, so sigma and the factors carry float64 accuracy. A
+    float32 matrix is read in place: no full-size copy is made.
     """
     out_dim, in_dim = matrix.shape
     width = min(rank + oversample, out_dim, in_dim)
     generator = torch.Generator(device=matrix.device).manual_seed(seed)
-    work = matrix.float()  # [o, i]; never half precision
+    work = matrix if matrix.dtype == torch.float32 else matrix.float()  # [o, i]; never half precision
     omega = torch.randn(in_dim, width, generator=generator, dtype=torch.float32, device=matrix.device)  # [i, k]
     Q = torch.linalg.qr(work @ omega).Q  # [o, k]
     for _ in range(power_iterations):
@@ -76,8 +78,22 @@ def randomized_svd(matrix: torch.Tensor, rank: int, seed: int = 0, oversample: i
         Q = torch.linalg.qr(work @ Q).Q  # [o, k]
     del work
     Q = torch.linalg.qr(Q.double()).Q  # [o, k], orthonormal in float64
-    U_small, sigma, Vh = torch.linalg.svd(Q.T @ matrix.double(), full_matrices=False)  # [k, k], [k], [k, i]
+    U_small, sigma, Vh = torch.linalg.svd(_project_float64(Q, matrix), full_matrices=False)  # [k, k], [k], [k, i]
     return (Q @ U_small)[:, :rank], sigma[:rank], Vh[:rank]  # [o, r], [r], [r, i]
+
+
+def _project_float64(Q: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Q^T @ matrix in float64: Q [o, k] float64, matrix [o, i] of any float dtype -> [k, i], summed
+    over blocks of the matrix's rows (or of its transpose's rows when it is column-major)."""
+    if matrix.dtype == torch.float64:
+        return Q.T @ matrix
+    if column_major(matrix):  # Q^T M = (M^T Q)^T, M^T row-major [i, o]
+        rows = matrix.t()
+        return torch.cat([rows[a:b].double() @ Q for a, b in row_blocks(*rows.shape)]).T  # [k, i]
+    out = torch.zeros(Q.shape[1], matrix.shape[1], dtype=torch.float64, device=matrix.device)  # [k, i]
+    for a, b in row_blocks(*matrix.shape):
+        out.addmm_(Q[a:b].T, matrix[a:b].double())
+    return out
 
 
 def factorise(matrix: torch.Tensor, rank: int, alpha: float, split: str = "left", svd: str = "auto",
@@ -97,11 +113,10 @@ def factorise(matrix: torch.Tensor, rank: int, alpha: float, split: str = "left"
                             f"choose a rank between 1 and {min(out_dim, in_dim)}.")
     method = svd_method(matrix.shape, rank, svd)
     s = scaling(rank, alpha)
-    matrix = matrix.double()  # one float64 copy for the SVD (or the final projection) and the norm
     if method == "exact":
-        U, sigma, Vh = torch.linalg.svd(matrix, full_matrices=False)  # U [o, k], sigma [k], Vh [k, i]
+        U, sigma, Vh = torch.linalg.svd(matrix.double(), full_matrices=False)  # U [o, k], sigma [k], Vh [k, i]
         U_r, sigma_r, Vh_r = U[:, :rank], sigma[:rank], Vh[:rank]
-    else:
+    else:  # reads the matrix in place (float32) or through one float32 copy; float64 only chunk by chunk
         U_r, sigma_r, Vh_r = randomized_svd(matrix, rank, seed)
         sigma = sigma_r
     if split == "left":
@@ -109,7 +124,7 @@ def factorise(matrix: torch.Tensor, rank: int, alpha: float, split: str = "left"
     else:
         root = (sigma_r / s).sqrt()
         B, A = U_r * root, root[:, None] * Vh_r
-    total = float(torch.linalg.vector_norm(matrix)) ** 2  # ||W||_F^2: the randomized path lacks sigma's tail
+    total = float(sigma.square().sum()) if method == "exact" else squared_norm64(matrix)  # ||W||_F^2: the randomized sigma lacks its tail
     energy = float(sigma_r.square().sum()) / total if total > 0 else 1.0
     return Factors(A.float().cpu().contiguous(), B.float().cpu().contiguous(), sigma.float().cpu(), energy, method)
 

@@ -22,6 +22,7 @@ import torch
 from .architecture import layer_of
 from .errors import ParaknowError
 from .extract import evenly_spaced
+from .numerics import sum64
 
 
 def layer_scores(scores: dict[str, torch.Tensor], n_layers: int) -> list[float]:
@@ -37,7 +38,7 @@ def layer_scores(scores: dict[str, torch.Tensor], n_layers: int) -> list[float]:
         if i >= n_layers:
             raise ParaknowError(f"the sensitivity map has scores for layer {i} ({name}) but the "
                                 f"model has {n_layers} layers; recompute the map for this model")
-        totals[i] += float(s.detach().sum(dtype=torch.float64))
+        totals[i] += float(sum64(s.detach()))
     return totals
 
 

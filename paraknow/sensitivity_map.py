@@ -16,6 +16,7 @@ import torch
 from .architecture import ATTN_ROLES, FFN_ROLES, layer_of, role_of
 from .errors import ParaknowError
 from .mapping import layer_scores
+from .numerics import sum64
 
 if TYPE_CHECKING:
     from .sensitivity import SensitivityConfig
@@ -98,7 +99,7 @@ def group_shares(scores: Scores) -> dict[str, float]:
 
 def marginals(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row sums [out] and column sums [in] of a 2-D score matrix, in float64."""
-    return matrix.sum(1, dtype=torch.float64), matrix.sum(0, dtype=torch.float64)
+    return sum64(matrix, 1), sum64(matrix, 0)
 
 
 def pooled(matrix: torch.Tensor, max_rows: int = 256, max_cols: int = 256, reduce: str = "mean") -> torch.Tensor:

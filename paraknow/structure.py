@@ -36,6 +36,7 @@ import torch
 from .errors import ParaknowError
 from .extract import _top_sorted, pick_indices
 from .models import ATTN_ROLES, FFN_ROLES, ModelInfo
+from .numerics import sum64
 
 COHERENT = {  # choice -> one-line explanation (CLI help and the Mapping page read it)
     "off": "every matrix picks its own rows and columns",
@@ -86,9 +87,9 @@ def _marginal(scores: dict, set_name: str, size: int) -> torch.Tensor:
     for role, s in scores.items():
         rows, cols = AXES[role]
         if rows == set_name:
-            total += s.sum(1, dtype=torch.float64)  # [o] row sums
+            total += sum64(s, 1)  # [o] row sums
         if cols == set_name:
-            total += s.sum(0, dtype=torch.float64)  # [i] column sums
+            total += sum64(s, 0)  # [i] column sums
     return total
 
 

@@ -68,9 +68,10 @@ def test_max_sum_block_equals_reference_larger(shape, block):
 
 @pytest.mark.parametrize("chunk", [1, 7, 64])
 def test_max_sum_block_chunked_passes(monkeypatch, chunk):
-    # real matrices are read in chunks of rows; force several chunks on small ones
-    import paraknow.extract as extract
-    monkeypatch.setattr(extract, "_CHUNK_ELEMS", chunk)
+    # real matrices are read in chunks of rows, and near-ties settled a block of rows at a time;
+    # force several chunks on small ones
+    import paraknow.numerics as numerics
+    monkeypatch.setattr(numerics, "CHUNK_ELEMS", chunk)
     rng = random.Random(chunk)
     gen = torch.Generator().manual_seed(chunk)
     for kind in ("rand", "int", "tenths"):
@@ -81,6 +82,36 @@ def test_max_sum_block_chunked_passes(monkeypatch, chunk):
             assert max_sum_block(s, h, w) == max_sum_block_reference(s, h, w), (kind, o, i, h, w)
     s = torch.rand(30, 12, generator=gen).t()  # column-major input, chunked too
     assert max_sum_block(s, 5, 17) == max_sum_block_reference(s, 5, 17)
+
+
+@pytest.mark.parametrize("kind", ["rand", "int"])
+@pytest.mark.parametrize("column_major", [False, True])
+def test_reference_sums_streamed_equal_the_whole_table(kind, column_major):
+    """Near-ties are settled with the reference's prefix-sum arithmetic, streamed over blocks of rows
+    (an lm_head's whole table would be 25 GB): bit-identical to the table at any position."""
+    from paraknow.extract import _prefix_sums, _reference_sums_at
+
+    gen = torch.Generator().manual_seed(3)
+    shape = (2600, 1100)  # 3 blocks of rows at the default chunk
+    s = torch.rand(shape, generator=gen) if kind == "rand" else torch.randint(0, 3, shape, generator=gen).float()
+    if column_major:
+        s = s.t().contiguous().t()
+    h, w = 900, 400
+    rr = torch.randint(0, shape[0] - h + 1, (300,), generator=gen)
+    cc = torch.randint(0, shape[1] - w + 1, (300,), generator=gen)
+    rr[:3], cc[:3] = torch.tensor([0, shape[0] - h, 1047]), torch.tensor([0, shape[1] - w, 5])  # the edges
+    P = _prefix_sums(s)
+    expected = P[rr + h, cc + w] - P[rr, cc + w] - P[rr + h, cc] + P[rr, cc]
+    assert torch.equal(_reference_sums_at(s, h, w, rr, cc), expected)
+
+
+def test_max_sum_block_settles_ties_over_blocks_like_the_reference():
+    from paraknow.extract import _box_sums
+
+    for value in (1.0, 0.1):  # every position ties (0.1: up to the rounding of each way of summing)
+        s = torch.full((2100, 600), value)
+        assert int((_box_sums(s, 2093, 594) >= _box_sums(s, 2093, 594).max() * (1 - 1e-9)).sum()) == 56
+        assert max_sum_block(s, 2093, 594) == max_sum_block_reference(s, 2093, 594)
 
 
 def test_max_sum_block_non_contiguous_inputs():

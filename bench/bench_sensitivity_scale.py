@@ -1,0 +1,148 @@
+"""The sensitivity pass of the largest paper-scale model that fits one device, against its estimate.
+
+For each preset, largest first, the memory estimate made before loading
+(`estimate_sensitivity_memory`) is compared with the device's free memory; the first that fits is
+built with random weights directly on the device (Llama shapes, the demo tokenizer: the cost does
+not depend on what the weights are), then one plain forward+backward pass and `compute_sensitivity`
+run over the same seed samples, alternating for --rounds. Reported: the times and their ratio, the
+peak device memory of the pass against the estimate and against the float32 model size.
+
+    python bench/bench_sensitivity_scale.py [--device cuda] [--dtype bfloat16] [--presets llama2-13b,llama2-7b]
+        [--samples 8] [--max-length 512] [--rounds 2] [--smoke] [--out docs/results/sensitivity_scale.json]
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_figures  # noqa: E402
+
+PRESETS = {  # (layers, hidden, ffn, heads, kv heads, vocab)
+    "llama2-70b": (80, 8192, 28672, 64, 8, 32000),
+    "llama2-13b": (40, 5120, 13824, 40, 40, 32000),
+    "llama2-7b": (32, 4096, 11008, 32, 32, 32000),
+    "tiny": (2, 64, 172, 4, 4, 32000),
+}
+
+
+def llama_config(preset: str, dtype):
+    from transformers import LlamaConfig
+
+    layers, hidden, ffn, heads, kv_heads, vocab = PRESETS[preset]
+    return LlamaConfig(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=ffn, num_attention_heads=heads,
+                       num_key_value_heads=kv_heads, vocab_size=vocab, tie_word_embeddings=False, dtype=dtype)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_bytes(device: str) -> int | None:
+    return torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+
+
+def plain_pass(model, items, device) -> None:
+    from paraknow.data import collate
+
+    for item in items:
+        model(**{k: v.to(device) for k, v in collate([item], 0).items()}).loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def run_preset(preset, args, estimate) -> dict:
+    from transformers import LlamaForCausalLM
+
+    from paraknow.data import encode_all, load_records
+    from paraknow.models import load_model
+    from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
+
+    _, tok = load_model("demo:teacher")
+    dtype = getattr(torch, args.dtype)
+    t0 = time.perf_counter()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in the pass's dtype, no float32 copy on the way
+    try:
+        with torch.device(args.device):
+            model = LlamaForCausalLM(llama_config(preset, dtype))
+    finally:
+        torch.set_default_dtype(default)
+    sync(args.device)
+    build_s = time.perf_counter() - t0
+    records = load_records(args.data)[:args.samples]
+    items = encode_all(tok, records, args.max_length)
+    config = SensitivityConfig(samples=args.samples, max_length=args.max_length)
+    plain, ours, peaks = [], [], {}
+    for round_ in range(args.rounds):
+        for name, fn, times in (("plain", lambda: plain_pass(model, items, args.device), plain),
+                                ("paraknow", lambda: compute_sensitivity(model, tok, records, config), ours)):
+            if args.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            sync(args.device)
+            t0 = time.perf_counter()
+            out = fn()
+            sync(args.device)
+            times.append(time.perf_counter() - t0)
+            peaks[name] = peak_bytes(args.device)
+            del out
+        print(f"  round {round_ + 1}: plain {plain[-1]:.2f} s, paraknow {ours[-1]:.2f} s", flush=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"preset": preset, "params": n_params, "dtype": args.dtype, "build_s": build_s,
+            "tokens": sum(len(i.input_ids) for i in items), "plain_s": statistics.median(plain),
+            "paraknow_s": statistics.median(ours), "ratio": statistics.median(ours) / statistics.median(plain),
+            "peak_bytes": peaks, "estimate_device_bytes": estimate.device_bytes(),
+            "peak_over_estimate": peaks["paraknow"] / estimate.device_bytes() if peaks["paraknow"] else None,
+            "peak_over_fp32_model": peaks["paraknow"] / (4 * n_params) if peaks["paraknow"] else None}
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--presets", default="llama2-70b,llama2-13b,llama2-7b", help=f"largest first, of {', '.join(PRESETS)}")
+    ap.add_argument("--data", default="task:arith:seed")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true", help="the tiny preset on the CPU (for the tests)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.smoke:
+        args.device, args.presets, args.samples, args.rounds, args.max_length = "cpu", "tiny", 2, 1, 64
+    import transformers
+    transformers.utils.logging.set_verbosity_error()
+    from paraknow.memory import available_memory_bytes, estimate_sensitivity_memory
+
+    free = available_memory_bytes(args.device)
+    tried, result = [], None
+    for preset in [p.strip() for p in args.presets.split(",")]:
+        estimate = estimate_sensitivity_memory(llama_config(preset, args.dtype), args.dtype, max_length=args.max_length)
+        fits = free is None or estimate.total_bytes() <= free
+        tried.append({"preset": preset, "estimate_bytes": estimate.total_bytes(), "fits": fits})
+        print(f"{preset}: estimate {estimate.total_bytes() / 2**30:.1f} GiB, free {free / 2**30 if free else 0:.1f} GiB"
+              f" -> {'runs' if fits else 'does not fit'}", flush=True)
+        if fits:
+            result = run_preset(preset, args, estimate)
+            break
+    if result:
+        peak = result["peak_bytes"]["paraknow"]
+        print(f"{result['preset']} ({result['params'] / 1e9:.2f} B params, {args.dtype}) on {args.device}: "
+              f"plain {result['plain_s']:.2f} s, paraknow {result['paraknow_s']:.2f} s, ratio {result['ratio']:.3f}"
+              + (f"; peak {peak / 2**30:.1f} GiB = {result['peak_over_estimate']:.2f}x the estimate, "
+                 f"{result['peak_over_fp32_model']:.2f}x the float32 model" if peak else ""))
+    if args.out:
+        write_figures(args.out, {"device": args.device, "device_name": torch.cuda.get_device_name()
+                                 if args.device.startswith("cuda") else "cpu", "free_bytes": free, "tried": tried,
+                                 "result": result, "samples": args.samples, "max_length": args.max_length,
+                                 "smoke": args.smoke})
+
+
+if __name__ == "__main__":
+    main()

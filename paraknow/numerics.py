@@ -1,0 +1,59 @@
+"""Float64 reductions of float32 (or half) tensors without a full-size float64 copy.
+
+`torch.sum(x, dtype=torch.float64)` converts the whole input first: for a [128256, 8192] score
+matrix that is 8 GiB on top of the 4 GiB it sums, and the conversion alone takes longer than the
+sum. These helpers convert one block of rows at a time (at most 1 M entries, 8 MiB of float64, which
+also stays in cache) in the tensor's memory order, so the peak stays at the input itself.
+"""
+from __future__ import annotations
+
+import torch
+
+CHUNK_ELEMS = 1 << 20  # entries converted to float64 at a time: cache-friendly, and few enough parallel
+# regions that a busy machine (threads descheduled at every sync) does not slow the loops down badly
+
+
+def row_blocks(n_rows: int, row_length: int):
+    """(start, stop) ranges of rows of about CHUNK_ELEMS entries each."""
+    step = max(1, CHUNK_ELEMS // max(1, row_length))
+    return ((a, min(a + step, n_rows)) for a in range(0, n_rows, step))
+
+
+def column_major(x: torch.Tensor) -> bool:
+    """A 2-D view whose columns are contiguous (e.g. a transposed weight): walk it as x.t()."""
+    return x.dim() == 2 and x.stride(0) < x.stride(1)
+
+
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    """Any tensor as a 2-D row-major-walkable view (for whole-tensor reductions)."""
+    if x.dim() == 2:
+        return x.t() if column_major(x) else x
+    return x.reshape(1, -1) if x.dim() < 2 else x.reshape(x.shape[0], -1)
+
+
+def sum64(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """x.sum(dim, dtype=float64), block by block: the total (0-d) of any tensor, or the row sums
+    (dim=1, [n]) or column sums (dim=0, [m]) of a 2-D one."""
+    if x.dtype == torch.float64 or x.numel() <= CHUNK_ELEMS:
+        return x.sum(dtype=torch.float64) if dim is None else x.sum(dim, dtype=torch.float64)
+    if dim is None:
+        rows = _as_rows(x)
+        return sum((rows[a:b].sum(dtype=torch.float64) for a, b in row_blocks(*rows.shape)),
+                   torch.zeros((), dtype=torch.float64, device=x.device))
+    if x.dim() != 2:
+        raise ValueError("sum64 sums along a dimension of 2-D tensors only")
+    if column_major(x):
+        return sum64(x.t(), 1 - dim)
+    if dim == 0:
+        total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)  # [m]
+        for a, b in row_blocks(*x.shape):
+            total += x[a:b].sum(0, dtype=torch.float64)
+        return total
+    return torch.cat([x[a:b].sum(1, dtype=torch.float64) for a, b in row_blocks(*x.shape)])  # [n]
+
+
+def squared_norm64(x: torch.Tensor) -> float:
+    """||x||_F^2 accumulated in float64, block by block."""
+    rows = _as_rows(x)
+    return sum(float(torch.linalg.vector_norm(rows[a:b], dtype=torch.float64)) ** 2
+               for a, b in row_blocks(*rows.shape))
