@@ -1,7 +1,7 @@
 """Plan + factorise at the paper's scale, one layer at a time, with a projection to whole models.
 
     python bench/bench_paper_scale.py [--smoke] [--pairs llama2-13b-7b,gqa-70b-8b] [--layers 1]
-                                      [--threads N] [--no-check] [--out bench/out/paper_scale.json]
+                                      [--threads N] [--no-check] [--device cpu|cuda] [--out bench/out/paper_scale.json]
 
 Pairs (random weights, random sensitivity; shapes from `describe_config` of a LlamaConfig):
   llama2-13b-7b  Llama-2-13B -> 7B: 40 -> 32 layers, d 5120 -> 4096, FFN 13824 -> 11008, vocab 32000
@@ -14,7 +14,9 @@ time, so even the 70B-like layers fit in a few GB; the embeddings are the larges
 Projected total = teacher layers x score time + student layers x (plan + factorise) per layer
 + embed_tokens + lm_head. Targets: 13B -> 7B projected <= 5 minutes. The rank-16 error of the
 randomized SVD against the exact one is checked on one module (--check-role, first layer).
---smoke: tiny shapes of the same structure, for the test suite.
+--device cuda: the teacher weights live on the GPU and `factorise` runs there (the sensitivity
+scores and the block search stay on the host, as in `plan_transfer`). --smoke: tiny shapes of the
+same structure, for the test suite.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def clock(fn):
     return time.perf_counter() - t0, out
 
 
-def module_step(t_shape, s_shape, seed: int, check: bool, param: str | None = None) -> dict:
+def module_step(t_shape, s_shape, seed: int, check: bool, param: str | None = None, device: str = "cpu") -> dict:
     """Layer-score share (`param`: a decoder layer's weight), plan and factorisation of one teacher
     matrix [o_T, i_T] -> student [o_S, i_S]."""
     g = torch.Generator().manual_seed(seed)
@@ -67,8 +69,8 @@ def module_step(t_shape, s_shape, seed: int, check: bool, param: str | None = No
     t_plan, selection = clock(lambda: select("submatrix", scores, *s_shape))
     t_captured, _ = clock(lambda: captured_share(scores, selection))
     del scores
-    weight = torch.randn(t_shape, generator=g) * 0.02  # [o_T, i_T]
-    t_factorise, factors = clock(lambda: factorise(selection.apply(weight), RANK, ALPHA))
+    weight = (torch.randn(t_shape, generator=g) * 0.02).to(device)  # [o_T, i_T], the teacher's weight
+    t_factorise, factors = clock(lambda: factorise(selection.apply(weight), RANK, ALPHA))  # factors come back on the host
     row = {"teacher": list(t_shape), "student": list(s_shape), "score_s": t_score,
            "plan_s": t_plan + t_captured, "factorise_s": t_factorise, "svd": factors.method}
     if check:
@@ -76,6 +78,7 @@ def module_step(t_shape, s_shape, seed: int, check: bool, param: str | None = No
         del weight
         t_exact, exact = clock(lambda: factorise(block, RANK, ALPHA, svd="exact"))
         fast = factorise(block, RANK, ALPHA, svd="randomized")
+        block = block.cpu()  # the factors come back on the host
         norm = torch.linalg.norm(block)
         errors = {name: float(torch.linalg.norm(block - scaling(RANK, ALPHA) * (f.B.double() @ f.A.double())) / norm)
                   for name, f in (("exact", exact), ("randomized", fast))}
@@ -84,7 +87,7 @@ def module_step(t_shape, s_shape, seed: int, check: bool, param: str | None = No
     return row
 
 
-def run_pair(name, shapes, layers: int, check_role: str | None, head_dim: int) -> dict:
+def run_pair(name, shapes, layers: int, check_role: str | None, head_dim: int, device: str) -> dict:
     teacher, student = (info(*s, head_dim=head_dim) for s in shapes)
     print(f"{name}: teacher {teacher.n_layers} layers, {teacher.n_params / 1e9:.2f} B params -> "
           f"student {student.n_layers} layers, {student.n_params / 1e9:.2f} B params", flush=True)
@@ -93,7 +96,7 @@ def run_pair(name, shapes, layers: int, check_role: str | None, head_dim: int) -
         rows = {}
         for k, role in enumerate(LAYER_ROLES):
             rows[role] = module_step(tuple(teacher.shapes[role]), tuple(student.shapes[role]), seed=100 * layer + k,
-                                     check=layer == 0 and role == check_role, param=teacher.param_name(0, role))
+                                     check=layer == 0 and role == check_role, param=teacher.param_name(0, role), device=device)
         per_layer.append(rows)
         total = {key: sum(r[key] for r in rows.values()) for key in ("score_s", "plan_s", "factorise_s")}
         print(f"  layer {layer}: score {total['score_s']:.3f}s  plan {total['plan_s']:.3f}s  "
@@ -103,7 +106,7 @@ def run_pair(name, shapes, layers: int, check_role: str | None, head_dim: int) -
         t_shape, s_shape = tuple(teacher.shapes[role]), tuple(student.shapes[role])
         if role == "embed_tokens":
             t_shape, s_shape = t_shape[::-1], s_shape[::-1]
-        embeddings[role] = module_step(t_shape, s_shape, seed=10_000 + k, check=False)
+        embeddings[role] = module_step(t_shape, s_shape, seed=10_000 + k, check=False, device=device)
         print(f"  {role} {list(t_shape)} -> {list(s_shape)}: plan {embeddings[role]['plan_s']:.3f}s  "
               f"factorise {embeddings[role]['factorise_s']:.3f}s  (peak RSS {peak_rss_gib():.1f} GiB)", flush=True)
 
@@ -134,22 +137,28 @@ def main():
     ap.add_argument("--layers", type=int, default=1, help="student layers to measure (the rest are projected)")
     ap.add_argument("--check-role", default="q_proj", help="module whose randomized SVD is checked against the exact")
     ap.add_argument("--no-check", action="store_true", help="skip the exact-SVD check (minutes at full size)")
+    ap.add_argument("--device", default="cpu", help="where the teacher weights live and factorise runs (cpu | cuda)")
     args = parse_scale_args(ap)
     table, head_dim = (SMOKE_PAIRS, 16) if args.smoke else (PAIRS, 128)
     names = [n.strip() for n in args.pairs.split(",") if n.strip()]
     unknown = [n for n in names if n not in table]
     if unknown or args.check_role not in LAYER_ROLES:
         ap.error(f"unknown pair {unknown} (use {', '.join(table)}) or check role (use {', '.join(LAYER_ROLES)})")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rank {RANK}, svd auto\n")
-    results = {name: run_pair(name, table[name], args.layers, None if args.no_check else args.check_role, head_dim)
-               for name in names}
+    device_name = "cpu"
+    if args.device.startswith("cuda"):
+        device_name = torch.cuda.get_device_name(args.device)
+        factorise(torch.randn(2048, 2048, device=args.device), RANK, ALPHA)  # CUDA, cuBLAS and cuSOLVER start-up
+        factorise(torch.randn(256, 256, device=args.device), RANK, ALPHA, svd="exact")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rank {RANK}, svd auto, factorise on {device_name}\n")
+    results = {name: run_pair(name, table[name], args.layers, None if args.no_check else args.check_role, head_dim,
+                              args.device) for name in names}
     if "llama2-13b-7b" in results:
         total = results["llama2-13b-7b"]["projected"]["total_s"]
         print(f"\n13B -> 7B plan + factorise projected {total / 60:.1f} min (target <= 5 min): "
               f"{'PASS' if total <= 300 else 'FAIL'}; peak RSS {peak_rss_gib():.1f} GiB")
     if args.out:
         write_figures(args.out, {"smoke": args.smoke, "threads": torch.get_num_threads(), "rank": RANK,
-                                 "pairs": results})
+                                 "device": args.device, "device_name": device_name, "pairs": results})
 
 
 if __name__ == "__main__":

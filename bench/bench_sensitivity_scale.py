@@ -8,7 +8,7 @@ run over the same seed samples, alternating for --rounds. Reported: the times an
 peak device memory of the pass against the estimate and against the float32 model size.
 
     python bench/bench_sensitivity_scale.py [--device cuda] [--dtype bfloat16] [--presets llama2-13b,llama2-7b]
-        [--samples 8] [--max-length 512] [--rounds 2] [--smoke] [--out docs/results/sensitivity_scale.json]
+        [--samples 32] [--max-length 512] [--rounds 2] [--smoke] [--out docs/results/sensitivity_scale.json]
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--presets", default="llama2-70b,llama2-13b,llama2-7b", help=f"largest first, of {', '.join(PRESETS)}")
     ap.add_argument("--data", default="task:arith:seed")
-    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="the tiny preset on the CPU (for the tests)")
@@ -118,16 +118,20 @@ def main() -> None:
         args.device, args.presets, args.samples, args.rounds, args.max_length = "cpu", "tiny", 2, 1, 64
     import transformers
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     from paraknow.memory import available_memory_bytes, estimate_sensitivity_memory
 
-    free = available_memory_bytes(args.device)
+    on_gpu = args.device.startswith("cuda")
+    free, free_host = available_memory_bytes(args.device), available_memory_bytes("cpu")
     tried, result = [], None
     for preset in [p.strip() for p in args.presets.split(",")]:
         estimate = estimate_sensitivity_memory(llama_config(preset, args.dtype), args.dtype, max_length=args.max_length)
-        fits = free is None or estimate.total_bytes() <= free
-        tried.append({"preset": preset, "estimate_bytes": estimate.total_bytes(), "fits": fits})
-        print(f"{preset}: estimate {estimate.total_bytes() / 2**30:.1f} GiB, free {free / 2**30 if free else 0:.1f} GiB"
-              f" -> {'runs' if fits else 'does not fit'}", flush=True)
+        need, need_host = (estimate.device_bytes(), estimate.host_bytes()) if on_gpu else (estimate.total_bytes(), 0)
+        fits = (free is None or need <= free) and (free_host is None or need_host <= free_host)
+        tried.append({"preset": preset, "estimate_device_bytes": need, "estimate_host_bytes": need_host, "fits": fits})
+        print(f"{preset}: needs {need / 2**30:.1f} GiB on {args.device} (free {(free or 0) / 2**30:.1f}) and "
+              f"{need_host / 2**30:.1f} GiB on the host (free {(free_host or 0) / 2**30:.1f}) -> "
+              f"{'runs' if fits else 'does not fit'}", flush=True)
         if fits:
             result = run_preset(preset, args, estimate)
             break
@@ -139,7 +143,7 @@ def main() -> None:
                  f"{result['peak_over_fp32_model']:.2f}x the float32 model" if peak else ""))
     if args.out:
         write_figures(args.out, {"device": args.device, "device_name": torch.cuda.get_device_name()
-                                 if args.device.startswith("cuda") else "cpu", "free_bytes": free, "tried": tried,
+                                 if args.device.startswith("cuda") else "cpu", "free_bytes": free, "free_host_bytes": free_host, "tried": tried,
                                  "result": result, "samples": args.samples, "max_length": args.max_length,
                                  "smoke": args.smoke})
 

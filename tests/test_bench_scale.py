@@ -37,3 +37,21 @@ def test_bench_paper_scale_smoke(tmp_path):
         assert projected["total_s"] > 0
         assert projected["total_s"] == sum(v for k, v in projected.items() if k != "total_s")
         assert pair["check"]["error_excess"] <= 0.01 and pair["peak_rss_gib"] > 0
+
+
+def test_bench_sensitivity_procs_smoke(tmp_path):
+    """Two torchrun processes over gloo against one: the maps agree, both times are reported."""
+    stdout, result = run_bench("bench_sensitivity_procs.py", tmp_path / "s.json")
+    assert "ratio" in stdout and result["procs"] == 2 and result["cpu_count"] == os.cpu_count()
+    assert set(result["median_s"]) == {"1", "2"} and all(t > 0 for t in result["median_s"].values())
+    assert result["ratio"] == result["median_s"]["2"] / result["median_s"]["1"]
+    assert result["max_relative_difference"] <= 1e-5
+
+
+def test_bench_sensitivity_scale_smoke(tmp_path):
+    """The largest preset that fits is chosen by the estimate before anything is built, and runs."""
+    stdout, result = run_bench("bench_sensitivity_scale.py", tmp_path / "g.json")
+    assert [t["preset"] for t in result["tried"]] == ["tiny"] and result["tried"][0]["fits"]
+    run = result["result"]
+    assert run["preset"] == "tiny" and run["params"] > 0 and run["plain_s"] > 0 and run["paraknow_s"] > 0
+    assert run["tokens"] > 0 and run["dtype"] == "bfloat16"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCALE_BENCHES = {"bench_factorise.py", "bench_paper_scale.py"}  # run, figures checked, by test_bench_scale.py
+SCALE_BENCHES = {"bench_factorise.py", "bench_paper_scale.py", "bench_sensitivity_procs.py", "bench_sensitivity_scale.py"}  # run, figures checked, by test_bench_scale.py
 BENCHES = sorted(p.name for p in (ROOT / "bench").glob("bench_*.py") if p.name not in SCALE_BENCHES)
 
 
