@@ -9,7 +9,7 @@ as a ratio to the model's float32 size.
 
     python bench/bench_sensitivity.py --model bundled:smollm2-135m-instruct \
         --data ../shared/data/gsm/seed_32.jsonl --samples 32 [--dtype bfloat16] \
-        [--accumulate-dtype float32|bfloat16] [--accumulate-device same|cpu]
+        [--accumulate-dtype float32|bfloat16] [--accumulate-device same|cpu] [--out FILE]
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -111,6 +112,7 @@ def main() -> None:
     parser.add_argument("--accumulate-device", default="same")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (median compared)")
     parser.add_argument("--smoke", action="store_true", help="2 samples of 64 tokens, one round (seconds; for the tests)")
+    parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--mode", choices=["plain", "paraknow"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke:
@@ -150,6 +152,15 @@ def main() -> None:
     print(f"  weights {args.dtype}, sums {args.accumulate_dtype} on {args.accumulate_device}")
     print(f"  activations and allocator slack (plain peak - 2x weights) {activations / 2**20:9.1f} MiB")
     print(f"  paraknow peak less those activations                    {ours:9.2f} x model fp32  (target <= ~{target})")
+    if args.out:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from common import write_figures
+
+        write_figures(args.out, {"model": args.model, "data": args.data, "dtype": args.dtype,
+                                 "accumulate_dtype": args.accumulate_dtype, "accumulate_device": args.accumulate_device,
+                                 "memory": mem, "timing": timing, "time_ratio": timing["paraknow_s"] / timing["plain_s"],
+                                 "activations_bytes": activations, "peak_less_activations_over_fp32_model": ours,
+                                 "target": target, "smoke": args.smoke})
 
 if __name__ == "__main__":
     main()

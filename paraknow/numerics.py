@@ -57,3 +57,29 @@ def squared_norm64(x: torch.Tensor) -> float:
     rows = _as_rows(x)
     return sum(float(torch.linalg.vector_norm(rows[a:b], dtype=torch.float64)) ** 2
                for a, b in row_blocks(*rows.shape))
+
+
+STAGING_BYTES = 256 << 20  # pinned host buffer the GPU copies through (allocated once per call)
+
+
+def to_host_float32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """float32 host copies of `tensors`. GPU tensors go through one pinned staging buffer a slice at a
+    time: a plain `.cpu()` of each takes the pageable path, which measured 1.1 GB/s on an H200 (45 s
+    for a 13B map) against ~50 GB/s into pinned memory; pinning the whole map instead costs seconds
+    per GB to allocate. Host tensors are converted (or returned as they are when already float32)."""
+    out, staging = {}, None
+    for name, tensor in tensors.items():
+        if tensor.device.type != "cuda":
+            out[name] = tensor.float()
+            continue
+        if staging is None:
+            staging = torch.empty(STAGING_BYTES // 4, dtype=torch.float32, pin_memory=True)  # [n] flat
+        source = tensor.detach().reshape(-1)  # [numel], any dtype; converted to float32 on the copy
+        host = torch.empty(source.numel(), dtype=torch.float32)
+        for start in range(0, source.numel(), staging.numel()):
+            stop = min(start + staging.numel(), source.numel())
+            staging[:stop - start].copy_(source[start:stop], non_blocking=True)
+            torch.cuda.current_stream(tensor.device).synchronize()
+            host[start:stop].copy_(staging[:stop - start])
+        out[name] = host.view(tensor.shape)
+    return out

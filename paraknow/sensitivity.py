@@ -20,6 +20,7 @@ from . import parallel
 from .data import Encoded, collate, encode_all, per_sample_loss
 from .errors import ParaknowError
 from .models import SensitivityMemory, available_memory_bytes, estimate_sensitivity_memory, resolve_device
+from .numerics import to_host_float32
 from .options import option
 from .sensitivity_files import (cached_sensitivity, cached_sensitivity_hit, check_output_file, load_sensitivity,
                                 save_sensitivity, sensitivity_key, sensitivity_meta)
@@ -372,4 +373,4 @@ def compute_sensitivity(model, tokenizer, records: list[dict], config: Sensitivi
                             "cpu, or spread the model with --device auto.")
     finally:
         model.train(was_training)
-    return {name: s.float().cpu() for name, s in scores.items()}
+    return to_host_float32(scores)

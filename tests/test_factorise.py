@@ -103,3 +103,24 @@ def test_extract_command_takes_svd(tmp_path, saved_pair):
     assert code == 0
     manifest = json.loads((out / "paraknow.json").read_text())
     assert manifest["svd"] == "randomized" and {m["svd"] for m in manifest["modules"].values()} == {"randomized"}
+
+
+def test_to_host_float32_copies_values_exactly():
+    """The last step of a sensitivity pass: float32 host tensors, equal to a plain conversion."""
+    from paraknow.numerics import to_host_float32
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.rand(7, 5, generator=gen), "b": torch.rand(11, generator=gen).to(torch.bfloat16)}
+    host = to_host_float32(tensors)
+    assert host["a"] is tensors["a"]  # already a float32 host tensor: no copy
+    assert host["b"].dtype == torch.float32 and torch.equal(host["b"], tensors["b"].float())
+    if torch.cuda.is_available():  # the staged path (GPU machines only); several slices of the buffer
+        import paraknow.numerics as numerics
+
+        big = torch.rand(3, 1000, generator=gen)
+        numerics.STAGING_BYTES, saved = 4 * 256, numerics.STAGING_BYTES
+        try:
+            moved = to_host_float32({"big": big.cuda().to(torch.bfloat16)})["big"]
+        finally:
+            numerics.STAGING_BYTES = saved
+        assert moved.device.type == "cpu" and torch.equal(moved, big.to(torch.bfloat16).float())
