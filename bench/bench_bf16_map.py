@@ -26,6 +26,12 @@ def ranking(values: list[float]) -> list[int]:
     return sorted(range(len(values)), key=lambda i: (-values[i], i))
 
 
+def _oriented(scores, module):
+    """The module's teacher scores in the orientation its selection indexes (embeddings: [d, V])."""
+    matrix = scores[module.teacher_param]
+    return matrix.t() if module.transposed else matrix
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="task:arith:seed")
@@ -42,6 +48,7 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     from paraknow.data import load_records
+    from paraknow.extract import captured_share
     from paraknow.mapping import layer_scores
     from paraknow.models import describe, load_model
     from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
@@ -62,23 +69,33 @@ def main() -> None:
         sums[dtype] = layer_scores(scores, t_info.n_layers)
         plans[dtype] = plan_transfer(t_info, s_info, scores, TransferConfig())
         print(f"{dtype}: sensitivity {seconds[dtype]:.1f} s, layer map {plans[dtype].layer_map}", flush=True)
+        if dtype == "float32":
+            reference = scores  # the float32 map judges both plans' blocks
         del teacher, scores
     blocks = {dtype: {m.student_module: m.selection.block() for m in plan.modules}  # (row, col) top-left
               for dtype, plan in plans.items()}
     differing = sorted(name for name in blocks["float32"] if blocks["float32"][name] != blocks["bfloat16"][name])
+    modules = {dtype: {m.student_module: m for m in plan.modules} for dtype, plan in plans.items()}
+    # where the blocks differ: the share of the float32 map each block captures (float32's own is the best)
+    captured = {name: {dtype: captured_share(_oriented(reference, modules[dtype][name]), modules[dtype][name].selection)
+                       for dtype in plans} for name in differing}
+    assert all(abs(captured[n]["float32"] - modules["float32"][n].captured) < 1e-9 for n in differing)  # orientation
     rho = float(spearmanr(sums["float32"], sums["bfloat16"]).statistic)
     same_ranking = ranking(sums["float32"]) == ranking(sums["bfloat16"])
     same_map = plans["float32"].layer_map == plans["bfloat16"].layer_map
     print(f"teacher {teacher_ref}, {args.samples} samples of {args.data}")
     print(f"  layer ranking equal: {same_ranking} (Spearman {rho:.4f}); layer map equal: {same_map}")
-    print(f"  selected blocks equal: {len(blocks['float32']) - len(differing)} of {len(blocks['float32'])} modules"
-          + (f"; differ: {', '.join(differing[:8])}{' ...' if len(differing) > 8 else ''}" if differing else ""))
+    print(f"  selected blocks equal: {len(blocks['float32']) - len(differing)} of {len(blocks['float32'])} modules")
+    for name, share in captured.items():
+        print(f"    differs: {name}: captures {share['bfloat16'] * 100:.3f} % of the float32 map's sensitivity "
+              f"(the float32 block: {share['float32'] * 100:.3f} %)")
     if args.out:
         write_figures(args.out, {"teacher": teacher_ref, "student": student_ref if args.smoke else "smollm-student-15x384",
                                  "data": args.data, "samples": args.samples, "seconds": seconds,
                                  "layer_sums": sums, "spearman": rho, "same_ranking": same_ranking,
                                  "layer_map": {k: p.layer_map for k, p in plans.items()}, "same_layer_map": same_map,
-                                 "modules": len(blocks["float32"]), "differing_blocks": differing, "smoke": args.smoke})
+                                 "modules": len(blocks["float32"]), "differing_blocks": differing,
+                                 "captured_share_of_float32_map": captured, "smoke": args.smoke})
 
 
 if __name__ == "__main__":

@@ -126,19 +126,27 @@ def _into(acc: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return value.to(device=acc.device, dtype=acc.dtype)
 
 
+def _add_into(acc: torch.Tensor, value: torch.Tensor) -> None:
+    """acc += value in acc's precision. A bfloat16 gradient is added as it is (the add promotes each
+    entry exactly): no float32 copy of the gradient -- for a tied embedding that copy alone was a
+    fifth of SmolLM2's float32 size on top of the sums."""
+    acc.add_(value if value.device == acc.device else value.to(acc.device))
+
+
 def abs_grad_folder(grad_abs: Scores):
     """A fold that adds |g| of each finished gradient into `grad_abs` (in place on the gradient,
     which is discarded right after)."""
     def fold(name, p):
-        grad = p.grad if p.grad.dtype == torch.float32 else p.grad.float()
-        grad_abs[name].add_(_into(grad_abs[name], grad.abs_()))
+        _add_into(grad_abs[name], p.grad.abs_())
     return fold
 
 
 def _times_param(sums: Scores, model, transform) -> Scores:
-    """sums[name] *= transform(theta) in place, in float32 -- the last step of the gradient metrics."""
+    """sums[name] *= transform(theta) in place, in the sums' precision -- the last step of the gradient
+    metrics. `transform` gets theta in its own dtype (abs is exact there: no float32 copy of a weight)."""
     for name, p in _params(model).items():
-        sums[name].mul_(_into(sums[name], transform(p.detach().float())))
+        factor = transform(p.detach())
+        sums[name].mul_(factor if factor.device == sums[name].device else factor.to(sums[name].device))
     return sums
 
 
@@ -178,7 +186,7 @@ def fisher_sums(model, items, config, progress=None) -> Scores:
 
 def fisher_finish(model, acc: Scores) -> Scores:
     """theta^2 * sum over samples of grad_sample^2 (empirical Fisher diagonal)."""
-    return _times_param(acc, model, torch.square)
+    return _times_param(acc, model, lambda theta: theta.float().square())  # squared in float32, not bf16
 
 
 def taylor_sum_sums(model, items, config, progress=None) -> Scores:
@@ -186,7 +194,7 @@ def taylor_sum_sums(model, items, config, progress=None) -> Scores:
     acc = _accumulators(model, ACCUMULATE_DTYPES[config.accumulate_dtype], config.accumulate_device)
 
     def fold(name, p):
-        acc[name].add_(_into(acc[name], p.grad))
+        _add_into(acc[name], p.grad)
 
     batches = [items[i:i + config.batch_size] for i in range(0, len(items), config.batch_size)]
     _backward_passes(model, batches, _summed_sample_losses, fold, progress, "batch")

@@ -108,6 +108,41 @@ def test_bfloat16_sums_keep_the_ranking(tokenizer, seed_records):
     assert ranking(low) == ranking(exact)
 
 
+@pytest.mark.parametrize("metric", ["taylor-abs", "taylor-sum", "fisher"])
+def test_bfloat16_weights_equal_an_independent_float32_accumulation(tokenizer, seed_records, metric):
+    """bf16 weights, float32 sums: each bf16 gradient is added without a float32 copy of it; the map
+    must equal plain autograd per sample, every gradient and weight widened to float32 first."""
+    from paraknow.data import collate
+
+    model = tiny_llama(layers=2).to(torch.bfloat16)
+    items = encode_all(tokenizer, seed_records[:4], 2048)
+    params = dict(model.named_parameters())
+    sums = {n: torch.zeros(p.shape) for n, p in params.items()}
+    batches = [items] if metric == "taylor-sum" else [[item] for item in items]
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        encoded = collate(batch, pad_id=0)
+        if metric == "taylor-sum":
+            from paraknow.data import per_sample_loss
+
+            labels = encoded.pop("labels")
+            per_sample_loss(model(**encoded).logits, labels).sum().backward()
+        else:
+            model(**encoded).loss.backward()
+        for n, p in params.items():
+            g = p.grad.float()
+            sums[n] += g.abs() if metric == "taylor-abs" else (g if metric == "taylor-sum" else g.square())
+    model.zero_grad(set_to_none=True)
+    theta = {n: p.detach().float() for n, p in params.items()}
+    expected = {n: (sums[n] * theta[n].abs() if metric == "taylor-abs" else
+                    (sums[n] * theta[n]).abs() if metric == "taylor-sum" else sums[n] * theta[n].square())
+                for n in params}
+    got = compute_sensitivity(model, tokenizer, seed_records, SensitivityConfig(samples=4, metric=metric, batch_size=4))
+    for n in params:
+        assert got[n].dtype == torch.float32
+        torch.testing.assert_close(got[n], expected[n], rtol=1e-5, atol=1e-6 * float(expected[n].abs().max()) + 1e-30)
+
+
 def test_memory_estimate_parts():
     from transformers import LlamaConfig
 
