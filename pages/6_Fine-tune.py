@@ -9,6 +9,7 @@ import streamlit as st
 from paraknow import jobs, viz
 from paraknow.errors import ParaknowError
 from paraknow.models import DTYPES
+from ui import executor as E
 from ui import finetune as F
 from ui import state as S
 from ui import widgets as W
@@ -81,6 +82,8 @@ with st.container(border=True):
              help="vanilla: Kaiming A, zero B. PiSSA: the student's principal components (PEFT). "
                   "PKT export: the teacher's extracted, factorised parameters (docs/method.md).")
     export = F.export_picker(exports)
+    st.divider()
+    executor = E.executor_picker("runs")
     if pkt and export and (export["manifest"].get("student") or student) != (student or "").strip():
         st.warning(f"This export was made for `{export['manifest'].get('student')}`, not `{student}`: a PKT run "
                    "needs an export made for the same student.", icon=":material/warning:")
@@ -91,14 +94,14 @@ with st.container(border=True):
         s1, s2 = st.columns([2, 1], vertical_alignment="bottom")
         s1.text_input("Seeds", key=S.W_FT_SEEDS, **PERSIST, help="One run per seed, e.g. 0 or 0, 1, 2.")
         launch = s2.button("Launch", type="primary", icon=":material/play_arrow:", key="w_ft_launch",
-                           disabled=train_ref is None, width="stretch")
+                           disabled=train_ref is None or executor is None, width="stretch")
     with b2:
         st.markdown("**Compare**: vanilla, PiSSA and PKT (the export above) with the same data and settings.")
         s3, s4 = st.columns([2, 1], vertical_alignment="bottom")
         s3.text_input("Seeds (each method)", key=S.W_FT_CMP_SEEDS, **PERSIST,
                       help="Every method runs once per seed; vanilla and PiSSA use the export's rank and alpha.")
         compare = s4.button("Compare", icon=":material/compare_arrows:", key="w_ft_compare",
-                            disabled=train_ref is None or export is None, width="stretch")
+                            disabled=train_ref is None or export is None or executor is None, width="stretch")
 
     if launch:
         with W.show_errors("queueing the run"):
@@ -110,7 +113,8 @@ with st.container(border=True):
                                         "or choose vanilla or PiSSA.")
                 init = export["dir"]
             dirs = F.launch_runs(settings, init, F.parse_seeds(ss[S.W_FT_SEEDS]), rank=int(ss[S.W_FT_RANK]),
-                                 alpha=float(ss[S.W_FT_ALPHA]), export_name=export["name"] if export else None)
+                                 alpha=float(ss[S.W_FT_ALPHA]), export_name=export["name"] if export else None,
+                                 executor=executor)
             # the new runs join the charts; the run shown in detail stays (it may be the one running)
             ss[S.W_FT_SHOW] = list(dict.fromkeys((ss.get(S.W_FT_SHOW) or []) + [d.name for d in dirs]))
             ss[S.W_FT_DETAIL] = ss.get(S.W_FT_DETAIL) or dirs[0].name
@@ -118,7 +122,7 @@ with st.container(border=True):
     if compare:
         with W.show_errors("queueing the comparison"):
             settings = F.settings_from_state(ss, train_ref, eval_ref)
-            group, dirs = F.compare(settings, export["dir"], F.parse_seeds(ss[S.W_FT_CMP_SEEDS]))
+            group, dirs = F.compare(settings, export["dir"], F.parse_seeds(ss[S.W_FT_CMP_SEEDS]), executor)
             ss[S.W_FT_SHOW] = [d.name for d in dirs]
             ss[S.W_FT_DETAIL] = dirs[0].name
             ss[S.W_FT_GROUP] = group
@@ -159,7 +163,8 @@ def run_details(run) -> None:
     st.caption(f"`{spec.get('student')}` on `{spec.get('data')}` · eval `{spec.get('eval_data')}` · "
                f"{spec.get('epochs')} epochs · lr {spec.get('lr')} · batch {spec.get('batch')} "
                f"(micro {spec.get('micro_batch')}) · rank {spec.get('rank')} / alpha {spec.get('alpha')} · "
-               f"seed {spec.get('seed')}" + (f" · {s['samples_per_s']:.1f} samples/s" if s.get("samples_per_s") else ""))
+               f"seed {spec.get('seed')} · {F.where_text(s)}"
+               + (f" · {s['samples_per_s']:.1f} samples/s" if s.get("samples_per_s") else ""))
     if run.state == "failed":
         st.error(f"This run failed: {s.get('error') or 'no error recorded'}. Check the student, the data and the "
                  "export above (an export must be made for this student), then launch again; the end of its "

@@ -16,6 +16,7 @@ from paraknow.study.report import (REPORT_HTML, RESULTS_CSV, RESULTS_JSON, arm_r
                                    seed_count_figure, seed_count_points)
 from paraknow.study.runner import MAX_WORKERS, RECIPE_FILE, WORKERS_HELP, prepare
 from paraknow.tasks import TASKS
+from ui import executor as E
 from ui import state as S
 from ui import study as U
 from ui import widgets as W
@@ -130,6 +131,7 @@ if recipe is not None:
                                     "lr sweep": ", ".join(f"{x:g}" for x in a.lr_sweep or []),
                                     "extract": json.dumps(a.extract) if a.extract else ""} for a in recipe.arms]),
                      hide_index=True, width="stretch")
+    executor = E.executor_picker("study's cells")
     e = st.columns([2, 1, 1, 1, 1], vertical_alignment="bottom")
     e[0].text_input("Study name", key=S.W_ST_NAME, **PERSIST, placeholder="e.g. arith-structures",
                     help="Its folder under cache/studies/.")
@@ -137,7 +139,8 @@ if recipe is not None:
                       help=WORKERS_HELP)
     estimate = e[2].button("Estimate time", key="w_st_estimate", icon=":material/timer:", width="stretch",
                            help="Measures this machine on the study's models and data (a few seconds).")
-    launch = e[3].button("Launch", key="w_st_launch", type="primary", icon=":material/play_arrow:", width="stretch")
+    launch = e[3].button("Launch", key="w_st_launch", type="primary", icon=":material/play_arrow:", width="stretch",
+                         disabled=executor is None)
     e[4].download_button("Recipe (JSON)", data=json.dumps(recipe.to_dict(), indent=1), file_name="study.json",
                          mime="application/json", on_click="ignore", key="w_st_dl_recipe", width="stretch",
                          icon=":material/download:")
@@ -151,7 +154,7 @@ if recipe is not None:
     if launch:
         with W.show_errors("launching the study"), st.spinner("Checking the recipe and measuring this machine…"):
             out = U.new_study_dir(ss[S.W_ST_NAME])
-            start_study(recipe, out, workers=ss[S.W_ST_WORKERS])
+            start_study(recipe, out, workers=ss[S.W_ST_WORKERS], executor=executor)
             ss[S.W_ST_VIEW] = out.name
             st.success(f"Study `{out.name}` started: {len(cells)} runs.", icon=":material/schedule:")
 
@@ -185,10 +188,11 @@ def _study_panel(live: bool) -> None:
                 + (f" · updating every {LIVE_EVERY_S} s" if view.live else ""))
     c2.button("Stop", key="w_st_stop", icon=":material/stop:", disabled=not view.live, width="stretch",
               on_click=stop_study, args=(view.out,))
+    executor = E.chosen()  # the picker above
     if c3.button("Resume", key="w_st_resume", icon=":material/play_arrow:", width="stretch",
-                 disabled=view.live or done == total):
+                 disabled=view.live or done == total or executor is None):
         with W.show_errors("resuming the study"), st.spinner("Checking the recipe and measuring this machine…"):
-            start_study(view.recipe, view.out, resume=True, workers=ss[S.W_ST_WORKERS])
+            start_study(view.recipe, view.out, resume=True, workers=ss[S.W_ST_WORKERS], executor=executor)
             st.rerun()
     st.progress(done / total if total else 0.0)
     if view.state == "finished" and status.get("wall_s") is not None and status.get("cells_run"):

@@ -8,7 +8,9 @@
          so spec.json, status.json, metrics.jsonl, stdout.log, adapter/ and STOP work exactly as
          they do locally: the Fine-tune page polls the same files and STOP stops the run.
 
-An executor has two verbs, and a new one is a class with these two methods added to EXECUTORS:
+An executor has these verbs, and a new one is a class with them added to EXECUTORS (plus the
+static checks `check(config)`, what validate() asks, and `check_reachable(config, timeout_s)`,
+whether it can take work now):
 
   start(argv, cwd, log_path, started) -> Dispatch   run `python -m paraknow ARGV` in `cwd`, output
         appended to `log_path`, without waiting; `started(pid)` is called, on the machine where
@@ -33,12 +35,13 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from .errors import ParaknowError, first_line
-from .options import option
+from .options import default_of, option
 from .paths import PACKAGE_DIR, cache_root
 from .processes import spawn
 from .validate import check_number
 
 RAY_INSTALL = "pip install -e .[ray]"  # pyproject's `ray` extra pins the version the tests use
+REACH_TIMEOUT_S = 10.0  # how long a HOST:PORT may take to answer before it counts as unreachable
 Started = Callable[[int], None]
 
 
@@ -72,6 +75,22 @@ class ExecutorConfig:
             check_number(f"--{name}", getattr(self, name), minimum=0)
         EXECUTORS[self.executor].check(self)
         return self
+
+    def check_reachable(self, timeout_s: float = REACH_TIMEOUT_S) -> "ExecutorConfig":
+        """validate(), and refuse (ParaknowError, what to do) an executor that cannot take work now,
+        e.g. a Ray address that nothing answers on; nothing connects or starts here. For callers
+        that queue work for another process to dispatch (the app, `jobs.submit`); returns self."""
+        self.validate()
+        EXECUTORS[self.executor].check_reachable(self, timeout_s)
+        return self
+
+    def to_argv(self) -> list[str]:
+        """The `train` / `study` flags that give this executor (only the fields not at their default)."""
+        argv = []
+        for name, value in self.to_dict().items():
+            if value != default_of(ExecutorConfig, name):
+                argv += ["--" + name.replace("_", "-"), str(value)]
+        return argv
 
     def check_device(self, device: str | None) -> None:
         """A Ray task that asks for no GPU sees none: refuse a CUDA device there before dispatching."""
@@ -119,6 +138,10 @@ class LocalExecutor:
     def check(config: ExecutorConfig) -> None:
         if config.address is not None:
             raise ParaknowError("--address names a Ray cluster: add --executor ray, or drop --address.")
+
+    @staticmethod
+    def check_reachable(config: ExecutorConfig, timeout_s: float) -> None:
+        """This machine is always there."""
 
     def start(self, argv: list[str], cwd, log_path, started: Started):
         proc = spawn(paraknow_command(argv), cwd, log_path)
@@ -199,7 +222,7 @@ class RayDispatch:
         return code
 
 
-def _check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
+def _check_reachable(address: str | None, timeout_s: float = REACH_TIMEOUT_S) -> None:
     """A HOST:PORT (or ray://HOST:PORT) that nothing answers on is refused at once: Ray itself
     keeps retrying it for minutes."""
     host, _, port = (address or "").removeprefix("ray://").rpartition(":")
@@ -232,6 +255,10 @@ class RayExecutor:
     @staticmethod
     def check(config: ExecutorConfig) -> None:
         import_ray()
+
+    @staticmethod
+    def check_reachable(config: ExecutorConfig, timeout_s: float) -> None:
+        _check_reachable(config.address, timeout_s)
 
     def _submit(self, fn, *args):
         """fn(*args) as a Ray task with this process's cache; a task that asked for no GPU sees none

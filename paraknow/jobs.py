@@ -96,8 +96,9 @@ def new_run(config: TrainConfig, group: str | None = None, label: str | None = N
 
 def submit(config: TrainConfig, group: str | None = None, label: str | None = None,
            executor: ExecutorConfig | None = None) -> Path:
-    """Queue a run and make sure the worker is running; returns the run directory."""
-    run_dir = new_run(config, group=group, label=label, executor=executor)
+    """Queue a run and make sure the worker is running; returns the run directory. An executor
+    that cannot take work now (a Ray address nothing answers on) is refused before anything is written."""
+    run_dir = new_run(config, group=group, label=label, executor=(executor or ExecutorConfig()).check_reachable())
     ensure_worker()
     return run_dir
 
@@ -328,13 +329,14 @@ def list_runs(group: str | None = None, resume_queue: bool = True) -> list[RunIn
 
 
 def compare_runs(student: str, data: str, export_dir, seeds=(0, 1, 2), methods=METHODS,
-                 start: bool = True, **settings) -> tuple[str, list[Path]]:
+                 start: bool = True, executor: ExecutorConfig | None = None, **settings) -> tuple[str, list[Path]]:
     """Queue `vanilla`, `pissa` and PKT (`export_dir`) runs for every seed, tagged with one group id.
 
     `settings` are further TrainConfig fields (epochs, lr, batch, eval_data, ...). Vanilla and PiSSA
     train the export's target modules (embedding LoRA included when the export has it) and, unless
     given, at its rank and alpha, so every arm trains the same modules and number of parameters; each
-    spec.json records its target_modules. Returns (group id, run directories in queue order).
+    spec.json records its target_modules. `executor`: where the runs execute (as for `submit`).
+    Returns (group id, run directories in queue order).
     """
     from .lora import ADAPTER_CONFIG, load_manifest
 
@@ -367,7 +369,8 @@ def compare_runs(student: str, data: str, export_dir, seeds=(0, 1, 2), methods=M
                                        label=f"{method} seed {seed}", **extra))
     for config in configs:  # validate all before queueing any
         config.resolved(check_out=False)
-    run_dirs = [new_run(config) for config in configs]
+    executor = (executor or ExecutorConfig()).check_reachable()
+    run_dirs = [new_run(config, executor=executor) for config in configs]
     if start:
         ensure_worker()
     return group, run_dirs

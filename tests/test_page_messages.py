@@ -96,3 +96,6 @@ def test_page_messages_name_settings_not_flags_and_make_no_emoji():
     assert "--" not in shown and "micro-batch 2" in shown and "(overwrite)" in shown
     assert ":train:" not in shown and shown.replace("\u200b", "") == text.replace("--", "")
     assert no_shortcodes("a: b, task:facts:seed") == "a: b, task:\u200bfacts:seed"
+    # a command in backticks is one to type: its flags stay
+    assert page_message("start it (`ray start --head`) or correct --address") == \
+        "start it (`ray start --head`) or correct address"

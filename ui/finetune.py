@@ -15,6 +15,7 @@ import streamlit as st
 
 from paraknow import jobs
 from paraknow.errors import ParaknowError
+from paraknow.executors import ExecutorConfig
 from paraknow.paths import cache_dir
 from paraknow.train_config import TrainConfig, method_of
 from ui import ops
@@ -168,8 +169,9 @@ def settings_from_state(ss, train_ref: str | None, eval_ref: str | None) -> dict
 
 
 def launch_runs(settings: dict, init: str, seeds: list[int], rank: int | None = None, alpha: float | None = None,
-                export_name: str | None = None) -> list[Path]:
-    """Queue one run per seed (`jobs.submit`); all are validated before any is created.
+                export_name: str | None = None, executor: ExecutorConfig | None = None) -> list[Path]:
+    """Queue one run per seed (`jobs.submit`) to execute on `executor` (default: this machine); all
+    are validated before any is created (and `jobs.submit` refuses an executor that cannot take work).
     `init`: vanilla | pissa | an export directory (which brings its own rank and alpha)."""
     method = method_of(init)
     extra = {} if method == "pkt" else {"rank": rank, "alpha": alpha}
@@ -177,14 +179,29 @@ def launch_runs(settings: dict, init: str, seeds: list[int], rank: int | None = 
     configs = [TrainConfig(init=init, seed=seed, label=f"{tag} seed {seed}", **settings, **extra) for seed in seeds]
     for config in configs:
         config.resolved(check_out=False)
-    return [jobs.submit(config) for config in configs]
+    return [jobs.submit(config, executor=executor) for config in configs]
 
 
-def compare(settings: dict, export_dir: str, seeds: list[int]) -> tuple[str, list[Path]]:
+def compare(settings: dict, export_dir: str, seeds: list[int],
+            executor: ExecutorConfig | None = None) -> tuple[str, list[Path]]:
     """vanilla, PiSSA and PKT over `seeds` with the same data and hyperparameters (`jobs.compare_runs`;
-    vanilla and PiSSA train at the export's rank and alpha)."""
+    vanilla and PiSSA train at the export's rank and alpha), executed on `executor`."""
     extra = {k: v for k, v in settings.items() if k not in ("student", "data")}
-    return jobs.compare_runs(settings["student"], settings["data"], export_dir, seeds=seeds, **extra)
+    return jobs.compare_runs(settings["student"], settings["data"], export_dir, seeds=seeds, executor=executor,
+                             **extra)
+
+
+def where_text(status: dict) -> str:
+    """Where a run executes, from its status.json: 'on this machine' or
+    'on ray at HOST:PORT · 1 CPU, 0 GPU per task'."""
+    try:
+        executor = ExecutorConfig.from_dict(status.get("executor"))
+    except ParaknowError:
+        return "executor unknown"
+    if executor.executor == "local":
+        return "on this machine"
+    return (f"on {executor.executor} at {executor.address or '(auto)'} · {executor.cpus:g} CPU, "
+            f"{executor.gpus:g} GPU per task")
 
 
 def fmt_duration(seconds) -> str:

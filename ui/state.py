@@ -252,6 +252,23 @@ def progress_summary() -> dict[str, bool]:
             "Mapping": bool(get(PLAN)), "Export": bool(get(EXPORT)), "Fine-tune": has_finished_run()}
 
 
+# ---- Where queued runs and study cells execute (Fine-tune and Study pages, ui/executor.py) ----
+# One choice for both pages: the fields of paraknow.executors.ExecutorConfig.
+W_EXEC = "w_exec"                   # executor name (a key of paraknow.executors.EXECUTORS)
+W_EXEC_ADDRESS = "w_exec_address"   # Ray address text ("" = Ray's own lookup)
+W_EXEC_CPUS = "w_exec_cpus"
+W_EXEC_GPUS = "w_exec_gpus"
+
+
+def executor_defaults() -> dict:
+    from paraknow.executors import ExecutorConfig
+    from paraknow.options import default_of
+
+    executor = lambda name: default_of(ExecutorConfig, name)  # noqa: E731
+    return {W_EXEC: executor("executor"), W_EXEC_ADDRESS: executor("address") or "",
+            W_EXEC_CPUS: float(executor("cpus")), W_EXEC_GPUS: float(executor("gpus"))}
+
+
 # ---- Fine-tune page (page 6) ------------------------------------------------------------
 # Runs themselves live on disk (paraknow.jobs, cache/runs/<id>/); the session only keeps the
 # form's values, which runs are overlaid and the last launch's message.
@@ -304,7 +321,7 @@ def finetune_defaults() -> dict:
          W_FT_RANK: train("rank") or default_of(TransferConfig, "rank"),
          W_FT_ALPHA: float(train("alpha") or default_of(TransferConfig, "alpha")), W_FT_DROPOUT: train("dropout"),
          W_FT_WARMUP: train("warmup"), W_FT_MAXLEN: train("max_length"), W_FT_SEEDS: str(train("seed")),
-         W_FT_CMP_SEEDS: "0, 1, 2", W_FT_SHOW: None}
+         W_FT_CMP_SEEDS: "0, 1, 2", W_FT_SHOW: None, **executor_defaults()}
     for role, split in (("train", "train"), ("eval", "test")):
         d.update({W_FT_SRC + role: FT_SOURCES[0], W_FT_TASK + role: "arith", W_FT_SPLIT + role: split,
                   W_FT_PATH + role: ""})
@@ -370,7 +387,7 @@ def study_defaults() -> dict:
          W_ST_TOKENS: train["eval_max_new_tokens"], W_ST_SEEDS: 5, W_ST_SWEEP: SWEEP_DEFAULT,
          W_ST_CONTROLS: list(DEFAULT_CONTROLS), W_ST_BASELINE: "vanilla",
          W_ST_BUDGET: float(DEFAULT_BUDGET_MINUTES), W_ST_PASTE: "", W_ST_VIEW: None,
-         W_ST_WORKERS: DEFAULT_WORKERS}
+         W_ST_WORKERS: DEFAULT_WORKERS, **executor_defaults()}
     d.update({W_ST_FACTOR + factor: [] for factor in factor_levels()})
     return d
 

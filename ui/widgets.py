@@ -73,10 +73,13 @@ def show_errors(doing: str = ""):
 
 def page_message(text: str) -> str:
     """A library message as a page shows it: settings by name, not as CLI flags ('--micro-batch 3'
-    reads 'micro-batch 3'), and no emoji shortcodes made of references such as 'task:arith:train:'."""
+    reads 'micro-batch 3'; a command in backticks, such as `ray start --head`, is kept as it is),
+    and no emoji shortcodes made of references such as 'task:arith:train:'."""
     import re
 
-    return no_shortcodes(re.sub(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)", r"\1", text))
+    parts = text.split("`")  # the odd parts are inside backticks
+    return no_shortcodes("`".join(part if i % 2 else re.sub(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)", r"\1", part)
+                                  for i, part in enumerate(parts)))
 
 
 def no_shortcodes(text: str) -> str:

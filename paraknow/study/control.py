@@ -3,8 +3,9 @@
 
 `start_study` runs every check of `prepare` first (bad input and an over-budget study are refused
 here, with nothing written), writes DIR/recipe.json, then starts
-`python -m paraknow study --recipe DIR/recipe.json --out DIR --resume` in a new session with its
-output in DIR/stdout.log, so the study survives page reloads and app restarts.
+`python -m paraknow study --recipe DIR/recipe.json --out DIR --resume` (plus the executor's flags,
+docs/cluster.md) in a new session with its output in DIR/stdout.log, so the study survives page
+reloads and app restarts.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ParaknowError
+from ..executors import ExecutorConfig
 from ..fsio import atomic_write_json, atomic_write_text
 from ..processes import pid_alive, spawn
 from ..rundir import LOG_FILE, STOP_FILE, read_json, read_log
@@ -42,23 +44,28 @@ class StudyView:
         return self.state in LIVE_STATES
 
 
-def start_study(recipe: Recipe, out, resume: bool = False, workers: int = DEFAULT_WORKERS) -> subprocess.Popen:
-    """Check, then start the study as a background process running `workers` cells at a time;
-    returns the process."""
+def start_study(recipe: Recipe, out, resume: bool = False, workers: int = DEFAULT_WORKERS,
+                executor: ExecutorConfig | None = None) -> subprocess.Popen:
+    """Check, then start the study as a background process running `workers` cells at a time on
+    `executor` (default: this machine; an executor that cannot take work now, such as a Ray
+    address nothing answers on, is refused before anything is written); returns the process."""
     out = Path(out).expanduser().absolute()
     status = read_json(out / STUDY_FILE) or {}
     if status and _alive(status):
         raise ParaknowError(f"the study in {out} is already running (pid {status.get('pid')}).")
+    executor = (executor or ExecutorConfig()).check_reachable()
+    for arm in recipe.arms:
+        executor.check_device(recipe.train_settings(arm).get("device"))
     _, estimate = prepare(recipe, out, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RECIPE_FILE, recipe.to_dict())
     (out / STOP_FILE).unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "paraknow", "study", "--recipe", str(out / RECIPE_FILE), "--out", str(out), "--resume",
-           "--workers", str(workers)]
+           "--workers", str(workers), *executor.to_argv()]
     proc = spawn(cmd, out, out / LOG_FILE)  # reaped by the liveness check
     atomic_write_json(out / STUDY_FILE, {**status, "state": "starting", "pid": proc.pid, "pid_start": None,
                                          "launched": time.time(), "estimate_s": round(estimate.total_s, 1),
-                                         "error": None})
+                                         "executor": executor.to_dict(), "error": None})
     return proc
 
 

@@ -3,7 +3,8 @@
 DIR layout:
   recipe.json                 the recipe as run (defaults filled in)
   study.json                  the study process: state running | finished | stopped | failed, pid,
-                              started/finished, the cell running now, cells done
+                              started/finished, the cell running now, cells done, the executor
+                              its cells run on (paraknow.executors)
   stdout.log                  a background study's output (paraknow.study.control)
   .lock                       flock of the process running the study
   STOP                        (created by `stop_study` or by hand) no new cell starts and the running
@@ -377,7 +378,7 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
         status = {"state": "running", "pid": os.getpid(), "pid_start": proc_start_time(os.getpid()),
                   "started": started, "finished": None, "cell": None, "cells_total": total,
                   "cells_to_run": len(pending), "cells_run": 0, "estimate_s": round(estimate.total_s, 1),
-                  "error": None}
+                  "executor": executor.to_dict(), "error": None}
         _write_status(out, status)
         say(f"study {out}: {total} cells, {total - len(pending)} already finished; {estimate.describe()}")
         try:
