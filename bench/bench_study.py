@@ -14,13 +14,12 @@ Rounds: by hand, study, by hand; the study is compared with the faster by-hand r
 """
 from __future__ import annotations
 
-import argparse
-import json
-import tempfile
+import contextlib
+import io
 import time
 from pathlib import Path
 
-from common import run_sides, study_inputs, write_figures
+from common import run_sides, study_bench, study_inputs
 
 SIZES = {"full": {"train": 256, "val": 32, "test": 64, "seed": 32, "seeds": [0, 1], "tokens": 64},
          "smoke": {"train": 8, "val": 2, "test": 2, "seed": 4, "seeds": [0], "tokens": 4}}
@@ -69,35 +68,20 @@ def with_study(recipe, out: Path) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), for the test suite")
-    parser.add_argument("--out", default=None, help="also write the result as JSON here")
-    args = parser.parse_args(argv)
-    import contextlib
-    import io
-
-    from paraknow.study import parse_recipe
-
-    size = SIZES["smoke" if args.smoke else "full"]
-    with tempfile.TemporaryDirectory(prefix="bench-study-") as tmp:
-        root = Path(tmp)
-        recipe = parse_recipe(make_recipe(root, size))
-
+    with study_bench(__doc__, SIZES, make_recipe, "bench-study-", argv) as bench:
         def side(fn, name):
             def run():
                 with contextlib.redirect_stdout(io.StringIO()):  # the training logs
-                    return fn(recipe, root / name)
+                    return fn(bench.recipe, bench.root / name)
             return name, run
 
-        rounds = run_sides([side(by_hand, "by_hand_1"), side(with_study, "study"), side(by_hand, "by_hand_2")], root)
+        rounds = run_sides([side(by_hand, "by_hand_1"), side(with_study, "study"), side(by_hand, "by_hand_2")],
+                           bench.root)
     by_hand_s = min(rounds["by_hand_1"], rounds["by_hand_2"])
-    result = {"size": "smoke" if args.smoke else "full", "cells": len(size["seeds"]) * 2,
+    result = {"size": bench.size_name, "cells": len(bench.size["seeds"]) * 2,
               "study_s": round(rounds["study"], 2), "by_hand_s": round(by_hand_s, 2),
               "overhead_share": round((rounds["study"] - by_hand_s) / rounds["study"], 4)}
-    print(json.dumps(result))
-    if args.out:
-        write_figures(args.out, result)
-    return result
+    return bench.report(result)
 
 
 if __name__ == "__main__":

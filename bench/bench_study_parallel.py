@@ -13,16 +13,14 @@ Rounds: one at a time, two at a time, one at a time; the faster one-at-a-time ro
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
-from common import run_sides, study_inputs, write_figures
+from common import run_sides, study_bench, study_inputs
 
 SIZES = {"full": {"train": 256, "val": 32, "test": 200, "seed": 32, "seeds": [0, 1, 2], "tokens": 32},
          "smoke": {"train": 8, "val": 2, "test": 2, "seed": 4, "seeds": [0], "tokens": 4}}
@@ -52,32 +50,21 @@ def timed_study(recipe, out: Path, workers: int, calibration) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), for the test suite")
-    parser.add_argument("--out", default=None, help="also write the figures (with provenance) as JSON here")
-    args = parser.parse_args(argv)
-
-    from paraknow.study import parse_recipe
     from paraknow.study.budget import calibrate
     from paraknow.study.plan import check_recipe
 
-    size = SIZES["smoke" if args.smoke else "full"]
-    with tempfile.TemporaryDirectory(prefix="bench-study-parallel-") as tmp:
-        root = Path(tmp)
-        recipe = parse_recipe(make_recipe(root, size))
+    with study_bench(__doc__, SIZES, make_recipe, "bench-study-parallel-", argv) as bench:
+        recipe, root = bench.recipe, bench.root
         calibration = calibrate(recipe, check_recipe(recipe))  # measured once, outside both sides
         rounds = run_sides([(name, lambda name=name, workers=workers: timed_study(recipe, root / name, workers,
                                                                                    calibration))
                             for name, workers in (("one_1", 1), ("two", 2), ("one_2", 1))], root)
         cells = len(json.loads((root / "two" / "results.json").read_text())["cells"])
     one_s = min(rounds["one_1"], rounds["one_2"])
-    figures = {"size": "smoke" if args.smoke else "full", "cells": cells, "cpu_count": os.cpu_count(),
+    figures = {"size": bench.size_name, "cells": cells, "cpu_count": os.cpu_count(),
                "one_at_a_time_s": round(one_s, 2), "two_at_a_time_s": round(rounds["two"], 2),
                "speedup_two_over_one": round(one_s / rounds["two"], 3)}
-    print(json.dumps(figures))
-    if args.out:
-        write_figures(args.out, figures)
-    return figures
+    return bench.report(figures)
 
 
 if __name__ == "__main__":

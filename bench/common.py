@@ -1,8 +1,10 @@
 """Helpers shared by the bench scripts (run as `python bench/NAME.py`: Python imports this folder's modules)."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
+from dataclasses import dataclass
 
 
 def timeit(fn, repeats):
@@ -80,3 +82,42 @@ def run_sides(sides, cache_root):
         else:
             os.environ["PARAKNOW_CACHE"] = saved
     return rounds
+
+
+@dataclass
+class StudyBench:
+    """What a study bench works on: its options, its size, a temporary folder and the recipe in it."""
+    args: object  # argparse.Namespace: smoke, out
+    size_name: str  # "smoke" | "full"
+    size: dict
+    root: object  # pathlib.Path, removed when the bench ends
+    recipe: object  # paraknow.study.Recipe
+
+    def report(self, figures: dict) -> dict:
+        """Print the figures as one JSON line and, with --out, write them there; returns them."""
+        import json
+
+        print(json.dumps(figures))
+        if self.args.out:
+            write_figures(self.args.out, figures)
+        return figures
+
+
+@contextlib.contextmanager
+def study_bench(doc: str, sizes: dict, make_recipe, prefix: str, argv=None):
+    """The prologue the study benches share: --smoke / --out parsed from `argv`, a temporary folder
+    (removed afterwards) and the recipe `make_recipe(root, size)` parsed there. Yields a StudyBench."""
+    import argparse
+    import tempfile
+    from pathlib import Path
+
+    from paraknow.study import parse_recipe
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), for the test suite")
+    parser.add_argument("--out", default=None, help="also write the figures (with provenance) as JSON here")
+    args = parser.parse_args(argv)
+    size_name = "smoke" if args.smoke else "full"
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        root = Path(tmp)
+        yield StudyBench(args, size_name, sizes[size_name], root, parse_recipe(make_recipe(root, sizes[size_name])))

@@ -163,6 +163,12 @@ def _checked_status(directory: Path) -> dict:
     return status
 
 
+def is_live(directory) -> bool:
+    """Whether the job in `directory` is running now (after the liveness check; `paraknow cache
+    clear` keeps such a folder)."""
+    return _checked_status(Path(directory)).get("state") == LIVE
+
+
 def read(kind: str, key: str) -> JobView:
     """The job of `kind` for `key` as it stands now (state `missing` when there is none)."""
     directory = job_dir(kind, key)

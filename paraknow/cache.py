@@ -1,20 +1,22 @@
 """The runtime cache under `cache_root()`: what is in it, clearing it, and a size cap.
 
-Four kinds of entries (`python -m paraknow cache list|clear [--kind K] [--older-than DAYS]`):
+Five kinds of entries (`python -m paraknow cache list|clear [--kind K] [--older-than DAYS]`):
 
   sensitivity/<key>.safetensors   sensitivity maps, keyed by content (recomputable)
   models/<name>/                  models converted from GGUF (recomputable)
   exports/<name>/                 exports made by the app (your results)
   runs/<id>/                      fine-tuning runs (your results)
+  jobs/<kind>-<key>/              the folders of the pages' background jobs (paraknow.background:
+                                  spec, status, progress, log; their results are in the kinds above)
 
 An entry's *last used* time is the newest modification time inside it; readers `touch` an
 entry when they use it. An entry is *in use* while a process holds its lock
-(`fsio.output_lock`: being written, or read by `load_model`), and a run while it is queued or
-running; in-use entries are never removed.
+(`fsio.output_lock`: being written, or read by `load_model`), a run while it is queued or
+running, and a job while it is running; in-use entries are never removed.
 
 The size cap (`PARAKNOW_CACHE_MAX_GB`, default 20) bounds the recomputable kinds: whenever a
 sensitivity map or a converted model is written, the least recently used ones are evicted
-until they fit. Exports and runs are only removed by an explicit `cache clear`.
+until they fit. Exports, runs and jobs are only removed by an explicit `cache clear`.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from .fsio import is_locked, output_lock
 from .paths import cache_root
 from .validate import check_number
 
-KINDS = ("sensitivity", "models", "exports", "runs")
+KINDS = ("sensitivity", "models", "exports", "runs", "jobs")
 EVICTABLE_KINDS = ("sensitivity", "models")
 MAX_GB_ENV = "PARAKNOW_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 20.0
@@ -109,7 +111,12 @@ def _is_entry(kind: str, path: Path) -> bool:
 
 
 def _busy_run(kind: str, path: Path) -> str | None:
-    """'run is queued|running' for a run that is, else None."""
+    """'run is queued|running' for a run that is, 'job is running' for a background job that is
+    (both liveness-checked: a dead process does not keep its entry), else None."""
+    if kind == "jobs":
+        from .background import is_live
+
+        return "job is running" if is_live(path) else None
     if kind != "runs":
         return None
     from .jobs import read_status

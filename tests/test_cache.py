@@ -152,3 +152,31 @@ def test_cache_command_lists_and_clears(capsys):
     assert [e.name for e in cache.list_entries()] == ["exp"]
     assert main(["cache", "clear", "--kind", "exports"]) == 0
     assert cache.list_entries() == []
+
+
+def test_cache_clear_removes_finished_background_job_folders_but_not_a_running_one(capsys):
+    from paraknow import background
+    from paraknow.processes import proc_start_time
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        states = {"finished": None, "failed": None, "cancelled": None, "running": sleeper.pid,
+                  "crashed": 2**22 + 1}  # `crashed`: a running status whose process is gone (reads failed)
+        for name, pid in states.items():
+            folder = background.job_dir("sensitivity", name)
+            folder.mkdir(parents=True)
+            (folder / background.PROGRESS).write_text('{"done": 1, "total": 2}\n')
+            state = "running" if name == "crashed" else name
+            (folder / background.STATUS).write_text(json.dumps({"state": state, "pid": pid,
+                                                                "pid_start": proc_start_time(pid)}))
+        running = background.job_dir("sensitivity", "running")
+        assert {e.name: e.in_use for e in cache.list_entries("jobs")}["sensitivity-running"] == "job is running"
+        assert main(["cache", "clear"]) == 0
+        assert "kept 1 in use: jobs/sensitivity-running" in capsys.readouterr().out
+        assert sorted(p.name for p in background.jobs_root().iterdir()) == [running.name]
+        assert background.read("sensitivity", "running").live and (running / background.PROGRESS).is_file()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert main(["cache", "clear", "--kind", "jobs"]) == 0  # its process is gone now: it reads failed
+    assert list(background.jobs_root().iterdir()) == []

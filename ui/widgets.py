@@ -644,8 +644,8 @@ def cache_panel() -> None:
                   "size": [fmt_bytes(sum(e.size for e in entries if e.kind == k)) for k in cache.KINDS]})
         with show_errors("reading the cache size cap"):
             st.caption(f"Sensitivity maps and converted models are kept under {fmt_bytes(cache.max_bytes())} "
-                       f"(`{cache.MAX_GB_ENV}`), least recently used evicted first; exports and runs are only "
-                       "removed here or with `python -m paraknow cache clear`.")
+                       f"(`{cache.MAX_GB_ENV}`), least recently used evicted first; exports, runs and the folders of "
+                       "finished background jobs are only removed here or with `python -m paraknow cache clear`.")
         c1, c2 = st.columns(2)
         kind = c1.selectbox("Clear", cache.KINDS, key=S.W_CACHE_KIND)
         days = c2.number_input("unused for at least (days)", min_value=0, value=0, step=1, key=S.W_CACHE_DAYS)
