@@ -200,8 +200,8 @@ def where_text(status: dict) -> str:
         return "executor unknown"
     if executor.executor == "local":
         return "on this machine"
-    return (f"on {executor.executor} at {executor.address or '(auto)'} · {executor.cpus:g} CPU, "
-            f"{executor.gpus:g} GPU per task")
+    where = f"at {executor.address}" if executor.address else "(address from RAY_ADDRESS or this machine)"
+    return f"on {executor.executor} {where} · {executor.cpus:g} CPU, {executor.gpus:g} GPU per task"
 
 
 def fmt_duration(seconds) -> str:
