@@ -178,3 +178,12 @@ def test_a_study_launched_for_ray_runs_its_cells_there(student, tmp_path, ray_ad
     assert status["executor"] == ExecutorConfig("ray", ray_address).to_dict()
     results = json.loads((out / "results.json").read_text())
     assert [c["state"] for c in results["cells"]] == ["finished"] and results["cells"][0]["test_accuracy"] is not None
+
+
+def test_the_flags_a_background_study_gets_parse_back_to_the_same_executor():
+    from paraknow.cli import EXECUTOR_OPTIONS, build_parser
+
+    for config in (ExecutorConfig(), ExecutorConfig("ray"), ExecutorConfig("ray", "ray://10.0.0.1:10001", 2.5, 1.0)):
+        args = build_parser().parse_args(["study", "--recipe", "r.json", "--out", "o", *config.to_argv()])
+        assert ExecutorConfig(**{name: getattr(args, name) for name in EXECUTOR_OPTIONS}) == config
+    assert ExecutorConfig().to_argv() == []  # a local study's command line is as before

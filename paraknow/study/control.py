@@ -22,7 +22,7 @@ from ..processes import pid_alive, spawn
 from ..rundir import LOG_FILE, STOP_FILE, read_json, read_log
 from .recipe import Recipe, parse_recipe
 from .report import collect
-from .runner import DEFAULT_WORKERS, RECIPE_FILE, STUDY_FILE, prepare
+from .runner import DEFAULT_WORKERS, RECIPE_FILE, STUDY_FILE, check_devices, prepare
 
 LIVE_STATES = ("starting", "running")
 
@@ -53,9 +53,7 @@ def start_study(recipe: Recipe, out, resume: bool = False, workers: int = DEFAUL
     status = read_json(out / STUDY_FILE) or {}
     if status and _alive(status):
         raise ParaknowError(f"the study in {out} is already running (pid {status.get('pid')}).")
-    executor = (executor or ExecutorConfig()).check_reachable()
-    for arm in recipe.arms:
-        executor.check_device(recipe.train_settings(arm).get("device"))
+    executor = check_devices(recipe, (executor or ExecutorConfig()).check_reachable())
     _, estimate = prepare(recipe, out, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RECIPE_FILE, recipe.to_dict())

@@ -348,6 +348,14 @@ def _run_cells(recipe: Recipe, pending: list[Cell], out: Path, status: dict, say
                 yield cell, record
 
 
+def check_devices(recipe: Recipe, executor: ExecutorConfig) -> ExecutorConfig:
+    """Refuse (ParaknowError) an arm whose training device the executor's tasks cannot see (a CUDA
+    device on a Ray task that asks for no GPU); returns the executor."""
+    for arm in recipe.arms:
+        executor.check_device(recipe.train_settings(arm).get("device"))
+    return executor
+
+
 def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | None = None,
               calibration=None, workers: int = DEFAULT_WORKERS, executor: ExecutorConfig | None = None) -> dict:
     """Run (or resume) a study into `out` and return its results (also written there).
@@ -364,9 +372,7 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
         raise ParaknowError(f"workers must be a whole number from 1 to {MAX_WORKERS}; got {workers!r}.")
     say = progress or (lambda message: None)
     out = Path(out).expanduser().absolute()
-    executor = (executor or ExecutorConfig()).validate()
-    for arm in recipe.arms:
-        executor.check_device(recipe.train_settings(arm).get("device"))
+    executor = check_devices(recipe, (executor or ExecutorConfig()).validate())
     pending, estimate = prepare(recipe, out, resume, calibration)
     runner = make_executor(executor)
     out.mkdir(parents=True, exist_ok=True)
