@@ -303,7 +303,8 @@ def _add_housekeeping_commands(sub) -> None:
     from .options import add_options
     from .study.runner import DEFAULT_WORKERS, WORKERS_HELP
 
-    p = sub.add_parser("cache", help="list or clear the runtime cache (sensitivity maps, models, exports, runs, background-job folders)")
+    p = sub.add_parser("cache", help="list or clear the runtime cache (sensitivity maps, models, exports, runs, "
+                                     "background-job folders)")
     p.add_argument("action", choices=["list", "clear"])
     p.add_argument("--kind", default=None, choices=list(CACHE_KINDS), help="only this kind of entry")
     p.add_argument("--older-than", type=_non_negative_float, default=None, metavar="DAYS",

@@ -96,7 +96,8 @@ def test_the_picker_offers_the_librarys_choices_defaults_and_help(path, student)
     assert address.help == page_message(help_of(ExecutorConfig, "address"))
     for key, name in ((S.W_EXEC_CPUS, "cpus"), (S.W_EXEC_GPUS, "gpus")):
         field = at.number_input(key=key)
-        assert field.value == default_of(ExecutorConfig, name) and field.help == page_message(help_of(ExecutorConfig, name))
+        assert field.value == default_of(ExecutorConfig, name)
+        assert field.help == page_message(help_of(ExecutorConfig, name))
     assert not at.button(key=LAUNCH[path]).disabled
 
 
