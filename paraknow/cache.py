@@ -7,7 +7,9 @@ Five kinds of entries (`python -m paraknow cache list|clear [--kind K] [--older-
   exports/<name>/                 exports made by the app (your results)
   runs/<id>/                      fine-tuning runs (your results)
   jobs/<kind>-<key>/              the folders of the pages' background jobs (paraknow.background:
-                                  spec, status, progress, log; their results are in the kinds above)
+                                  spec, status, progress, log; a map or an export a job made is in
+                                  its own kind, a similarity or verification result is computed
+                                  again once its folder is cleared)
 
 An entry's *last used* time is the newest modification time inside it; readers `touch` an
 entry when they use it. An entry is *in use* while a process holds its lock
