@@ -163,7 +163,7 @@ def run_details(run) -> None:
     st.caption(f"`{spec.get('student')}` on `{spec.get('data')}` · eval `{spec.get('eval_data')}` · "
                f"{spec.get('epochs')} epochs · lr {spec.get('lr')} · batch {spec.get('batch')} "
                f"(micro {spec.get('micro_batch')}) · rank {spec.get('rank')} / alpha {spec.get('alpha')} · "
-               f"seed {spec.get('seed')} · {F.where_text(s)}"
+               f"seed {spec.get('seed')} · {E.where_text(s.get('executor'))}"
                + (f" · {s['samples_per_s']:.1f} samples/s" if s.get("samples_per_s") else ""))
     if run.state == "failed":
         st.error(f"This run failed: {s.get('error') or 'no error recorded'}. Check the student, the data and the "

@@ -185,6 +185,7 @@ def _study_panel(live: bool) -> None:
     c1, c2, c3 = st.columns([4, 1, 1], vertical_alignment="center")
     c1.markdown(f":{color}-badge[{view.state}] {done}/{total} runs finished"
                 + (" · running " + ", ".join(f"`{c}`" for c in running) if view.live and running else "")
+                + (f" · cells {E.where_text(status['executor'])}" if status.get("executor") else "")
                 + (f" · updating every {LIVE_EVERY_S} s" if view.live else ""))
     c2.button("Stop", key="w_st_stop", icon=":material/stop:", disabled=not view.live, width="stretch",
               on_click=stop_study, args=(view.out,))

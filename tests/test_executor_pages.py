@@ -179,6 +179,8 @@ def test_a_study_launched_for_ray_runs_its_cells_there(student, tmp_path, ray_ad
     assert status["executor"] == ExecutorConfig("ray", ray_address).to_dict()
     results = json.loads((out / "results.json").read_text())
     assert [c["state"] for c in results["cells"]] == ["finished"] and results["cells"][0]["test_accuracy"] is not None
+    at.run()
+    assert any(f"cells on ray at {ray_address}" in str(m.value) for m in at.markdown)  # the page says where
 
 
 def test_the_flags_a_background_study_gets_parse_back_to_the_same_executor():

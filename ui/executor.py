@@ -62,3 +62,16 @@ def _chosen() -> ExecutorConfig:
         return ExecutorConfig(executor=name)
     return ExecutorConfig(executor=name, address=(ss[S.W_EXEC_ADDRESS] or "").strip() or None,
                           cpus=float(ss[S.W_EXEC_CPUS]), gpus=float(ss[S.W_EXEC_GPUS])).validate()
+
+
+def where_text(recorded: dict | None) -> str:
+    """Where a run or a study's cells execute, from the `executor` its status.json or study.json
+    records: 'on this machine' or 'on ray at HOST:PORT · 1 CPU, 0 GPU per task'."""
+    try:
+        executor = ExecutorConfig.from_dict(recorded)
+    except ParaknowError:
+        return "on an executor this version does not know"
+    if EXECUTORS.get(executor.executor) is LocalExecutor:
+        return "on this machine"
+    where = f"at {executor.address}" if executor.address else "(address from RAY_ADDRESS or this machine)"
+    return f"on {executor.executor} {where} · {executor.cpus:g} CPU, {executor.gpus:g} GPU per task"

@@ -191,19 +191,6 @@ def compare(settings: dict, export_dir: str, seeds: list[int],
                              **extra)
 
 
-def where_text(status: dict) -> str:
-    """Where a run executes, from its status.json: 'on this machine' or
-    'on ray at HOST:PORT · 1 CPU, 0 GPU per task'."""
-    try:
-        executor = ExecutorConfig.from_dict(status.get("executor"))
-    except ParaknowError:
-        return "executor unknown"
-    if executor.executor == "local":
-        return "on this machine"
-    where = f"at {executor.address}" if executor.address else "(address from RAY_ADDRESS or this machine)"
-    return f"on {executor.executor} {where} · {executor.cpus:g} CPU, {executor.gpus:g} GPU per task"
-
-
 def fmt_duration(seconds) -> str:
     """1234 -> '20 min 34 s'; None -> '–'."""
     if seconds is None:
