@@ -35,7 +35,7 @@ def executor_picker(what: str) -> ExecutorConfig | None:
     if EXECUTORS[name] is not LocalExecutor:  # the local executor has nothing more to choose
         c1, c2, c3 = st.columns([3, 1, 1])
         c1.text_input("Ray address", key=S.W_EXEC_ADDRESS, **PERSIST, help=_help("address"),
-                      placeholder="HOST:PORT of the Ray head; empty: RAY_ADDRESS or a new instance on this machine")
+                      placeholder="HOST:PORT")
         c2.number_input("CPUs per task", min_value=0.0, step=1.0, key=S.W_EXEC_CPUS, **PERSIST, help=_help("cpus"))
         c3.number_input("GPUs per task", min_value=0.0, step=1.0, key=S.W_EXEC_GPUS, **PERSIST, help=_help("gpus"))
     try:
