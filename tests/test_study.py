@@ -256,10 +256,10 @@ def test_a_failed_cell_does_not_stop_the_others(tmp_path):
 
 def test_budget_refusal_before_anything_runs(tmp_path, capsys):
     paths = study_inputs(tmp_path / "in")
-    recipe = tiny_recipe(paths, budget_minutes=0.001)
+    recipe = tiny_recipe(paths, budget_minutes=1e-6)  # 60 microseconds: any measured estimate is over it
     out = tmp_path / "out"
     with pytest.raises(ParaknowError,
-                       match=r"needs about .* min for 6 cells.*budget of 0.001 min: raise budget_minutes"):
+                       match=r"needs about .* min for 6 cells.*budget of 1e-06 min: raise budget_minutes"):
         prepare(parse_recipe(recipe), out)
     assert not out.exists()
     code = cli_main(["study", "--recipe", write_recipe(tmp_path / "r.json", recipe), "--out", str(out)])
