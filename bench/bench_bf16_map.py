@@ -13,13 +13,10 @@ the per-layer sums. Memory is bench_sensitivity.py's part (--dtype bfloat16).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_extract_smollm import TEACHER, make_student  # noqa: E402
-from common import write_figures  # noqa: E402
+from bench_extract_smollm import TEACHER, make_student
+from common import quiet_transformers, write_figures
 
 
 def ranking(values: list[float]) -> list[int]:
@@ -42,9 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.samples = 2
-    import transformers
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_transformers()
     from scipy.stats import spearmanr
 
     from paraknow.data import load_records

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from common import quiet_transformers
 from paraknow.models import load_model, resolve_ref
 from paraknow.paths import cache_dir
 
@@ -51,9 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.samples = 2
-    import transformers
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_transformers()
 
     from paraknow.data import load_records, records_sha256
     from paraknow.models import describe

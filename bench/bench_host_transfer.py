@@ -10,15 +10,12 @@ step of `compute_sensitivity`. --smoke: the tiny preset on the CPU (both sides a
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_sensitivity_scale import llama_config  # noqa: E402
-from common import write_figures  # noqa: E402
+from bench_sensitivity_scale import llama_config
+from common import quiet_transformers, write_figures
 
 
 def main() -> None:
@@ -31,9 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.preset, args.device, args.rounds = "tiny", "cpu", 1
-    import transformers
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_transformers()
     from transformers import LlamaForCausalLM
 
     from paraknow.data import encode_all, load_records

@@ -19,10 +19,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from common import quiet_transformers, write_figures
 from paraknow.data import collate, encode_all, load_records
 from paraknow.models import load_model
 from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
@@ -117,9 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.samples, args.memory_samples, args.max_length, args.rounds = 2, 1, 64, 1
-    import transformers
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_transformers()
     if args.mode:  # child process: one memory measurement
         print(json.dumps(peak_memory(args)))
         return
@@ -153,8 +151,6 @@ def main() -> None:
     print(f"  activations and allocator slack (plain peak - 2x weights) {activations / 2**20:9.1f} MiB")
     print(f"  paraknow peak less those activations                    {ours:9.2f} x model fp32  (target <= ~{target})")
     if args.out:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from common import write_figures
 
         write_figures(args.out, {"model": args.model, "data": args.data, "dtype": args.dtype,
                                  "accumulate_dtype": args.accumulate_dtype, "accumulate_device": args.accumulate_device,

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from common import quiet_transformers, write_figures
+
 SHAPES = {  # (layers, hidden, ffn, heads, kv heads, vocab): SmolLM2-135M's own shapes
     "smollm2-135m": (30, 576, 1536, 9, 3, 49152),
     "tiny": (2, 64, 128, 4, 2, 49152),
@@ -116,9 +118,7 @@ def main() -> None:
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--save", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    import transformers
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_transformers()
     if args.worker:
         worker(args)
         return
@@ -144,8 +144,6 @@ def main() -> None:
     print(f"  {args.procs} processes {many:8.2f} s   ratio {many / one:.3f}  (target <= 0.6 for 2 on free cores)")
     print(f"  max relative difference of the maps {difference:.2e}  (the test asks <= 1e-5)")
     if args.out:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from common import write_figures
 
         write_figures(args.out, {"model": args.shape or args.model, "samples": args.samples,
                                  "max_length": args.max_length, "threads_per_process": args.threads,

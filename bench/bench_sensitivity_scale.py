@@ -13,14 +13,11 @@ peak device memory of the pass against the estimate and against the float32 mode
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import write_figures  # noqa: E402
+from common import quiet_transformers, write_figures
 
 PRESETS = {  # (layers, hidden, ffn, heads, kv heads, vocab)
     "llama2-70b": (80, 8192, 28672, 64, 8, 32000),
@@ -116,9 +113,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.device, args.presets, args.samples, args.rounds, args.max_length = "cpu", "tiny", 2, 1, 64
-    import transformers
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_transformers()
     from paraknow.memory import available_memory_bytes, estimate_sensitivity_memory
 
     on_gpu = args.device.startswith("cuda")

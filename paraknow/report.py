@@ -43,18 +43,17 @@ from .paths import PACKAGE_DIR
 RESULTS_DIR = PACKAGE_DIR.parent / "docs" / "results"
 
 
-RESULTS_DIR = "docs/results"  # figures written by the benches; a changed result does not make the code dirty
-
-
 def git_commit() -> dict:
     """{"commit", "dirty"} of the checkout the package runs from (None outside a git checkout).
-    `dirty`: tracked files other than the results under RESULTS_DIR differ from the commit."""
+    `dirty`: tracked files other than the results under RESULTS_DIR differ from the commit (a
+    changed result does not make the code dirty)."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=PACKAGE_DIR.parent, capture_output=True, text=True,
                               timeout=10)
     try:
         head = git("rev-parse", "HEAD")
-        status = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){RESULTS_DIR}")
+        results = RESULTS_DIR.relative_to(PACKAGE_DIR.parent).as_posix()
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){results}")
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     if head.returncode != 0:
