@@ -238,7 +238,7 @@ def _check_reachable(address: str | None, timeout_s: float = REACH_TIMEOUT_S) ->
 
 class RayExecutor:
     """A task on a Ray cluster; the task runs on a node chosen by Ray for `cpus` and `gpus`."""
-    summary = f"a task on a Ray cluster, see --address; needs `{RAY_INSTALL}`"
+    summary = f"a task on a Ray cluster at the given address; needs `{RAY_INSTALL}`"
 
     def __init__(self, config: ExecutorConfig):
         self.config = config
