@@ -16,17 +16,12 @@ import argparse
 import time
 
 from bench_extract_smollm import TEACHER, make_student
-from common import quiet_transformers, write_figures
+from common import write_figures
+from paraknow.cli import quiet_transformers
 
 
 def ranking(values: list[float]) -> list[int]:
     return sorted(range(len(values)), key=lambda i: (-values[i], i))
-
-
-def _oriented(scores, module):
-    """The module's teacher scores in the orientation its selection indexes (embeddings: [d, V])."""
-    matrix = scores[module.teacher_param]
-    return matrix.t() if module.transposed else matrix
 
 
 def main() -> None:
@@ -43,7 +38,7 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     from paraknow.data import load_records
-    from paraknow.extract import captured_share
+    from paraknow.extract import captured_share, oriented
     from paraknow.mapping import layer_scores
     from paraknow.models import describe, load_model
     from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
@@ -67,20 +62,22 @@ def main() -> None:
         if dtype == "float32":
             reference = scores  # the float32 map judges both plans' blocks
         del teacher, scores
-    blocks = {dtype: {m.student_module: m.selection.block() for m in plan.modules}  # (row, col) top-left
-              for dtype, plan in plans.items()}
-    differing = sorted(name for name in blocks["float32"] if blocks["float32"][name] != blocks["bfloat16"][name])
     modules = {dtype: {m.student_module: m for m in plan.modules} for dtype, plan in plans.items()}
+    differing = sorted(name for name, m in modules["float32"].items()  # by the block's top-left (row, col)
+                       if m.selection.block() != modules["bfloat16"][name].selection.block())
+
     # where the blocks differ: the share of the float32 map each block captures (float32's own is the best)
-    captured = {name: {dtype: captured_share(_oriented(reference, modules[dtype][name]), modules[dtype][name].selection)
-                       for dtype in plans} for name in differing}
+    def share(module):  # of the float32 map, in the orientation the module's selection indexes
+        return captured_share(oriented(reference[module.teacher_param], module.transposed), module.selection)
+
+    captured = {name: {dtype: share(modules[dtype][name]) for dtype in plans} for name in differing}
     assert all(abs(captured[n]["float32"] - modules["float32"][n].captured) < 1e-9 for n in differing)  # orientation
     rho = float(spearmanr(sums["float32"], sums["bfloat16"]).statistic)
     same_ranking = ranking(sums["float32"]) == ranking(sums["bfloat16"])
     same_map = plans["float32"].layer_map == plans["bfloat16"].layer_map
     print(f"teacher {teacher_ref}, {args.samples} samples of {args.data}")
     print(f"  layer ranking equal: {same_ranking} (Spearman {rho:.4f}); layer map equal: {same_map}")
-    print(f"  selected blocks equal: {len(blocks['float32']) - len(differing)} of {len(blocks['float32'])} modules")
+    print(f"  selected blocks equal: {len(modules['float32']) - len(differing)} of {len(modules['float32'])} modules")
     for name, share in captured.items():
         print(f"    differs: {name}: captures {share['bfloat16'] * 100:.3f} % of the float32 map's sensitivity "
               f"(the float32 block: {share['float32'] * 100:.3f} %)")
@@ -89,7 +86,7 @@ def main() -> None:
                                  "data": args.data, "samples": args.samples, "seconds": seconds,
                                  "layer_sums": sums, "spearman": rho, "same_ranking": same_ranking,
                                  "layer_map": {k: p.layer_map for k, p in plans.items()}, "same_layer_map": same_map,
-                                 "modules": len(blocks["float32"]), "differing_blocks": differing,
+                                 "modules": len(modules["float32"]), "differing_blocks": differing,
                                  "captured_share_of_float32_map": captured, "smoke": args.smoke})
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common import quiet_transformers
+from paraknow.cli import quiet_transformers
 from paraknow.models import load_model, resolve_ref
 from paraknow.paths import cache_dir
 

@@ -14,8 +14,9 @@ import time
 
 import torch
 
-from bench_sensitivity_scale import llama_config
-from common import quiet_transformers, write_figures
+from bench_sensitivity_scale import build_random
+from common import write_figures
+from paraknow.cli import quiet_transformers
 
 
 def main() -> None:
@@ -29,18 +30,13 @@ def main() -> None:
     if args.smoke:
         args.preset, args.device, args.rounds = "tiny", "cpu", 1
     quiet_transformers()
-    from transformers import LlamaForCausalLM
-
     from paraknow.data import encode_all, load_records
     from paraknow.models import load_model
     from paraknow.numerics import to_host_float32
     from paraknow.sensitivity import METRICS, SensitivityConfig
 
     _, tok = load_model("demo:teacher")
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device(args.device):
-        model = LlamaForCausalLM(llama_config(args.preset, torch.bfloat16))
-    torch.set_default_dtype(torch.float32)
+    model = build_random(args.preset, torch.bfloat16, args.device)
     items = encode_all(tok, load_records("task:arith:seed")[:32], 512)
     metric = METRICS["taylor-abs"]
     scores = metric.finish(model, metric.accumulate(model, items, SensitivityConfig(samples=32, max_length=512)))

@@ -22,7 +22,8 @@ import time
 
 import torch
 
-from common import quiet_transformers, write_figures
+from common import write_figures
+from paraknow.cli import quiet_transformers
 from paraknow.data import collate, encode_all, load_records
 from paraknow.models import load_model
 from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
@@ -38,12 +39,12 @@ def _reset_peak_rss() -> None:
         fh.write("5")
 
 
-def _sync(device):
+def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
-def _plain_pass(model, tok, records, max_length, device) -> None:
+def plain_pass(model, tok, records, max_length, device) -> None:
     """What a user would write: tokenise, then forward + backward per sample (autograd fills .grad)."""
     for item in encode_all(tok, records, max_length):
         model(**{k: v.to(device) for k, v in collate([item], 0).items()}).loss.backward()
@@ -59,14 +60,14 @@ def time_alternating(args) -> dict:
     config = _config(args, len(records))
     plain, ours = [], []
     for round_ in range(args.rounds):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
-        _plain_pass(model, tok, records, args.max_length, device)
-        _sync(device)
+        plain_pass(model, tok, records, args.max_length, device)
+        sync(device)
         plain.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         compute_sensitivity(model, tok, records, config)
-        _sync(device)
+        sync(device)
         ours.append(time.perf_counter() - t0)
         print(f"round {round_ + 1}: plain {plain[-1]:.2f} s, paraknow {ours[-1]:.2f} s", file=sys.stderr, flush=True)
     tokens = sum(len(i.input_ids) for i in encode_all(tok, records, args.max_length))
@@ -88,7 +89,7 @@ def peak_memory(args) -> dict:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     records = load_records(args.data)[: args.samples]
     if args.mode == "plain":
-        _plain_pass(model, tok, records, args.max_length, str(model.get_input_embeddings().weight.device))
+        plain_pass(model, tok, records, args.max_length, str(model.get_input_embeddings().weight.device))
     else:
         compute_sensitivity(model, tok, records, _config(args, args.samples))
     if cuda:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from common import quiet_transformers, write_figures
+from common import write_figures
+from paraknow.cli import quiet_transformers
 
 SHAPES = {  # (layers, hidden, ffn, heads, kv heads, vocab): SmolLM2-135M's own shapes
     "smollm2-135m": (30, 576, 1536, 9, 3, 49152),

@@ -17,7 +17,9 @@ import time
 
 import torch
 
-from common import quiet_transformers, write_figures
+from bench_sensitivity import plain_pass, sync
+from common import write_figures
+from paraknow.cli import quiet_transformers
 
 PRESETS = {  # (layers, hidden, ffn, heads, kv heads, vocab)
     "llama2-70b": (80, 8192, 28672, 64, 8, 32000),
@@ -35,40 +37,32 @@ def llama_config(preset: str, dtype):
                        num_key_value_heads=kv_heads, vocab_size=vocab, tie_word_embeddings=False, dtype=dtype)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def peak_bytes(device: str) -> int | None:
     return torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
 
 
-def plain_pass(model, items, device) -> None:
-    from paraknow.data import collate
+def build_random(preset: str, dtype: torch.dtype, device: str):
+    """A Llama of `preset` with random weights, built on `device` directly in `dtype` (no float32 copy on
+    the way; the cost of a pass does not depend on what the weights are)."""
+    from transformers import LlamaForCausalLM
 
-    for item in items:
-        model(**{k: v.to(device) for k, v in collate([item], 0).items()}).loss.backward()
-    model.zero_grad(set_to_none=True)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return LlamaForCausalLM(llama_config(preset, dtype))
+    finally:
+        torch.set_default_dtype(default)
 
 
 def run_preset(preset, args, estimate) -> dict:
-    from transformers import LlamaForCausalLM
-
     from paraknow.data import encode_all, load_records
     from paraknow.models import load_model
     from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
 
     _, tok = load_model("demo:teacher")
-    dtype = getattr(torch, args.dtype)
     t0 = time.perf_counter()
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # built in the pass's dtype, no float32 copy on the way
-    try:
-        with torch.device(args.device):
-            model = LlamaForCausalLM(llama_config(preset, dtype))
-    finally:
-        torch.set_default_dtype(default)
+    model = build_random(preset, getattr(torch, args.dtype), args.device)
     sync(args.device)
     build_s = time.perf_counter() - t0
     records = load_records(args.data)[:args.samples]
@@ -76,7 +70,8 @@ def run_preset(preset, args, estimate) -> dict:
     config = SensitivityConfig(samples=args.samples, max_length=args.max_length)
     plain, ours, peaks = [], [], {}
     for round_ in range(args.rounds):
-        for name, fn, times in (("plain", lambda: plain_pass(model, items, args.device), plain),
+        for name, fn, times in (("plain", lambda: plain_pass(model, tok, records, args.max_length, args.device),
+                                 plain),
                                 ("paraknow", lambda: compute_sensitivity(model, tok, records, config), ours)):
             if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()

@@ -17,14 +17,6 @@ def timeit(fn, repeats):
     return statistics.median(times), out
 
 
-def quiet_transformers() -> None:
-    """No info logging and no progress bars from transformers (the benches print their own lines)."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def scale_parser(smoke_help: str):
     """The options the scale benches share: --smoke, --threads, --out."""
     import argparse

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ParaknowError
-from . import numerics
-from .numerics import row_blocks, sum64
+from .numerics import column_major, row_blocks, sum64
 
 _EPS64 = torch.finfo(torch.float64).eps
 
@@ -96,21 +95,19 @@ def _box_sums(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     that, so they are applied to the h-row column sums and to the row differences before the
     running sum over r. Every read of x goes through chunks of rows, converted to float64 there.
     """
-    if x.stride(0) < x.stride(1):  # column-major (e.g. embed_tokens.t()): walk its memory order
+    if column_major(x):  # e.g. embed_tokens.t(): walk its memory order
         return _box_sums(x.t(), w, h).t()
     n, m = x.shape
     k = n - h
-    step = max(1, numerics.CHUNK_ELEMS // m)
     col_sums = torch.zeros(m, dtype=torch.float64)  # [m] column sums of rows [0, h)
-    for a in range(0, h, step):
-        col_sums += x[a:min(a + step, h)].sum(0, dtype=torch.float64)
+    for a, b in row_blocks(h, m):
+        col_sums += x[a:b].sum(0, dtype=torch.float64)
     top = _window_last(col_sums[None], w)  # [1, m-w+1] boxes at r = 0
     if k == 0:
         return top
     out = torch.empty(k + 1, m - w + 1, dtype=torch.float64)
     out[0] = top[0]
-    for a in range(0, k, step):  # running sum of the change of each box moving down one row
-        b = min(a + step, k)
+    for a, b in row_blocks(k, m):  # running sum of the change of each box moving down one row
         diff = x[h + a:h + b].double() - x[a:b].double()  # [b-a, m]
         rows = out[a + 1:b + 1]
         torch.cumsum(_window_last(diff, w), 0, out=rows)

@@ -33,7 +33,6 @@ import math
 import os
 import secrets
 import socket
-import subprocess
 import sys
 import time
 import typing

@@ -66,11 +66,12 @@ def to_host_float32(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     """float32 host copies of `tensors`. GPU tensors go through one pinned staging buffer a slice at a
     time: a plain `.cpu()` of each takes the pageable path, which measured 1.1 GB/s on an H200 (45 s
     for a 13B map) against ~50 GB/s into pinned memory; pinning the whole map instead costs seconds
-    per GB to allocate. Host tensors are converted (or returned as they are when already float32)."""
+    per GB to allocate. Other tensors are converted and moved plainly (a float32 host tensor is
+    returned as it is)."""
     out, staging = {}, None
     for name, tensor in tensors.items():
         if tensor.device.type != "cuda":
-            out[name] = tensor.float()
+            out[name] = tensor.float().cpu()
             continue
         if staging is None:
             staging = torch.empty(STAGING_BYTES // 4, dtype=torch.float32, pin_memory=True)  # [n] flat

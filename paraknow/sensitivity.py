@@ -130,7 +130,7 @@ def _add_into(acc: torch.Tensor, value: torch.Tensor) -> None:
     """acc += value in acc's precision. A bfloat16 gradient is added as it is (the add promotes each
     entry exactly): no float32 copy of the gradient -- for a tied embedding that copy alone was a
     fifth of SmolLM2's float32 size on top of the sums."""
-    acc.add_(value if value.device == acc.device else value.to(acc.device))
+    acc.add_(value.to(acc.device))  # no copy when it is there already
 
 
 def abs_grad_folder(grad_abs: Scores):
@@ -145,8 +145,7 @@ def _times_param(sums: Scores, model, transform) -> Scores:
     """sums[name] *= transform(theta) in place, in the sums' precision -- the last step of the gradient
     metrics. `transform` gets theta in its own dtype (abs is exact there: no float32 copy of a weight)."""
     for name, p in _params(model).items():
-        factor = transform(p.detach())
-        sums[name].mul_(factor if factor.device == sums[name].device else factor.to(sums[name].device))
+        sums[name].mul_(transform(p.detach()).to(sums[name].device))
     return sums
 
 

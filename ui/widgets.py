@@ -143,12 +143,10 @@ def load_model_cached(ref: str, dtype: str = "float32", device: str = "cpu"):
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _load_model_cached(ref: str, dtype: str, device: str, stamp: str):
-    import transformers
-
+    from paraknow.cli import quiet_transformers
     from paraknow.models import describe, load_model
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_transformers()
     model, tokenizer = load_model(ref, dtype=dtype, device=device)
     return model, tokenizer, describe(model, tokenizer)
 
