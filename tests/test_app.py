@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from apptest import assert_ok, open_page
 from conftest import finish_jobs
 
 from paraknow.errors import ParaknowError
@@ -21,21 +22,12 @@ from ui import ops
 from ui import state as S
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
 PAGES = ["pages/2_Models.py", "pages/3_Sensitivity.py", "pages/4_Mapping.py", "pages/5_Export.py"]
 TIMEOUT = 600
 
 
 def _app() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    _ok(at)
-    return at
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+    return open_page(None, TIMEOUT)
 
 
 def _errors(at: AppTest) -> str:
@@ -47,7 +39,7 @@ def test_every_page_renders_before_anything_is_loaded():
     assert any("Quick start" in str(b.label) for b in at.button)
     for page in PAGES:
         at.switch_page(page).run()
-        _ok(at)
+        assert_ok(at)
     # pages that need models say so and point back
     at.switch_page("pages/4_Mapping.py").run()
     assert any("Load a teacher and a student first" in str(w.value) for w in at.warning)
@@ -57,71 +49,71 @@ def test_every_page_renders_before_anything_is_loaded():
 def test_main_flow_quick_start_sensitivity_mapping_export():
     at = _app()
     at.button(key="w_home_quickstart").click().run()
-    _ok(at)
+    assert_ok(at)
     ss = at.session_state
     assert ss[S.TEACHER]["ref"] == S.default_refs()[0] and ss[S.SENS] is not None and ss[S.PLAN] is not None
     assert ss[S.SENS].config.samples == 32 and ss[S.SENS].config.metric == "taylor-abs"
     n_t = ss[S.TEACHER_INFO].n_layers
 
     at.switch_page("pages/2_Models.py").run()
-    _ok(at)
+    assert_ok(at)
 
     # Sensitivity: toggles, drill-down, a recomputation and a second task to compare
     at.switch_page("pages/3_Sensitivity.py").run()
-    _ok(at)
+    assert_ok(at)
     at.toggle(key=S.W_LOG).set_value(True).run()
     at.selectbox(key=S.W_DRILL_MODULE).set_value("down_proj").run()
     at.selectbox(key=S.W_DRILL_LAYER).set_value(n_t - 1).run()
-    _ok(at)
+    assert_ok(at)
     assert any(f"model.layers.{n_t - 1}.mlp.down_proj" in str(c.value) for c in at.caption)
     at.number_input(key=S.W_SAMPLES).set_value(8).run()
     finish_jobs(at.button(key="w_sens_compute").click().run())
-    _ok(at)
+    assert_ok(at)
     assert at.session_state[S.SENS].config.samples == 8
     at.selectbox(key=S.W_CMP_TASK).set_value("facts").run()
     finish_jobs(at.button(key="w_cmp_compute").click().run())
-    _ok(at)
+    assert_ok(at)
     assert at.session_state[S.SENS_B].label == "task:facts:seed"
     assert any("Most task-specific layers" in str(m.value) for m in at.markdown)
 
     # Mapping: strategy, structure, a manual block position, manual table, layer similarity
     at.switch_page("pages/4_Mapping.py").run()
-    _ok(at)
+    assert_ok(at)
     at.selectbox(key=S.W_STRATEGY).set_value("uniform").run()
-    _ok(at)
+    assert_ok(at)
     n_s = at.session_state[S.STUDENT_INFO].n_layers
     plan = at.session_state[S.PLAN].plan
     assert plan.layer_map[0] == 0 and plan.layer_map[-1] == n_t - 1 and len(plan.layer_map) == n_s
     at.selectbox(key=S.W_STRUCTURE).set_value("rowcol").run()
-    _ok(at)
+    assert_ok(at)
     at.selectbox(key=S.W_STRUCTURE).set_value("submatrix").run()
     module = at.session_state[S.W_PREVIEW]
     before = next(m for m in at.session_state[S.PLAN].plan.modules if m.student_module == module)
     at.checkbox(key=f"{S.W_OVR_ON}::{module}").check().run()
-    _ok(at)
+    assert_ok(at)
     at.slider(key=f"{S.W_OVR_ROW}::{module}").set_value(0).run()
     at.slider(key=f"{S.W_OVR_COL}::{module}").set_value(0).run()
-    _ok(at)
+    assert_ok(at)
     assert at.session_state[S.OVERRIDES][module] == (0, 0)
     after = next(m for m in at.session_state[S.PLAN].plan.modules if m.student_module == module)
     assert after.selection.block() == (0, 0) and after.captured <= before.captured + 1e-12
     finish_jobs(at.button(key="w_map_cka").click().run())
-    _ok(at)
+    assert_ok(at)
     assert at.session_state[S.CKA]["matrix"].shape == (n_t, n_s)
     at.button(key="w_map_to_manual").click().run()
-    _ok(at)
+    assert_ok(at)
     assert at.session_state[S.W_STRATEGY] == "manual"
     assert at.session_state[S.MANUAL_MAP] == plan.layer_map
 
     # Export: a bad name is explained, a good one writes a valid export; verify in residual mode
     at.switch_page("pages/5_Export.py").run()
-    _ok(at)
+    assert_ok(at)
     at.text_input(key=S.W_NAME).set_value("bad name!").run()
     at.button(key="w_exp_run").click().run()
     assert "not a usable export name" in _errors(at)
     at.text_input(key=S.W_NAME).set_value("apptest-export").run()
     finish_jobs(at.button(key="w_exp_run").click().run())
-    _ok(at)
+    assert_ok(at)
     export = at.session_state[S.EXPORT]
     out = Path(export["dir"])
     assert out.name == "apptest-export" and out.is_dir()
@@ -141,15 +133,15 @@ def test_main_flow_quick_start_sensitivity_mapping_export():
     at.selectbox(key=S.W_MODE).set_value("additive").run()
     at.text_input(key=S.W_NAME).set_value("apptest-additive").run()
     finish_jobs(at.button(key="w_exp_run").click().run())
-    _ok(at)
+    assert_ok(at)
     assert not (Path(at.session_state[S.EXPORT]["dir"]) / "residual").exists()
     finish_jobs(at.button(key="w_exp_verify").click().run())
-    _ok(at)
+    assert_ok(at)
     assert at.session_state[S.VERIFY].max_change > 1e-4  # the teacher's knowledge is in the outputs now
     assert any("Additive mode" in str(i.value) for i in at.info)
 
     at.switch_page("pages/3_Sensitivity.py").run()  # state survives moving back
-    _ok(at)
+    assert_ok(at)
     assert at.session_state[S.EXPORT]["name"] == "apptest-additive"
     assert at.session_state[S.EXPORTS_MADE] == ["apptest-export", "apptest-additive"]
 
@@ -171,9 +163,9 @@ def test_user_mistakes_are_explained():
     at.radio(key=S.model_key("teacher", "kind")).set_value(S.kind_of(S_ref)).run()
     if S.kind_of(S_ref) == S.KIND_LOCAL:
         at.text_input(key=S.model_key("teacher", "local")).set_value(S_ref).run()
-    _ok(at)
+    assert_ok(at)
     at.button(key="w_models_load").click().run()
-    _ok(at)
+    assert_ok(at)
     assert at.session_state[S.TEACHER]["ref"] == S_ref
 
     at.switch_page("pages/3_Sensitivity.py").run()
@@ -182,19 +174,19 @@ def test_user_mistakes_are_explained():
     assert "line 2" in _errors(at)
     at.text_area(key=S.W_PASTE).set_value('{"prompt": "What is 2 plus 3?", "completion": "5"}\n'
                                           '{"text": "two plus three is five"}\n').run()
-    _ok(at)
+    assert_ok(at)
     at.button(key="w_sens_compute").click().run()  # 32 samples asked, 2 given
     assert "only 2" in _errors(at)
     at.number_input(key=S.W_SAMPLES).set_value(2).run()
     finish_jobs(at.button(key="w_sens_compute").click().run())
-    _ok(at)
+    assert_ok(at)
     assert at.session_state[S.SENS].label == "pasted"
 
     at.switch_page("pages/5_Export.py").run()
     at.number_input(key=S.W_RANK).set_value(4096).run()
     assert "lower the rank" in _errors(at)
     at.number_input(key=S.W_RANK).set_value(8).run()
-    _ok(at)
+    assert_ok(at)
 
 
 def test_export_helpers(tmp_path):
@@ -256,7 +248,7 @@ def test_cache_panel_clears_a_kind_and_keeps_entries_in_use():
     assert any("Cache: 3 entries" in str(e.label) for e in at.expander)
     at.selectbox(key=S.W_CACHE_KIND).set_value("sensitivity").run()
     at.button(key="w_cache_clear").click().run()
-    _ok(at)
+    assert_ok(at)
     assert any("Removed 2 sensitivity entries (2.0 KB)" in str(s.value) for s in at.success)
     at.selectbox(key=S.W_CACHE_KIND).set_value("runs").run()
     at.button(key="w_cache_clear").click().run()

@@ -8,11 +8,11 @@ import json
 import socket
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from apptest import open_page
 from paraknow import jobs
 from paraknow.executors import EXECUTORS, ExecutorConfig
 from paraknow.options import default_of, help_of
@@ -24,17 +24,12 @@ from ui import state as S
 from ui import study as U
 from ui.widgets import page_message
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 FINETUNE, STUDY = "pages/6_Fine-tune.py", "pages/8_Study.py"
 LAUNCH = {FINETUNE: "w_ft_launch", STUDY: "w_st_launch"}
 
 
 def page(path: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.run()
-    at.switch_page(path).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page(path, 300, errors_allowed=True)
 
 
 def errors(at: AppTest) -> str:

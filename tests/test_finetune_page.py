@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from apptest import assert_ok, open_page
 from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 from paraknow import jobs, viz
 from paraknow.errors import ParaknowError
@@ -99,16 +100,7 @@ def _fake_run(config: TrainConfig, state: str, steps: int = 4, max_steps: int = 
 
 
 def _page() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.run()
-    at.switch_page(PAGE).run()
-    _ok(at)
-    return at
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+    return open_page(PAGE, 120)
 
 
 def _figures(at: AppTest) -> list[dict]:
@@ -176,13 +168,13 @@ def test_runs_from_disk_are_listed_charted_and_compared(env):
 
     # overlay other runs: the running one and the finished one
     at.multiselect(key=S.W_FT_SHOW).set_value([running.name, finished.name]).run()
-    _ok(at)
+    assert_ok(at)
     curves = _figures(at)[0]
     assert {t["name"] for t in curves["data"]} == {F.run_label(jobs.run_info(running)),
                                                    F.run_label(jobs.run_info(finished))}
     # details of the finished run: final numbers and the adapter download
     at.selectbox(key=S.W_FT_DETAIL).set_value(finished.name).run()
-    _ok(at)
+    assert_ok(at)
     assert any(m.value == "50.0%" for m in at.metric)
     assert at.get("download_button") and f"w_ft_dl_{finished.name}" in str(at.get("download_button")[0].proto.id)
     # details of the failed run: its error, what to do, and the end of stdout.log
@@ -198,7 +190,7 @@ def test_stop_button_writes_the_stop_file(env):
     at = _page()
     assert not (running / "STOP").exists()
     at.button(key=f"w_ft_stop_{running.name}").click().run()
-    _ok(at)
+    assert_ok(at)
     assert (running / "STOP").exists()
     assert at.dataframe[0].value.iloc[0]["state"] == "stopping"  # until the process sees it at its next step
     assert at.button(key=f"w_ft_stop_{running.name}").disabled
@@ -213,7 +205,7 @@ def test_launch_and_compare_queue_runs_with_the_form_settings(env):
         at.number_input(key=key).set_value(value)
     at.text_input(key=S.W_FT_SEEDS).set_value("3, 4").run()
     at.button(key="w_ft_launch").click().run()
-    _ok(at)
+    assert_ok(at)
     runs = jobs.list_runs(resume_queue=False)
     assert len(runs) == 2 and {r.spec["seed"] for r in runs} == {3, 4} and env["started"]
     spec = runs[0].spec
@@ -223,7 +215,7 @@ def test_launch_and_compare_queue_runs_with_the_form_settings(env):
     assert set(at.session_state[S.W_FT_SHOW]) == {r.run_id for r in runs}
     # queued runs can be stopped before they start
     at.button(key=f"w_ft_stop_{runs[0].run_id}").click().run()
-    _ok(at)
+    assert_ok(at)
     assert jobs.read_status(runs[0].run_dir)["state"] == "stopped"
 
     # a user mistake is explained, nothing is queued
@@ -243,7 +235,7 @@ def test_launch_and_compare_queue_runs_with_the_form_settings(env):
     assert at.session_state[S.W_FT_EXPORT] == "cmp-export"
     at.text_input(key=S.W_FT_CMP_SEEDS).set_value("0 1").run()
     at.button(key="w_ft_compare").click().run()
-    _ok(at)
+    assert_ok(at)
     group = at.session_state[S.W_FT_GROUP]
     members = jobs.list_runs(group=group, resume_queue=False)
     assert sorted((r.method, r.spec["seed"]) for r in members) == sorted(
@@ -369,11 +361,11 @@ def test_another_students_export_warns_only_for_pkt_and_a_second_launch_keeps_th
     at.selectbox(key=S.W_FT_SPLIT + "train").set_value("seed")
     at.radio(key=S.W_FT_SRC + "eval").set_value(S.FT_EVAL_NONE).run()
     at.button(key="w_ft_launch").click().run()
-    _ok(at)
+    assert_ok(at)
     first = at.session_state[S.W_FT_SHOW]
     detail = at.session_state[S.W_FT_DETAIL]
     at.button(key="w_ft_launch").click().run()  # the same settings again
-    _ok(at)
+    assert_ok(at)
     runs = jobs.list_runs(resume_queue=False)
     assert len(runs) == 2
     assert at.session_state[S.W_FT_SHOW] == first + [runs[0].run_id]  # added, the first still charted

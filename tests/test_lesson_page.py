@@ -4,28 +4,18 @@ step waits for a finished run, and presentation mode enlarges fonts and charts."
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from apptest import assert_ok, open_page
 from paraknow import lesson as L
 from ui import state as S
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGE = "pages/9_Lesson.py"
 
 
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
 def _open() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
-    at.run()
-    at.switch_page(PAGE).run()
-    _ok(at)
-    return at
+    return open_page(PAGE, 600)
 
 
 def _chart_heights(at: AppTest) -> list[int]:
@@ -37,7 +27,7 @@ def test_steps_run_on_click_and_show_the_computed_note():
     assert at.session_state[S.W_LESSON_STEP] == "load"
     assert not at.success  # nothing has run yet
     at.button(key="w_lesson_run_load").click().run()
-    _ok(at)
+    assert_ok(at)
     lesson = at.session_state[S.LESSON]
     assert [s.value for s in at.success] == [f"**What to notice.** {lesson.results['load'].note}"]
     assert not [b for b in at.button if b.key == "w_lesson_run_load"]  # done: no button any more
@@ -46,12 +36,12 @@ def test_steps_run_on_click_and_show_the_computed_note():
     at.button(key="w_lesson_next").click().run()
     assert at.session_state[S.W_LESSON_STEP] == "sensitivity"
     at.button(key="w_lesson_run_sensitivity").click().run()
-    _ok(at)
+    assert_ok(at)
     assert at.success[0].value.endswith(lesson.results["sensitivity"].note)
     normal = _chart_heights(at)
 
     at.toggle(key=S.W_LESSON_PRESENT).set_value(True).run()
-    _ok(at)
+    assert_ok(at)
     assert at.session_state[S.W_LESSON_STEP] == "sensitivity"  # the toggle keeps the step shown
     assert any("font-size" in h.proto.body for h in at.get("html"))
     assert _chart_heights(at) == [int(h * L.PRESENTATION_SCALE) for h in normal]
@@ -62,7 +52,7 @@ def test_predict_first_then_reveal():
     at.radio(key=S.W_LESSON_STEP).set_value("structure").run()
     at.radio(key=S.W_LESSON_PREDICT + "structure").set_value("submatrix").run()
     at.button(key="w_lesson_run_structure").click().run()
-    _ok(at)
+    assert_ok(at)
     result = at.session_state[S.LESSON].results["structure"]
     expected = L.judge(L.STRUCTURE_QUESTION, result, "submatrix")
     assert [i.value for i in at.info] == [expected]
@@ -73,7 +63,7 @@ def test_predict_first_then_reveal():
 def test_compare_waits_for_the_fine_tuning_run():
     at = _open()
     at.radio(key=S.W_LESSON_STEP).set_value("compare").run()
-    _ok(at)
+    assert_ok(at)
     assert at.button(key="w_lesson_run_compare").disabled
     assert "run step 7 first" in at.info[0].value
     at.button(key="w_lesson_to_finetune").click().run()

@@ -3,29 +3,21 @@ settings, the sidebar's plan mark, flags and emoji shortcodes in page messages, 
 progress and Cancel on the Sensitivity page."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from streamlit.testing.v1 import AppTest
 
+from apptest import APP, assert_ok
 from conftest import finish_jobs
 from paraknow import background
 from paraknow.models import EMBED_ROLES, LAYER_ROLES
 from ui import state as S
 from ui.widgets import no_shortcodes, page_message
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
 
 def _quick_started() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=600)
     at.run()
     at.button(key="w_home_quickstart").click().run()
-    _ok(at)
+    assert_ok(at)
     return at
 
 
@@ -40,12 +32,12 @@ def test_no_module_ticked_is_said_in_words_and_the_plan_loses_its_mark():
     for role in LAYER_ROLES + EMBED_ROLES:
         at.checkbox(key=S.W_MODULE_PREFIX + role).uncheck()
     at.run()
-    _ok(at)
+    assert_ok(at)
     warning = " ".join(str(w.value) for w in at.warning)
     assert "tick at least one module" in warning and "attn, ffn, embed" not in warning
     assert "mapping: not planned" in _sidebar(at)
     at.switch_page("pages/5_Export.py").run()
-    _ok(at)
+    assert_ok(at)
     assert any("No module is chosen" in str(w.value) for w in at.warning)
     assert not any("larger than the smallest dimension" in str(e.value) for e in at.error)
 
@@ -55,13 +47,13 @@ def test_the_export_name_follows_the_settings_until_edited_and_a_second_export_d
     at.switch_page("pages/5_Export.py").run()
     first = at.session_state[S.W_NAME]
     finish_jobs(at.button(key="w_exp_run").click().run())
-    _ok(at)
+    assert_ok(at)
     assert at.session_state[S.EXPORT]["name"] == first
     at.number_input(key=S.W_RANK).set_value(8).run()
     second = at.session_state[S.W_NAME]
     assert second != first and second.rsplit("-", 1)[0] == first.rsplit("-", 1)[0]  # same stem, other settings
     finish_jobs(at.button(key="w_exp_run").click().run())
-    _ok(at)
+    assert_ok(at)
     assert at.session_state[S.EXPORTS_MADE] == [first, second]
     at.text_input(key=S.W_NAME).set_value("mine").run()
     at.number_input(key=S.W_RANK).set_value(4).run()
@@ -74,7 +66,7 @@ def test_a_running_map_shows_progress_and_cancel_and_survives_reruns():
     at.selectbox(key=S.W_SPLIT).set_value("train").run()
     at.number_input(key=S.W_SAMPLES).set_value(300).run()
     at.button(key="w_sens_compute").click().run()
-    _ok(at)
+    assert_ok(at)
     (job,) = background.live_jobs()
     assert at.button(key=f"w_cancel_sensitivity_{job.key[:12]}")
     at.toggle(key=S.W_LOG).set_value(True).run()  # a widget change reruns the page; the job goes on
@@ -84,7 +76,7 @@ def test_a_running_map_shows_progress_and_cancel_and_survives_reruns():
     at.button(key=f"w_cancel_sensitivity_{job.key[:12]}").click().run()
     assert background.wait("sensitivity", job.key).state == "cancelled"
     at.run()
-    _ok(at)
+    assert_ok(at)
     assert any("was cancelled" in str(i.value) for i in at.info)
     assert not at.get("progress")  # no stale bar left beside the note
     assert at.session_state[S.SENS].config.samples == 32  # the quick start's map is still shown

@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from streamlit.testing.v1 import AppTest
-
+from apptest import assert_ok, open_page
 from paraknow import jobs
 from paraknow.cli import main
 from paraknow.lora import ADAPTER_CONFIG
@@ -20,7 +19,6 @@ from paraknow.train import TrainConfig
 from paraknow.transfer import TransferConfig, extract_to_dir
 from ui import state as S
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGE = "pages/7_Playground.py"
 TEACHER, STUDENT = "demo:teacher", "demo:student"
 
@@ -31,11 +29,6 @@ def _export(name: str, mode: str = "additive") -> Path:
     return out
 
 
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
 def _cli_generate(capsys, prompt: str, tokens: int, model: str, adapter: Path | None = None) -> str:
     args = ["generate", "--model", model, "--prompt", prompt, "--max-new-tokens", str(tokens), "--device", "cpu"]
     assert main(args + (["--adapter", str(adapter)] if adapter else [])) == 0
@@ -44,16 +37,13 @@ def _cli_generate(capsys, prompt: str, tokens: int, model: str, adapter: Path | 
 
 def test_three_answers_side_by_side_match_the_cli(capsys):
     export = _export("pg-additive")
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
-    at.run()
-    at.switch_page(PAGE).run()
-    _ok(at)
+    at = open_page(PAGE, 600)
     assert at.session_state[S.W_PG_ADAPTER] == str(export)  # the newest adapter is preselected
     at.selectbox(key=S.W_PG_TASK).set_value("arith").run()
     at.number_input(key=S.W_PG_INDEX).set_value(3).run()
     at.number_input(key=S.W_PG_TOKENS).set_value(40).run()
     at.button(key="w_pg_run").click().run()
-    _ok(at)
+    assert_ok(at)
     outputs = at.session_state[S.PG_RESULT]["outputs"]
     assert [o.name for o in outputs] == [f"teacher · {TEACHER}", f"student · {STUDENT}", "student + export pg-additive"]
     record, prompt, reference = task_item("arith", 3)
@@ -69,7 +59,7 @@ def test_three_answers_side_by_side_match_the_cli(capsys):
     # the difference of two answers, chosen by the user
     at.selectbox(key=S.W_PG_DIFF_A).set_value(outputs[1].name).run()
     at.selectbox(key=S.W_PG_DIFF_B).set_value(outputs[2].name).run()
-    _ok(at)
+    assert_ok(at)
     diff = at.get("html")[-1].proto.body
     same = outputs[1].text == outputs[2].text
     assert ("pk-diff-added" in diff or "pk-diff-removed" in diff) != same
@@ -83,10 +73,7 @@ def _loaded(ref: str):
 
 
 def test_typed_prompt_without_reference_and_mistakes():
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
-    at.run()
-    at.switch_page(PAGE).run()
-    _ok(at)
+    at = open_page(PAGE, 600)
     assert at.session_state[S.W_PG_ADAPTER] == ""  # no exports or runs in this cache
     at.number_input(key=S.W_PG_INDEX).set_value(5000).run()
     assert any("items 0 to 999" in str(e.value) for e in at.error)
@@ -96,7 +83,7 @@ def test_typed_prompt_without_reference_and_mistakes():
     at.text_area(key=S.W_PG_PROMPT).set_value("Reverse the words: <b>red green</b>").run()
     at.number_input(key=S.W_PG_TOKENS).set_value(8).run()
     at.button(key="w_pg_run").click().run()
-    _ok(at)
+    assert_ok(at)
     outputs = at.session_state[S.PG_RESULT]["outputs"]
     assert len(outputs) == 2 and all(o.losses == [] and o.correct is None for o in outputs)
     assert not at.get("html")[:-1]  # no token colouring without a reference; only the diff

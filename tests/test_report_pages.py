@@ -7,6 +7,7 @@ import time
 
 from streamlit.testing.v1 import AppTest
 
+from apptest import APP, assert_ok
 from conftest import finish_jobs
 
 from paraknow import jobs
@@ -14,7 +15,7 @@ from paraknow.fsio import atomic_write_json
 from paraknow.htmlreport import image_export_unavailable
 from paraknow.train import TrainConfig
 from ui import state as S
-from test_app import APP, TIMEOUT, _ok
+from test_app import TIMEOUT
 
 
 def _report_button(at: AppTest, slug: str):
@@ -37,13 +38,13 @@ def test_report_on_sensitivity_mapping_and_export():
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
     at.button(key="w_home_quickstart").click().run()
-    _ok(at)
+    assert_ok(at)
     assert not at.get("download_button") or not any("w_report" in b.proto.id for b in at.get("download_button"))
     at.switch_page("pages/3_Sensitivity.py").run()
-    _ok(at)
+    assert_ok(at)
     assert _charts_packed(at, "sensitivity") == len(at.get("plotly_chart")) == 4  # grid, layers, groups, matrix
     finish_jobs(at.button(key="w_cmp_compute").click().run())  # a second task: two more charts
-    _ok(at)
+    assert_ok(at)
     assert _charts_packed(at, "sensitivity") == len(at.get("plotly_chart")) == 6
     available = image_export_unavailable() is None
     assert _image_controls(at, "sensitivity") == available
@@ -54,14 +55,14 @@ def test_report_on_sensitivity_mapping_and_export():
         assert any("Chart images (PNG/SVG) are unavailable" in str(c.value) for c in at.caption)
 
     at.switch_page("pages/4_Mapping.py").run()
-    _ok(at)
+    assert_ok(at)
     assert _charts_packed(at, "mapping") == len(at.get("plotly_chart")) == 3  # diagram, preview, captured
     at.switch_page("pages/5_Export.py").run()
-    _ok(at)
+    assert_ok(at)
     assert not any("w_report" in b.proto.id for b in at.get("download_button"))  # nothing exported yet
     at.text_input(key=S.W_NAME).set_value("report-export").run()
     finish_jobs(at.button(key="w_exp_run").click().run())
-    _ok(at)
+    assert_ok(at)
     assert _charts_packed(at, "export") == len(at.get("plotly_chart")) == 2  # energy, spectra
 
 
@@ -75,7 +76,7 @@ def test_report_on_fine_tune_and_the_reason_when_images_are_unavailable(monkeypa
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
     at.switch_page("pages/6_Fine-tune.py").run()
-    _ok(at)
+    assert_ok(at)
     assert _charts_packed(at, "fine-tune") == len(at.get("plotly_chart")) == 1  # the curves
     assert not _image_controls(at, "fine-tune")
     assert any("BROWSER_PATH names /nonexistent/chrome" in str(c.value) and "HTML report" in str(c.value)

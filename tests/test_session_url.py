@@ -9,18 +9,13 @@ from pathlib import Path
 from safetensors.torch import load_file
 from streamlit.testing.v1 import AppTest
 
+from apptest import APP, assert_ok
 from conftest import finish_jobs
 from paraknow import cli
 from paraknow.extract_recipe import from_query, to_json
 from ui import state as S
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 600
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def _opened(query: dict) -> AppTest:
@@ -48,7 +43,7 @@ def _session_with_an_export() -> AppTest:
     at.number_input(key=S.W_RANK).set_value(8).run()
     at.text_input(key=S.W_NAME).set_value("linked-export").run()
     finish_jobs(at.button(key="w_exp_run").click().run())
-    _ok(at)
+    assert_ok(at)
     return at
 
 
@@ -60,13 +55,13 @@ def test_a_link_restores_the_state_and_the_results_and_the_recipe_reproduces_the
     plan, export = at.session_state[S.PLAN].plan, at.session_state[S.EXPORT]
 
     fresh = _opened(query)
-    _ok(fresh)
+    assert_ok(fresh)
     ss = fresh.session_state
     assert ss[S.TEACHER]["ref"] == "demo:teacher" and ss[S.STUDENT]["ref"] == "demo:student"
     assert ss[S.SENS].cached and ss[S.SENS].id == at.session_state[S.SENS].id  # from the cache
     assert ss[S.W_RANK] == 8 and ss[S.W_STRUCTURE] == "rowcol" and not ss[S.W_MODULE_PREFIX + "embed_tokens"]
     fresh.switch_page("pages/5_Export.py").run()
-    _ok(fresh)
+    assert_ok(fresh)
     assert fresh.session_state[S.PLAN].plan.layer_map == plan.layer_map
     assert [m.student_module for m in fresh.session_state[S.PLAN].plan.modules] == [m.student_module for m in plan.modules]
     assert fresh.session_state[S.EXPORT]["dir"] == export["dir"]  # the zip it made is offered again
@@ -92,11 +87,11 @@ def test_a_link_restores_the_state_and_the_results_and_the_recipe_reproduces_the
 def test_a_bad_value_in_the_link_is_named_and_the_rest_restored():
     at = _opened({"teacher": "demo:teacher", "student": "demo:student", "data": "task:facts:seed",
                   "rank": "zero", "samples": "5"})
-    _ok(at)
+    assert_ok(at)
     warnings = " ".join(str(w.value) for w in at.sidebar.warning)
     assert "'rank'" in warnings
     assert at.session_state[S.TEACHER]["ref"] == "demo:teacher" and at.session_state[S.W_SAMPLES] == 5
     assert at.session_state[S.W_TASK] == "facts" and at.session_state[S.SENS] is None  # not computed yet
     at.switch_page("pages/3_Sensitivity.py").run()
-    _ok(at)
+    assert_ok(at)
     assert any("press **Compute sensitivity**" in str(i.value) for i in at.info)

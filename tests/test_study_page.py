@@ -8,27 +8,18 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from apptest import assert_ok, open_page
 from paraknow.study.control import read_status
 from ui import state as S
 from ui import study as U
 from study_fixtures import study_inputs, tiny_recipe
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "pages/8_Study.py"
 POLL_S = 0.5
 
 
 def page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=600)
-    at.run()
-    at.switch_page(PAGE).run()
-    ok(at)
-    return at
-
-
-def ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+    return open_page(PAGE, 600)
 
 
 def summary(at: AppTest) -> str:
@@ -52,7 +43,7 @@ def test_grid_builder_counts_arms_and_runs():
     at.multiselect(key=S.W_ST_FACTOR + "structure").set_value(["rowcol", "elements"]).run()
     at.multiselect(key=S.W_ST_FACTOR + "samples").set_value([4]).run()
     at.number_input(key=S.W_ST_SEEDS).set_value(2).run()
-    ok(at)
+    assert_ok(at)
     assert summary(at).startswith("**9 arms, 24 runs**")  # 2 x (2 + 2 + 1 + 1 + 3 PKT) + 2 controls
     at.text_input(key=S.W_ST_SWEEP).set_value("1e-4, x").run()
     assert "learning rates must be numbers" in " ".join(str(e.value) for e in at.error)
@@ -87,25 +78,25 @@ def test_launch_stop_resume_and_results(tmp_path):
     recipe = tiny_recipe(study_inputs(tmp_path / "in"), seeds=[0, 1])
     at.text_area(key=S.W_ST_PASTE).set_value(json.dumps(recipe)).run()
     at.button(key="w_st_use").click().run()
-    ok(at)
+    assert_ok(at)
     assert "from the loaded recipe" in summary(at) and summary(at).startswith("**2 arms, 6 runs**")
     at.text_input(key=S.W_ST_NAME).set_value("tiny").run()
     at.button(key="w_st_launch").click().run()
-    ok(at)
+    assert_ok(at)
     out = U.studies_root() / "tiny"
     assert U.list_studies() == ["tiny"] and (out / "recipe.json").is_file()
     at.button(key="w_st_stop").click().run()
     status = wait_until_not_live(out)
     assert status["state"] == "stopped" and status["cells_run"] < 6
     at.run()
-    ok(at)
+    assert_ok(at)
     assert any("stopped" in str(m.value) for m in at.markdown)
 
     at.button(key="w_st_resume").click().run()
-    ok(at)
+    assert_ok(at)
     assert wait_until_not_live(out)["state"] == "finished"
     at.run()
-    ok(at)
+    assert_ok(at)
     assert any("6/6 runs finished" in str(m.value) for m in at.markdown)
     arms = table_with(at, "verdict")
     assert list(arms["arm"]) == ["vanilla", "pkt"] and list(arms["n"]) == [2, 2]
