@@ -21,7 +21,7 @@ with W.show_errors("opening the session from the link"):
 
 
 def home() -> None:
-    from paraknow.sensitivity import SensitivityConfig
+    from paraknow.transfer.sensitivity import SensitivityConfig
     from paraknow.viz import pipeline_figure
 
     st.title("paraknow: parametric knowledge transfer")

@@ -17,7 +17,8 @@ import time
 
 from bench_extract_smollm import TEACHER, make_student
 from common import write_figures
-from paraknow.cli import quiet_transformers
+
+from paraknow.core.models import quiet_transformers
 
 
 def ranking(values: list[float]) -> list[int]:
@@ -37,12 +38,13 @@ def main() -> None:
     quiet_transformers()
     from scipy.stats import spearmanr
 
-    from paraknow.data import load_records
+    from paraknow.core.architecture import describe
+    from paraknow.core.data import load_records
+    from paraknow.core.models import load_model
     from paraknow.extract import captured_share, oriented
-    from paraknow.mapping import layer_scores
-    from paraknow.models import describe, load_model
-    from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
-    from paraknow.transfer import TransferConfig, plan_transfer
+    from paraknow.transfer.mapping import layer_scores
+    from paraknow.transfer.plan import TransferConfig, plan_transfer
+    from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
 
     teacher_ref, student_ref = ("demo:teacher", "demo:student") if args.smoke else (TEACHER, str(make_student()))
     records = load_records(args.data)

@@ -14,8 +14,8 @@ import argparse
 import sys
 
 import torch
-
 from common import timeit
+
 from paraknow import viz
 from paraknow.extract import block_selection, select
 

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-from paraknow.cli import quiet_transformers
-from paraknow.models import load_model, resolve_ref
-from paraknow.paths import cache_dir
+from paraknow.core.models import load_model, quiet_transformers, resolve_ref
+from paraknow.core.paths import cache_dir
 
 TEACHER = "bundled:smollm2-135m-instruct"
 
@@ -54,10 +53,12 @@ def main() -> None:
         args.samples = 2
     quiet_transformers()
 
-    from paraknow.data import load_records, records_sha256
-    from paraknow.models import describe
-    from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
-    from paraknow.transfer import TransferConfig, export_transfer, plan_transfer
+    from paraknow.core.architecture import describe
+    from paraknow.core.data import load_records
+    from paraknow.core.records import records_sha256
+    from paraknow.transfer.export import export_transfer
+    from paraknow.transfer.plan import TransferConfig, plan_transfer
+    from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
 
     teacher_ref, student_ref = ("demo:teacher", "demo:student") if args.smoke else (TEACHER, str(make_student()))
     times = {}

@@ -12,9 +12,9 @@ error ||W - s B A||_F / ||W||_F (target: randomized within 1 % of exact). --smok
 from __future__ import annotations
 
 import torch
-
 from common import parse_scale_args, scale_parser, timeit, write_figures
-from paraknow.lora import OVERSAMPLE, POWER_ITERATIONS, factorise, scaling
+
+from paraknow.transfer.lora import OVERSAMPLE, POWER_ITERATIONS, factorise, scaling
 
 RANK, ALPHA = 16, 16
 

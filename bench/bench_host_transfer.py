@@ -13,10 +13,10 @@ import argparse
 import time
 
 import torch
-
 from bench_sensitivity_scale import build_random
 from common import write_figures
-from paraknow.cli import quiet_transformers
+
+from paraknow.core.models import quiet_transformers
 
 
 def main() -> None:
@@ -30,10 +30,10 @@ def main() -> None:
     if args.smoke:
         args.preset, args.device, args.rounds = "tiny", "cpu", 1
     quiet_transformers()
-    from paraknow.data import encode_all, load_records
-    from paraknow.models import load_model
-    from paraknow.numerics import to_host_float32
-    from paraknow.sensitivity import METRICS, SensitivityConfig
+    from paraknow.core.data import encode_all, load_records
+    from paraknow.core.models import load_model
+    from paraknow.core.numerics import to_host_float32
+    from paraknow.transfer.sensitivity import METRICS, SensitivityConfig
 
     _, tok = load_model("demo:teacher")
     model = build_random(args.preset, torch.bfloat16, args.device)

@@ -24,13 +24,13 @@ import resource
 import time
 
 import torch
+from common import parse_scale_args, scale_parser, write_figures
 from transformers import LlamaConfig
 
-from common import parse_scale_args, scale_parser, write_figures
+from paraknow.core.architecture import EMBED_ROLES, LAYER_ROLES, describe_config
 from paraknow.extract import captured_share, select
-from paraknow.lora import factorise, scaling
-from paraknow.mapping import layer_scores
-from paraknow.models import EMBED_ROLES, LAYER_ROLES, describe_config
+from paraknow.transfer.lora import factorise, scaling
+from paraknow.transfer.mapping import layer_scores
 
 RANK, ALPHA = 16, 16
 # (layers, hidden, ffn, heads, kv heads, vocab) of teacher and student; head_dim 128 throughout

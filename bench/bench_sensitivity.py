@@ -21,12 +21,11 @@ import sys
 import time
 
 import torch
-
 from common import write_figures
-from paraknow.cli import quiet_transformers
-from paraknow.data import collate, encode_all, load_records
-from paraknow.models import load_model
-from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
+
+from paraknow.core.data import collate, encode_all, load_records
+from paraknow.core.models import load_model, quiet_transformers
+from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
 
 
 def _proc_kb(field: str) -> int:

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import write_figures
-from paraknow.cli import quiet_transformers
+
+from paraknow.core.models import quiet_transformers
 
 SHAPES = {  # (layers, hidden, ffn, heads, kv heads, vocab): SmolLM2-135M's own shapes
     "smollm2-135m": (30, 576, 1536, 9, 3, 49152),
@@ -41,7 +41,7 @@ def build_random_model(shape: str, folder: Path) -> str:
     """A random Llama of `shape` with the demo tokenizer, saved as safetensors under `folder`."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from paraknow.models import resolve_ref
+    from paraknow.core.models import resolve_ref
 
     layers, hidden, ffn, heads, kv_heads, vocab = SHAPES[shape]
     config = LlamaConfig(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=ffn, num_attention_heads=heads,
@@ -56,10 +56,10 @@ def worker(args) -> None:
     """One process of a torchrun launch: time the pass on rank 0, save the map on request."""
     from safetensors.torch import save_file
 
-    from paraknow import parallel
-    from paraknow.data import load_records
-    from paraknow.models import load_model
-    from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
+    from paraknow.core import parallel
+    from paraknow.core.data import load_records
+    from paraknow.core.models import load_model
+    from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
 
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)

@@ -16,10 +16,10 @@ import statistics
 import time
 
 import torch
-
 from bench_sensitivity import plain_pass, sync
 from common import write_figures
-from paraknow.cli import quiet_transformers
+
+from paraknow.core.models import quiet_transformers
 
 PRESETS = {  # (layers, hidden, ffn, heads, kv heads, vocab)
     "llama2-70b": (80, 8192, 28672, 64, 8, 32000),
@@ -56,9 +56,9 @@ def build_random(preset: str, dtype: torch.dtype, device: str):
 
 
 def run_preset(preset, args, estimate) -> dict:
-    from paraknow.data import encode_all, load_records
-    from paraknow.models import load_model
-    from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
+    from paraknow.core.data import encode_all, load_records
+    from paraknow.core.models import load_model
+    from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
 
     _, tok = load_model("demo:teacher")
     t0 = time.perf_counter()
@@ -109,7 +109,7 @@ def main() -> None:
     if args.smoke:
         args.device, args.presets, args.samples, args.rounds, args.max_length = "cpu", "tiny", 2, 1, 64
     quiet_transformers()
-    from paraknow.memory import available_memory_bytes, estimate_sensitivity_memory
+    from paraknow.core.memory import available_memory_bytes, estimate_sensitivity_memory
 
     on_gpu = args.device.startswith("cuda")
     free, free_host = available_memory_bytes(args.device), available_memory_bytes("cpu")

@@ -16,11 +16,11 @@ import statistics
 import time
 
 import torch
+from common import parse_scale_args, scale_parser, write_figures
 from transformers import LlamaConfig
 
-from common import parse_scale_args, scale_parser, write_figures
-from paraknow.models import EMBED_ROLES, LAYER_ROLES, describe_config
-from paraknow.transfer import TransferConfig, plan_transfer
+from paraknow.core.architecture import EMBED_ROLES, LAYER_ROLES, describe_config
+from paraknow.transfer.plan import TransferConfig, plan_transfer
 
 SHAPES = {  # name -> (teacher, student): layers, hidden, ffn, heads, kv heads, head_dim, vocab
     "smollm2-135m": ((30, 576, 1536, 9, 3, 64, 49152), (15, 384, 1024, 6, 2, 64, 49152)),

@@ -37,11 +37,11 @@ def make_recipe(root: Path, size: dict) -> dict:
 
 def by_hand(recipe, out: Path) -> float:
     """The cells' own work only: extract (PKT), train, evaluate on test."""
-    from paraknow.data import load_records
-    from paraknow.evaluate import evaluate
+    from paraknow.core.data import load_records
+    from paraknow.runs.evaluate import evaluate
+    from paraknow.runs.train import train
     from paraknow.study.plan import plan_cells, train_config
-    from paraknow.train import train
-    from paraknow.transfer import extract_to_dir
+    from paraknow.transfer.pipeline import extract_to_dir
 
     t0 = time.perf_counter()
     test = load_records(recipe.test_data)

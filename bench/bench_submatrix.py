@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from common import timeit
+
 from paraknow.extract import max_sum_block, max_sum_block_reference
 
 

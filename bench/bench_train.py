@@ -1,4 +1,4 @@
-"""Fine-tuning throughput: `paraknow.train.run_training` vs a plain transformers.Trainer + PEFT script.
+"""Fine-tuning throughput: `paraknow.runs.train.run_training` vs a plain transformers.Trainer + PEFT script.
 
 Same model, data, tokenisation, LoRA settings and batch layout on both sides; the plain script
 logs nothing per step and saves only its adapter, so every overhead of paraknow's run
@@ -58,8 +58,8 @@ def plain_trainer(model_ref: str, records, a, out_dir: Path) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
 
-    from paraknow.data import collate, encode_all
-    from paraknow.models import load_model
+    from paraknow.core.data import collate, encode_all
+    from paraknow.core.models import load_model
 
     t_start = time.time()
     model, tokenizer = load_model(model_ref)
@@ -83,7 +83,8 @@ def plain_trainer(model_ref: str, records, a, out_dir: Path) -> dict:
 
 
 def paraknow_run(model_ref: str, data_path: str, a, out_dir: Path) -> dict:
-    from paraknow.train import TrainConfig, run_training
+    from paraknow.runs.train import run_training
+    from paraknow.runs.train_config import TrainConfig
 
     config = TrainConfig(student=model_ref, data=data_path, out=str(out_dir), init="vanilla", epochs=a.epochs,
                          batch=a.batch, micro_batch=a.micro_batch, rank=a.rank, alpha=a.alpha,
@@ -144,13 +145,14 @@ def main() -> None:
 def run_bench(a, work: Path) -> None:
     import torch
 
-    from paraknow.data import encode_all, load_records, to_jsonl
+    from paraknow.core.data import encode_all, load_records
+    from paraknow.core.records import to_jsonl
 
     model_ref = a.model or build_tiny_model(work / "model", a.hidden, a.layers)
     records = load_records(a.data)[: a.samples]
     data_path = work / "data.jsonl"
     data_path.write_text(to_jsonl(records))
-    from paraknow.models import load_model
+    from paraknow.core.models import load_model
 
     model, tokenizer = load_model(model_ref)
     n_params = sum(p.numel() for p in model.parameters())

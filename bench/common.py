@@ -54,7 +54,8 @@ def study_inputs(root, task: str, size: dict) -> dict:
     `size[split]` records of seed, train, val and test. Returns the recipe's data keys."""
     from pathlib import Path
 
-    from paraknow.data import load_records, to_jsonl
+    from paraknow.core.data import load_records
+    from paraknow.core.records import to_jsonl
 
     paths = {}
     for key, split in (("seed_data", "seed"), ("train_data", "train"), ("val_data", "val"), ("test_data", "test")):

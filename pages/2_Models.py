@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from paraknow.memory import available_memory_bytes, estimate_memory_bytes, estimate_sensitivity_memory
-from paraknow.transfer import compatibility, tokenizers_verified
+from paraknow.core.compatibility import compatibility, tokenizers_verified
+from paraknow.core.memory import available_memory_bytes, estimate_memory_bytes, estimate_sensitivity_memory
 from ui import state as S
 from ui import widgets as W
 

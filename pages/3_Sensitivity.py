@@ -7,11 +7,11 @@ import pandas as pd
 import streamlit as st
 
 from paraknow import viz
-from paraknow.mapping import map_layers
-from paraknow.models import LAYER_ROLES
-from paraknow.sensitivity import METRICS, SensitivityConfig
-from paraknow.data import load_records
-from paraknow.tasks import TASKS
+from paraknow.core.architecture import LAYER_ROLES
+from paraknow.core.data import load_records
+from paraknow.core.tasks import TASKS
+from paraknow.transfer.mapping import map_layers
+from paraknow.transfer.sensitivity import METRICS, SensitivityConfig
 from ui import jobs as J
 from ui import state as S
 from ui import widgets as W

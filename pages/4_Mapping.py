@@ -5,14 +5,14 @@ import pandas as pd
 import streamlit as st
 
 from paraknow import viz
-from paraknow.diagnostics import module_cosines
-from paraknow.errors import ParaknowError
+from paraknow.core.architecture import ATTN_ROLES, EMBED_ROLES, FFN_ROLES
+from paraknow.core.compatibility import compatibility
+from paraknow.core.errors import ParaknowError
 from paraknow.extract import STRUCTURE_HELP, STRUCTURES, oriented
-from paraknow.mapping import LAYER_STRATEGIES, STRATEGY_HELP, map_layers
-from paraknow.models import ATTN_ROLES, EMBED_ROLES, FFN_ROLES
-from paraknow.structure import COHERENT, head_axes
-from paraknow.transfer import compatibility
-from paraknow import background
+from paraknow.runs import background
+from paraknow.transfer.diagnostics import module_cosines
+from paraknow.transfer.mapping import LAYER_STRATEGIES, STRATEGY_HELP, map_layers
+from paraknow.transfer.structure import COHERENT, head_axes
 from ui import jobs as J
 from ui import state as S
 from ui import widgets as W

@@ -7,10 +7,10 @@ import pandas as pd
 import streamlit as st
 
 from paraknow import viz
-from paraknow.errors import ParaknowError
-from paraknow.lora import MODES, SPLITS
-from paraknow.models import EMBED_ROLES, LAYER_ROLES
-from paraknow.paths import cache_dir
+from paraknow.core.architecture import EMBED_ROLES, LAYER_ROLES
+from paraknow.core.errors import ParaknowError
+from paraknow.core.paths import cache_dir
+from paraknow.transfer.lora import MODES, SPLITS
 from ui import jobs as J
 from ui import ops
 from ui import state as S

@@ -6,9 +6,11 @@ import time
 import pandas as pd
 import streamlit as st
 
-from paraknow import jobs, viz
-from paraknow.errors import ParaknowError
-from paraknow.models import DTYPES
+from paraknow import viz
+from paraknow.core import jobdir
+from paraknow.core.architecture import DTYPES
+from paraknow.core.errors import ParaknowError
+from paraknow.runs import jobs, rundir
 from ui import executor as E
 from ui import finetune as F
 from ui import state as S
@@ -169,7 +171,7 @@ def run_details(run) -> None:
         st.error(f"This run failed: {s.get('error') or 'no error recorded'}. Check the student, the data and the "
                  "export above (an export must be made for this student), then launch again; the end of its "
                  "log below shows where it stopped.", icon=":material/error:")
-        st.code(jobs.read_log(run.run_dir, 4000)[-4000:] or "(stdout.log is empty)", language="text")
+        st.code(jobdir.read_log(run.run_dir, 4000)[-4000:] or "(stdout.log is empty)", language="text")
     elif run.state == jobs.UNREADABLE:
         st.warning(f"This run's files are unreadable ({s.get('error')}); the other runs are not affected. "
                    f"Delete its folder `{run.run_dir}` to remove it from this list.",
@@ -181,14 +183,14 @@ def run_details(run) -> None:
     if F.is_active(run):
         a1.button("Stop this run", icon=":material/stop:", key=f"w_ft_stop_detail_{run.run_id}",
                   on_click=_stop, args=(run.run_dir,), disabled=F.stopping(run))
-    if (run.run_dir / jobs.ADAPTER_DIR / "adapter_config.json").is_file():
-        a2.download_button("Download adapter (zip)", data=lambda d=run.run_dir: jobs.adapter_zip(d),
+    if (run.run_dir / rundir.ADAPTER_DIR / "adapter_config.json").is_file():
+        a2.download_button("Download adapter (zip)", data=lambda d=run.run_dir: rundir.adapter_zip(d),
                            file_name=f"{run.run_id}-adapter.zip", mime="application/zip", on_click="ignore",
                            icon=":material/download:", key=f"w_ft_dl_{run.run_id}",
                            help="A plain PEFT LoRA for the original student (PeftModel.from_pretrained).")
     if run.state != "failed":
         with st.expander("stdout.log (tail)"):
-            st.code(jobs.read_log(run.run_dir, 3000)[-3000:] or "(empty)", language="text")
+            st.code(jobdir.read_log(run.run_dir, 3000)[-3000:] or "(empty)", language="text")
 
 
 def comparison(runs) -> None:
@@ -263,7 +265,7 @@ def _runs_panel(live: bool) -> None:
         series = []
         for run_id in shown:
             run = by_id[run_id]
-            item = {"label": F.run_label(run), "rows": jobs.read_metrics(run.run_dir)}
+            item = {"label": F.run_label(run), "rows": rundir.read_metrics(run.run_dir)}
             if grouped:  # one colour per method, one dash per seed
                 item["color"] = viz.METHOD_COLORS.get(run.method)
                 item["dash"] = ("solid", "dash", "dot", "dashdot")[seeds.index(run.spec.get("seed")) % 4]

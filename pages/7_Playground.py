@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from paraknow import playground as P
-from paraknow.tasks import TASKS
+from paraknow.core.tasks import TASKS
+from paraknow.runs import playground as P
 from ui import state as S
 from ui import widgets as W
 from ui.state import PERSIST

@@ -7,15 +7,23 @@ import pandas as pd
 import streamlit as st
 
 from paraknow import viz
-from paraknow.errors import ParaknowError
+from paraknow.core.errors import ParaknowError
+from paraknow.core.tasks import TASKS
 from paraknow.study import parse_recipe, recipe_from_text
+from paraknow.study.cells import RECIPE_FILE
 from paraknow.study.control import log_tail, read_study, start_study, stop_study
 from paraknow.study.plan import plan_cells
 from paraknow.study.recipe import FACTOR_LABELS
-from paraknow.study.report import (REPORT_HTML, RESULTS_CSV, RESULTS_JSON, arm_rows, bars_figure,
-                                   seed_count_figure, seed_count_points)
-from paraknow.study.runner import MAX_WORKERS, RECIPE_FILE, WORKERS_HELP, prepare
-from paraknow.tasks import TASKS
+from paraknow.study.report import (
+    REPORT_HTML,
+    RESULTS_CSV,
+    RESULTS_JSON,
+    arm_rows,
+    bars_figure,
+    seed_count_figure,
+    seed_count_points,
+)
+from paraknow.study.runner import MAX_WORKERS, WORKERS_HELP, prepare
 from ui import executor as E
 from ui import state as S
 from ui import study as U

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from paraknow import jobs
 from paraknow import lesson as L
-from paraknow.playground import LOSS_SCALE, token_loss_html
+from paraknow.runs import rundir
+from paraknow.runs.playground import LOSS_SCALE, token_loss_html
 from paraknow.viz import run_curves
 from ui import finetune as F
 from ui import state as S
@@ -92,7 +92,7 @@ def finetune_panel(les: L.Lesson, live: bool) -> None:
         if active:
             frac, text = F.progress_of(run)
             st.progress(frac, text=f"Run {run.run_id}: {text}")
-            rows = jobs.read_metrics(run.run_dir)
+            rows = rundir.read_metrics(run.run_dir)
             curves = run_curves([{"label": "PKT (lesson)", "rows": rows, "color": "#e53935"}])
             W.chart(figure(curves, ss[S.W_LESSON_PRESENT]),
                     key="lesson_live_curves", title="Training curves (live)", config={"displayModeBar": False})

@@ -11,28 +11,26 @@ import math
 import sys
 from pathlib import Path
 
-from .errors import ParaknowError
-from .fsio import output_lock, output_path
-from .paths import cache_root
+from .core.errors import ParaknowError
+from .core.fsio import output_lock, output_path
+from .core.models import quiet_transformers
+from .core.paths import cache_root
+from .runs.executors import EXECUTOR_OPTIONS
+from .transfer.plan import EXTRACT_OPTIONS
+from .transfer.sensitivity import SENSITIVITY_COMMAND_OPTIONS, SENSITIVITY_OPTIONS
 
 
 def _progress(done: int, total: int, message: str) -> None:
     print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
 
 
-def quiet_transformers() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def cmd_sensitivity(args) -> int:
-    from .data import load_records
-    from .models import load_config, load_model, parse_max_memory, resolve_device
-    from .parallel import launched_world_size, process_device, process_group, rank_and_size
-    from .sensitivity import (SensitivityConfig, check_memory, check_output_file, compute_sensitivity,
-                              save_sensitivity, sensitivity_meta)
+    from .core.data import load_records
+    from .core.memory import parse_max_memory
+    from .core.models import load_config, load_model, resolve_device
+    from .core.parallel import launched_world_size, process_device, process_group, rank_and_size
+    from .transfer.sensitivity import SensitivityConfig, check_memory, compute_sensitivity
+    from .transfer.sensitivity_files import check_output_file, save_sensitivity, sensitivity_meta
 
     config = SensitivityConfig(**{name: getattr(args, name) for name in SENSITIVITY_COMMAND_OPTIONS})
     config.validate()
@@ -58,9 +56,10 @@ def cmd_sensitivity(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .mapping import parse_layers_arg
-    from .sensitivity import SensitivityConfig
-    from .transfer import TransferConfig, extract_to_dir
+    from .transfer.mapping import parse_layers_arg
+    from .transfer.pipeline import extract_to_dir
+    from .transfer.plan import TransferConfig
+    from .transfer.sensitivity import SensitivityConfig
 
     if args.recipe:
         _apply_recipe(args)
@@ -81,10 +80,10 @@ def cmd_extract(args) -> int:
 
 
 def _apply_recipe(args) -> None:
-    """Fill `args` from the recipe (paraknow/extract_recipe.py); flags given on the command line
+    """Fill `args` from the recipe (paraknow/transfer/recipe.py); flags given on the command line
     win. Without --out, a recipe's `name` writes where the app writes: cache/exports/<name>."""
-    from .extract_recipe import REFERENCE_KEYS, SETTING_KEYS, load_recipe
-    from .paths import cache_dir
+    from .core.paths import cache_dir
+    from .transfer.recipe import REFERENCE_KEYS, SETTING_KEYS, load_recipe
 
     recipe = load_recipe(args.recipe)
     given = _given_flags(args.argv)
@@ -109,7 +108,7 @@ def _given_flags(argv) -> set[str]:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import run_eval
+    from .runs.evaluate import run_eval
 
     result = run_eval(args.model, args.data, adapter=args.adapter, max_new_tokens=args.eval_max_new_tokens,
                       device=args.device, match=args.match)
@@ -118,7 +117,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .playground import run_generate
+    from .runs.playground import run_generate
 
     print(run_generate(args.model, args.prompt, adapter=args.adapter, max_new_tokens=args.eval_max_new_tokens,
                        device=args.device))
@@ -126,8 +125,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .executors import ExecutorConfig
-    from .train import TrainConfig, load_spec, run_training
+    from .runs.executors import ExecutorConfig
+    from .runs.train import run_training
+    from .runs.train_config import TrainConfig, load_spec
 
     executor = ExecutorConfig(**{name: getattr(args, name) for name in EXECUTOR_OPTIONS}).validate()
     if args.spec:
@@ -146,9 +146,9 @@ def cmd_train(args) -> int:
 def _train_dispatched(config, executor, prepared: bool) -> int:
     """`train --executor ray`: the run directory is prepared here (or was, for --spec) and the same
     `train --spec` runs where the executor runs it; Ctrl-C stops it cleanly (RUN_DIR/STOP)."""
-    from . import jobs
-    from .executors import make_executor
-    from .train import run_summary
+    from .runs import jobs
+    from .runs.executors import make_executor
+    from .runs.train import run_summary
 
     make_executor(executor)  # connect first: an unreachable cluster leaves no run directory behind
     run_dir = Path(config.out) if prepared else jobs.new_run(config, executor=executor, run_dir=config.out)
@@ -172,7 +172,7 @@ def _train_dispatched(config, executor, prepared: bool) -> int:
 
 
 def cmd_study(args) -> int:
-    from .executors import ExecutorConfig
+    from .runs.executors import ExecutorConfig
     from .study import format_table, load_recipe, run_study
 
     executor = ExecutorConfig(**{name: getattr(args, name) for name in EXECUTOR_OPTIONS}).validate()
@@ -188,7 +188,7 @@ def cmd_study(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from .cache import clear, fmt_bytes, list_entries
+    from .core.cache import clear, fmt_bytes, list_entries
 
     if args.action == "list":
         entries = list_entries(args.kind, args.older_than)
@@ -220,14 +220,8 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-SENSITIVITY_OPTIONS = ("metric", "samples", "max_length")  # what `extract` takes too
-SENSITIVITY_COMMAND_OPTIONS = SENSITIVITY_OPTIONS + ("accumulate_dtype", "accumulate_device")
-EXECUTOR_OPTIONS = ("executor", "address", "cpus", "gpus")  # `train` and `study` (paraknow.executors)
-EXTRACT_OPTIONS = ("rank", "alpha", "layers", "structure", "coherent", "modules", "mode", "split", "svd", "seed")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """Every default, choice list and help text comes from the config dataclasses (paraknow.options)."""
+    """Every default, choice list and help text comes from the config dataclasses (paraknow.core.options)."""
     parser = _OneLineParser(prog="paraknow", description="Parametric knowledge transfer between language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_transfer_commands(sub)
@@ -238,9 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_transfer_commands(sub) -> None:
     """sensitivity, extract."""
-    from .options import Placement, add_options
-    from .sensitivity import SensitivityConfig
-    from .transfer import TransferConfig
+    from .core.options import Placement, add_options
+    from .transfer.plan import TransferConfig
+    from .transfer.sensitivity import SensitivityConfig
 
     p = sub.add_parser("sensitivity", help="sensitivity of every teacher parameter on seed samples")
     p.add_argument("--model", required=True, help="model reference (demo:teacher, dir, .gguf, hub id, ...)")
@@ -269,9 +263,9 @@ def _add_transfer_commands(sub) -> None:
 
 def _add_model_use_commands(sub) -> None:
     """eval, generate, train."""
-    from .executors import ExecutorConfig
-    from .options import Placement, add_options
-    from .train_config import CLI_FIELDS, TrainConfig
+    from .core.options import Placement, add_options
+    from .runs.executors import ExecutorConfig
+    from .runs.train_config import CLI_FIELDS, TrainConfig
 
     p = sub.add_parser("eval", help="accuracy and loss of a model (optionally with an adapter) on data")
     p.add_argument("--model", required=True, help="model reference")
@@ -298,9 +292,9 @@ def _add_model_use_commands(sub) -> None:
 
 def _add_housekeeping_commands(sub) -> None:
     """cache, study."""
-    from .cache import KINDS as CACHE_KINDS
-    from .executors import ExecutorConfig
-    from .options import add_options
+    from .core.cache import KINDS as CACHE_KINDS
+    from .core.options import add_options
+    from .runs.executors import ExecutorConfig
     from .study.runner import DEFAULT_WORKERS, WORKERS_HELP
 
     p = sub.add_parser("cache", help="list or clear the runtime cache (sensitivity maps, models, exports, runs, "

@@ -20,7 +20,7 @@ steps than the teacher: that, with its smaller size, is what makes it clearly we
 task while leaving room for LoRA fine-tuning to help (tiny models learn these tasks in sudden
 jumps; run with `--eval-every` to watch the curves). The weights are stored in float16
 safetensors; the script finally reloads both from disk, evaluates them on each task's `test`
-split with `paraknow.evaluate` and writes `accuracies.json` and a README. The whole
+split with `paraknow.runs.evaluate` and writes `accuracies.json` and a README. The whole
 `demo_models/` folder is replaced atomically at the end.
 """
 from __future__ import annotations
@@ -37,10 +37,10 @@ from typing import Callable
 
 import torch
 
-from . import tasks
-from .data import IGNORE_INDEX, Encoded, collate, encode
-from .fsio import atomic_directory, atomic_write_json
-from .paths import PACKAGE_DIR
+from .core import task_world, tasks
+from .core.data import IGNORE_INDEX, Encoded, collate, encode
+from .core.fsio import atomic_directory, atomic_write_json
+from .core.paths import PACKAGE_DIR
 
 DEMO_DIR = PACKAGE_DIR / "demo_models"
 SEED = 1234
@@ -85,7 +85,7 @@ def training_records() -> tuple[list[dict], list[str]]:
     leaked = split_overlap(records)
     if leaked:
         raise RuntimeError(f"the pre-training corpus contains split records: {leaked[:5]}")
-    return records, tasks.general_text(N_TEXT, seed=0)
+    return records, task_world.general_text(N_TEXT, seed=0)
 
 
 def split_overlap(records: list[dict]) -> list[str]:
@@ -231,7 +231,7 @@ def evaluate_dir(path: Path, n_test: int | None, max_new_tokens: int, device: st
 
 def evaluate_model(model, tokenizer, n_test: int | None, max_new_tokens: int) -> dict:
     """Exact-match accuracy and loss of `model` on each task's test split (first n_test)."""
-    from .evaluate import evaluate
+    from .runs.evaluate import evaluate
 
     out = {}
     for name in tasks.TASKS:
@@ -312,7 +312,7 @@ as float32.
 | student | {s['spec']['layers']} | {s['spec']['hidden']} | {s['spec']['ffn']} | {s['spec']['heads']} / {s['spec']['kv_heads']} | {s['params']:,} | {s['spec']['steps']} x {s['spec']['batch']} |
 
 Exact-match accuracy on each built-in task's `test` split (greedy decoding,
-`paraknow.evaluate`, measured on the shipped float16 weights):
+`paraknow.runs.evaluate`, measured on the shipped float16 weights):
 
 | task | teacher | student | n |
 |---|---|---|---|

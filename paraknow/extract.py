@@ -9,11 +9,11 @@ Structures (registry `STRUCTURES`, picked by name with `select`):
   elements   the o_S*i_S largest entries, row-major, reshaped to [o_S, i_S]
   random     seeded random rows and columns, sorted
   uniform    evenly spaced rows and columns ("Weight Selection", Xu et al. 2024)
-  heads      whole attention heads and whole FFN neurons, decided per layer (paraknow/structure.py);
+  heads      whole attention heads and whole FFN neurons, decided per layer (paraknow/transfer/structure.py);
              a matrix outside that structure (the embeddings) keeps whole rows and columns, as rowcol
 
 `select_within` is `select` with some axes fixed in advance (index sets shared by several
-matrices, see paraknow/structure.py): the structure then picks only the free axis, on its
+matrices, see paraknow/transfer/structure.py): the structure then picks only the free axis, on its
 marginal over the fixed one, with the structure's own 1-D rule (`pick_indices`).
 
 The block search `max_sum_block` is the hot spot: the paper's code loops over every block
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ParaknowError
-from .numerics import column_major, row_blocks, sum64
+from .core.errors import ParaknowError
+from .core.numerics import column_major, row_blocks, sum64
 
 _EPS64 = torch.finfo(torch.float64).eps
 

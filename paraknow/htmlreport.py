@@ -2,7 +2,7 @@
 
 `write_html_report` writes ONE file holding interactive plotly charts (plotly.js inlined once,
 with the first chart), a table of the settings, the model references and the provenance
-(paraknow version, git commit, UTC date, machine: `paraknow.report.provenance`). It opens in
+(paraknow version, git commit, UTC date, machine: `paraknow.core.provenance.provenance`). It opens in
 any browser with no network. `figure_image` renders one chart as PNG or SVG through plotly's
 static export (kaleido >= 1, which drives a system Chrome/Chromium: Debian's /usr/bin/chromium
 is found on PATH, or name one in BROWSER_PATH); `image_export_unavailable` says why it cannot
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from . import __version__
-from .errors import ParaknowError, first_line
-from .fsio import atomic_write_text
+from .core import __version__
+from .core.errors import ParaknowError, first_line
+from .core.fsio import atomic_write_text
 
 IMAGE_FORMATS = ("png", "svg")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
@@ -40,7 +40,7 @@ class ReportFigure:
 
 def report_provenance(source: str) -> dict:
     """paraknow version, git commit, date and machine of a report written now from `source`."""
-    from .report import provenance
+    from .core.provenance import provenance
 
     return {"paraknow": __version__, **provenance(source)}
 

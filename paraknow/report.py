@@ -26,56 +26,16 @@ so every figure there can be reproduced and traced.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import math
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .errors import ParaknowError
-from .fsio import atomic_write_json
-from .paths import PACKAGE_DIR
-
-RESULTS_DIR = PACKAGE_DIR.parent / "docs" / "results"
-
-
-def git_commit() -> dict:
-    """{"commit", "dirty"} of the checkout the package runs from (None outside a git checkout).
-    `dirty`: tracked files other than the results under RESULTS_DIR differ from the commit (a
-    changed result does not make the code dirty)."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=PACKAGE_DIR.parent, capture_output=True, text=True,
-                              timeout=10)
-    try:
-        head = git("rev-parse", "HEAD")
-        results = RESULTS_DIR.relative_to(PACKAGE_DIR.parent).as_posix()
-        status = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){results}")
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    if head.returncode != 0:
-        return {"commit": None, "dirty": None}
-    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
-
-
-def provenance(command: str) -> dict:
-    """Date, machine, commit and command of a report being written now."""
-    import torch
-
-    return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    # other work sharing the machine when the figures were written (1, 5, 15 min)
-                    "load_average": [round(x, 2) for x in os.getloadavg()]},
-        **git_commit(),
-        "command": command,
-    }
+from .core.errors import ParaknowError
+from .core.fsio import atomic_write_json
+from .core.paths import PACKAGE_DIR
+from .core.provenance import RESULTS_DIR, provenance
 
 
 def write_report(path, figures: dict, command: str) -> Path:
@@ -107,7 +67,7 @@ def chance_levels(name: str) -> dict:
     frequent answer (what a model that learned only the answer distribution would score)."""
     from collections import Counter
 
-    from .tasks import task_records
+    from .core.tasks import task_records
 
     answers = [r["answer"] for r in task_records(name, "test")]
     top, count = Counter(answers).most_common(1)[0]
@@ -116,8 +76,8 @@ def chance_levels(name: str) -> dict:
 
 
 def demo_report(max_new_tokens: int = 64, n_test: int | None = None, progress=print) -> dict:
+    from .core.tasks import TASKS
     from .demo import DEMO_DIR, evaluate_dir
-    from .tasks import TASKS
 
     out = {"max_new_tokens": max_new_tokens, "models": {}, "chance": {n: chance_levels(n) for n in TASKS}}
     for which in ("teacher", "student"):
@@ -138,12 +98,14 @@ def compare_report(task: str, seeds: list[int], workdir: Path, max_new_tokens: i
                    progress=print, **train_settings) -> dict:
     """Export with the defaults, then vanilla / PiSSA / PKT runs per seed, run one after another
     in this process (the same runs the Fine-tune page queues), evaluated on the test split."""
-    from .jobs import compare_runs, group_results, read_spec
-    from .sensitivity import SensitivityConfig
-    from .tasks import TASKS
-    from .train import run_training
-    from .train_config import load_spec, method_of
-    from .transfer import TransferConfig, extract_to_dir
+    from .core.tasks import TASKS
+    from .runs.jobs import compare_runs, group_results
+    from .runs.rundir import read_spec
+    from .runs.train import run_training
+    from .runs.train_config import load_spec, method_of
+    from .transfer.pipeline import extract_to_dir
+    from .transfer.plan import TransferConfig
+    from .transfer.sensitivity import SensitivityConfig
 
     if task not in TASKS:
         raise ParaknowError(f"unknown task '{task}': use one of {', '.join(TASKS)}.")
@@ -183,13 +145,20 @@ def compare_report(task: str, seeds: list[int], workdir: Path, max_new_tokens: i
 
 def study_report(recipe_path, study_dir: Path, out_dir: Path, workers: int, progress=print) -> dict:
     """Run or resume the study, then write its summary, cells and figures into `out_dir`."""
+    from .core.fsio import atomic_write_bytes, atomic_write_text
     from .htmlreport import figure_image, image_export_unavailable
     from .study import load_recipe, run_study
+    from .study.cells import read_cell
     from .study.plan import plan_cells
-    from .study.runner import read_cell
-    from .study.report import (arm_curves, bars_figure, cells_csv, curves_figure, markdown_table,
-                               seed_count_figure, seed_count_points)
-    from .fsio import atomic_write_bytes, atomic_write_text
+    from .study.report import (
+        arm_curves,
+        bars_figure,
+        cells_csv,
+        curves_figure,
+        markdown_table,
+        seed_count_figure,
+        seed_count_points,
+    )
 
     recipe = load_recipe(recipe_path)
     results = run_study(recipe, study_dir, resume=(Path(study_dir) / "recipe.json").is_file(), workers=workers,
@@ -222,7 +191,7 @@ def study_report(recipe_path, study_dir: Path, out_dir: Path, workers: int, prog
 
 
 def _finals(run_dirs, method: str) -> list[dict]:
-    from .jobs import run_info
+    from .runs.jobs import run_info
 
     infos = [run_info(d) for d in run_dirs]
     return [{"seed": i.spec.get("seed"), "final_eval": i.final_eval} for i in infos
@@ -252,7 +221,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import tempfile
 
-    from .cli import quiet_transformers
+    from .core.models import quiet_transformers
 
     quiet_transformers()
     try:
@@ -260,7 +229,7 @@ def main(argv=None) -> int:
             figures = demo_report(args.max_new_tokens)
             out = args.out
         elif args.report == "study":
-            from .paths import cache_dir
+            from .core.paths import cache_dir
 
             study_dir = Path(args.dir) if args.dir else cache_dir("studies") / "demo"
             figures = study_report(args.recipe, study_dir, Path(args.out), args.workers,

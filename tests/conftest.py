@@ -5,7 +5,6 @@ Nothing here downloads anything; every model is random and built with `from_conf
 from __future__ import annotations
 
 import pytest
-
 from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 
 
@@ -27,7 +26,7 @@ def seed_records():
 @pytest.fixture
 def saved_pair(tmp_path):
     """Teacher and student saved as Hugging Face directories with one tokenizer, plus seed data."""
-    from paraknow.data import to_jsonl
+    from paraknow.core.records import to_jsonl
 
     tok = make_tokenizer()
     paths = {}
@@ -43,9 +42,9 @@ def saved_pair(tmp_path):
 
 
 def finish_jobs(at):
-    """Wait until every background job the app started (paraknow.background) has ended, then run
+    """Wait until every background job the app started (paraknow.runs.background) has ended, then run
     the AppTest script again: the page then reads the result from the cache, as after a poll."""
-    from paraknow import background
+    from paraknow.runs import background
 
     for view in background.live_jobs():
         background.wait(view.kind, view.key)

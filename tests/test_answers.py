@@ -1,10 +1,10 @@
-"""Answer matching (`paraknow.answers`): the numeric normaliser, exact matching and `auto`."""
+"""Answer matching (`paraknow.core.answers`): the numeric normaliser, exact matching and `auto`."""
 from decimal import Decimal
 
 import pytest
 
-from paraknow.answers import MATCH_MODES, final_number, matches, parse_number, resolve_mode
-from paraknow.errors import ParaknowError
+from paraknow.core.answers import MATCH_MODES, final_number, matches, parse_number, resolve_mode
+from paraknow.core.errors import ParaknowError
 
 # (reference answer, generated completion, mode, expected)
 CASES = [

@@ -12,12 +12,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from apptest import assert_ok, open_page
 from conftest import finish_jobs
+from streamlit.testing.v1 import AppTest
 
-from paraknow.errors import ParaknowError
+from paraknow.core.errors import ParaknowError
 from ui import ops
 from ui import state as S
 
@@ -214,7 +213,8 @@ def test_export_helpers(tmp_path):
 
 def test_damaged_model_files_show_the_same_message_as_the_cli(tmp_path):
     from tiny import make_tokenizer, tiny_llama
-    from paraknow.models import load_config
+
+    from paraknow.core.models import load_config
 
     damaged = tmp_path / "damaged"
     tiny_llama().save_pretrained(damaged)
@@ -235,8 +235,8 @@ def test_damaged_model_files_show_the_same_message_as_the_cli(tmp_path):
 
 
 def test_cache_panel_clears_a_kind_and_keeps_entries_in_use():
-    from paraknow import cache
-    from paraknow.paths import cache_dir
+    from paraknow.core import cache
+    from paraknow.core.paths import cache_dir
 
     for name in ("a", "b"):
         (cache_dir("sensitivity") / f"{name}.safetensors").write_bytes(b"x" * 1024)

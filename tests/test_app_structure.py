@@ -1,10 +1,10 @@
 """The Mapping page's structure options through its widgets (AppTest, demo pair): heads, coherent, cka."""
 from __future__ import annotations
 
-from streamlit.testing.v1 import AppTest
-
 from apptest import APP, assert_ok
 from conftest import finish_jobs
+from streamlit.testing.v1 import AppTest
+
 from ui import state as S
 
 

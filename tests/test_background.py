@@ -1,20 +1,22 @@
-"""Background jobs for the pages (paraknow/background.py): a separate process per content key,
+"""Background jobs for the pages (paraknow/runs/background.py): a separate process per content key,
 attached to by a second start, cancelled only by `cancel`, failures recorded in one line."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import signal
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
-from paraknow import background
-from paraknow.background_work import RECORDS_FILE
-from paraknow.data import load_records, to_jsonl
-from paraknow.sensitivity import SensitivityConfig, compute_sensitivity, load_sensitivity
-from paraknow.rundir import read_json
+from paraknow.core.data import load_records
+from paraknow.core.jobdir import read_json
+from paraknow.core.records import to_jsonl
+from paraknow.runs import background
+from paraknow.runs.background_work import RECORDS_FILE
+from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
+from paraknow.transfer.sensitivity_files import load_sensitivity
 
 TEACHER = {"ref": "demo:teacher", "dtype": "float32", "device": "cpu"}
 
@@ -32,7 +34,7 @@ def _until(condition, what: str, poll_s: float = 0.1):
 
 
 def test_a_second_start_attaches_and_the_map_equals_the_in_process_one():
-    from paraknow.models import load_model
+    from paraknow.core.models import load_model
 
     records = load_records("task:arith:seed")
     config = SensitivityConfig(samples=3, max_length=64)
@@ -61,9 +63,9 @@ def test_cancel_stops_a_running_job_and_caches_nothing():
     _until(lambda: background.read("sensitivity", "k-cancel").done >= 1, "the first sample")
     background.cancel("sensitivity", "k-cancel")
     ended = background.wait("sensitivity", "k-cancel")
-    assert ended.state == "cancelled" and ended.error is None
+    assert ended.state == "stopped" and ended.error is None
     assert not ended.result
-    from paraknow.paths import cache_dir
+    from paraknow.core.paths import cache_dir
 
     assert not list(cache_dir("sensitivity").glob("*.safetensors"))
     # started again, the same key runs afresh (the page offers Compute again)
@@ -83,13 +85,13 @@ def test_a_bad_reference_fails_with_one_line_and_a_killed_job_reads_failed():
     pid = _until(lambda: (read_json(slow.dir / "status.json") or {}).get("pid"), "the pid")
     os.killpg(pid, signal.SIGKILL)  # no chance to write its state: the liveness check decides
     dead = background.wait("sensitivity", "k-kill")
-    assert dead.state == "failed" and "ended without a result" in dead.error
+    assert dead.state == "failed" and "ended without finishing" in dead.error
 
 
 def test_content_keys_ignore_key_order_and_unknown_kinds_are_refused():
     import pytest
 
-    from paraknow.errors import ParaknowError
+    from paraknow.core.errors import ParaknowError
 
     assert background.content_key({"a": 1, "b": [1, 2]}) == background.content_key({"b": [1, 2], "a": 1})
     assert background.content_key({"a": 1}) != background.content_key({"a": 2})
@@ -110,7 +112,7 @@ def _zombie_or_gone(pid: int) -> bool:
 
 def test_any_liveness_check_reaps_every_finished_child():
     """Finished background processes (jobs, queue workers) do not linger as zombies under the server."""
-    from paraknow import processes
+    from paraknow.core import processes
 
     records = load_records("task:arith:seed")
     a = _start_map("k-reap-a", records, SensitivityConfig(samples=1, max_length=32))

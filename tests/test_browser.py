@@ -11,9 +11,9 @@ script state, the charts drawn), never a fixed sleep.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import contextlib
 import os
 import re
 import socket

@@ -18,7 +18,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from test_browser import CHROMIUM, _goto, _settle, _shot, streamlit_app
 
 ROOT = Path(__file__).resolve().parent.parent

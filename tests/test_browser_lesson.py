@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-
-from paraknow.extract import STRUCTURE_HELP
 from test_browser import CHROMIUM, _no_errors, _settle, _shot, streamlit_app
 from test_browser_finetune import _stop_leftover_runs
+
+from paraknow.extract import STRUCTURE_HELP
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "paraknow" / "demo_models"
@@ -304,8 +304,9 @@ def _reference_losses(adapter: Path) -> dict[str, list[float]]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from paraknow.data import encode, split_conversation
-    from paraknow.tasks import task_records
+    from paraknow.core.data import encode
+    from paraknow.core.records import split_conversation
+    from paraknow.core.tasks import task_records
 
     tokenizer = AutoTokenizer.from_pretrained(DEMO / "student")
     student = AutoModelForCausalLM.from_pretrained(DEMO / "student", dtype=torch.float32).eval()

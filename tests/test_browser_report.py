@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from paraknow.htmlreport import image_export_unavailable
-from test_browser import TIMEOUT_MS, CHROMIUM, _goto, _no_errors, _settle, server  # noqa: F401 - server: the fixture
+from test_browser import CHROMIUM, TIMEOUT_MS, _goto, _no_errors, _settle, server  # noqa: F401 - server: the fixture
 from test_htmlreport import open_offline
+
+from paraknow.htmlreport import image_export_unavailable
 
 
 def test_downloaded_report_draws_every_chart_offline(server, tmp_path):

@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from study_fixtures import study_inputs, tiny_recipe
 from test_browser import CHROMIUM, _no_errors, _settle, _shot, streamlit_app
 

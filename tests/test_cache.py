@@ -1,4 +1,4 @@
-"""paraknow.cache and `python -m paraknow cache list|clear`: entries, last use, clearing that
+"""paraknow.core.cache and `python -m paraknow cache list|clear`: entries, last use, clearing that
 spares entries in use, and the LRU size cap."""
 import json
 import os
@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from paraknow import cache
-from paraknow.cli import main
-from paraknow.paths import cache_dir
-from paraknow.sensitivity import SensitivityConfig, cached_sensitivity
 from tiny import SEED_RECORDS, TOKENIZER, tiny_llama
+
+from paraknow.cli import main
+from paraknow.core import cache, jobdir
+from paraknow.core.paths import cache_dir
+from paraknow.transfer.sensitivity import SensitivityConfig
+from paraknow.transfer.sensitivity_files import cached_sensitivity
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 86400
@@ -80,7 +81,7 @@ def test_clear_by_kind_and_age_spares_entries_in_use(tmp_path):
 
 def test_an_entry_locked_by_another_process_is_not_cleared():
     entry = _entry("models", "gguf-busy", 100, age_days=5)
-    code = ("import sys, time; from paraknow.fsio import output_lock\n"
+    code = ("import sys, time; from paraknow.core.fsio import output_lock\n"
             "with output_lock(sys.argv[1], shared=True):\n    print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(entry)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -155,26 +156,26 @@ def test_cache_command_lists_and_clears(capsys):
 
 
 def test_cache_clear_removes_finished_background_job_folders_but_not_a_running_one(capsys):
-    from paraknow import background
-    from paraknow.processes import proc_start_time
+    from paraknow.core.processes import proc_start_time
+    from paraknow.runs import background
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        states = {"finished": None, "failed": None, "cancelled": None, "running": sleeper.pid,
+        states = {"finished": None, "failed": None, "stopped": None, "running": sleeper.pid,
                   "crashed": 2**22 + 1}  # `crashed`: a running status whose process is gone (reads failed)
         for name, pid in states.items():
             folder = background.job_dir("sensitivity", name)
             folder.mkdir(parents=True)
-            (folder / background.PROGRESS).write_text('{"done": 1, "total": 2}\n')
+            (folder / jobdir.PROGRESS_FILE).write_text('{"done": 1, "total": 2}\n')
             state = "running" if name == "crashed" else name
-            (folder / background.STATUS).write_text(json.dumps({"state": state, "pid": pid,
+            (folder / jobdir.STATUS_FILE).write_text(json.dumps({"state": state, "pid": pid,
                                                                 "pid_start": proc_start_time(pid)}))
         running = background.job_dir("sensitivity", "running")
         assert {e.name: e.in_use for e in cache.list_entries("jobs")}["sensitivity-running"] == "job is running"
         assert main(["cache", "clear"]) == 0
         assert "kept 1 in use: jobs/sensitivity-running" in capsys.readouterr().out
         assert sorted(p.name for p in background.jobs_root().iterdir()) == [running.name]
-        assert background.read("sensitivity", "running").live and (running / background.PROGRESS).is_file()
+        assert background.read("sensitivity", "running").live and (running / jobdir.PROGRESS_FILE).is_file()
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -9,7 +9,7 @@ from peft import PeftModel
 from safetensors import safe_open
 
 from paraknow.cli import main
-from paraknow.sensitivity import load_sensitivity
+from paraknow.transfer.sensitivity_files import load_sensitivity
 
 
 def test_sensitivity_command(tmp_path, saved_pair, capsys):

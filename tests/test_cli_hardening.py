@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
-from paraknow import gguf_models, models
-from paraknow.cli import main
-from paraknow.data import to_jsonl
-from paraknow.errors import ParaknowError
-from paraknow.fsio import atomic_directory, atomic_write_json, lock_path, output_lock
-from paraknow.paths import cache_dir
 from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
+
+from paraknow.cli import main
+from paraknow.core import gguf_models, models
+from paraknow.core.errors import ParaknowError
+from paraknow.core.fsio import atomic_directory, atomic_write_json, lock_path, output_lock
+from paraknow.core.paths import cache_dir
+from paraknow.core.records import to_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -243,7 +243,7 @@ def test_overwrite_replaces_only_a_previous_export(files, place, capsys):
 def _hold_lock_in_another_process(path: Path, seconds: float, note: Path | None = None) -> subprocess.Popen:
     """A process that holds `path`'s output lock for `seconds`, then writes `note` (if given)
     just before it lets go."""
-    code = ("import sys, time, pathlib; from paraknow.fsio import output_lock\n"
+    code = ("import sys, time, pathlib; from paraknow.core.fsio import output_lock\n"
             "with output_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(float(sys.argv[2]))\n"
             "    sys.argv[3] and pathlib.Path(sys.argv[3]).write_text('done')")
     proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds), str(note or "")], cwd=ROOT,
@@ -321,7 +321,7 @@ def test_atomic_directory_refuses_a_foreign_folder(tmp_path):
 def test_gguf_memory_check_reads_the_header_before_dequantising(tmp_path, monkeypatch):
     path = tmp_path / "small.gguf"
     _small_gguf(path)
-    assert models.gguf_float32_bytes(path) == 50 * 16 * 4  # from the header's shapes alone
+    assert gguf_models.gguf_float32_bytes(path) == 50 * 16 * 4  # from the header's shapes alone
     monkeypatch.setattr(gguf_models, "available_memory_bytes", lambda device: 1000)
     with pytest.raises(ParaknowError, match=r"de-quantising small.gguf needs about .* GiB of RAM"):
         models.load_config(str(path))

@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from paraknow import tasks
-from paraknow.evaluate import evaluate
-from paraknow.models import DEMO_DIR, describe, load_model
+from paraknow.core import tasks
+from paraknow.core.architecture import describe
+from paraknow.core.models import DEMO_DIR, load_model
+from paraknow.runs.evaluate import evaluate
 
 ACCURACIES = DEMO_DIR / "accuracies.json"
 

@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from paraknow import tasks
-from paraknow.data import encode, encode_prompt
-from paraknow.errors import ParaknowError
-from paraknow.evaluate import EvalResult, evaluate, generate_completions, run_eval
+from paraknow.core import task_world, tasks
+from paraknow.core.data import encode, encode_prompt
+from paraknow.core.errors import ParaknowError
+from paraknow.runs.evaluate import EvalResult, evaluate, generate_completions, run_eval
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def tokenizer():
     from paraknow.demo import build_tokenizer
 
     records = [r for n in tasks.TASKS for r in tasks.task_records(n, "train")[:150]]
-    return build_tokenizer(records, tasks.general_text(100))
+    return build_tokenizer(records, task_world.general_text(100))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_evaluate_returns_loss_accuracy_n(model, tokenizer):
 
 
 def test_loss_matches_unbatched(model, tokenizer):
-    from paraknow.data import per_sample_loss
+    from paraknow.core.data import per_sample_loss
 
     recs = records()[:6]
     result = evaluate(model, tokenizer, recs, max_new_tokens=1, batch_size=4)

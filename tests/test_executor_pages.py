@@ -1,5 +1,5 @@
 """The executor picker of the Fine-tune and Study pages (ui/executor.py, docs/cluster.md) through
-AppTest: its choices, defaults and help come from paraknow.executors; Ray without Ray installed or
+AppTest: its choices, defaults and help come from paraknow.runs.executors; Ray without Ray installed or
 at an address nothing answers on is a message and starts nothing; a Ray choice reaches the runs
 and the study the pages start (a one-CPU Ray instance that the test starts, as test_executors.py)."""
 from __future__ import annotations
@@ -10,16 +10,17 @@ import sys
 import time
 
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from apptest import open_page
-from paraknow import jobs
-from paraknow.executors import EXECUTORS, ExecutorConfig
-from paraknow.options import default_of, help_of
-from paraknow.study.control import read_status as read_study_status
+from streamlit.testing.v1 import AppTest
 from study_fixtures import study_inputs, tiny_recipe
 from test_executors import needs_ray, ray_address, ray_mark  # noqa: F401 (ray_address is a fixture)
 from test_jobs import setup, wait_for  # noqa: F401 (setup is a fixture)
+
+from paraknow.core import jobdir
+from paraknow.core.options import default_of, help_of
+from paraknow.runs import jobs, rundir
+from paraknow.runs.executors import EXECUTORS, ExecutorConfig
+from paraknow.study.control import read_status as read_study_status
 from ui import state as S
 from ui import study as U
 from ui.widgets import page_message
@@ -148,9 +149,9 @@ def test_a_fine_tune_run_queued_for_ray_runs_there_with_the_usual_files(student,
     finally:
         jobs.stop(run.run_dir)
     status = jobs.read_status(run.run_dir)
-    assert status["state"] == "finished", jobs.read_log(run.run_dir)
+    assert status["state"] == "finished", jobdir.read_log(run.run_dir)
     assert ray_mark(run.run_dir)  # stdout.log: the command ran inside a Ray task
-    metrics = jobs.read_metrics(run.run_dir)
+    metrics = rundir.read_metrics(run.run_dir)
     assert [row["step"] for row in metrics if "loss" in row] == [1, 2]
     assert metrics[-1]["eval_accuracy"] == status["final_eval"]["accuracy"] and status["final_eval"]["n"] == 4
     at.run()
@@ -179,7 +180,8 @@ def test_a_study_launched_for_ray_runs_its_cells_there(student, tmp_path, ray_ad
 
 
 def test_the_flags_a_background_study_gets_parse_back_to_the_same_executor():
-    from paraknow.cli import EXECUTOR_OPTIONS, build_parser
+    from paraknow.cli import build_parser
+    from paraknow.runs.executors import EXECUTOR_OPTIONS
 
     for config in (ExecutorConfig(), ExecutorConfig("ray"), ExecutorConfig("ray", "ray://10.0.0.1:10001", 2.5, 1.0)):
         args = build_parser().parse_args(["study", "--recipe", "r.json", "--out", "o", *config.to_argv()])

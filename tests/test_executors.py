@@ -1,4 +1,4 @@
-"""Executors (paraknow.executors, docs/cluster.md): runs and study cells dispatched to a Ray
+"""Executors (paraknow.runs.executors, docs/cluster.md): runs and study cells dispatched to a Ray
 instance that the test starts must leave the run directory, the live metrics and STOP exactly as
 the local executor does; without Ray, `--executor ray` is one line and exit code 2."""
 import importlib.util
@@ -13,15 +13,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from paraknow import jobs
-from paraknow.cli import main as cli_main
-from paraknow.errors import ParaknowError
-from paraknow.executors import ExecutorConfig
-from paraknow.processes import pid_alive
-from paraknow.study import parse_recipe, run_study
-from test_jobs import config, setup, wait_for  # noqa: F401 (setup is a fixture)
 from study_fixtures import study_inputs, tiny_recipe, write_recipe
+from test_jobs import config, setup, wait_for  # noqa: F401 (setup is a fixture)
+
+from paraknow.cli import main as cli_main
+from paraknow.core import jobdir
+from paraknow.core.errors import ParaknowError
+from paraknow.core.processes import pid_alive
+from paraknow.runs import jobs, rundir
+from paraknow.runs.executors import ExecutorConfig
+from paraknow.study import parse_recipe, run_study
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed (pip install -e .[ray]); the Ray executor is optional")
@@ -63,7 +64,7 @@ def test_a_queued_run_on_ray_has_the_local_runs_files_metrics_and_stop(setup, ra
     worker = jobs.ensure_worker()  # the queue worker takes the Ray run (the local one is claimed already)
     try:
         for run_dir in (local, remote):  # live metrics: steps appear while the run is running
-            wait_for(lambda: len(jobs.read_metrics(run_dir)) >= 3, 150, f"three training steps of {run_dir.name}")
+            wait_for(lambda: len(rundir.read_metrics(run_dir)) >= 3, 150, f"three training steps of {run_dir.name}")
             assert jobs.read_status(run_dir)["state"] == "running"
             jobs.stop(run_dir)
         for run_dir in (local, remote):
@@ -75,8 +76,8 @@ def test_a_queued_run_on_ray_has_the_local_runs_files_metrics_and_stop(setup, ra
                 os.kill(pid, signal.SIGKILL)
     proc.wait()
     statuses = {d: jobs.read_status(d) for d in (local, remote)}
-    assert [s["state"] for s in statuses.values()] == ["stopped", "stopped"], (jobs.read_log(local),
-                                                                              jobs.read_log(remote))
+    assert [s["state"] for s in statuses.values()] == ["stopped", "stopped"], (jobdir.read_log(local),
+                                                                              jobdir.read_log(remote))
     assert files_of(local) == files_of(remote)
     assert "adapter/adapter_model.safetensors" in files_of(remote)
     assert statuses[local].keys() == statuses[remote].keys()
@@ -85,13 +86,13 @@ def test_a_queued_run_on_ray_has_the_local_runs_files_metrics_and_stop(setup, ra
     spec = {d: jobs.read_spec(d) for d in (local, remote)}
     assert {k: v for k, v in spec[local].items() if k not in ("out", "label")} == \
         {k: v for k, v in spec[remote].items() if k not in ("out", "label")}
-    metrics = {d: jobs.read_metrics(d) for d in (local, remote)}
+    metrics = {d: rundir.read_metrics(d) for d in (local, remote)}
     assert [row.keys() for row in metrics[local]][:3] == [row.keys() for row in metrics[remote]][:3]
     # the same entry point on the same data and seed: the same losses, step for step
     assert [row["loss"] for row in metrics[local][:3]] == pytest.approx([row["loss"] for row in metrics[remote][:3]],
                                                                       rel=1e-5)
     assert not ray_mark(local) and ray_mark(remote)
-    assert "train --spec" in jobs.read_log(remote)
+    assert "train --spec" in jobdir.read_log(remote)
     assert "state stopped" in (jobs.runs_root() / jobs.WORKER_LOG).read_text()
 
 
@@ -108,7 +109,7 @@ def test_train_cli_on_ray_finishes_with_the_train_summary(setup, ray_address, tm
     status = jobs.read_status(out)
     assert summary == {"run_dir": str(out), "state": "finished", "steps": 2, "final_eval": status["final_eval"]}
     assert status["final_eval"]["n"] == 4 and ray_mark(out)
-    assert jobs.read_metrics(out)[-1]["eval_accuracy"] == status["final_eval"]["accuracy"]
+    assert rundir.read_metrics(out)[-1]["eval_accuracy"] == status["final_eval"]["accuracy"]
     # the same flags run locally (in this process) write the same files and summary fields
     assert cli_main([*args[:6], str(tmp_path / "local"), *args[7:]]) == 0
     local = jobs.read_status(tmp_path / "local")

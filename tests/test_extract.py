@@ -3,9 +3,17 @@ import random
 import pytest
 import torch
 
-from paraknow.errors import ParaknowError
-from paraknow.extract import (STRUCTURES, Selection, block_selection, captured_share, evenly_spaced,
-                              max_sum_block, max_sum_block_reference, select)
+from paraknow.core.errors import ParaknowError
+from paraknow.extract import (
+    STRUCTURES,
+    Selection,
+    block_selection,
+    captured_share,
+    evenly_spaced,
+    max_sum_block,
+    max_sum_block_reference,
+    select,
+)
 
 
 def brute_force_block(scores, h, w):
@@ -70,7 +78,7 @@ def test_max_sum_block_equals_reference_larger(shape, block):
 def test_max_sum_block_chunked_passes(monkeypatch, chunk):
     # real matrices are read in chunks of rows, and near-ties settled a block of rows at a time;
     # force several chunks on small ones
-    import paraknow.numerics as numerics
+    import paraknow.core.numerics as numerics
     monkeypatch.setattr(numerics, "CHUNK_ELEMS", chunk)
     rng = random.Random(chunk)
     gen = torch.Generator().manual_seed(chunk)

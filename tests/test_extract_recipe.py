@@ -1,4 +1,4 @@
-"""The session recipe (paraknow/extract_recipe.py): one set of keys for the recipe file, the app's
+"""The session recipe (paraknow/transfer/recipe.py): one set of keys for the recipe file, the app's
 URL and `extract --recipe FILE`; a bad recipe exits 2 with one line naming the key."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from safetensors.torch import load_file
 
 from paraknow import cli
-from paraknow.errors import ParaknowError
-from paraknow.extract_recipe import KEYS, SessionRecipe, from_query, parse_recipe, recipe_from_text, to_json
+from paraknow.core.errors import ParaknowError
+from paraknow.transfer.recipe import KEYS, SessionRecipe, from_query, parse_recipe, recipe_from_text, to_json
 
 FULL = {"teacher": "demo:teacher", "student": "demo:student", "data": "task:facts:seed", "name": "my-export",
         "metric": "fisher", "samples": 12, "max_length": 256, "rank": 8, "alpha": 4.5, "layers": "manual:7,-,3,1",
@@ -104,7 +104,7 @@ def test_extract_recipe_equals_the_same_flags_and_flags_override_it(saved_pair, 
     assert manifest["rank"] == 2 and manifest["samples"] == 4 and manifest["structure"] == "rowcol"
     # without --out, the recipe's name writes where the app writes its exports
     assert cli.main(["extract", "--recipe", str(path)]) == 0
-    from paraknow.paths import cache_dir
+    from paraknow.core.paths import cache_dir
 
     assert json.loads(capsys.readouterr().out)["out"] == str(cache_dir("exports") / "from-recipe")
     assert (cache_dir("exports") / "from-recipe" / "paraknow.json").is_file()

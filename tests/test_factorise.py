@@ -1,10 +1,10 @@
 """Truncated factorisation: the randomized rank-r SVD against the exact one, and the `svd` option."""
 import pytest
 import torch
-
-from paraknow.errors import ParaknowError
-from paraknow.lora import factorise, randomized_svd, scaling, svd_method
 from test_transfer import pair, run_export
+
+from paraknow.core.errors import ParaknowError
+from paraknow.transfer.lora import factorise, randomized_svd, scaling, svd_method
 
 
 def decaying(out_dim, in_dim, decay, seed=0):
@@ -107,7 +107,7 @@ def test_extract_command_takes_svd(tmp_path, saved_pair):
 
 def test_to_host_float32_copies_values_exactly():
     """The last step of a sensitivity pass: float32 host tensors, equal to a plain conversion."""
-    from paraknow.numerics import to_host_float32
+    from paraknow.core.numerics import to_host_float32
 
     gen = torch.Generator().manual_seed(0)
     tensors = {"a": torch.rand(7, 5, generator=gen), "b": torch.rand(11, generator=gen).to(torch.bfloat16)}
@@ -115,7 +115,7 @@ def test_to_host_float32_copies_values_exactly():
     assert host["a"] is tensors["a"]  # already a float32 host tensor: no copy
     assert host["b"].dtype == torch.float32 and torch.equal(host["b"], tensors["b"].float())
     if torch.cuda.is_available():  # the staged path (GPU machines only); several slices of the buffer
-        import paraknow.numerics as numerics
+        import paraknow.core.numerics as numerics
 
         big = torch.rand(3, 1000, generator=gen)
         numerics.STAGING_BYTES, saved = 4 * 256, numerics.STAGING_BYTES

@@ -6,14 +6,15 @@ import json
 import pytest
 import torch
 from peft import PeftModel
+from tiny import make_tokenizer, tiny_llama
 from transformers import PreTrainedTokenizerFast
 
 from paraknow import load_model
 from paraknow.cli import main
-from paraknow.errors import ParaknowError
-from paraknow.models import describe, vocab_fingerprint
-from paraknow.transfer import TransferConfig, check_transferable, compatibility
-from tiny import make_tokenizer, tiny_llama
+from paraknow.core.architecture import describe, vocab_fingerprint
+from paraknow.core.compatibility import check_transferable, compatibility
+from paraknow.core.errors import ParaknowError
+from paraknow.transfer.plan import TransferConfig
 
 
 def permuted_tokenizer() -> PreTrainedTokenizerFast:

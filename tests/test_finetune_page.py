@@ -15,16 +15,17 @@ import time
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from apptest import assert_ok, open_page
+from streamlit.testing.v1 import AppTest
 from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
-from paraknow import jobs, viz
-from paraknow.errors import ParaknowError
-from paraknow.fsio import atomic_write_json
-from paraknow.paths import cache_dir
-from paraknow.processes import proc_start_time
-from paraknow.train import TrainConfig
+
+from paraknow import viz
+from paraknow.core.errors import ParaknowError
+from paraknow.core.fsio import atomic_write_json
+from paraknow.core.paths import cache_dir
+from paraknow.core.processes import proc_start_time
+from paraknow.runs import jobs, rundir
+from paraknow.runs.train_config import TrainConfig
 from ui import finetune as F
 from ui import state as S
 
@@ -122,7 +123,7 @@ def test_page_renders_with_no_runs(env):
 def test_runs_from_disk_are_listed_charted_and_compared(env):
     config = _config(env)
     # one run created by another process (the page must find it on disk)
-    code = ("from paraknow import jobs; from paraknow.train import TrainConfig; import json, sys; "
+    code = ("from paraknow.runs import jobs; from paraknow.runs.train import TrainConfig; import json, sys; "
             "print(jobs.new_run(TrainConfig(**json.loads(sys.argv[1])), label='from the CLI'))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(config.to_dict())], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
@@ -151,7 +152,7 @@ def test_runs_from_disk_are_listed_charted_and_compared(env):
     assert [p.value for p in at.get("progress")] == [62]  # 5/8
     # the newest group is overlaid by default; its curves are drawn per run, coloured by method
     shown = at.session_state[S.W_FT_SHOW]
-    assert len(shown) == 6 and all(jobs.read_spec(jobs.find_run(i))["group"] == group for i in shown)
+    assert len(shown) == 6 and all(jobs.read_spec(rundir.find_run(i))["group"] == group for i in shown)
     curves, compare = _figures(at)
     names = {t["name"] for t in curves["data"]}
     assert len(names) == 6
@@ -328,13 +329,13 @@ def test_runs_table_cells_read_dash_when_empty(env):
 
 
 def test_fine_tune_step_done_only_after_a_finished_run(env):
-    """The home page's pipeline marks Fine-tune done from disk (jobs.has_finished_run)."""
-    assert not jobs.has_finished_run()
+    """The home page's pipeline marks Fine-tune done from disk (rundir.has_finished_run)."""
+    assert not rundir.has_finished_run()
     _fake_run(_config(env), "failed", error="boom")
     _fake_run(_config(env), "stopped")
-    assert not jobs.has_finished_run()
+    assert not rundir.has_finished_run()
     _fake_run(_config(env), "finished", accuracy=0.5)
-    assert jobs.has_finished_run()
+    assert rundir.has_finished_run()
 
 
 def test_long_upload_names_are_shortened_safely():

@@ -9,9 +9,14 @@ import numpy as np
 import pytest
 
 from paraknow import __version__, viz
-from paraknow.errors import ParaknowError
-from paraknow.htmlreport import (ReportFigure, figure_image, image_export_unavailable, report_provenance,
-                                 write_html_report)
+from paraknow.core.errors import ParaknowError
+from paraknow.htmlreport import (
+    ReportFigure,
+    figure_image,
+    image_export_unavailable,
+    report_provenance,
+    write_html_report,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 

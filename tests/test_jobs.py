@@ -1,4 +1,4 @@
-"""Background runs (paraknow.jobs): on-disk state, reattach, queue order, stop, liveness."""
+"""Background runs (paraknow.runs.jobs): on-disk state, reattach, queue order, stop, liveness."""
 import json
 import os
 import signal
@@ -10,11 +10,13 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-
-from paraknow import jobs
-from paraknow.errors import ParaknowError
-from paraknow.train import TrainConfig
 from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
+
+from paraknow.core import jobdir
+from paraknow.core.errors import ParaknowError
+from paraknow.core.jobdir import LOG_FILE
+from paraknow.runs import jobs, rundir
+from paraknow.runs.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +57,7 @@ def test_new_run_is_on_disk_and_seen_by_another_process(setup, tmp_path):
     spec = jobs.read_spec(run_dir)
     assert spec["label"] == "first" and spec["out"] == str(run_dir) and spec["rank"] == 2
     # a run created by another process is listed here (reattach = read from disk)
-    code = ("from paraknow import jobs; from paraknow.train import TrainConfig; import json, sys; "
+    code = ("from paraknow.runs import jobs; from paraknow.runs.train import TrainConfig; import json, sys; "
             "c = TrainConfig(**json.loads(sys.argv[1])); print(jobs.new_run(c, label='other'))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(config(setup).to_dict())], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
@@ -80,13 +82,13 @@ def test_stop_a_queued_run_marks_it_stopped(setup):
     with pytest.raises(ParaknowError, match="not queued"):
         jobs.launch(run_dir)
     with pytest.raises(ParaknowError, match="no adapter"):
-        jobs.adapter_zip(run_dir)
+        rundir.adapter_zip(run_dir)
 
 
 def test_read_metrics_tolerates_a_partial_last_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
-    assert [row["step"] for row in jobs.read_metrics(tmp_path)] == [1, 2]
-    assert jobs.read_metrics(tmp_path / "nowhere") == []
+    assert [row["step"] for row in rundir.read_metrics(tmp_path)] == [1, 2]
+    assert rundir.read_metrics(tmp_path / "nowhere") == []
 
 
 def test_dead_pid_reads_as_failed_and_is_persisted(setup):
@@ -99,7 +101,7 @@ def test_dead_pid_reads_as_failed_and_is_persisted(setup):
     assert jobs.read_status(run_dir)["state"] == "failed"
     saved = json.loads((run_dir / "status.json").read_text())
     assert saved["state"] == "failed"
-    assert saved["error"] == f"worker process died (pid {proc.pid}) without finishing"
+    assert saved["error"] == f"the process (pid {proc.pid}) ended without finishing; see {run_dir / LOG_FILE}"
 
 
 def test_killed_run_becomes_failed_with_a_reason(setup):
@@ -116,7 +118,7 @@ def test_killed_run_becomes_failed_with_a_reason(setup):
     proc.wait()
     status = jobs.read_status(run_dir)
     assert status["state"] == "failed"
-    assert status["error"] == f"worker process died (pid {proc.pid}) without finishing"
+    assert status["error"] == f"the process (pid {proc.pid}) ended without finishing; see {run_dir / LOG_FILE}"
     assert jobs.list_runs(resume_queue=False)[0].state == "failed"
     assert "train --spec" in (run_dir / "stdout.log").read_text()
 
@@ -134,9 +136,9 @@ def test_queue_runs_one_after_another(setup):
         if jobs.worker_pid() not in (None, -1):
             os.kill(jobs.worker_pid(), signal.SIGKILL)
     a, b = jobs.read_status(first), jobs.read_status(second)
-    assert a["state"] == b["state"] == "finished", (jobs.read_log(first), jobs.read_log(second))
+    assert a["state"] == b["state"] == "finished", (jobdir.read_log(first), jobdir.read_log(second))
     assert a["finished"] <= b["started"]  # one at a time, in creation order
-    names = zipfile.ZipFile(BytesIO(jobs.adapter_zip(second))).namelist()
+    names = zipfile.ZipFile(BytesIO(rundir.adapter_zip(second))).namelist()
     assert "adapter/adapter_config.json" in names and "adapter/adapter_model.safetensors" in names
     assert "queue empty" in (jobs.runs_root() / "worker.log").read_text()
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from paraknow.data import IGNORE_INDEX, encode
-from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
+from paraknow.core.data import IGNORE_INDEX, encode
+from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
 
 RECORDS = [
     {"messages": [{"role": "user", "content": f"Question: what is {a} plus {b}?"},

@@ -12,11 +12,12 @@ import re
 import pytest
 import torch
 from safetensors import safe_open
-
 from tiny import TOKENIZER, tiny_llama
+
 from paraknow import lesson as L
-from paraknow.errors import ParaknowError
-from paraknow.paths import cache_dir
+from paraknow.core.errors import ParaknowError
+from paraknow.core.paths import cache_dir
+from paraknow.runs import rundir
 
 TEACHER, STUDENT = "tiny:teacher", "tiny:student"
 
@@ -128,8 +129,9 @@ def _cached_map() -> dict:
 
 
 def test_whole_lesson_on_the_demo_pair():
-    from paraknow import jobs
-    from paraknow.train import TrainConfig, train
+    from paraknow.runs import jobs
+    from paraknow.runs.train import train
+    from paraknow.runs.train_config import TrainConfig
 
     config = L.LessonConfig(epochs=0.1, eval_items=2, eval_every=2, loss_items=4, max_new_tokens=24)
     lesson = L.Lesson(config)
@@ -151,7 +153,7 @@ def test_whole_lesson_on_the_demo_pair():
     run_dir = jobs.new_run(lesson.train_config(), group=lesson.run_group, label="lesson")
     assert train(TrainConfig(**{**jobs.read_spec(run_dir), "out": str(run_dir)})).state == "finished"
     finetune = L.run_step(lesson, "finetune")
-    losses = [row["loss"] for row in jobs.read_metrics(run_dir) if row.get("loss") is not None]
+    losses = [row["loss"] for row in rundir.read_metrics(run_dir) if row.get("loss") is not None]
     k = max(1, len(losses) // 4)
     assert f"from {sum(losses[:k]) / k:.3f}" in finetune.note and f"to {sum(losses[-k:]) / k:.3f}" in finetune.note
 

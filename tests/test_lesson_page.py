@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
+from apptest import assert_ok, open_page
 from streamlit.testing.v1 import AppTest
 
-from apptest import assert_ok, open_page
 from paraknow import lesson as L
 from ui import state as S
 

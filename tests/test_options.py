@@ -7,10 +7,10 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from paraknow.cli import build_parser, main
-from paraknow.options import choices_of, default_of
-from paraknow.sensitivity import METRICS, SensitivityConfig
-from paraknow.train import CLI_FIELDS, TrainConfig
-from paraknow.transfer import TransferConfig
+from paraknow.core.options import choices_of, default_of
+from paraknow.runs.train_config import CLI_FIELDS, TrainConfig
+from paraknow.transfer.plan import TransferConfig
+from paraknow.transfer.sensitivity import METRICS, SensitivityConfig
 from ui import state as S
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -80,7 +80,7 @@ def test_every_train_flag_is_a_config_field():
 def test_every_registry_entry_carries_its_help():
     """The pages' pickers read their help lines from the registries, so a new entry needs one."""
     from paraknow.extract import STRUCTURE_HELP, STRUCTURES
-    from paraknow.mapping import LAYER_STRATEGIES, STRATEGY_HELP
+    from paraknow.transfer.mapping import LAYER_STRATEGIES, STRATEGY_HELP
 
     assert set(STRATEGY_HELP) == set(LAYER_STRATEGIES) and all(STRATEGY_HELP.values())
     assert set(STRUCTURE_HELP) == set(STRUCTURES) and all(STRUCTURE_HELP.values())

@@ -3,12 +3,12 @@ settings, the sidebar's plan mark, flags and emoji shortcodes in page messages, 
 progress and Cancel on the Sensitivity page."""
 from __future__ import annotations
 
-from streamlit.testing.v1 import AppTest
-
 from apptest import APP, assert_ok
 from conftest import finish_jobs
-from paraknow import background
-from paraknow.models import EMBED_ROLES, LAYER_ROLES
+from streamlit.testing.v1 import AppTest
+
+from paraknow.core.architecture import EMBED_ROLES, LAYER_ROLES
+from paraknow.runs import background
 from ui import state as S
 from ui.widgets import no_shortcodes, page_message
 
@@ -74,10 +74,10 @@ def test_a_running_map_shows_progress_and_cancel_and_survives_reruns():
     assert background.read("sensitivity", job.key).live
     assert any("task:\u200barith:\u200btrain" in str(p.proto.text) for p in at.get("progress"))
     at.button(key=f"w_cancel_sensitivity_{job.key[:12]}").click().run()
-    assert background.wait("sensitivity", job.key).state == "cancelled"
+    assert background.wait("sensitivity", job.key).state == "stopped"
     at.run()
     assert_ok(at)
-    assert any("was cancelled" in str(i.value) for i in at.info)
+    assert any("was stopped" in str(i.value) for i in at.info)
     assert not at.get("progress")  # no stale bar left beside the note
     assert at.session_state[S.SENS].config.samples == 32  # the quick start's map is still shown
 

@@ -1,5 +1,5 @@
 """The cache root is one setting: PARAKNOW_CACHE, else cache/ in a checkout, else the user cache folder."""
-from paraknow import paths
+from paraknow.core import paths
 
 
 def test_cache_root_setting_checkout_and_installed(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""`python -m paraknow generate` and paraknow.playground on the demo pair: the CLI prints what the
+"""`python -m paraknow generate` and paraknow.runs.playground on the demo pair: the CLI prints what the
 library returns (with and without an adapter), greedy is deterministic and formatted as the data,
 per-token losses equal an independent computation, diffs and HTML rendering are escaped."""
 from __future__ import annotations
@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from paraknow.cli import main
-from paraknow.data import encode_prompt
-from paraknow.errors import ParaknowError
-from paraknow.evaluate import completion_losses, generate_completions
-from paraknow.lora import attach_adapter
-from paraknow.models import load_model
-from paraknow.playground import (DiffPiece, generate_text, token_loss_html, token_losses, word_diff,
-                                 diff_html)
-from paraknow.sensitivity import SensitivityConfig
-from paraknow.tasks import task_records
-from paraknow.transfer import TransferConfig, extract_to_dir
+from paraknow.core.data import encode_prompt
+from paraknow.core.errors import ParaknowError
+from paraknow.core.models import load_model
+from paraknow.core.tasks import task_records
+from paraknow.runs.evaluate import completion_losses, generate_completions
+from paraknow.runs.playground import DiffPiece, diff_html, generate_text, token_loss_html, token_losses, word_diff
+from paraknow.transfer.lora import attach_adapter
+from paraknow.transfer.pipeline import extract_to_dir
+from paraknow.transfer.plan import TransferConfig
+from paraknow.transfer.sensitivity import SensitivityConfig
 
 STUDENT = "demo:student"
 ITEM = task_records("arith", "test")[0]

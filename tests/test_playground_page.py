@@ -9,14 +9,16 @@ import json
 from pathlib import Path
 
 from apptest import assert_ok, open_page
-from paraknow import jobs
+
 from paraknow.cli import main
-from paraknow.lora import ADAPTER_CONFIG
-from paraknow.paths import cache_dir
-from paraknow.playground import adapter_choices, task_item, token_losses
-from paraknow.sensitivity import SensitivityConfig
-from paraknow.train import TrainConfig
-from paraknow.transfer import TransferConfig, extract_to_dir
+from paraknow.core.paths import cache_dir
+from paraknow.runs import jobs
+from paraknow.runs.playground import adapter_choices, task_item, token_losses
+from paraknow.runs.train_config import TrainConfig
+from paraknow.transfer.lora import ADAPTER_CONFIG
+from paraknow.transfer.pipeline import extract_to_dir
+from paraknow.transfer.plan import TransferConfig
+from paraknow.transfer.sensitivity import SensitivityConfig
 from ui import state as S
 
 PAGE = "pages/7_Playground.py"
@@ -66,7 +68,7 @@ def test_three_answers_side_by_side_match_the_cli(capsys):
 
 
 def _loaded(ref: str):
-    from paraknow.models import load_model
+    from paraknow.core.models import load_model
 
     model, tokenizer = load_model(ref)
     return model.eval(), tokenizer
@@ -94,7 +96,7 @@ def test_typed_prompt_without_reference_and_mistakes():
 def test_adapter_choices_lists_exports_and_run_adapters_for_the_student():
     from peft import LoraConfig, get_peft_model
 
-    from paraknow.models import load_model
+    from paraknow.core.models import load_model
 
     export = cache_dir("exports") / "for-student"
     export.mkdir(parents=True)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import time
 
-from streamlit.testing.v1 import AppTest
-
 from apptest import APP, assert_ok
 from conftest import finish_jobs
-
-from paraknow import jobs
-from paraknow.fsio import atomic_write_json
-from paraknow.htmlreport import image_export_unavailable
-from paraknow.train import TrainConfig
-from ui import state as S
+from streamlit.testing.v1 import AppTest
 from test_app import TIMEOUT
+
+from paraknow.core.fsio import atomic_write_json
+from paraknow.htmlreport import image_export_unavailable
+from paraknow.runs import jobs
+from paraknow.runs.train_config import TrainConfig
+from ui import state as S
 
 
 def _report_button(at: AppTest, slug: str):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from paraknow import jobs
+from paraknow.runs import jobs, rundir
 
 
 def _run(name: str, status, spec=None) -> None:
@@ -40,7 +40,7 @@ def test_a_malformed_run_is_listed_as_unreadable_and_the_others_still_list(statu
     bad = runs["20260102"]
     assert bad.state == jobs.UNREADABLE and reason in bad.status["error"]
     assert bad.to_row()["state"] == jobs.UNREADABLE  # the runs table renders it like any other row
-    assert jobs.has_finished_run()  # the other readers skip it too
+    assert rundir.has_finished_run()  # the other readers skip it too
     assert jobs._next_queued() is None and jobs._busy_run() is None
 
 
@@ -54,7 +54,7 @@ def test_read_status_of_one_bad_run_does_not_raise():
 
 
 def test_a_malformed_export_or_metrics_line_affects_only_itself():
-    from paraknow.paths import cache_dir
+    from paraknow.core.paths import cache_dir
     from ui import ops
 
     root = cache_dir("exports")
@@ -70,4 +70,4 @@ def test_a_malformed_export_or_metrics_line_affects_only_itself():
     run_dir = jobs.runs_root() / "20260101-000000000000-aaaaaa"
     (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n' + "[" * 100000 + "]" * 100000 + "\n"
                                            '{"step": 2, "loss": 1.5}\n')
-    assert [row["step"] for row in jobs.read_metrics(run_dir)] == [1, 2]
+    assert [row["step"] for row in rundir.read_metrics(run_dir)] == [1, 2]

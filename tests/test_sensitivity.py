@@ -1,14 +1,19 @@
 import pytest
 import torch
-
-from paraknow.data import collate, encode_all
-from paraknow.errors import ParaknowError
-from paraknow.data import records_sha256
-from paraknow.mapping import layer_scores
-from paraknow.sensitivity import (SensitivityConfig, cached_sensitivity, compute_sensitivity, group_shares,
-                                  cached_sensitivity_hit, load_sensitivity, marginals, module_table, pooled,
-                                  save_sensitivity, sensitivity_map)
 from tiny import tiny_llama
+
+from paraknow.core.data import collate, encode_all
+from paraknow.core.errors import ParaknowError
+from paraknow.core.records import records_sha256
+from paraknow.transfer.mapping import layer_scores
+from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
+from paraknow.transfer.sensitivity_files import (
+    cached_sensitivity,
+    cached_sensitivity_hit,
+    load_sensitivity,
+    save_sensitivity,
+)
+from paraknow.transfer.sensitivity_map import group_shares, marginals, module_table, pooled, sensitivity_map
 
 
 def reference_grads(model, tokenizer, records):

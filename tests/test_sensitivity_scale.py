@@ -6,11 +6,13 @@ import sys
 
 import pytest
 import torch
+from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 
 from paraknow.cli import main
-from paraknow.data import encode_all, to_jsonl
-from paraknow.sensitivity import METRICS, SensitivityConfig, compute_sensitivity, load_sensitivity
-from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
+from paraknow.core.data import encode_all
+from paraknow.core.records import to_jsonl
+from paraknow.transfer.sensitivity import METRICS, SensitivityConfig, compute_sensitivity
+from paraknow.transfer.sensitivity_files import load_sensitivity
 
 
 @pytest.fixture
@@ -94,7 +96,7 @@ def test_device_map_over_several_entries_equals_plain(tokenizer, seed_records, t
 
 
 def test_bfloat16_sums_keep_the_ranking(tokenizer, seed_records):
-    from paraknow.mapping import layer_scores
+    from paraknow.transfer.mapping import layer_scores
 
     model = tiny_llama(layers=4)
     exact = compute_sensitivity(model, tokenizer, seed_records, SensitivityConfig(samples=8))
@@ -112,7 +114,7 @@ def test_bfloat16_sums_keep_the_ranking(tokenizer, seed_records):
 def test_bfloat16_weights_equal_an_independent_float32_accumulation(tokenizer, seed_records, metric):
     """bf16 weights, float32 sums: each bf16 gradient is added without a float32 copy of it; the map
     must equal plain autograd per sample, every gradient and weight widened to float32 first."""
-    from paraknow.data import collate
+    from paraknow.core.data import collate
 
     model = tiny_llama(layers=2).to(torch.bfloat16)
     items = encode_all(tokenizer, seed_records[:4], 2048)
@@ -123,7 +125,7 @@ def test_bfloat16_weights_equal_an_independent_float32_accumulation(tokenizer, s
         model.zero_grad(set_to_none=True)
         encoded = collate(batch, pad_id=0)
         if metric == "taylor-sum":
-            from paraknow.data import per_sample_loss
+            from paraknow.core.data import per_sample_loss
 
             labels = encoded.pop("labels")
             per_sample_loss(model(**encoded).logits, labels).sum().backward()
@@ -146,7 +148,7 @@ def test_bfloat16_weights_equal_an_independent_float32_accumulation(tokenizer, s
 def test_memory_estimate_parts():
     from transformers import LlamaConfig
 
-    from paraknow.models import estimate_sensitivity_memory
+    from paraknow.core.memory import estimate_sensitivity_memory
 
     config = LlamaConfig(num_hidden_layers=4, hidden_size=256, intermediate_size=512, num_attention_heads=4,
                          vocab_size=1000)
@@ -164,9 +166,10 @@ def test_memory_estimate_parts():
 
 
 def test_memory_check_names_what_fits(tmp_path, saved_teacher, capsys):
-    from paraknow.errors import ParaknowError
-    from paraknow.models import estimate_sensitivity_memory, load_config
-    from paraknow.sensitivity import check_memory
+    from paraknow.core.errors import ParaknowError
+    from paraknow.core.memory import estimate_sensitivity_memory
+    from paraknow.core.models import load_config
+    from paraknow.transfer.sensitivity import check_memory
 
     model, data = saved_teacher
     hf_config = load_config(model)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from apptest import APP, assert_ok
+from conftest import finish_jobs
 from safetensors.torch import load_file
 from streamlit.testing.v1 import AppTest
 
-from apptest import APP, assert_ok
-from conftest import finish_jobs
 from paraknow import cli
-from paraknow.extract_recipe import from_query, to_json
+from paraknow.transfer.recipe import from_query, to_json
 from ui import state as S
 
 TIMEOUT = 600

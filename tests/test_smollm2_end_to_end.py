@@ -22,11 +22,12 @@ SEEDS = [{"prompt": f"Question: Tom has {a} apples and buys {b} more. How many a
 def test_smollm2_teacher_to_a_smaller_student_end_to_end(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from paraknow.data import to_jsonl
-    from paraknow.export import extract_to_dir, verify_export
-    from paraknow.models import load_model
-    from paraknow.sensitivity import SensitivityConfig
-    from paraknow.transfer import TransferConfig
+    from paraknow.core.models import load_model
+    from paraknow.core.records import to_jsonl
+    from paraknow.transfer.export import verify_export
+    from paraknow.transfer.pipeline import extract_to_dir
+    from paraknow.transfer.plan import TransferConfig
+    from paraknow.transfer.sensitivity import SensitivityConfig
 
     monkeypatch.setenv("PARAKNOW_CACHE", str(tmp_path / "cache"))
     teacher, tokenizer = load_model(TEACHER)

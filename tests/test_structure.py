@@ -11,17 +11,18 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from tiny import VOCAB
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from paraknow.diagnostics import module_cosines
-from paraknow.errors import ParaknowError
+from paraknow.core.architecture import ATTN_ROLES, FFN_ROLES, describe, describe_config
+from paraknow.core.errors import ParaknowError
 from paraknow.extract import max_sum_block_reference, select
-from paraknow.models import ATTN_ROLES, FFN_ROLES, describe, describe_config
-from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
-from paraknow.similarity import layer_similarity
-from paraknow.structure import AXES, plan_index_sets
-from paraknow.transfer import TransferConfig, export_transfer, plan_transfer
-from tiny import VOCAB
+from paraknow.transfer.diagnostics import module_cosines
+from paraknow.transfer.export import export_transfer
+from paraknow.transfer.plan import TransferConfig, plan_transfer
+from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
+from paraknow.transfer.similarity import layer_similarity
+from paraknow.transfer.structure import AXES, plan_index_sets
 
 INPUT = torch.tensor([[1, 20, 33, 45, 50, 61, 70, 12, 5]])
 FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
@@ -308,8 +309,9 @@ def test_residual_export_keeps_student_and_records_options(tmp_path, planned, to
 
 def test_cli_extract_with_the_new_options(tmp_path, capsys):
     from tiny import SEED_RECORDS, make_tokenizer
+
     from paraknow.cli import main
-    from paraknow.data import to_jsonl
+    from paraknow.core.records import to_jsonl
 
     teacher, student = pair("qwen2", 4)
     for name, model in (("teacher", teacher), ("student", student)):
@@ -333,7 +335,7 @@ def test_cli_extract_with_the_new_options(tmp_path, capsys):
 
 def test_drilldown_head_boundaries_and_index_ranges():
     from paraknow import viz
-    from paraknow.structure import head_axes
+    from paraknow.transfer.structure import head_axes
 
     assert head_axes("q_proj", 16) == {"rows": 16} and head_axes("o_proj", 16) == {"cols": 16}
     assert head_axes("up_proj", 16) == {}

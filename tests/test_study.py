@@ -2,23 +2,22 @@
 resume without rerunning finished cells, a failed cell that does not stop the rest, the budget
 refusal, and the CLI giving the same per-cell numbers as the library."""
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from study_fixtures import study_inputs, tiny_recipe, write_recipe
 
 from paraknow.cli import main as cli_main
-from paraknow.data import load_records
-from paraknow.errors import ParaknowError
-from paraknow.evaluate import completion_losses
+from paraknow.core.data import load_records
+from paraknow.core.errors import ParaknowError
+from paraknow.runs.evaluate import completion_losses
 from paraknow.study import parse_recipe, prepare, run_study
-from paraknow.study.results import select_lr
 from paraknow.study.exports import random_teacher
+from paraknow.study.results import select_lr
 from paraknow.study.signals import SIGNALS, export_signals
 from paraknow.study.stats import mean_interval, paired_difference
-from study_fixtures import study_inputs, tiny_recipe, write_recipe
 
 NUMBERS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
 
@@ -78,7 +77,7 @@ def test_end_to_end_cells_and_files(study):
 
 
 def test_untuned_and_teacher_controls_are_the_models_as_they_are(study):
-    from paraknow.evaluate import run_eval
+    from paraknow.runs.evaluate import run_eval
 
     cells = cells_by_id(study["results"])
     paths = study["paths"]
@@ -142,7 +141,7 @@ def test_zero_step_signal_is_the_additive_loss_change(study):
     additive injection; the signal must equal its loss change, and leave the student unchanged."""
     from peft import PeftModel
 
-    from paraknow.models import load_model
+    from paraknow.core.models import load_model
 
     out, paths = study["out"], study["paths"]
     export = out / next(c for c in study["results"]["cells"] if c["arm"] == "pkt")["export"]

@@ -5,13 +5,14 @@ import subprocess
 import sys
 
 import pytest
+from study_fixtures import study_inputs, tiny_recipe
 
-from paraknow.errors import ParaknowError
+from paraknow.core.errors import ParaknowError
 from paraknow.study import parse_recipe
+from paraknow.study.cells import STUDY_FILE
 from paraknow.study.control import read_status, read_study, start_study, stop_study
 from paraknow.study.plan import plan_cells, train_config
-from paraknow.study.runner import STUDY_FILE, _stop_relay
-from study_fixtures import study_inputs, tiny_recipe
+from paraknow.study.runner import _stop_relay
 
 
 def small_recipe(paths, **changes):
@@ -20,7 +21,7 @@ def small_recipe(paths, **changes):
 
 
 def test_a_stop_request_reaches_a_running_training(tmp_path):
-    from paraknow.train import train
+    from paraknow.runs.train import train
 
     paths = study_inputs(tmp_path / "in")
     recipe = parse_recipe(tiny_recipe(paths, train={**tiny_recipe(paths)["train"], "epochs": 3}))

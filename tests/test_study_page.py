@@ -6,13 +6,13 @@ import json
 import time
 from pathlib import Path
 
-from streamlit.testing.v1 import AppTest
-
 from apptest import assert_ok, open_page
+from streamlit.testing.v1 import AppTest
+from study_fixtures import study_inputs, tiny_recipe
+
 from paraknow.study.control import read_status
 from ui import state as S
 from ui import study as U
-from study_fixtures import study_inputs, tiny_recipe
 
 PAGE = "pages/8_Study.py"
 POLL_S = 0.5
@@ -51,7 +51,7 @@ def test_grid_builder_counts_arms_and_runs():
 
 def test_factor_levels_come_from_the_registries():
     from paraknow.extract import STRUCTURES
-    from paraknow.mapping import LAYER_STRATEGIES
+    from paraknow.transfer.mapping import LAYER_STRATEGIES
 
     levels = U.factor_levels()
     assert set(levels["structure"]) == set(STRUCTURES) - {"submatrix"}

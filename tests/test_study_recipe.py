@@ -6,14 +6,14 @@ import sys
 
 import pytest
 import yaml
+from study_fixtures import TEACHER, save_model, study_inputs, tiny_recipe, write_recipe
 
-from paraknow.errors import ParaknowError
+from paraknow.core.errors import ParaknowError
 from paraknow.extract import STRUCTURES
-from paraknow.mapping import LAYER_STRATEGIES
-from paraknow.sensitivity import METRICS
 from paraknow.study import load_recipe, parse_recipe, prepare
 from paraknow.study.recipe import extract_keys, train_keys
-from study_fixtures import STUDENT, TEACHER, save_model, study_inputs, tiny_recipe, write_recipe
+from paraknow.transfer.mapping import LAYER_STRATEGIES
+from paraknow.transfer.sensitivity import METRICS
 
 BASE = {"teacher": "demo:teacher", "student": "demo:student", "seed_data": "task:arith:seed",
         "train_data": "task:arith:train", "val_data": "task:arith:train", "test_data": "task:arith:test",

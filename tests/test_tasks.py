@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from paraknow import tasks
-from paraknow.data import load_records, parse_jsonl
-from paraknow.errors import ParaknowError
+from paraknow.core import task_world, tasks
+from paraknow.core.data import load_records
+from paraknow.core.errors import ParaknowError
+from paraknow.core.records import parse_jsonl
 
 
 def prompts(records):
@@ -61,7 +62,7 @@ def test_corpus_never_contains_a_split_record(name):
             letters = Counter(r["answer"] for r in records)
             assert min(letters.values()) > 0.2 * len(records), letters
     # the general text is prose: no task prompt or worked answer can occur inside it
-    text = "\n".join(tasks.general_text(demo.N_TEXT))
+    text = "\n".join(task_world.general_text(demo.N_TEXT))
     first_words = {t.split()[0] for t in split_texts}
     assert first_words <= {"Question:", "Answer:", "Reverse", "Give", "Count", "Join", "Remove"}
     for marker in ("Question:", "Answer:", "these words"):
@@ -69,10 +70,10 @@ def test_corpus_never_contains_a_split_record(name):
 
 
 def test_facts_test_split_asks_about_other_facts():
-    part = tasks.fact_partition()
+    part = task_world.fact_partition()
     assert not set(part["test"]) & set(part["train"])
-    questions = {tasks.RELATIONS[rel][0].format(s=subj): (rel, subj)
-                 for rel, subj, _ in tasks.world()["facts"]}
+    questions = {task_world.RELATIONS[rel][0].format(s=subj): (rel, subj)
+                 for rel, subj, _ in task_world.world()["facts"]}
 
     def asked(records):
         return {questions[r["messages"][0]["content"].split("\n")[0][len("Question: "):]]
@@ -85,21 +86,21 @@ def test_facts_test_split_asks_about_other_facts():
     # the pre-training corpus quizzes test facts too (the knowledge the teacher should hold)
     assert test_asked & asked(tasks.corpus_records("facts", 2000))
     # every fact the test asks about is stated in the general text
-    text = " ".join(tasks.general_text(600))
+    text = " ".join(task_world.general_text(600))
     for rel, subj, value in part["test"]:
         assert subj in text and value in text
 
 
 def test_deterministic_across_processes():
     """Same records in a fresh interpreter with another hash seed (no hash()/set order)."""
-    code = ("import json; from paraknow import tasks; "
+    code = ("import json; from paraknow.core import task_world, tasks; "
             "print(json.dumps([tasks.task_records(n, s)[:5] + tasks.task_records(n, s)[-3:] "
-            "for n in tasks.TASKS for s in tasks.SPLITS] + [tasks.general_text(5, 1)]))")
+            "for n in tasks.TASKS for s in tasks.SPLITS] + [task_world.general_text(5, 1)]))")
     env = dict(os.environ, PYTHONHASHSEED="12345")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True).stdout
     here = [tasks.task_records(n, s)[:5] + tasks.task_records(n, s)[-3:]
-            for n in tasks.TASKS for s in tasks.SPLITS] + [tasks.general_text(5, 1)]
+            for n in tasks.TASKS for s in tasks.SPLITS] + [task_world.general_text(5, 1)]
     assert json.loads(out) == here
 
 
@@ -175,7 +176,7 @@ def test_instruct_scoring():
 
 
 def test_final_answer():
-    from paraknow.answers import final_answer as f
+    from paraknow.core.answers import final_answer as f
 
     assert f("Answer: 3 + 4 = 7. So the answer is 7.") == "7"
     assert f("the answer is: Paris.\nextra") == "Paris"
@@ -204,9 +205,9 @@ def test_export_jsonl(tmp_path):
 
 
 def test_general_text():
-    a = tasks.general_text(50, seed=3)
-    assert a == tasks.general_text(50, seed=3)
-    assert a != tasks.general_text(50, seed=4)
+    a = task_world.general_text(50, seed=3)
+    assert a == task_world.general_text(50, seed=3)
+    assert a != task_world.general_text(50, seed=4)
     assert len(a) == 50 and all(isinstance(p, str) and p for p in a)
     test_prompts = set(prompts([r for n in tasks.TASKS for r in tasks.task_records(n, "test")]))
     assert not test_prompts & set(a)

@@ -4,14 +4,17 @@ import json
 import pytest
 import torch
 from peft import PeftModel
+from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 from transformers import LlamaForCausalLM, TrainerCallback
 
 from paraknow.cli import main as cli_main
-from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
-from paraknow.train import METRIC_KEYS, TrainConfig, load_spec, run_training, train
-from paraknow.transfer import TransferConfig, export_transfer, plan_transfer
-from paraknow.models import describe
-from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
+from paraknow.core.architecture import describe
+from paraknow.runs.rundir import METRIC_KEYS
+from paraknow.runs.train import run_training, train
+from paraknow.runs.train_config import TrainConfig, load_spec
+from paraknow.transfer.export import export_transfer
+from paraknow.transfer.plan import TransferConfig, plan_transfer
+from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
 
 INPUT = torch.tensor([[1, 20, 33, 45, 50, 61, 70, 12, 5]])
 STUDENT = dict(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2)
@@ -154,7 +157,7 @@ def test_stop_file_stops_cleanly_and_saves_the_adapter(tmp_path):
 
 
 def test_exception_marks_the_run_failed(tmp_path, capsys, monkeypatch):
-    import paraknow.train as train_module
+    import paraknow.runs.train as train_module
 
     student = save_student(tmp_path)
     run = tmp_path / "run"

@@ -4,14 +4,16 @@ import json
 import pytest
 import torch
 from peft import PeftModel
+from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 from transformers import LlamaForCausalLM
 
-from paraknow import jobs
-from paraknow.models import describe
-from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
-from paraknow.train import PISSA_EMBEDDING_NOTE, TrainConfig, train
-from paraknow.transfer import TransferConfig, export_transfer, plan_transfer
-from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
+from paraknow.core.architecture import describe
+from paraknow.runs import jobs
+from paraknow.runs.train import train
+from paraknow.runs.train_config import PISSA_EMBEDDING_NOTE, TrainConfig
+from paraknow.transfer.export import export_transfer
+from paraknow.transfer.plan import TransferConfig, plan_transfer
+from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
 
 INPUT = torch.tensor([[1, 20, 33, 45, 50, 61, 70, 12, 5]])
 EMBED_TARGETS = ["down_proj", "embed_tokens", "gate_proj", "k_proj", "lm_head", "o_proj", "q_proj", "up_proj",
@@ -87,9 +89,9 @@ def test_pissa_with_embedding_targets_saves_a_plain_lora_that_reproduces_trainin
 
 
 def test_match_reaches_training_evaluation_and_eval_command(tmp_path, monkeypatch, capsys):
-    import paraknow.evaluate as evaluate_module
+    import paraknow.runs.evaluate as evaluate_module
     from paraknow.cli import main
-    from paraknow.errors import ParaknowError
+    from paraknow.core.errors import ParaknowError
 
     student_dir, data, _ = _student_and_data(tmp_path)
     seen = []

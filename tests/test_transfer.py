@@ -5,14 +5,16 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-
-from paraknow.errors import ParaknowError
-from paraknow.extract import max_sum_block_reference
-from paraknow.lora import read_adapter, residual_to_plain, student_from_export
-from paraknow.models import describe
-from paraknow.sensitivity import SensitivityConfig, compute_sensitivity
-from paraknow.transfer import TransferConfig, compatibility, export_transfer, plan_transfer, verify_export
 from tiny import tiny_llama
+
+from paraknow.core.architecture import describe
+from paraknow.core.compatibility import compatibility
+from paraknow.core.errors import ParaknowError
+from paraknow.extract import max_sum_block_reference
+from paraknow.transfer.export import export_transfer, verify_export
+from paraknow.transfer.lora import read_adapter, residual_to_plain, student_from_export
+from paraknow.transfer.plan import TransferConfig, plan_transfer
+from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
 
 INPUT = torch.tensor([[1, 20, 33, 45, 50, 61, 70, 12, 5]])
 

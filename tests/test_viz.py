@@ -1,4 +1,4 @@
-"""paraknow.viz figure builders and paraknow.similarity (linear CKA), without a browser."""
+"""paraknow.viz figure builders and paraknow.transfer.similarity (linear CKA), without a browser."""
 from __future__ import annotations
 
 import math
@@ -7,15 +7,16 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
-
 from tiny import TOKENIZER, tiny_llama
+
 from paraknow import viz
-from paraknow.errors import ParaknowError
+from paraknow.core.architecture import describe
+from paraknow.core.errors import ParaknowError
 from paraknow.extract import block_selection, select
-from paraknow.models import describe
-from paraknow.sensitivity import magnitude, module_table
-from paraknow.similarity import cka_matrix, layer_similarity, linear_cka
-from paraknow.transfer import TransferConfig, plan_transfer
+from paraknow.transfer.plan import TransferConfig, plan_transfer
+from paraknow.transfer.sensitivity import magnitude
+from paraknow.transfer.sensitivity_map import module_table
+from paraknow.transfer.similarity import cka_matrix, layer_similarity, linear_cka
 
 
 def _table(n_layers=3):

@@ -1,6 +1,6 @@
 """Where queued runs and study cells execute: the executor picker of the Fine-tune and Study pages.
 
-The choices, defaults and help texts are those of `paraknow.executors.ExecutorConfig` (its field
+The choices, defaults and help texts are those of `paraknow.runs.executors.ExecutorConfig` (its field
 metadata and the EXECUTORS registry), the same ones the `--executor/--address/--cpus/--gpus` flags
 of `train` and `study` read (docs/cluster.md). The widgets' values live under the ui.state keys
 W_EXEC*, shared by both pages.
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from paraknow.errors import ParaknowError
-from paraknow.executors import EXECUTORS, ExecutorConfig, LocalExecutor
-from paraknow.options import choices_of, default_of, help_of
+from paraknow.core.errors import ParaknowError
+from paraknow.core.options import choices_of, default_of, help_of
+from paraknow.runs.executors import EXECUTORS, ExecutorConfig, LocalExecutor
 from ui import state as S
 from ui.state import PERSIST
 from ui.widgets import page_message

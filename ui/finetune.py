@@ -1,6 +1,6 @@
 """Fine-tune page helpers: data and export pickers, the form -> TrainConfig, runs-table rows.
 
-The runs themselves live on disk (`paraknow.jobs`, cache/runs/<id>/): the page reads them back on
+The runs themselves live on disk (`paraknow.runs.jobs`, cache/runs/<id>/): the page reads them back on
 every (live) rerun, so a browser reload or an app restart loses nothing. Everything below the
 "Pure helpers" line works without a Streamlit session (tested directly).
 """
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from paraknow import jobs
-from paraknow.errors import ParaknowError
-from paraknow.executors import ExecutorConfig
-from paraknow.paths import cache_dir
-from paraknow.train_config import TrainConfig, method_of
+from paraknow.core.errors import ParaknowError
+from paraknow.core.paths import cache_dir
+from paraknow.runs import jobs
+from paraknow.runs.executors import ExecutorConfig
+from paraknow.runs.train_config import TrainConfig, method_of
 from ui import ops
 from ui import state as S
 from ui.state import PERSIST
@@ -34,7 +34,7 @@ INIT_LABELS = {"vanilla": "vanilla LoRA", "pissa": "PiSSA", "pkt": "PKT export"}
 def data_picker(role: str, label: str, allow_none: bool = False) -> str | None:
     """A dataset reference for training (`role` "train") or evaluation ("eval"): a built-in task split,
     a JSONL path on the server, or an uploaded JSONL (saved under cache/uploads/). None when unset."""
-    from paraknow.tasks import SPLITS, TASKS
+    from paraknow.core.tasks import SPLITS, TASKS
 
     options = ((S.FT_EVAL_NONE,) if allow_none else ()) + S.FT_SOURCES
     source = st.radio(label, options, key=S.W_FT_SRC + role, horizontal=True, **PERSIST)
@@ -76,7 +76,7 @@ def data_picker(role: str, label: str, allow_none: bool = False) -> str | None:
 @st.cache_data(max_entries=16, show_spinner=False)
 def _count_records(path: str, mtime_ns: int, size: int) -> int:
     """Records in a JSONL file (read once per version of the file; a malformed line raises)."""
-    from paraknow.data import load_records
+    from paraknow.core.data import load_records
 
     return len(load_records(path))
 
@@ -118,7 +118,7 @@ def list_exports() -> list[dict]:
 
 def save_upload(data: bytes, name: str) -> Path:
     """Validate an uploaded JSONL and save it under cache/uploads/<sha12>-<name> (content-keyed)."""
-    from paraknow.data import parse_jsonl
+    from paraknow.core.records import parse_jsonl
 
     if len(data) > MAX_DATA_BYTES:
         raise ParaknowError(f"{name} is {len(data) / 2**20:.1f} MB; uploads are limited to "

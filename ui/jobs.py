@@ -1,4 +1,4 @@
-"""The pages' side of background jobs (paraknow/background.py): start, attach, show, adopt.
+"""The pages' side of background jobs (paraknow/runs/background.py): start, attach, show, adopt.
 
 A page computes the content key of what it wants (`*_request`); the map, similarity, export or
 verification then comes, in this order, from the session, from the content cache, or from a job
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from paraknow import background
-from paraknow.background_work import RECORDS_FILE
-from paraknow.errors import ParaknowError
+from paraknow.core import jobdir
+from paraknow.core.errors import ParaknowError
+from paraknow.runs import background
+from paraknow.runs.background_work import RECORDS_FILE
 from ui import state as S
 
 POLL_S = 1.0  # how often a running job's progress is redrawn
@@ -64,8 +65,8 @@ def ended_note(view: background.JobView, doing: str) -> None:
         from ui.widgets import page_message
 
         st.error(page_message(f"{doing[:1].upper()}{doing[1:]} failed: {view.error}"), icon=":material/error:")
-    elif view.state == "cancelled":
-        st.info(f"{doing[:1].upper()}{doing[1:]} was cancelled.", icon=":material/cancel:")
+    elif view.state == "stopped":
+        st.info(f"{doing[:1].upper()}{doing[1:]} was stopped.", icon=":material/cancel:")
 
 
 def wait(kind: str, key: str, progress) -> background.JobView:
@@ -83,7 +84,7 @@ def wait(kind: str, key: str, progress) -> background.JobView:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _fingerprint(ref: str, dtype: str, device: str, stamp: str) -> str:
-    from paraknow.models import model_fingerprint
+    from paraknow.core.models import model_fingerprint
     from ui.widgets import load_model_cached
 
     return model_fingerprint(load_model_cached(ref, dtype, device)[0])
@@ -119,7 +120,7 @@ class SensitivityRequest:
 
 def sensitivity_request(data: SeedData, config) -> SensitivityRequest:
     """The map of the loaded teacher on `data` with `config`; raises ParaknowError on bad settings."""
-    from paraknow.sensitivity_files import sensitivity_key
+    from paraknow.transfer.sensitivity_files import sensitivity_key
 
     config.validate()
     if len(data.records) < config.samples:
@@ -141,7 +142,7 @@ def try_sensitivity_request(data: SeedData | None, config) -> SensitivityRequest
 
 
 def start_sensitivity(request: SensitivityRequest) -> None:
-    from paraknow.data import to_jsonl
+    from paraknow.core.records import to_jsonl
 
     if not sensitivity_cached(request):
         background.start("sensitivity", request.key,
@@ -154,23 +155,24 @@ def sensitivity_cached(request: SensitivityRequest) -> bool:
 
 
 def _cached_map(request: SensitivityRequest) -> Path:
-    from paraknow.sensitivity_files import cache_path
+    from paraknow.transfer.sensitivity_files import cache_path
 
     return cache_path(request.key)
 
 
 def sensitivity_file(sens: dict) -> Path:
     """The cached file of a map the session holds (its id is its content key)."""
-    from paraknow.sensitivity_files import cache_path
+    from paraknow.transfer.sensitivity_files import cache_path
 
     return cache_path(sens.id)
 
 
 def sensitivity_result(request: SensitivityRequest, seconds: float | None):
     """The session's SensitivityMap, read from the content cache (`seconds` None: it was cached)."""
-    from paraknow.data import records_sha256
-    from paraknow.mapping import layer_scores
-    from paraknow.sensitivity import SensitivityMap, group_shares, load_sensitivity, module_table
+    from paraknow.core.records import records_sha256
+    from paraknow.transfer.mapping import layer_scores
+    from paraknow.transfer.sensitivity_files import load_sensitivity
+    from paraknow.transfer.sensitivity_map import SensitivityMap, group_shares, module_table
 
     scores, meta = load_sensitivity(_cached_map(request))
     n_layers = S.get(S.TEACHER_INFO).n_layers
@@ -218,7 +220,7 @@ def similarity_key() -> str | None:
 
 
 def start_similarity() -> None:
-    from paraknow.data import to_jsonl
+    from paraknow.core.records import to_jsonl
 
     background.start("similarity", similarity_key(), {"teacher": S.get(S.TEACHER), "student": S.get(S.STUDENT)},
                      {RECORDS_FILE: to_jsonl(S.get(S.SENS).records)})
@@ -255,8 +257,8 @@ def start_export(spec: dict) -> str:
 def named_export(name: str | None) -> dict | None:
     """The session's export record of cache/exports/<name>, when it exists and was made from the
     loaded teacher for the loaded student (a reloaded page offers the export it made)."""
-    from paraknow.lora import load_manifest
-    from paraknow.paths import cache_dir
+    from paraknow.core.paths import cache_dir
+    from paraknow.transfer.lora import load_manifest
 
     teacher, student = S.get(S.TEACHER), S.get(S.STUDENT)
     out = cache_dir("exports") / (name or "")
@@ -273,12 +275,12 @@ def named_export(name: str | None) -> dict | None:
 
 def _running_export(name: str | None) -> str | None:
     """The key of a running export job writing cache/exports/<name> (started before a reload)."""
-    from paraknow.paths import cache_dir
-    from paraknow.rundir import read_json
+    from paraknow.core.jobdir import read_json
+    from paraknow.core.paths import cache_dir
 
     out = str(cache_dir("exports") / (name or ""))
     return next((v.key for v in background.live_jobs() if v.kind == "export"
-                 and (read_json(v.dir / background.SPEC) or {}).get("out") == out), None)
+                 and (read_json(v.dir / jobdir.SPEC_FILE) or {}).get("out") == out), None)
 
 
 def follow_export(name: str | None) -> None:
@@ -312,7 +314,7 @@ def verify_key(export: dict) -> str:
 
 
 def start_verify(export: dict) -> None:
-    from paraknow.data import to_jsonl
+    from paraknow.core.records import to_jsonl
 
     sens = S.get(S.SENS)
     background.start("verify", verify_key(export),
@@ -322,8 +324,8 @@ def start_verify(export: dict) -> None:
 
 
 def follow_verify(export: dict):
-    """The paraknow.export.Verification of `export` (from its job folder once finished), or None."""
-    from paraknow.export import Verification
+    """The paraknow.transfer.export.Verification of `export` (from its job folder once finished), or None."""
+    from paraknow.transfer.export import Verification
 
     key = verify_key(export)
     if S.get(S.VERIFY) is not None and S.get(S.VERIFY_KEY) == key:

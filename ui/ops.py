@@ -2,7 +2,7 @@
 
 - export names and the list of exports under cache/exports/
 - zipping an export for download
-(verifying an export with plain PEFT is paraknow.export.verify_export)
+(verifying an export with plain PEFT is paraknow.transfer.export.verify_export)
 """
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import hashlib
 import re
 from pathlib import Path
 
-from paraknow.errors import ParaknowError
-from paraknow.extract_recipe import NAME_MAX, check_export_name  # noqa: F401 - the pages call ops.check_export_name
-from paraknow.fsio import zip_folder
-
+from paraknow.core.errors import ParaknowError
+from paraknow.core.fsio import zip_folder
+from paraknow.transfer.recipe import NAME_MAX, check_export_name  # noqa: F401 - the pages call ops.check_export_name
 
 
 def shorten(text: str, max_chars: int) -> str:
@@ -50,7 +49,7 @@ def default_export_name(teacher: str, student: str, data_label: str, structure: 
 def list_exports(root: Path) -> list[dict]:
     """Exports under `root` (newest first): name, dir, created, teacher, student, rank, mode, modules
     and the whole manifest. An export whose paraknow.json is unreadable is left out (not an error)."""
-    from paraknow.lora import load_manifest
+    from paraknow.transfer.lora import load_manifest
 
     out = []
     if not root.is_dir():

@@ -1,4 +1,4 @@
-"""The session in the URL and in a recipe file (keys: paraknow/extract_recipe.py, docs/recipe.md).
+"""The session in the URL and in a recipe file (keys: paraknow/transfer/recipe.py, docs/recipe.md).
 
 app.py calls `restore_from_url` on the first run of a browser session (a reload or a link opens a
 new session) and `write_url` after every run, so the address bar always holds the teacher, the
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from paraknow.errors import ParaknowError
-from paraknow.extract_recipe import SessionRecipe, from_query, recipe_from_text, to_json
+from paraknow.core.errors import ParaknowError
+from paraknow.transfer.recipe import SessionRecipe, from_query, recipe_from_text, to_json
 from ui import state as S
 
 TRANSFER_WIDGETS = {"structure": S.W_STRUCTURE, "coherent": S.W_COHERENT, "seed": S.W_MAP_SEED,
@@ -77,8 +77,8 @@ def recipe_json() -> str:
 
 
 def _apply_widgets(recipe: SessionRecipe) -> None:
-    from paraknow.transfer import default_roles, resolve_roles
-    from paraknow.models import EMBED_ROLES, LAYER_ROLES
+    from paraknow.core.architecture import EMBED_ROLES, LAYER_ROLES
+    from paraknow.core.compatibility import default_roles, resolve_roles
 
     ss = st.session_state
     for key, widget in {**SENSITIVITY_WIDGETS, **TRANSFER_WIDGETS}.items():
@@ -127,7 +127,7 @@ def _adopt_results(recipe: SessionRecipe) -> None:
     """The sensitivity map and the export this state names, when the content cache holds them."""
     from pathlib import Path
 
-    from paraknow.data import load_records
+    from paraknow.core.data import load_records
     from ui import jobs
     from ui.widgets import set_sensitivity
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from paraknow.jobs import has_finished_run
+from paraknow.runs.rundir import has_finished_run
 
 PERSIST = {"persist_state": "session"}
 ROLES = ("teacher", "student")
@@ -28,9 +28,9 @@ ROLES = ("teacher", "student")
 # ---- results --------------------------------------------------------------------------
 TEACHER = "pk_teacher"            # {"ref", "dtype", "device"} of the loaded teacher, or None
 STUDENT = "pk_student"            # same for the student
-TEACHER_INFO = "pk_teacher_info"  # paraknow.models.ModelInfo of the loaded teacher (describe)
+TEACHER_INFO = "pk_teacher_info"  # paraknow.core.models.ModelInfo of the loaded teacher (describe)
 STUDENT_INFO = "pk_student_info"
-SENS = "pk_sens"                  # paraknow.sensitivity.SensitivityMap (ui.widgets.sensitivity_result)
+SENS = "pk_sens"                  # paraknow.transfer.sensitivity.SensitivityMap (ui.widgets.sensitivity_result)
 SENS_B = "pk_sens_b"              # second map for the task comparison
 MANUAL_MAP = "pk_manual_map"      # manual layer map (list, teacher layer or None per student layer)
 MANUAL_BASE = "pk_manual_base"    # the map the mapping table editor started from
@@ -44,7 +44,7 @@ NAME_AUTO = "pk_name_auto"        # the export name last filled in from the sett
 URL_READ = "pk_url_read"          # the URL's state was applied (once per session: a reload is a new session)
 URL_NOTICE = "pk_url_notice"      # what in the URL or an uploaded recipe could not be used
 EXPORTS_MADE = "pk_exports_made"  # names exported in this session
-VERIFY = "pk_verify"              # paraknow.export.Verification of the last verification
+VERIFY = "pk_verify"              # paraknow.transfer.export.Verification of the last verification
 VERIFY_KEY = "pk_verify_key"      # content key of that verification's job (ui.jobs.verify_key)
 QUICKSTART = "pk_quickstart"      # summary line of the last quick start
 HUB_CHECKED = "pk_hub_checked"    # hub ids whose config the user asked to look up (network)
@@ -57,7 +57,7 @@ LESSON = "pk_lesson"              # paraknow.lesson.Lesson of the Lesson page (i
 class HeldPlan:
     """The plan the session holds, with the settings it was made from (ui.widgets.plan_key)."""
     key: str
-    plan: object  # paraknow.transfer.TransferPlan
+    plan: object  # paraknow.transfer.plan.TransferPlan
 
 
 RESULT_DEFAULTS = {
@@ -176,13 +176,14 @@ def preset_model_widgets(role: str, ref: str, dtype: str = "float32", device: st
 
 
 def widget_defaults() -> dict:
-    """Widget defaults; every pipeline setting is read from its config dataclass (paraknow.options)."""
-    from paraknow.models import EMBED_ROLES, LAYER_ROLES
-    from paraknow.options import default_of
-    from paraknow.sensitivity import SensitivityConfig
-    from paraknow.transfer import TransferConfig, default_roles
+    """Widget defaults; every pipeline setting is read from its config dataclass (paraknow.core.options)."""
+    from paraknow.core.architecture import EMBED_ROLES, LAYER_ROLES
+    from paraknow.core.compatibility import default_roles
+    from paraknow.core.options import default_of
     from paraknow.lesson import STEP_KEYS
-    from paraknow.playground import DEFAULT_MAX_NEW_TOKENS
+    from paraknow.runs.playground import DEFAULT_MAX_NEW_TOKENS
+    from paraknow.transfer.plan import TransferConfig
+    from paraknow.transfer.sensitivity import SensitivityConfig
 
     sens = lambda name: default_of(SensitivityConfig, name)  # noqa: E731
     transfer = lambda name: default_of(TransferConfig, name)  # noqa: E731
@@ -253,16 +254,16 @@ def progress_summary() -> dict[str, bool]:
 
 
 # ---- Where queued runs and study cells execute (Fine-tune and Study pages, ui/executor.py) ----
-# One choice for both pages: the fields of paraknow.executors.ExecutorConfig.
-W_EXEC = "w_exec"                   # executor name (a key of paraknow.executors.EXECUTORS)
+# One choice for both pages: the fields of paraknow.runs.executors.ExecutorConfig.
+W_EXEC = "w_exec"                   # executor name (a key of paraknow.runs.executors.EXECUTORS)
 W_EXEC_ADDRESS = "w_exec_address"   # Ray address text ("" = Ray's own lookup)
 W_EXEC_CPUS = "w_exec_cpus"
 W_EXEC_GPUS = "w_exec_gpus"
 
 
 def executor_defaults() -> dict:
-    from paraknow.executors import ExecutorConfig
-    from paraknow.options import default_of
+    from paraknow.core.options import default_of
+    from paraknow.runs.executors import ExecutorConfig
 
     executor = lambda name: default_of(ExecutorConfig, name)  # noqa: E731
     return {W_EXEC: executor("executor"), W_EXEC_ADDRESS: executor("address") or "",
@@ -270,7 +271,7 @@ def executor_defaults() -> dict:
 
 
 # ---- Fine-tune page (page 6) ------------------------------------------------------------
-# Runs themselves live on disk (paraknow.jobs, cache/runs/<id>/); the session only keeps the
+# Runs themselves live on disk (paraknow.runs.jobs, cache/runs/<id>/); the session only keeps the
 # form's values, which runs are overlaid and the last launch's message.
 FT_NOTICE = "pk_ft_notice"        # message about the last launch / comparison (shown once)
 FT_UPLOADS = "pk_ft_uploads"      # {"train"|"eval": saved path} of uploaded JSONL data
@@ -307,9 +308,9 @@ W_FT_GROUP = "w_ft_group"         # comparison group shown
 
 
 def finetune_defaults() -> dict:
-    from paraknow.options import default_of
-    from paraknow.train import TrainConfig
-    from paraknow.transfer import TransferConfig
+    from paraknow.core.options import default_of
+    from paraknow.runs.train_config import TrainConfig
+    from paraknow.transfer.plan import TransferConfig
 
     train = lambda name: default_of(TrainConfig, name)  # noqa: E731
     student = (get(STUDENT) or {}).get("ref") or default_refs()[1]
@@ -371,10 +372,10 @@ def study_defaults() -> dict:
     seeds (the recipe's default is three, five see differences of a few points)."""
     from dataclasses import fields
 
+    from paraknow.runs.train_config import TrainConfig
     from paraknow.study.recipe import DEFAULT_BUDGET_MINUTES
     from paraknow.study.runner import DEFAULT_WORKERS
-    from paraknow.train import TrainConfig
-    from paraknow.transfer import TransferConfig
+    from paraknow.transfer.plan import TransferConfig
     from ui.study import DEFAULT_CONTROLS, SWEEP_DEFAULT, factor_levels
 
     train = {f.name: f.default for f in fields(TrainConfig)}

@@ -10,8 +10,8 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from paraknow.errors import ParaknowError
-from paraknow.paths import cache_dir
+from paraknow.core.errors import ParaknowError
+from paraknow.core.paths import cache_dir
 
 SWEEP_DEFAULT = "1e-4, 3e-4, 1e-3"
 # one click each: the controls a study needs to be read honestly
@@ -33,7 +33,7 @@ RANK_LEVELS = [4, 8, 32, 64]
 
 
 def _transfer_defaults() -> dict:
-    from paraknow.transfer import TransferConfig
+    from paraknow.transfer.plan import TransferConfig
 
     return {f.name: f.default for f in fields(TransferConfig)}
 
@@ -41,11 +41,11 @@ def _transfer_defaults() -> dict:
 def factor_levels() -> dict[str, list]:
     """Each factor a PKT arm can vary, with its levels other than the default (which the `pkt`
     control has), read from the registries."""
+    from paraknow.core.architecture import EMBED_ROLES, LAYER_ROLES, MODULE_GROUPS
     from paraknow.extract import STRUCTURES
-    from paraknow.lora import MODES
-    from paraknow.mapping import LAYER_STRATEGIES
-    from paraknow.models import EMBED_ROLES, LAYER_ROLES, MODULE_GROUPS
-    from paraknow.sensitivity import SensitivityConfig
+    from paraknow.transfer.lora import MODES
+    from paraknow.transfer.mapping import LAYER_STRATEGIES
+    from paraknow.transfer.sensitivity import SensitivityConfig
 
     d = _transfer_defaults()
     samples = SensitivityConfig().samples
@@ -98,7 +98,7 @@ def studies_root() -> Path:
 
 def list_studies() -> list[str]:
     """Names of the studies under cache/studies/, newest first."""
-    from paraknow.study.runner import RECIPE_FILE
+    from paraknow.study.cells import RECIPE_FILE
 
     found = [p for p in studies_root().iterdir() if (p / RECIPE_FILE).is_file()]
     return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
@@ -142,7 +142,7 @@ def signal_rows(results: dict) -> list[dict]:
 
 def curve_series(out: Path, results: dict) -> list[dict]:
     """The selected cells' training metrics, for viz.run_curves (one line per arm and seed)."""
-    from paraknow.jobs import read_metrics
+    from paraknow.runs.rundir import read_metrics
 
     return [{"label": f"{c['arm']} s{c['seed']}", "rows": read_metrics(Path(out) / c["run_dir"])}
             for c in results["cells"] if c.get("selected") and c.get("run_dir")]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from paraknow.cache import fmt_bytes  # noqa: F401 - the pages call W.fmt_bytes
-from paraknow.errors import ParaknowError
+from paraknow.core.cache import fmt_bytes  # noqa: F401 - the pages call W.fmt_bytes
+from paraknow.core.errors import ParaknowError
 from ui import state as S
 from ui.state import PERSIST
 
@@ -123,7 +123,7 @@ def ref_stamp(ref: str) -> str:
     """Modification stamp of a local reference (demo, folder, GGUF), so a rebuilt model is reloaded."""
     import os
 
-    from paraknow.models import DEMO_DIR
+    from paraknow.core.models import DEMO_DIR
 
     path = DEMO_DIR / ref.split(":", 1)[1] if ref.startswith("demo:") else Path(os.path.expanduser(ref))
     try:
@@ -143,8 +143,8 @@ def load_model_cached(ref: str, dtype: str = "float32", device: str = "cpu"):
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _load_model_cached(ref: str, dtype: str, device: str, stamp: str):
-    from paraknow.cli import quiet_transformers
-    from paraknow.models import describe, load_model
+    from paraknow.core.architecture import describe
+    from paraknow.core.models import load_model, quiet_transformers
 
     quiet_transformers()
     model, tokenizer = load_model(ref, dtype=dtype, device=device)
@@ -162,7 +162,7 @@ def load_adapted_cached(spec: dict, adapter_dir: str):
 def _load_adapted_cached(ref: str, dtype: str, device: str, stamp: str, adapter_dir: str, adapter_stamp: str):
     import copy
 
-    from paraknow.lora import attach_adapter
+    from paraknow.transfer.lora import attach_adapter
 
     model, tokenizer, _ = load_model_cached(ref, dtype, device)
     return attach_adapter(copy.deepcopy(model), adapter_dir, ref), tokenizer  # the cached base stays as it is
@@ -181,14 +181,14 @@ def describe_ref(ref: str):
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _describe_ref(ref: str, stamp: str):
-    from paraknow.models import describe_ref as describe_reference
+    from paraknow.core.models import describe_ref as describe_reference
 
     return describe_reference(ref)
 
 
 def bundled_status() -> str | None:
     """None when the bundled SmolLM2 is usable, else what to do."""
-    from paraknow.models import bundled_gguf_path
+    from paraknow.core.gguf_models import bundled_gguf_path
 
     try:
         bundled_gguf_path(S.BUNDLED_REF)
@@ -218,7 +218,7 @@ def get_model(role: str):
 
 def model_picker(role: str) -> dict | None:
     """Reference kind, reference, dtype and device of one model -> spec dict or None."""
-    from paraknow.models import DTYPES
+    from paraknow.core.architecture import DTYPES
 
     k = lambda field: S.model_key(role, field)  # noqa: E731
     kind = st.radio("Where the model comes from", S.MODEL_KINDS, key=k("kind"), horizontal=True, **PERSIST)
@@ -259,8 +259,8 @@ def data_picker():
     """Seed data from a built-in task, a JSONL file on the server, an uploaded JSONL or pasted JSONL
     -> ui.jobs.SeedData (uploads and pastes are saved under cache/uploads/, so the data has a
     reference the background job, the URL and the recipe can name) or None."""
-    from paraknow.data import load_records
-    from paraknow.tasks import SPLITS, TASKS
+    from paraknow.core.data import load_records
+    from paraknow.core.tasks import SPLITS, TASKS
     from ui.jobs import SeedData
 
     source = st.radio("Seed data", S.SOURCES, key=S.W_SOURCE, horizontal=True, **PERSIST)
@@ -304,7 +304,7 @@ def data_picker():
 def _saved_seeds(data: bytes, name: str, label: str):
     """Uploaded or pasted seed records, saved by content under cache/uploads/ (a line that is not
     valid JSONL is reported with its number)."""
-    from paraknow.data import load_records
+    from paraknow.core.data import load_records
     from ui.finetune import save_upload
     from ui.jobs import SeedData
 
@@ -340,8 +340,8 @@ def selected_modules() -> tuple | None:
     """TransferConfig.modules from the module checkboxes: None (the default set, which skips embeddings
     on different tokenizers with a note) while they show the default; else the ticked roles (embeddings
     only when they can transfer: their boxes are disabled otherwise)."""
-    from paraknow.models import EMBED_ROLES, LAYER_ROLES
-    from paraknow.transfer import default_roles, tokenizer_mismatch
+    from paraknow.core.architecture import EMBED_ROLES, LAYER_ROLES
+    from paraknow.core.compatibility import default_roles, tokenizer_mismatch
 
     roles = [r for r in LAYER_ROLES + EMBED_ROLES if st.session_state.get(S.W_MODULE_PREFIX + r)]
     if roles == default_roles():
@@ -354,14 +354,14 @@ def selected_modules() -> tuple | None:
 
 def planned_roles() -> list[str]:
     """The roles the current module choice transfers for the loaded pair."""
-    from paraknow.transfer import transfer_roles
+    from paraknow.core.compatibility import transfer_roles
 
     return transfer_roles(S.get(S.TEACHER_INFO), S.get(S.STUDENT_INFO), selected_modules())
 
 
 def current_transfer_config():
     """TransferConfig from the mapping and export widgets (and the stored manual map/overrides)."""
-    from paraknow.transfer import TransferConfig
+    from paraknow.transfer.plan import TransferConfig
 
     ss = st.session_state
     strategy = ss[S.W_STRATEGY]
@@ -399,7 +399,7 @@ def plan_is_current() -> bool:
 def follow_default_export_name() -> None:
     """The export name field holds a name made from the current settings (with a short hash of
     them, so other settings never collide with an earlier export) and follows them until edited."""
-    from paraknow.background import content_key
+    from paraknow.runs.background import content_key
     from ui import ops
 
     config = current_transfer_config()
@@ -420,7 +420,7 @@ def similarity_list(config) -> list | None:
 
 def current_plan(config=None):
     """The TransferPlan of the current settings (memoised in the session); raises ParaknowError."""
-    from paraknow.transfer import plan_transfer
+    from paraknow.transfer.plan import plan_transfer
 
     config = config or current_transfer_config()
     key = plan_key(config)
@@ -439,8 +439,8 @@ def current_plan(config=None):
 def quick_start() -> str:
     """Load the default pair, compute the sensitivity on QUICK_TASK and make the default plan; every
     setting is the config dataclasses' default (the same defaults as the CLI)."""
-    from paraknow.data import load_records
-    from paraknow.sensitivity import SensitivityConfig
+    from paraknow.core.data import load_records
+    from paraknow.transfer.sensitivity import SensitivityConfig
     from ui.jobs import SeedData
 
     t_ref, s_ref = S.default_refs()
@@ -495,7 +495,8 @@ def quick_sensitivity(data, config) -> dict:
 
 def quick_start_plan_text() -> str:
     """The default plan in words, from TransferConfig's defaults (home page and quick start)."""
-    from paraknow.transfer import DEFAULT_MODULES, TransferConfig
+    from paraknow.core.compatibility import DEFAULT_MODULES
+    from paraknow.transfer.plan import TransferConfig
 
     config = TransferConfig()
     groups = {"attn": "attention", "ffn": "FFN", "embed": "embeddings (when both models share the tokenizer)"}
@@ -631,7 +632,7 @@ def require(*needs: str) -> bool:
 def cache_panel() -> None:
     """The runtime cache: entries and size per kind, the cap, and a clear button (entries in use
     are kept). Same library as `python -m paraknow cache list|clear`."""
-    from paraknow import cache
+    from paraknow.core import cache
 
     entries = cache.list_entries()
     with st.expander(f"Cache: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "

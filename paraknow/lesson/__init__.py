@@ -10,19 +10,40 @@ the opposite of what one expects, the note says the opposite too.
 State lives in a `Lesson` (models, the sensitivity map, the plan, the export, the run). Everything
 slow is cached on disk by content (the sensitivity map, the export, the fine-tuning run), so a new
 Lesson on the same settings finds them again; fine-tuning runs as a background job
-(`paraknow.jobs`) and survives a reload. Used by pages/9_Lesson.py; no streamlit here.
+(`paraknow.runs.jobs`) and survives a reload. Used by pages/9_Lesson.py; no streamlit here.
 
 state.py: settings, state, typed results · steps.py: the steps before training · training.py: the
 fine-tune and compare steps · figures.py: the lesson's own charts · here: the registry `STEPS`.
 """
 from __future__ import annotations
 
-from ..errors import ParaknowError
+from ..core.errors import ParaknowError
 from .figures import parameters_figure, presentation, structure_figure, token_loss_figure
-from .state import (GROUP_NAMES, PRESENTATION_SCALE, Lesson, LessonConfig, Question, Step,
-                    StepResult, default_loader, pct, times)
-from .steps import (STRUCTURE_QUESTION, WHERE_QUESTION, how_much, loss_change, step_export, step_layers,
-                    step_load, step_sensitivity, step_structure, step_where, structure_rows)
+from .state import (
+    GROUP_NAMES,
+    PRESENTATION_SCALE,
+    Lesson,
+    LessonConfig,
+    Question,
+    Step,
+    StepResult,
+    default_loader,
+    pct,
+    times,
+)
+from .steps import (
+    STRUCTURE_QUESTION,
+    WHERE_QUESTION,
+    how_much,
+    loss_change,
+    step_export,
+    step_layers,
+    step_load,
+    step_sensitivity,
+    step_structure,
+    step_where,
+    structure_rows,
+)
 from .training import step_compare, step_finetune
 
 __all__ = ["GROUP_NAMES", "PRESENTATION_SCALE", "STEPS", "STEP_KEYS", "STRUCTURE_QUESTION",

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ParaknowError
+from ..core.errors import ParaknowError
 
 GROUP_NAMES = {"attention": "attention", "ffn": "FFN", "embeddings": "embeddings", "other": "norms"}
 RUN_GROUP_PREFIX = "lesson-"
@@ -79,7 +79,7 @@ Loader = Callable[[str], tuple]  # model reference -> (model, tokenizer)
 
 
 def default_loader(ref: str) -> tuple:
-    from ..models import load_model
+    from ..core.models import load_model
 
     model, tokenizer = load_model(ref, device="cpu")
     return model.eval(), tokenizer
@@ -101,7 +101,7 @@ class Lesson:
     def models(self) -> dict:
         """{'teacher', 't_tok', 't_info', 'student', 's_tok', 's_info'}, loaded once."""
         if self._models is None:
-            from ..models import describe
+            from ..core.architecture import describe
 
             teacher, t_tok = self.loader(self.config.teacher)
             student, s_tok = self.loader(self.config.student)
@@ -116,8 +116,9 @@ class Lesson:
     def sensitivity(self) -> tuple[dict, dict, list]:
         """(scores, metadata, seed records used): cached on disk by content (`cached_sensitivity`)."""
         if self._sensitivity is None:
-            from ..data import load_records
-            from ..sensitivity import SensitivityConfig, cached_sensitivity
+            from ..core.data import load_records
+            from ..transfer.sensitivity import SensitivityConfig
+            from ..transfer.sensitivity_files import cached_sensitivity
 
             m = self.models()
             config = SensitivityConfig()
@@ -128,7 +129,7 @@ class Lesson:
 
     def plan(self, structure: str | None = None):
         """The TransferPlan with the library's defaults (`structure` replaces the default one)."""
-        from ..transfer import TransferConfig, plan_transfer
+        from ..transfer.plan import TransferConfig, plan_transfer
 
         config = TransferConfig() if structure is None else TransferConfig(structure=structure)
         if config.structure not in self._plans:
@@ -138,7 +139,7 @@ class Lesson:
 
     def export_name(self) -> str:
         """Named by what it is made of, so the same lesson finds its export (and run) again."""
-        from ..transfer import TransferConfig
+        from ..transfer.plan import TransferConfig
 
         meta = self.sensitivity()[1]
         key = json.dumps({"teacher": self.config.teacher, "student": self.config.student,
@@ -147,14 +148,15 @@ class Lesson:
         return f"lesson-{self.config.task}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
     def export_dir(self) -> Path:
-        from ..paths import cache_dir
+        from ..core.paths import cache_dir
 
         return cache_dir("exports") / self.export_name()
 
     def export(self) -> dict:
         """The export's manifest: written once (`transfer.export_transfer`), read back afterwards."""
-        from ..lora import load_manifest
-        from ..transfer import TransferConfig, export_transfer
+        from ..transfer.export import export_transfer
+        from ..transfer.lora import load_manifest
+        from ..transfer.plan import TransferConfig
 
         out = self.export_dir()
         if (out / "paraknow.json").is_file():
@@ -180,7 +182,7 @@ class Lesson:
         return f"{RUN_GROUP_PREFIX}{self.export_name()}-{settings}"
 
     def train_config(self):
-        from ..train import TrainConfig
+        from ..runs.train_config import TrainConfig
 
         c = self.config
         return TrainConfig(student=c.student, data=f"task:{c.task}:train", init=str(self.export_dir()),
@@ -189,7 +191,7 @@ class Lesson:
                            eval_max_new_tokens=c.max_new_tokens, device="cpu")
 
     def _newest_run(self, ended_badly: bool):
-        from ..jobs import list_runs
+        from ..runs.jobs import list_runs
 
         runs = [r for r in list_runs(group=self.run_group) if (r.state in ("failed", "stopped")) == ended_badly]
         return max(runs, key=lambda r: r.created or 0) if runs else None
@@ -200,7 +202,7 @@ class Lesson:
 
     def start_training(self):
         """Queue the lesson's fine-tuning run (unless one is queued, running or finished) -> RunInfo."""
-        from ..jobs import run_info, submit
+        from ..runs.jobs import run_info, submit
 
         self.export()
         held = self.run()

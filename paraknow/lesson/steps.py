@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ParaknowError
+from ..core.errors import ParaknowError
 from ..extract import STRUCTURE_HELP
 from .figures import parameters_figure, structure_figure
 from .state import GROUP_NAMES, Lesson, Question, StepResult, pct, times
@@ -14,7 +14,7 @@ from .state import GROUP_NAMES, Lesson, Question, StepResult, pct, times
 
 def _parameter_parts(model) -> dict[str, float]:
     """Parameters per group (attention, FFN, embeddings, other), grouped as the sensitivity is."""
-    from ..sensitivity import group_shares
+    from ..transfer.sensitivity_map import group_shares
 
     counts = {name: torch.tensor(float(p.numel())) for name, p in model.named_parameters()}
     total = sum(float(c) for c in counts.values())
@@ -47,7 +47,7 @@ def step_load(lesson: Lesson) -> StepResult:
 
 def _matrix_shares(scores: dict) -> list[dict]:
     """`module_table` rows with each matrix's share of the decoder layers' total sensitivity."""
-    from ..sensitivity import module_table
+    from ..transfer.sensitivity_map import module_table
 
     rows = module_table(scores)
     total = sum(r["sum"] for r in rows) or 1.0
@@ -81,7 +81,7 @@ WHERE_QUESTION = Question("Which part of the teacher holds the largest share of 
 
 
 def step_where(lesson: Lesson) -> StepResult:
-    from ..sensitivity import group_shares
+    from ..transfer.sensitivity_map import group_shares
     from ..viz import group_share_figure
 
     scores = lesson.sensitivity()[0]
@@ -112,7 +112,7 @@ def step_where(lesson: Lesson) -> StepResult:
 
 
 def step_layers(lesson: Lesson) -> StepResult:
-    from ..mapping import map_layers
+    from ..transfer.mapping import map_layers
     from ..viz import layer_bars, mapping_diagram
 
     plan = lesson.plan()

@@ -1,14 +1,15 @@
 """The steps that use the fine-tuning run: its curves, and the student before and after on a test question."""
 from __future__ import annotations
 
-from ..errors import ParaknowError
+from ..core.errors import ParaknowError
 from .figures import token_loss_figure
 from .state import Lesson, StepResult, pct
 from .steps import loss_change
 
+
 def step_finetune(lesson: Lesson) -> StepResult | None:
     """The finished run's curves and note; None while the run is queued or running (or not started)."""
-    from ..jobs import read_metrics
+    from ..runs.rundir import read_metrics
     from ..viz import curve_points, run_curves
 
     run = lesson.run()
@@ -56,10 +57,10 @@ def _answer(text: str) -> str:
 def step_compare(lesson: Lesson) -> StepResult:
     import copy
 
-    from ..evaluate import completion_losses
-    from ..lora import attach_adapter
-    from ..playground import compare_models, task_item
-    from ..tasks import task_records
+    from ..core.tasks import task_records
+    from ..runs.evaluate import completion_losses
+    from ..runs.playground import compare_models, task_item
+    from ..transfer.lora import attach_adapter
 
     run = lesson.run()
     if run is None or run.state != "finished":

@@ -52,8 +52,8 @@ def _timed(fn, *args, **kwargs) -> tuple[float, object]:
 
 
 def _train_seconds_per_sample(model, tokenizer, records, micro_batch: int, max_length: int) -> float:
-    from ..data import collate, encode_all
-    from ..evaluate import _device_of, _pad_id
+    from ..core.data import collate, encode_all
+    from ..runs.evaluate import _device_of, _pad_id
 
     items = encode_all(tokenizer, records[:micro_batch], max_length)
     batch = {k: v.to(_device_of(model)) for k, v in collate(items, _pad_id(tokenizer)).items()}
@@ -70,9 +70,9 @@ def _train_seconds_per_sample(model, tokenizer, records, micro_batch: int, max_l
 
 def calibrate(recipe: Recipe, sizes: DataSizes) -> Calibration:
     """Measure this machine on the study's own models and data (a few seconds on the demo pair)."""
-    from ..data import load_records
-    from ..evaluate import generate_completions
-    from ..models import load_model
+    from ..core.data import load_records
+    from ..core.models import load_model
+    from ..runs.evaluate import generate_completions
 
     base = train_config(recipe, recipe.arm(recipe.baseline), 0, None, "vanilla")
     load_model(recipe.student)  # the first load also pays one-off imports, which cells do not

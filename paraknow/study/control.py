@@ -15,14 +15,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ParaknowError
-from ..executors import ExecutorConfig
-from ..fsio import atomic_write_json, atomic_write_text
-from ..processes import pid_alive, spawn
-from ..rundir import LOG_FILE, STOP_FILE, read_json, read_log
+from ..core.errors import ParaknowError
+from ..core.fsio import atomic_write_json, atomic_write_text
+from ..core.jobdir import LOG_FILE, STOP_FILE, read_json, read_log
+from ..core.processes import pid_alive, spawn
+from ..runs.executors import ExecutorConfig
+from .cells import RECIPE_FILE, STUDY_FILE
 from .recipe import Recipe, parse_recipe
 from .report import collect
-from .runner import DEFAULT_WORKERS, RECIPE_FILE, STUDY_FILE, check_devices, prepare
+from .runner import DEFAULT_WORKERS, check_devices, prepare
 
 LIVE_STATES = ("starting", "running")
 

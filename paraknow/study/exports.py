@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from ..fsio import atomic_directory, atomic_write_json, output_lock, sha256_bytes
+from ..core.fsio import atomic_directory, atomic_write_json, output_lock, sha256_bytes
 from .recipe import Recipe
 
 EXPORTS_DIR = "exports"
@@ -44,7 +44,7 @@ def _save_random_teacher(teacher_ref: str, path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..models import load_config, resolve_ref
+    from ..core.models import load_config, resolve_ref
 
     config = load_config(teacher_ref)
     torch.manual_seed(RANDOM_TEACHER_SEED)
@@ -57,7 +57,7 @@ def _save_random_teacher(teacher_ref: str, path: Path) -> None:
 
 def cell_export(recipe: Recipe, arm, seed: int, out: Path, device) -> Path:
     """The cell's export directory, made unless a cell with the same content already made it."""
-    from ..transfer import extract_to_dir
+    from ..transfer.pipeline import extract_to_dir
 
     path = Path(out) / EXPORTS_DIR / export_key(recipe, arm, seed)
     if (path / "paraknow.json").is_file():
@@ -80,8 +80,8 @@ def signals_file(export: Path) -> Path:
 
 
 def _write_signals(recipe: Recipe, export: Path) -> None:
-    from ..data import load_records
-    from ..models import load_model
+    from ..core.data import load_records
+    from ..core.models import load_model
     from .signals import export_signals
 
     student, tokenizer = load_model(recipe.student)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, fields
 
-from ..errors import ParaknowError
-from ..train_config import TrainConfig
+from ..core.errors import ParaknowError
+from ..runs.train_config import TrainConfig
 from .recipe import Recipe
 
 DEFAULT_LR = next(f.default for f in fields(TrainConfig) if f.name == "lr")
@@ -62,7 +62,7 @@ def check_recipe(recipe: Recipe) -> DataSizes:
     """Everything that can be checked without loading weights: the datasets, every cell's
     training settings, and whether the teacher/student pair can transfer for each PKT arm
     (depth, width, and the tokenizer when embeddings move). Raises ParaknowError."""
-    from ..data import load_records
+    from ..core.data import load_records
 
     counts = {key: len(_prefixed(f"{key}_data", load_records, getattr(recipe, f"{key}_data")))
               if getattr(recipe, f"{key}_data") else 0 for key in ("seed", "train", "val", "test")}
@@ -78,9 +78,9 @@ def check_recipe(recipe: Recipe) -> DataSizes:
 @functools.lru_cache(maxsize=16)
 def default_pkt_targets(teacher: str, student: str) -> tuple[str, ...]:
     """The modules a default PKT export of this pair trains: the attention and FFN projections, and
-    embed_tokens and lm_head when the two tokenizers are the same (paraknow.transfer.transfer_roles)."""
-    from ..models import describe_ref
-    from ..transfer import transfer_roles
+    embed_tokens and lm_head when the two tokenizers are the same (paraknow.transfer.plan.transfer_roles)."""
+    from ..core.compatibility import transfer_roles
+    from ..core.models import describe_ref
 
     return tuple(transfer_roles(describe_ref(teacher), describe_ref(student), None))
 
@@ -112,8 +112,9 @@ def _check_training(recipe: Recipe, arm, lr) -> None:
 
 
 def _check_pair(recipe: Recipe, arm, i: int, n_seed: int) -> None:
-    from ..models import describe_config, load_config
-    from ..transfer import check_transferable
+    from ..core.architecture import describe_config
+    from ..core.compatibility import check_transferable
+    from ..core.models import load_config
 
     where = f"arms[{i}] ({arm.name})"
     config = recipe.transfer_config(arm, 0)

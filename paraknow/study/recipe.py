@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..errors import ParaknowError, first_line
-from ..sensitivity import SensitivityConfig
-from ..train_config import TrainConfig
-from ..transfer import TransferConfig
+from ..core.errors import ParaknowError, first_line
+from ..runs.train_config import TrainConfig
+from ..transfer.plan import TransferConfig
+from ..transfer.sensitivity import SensitivityConfig
 
 RECIPE_KEYS = ("teacher", "student", "seed_data", "train_data", "val_data", "test_data", "train", "seeds",
                "baseline", "budget_minutes", "arms")
@@ -139,7 +139,7 @@ class Recipe:
         """The arm's extraction for one seed. Rank and alpha default to the training rank and
         alpha (so PKT trains as many parameters as vanilla LoRA); the extraction seed (random
         layers and positions) defaults to the cell's seed."""
-        from ..mapping import parse_layers_arg
+        from ..transfer.mapping import parse_layers_arg
 
         settings = self.train_settings(arm)
         given = {k: v for k, v in arm.extract.items() if k in _config_fields(TransferConfig)}
@@ -210,7 +210,7 @@ def _parse_train(obj, path: str) -> dict:
 
 
 def _parse_extract(obj, path: str) -> dict:
-    from ..mapping import parse_layers_arg
+    from ..transfer.mapping import parse_layers_arg
 
     extract = _check_keys(obj, path, extract_keys())
     transfer, sens = _config_fields(TransferConfig), _config_fields(SensitivityConfig)

@@ -7,7 +7,7 @@ import html
 import io
 from pathlib import Path
 
-from ..fsio import atomic_write_json, atomic_write_text
+from ..core.fsio import atomic_write_json, atomic_write_text
 from .plan import plan_cells
 from .recipe import Recipe
 from .results import summarize
@@ -28,7 +28,7 @@ def _interval(ci) -> str:
 
 def collect(recipe: Recipe, out) -> dict:
     """results.json's content from the cells on disk (finished or not)."""
-    from .runner import read_cell
+    from .cells import read_cell
 
     out = Path(out)
     return summarize(recipe, out, {c.cell_id: read_cell(out, c) for c in plan_cells(recipe)})
@@ -112,7 +112,7 @@ def bars_figure(results: dict):
 def arm_curves(out, results: dict) -> list[dict]:
     """Per trained arm, the training loss per optimizer step averaged over its selected cells
     (its seeds at the chosen rate): [{"arm", "factor", "steps", "loss"}] in recipe order."""
-    from ..jobs import read_metrics
+    from ..runs.rundir import read_metrics
 
     factor = {a["arm"]: a.get("factor", "") for a in results["arms"]}
     curves = []
@@ -152,7 +152,7 @@ def seed_count_points(recipe: Recipe, results: dict) -> list[dict]:
     """The paper's seed-count figure: PKT arms that differ from the default extraction only in the
     number of seed samples, as {"samples", "arm", "mean", "ci95"} sorted by samples ([] when fewer
     than two such arms have results)."""
-    from ..sensitivity import SensitivityConfig
+    from ..transfer.sensitivity import SensitivityConfig
 
     by_name = {a["arm"]: a for a in results["arms"]}
     points = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..rundir import read_json
+from ..core.jobdir import read_json
 from .plan import Cell, plan_cells
 from .recipe import Recipe
 from .signals import SIGNALS
@@ -89,7 +89,7 @@ def _arm_signals(out: Path, by_seed: dict) -> dict | None:
 
 def summarize(recipe: Recipe, out, records: dict) -> dict:
     """results.json's content from {cell_id: record}."""
-    from .runner import CELL_FIELDS
+    from .cells import CELL_FIELDS
 
     cells = plan_cells(recipe)
     by_arm = {arm.name: per_seed(recipe, arm, records) for arm in recipe.arms}

@@ -4,13 +4,13 @@ DIR layout:
   recipe.json                 the recipe as run (defaults filled in)
   study.json                  the study process: state running | finished | stopped | failed, pid,
                               started/finished, the cell running now, cells done, the executor
-                              its cells run on (paraknow.executors)
+                              its cells run on (paraknow.runs.executors)
   stdout.log                  a background study's output (paraknow.study.control)
   .lock                       flock of the process running the study
   STOP                        (created by `stop_study` or by hand) no new cell starts and the running
                               cell's training stops at its next step; the cell is recorded `stopped`
   cells/<cell id>/cell.json   the cell's state (running | finished | failed | stopped) and numbers
-  cells/<cell id>/run/        its training run directory (paraknow.train's files)
+  cells/<cell id>/run/        its training run directory (paraknow.runs.train's files)
   cells/<cell id>/stdout.log  the cell's training log (stdout and stderr)
   exports/<key>/              PKT exports, keyed by content (teacher, student, seed data,
                               extraction settings) so cells that differ only in learning rate share one
@@ -18,7 +18,7 @@ DIR layout:
   teachers/random-<hash>/     a teacher's architecture with random weights (seeded), made once
   results.json, results.csv, report.html
 
-Cells run one after another in this process (`paraknow.train.train`, not a `train --spec`
+Cells run one after another in this process (`paraknow.runs.train.train`, not a `train --spec`
 subprocess): a subprocess would re-import torch and transformers for every cell, seconds that
 small cells cannot afford against the 5 % overhead allowance, while the study itself already
 is the unit that survives interruption (a cell left `running` is simply rerun by --resume).
@@ -39,46 +39,27 @@ from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ParaknowError, first_line
-from ..executors import ExecutorConfig, make_executor
-from ..fsio import atomic_write_json, atomic_write_text
-from ..processes import proc_start_time
-from ..rundir import LOG_FILE, STOP_FILE, read_json
+from ..core.errors import ParaknowError, first_line
+from ..core.fsio import atomic_write_json, atomic_write_text
+from ..core.jobdir import LOG_FILE, STOP_FILE, read_json
+from ..core.processes import proc_start_time
+from ..runs.executors import ExecutorConfig, make_executor
 from .budget import calibrate, estimate_study
+from .cells import CELL_FIELDS, CELL_FILE, CELLS_DIR, LOCK_FILE, RECIPE_FILE, RUN_DIR, STUDY_FILE, cell_dir, read_cell
 from .exports import EXPORTS_DIR, cell_export, export_key
 from .plan import Cell, check_recipe, plan_cells, train_config
 from .recipe import Recipe
 
-RECIPE_FILE = "recipe.json"
-STUDY_FILE = "study.json"  # the study process: state, pid, current cell (paraknow.study.control reads it)
-LOCK_FILE = ".lock"  # held (flock) by the process running the study
-CELLS_DIR = "cells"
-CELL_FILE = "cell.json"
-RUN_DIR = "run"
 DEFAULT_WORKERS = 1  # cells at a time; bench/bench_study_parallel.py decides whether 2 pays on a machine
 MAX_WORKERS = 64
 WORKERS_HELP = ("cells run at a time, each in its own process with cpu_count / N torch threads "
                 f"(default {DEFAULT_WORKERS}; see bench/bench_study_parallel.py)")
-CELL_STATES = ("running", "finished", "failed", "stopped")  # and "pending" for a cell that never started
 # a cell's record: the fields of results.json's cells (docs/study.md) plus where its files are
-CELL_FIELDS = ("arm", "seed", "lr", "state", "test_accuracy", "test_loss", "val_accuracy", "val_loss",
-               "seconds", "run_dir", "export", "error")
-
 Progress = Callable[[str], None]
 
 
 # ---------------------------------------------------------------------------------------
 # Cell state on disk
-
-
-def cell_dir(out: Path, cell: Cell) -> Path:
-    return Path(out) / CELLS_DIR / cell.cell_id
-
-
-def read_cell(out: Path, cell: Cell) -> dict:
-    """The cell's record, or {"state": "pending"} when it never started."""
-    record = read_json(cell_dir(out, cell) / CELL_FILE)
-    return record if record else {"arm": cell.arm, "seed": cell.seed, "lr": cell.lr, "state": "pending"}
 
 
 def _write_cell(out: Path, cell: Cell, **fields) -> dict:
@@ -144,8 +125,8 @@ def _eval_settings(config) -> dict:
 
 
 def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
-    from ..evaluate import evaluate
-    from ..train import train
+    from ..runs.evaluate import evaluate
+    from ..runs.train import train
 
     arm = recipe.arm(cell.arm)
     folder = cell_dir(out, cell)
@@ -172,8 +153,8 @@ def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
 
 
 def _run_control(recipe: Recipe, cell: Cell, test_records) -> dict:
-    from ..evaluate import evaluate
-    from ..models import load_model
+    from ..core.models import load_model
+    from ..runs.evaluate import evaluate
 
     arm = recipe.arm(cell.arm)
     config = train_config(recipe, arm, 0, None, "vanilla")
@@ -304,7 +285,7 @@ def _run_cells(recipe: Recipe, pending: list[Cell], out: Path, status: dict, say
     process, or one Ray task after another), or `workers` at a time (`runner.pool`: worker
     processes with cpu_count // workers torch threads each, or Ray tasks). No new cell starts
     after STOP."""
-    from ..data import load_records
+    from ..core.data import load_records
 
     test_records = load_records(recipe.test_data)
     if workers == 1:
@@ -364,7 +345,7 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
     is written. `calibration`: a budget.Calibration to use instead of measuring one. A STOP file
     in `out` stops the study after (or inside) the running cell; resuming removes it. `workers`:
     how many cells run at a time (bench/bench_study_parallel.py measures whether two at a time pays).
-    `executor`: where the cells run (default: this machine; see paraknow.executors).
+    `executor`: where the cells run (default: this machine; see paraknow.runs.executors).
     """
     from .report import write_outputs
 

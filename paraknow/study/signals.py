@@ -33,7 +33,7 @@ def _mean(values) -> float | None:
 def _deltas(export_dir: Path, manifest: dict) -> dict[str, torch.Tensor]:
     """{student parameter name: s * B @ A} of the modules that received teacher parameters, in
     the parameter's own orientation ([out, in]; embeddings [V, d])."""
-    from ..lora import read_adapter
+    from ..transfer.lora import read_adapter
 
     config, factors, _ = read_adapter(export_dir)
     s = config["lora_alpha"] / config["r"]
@@ -47,8 +47,8 @@ def _deltas(export_dir: Path, manifest: dict) -> dict[str, torch.Tensor]:
 
 def export_signals(export_dir, student_model, tokenizer=None, val_records=None) -> dict:
     """The signals of one export for one loaded student (left unchanged on return)."""
-    from ..evaluate import completion_losses
-    from ..lora import load_manifest
+    from ..runs.evaluate import completion_losses
+    from ..transfer.lora import load_manifest
 
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir)

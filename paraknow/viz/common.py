@@ -8,7 +8,7 @@ import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 
-from ..models import ATTN_ROLES, FFN_ROLES
+from ..core.architecture import ATTN_ROLES, FFN_ROLES
 
 MODULE_ORDER = ATTN_ROLES + FFN_ROLES
 SEQUENTIAL = "Viridis"

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 
-from ..errors import ParaknowError
-from ..models import EMBED_ROLES
+from ..core.architecture import EMBED_ROLES
+from ..core.errors import ParaknowError
 from .common import MODULE_ORDER, SELECT_COLOR, SEQUENTIAL, distinct_colors, new_figure
 
 

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from ..errors import ParaknowError
+from ..core.errors import ParaknowError
 from .common import HEAD_COLOR, SELECT_COLOR, SEQUENTIAL, log10_floored
 
 

@@ -6,9 +6,8 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..train_config import METHODS
+from ..runs.train_config import METHODS
 from .common import new_figure
-
 
 METHOD_COLORS = {"vanilla": "#757575", "pissa": "#1e88e5", "pkt": "#e53935"}
 METHOD_NAMES = {"vanilla": "vanilla LoRA", "pissa": "PiSSA", "pkt": "PKT"}

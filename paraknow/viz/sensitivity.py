@@ -5,9 +5,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..errors import ParaknowError
-from .common import (DIVERGING, DONE_COLOR, MODULE_ORDER, SELECT_COLOR, SEQUENTIAL, fmt_value, log10_floored,
-                     new_figure)
+from ..core.errors import ParaknowError
+from .common import DIVERGING, DONE_COLOR, MODULE_ORDER, SELECT_COLOR, SEQUENTIAL, fmt_value, log10_floored, new_figure
 
 
 def module_grid(table: list[dict], value: str = "sum") -> tuple[np.ndarray, list[int], list[str]]:

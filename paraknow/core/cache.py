@@ -1,0 +1,224 @@
+"""The runtime cache under `cache_root()`: what is in it, clearing it, and a size cap.
+
+Five kinds of entries (`python -m paraknow cache list|clear [--kind K] [--older-than DAYS]`):
+
+  sensitivity/<key>.safetensors   sensitivity maps, keyed by content (recomputable)
+  models/<name>/                  models converted from GGUF (recomputable)
+  exports/<name>/                 exports made by the app (your results)
+  runs/<id>/                      fine-tuning runs (your results)
+  jobs/<kind>-<key>/              the folders of the pages' background jobs (paraknow.runs.background:
+                                  spec, status, progress, log; a map or an export a job made is in
+                                  its own kind, a similarity or verification result is computed
+                                  again once its folder is cleared)
+
+An entry's *last used* time is the newest modification time inside it; readers `touch` an
+entry when they use it. An entry is *in use* while a process holds its lock
+(`fsio.output_lock`: being written, or read by `load_model`), a run while it is queued or
+running, and a job while it is running; in-use entries are never removed.
+
+The size cap (`PARAKNOW_CACHE_MAX_GB`, default 20) bounds the recomputable kinds: whenever a
+sensitivity map or a converted model is written, the least recently used ones are evicted
+until they fit. Exports, runs and jobs are only removed by an explicit `cache clear`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ParaknowError
+from .fsio import is_locked, output_lock
+from .jobdir import BUSY_STATES, read_status
+from .paths import cache_root
+from .validate import check_number
+
+KINDS = ("sensitivity", "models", "exports", "runs", "jobs")
+EVICTABLE_KINDS = ("sensitivity", "models")
+MAX_GB_ENV = "PARAKNOW_CACHE_MAX_GB"
+DEFAULT_MAX_GB = 20.0
+_NOT_ENTRIES = {"gguf_hashes.json", "worker.log"}  # bookkeeping files beside the entries
+
+
+@dataclass
+class CacheEntry:
+    kind: str
+    name: str
+    path: Path
+    size: int  # bytes
+    last_used: float  # unix seconds
+    in_use: str | None = None  # why it cannot be removed now, or None
+
+    def to_row(self) -> dict:
+        return {"kind": self.kind, "entry": self.name, "size": self.size,
+                "last_used": time.strftime("%Y-%m-%d %H:%M", time.localtime(self.last_used)),
+                "in_use": self.in_use or ""}
+
+
+@dataclass
+class ClearResult:
+    removed: list[CacheEntry] = field(default_factory=list)
+    skipped: list[CacheEntry] = field(default_factory=list)  # in use: left in place
+
+    @property
+    def freed(self) -> int:
+        return sum(e.size for e in self.removed)
+
+
+def fmt_bytes(n: float) -> str:
+    """1536 -> '1.5 KB'."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def touch(path) -> None:
+    """Mark a cache entry as used now (its modification time; the cache's notion of last use)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # read-only or vanished: the entry simply looks older
+
+
+def _size_and_last_used(path: Path) -> tuple[int, float]:
+    """Total bytes of the files in an entry and the newest modification time (entry included)."""
+    try:
+        top = path.stat()
+    except OSError:
+        return 0, 0.0
+    if not path.is_dir():
+        return top.st_size, top.st_mtime
+    size, newest = 0, top.st_mtime
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                stat = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            size += stat.st_size
+            newest = max(newest, stat.st_mtime)
+    return size, newest
+
+
+def _is_entry(kind: str, path: Path) -> bool:
+    if path.name.startswith(".") or path.name in _NOT_ENTRIES:
+        return False
+    if kind == "sensitivity":
+        return path.is_file() and path.suffix == ".safetensors"
+    if kind == "runs":
+        return path.is_dir() and (path / "spec.json").is_file()
+    return path.is_dir()
+
+
+def _busy_run(kind: str, path: Path) -> str | None:
+    """'run is queued|running' / 'job is running' for a run or background job that is (both
+    liveness-checked by the job substrate: a dead process does not keep its entry), else None."""
+    if kind not in ("runs", "jobs"):
+        return None
+    state = read_status(path).get("state")
+    return f"{kind[:-1]} is {state}" if state in BUSY_STATES else None
+
+
+def _in_use(kind: str, path: Path) -> str | None:
+    if is_locked(path):
+        return "locked (being written or read)"
+    return _busy_run(kind, path)
+
+
+def _check_kinds(kinds) -> tuple[str, ...]:
+    if kinds is None:
+        return KINDS
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ParaknowError(f"unknown cache kind '{unknown[0]}'; use one of {', '.join(KINDS)}.")
+    return kinds
+
+
+def list_entries(kinds=None, older_than_days: float | None = None) -> list[CacheEntry]:
+    """Entries of the given kinds (all by default), least recently used first; with
+    `older_than_days`, only those not used for that many days."""
+    kinds = _check_kinds(kinds)
+    cutoff = None
+    if older_than_days is not None:
+        check_number("older_than", older_than_days, minimum=0)
+        cutoff = time.time() - older_than_days * 86400
+    root = cache_root()
+    entries = []
+    for kind in kinds:
+        folder = root / kind
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if not _is_entry(kind, path):
+                continue
+            size, last_used = _size_and_last_used(path)
+            if cutoff is not None and last_used >= cutoff:
+                continue
+            entries.append(CacheEntry(kind, path.name, path, size, last_used, _in_use(kind, path)))
+    return sorted(entries, key=lambda e: e.last_used)
+
+
+def remove_entry(entry: CacheEntry) -> bool:
+    """Remove one entry unless it is in use; True when removed. Takes the entry's lock first
+    (without waiting), so a writer or reader that holds it keeps its entry."""
+    try:
+        with output_lock(entry.path, wait_s=0):
+            if _busy_run(entry.kind, entry.path):
+                return False
+            if entry.path.is_dir():
+                doomed = entry.path.with_name(f".{entry.path.name}.removing")
+                os.replace(entry.path, doomed)  # vanishes at once, whole; then the slow part
+                shutil.rmtree(doomed, ignore_errors=True)
+            else:
+                entry.path.unlink(missing_ok=True)
+    except ParaknowError:  # another process holds the lock
+        return False
+    return True
+
+
+def clear(kinds=None, older_than_days: float | None = None) -> ClearResult:
+    """Remove every entry of the given kinds (older than `older_than_days`, when given) that is
+    not in use."""
+    result = ClearResult()
+    for entry in list_entries(kinds, older_than_days):
+        if entry.in_use is None and remove_entry(entry):
+            result.removed.append(entry)
+        else:
+            result.skipped.append(entry)
+    return result
+
+
+def max_bytes() -> int:
+    """The size cap of the recomputable entries, from PARAKNOW_CACHE_MAX_GB (default 20)."""
+    text = os.environ.get(MAX_GB_ENV, "").strip()
+    if not text:
+        return int(DEFAULT_MAX_GB * 2**30)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ParaknowError(f"{MAX_GB_ENV}={text!r} is not a number; set it to the cache size cap in GB.") from None
+    check_number(MAX_GB_ENV, value, minimum=0)
+    return int(value * 2**30)
+
+
+def enforce_cap(keep=None) -> list[CacheEntry]:
+    """Evict the least recently used recomputable entries until they fit under `max_bytes()`.
+    Never evicts `keep` (the entry just written) or an entry in use. Returns what was evicted."""
+    cap = max_bytes()
+    entries = list_entries(EVICTABLE_KINDS)
+    total = sum(e.size for e in entries)
+    keep = Path(keep).absolute() if keep is not None else None
+    evicted = []
+    for entry in entries:  # least recently used first
+        if total <= cap:
+            break
+        if entry.in_use is not None or entry.path.absolute() == keep:
+            continue
+        if remove_entry(entry):
+            evicted.append(entry)
+            total -= entry.size
+    return evicted

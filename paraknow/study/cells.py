@@ -1,0 +1,34 @@
+"""A study directory's layout (see paraknow.study.runner) and the record of each cell on disk."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.jobdir import read_json
+from .plan import Cell
+
+RECIPE_FILE = "recipe.json"
+
+STUDY_FILE = "study.json"  # the study process: state, pid, current cell (paraknow.study.control reads it)
+
+LOCK_FILE = ".lock"  # held (flock) by the process running the study
+
+CELLS_DIR = "cells"
+
+CELL_FILE = "cell.json"
+
+RUN_DIR = "run"
+
+CELL_STATES = ("running", "finished", "failed", "stopped")  # and "pending" for a cell that never started
+
+CELL_FIELDS = ("arm", "seed", "lr", "state", "test_accuracy", "test_loss", "val_accuracy", "val_loss",
+               "seconds", "run_dir", "export", "error")
+
+
+def cell_dir(out: Path, cell: Cell) -> Path:
+    return Path(out) / CELLS_DIR / cell.cell_id
+
+
+def read_cell(out: Path, cell: Cell) -> dict:
+    """The cell's record, or {"state": "pending"} when it never started."""
+    record = read_json(cell_dir(out, cell) / CELL_FILE)
+    return record if record else {"arm": cell.arm, "seed": cell.seed, "lr": cell.lr, "state": "pending"}
