@@ -43,7 +43,9 @@ _API = {  # public name -> the module that defines it
     "run_study": "paraknow.study.runner",
 }
 
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", "compute_sensitivity", "evaluate", "export_transfer", "load_model", "plan_transfer", "run_study",
+           "train", "verify_export"]
+assert set(__all__) == {"__version__", *_API}
 
 
 def __getattr__(name: str):

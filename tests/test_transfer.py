@@ -178,7 +178,7 @@ def test_compatibility_errors(tokenizer, seed_records):
         plan_transfer(s_info, t_info, scores, TransferConfig(layers="manual", manual_map=[0, 1, 1, 0]))
     other_vocab = describe(tiny_llama(layers=2, hidden=64, ffn=128, vocab=120))
     teacher_scores = compute_sensitivity(teacher, tokenizer, seed_records[:2], SensitivityConfig(samples=2))
-    with pytest.raises(ParaknowError, match="lower --rank") as too_large:  # the page names where rank is set
+    with pytest.raises(ParaknowError, match="lower the rank") as too_large:  # the page names where rank is set
         plan_transfer(t_info, s_info, teacher_scores, TransferConfig(rank=65))
     assert too_large.value.setting == "rank"
     with pytest.raises(ParaknowError) as deeper:

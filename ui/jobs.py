@@ -18,6 +18,7 @@ from paraknow.core import jobdir
 from paraknow.core.errors import ParaknowError
 from paraknow.runs import background
 from paraknow.runs.background_work import RECORDS_FILE
+from paraknow.transfer.lora import MANIFEST_FILE
 from ui import state as S
 
 POLL_S = 1.0  # how often a running job's progress is redrawn
@@ -262,7 +263,7 @@ def named_export(name: str | None) -> dict | None:
 
     teacher, student = S.get(S.TEACHER), S.get(S.STUDENT)
     out = cache_dir("exports") / (name or "")
-    if not (name and teacher and student and (out / "paraknow.json").is_file()):
+    if not (name and teacher and student and (out / MANIFEST_FILE).is_file()):
         return None
     try:
         manifest = load_manifest(out)

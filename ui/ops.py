@@ -12,6 +12,7 @@ from pathlib import Path
 
 from paraknow.core.errors import ParaknowError
 from paraknow.core.fsio import zip_folder
+from paraknow.transfer.lora import MANIFEST_FILE
 from paraknow.transfer.recipe import NAME_MAX, check_export_name  # noqa: F401 - the pages call ops.check_export_name
 
 
@@ -55,7 +56,7 @@ def list_exports(root: Path) -> list[dict]:
     if not root.is_dir():
         return out
     for d in root.iterdir():
-        if d.name.startswith(".") or not (d / "paraknow.json").is_file():
+        if d.name.startswith(".") or not (d / MANIFEST_FILE).is_file():
             continue
         try:
             m = load_manifest(d)

@@ -101,3 +101,11 @@ def check_field_types(cls, data: dict, what: str) -> None:
     problem = type_problem(data, {f.name: hints[f.name] for f in fields(cls)}, what)
     if problem:
         raise ParaknowError(problem + ".")
+
+
+def check_rank_fits(rank: int, shape, what: str) -> None:
+    """The one check that a LoRA rank fits a weight: LoRA (and the SVD initialisations, PiSSA and PKT)
+    needs rank <= min(out, in) of every matrix it adapts."""
+    if rank > min(shape):
+        raise ParaknowError(f"rank {rank} is larger than {what}'s smallest dimension {min(shape)} (its weight is "
+                            f"{list(shape)}): lower the rank.", setting="rank")

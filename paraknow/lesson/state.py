@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.errors import ParaknowError
+from ..transfer.lora import MANIFEST_FILE
 
 GROUP_NAMES = {"attention": "attention", "ffn": "FFN", "embeddings": "embeddings", "other": "norms"}
 RUN_GROUP_PREFIX = "lesson-"
@@ -157,20 +158,20 @@ class Lesson:
         from ..transfer.export import export_transfer
         from ..transfer.lora import load_manifest
         from ..transfer.plan import TransferConfig
+        from ..transfer.sensitivity import SensitivityConfig
+        from ..transfer.sensitivity_files import provenance
 
         out = self.export_dir()
-        if (out / "paraknow.json").is_file():
+        if (out / MANIFEST_FILE).is_file():
             return load_manifest(out)
         m = self.models()
-        scores, meta, records = self.sensitivity()
-        provenance = {"teacher": self.config.teacher, "student": self.config.student, "data": self.seed_ref,
-                      "metric": meta.get("metric"), "samples": len(records), "max_length": meta.get("max_length"),
-                      "data_sha256": meta.get("data_sha256")}
+        _, _, records = self.sensitivity()
+        origin = provenance(self.config.teacher, self.config.student, self.seed_ref, SensitivityConfig(), records)
         try:
             return export_transfer(m["teacher"], m["student"], m["t_info"], m["s_info"], self.plan(),
-                                   TransferConfig(), out, provenance)
+                                   TransferConfig(), out, origin)
         except ParaknowError:
-            if (out / "paraknow.json").is_file():  # another session wrote it meanwhile
+            if (out / MANIFEST_FILE).is_file():  # another session wrote it meanwhile
                 return load_manifest(out)
             raise
 

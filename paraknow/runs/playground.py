@@ -18,6 +18,7 @@ import torch
 from ..core.data import IGNORE_INDEX, encode, per_token_loss
 from ..core.errors import ParaknowError
 from ..core.records import split_conversation
+from ..transfer.lora import MANIFEST_FILE
 from .evaluate import generate_completions, is_correct
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -156,7 +157,7 @@ def adapter_choices(student_ref: str | None = None) -> list[AdapterChoice]:
 
     exports = []
     for d in cache_dir("exports").iterdir():
-        manifest = _read_json(d / "paraknow.json")
+        manifest = _read_json(d / MANIFEST_FILE)
         if d.name.startswith(".") or not manifest or not (d / ADAPTER_CONFIG).is_file():
             continue
         exports.append((manifest.get("created", ""), AdapterChoice(

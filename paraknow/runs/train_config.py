@@ -14,7 +14,8 @@ from pathlib import Path
 from ..core.errors import ParaknowError
 from ..core.fsio import output_path, read_json_object
 from ..core.options import default_of, device_option, dtype_option, option
-from ..core.validate import MAX_LENGTH, check_count, check_field_types, check_number, check_seed
+from ..core.validate import MAX_LENGTH, check_count, check_field_types, check_number, check_rank_fits, check_seed
+from ..transfer.lora import LORA_DROPOUT
 from .rundir import check_out_dir
 
 SWEPT_METHODS = ("vanilla", "pissa")  # init values that name a method; any other init is an export (PKT)
@@ -71,7 +72,7 @@ class TrainConfig:
                               type=int)
     alpha: float | None = option(None, "LoRA alpha (not given: the extract default; an export init uses its own)",
                                  type=float)
-    dropout: float = option(0.05, "LoRA dropout (every init)")
+    dropout: float = option(LORA_DROPOUT, "LoRA dropout (every init)")
     warmup: float = option(0.03, "warm-up as a ratio of the optimizer steps")
     max_length: int = option(2048, "truncate each sample to this many tokens", type=int)
     eval_data: str | None = option(None, "evaluation data: JSONL file or task:NAME[:SPLIT]")
@@ -201,9 +202,8 @@ def _check_rank_fits(rank: int, targets: list[str], student_config) -> None:
     shapes = describe_config(student_config).shapes
     for target in targets:
         role = role_of(f"{target}.weight")
-        if role in shapes and rank > min(shapes[role]):
-            raise ParaknowError(f"rank {rank} is larger than {target}'s smallest dimension "
-                                f"{min(shapes[role])} (its weight is {shapes[role]}): lower the rank.")
+        if role in shapes:
+            check_rank_fits(rank, shapes[role], target)
 
 
 def _check(ok: bool, message: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..core.errors import ParaknowError, first_line
 from ..core.fsio import atomic_directory
+from ..transfer.lora import PEFT_DROPOUT
 from .rundir import ADAPTER_DIR, PISSA_INIT_DIR, TRAINED_DIR
 from .train_config import TrainConfig
 
@@ -120,4 +121,4 @@ def _restore_embedding_loras(model, adapter_dir: Path) -> None:
     targets = config.get("target_modules")
     write_adapter(adapter_dir, factors, embeddings, config["r"], config["lora_alpha"],
                   sorted(targets) if isinstance(targets, list) else targets,
-                  config.get("base_model_name_or_path") or "", config.get("lora_dropout", 0.0))
+                  config.get("base_model_name_or_path") or "", config.get("lora_dropout", PEFT_DROPOUT))

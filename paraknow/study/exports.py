@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..core.fsio import atomic_directory, atomic_write_json, output_lock, sha256_bytes
+from ..transfer.lora import MANIFEST_FILE
 from .recipe import Recipe
 
 EXPORTS_DIR = "exports"
@@ -60,11 +61,11 @@ def cell_export(recipe: Recipe, arm, seed: int, out: Path, device) -> Path:
     from ..transfer.pipeline import extract_to_dir
 
     path = Path(out) / EXPORTS_DIR / export_key(recipe, arm, seed)
-    if (path / "paraknow.json").is_file():
+    if (path / MANIFEST_FILE).is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(path, wait_s=MAKE_WAIT_S):  # cells sharing the export in other workers wait for it
-        if not (path / "paraknow.json").is_file():
+        if not (path / MANIFEST_FILE).is_file():
             teacher = recipe.teacher_of(arm)
             if recipe.random_teacher(arm):
                 teacher = str(random_teacher(teacher, out))

@@ -10,6 +10,7 @@ import functools
 from dataclasses import dataclass, fields
 
 from ..core.errors import ParaknowError
+from ..core.validate import check_rank_fits
 from ..runs.train_config import TrainConfig
 from .recipe import Recipe
 
@@ -129,7 +130,7 @@ def _check_pair(recipe: Recipe, arm, i: int, n_seed: int) -> None:
     except ParaknowError as exc:
         raise ParaknowError(f"the pair cannot transfer for {where}: {exc}") from None
     for role in roles:
-        smallest = min(student.shapes[role])
-        if config.rank > smallest:
-            raise ParaknowError(f"recipe {where}.extract.rank: rank {config.rank} is larger than {role}'s "
-                                f"smallest dimension {smallest} in the student; lower it.")
+        try:
+            check_rank_fits(config.rank, student.shapes[role], f"the student's {role}")
+        except ParaknowError as exc:
+            raise ParaknowError(f"recipe {where}.extract.rank: {exc}", setting="rank") from None

@@ -44,6 +44,7 @@ from ..core.fsio import atomic_write_json, atomic_write_text
 from ..core.jobdir import LOG_FILE, STOP_FILE, read_json
 from ..core.processes import proc_start_time
 from ..runs.executors import ExecutorConfig, make_executor
+from ..transfer.lora import MANIFEST_FILE
 from .budget import calibrate, estimate_study
 from .cells import CELL_FIELDS, CELL_FILE, CELLS_DIR, LOCK_FILE, RECIPE_FILE, RUN_DIR, STUDY_FILE, cell_dir, read_cell
 from .exports import EXPORTS_DIR, cell_export, export_key
@@ -222,7 +223,7 @@ def prepare(recipe: Recipe, out, resume: bool = False, calibration=None) -> tupl
             measured.setdefault(cell.arm, []).append(record["seconds"])
     keys = {c.cell_id: export_key(recipe, recipe.arm(c.arm), c.seed) for c in pending
             if recipe.arm(c.arm).init == "pkt"}
-    keys = {cid: key for cid, key in keys.items() if not (out / EXPORTS_DIR / key / "paraknow.json").is_file()}
+    keys = {cid: key for cid, key in keys.items() if not (out / EXPORTS_DIR / key / MANIFEST_FILE).is_file()}
     if pending:
         calibration = calibration or calibrate(recipe, sizes)
     estimate = estimate_study(recipe, pending, sizes, calibration,

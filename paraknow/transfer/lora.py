@@ -22,6 +22,8 @@ MODES = ("residual", "additive")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 MANIFEST_FILE = "paraknow.json"  # marks an export directory (and lets --overwrite replace it)
+LORA_DROPOUT = 0.05  # the LoRA dropout paraknow trains and exports with (TrainConfig.dropout's default)
+PEFT_DROPOUT = 0.0  # what PEFT assumes when an adapter_config.json does not say (LoraConfig's default)
 PEFT_PREFIX = "base_model.model."
 
 
@@ -151,7 +153,7 @@ def _keys(module: str, embedding: bool) -> tuple[str, str]:
 
 def write_adapter(directory: Path, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
                   embedding_modules: set[str], rank: int, alpha: float, target_modules: list[str],
-                  base_model: str, dropout: float = 0.05) -> None:
+                  base_model: str, dropout: float = LORA_DROPOUT) -> None:
     """Write a standard PEFT LoRA adapter (config + safetensors) from {module: (A, B)}."""
     from peft import LoraConfig
 
@@ -240,7 +242,7 @@ def attach_adapter(model, adapter_dir, model_ref: str = "the model"):
         raise ParaknowError(f"adapter not found: {adapter_dir} has no {ADAPTER_CONFIG}. Give the "
                             "directory written by `extract` or a run's adapter/ folder.")
     try:
-        if (path / "paraknow.json").is_file():
+        if (path / MANIFEST_FILE).is_file():
             model = apply_residual(model, path)
         model = PeftModel.from_pretrained(model, str(path))
     except (ValueError, KeyError, RuntimeError) as exc:
@@ -282,4 +284,4 @@ def residual_to_plain(trained_adapter_dir, export_dir, out_dir) -> None:
     targets = config.get("target_modules") or sorted(combined)
     with atomic_directory(Path(out_dir), replaces=ADAPTER_CONFIG) as tmp:
         write_adapter(tmp, combined, embeddings, 2 * rank, 2 * alpha, sorted(targets) if isinstance(targets, list) else targets,
-                      config.get("base_model_name_or_path") or "", config.get("lora_dropout", 0.05))
+                      config.get("base_model_name_or_path") or "", config.get("lora_dropout", PEFT_DROPOUT))

@@ -23,7 +23,7 @@ from ..core.compatibility import (
 )
 from ..core.errors import ParaknowError
 from ..core.options import option
-from ..core.validate import check_count, check_number, check_seed
+from ..core.validate import check_count, check_number, check_rank_fits, check_seed
 from ..extract import STRUCTURES, Selection, block_selection, captured_share, oriented, select_within
 from .lora import MODES, SPLITS, SVD_METHODS
 from .mapping import layer_scores, map_layers
@@ -185,9 +185,7 @@ def _targets(teacher: ModelInfo, student: ModelInfo, scores: dict, config: Trans
         if t_shape[0] < s_shape[0] or t_shape[1] < s_shape[1]:
             raise ParaknowError(f"{role}: teacher {list(t_shape)} is smaller than student {list(s_shape)}; "
                                 "pick a wider teacher or leave this module out.")
-        if config.rank > min(s_shape):
-            raise ParaknowError(f"rank {config.rank} is larger than {role}'s smallest dimension "
-                                f"{min(s_shape)}: lower --rank.", setting="rank")
+        check_rank_fits(config.rank, s_shape, role)
         sens = oriented(scores[t_param], transposed)  # [o_T, i_T]
         planned.append(_Target(s_layer, t_layer, role, t_param, t_shape, s_shape, transposed, sens))
     return planned
