@@ -1,17 +1,9 @@
 """paraknow: parametric knowledge transfer between language models (Zhong et al., ICLR 2024).
 
 The pipeline, one call per step (the CLI, the app, the lesson and the study call the same ones):
-
-    import paraknow
-    teacher, tok = paraknow.load_model("demo:teacher")
-    student, _ = paraknow.load_model("demo:student")
-    scores = paraknow.compute_sensitivity(teacher, tok, records)          # {param: [out, in]}
-    plan = paraknow.plan_transfer(t_info, s_info, scores, TransferConfig())
-    paraknow.export_transfer(teacher, student, t_info, s_info, plan, config, "out/", origin)
-    paraknow.verify_export(student, tok, "out/", records)
-    paraknow.train(TrainConfig(student="demo:student", data=..., init="out/", out="run/"))
-    paraknow.evaluate(model, tok, test_records)
-    paraknow.run_study(recipe, "study/")
+load_model -> compute_sensitivity -> plan_transfer -> export_transfer -> verify_export -> train ->
+evaluate, and run_study for a controlled experiment. The README's Python example runs the whole flow
+(tests/test_readme_example.py runs it).
 
 The names are loaded on first use, so `import paraknow.core.data` does not import the whole library.
 Layers, lowest first: core, transfer, runs, viz, study, lesson, report, cli (tests/test_architecture.py).
@@ -24,13 +16,17 @@ from typing import TYPE_CHECKING
 from .core import __version__
 
 if TYPE_CHECKING:  # the same names, for type checkers and readers
+    from .core.architecture import describe
+    from .core.data import load_records
     from .core.models import load_model
+    from .runs.train_config import TrainConfig
     from .runs.evaluate import evaluate
     from .runs.train import train
     from .study.runner import run_study
     from .transfer.export import export_transfer, verify_export
-    from .transfer.plan import plan_transfer
-    from .transfer.sensitivity import compute_sensitivity
+    from .transfer.plan import TransferConfig, plan_transfer
+    from .transfer.sensitivity import SensitivityConfig, compute_sensitivity
+    from .transfer.sensitivity_files import provenance
 
 _API = {  # public name -> the module that defines it
     "load_model": "paraknow.core.models",
@@ -41,10 +37,17 @@ _API = {  # public name -> the module that defines it
     "train": "paraknow.runs.train",
     "evaluate": "paraknow.runs.evaluate",
     "run_study": "paraknow.study.runner",
+    # what the steps take: model descriptions, records and the settings objects
+    "describe": "paraknow.core.architecture",
+    "load_records": "paraknow.core.data",
+    "provenance": "paraknow.transfer.sensitivity_files",  # what an export records about its origin
+    "SensitivityConfig": "paraknow.transfer.sensitivity",
+    "TransferConfig": "paraknow.transfer.plan",
+    "TrainConfig": "paraknow.runs.train_config",
 }
 
 __all__ = ["__version__", "compute_sensitivity", "evaluate", "export_transfer", "load_model", "plan_transfer", "run_study",
-           "train", "verify_export"]
+           "train", "verify_export", "describe", "load_records", "provenance", "SensitivityConfig", "TransferConfig", "TrainConfig"]
 assert set(__all__) == {"__version__", *_API}
 
 
