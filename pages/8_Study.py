@@ -188,7 +188,7 @@ def _study_panel(live: bool) -> None:
     results, status = view.results, view.status
     done = sum(c["state"] == "finished" for c in results["cells"])
     total = len(results["cells"])
-    color = {"finished": "green", "running": "blue", "starting": "blue", "stopped": "orange"}.get(view.state, "red")
+    color = {"finished": "green", "running": "blue", "stopped": "orange"}.get(view.state, "red")
     running = status.get("cells_running") or ([status["cell"]] if status.get("cell") else [])
     c1, c2, c3 = st.columns([4, 1, 1], vertical_alignment="center")
     c1.markdown(f":{color}-badge[{view.state}] {done}/{total} runs finished"
@@ -207,7 +207,7 @@ def _study_panel(live: bool) -> None:
     if view.state == "finished" and status.get("wall_s") is not None and status.get("cells_run"):
         st.caption(f"Estimated {status['estimate_s'] / 60:.1f} min, took {status['wall_s'] / 60:.1f} min "
                    f"for the {status['cells_run']} runs of the last session.")
-    if view.state in ("failed", "interrupted"):
+    if view.state == "failed":
         st.error(f"The study process ended early ({status.get('error') or view.state}); press Resume to go on. "
                  "The end of its log:", icon=":material/error:")
         st.code(log_tail(view.out) or "(empty)", language="text")

@@ -71,11 +71,17 @@ def test_refusals_come_before_anything_is_written(tmp_path):
     assert not out.exists()
 
 
-def test_a_study_whose_process_died_reads_interrupted(tmp_path):
+def test_a_study_whose_process_died_reads_failed_once_and_stopped_when_asked(tmp_path):
+    """The job substrate's liveness check, on study.json: settled once and written back."""
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     (tmp_path / STUDY_FILE).write_text(json.dumps({"state": "running", "pid": gone.pid, "pid_start": None}))
-    assert read_status(tmp_path)["state"] == "interrupted"
+    status = read_status(tmp_path)
+    assert status["state"] == "failed" and f"pid {gone.pid}" in status["error"]
+    assert json.loads((tmp_path / STUDY_FILE).read_text())["state"] == "failed"
+    (tmp_path / STUDY_FILE).write_text(json.dumps({"state": "running", "pid": gone.pid, "pid_start": None}))
+    (tmp_path / "STOP").write_text("")
+    assert read_status(tmp_path)["state"] == "stopped"
     assert read_status(tmp_path / "nothing")["state"] == "missing"
 
 

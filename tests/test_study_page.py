@@ -32,7 +32,7 @@ def table_with(at: AppTest, column: str):
 
 def wait_until_not_live(out: Path) -> dict:
     """The background study's own process decides when it ends; poll its status file."""
-    while (status := read_status(out))["state"] in ("starting", "running"):
+    while (status := read_status(out))["state"] == "running":
         time.sleep(POLL_S)
     return status
 

@@ -103,10 +103,10 @@ def request_stop(directory) -> None:
     atomic_write_text(Path(directory) / STOP_FILE, f"{time.time()}\n")
 
 
-def settle_if_running(directory, state: str, reason: str | None) -> dict:
+def settle_if_running(directory, state: str, reason: str | None, status_file: str = STATUS_FILE) -> dict:
     """Mark a job that still reads `running` as ended (`failed` with `reason`, or `stopped`); the
     status is read again first, since the process may have written its own final state just now."""
-    path = Path(directory) / STATUS_FILE
+    path = Path(directory) / status_file
     status = read_json(path) or {}
     if status.get("state") == "running":
         status.update(state=state, phase="done", error=reason, finished=time.time())
@@ -114,32 +114,34 @@ def settle_if_running(directory, state: str, reason: str | None) -> dict:
     return status
 
 
-def read_status(directory, types_by_key: dict | None = None) -> dict:
-    """DIR/status.json with a liveness check (see the module docstring); `types_by_key` are the
-    fields whose type the caller relies on (a wrong type reads as `unreadable`)."""
+def read_status(directory, types_by_key: dict | None = None, status_file: str = STATUS_FILE) -> dict:
+    """DIR/status.json (or the kind's own `status_file`, e.g. a study's study.json) with a liveness
+    check (see the module docstring); `types_by_key` are the fields whose type the caller relies on
+    (a wrong type reads as `unreadable`)."""
     directory = Path(directory)
-    path = directory / STATUS_FILE
+    path = directory / status_file
     if not path.exists():
-        return {"state": MISSING, "error": f"{directory} has no {STATUS_FILE}"}
+        return {"state": MISSING, "error": f"{directory} has no {status_file}"}
     status, problem = read_object(path, {"state": str, **(types_by_key or {})})
     if status is None:
         return {"state": UNREADABLE, "error": problem}
     if status.get("state") not in STATES:
-        return {"state": UNREADABLE, "error": f"{STATUS_FILE}: unknown state {status.get('state')!r}"}
+        return {"state": UNREADABLE, "error": f"{status_file}: unknown state {status.get('state')!r}"}
     if status.get("state") != "running" or status.get("host") not in (None, socket.gethostname()):
         return status  # settled, or written by a process on another machine: its pid means nothing here
     pid = status.get("pid")
     if pid is None:
         launched = status.get("launched") or status.get("started") or 0
         if time.time() - launched > NEVER_REPORTED_S:
-            status = settle_if_running(directory, "failed", "the job was launched but its process never reported")
+            status = settle_if_running(directory, "failed", "the job was launched but its process never reported",
+                                       status_file)
         return status
     if pid_alive(pid, status.get("pid_start")):
         return status
     if stop_requested(directory):
-        return settle_if_running(directory, "stopped", None)
+        return settle_if_running(directory, "stopped", None, status_file)
     return settle_if_running(directory, "failed", f"the process (pid {pid}) ended without finishing; "
-                                                  f"see {directory / LOG_FILE}")
+                                                  f"see {directory / LOG_FILE}", status_file)
 
 
 def is_busy(directory) -> bool:

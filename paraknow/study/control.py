@@ -16,16 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import ParaknowError
-from ..core.fsio import atomic_write_json, atomic_write_text
-from ..core.jobdir import LOG_FILE, STOP_FILE, read_json, read_log
-from ..core.processes import pid_alive, spawn
+from ..core.fsio import atomic_write_json
+from ..core.jobdir import LOG_FILE, STOP_FILE, read_json, read_log, request_stop
+from ..core.jobdir import read_status as read_job_status
+from ..core.processes import proc_start_time, spawn
 from ..runs.executors import ExecutorConfig
 from .cells import RECIPE_FILE, STUDY_FILE
 from .recipe import Recipe, parse_recipe
 from .report import collect
 from .runner import DEFAULT_WORKERS, check_devices, prepare
-
-LIVE_STATES = ("starting", "running")
 
 
 @dataclass
@@ -42,7 +41,7 @@ class StudyView:
 
     @property
     def live(self) -> bool:
-        return self.state in LIVE_STATES
+        return self.state == "running"
 
 
 def start_study(recipe: Recipe, out, resume: bool = False, workers: int = DEFAULT_WORKERS,
@@ -51,8 +50,8 @@ def start_study(recipe: Recipe, out, resume: bool = False, workers: int = DEFAUL
     `executor` (default: this machine; an executor that cannot take work now, such as a Ray
     address nothing answers on, is refused before anything is written); returns the process."""
     out = Path(out).expanduser().absolute()
-    status = read_json(out / STUDY_FILE) or {}
-    if status and _alive(status):
+    status = read_status(out)
+    if status.get("state") == "running":
         raise ParaknowError(f"the study in {out} is already running (pid {status.get('pid')}).")
     executor = check_devices(recipe, (executor or ExecutorConfig()).check_reachable())
     _, estimate = prepare(recipe, out, resume=resume)
@@ -62,26 +61,19 @@ def start_study(recipe: Recipe, out, resume: bool = False, workers: int = DEFAUL
     cmd = [sys.executable, "-m", "paraknow", "study", "--recipe", str(out / RECIPE_FILE), "--out", str(out), "--resume",
            "--workers", str(workers), *executor.to_argv()]
     proc = spawn(cmd, out, out / LOG_FILE)  # reaped by the liveness check
-    atomic_write_json(out / STUDY_FILE, {**status, "state": "starting", "pid": proc.pid, "pid_start": None,
+    previous = read_json(out / STUDY_FILE) or {}
+    atomic_write_json(out / STUDY_FILE, {**previous, "state": "running", "phase": "starting", "pid": proc.pid,
+                                         "pid_start": proc_start_time(proc.pid),
                                          "launched": time.time(), "estimate_s": round(estimate.total_s, 1),
                                          "executor": executor.to_dict(), "error": None})
     return proc
 
 
-def _alive(status: dict) -> bool:
-    return status.get("state") in LIVE_STATES and pid_alive(status.get("pid"), status.get("pid_start"))
-
-
 def read_status(out) -> dict:
-    """DIR/study.json with a liveness check: a live state whose process is gone reads `interrupted`
-    (after a crash, a reboot, or a bad recipe; see stdout.log)."""
-    out = Path(out)
-    status = read_json(out / STUDY_FILE) or {"state": "missing"}
-    if status.get("state") in LIVE_STATES and not _alive(status):
-        status = read_json(out / STUDY_FILE) or status  # it may have finished just now
-        if status.get("state") in LIVE_STATES and not _alive(status):
-            status = {**status, "state": "interrupted"}
-    return status
+    """DIR/study.json with the job substrate's liveness check (paraknow.core.jobdir): a `running`
+    study whose process is gone (a crash, a reboot, a bad recipe; see stdout.log) is settled once as
+    `failed`, or `stopped` when it was asked to stop."""
+    return read_job_status(out, status_file=STUDY_FILE)
 
 
 def read_study(out) -> StudyView:
@@ -97,7 +89,7 @@ def read_study(out) -> StudyView:
 def stop_study(out) -> None:
     """Ask the study to stop: no new cell starts, the running cell's training stops at its next
     step (that cell is recorded `stopped`); resume it later with `start_study(..., resume=True)`."""
-    atomic_write_text(Path(out) / STOP_FILE, f"{time.time()}\n")
+    request_stop(out)
 
 
 def log_tail(out, max_bytes: int = 4000) -> str:

@@ -252,7 +252,7 @@ def _clear_old_stop(out: Path) -> None:
     """Resuming is the request to go on: remove a STOP left from before -- but not one made after
     the app launched this process (paraknow.study.control records `launched` in study.json)."""
     status = read_json(out / STUDY_FILE) or {}
-    since = status.get("launched") if status.get("state") == "starting" else None
+    since = status.get("launched") if status.get("phase") == "starting" else None
     try:
         if since is None or (out / STOP_FILE).stat().st_mtime < since:
             (out / STOP_FILE).unlink()
