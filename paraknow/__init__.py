@@ -19,9 +19,9 @@ if TYPE_CHECKING:  # the same names, for type checkers and readers
     from .core.architecture import describe
     from .core.data import load_records
     from .core.models import load_model
-    from .runs.train_config import TrainConfig
     from .runs.evaluate import evaluate
     from .runs.train import train
+    from .runs.train_config import TrainConfig
     from .study.runner import run_study
     from .transfer.export import export_transfer, verify_export
     from .transfer.plan import TransferConfig, plan_transfer

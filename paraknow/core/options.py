@@ -8,14 +8,17 @@ may be callables, so a registry (METRICS, STRUCTURES, ...) is read when asked, n
 from __future__ import annotations
 
 import argparse
+import typing
 from dataclasses import MISSING, dataclass, field
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
-def option(default=MISSING, help: str = "", choices=None, type=None, default_factory=MISSING):
-    """A dataclass field with its CLI/page description in `metadata`."""
-    metadata = {"help": help, "choices": choices, "type": type}
+def option(default=MISSING, help: str = "", choices=None, type=None, default_factory=MISSING, accepts=None):
+    """A dataclass field with its CLI/page description in `metadata`. `accepts`: the type hint a
+    recipe or spec file may give for it when that is wider than the field's own (e.g. modules as
+    "attn,ffn" or a list), read by `hint_of`."""
+    metadata = {"help": help, "choices": choices, "type": type, "accepts": accepts}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -37,6 +40,13 @@ def _resolve(value):
 
 def help_of(cls, name: str) -> str:
     return _resolve(_field(cls, name).metadata.get("help")) or ""
+
+
+def hint_of(cls, name: str):
+    """The type hint a settings file's value for field `name` must fit (paraknow.core.validate checks
+    it): the field's `accepts`, else its annotation. The one source for the recipe and spec checks."""
+    accepts = _field(cls, name).metadata.get("accepts")
+    return accepts if accepts is not None else typing.get_type_hints(cls)[name]
 
 
 def choices_of(cls, name: str) -> list | None:

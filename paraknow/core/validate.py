@@ -86,12 +86,20 @@ def _show(value) -> str:
     return str(value) if isinstance(value, numbers.Integral) else f"{value:g}"
 
 
+def value_problem(value, hint) -> str | None:
+    """Why a JSON-decoded value does not fit a type hint such as `int | None`, for a person
+    ("must be a whole number (got str 'big')"); None when it fits."""
+    if _matches(value, hint):
+        return None
+    return f"must be {_describe(hint)} (got {type(value).__name__} {value!r:.60})"
+
+
 def type_problem(data: dict, types_by_key: dict, what: str) -> str | None:
-    """The first key of `data` whose value does not fit `types_by_key[key]` (a type hint such as
-    `int | None`), described for a person; None when all fit. Keys not listed are not checked."""
+    """The first key of `data` whose value does not fit `types_by_key[key]`, described for a person;
+    None when all fit. Keys not listed are not checked."""
     for key, hint in types_by_key.items():
-        if key in data and not _matches(data[key], hint):
-            return f"{what}: '{key}' must be {_describe(hint)} (got {type(data[key]).__name__} {data[key]!r:.60})"
+        if key in data and (problem := value_problem(data[key], hint)):
+            return f"{what}: '{key}' {problem}"
     return None
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..core.errors import ParaknowError, first_line
+from ..core.options import hint_of
+from ..core.validate import value_problem
 from ..runs.train_config import TrainConfig
 from ..transfer.plan import TransferConfig
 from ..transfer.sensitivity import SensitivityConfig
@@ -178,43 +180,27 @@ def _check_keys(obj, path: str, allowed) -> dict:
     return normal
 
 
-def _type_ok(value, annotation: str) -> bool:
-    """Whether a JSON value fits a dataclass field's annotation (as written in the source)."""
-    if value is None:
-        return "None" in annotation
-    if isinstance(value, bool):
-        return "bool" in annotation
-    if "float" in annotation and isinstance(value, (int, float)):
-        return True
-    if "int" in annotation and isinstance(value, int):
-        return True
-    if "str" in annotation and isinstance(value, str) and "list[str]" not in annotation:
-        return True
-    if ("list" in annotation or "tuple" in annotation) and isinstance(value, list):
-        return all(isinstance(v, str) for v in value)
-    if "tuple" in annotation and isinstance(value, str):  # modules as "attn,ffn"
-        return True
-    return "dict" in annotation and isinstance(value, dict)
-
-
-def _typed(obj: dict, path: str, field_map: dict) -> dict:
-    for key, value in obj.items():
-        if key in field_map and not _type_ok(value, str(field_map[key].type)):
-            _fail(f"{path}.{key}", f"{value!r} is not a valid value (expected {field_map[key].type}).")
+def _typed(obj: dict, path: str, owners: dict) -> dict:
+    """Each value fits its settings field's type (paraknow.core.options.hint_of, checked by
+    paraknow.core.validate: the same check as the app's recipe and a run's spec)."""
+    for key, owner in owners.items():
+        if key in obj and (problem := value_problem(obj[key], hint_of(owner, key))):
+            _fail(f"{path}.{key}", problem + ".")
     return obj
 
 
 def _parse_train(obj, path: str) -> dict:
     settings = _check_keys(obj, path, train_keys())
-    return _typed(settings, path, {f.name: f for f in fields(TrainConfig)})
+    return _typed(settings, path, {f.name: TrainConfig for f in fields(TrainConfig)})
 
 
 def _parse_extract(obj, path: str) -> dict:
     from ..transfer.mapping import parse_layers_arg
 
     extract = _check_keys(obj, path, extract_keys())
-    transfer, sens = _config_fields(TransferConfig), _config_fields(SensitivityConfig)
-    _typed(extract, path, {**transfer, **sens})
+    transfer = _config_fields(TransferConfig)
+    _typed(extract, path, {**{k: TransferConfig for k in transfer},
+                           **{k: SensitivityConfig for k in _config_fields(SensitivityConfig)}})
     for key, value in extract.items():
         try:
             if key == "layers":

@@ -50,7 +50,8 @@ class TransferConfig:
         f"{k}: {v}" for k, v in COHERENT.items()), choices=lambda: list(COHERENT))
     modules: tuple | None = option(
         None, "comma list of groups attn, ffn, embed or single roles (q_proj, ..., lm_head); "
-        "not given: attn,ffn,embed, embeddings only when teacher and student share the tokenizer")
+        "not given: attn,ffn,embed, embeddings only when teacher and student share the tokenizer",
+        accepts=list[str] | str | None)  # a recipe gives a list of roles/groups, or "attn,ffn" as on the CLI
     mode: str = option("residual", "residual: the student's step-0 function is unchanged; additive: "
                        "the base stays and the student starts at W_S + s*B@A", choices=MODES)
     split: str = option("left", "where Sigma goes: left (B) or sqrt (both factors)", choices=SPLITS)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import ParaknowError
-from ..core.options import Placement, choices_of, default_of
+from ..core.options import Placement, choices_of, default_of, hint_of
 from ..core.validate import type_problem
 from .plan import EXTRACT_OPTIONS, TransferConfig
 from .sensitivity import SENSITIVITY_OPTIONS, SensitivityConfig
@@ -50,13 +50,7 @@ def _owner(key: str):
 
 
 def _hint(key: str):
-    if key in REFERENCE_KEYS:
-        return str
-    if key == "modules":
-        return list[str] | str | None  # a list of roles/groups, or "attn,ffn" as on the CLI
-    if key == "layers":
-        return str
-    return typing.get_type_hints(_owner(key))[key]
+    return str if key in REFERENCE_KEYS else hint_of(_owner(key), key)
 
 
 def default(key: str):
