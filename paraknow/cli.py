@@ -99,12 +99,15 @@ def _apply_recipe(args) -> None:
 
 
 def _given_flags(argv) -> set[str]:
-    """The `extract` options given on the command line (argparse fills in the rest with defaults)."""
-    parser = build_parser()
-    extract = parser._subparsers._group_actions[0].choices["extract"]
-    for action in extract._actions:
-        action.default, action.required = argparse.SUPPRESS, False
-    return set(vars(parser.parse_args(argv)).keys()) - {"command", "func"}
+    """The `extract` options given on the command line: the same subcommand parsed once more with
+    every default replaced by a marker (argparse's public set_defaults), so only what was typed differs."""
+    from .transfer.recipe import REFERENCE_KEYS, SETTING_KEYS
+
+    not_given = object()
+    extract = _add_extract(_OneLineParser(prog="paraknow").add_subparsers())
+    extract.set_defaults(**{key: not_given for key in (*REFERENCE_KEYS, *SETTING_KEYS, "out", "recipe", "overwrite")})
+    return {key for key, value in vars(extract.parse_args(list(argv)[1:])).items()
+            if value is not not_given and key != "func"}
 
 
 def cmd_eval(args) -> int:
@@ -233,7 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_transfer_commands(sub) -> None:
     """sensitivity, extract."""
     from .core.options import Placement, add_options
-    from .transfer.plan import TransferConfig
     from .transfer.sensitivity import SensitivityConfig
 
     p = sub.add_parser("sensitivity", help="sensitivity of every teacher parameter on seed samples")
@@ -245,6 +247,15 @@ def _add_transfer_commands(sub) -> None:
     p.add_argument("--max-memory", default=None,
                    help="spread the model with accelerate's device map within limits, e.g. 0=20GiB,1=20GiB,cpu=60GiB")
     p.set_defaults(func=cmd_sensitivity)
+
+    _add_extract(sub)
+
+
+def _add_extract(sub):
+    """The `extract` subcommand (also parsed alone by `_given_flags`)."""
+    from .core.options import Placement, add_options
+    from .transfer.plan import TransferConfig
+    from .transfer.sensitivity import SensitivityConfig
 
     p = sub.add_parser("extract", help="extract teacher parameters into a LoRA init for the student")
     p.add_argument("--teacher", help="teacher model reference (required unless --recipe gives it)")
@@ -259,6 +270,7 @@ def _add_transfer_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it holds a previous paraknow export (never any other folder)")
     p.set_defaults(func=cmd_extract)
+    return p
 
 
 def _add_model_use_commands(sub) -> None:
