@@ -40,11 +40,12 @@ def default_reference(arms, baseline: str) -> str:
 
 
 def default_comparisons(arms, baseline: str) -> dict[str, list[list[str]]]:
-    primary = [[a.name, baseline] for a in arms if is_primary(a) and a.name != baseline]
+    """The default reference (the PKT the factor levels vary) is a method however it extracts."""
     fallback = default_reference(arms, baseline)
-    secondary = [[a.name, a.reference or fallback] for a in arms
-                 if a.trained and not is_primary(a) and a.name != (a.reference or fallback)]
-    return {"primary": primary, "secondary": secondary}
+    primary = [a for a in arms if a.trained and (is_primary(a) or a.name == fallback)]
+    return {"primary": [[a.name, baseline] for a in primary if a.name != baseline],
+            "secondary": [[a.name, a.reference or fallback] for a in arms
+                          if a.trained and a not in primary and a.name != (a.reference or fallback)]}
 
 
 def check_reference(value, path: str, names: list[str], own: str) -> str:
