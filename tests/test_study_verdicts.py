@@ -219,3 +219,20 @@ def test_shipped_verdicts_file_is_the_analysis_of_the_shipped_cells(study):
     records = records_from_csv((folder / "results.csv").read_text())
     assert written["comparisons"] == json.loads(json.dumps(analyse(recipe, records)))
     assert "python -m paraknow.report reanalyse" in written["provenance"]["command"]
+
+
+def test_results_page_primary_verdicts_equal_the_verdicts_file():
+    text = (ROOT / "docs" / "results.md").read_text()
+    written = json.loads((ROOT / "docs" / "results" / "study_demo" / "verdicts.json").read_text())
+
+    def pts(x):
+        return f"{100 * x:+.1f}".replace("-", "−")
+
+    assert "python -m paraknow.report reanalyse --study docs/results/study_demo" in text
+    for c in written["comparisons"]:
+        if c["family"] == "primary":
+            lo, hi = c["ci95"]
+            alo, ahi = c["ci95_adjusted"]
+            row = f"| {pts(c['diff'])} [{pts(lo)}, {pts(hi)}] | {c['p']:.2g} / {c['p_adjusted']:.2g} | " \
+                  f"[{pts(alo)}, {pts(ahi)}] | {c['verdict']}, MDE {100 * c['mde80']:.1f} |"
+            assert row in text, row
