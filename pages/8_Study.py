@@ -20,6 +20,7 @@ from paraknow.study.report import (
     RESULTS_JSON,
     arm_rows,
     bars_figure,
+    comparison_rows,
     seed_count_figure,
     seed_count_points,
 )
@@ -213,6 +214,14 @@ def _study_panel(live: bool) -> None:
         st.code(log_tail(view.out) or "(empty)", language="text")
 
     st.dataframe(pd.DataFrame(arm_rows(results)), hide_index=True, width="stretch", key="st_arms")
+    comparisons = comparison_rows(results)
+    if comparisons:
+        st.markdown("**Comparisons** (paired by seed, accuracy points)")
+        st.dataframe(pd.DataFrame(comparisons), hide_index=True, width="stretch", key="st_comparisons")
+        st.caption(f"Within each family the p-values are corrected ({results['correction']}) and the adjusted "
+                   "interval is at level 1 − 0.05/m. better/worse: adjusted p < 0.05; equivalent: the adjusted "
+                   f"interval inside ±{100 * results['equivalence_margin']:g} points; otherwise inconclusive, "
+                   "with the minimum detectable effect at 80 % power.")
     if any(a["mean"] is not None for a in results["arms"]):
         st.plotly_chart(bars_figure(results), key="st_bars", config={"displayModeBar": False})
         st.caption("Mean test accuracy over seeds with its 95 % confidence interval (Student t); the dotted line "

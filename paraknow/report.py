@@ -4,6 +4,7 @@
     python -m paraknow.report compare --task facts [--seeds 0 1 2] [--out docs/results/compare_facts.json]
     python -m paraknow.report study [--recipe docs/examples/study-demo.json] [--dir cache/studies/demo]
                                     [--out docs/results/study_demo] [--workers N]
+    python -m paraknow.report reanalyse [--study docs/results/study_demo]
 
 Every report is one JSON file holding the figures and `provenance`: the UTC date, the machine
 (processor count, torch threads, GPU), the git commit of the checkout (and whether it had
@@ -22,6 +23,10 @@ so every figure there can be reproduced and traced.
   correlations, timing), results.csv (every cell), table.md (the per-arm table the README quotes) and the figures as PNG (bars per arm coloured
   by factor, the seed-count curve, the learning curves). The PNGs need kaleido and Chromium
   (requirements-images.txt); without them the JSON and CSV are still written and the reason is said.
+- `reanalyse`: the declared comparisons of a written study (its summary.json's recipe, with the
+  recipe's default families, and its results.csv; no cell is re-run) with the study's analysis
+  (paraknow.study.compare: Holm within each family, adjusted intervals, equivalence margin,
+  minimum detectable effects) into verdicts.json and verdicts.md beside them.
 """
 from __future__ import annotations
 
@@ -190,6 +195,28 @@ def study_report(recipe_path, study_dir: Path, out_dir: Path, workers: int, prog
             "figures": sorted(figures) if why_not is None else [], "figures_unavailable": why_not}
 
 
+def reanalyse_report(folder: Path) -> dict:
+    """The comparisons of the study written into `folder` (summary.json + results.csv); writes
+    verdicts.md there and returns verdicts.json's figures."""
+    import json
+
+    from .core.fsio import atomic_write_text
+    from .study import parse_recipe
+    from .study.report import markdown_comparisons, records_from_csv
+    from .study.results import analyse
+
+    summary, cells = folder / "summary.json", folder / "results.csv"
+    for path in (summary, cells):
+        if not path.is_file():
+            raise ParaknowError(f"{path} not found: --study must name a folder written by `python -m "
+                                "paraknow.report study` (summary.json and results.csv).")
+    recipe = parse_recipe(json.loads(summary.read_text(encoding="utf-8"))["recipe"])
+    figures = {"study": str(folder), "correction": recipe.correction, "equivalence_margin": recipe.equivalence_margin,
+               "comparisons": analyse(recipe, records_from_csv(cells.read_text(encoding="utf-8")))}
+    atomic_write_text(folder / "verdicts.md", markdown_comparisons(figures))
+    return figures
+
+
 def _finals(run_dirs, method: str) -> list[dict]:
     from .runs.jobs import run_info
 
@@ -218,6 +245,9 @@ def main(argv=None) -> int:
     p.add_argument("--dir", default=None, help="study directory (default: the cache's studies/demo)")
     p.add_argument("--out", default=str(RESULTS_DIR / "study_demo"))
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
+    p = sub.add_parser("reanalyse", help="the corrected verdicts of a written study, from its results.csv")
+    p.add_argument("--study", default=str(RESULTS_DIR / "study_demo"),
+                   help="a folder written by `study` (summary.json, results.csv); verdicts.json/.md go there")
     args = parser.parse_args(argv)
     import tempfile
 
@@ -235,6 +265,9 @@ def main(argv=None) -> int:
             figures = study_report(args.recipe, study_dir, Path(args.out), args.workers,
                                    progress=lambda m: print(m, file=sys.stderr, flush=True))
             out = str(Path(args.out) / "summary.json")
+        elif args.report == "reanalyse":
+            figures = reanalyse_report(Path(args.study))
+            out = str(Path(args.study) / "verdicts.json")
         else:
             with tempfile.TemporaryDirectory(prefix="paraknow-compare-") as work:
                 figures = compare_report(args.task, args.seeds, Path(work), args.max_new_tokens)

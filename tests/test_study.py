@@ -115,7 +115,23 @@ def test_per_arm_statistics_follow_the_selected_cells(study):
         diff = paired_difference(mine, base)
         assert arm["diff_vs_baseline"] == pytest.approx(diff.mean)
         assert arm["diff_ci95"] == (None if diff.interval is None else pytest.approx(diff.interval, abs=1e-12))
-        assert "best-lr vanilla LoRA" in arm["verdict"]
+        own = [c for c in results["comparisons"] if c["arm"] == name]
+        if name in ("untuned", "teacher"):  # untrained references: in no family by default
+            assert not own and arm["verdict"] == "not compared"
+        else:  # two seeds: never a finding
+            assert own[0]["verdict"] == "inconclusive" and "only 2 paired seed(s)" in own[0]["reason"]
+            assert arm["verdict"] == f"inconclusive vs {own[0]['reference']}: {own[0]['reason']}"
+
+
+def test_every_cell_keeps_its_predictions(study):
+    out, results = study["out"], study["results"]
+    n_test = len(load_records(study["paths"]["test_data"]))
+    for cell in results["cells"]:
+        rows = [json.loads(line) for line in (out / cell["predictions"]).read_text().splitlines()]
+        assert len(rows) == n_test and {"id", "correct", "prediction"} <= set(rows[0])
+        assert sum(r["correct"] for r in rows) / len(rows) == pytest.approx(cell["test_accuracy"])
+    assert [c["family"] for c in results["comparisons"]] == ["primary", "secondary"]
+    assert results["comparisons"][0]["arm"] == "pkt" and results["comparisons"][1]["reference"] == "pkt"
 
 
 def test_signals_of_pkt_arms(study):
@@ -132,7 +148,7 @@ def test_signals_of_pkt_arms(study):
     assert arms["pkt-random-teacher"]["signals"]["lift"] == pytest.approx(1, abs=0.15)
     assert set(study["results"]["signal_correlations"]) == set(SIGNALS)
     report = (study["out"] / "report.html").read_text()
-    assert "Cheap signals" in report and "best-lr vanilla LoRA" in report
+    assert "Cheap signals" in report and "<h2>Comparisons</h2>" in report and "inconclusive vs vanilla" in report
     assert 'src="http' not in report and len(report) > 1_000_000  # plotly.js inlined: works offline
 
 
@@ -213,13 +229,34 @@ def test_resume_refuses_a_changed_recipe(study, tmp_path):
         prepare(parse_recipe(changed), out, resume=True)
 
 
+def test_resume_with_changed_comparisons_reanalyses_without_rerunning(study, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(study["out"], out)
+    cell_files = sorted(out.glob("cells/*/cell.json"))
+    stamps = {p: (p.stat().st_mtime_ns, p.read_text()) for p in cell_files}
+    changed = dict(study["recipe"], comparisons={"primary": [["pkt", "vanilla"], ["untuned", "vanilla"]]},
+                   equivalence_margin=0.2, correction="bonferroni")
+    lines = []
+    results = run_study(parse_recipe(changed), out, resume=True, progress=lines.append)
+    assert {p: (p.stat().st_mtime_ns, p.read_text()) for p in cell_files} == stamps
+    assert not any("running" in line for line in lines)
+    written = json.loads((out / "results.json").read_text())
+    assert [(c["arm"], c["reference"]) for c in written["comparisons"]] == \
+        [("pkt", "vanilla"), ("untuned", "vanilla"), ("pkt-random-teacher", "pkt")]
+    assert written["correction"] == "bonferroni" and written["equivalence_margin"] == 0.2
+    assert json.loads((out / "recipe.json").read_text())["correction"] == "bonferroni"
+    assert results["comparisons"] == written["comparisons"]
+
+
 def test_cli_gives_the_same_cell_numbers_as_the_library(study, tmp_path, capsys):
     recipe_file = write_recipe(tmp_path / "recipe.json", study["recipe"])
     code = cli_main(["study", "--recipe", recipe_file, "--out", str(tmp_path / "cli")])
     captured = capsys.readouterr()
     assert code == 0
-    table = captured.out.strip().splitlines()
+    arms_table, comparisons = captured.out.strip().split("\n\n")
+    table = arms_table.splitlines()
     assert table[0].split()[:3] == ["arm", "init", "n"] and len(table) == 1 + len(study["recipe"]["arms"])
+    assert comparisons.splitlines()[1].split()[:2] == ["family", "arm"] and len(comparisons.splitlines()) == 4
     assert "[10/10]" in captured.err
     lib, cli = cells_by_id(study["results"]), cells_by_id(json.loads((tmp_path / "cli" / "results.json").read_text()))
     assert lib.keys() == cli.keys()

@@ -101,6 +101,9 @@ def test_launch_stop_resume_and_results(tmp_path):
     arms = table_with(at, "verdict")
     assert list(arms["arm"]) == ["vanilla", "pkt"] and list(arms["n"]) == [2, 2]
     assert list(arms["verdict"])[0] == "baseline"
+    comparisons = table_with(at, "p adjusted")
+    assert list(comparisons["arm"]) == ["pkt"] and list(comparisons["vs"]) == ["vanilla"]
+    assert list(comparisons["verdict"]) == ["inconclusive"]  # two seeds are never a finding
     signals = table_with(at, "lift")
     assert list(signals["arm"]) == ["pkt", "Spearman vs accuracy"]
     results = json.loads((out / "results.json").read_text())

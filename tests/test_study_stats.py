@@ -1,10 +1,10 @@
 """Study statistics against scipy.stats on fixed samples: mean intervals, paired
-differences (ttest_rel's interval), Spearman; the learning-rate selection rule; verdicts."""
+differences (ttest_rel's interval), Spearman; the learning-rate selection rule (verdicts: test_study_verdicts.py)."""
 import pytest
 from scipy import stats as sps
 
-from paraknow.study.results import select_lr, verdict
-from paraknow.study.stats import Estimate, mean_interval, paired_difference, spearman
+from paraknow.study.results import select_lr
+from paraknow.study.stats import mean_interval, paired_difference, spearman
 
 SAMPLES = [[0.62], [0.51, 0.55], [0.12, 0.18, 0.15], [0.31, 0.35, 0.29, 0.40, 0.33],
            [0.8, 0.82, 0.79, 0.85, 0.81, 0.78, 0.9, 0.77]]
@@ -68,12 +68,3 @@ def test_lr_selection_ignores_unfinished_cells():
     assert select_lr(cells)["lr"] == 1e-3
     assert select_lr([_cell(1e-4, None, None, None, state="running")]) is None
 
-
-def test_verdicts_in_words():
-    label = "best-lr vanilla LoRA"
-    assert verdict(Estimate(5, 0.021, 0.008, 0.034), label) == \
-        "+2.1 points over best-lr vanilla LoRA, 95 % CI [+0.8, +3.4]"
-    assert verdict(Estimate(5, -0.03, -0.05, -0.01), label).startswith("-3.0 points under best-lr vanilla LoRA")
-    assert verdict(Estimate(3, 0.004, -0.012, 0.020), label) == \
-        "no difference from best-lr vanilla LoRA detectable at this sample size (95 % CI [-1.2, +2.0])"
-    assert "too few seeds" in verdict(Estimate(1, 0.02), label)

@@ -1,8 +1,10 @@
 """A study directory's layout (see paraknow.study.runner) and the record of each cell on disk."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from ..core.fsio import atomic_write_text
 from ..core.jobdir import read_json
 from .plan import Cell
 
@@ -20,8 +22,10 @@ RUN_DIR = "run"
 
 CELL_STATES = ("running", "finished", "failed", "stopped")  # and "pending" for a cell that never started
 
+PREDICTIONS_FILE = "predictions.jsonl"  # one line per scored test item: id, correct, prediction
+
 CELL_FIELDS = ("arm", "seed", "lr", "state", "test_accuracy", "test_loss", "val_accuracy", "val_loss",
-               "seconds", "run_dir", "export", "error")
+               "seconds", "run_dir", "export", "predictions", "error")
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:
@@ -32,3 +36,12 @@ def read_cell(out: Path, cell: Cell) -> dict:
     """The cell's record, or {"state": "pending"} when it never started."""
     record = read_json(cell_dir(out, cell) / CELL_FILE)
     return record if record else {"arm": cell.arm, "seed": cell.seed, "lr": cell.lr, "state": "pending"}
+
+
+def write_predictions(out: Path, cell: Cell, predictions: list[dict]) -> str:
+    """Write the cell's test predictions (EvalResult.predictions) as PREDICTIONS_FILE; returns its
+    path relative to the study directory (results.json's `predictions`)."""
+    path = cell_dir(out, cell) / PREDICTIONS_FILE
+    atomic_write_text(path, "".join(json.dumps({"id": p["id"], "correct": bool(p["correct"]),
+                                                "prediction": p["prediction"]}) + "\n" for p in predictions))
+    return str(path.relative_to(Path(out)))

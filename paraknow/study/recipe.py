@@ -19,10 +19,21 @@ from ..core.validate import value_problem
 from ..runs.train_config import TrainConfig
 from ..transfer.plan import TransferConfig
 from ..transfer.sensitivity import SensitivityConfig
+from .families import (
+    DEFAULT_CORRECTION,
+    DEFAULT_EQUIVALENCE_MARGIN,
+    check_reference,
+    default_comparisons,
+    parse_comparisons,
+    parse_correction,
+    parse_margin,
+)
 
 RECIPE_KEYS = ("teacher", "student", "seed_data", "train_data", "val_data", "test_data", "train", "seeds",
-               "baseline", "budget_minutes", "arms")
-ARM_KEYS = ("name", "init", "lr_sweep", "extract", "train")
+               "baseline", "budget_minutes", "arms", "comparisons", "equivalence_margin", "correction")
+ARM_KEYS = ("name", "init", "lr_sweep", "extract", "train", "reference")
+# keys that change only how the cells are analysed: a study resumed with other values re-analyses its cells
+ANALYSIS_KEYS = ("budget_minutes", "comparisons", "equivalence_margin", "correction")
 INIT_LABELS = {"vanilla": "vanilla LoRA", "pissa": "PiSSA", "pkt": "PKT",
                "untuned": "the untuned student", "teacher": "the teacher"}
 TRAINED_INITS = ("vanilla", "pissa", "pkt")  # the others are controls: evaluated once, never trained
@@ -62,6 +73,7 @@ class Arm:
     lr_sweep: list[float] | None = None
     extract: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    reference: str | None = None  # the arm a factor-level arm is compared with (families.py)
 
     @property
     def trained(self) -> bool:
@@ -81,11 +93,6 @@ class Arm:
             return CROSSED_GROUP if len(keys & set(FACTOR_LABELS)) > 1 else OTHER_GROUP
         return FACTOR_LABELS.get(keys.pop(), OTHER_GROUP)
 
-    def label(self) -> str:
-        """How a verdict names this arm, e.g. "best-lr vanilla LoRA (vanilla)"."""
-        text = ("best-lr " if self.lr_sweep else "") + INIT_LABELS[self.init]
-        return text if self.name == self.init else f"{text} ({self.name})"
-
     def to_dict(self) -> dict:
         out = {"name": self.name, "init": self.init}
         if self.lr_sweep:
@@ -94,6 +101,8 @@ class Arm:
             out["extract"] = dict(self.extract)
         if self.train:
             out["train"] = dict(self.train)
+        if self.reference:
+            out["reference"] = self.reference
         return out
 
 
@@ -110,13 +119,18 @@ class Recipe:
     seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     baseline: str = ""
     budget_minutes: float = DEFAULT_BUDGET_MINUTES
+    comparisons: dict = field(default_factory=dict)  # {family: [[arm, reference], ...]}, defaults filled in
+    equivalence_margin: float = DEFAULT_EQUIVALENCE_MARGIN
+    correction: str = DEFAULT_CORRECTION
 
     def to_dict(self) -> dict:
         """The recipe as run: every key, defaults filled in (DIR/recipe.json)."""
         return {"teacher": self.teacher, "student": self.student, "seed_data": self.seed_data,
                 "train_data": self.train_data, "val_data": self.val_data, "test_data": self.test_data,
                 "train": dict(self.train), "seeds": list(self.seeds), "baseline": self.baseline,
-                "budget_minutes": self.budget_minutes, "arms": [a.to_dict() for a in self.arms]}
+                "budget_minutes": self.budget_minutes, "arms": [a.to_dict() for a in self.arms],
+                "comparisons": {k: [list(p) for p in v] for k, v in self.comparisons.items()},
+                "equivalence_margin": self.equivalence_margin, "correction": self.correction}
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -220,6 +234,14 @@ def _parse_extract(obj, path: str) -> dict:
     return extract
 
 
+def cells_part(recipe_dict: dict) -> dict:
+    """A recipe as run (to_dict, or recipe.json read back) without what only changes the analysis:
+    two recipes whose cells_part are equal run the same cells."""
+    out = {k: v for k, v in recipe_dict.items() if k not in ANALYSIS_KEYS}
+    out["arms"] = [{k: v for k, v in arm.items() if k != "reference"} for arm in recipe_dict.get("arms") or []]
+    return out
+
+
 def _parse_lrs(value, path: str) -> list[float]:
     if not isinstance(value, list) or not value or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value):
@@ -282,10 +304,16 @@ def parse_recipe(data) -> Recipe:
     baseline = data.get("baseline") or next((a.name for a in arms if a.init == "vanilla"), arms[0].name)
     if baseline not in names:
         _fail("baseline", f"'{baseline}' is not an arm; the arms are {', '.join(names)}.")
+    for i, (arm, raw) in enumerate(zip(arms, arms_data)):
+        if "reference" in raw:
+            arm.reference = check_reference(raw["reference"], f"arms[{i}].reference", names, arm.name)
+    comparisons = {**default_comparisons(arms, baseline), **parse_comparisons(data.get("comparisons", {}), names)}
     recipe = Recipe(student=data["student"], train_data=data["train_data"], val_data=data["val_data"],
                     test_data=data["test_data"], arms=arms, teacher=data.get("teacher"),
                     seed_data=data.get("seed_data"), train=_parse_train(data.get("train", {}), "train"),
-                    seeds=list(seeds), baseline=baseline, budget_minutes=budget)
+                    seeds=list(seeds), baseline=baseline, budget_minutes=budget, comparisons=comparisons,
+                    equivalence_margin=parse_margin(data.get("equivalence_margin", DEFAULT_EQUIVALENCE_MARGIN)),
+                    correction=parse_correction(data.get("correction", DEFAULT_CORRECTION)))
     for i, arm in enumerate(arms):
         needs = (["teacher"] if arm.init in ("pkt", "teacher") and not arm.extract.get("teacher") else []) + \
             (["seed_data"] if arm.init == "pkt" else [])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..core.fsio import atomic_write_json, atomic_write_text
 from .plan import plan_cells
+from .compare import signed_interval, signed_points
 from .recipe import Recipe
 from .results import summarize
 from .signals import SIGNALS
@@ -43,12 +44,57 @@ def cells_csv(results: dict) -> str:
     return buffer.getvalue()
 
 
+NUMBER_FIELDS = ("lr", "test_accuracy", "test_loss", "val_accuracy", "val_loss", "seconds")
+
+
+def records_from_csv(text: str) -> dict:
+    """{cell_id: record} read back from a results.csv (cells_csv's inverse: empty is None, seeds
+    integers, the numbers floats): what a study's analysis needs when only its CSV was kept."""
+    from .plan import Cell
+
+    records = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        record = {k: (v if v != "" else None) for k, v in row.items()}
+        record["seed"] = None if record["seed"] is None else int(record["seed"])
+        for key in NUMBER_FIELDS:
+            if record.get(key) is not None:
+                record[key] = float(record[key])
+        records[Cell(record["arm"], record["seed"], record["lr"]).cell_id] = record
+    return records
+
+
 def arm_rows(results: dict) -> list[dict]:
     """One display row per arm (accuracies in percent)."""
     return [{"arm": a["arm"], "init": a["init"], "n": a["n"], "accuracy %": _pct(a["mean"]),
              "95 % CI": _interval(a["ci95"]),
              "vs baseline": "-" if a["diff_vs_baseline"] is None else f"{100 * a['diff_vs_baseline']:+.1f}",
              "verdict": a["verdict"]} for a in results["arms"]]
+
+
+def comparison_rows(results: dict) -> list[dict]:
+    """One display row per declared comparison (differences in accuracy points), the same in the
+    CLI, the Study page and report.html."""
+    correction = results.get("correction", "holm")
+    sizes = {}
+    for c in results.get("comparisons", []):
+        sizes[c["family"]] = sizes.get(c["family"], 0) + 1
+    return [{"family": f"{c['family']} (m = {sizes[c['family']]}, {correction})", "arm": c["arm"],
+             "vs": c["reference"], "n": c["n"], "diff": signed_points(c["diff"]), "95 % CI": signed_interval(c["ci95"]),
+             "p": _fmt(c["p"]), "p adjusted": _fmt(c["p_adjusted"]),
+             "adjusted CI": signed_interval(c["ci95_adjusted"]),
+             "bootstrap CI": signed_interval(c["bootstrap_ci95"]),
+             "MDE 80 %": "-" if c["mde80"] is None else f"{100 * c['mde80']:.1f}",
+             "verdict": c["verdict"], "reason": c["reason"]} for c in results.get("comparisons", [])]
+
+
+def markdown_comparisons(results: dict) -> str:
+    """The comparisons table in Markdown (docs/results quotes it)."""
+    rows = comparison_rows(results)
+    if not rows:
+        return ""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(str(v) for v in r.values()) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(results: dict) -> str:
@@ -61,9 +107,7 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_table(results: dict) -> str:
-    """The per-arm table as aligned text (what the CLI prints on stdout)."""
-    rows = arm_rows(results)
+def _aligned(rows: list[dict]) -> str:
     if not rows:
         return ""
     columns = list(rows[0])
@@ -71,6 +115,13 @@ def format_table(results: dict) -> str:
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def format_table(results: dict) -> str:
+    """The per-arm table, then the comparisons, as aligned text (what the CLI prints on stdout)."""
+    arms = _aligned(arm_rows(results))
+    rows = comparison_rows(results)
+    return arms if not rows else f"{arms}\n\ncomparisons (accuracy points):\n{_aligned(rows)}"
 
 
 FACTOR_COLORS = ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -223,6 +274,10 @@ trained on <code>{html.escape(recipe.train_data)}</code>, learning rates chosen 
 seeds {html.escape(str(recipe.seeds))}; baseline <b>{html.escape(results['baseline'])}</b>.
 {f"Estimated {timing['estimate_s'] / 60:.1f} min, took {timing['wall_s'] / 60:.1f} min." if timing else ""}</p>
 <h2>Test accuracy per arm</h2>{_html_table(arm_rows(results))}
+<h2>Comparisons</h2><p>Paired by seed, in accuracy points. Within each family the p-values are
+corrected ({html.escape(str(results.get("correction")))}) and the adjusted interval is at level
+1 &minus; 0.05/m; equivalence margin &plusmn;{100 * results.get("equivalence_margin", 0):g} points.</p>
+{_html_table(comparison_rows(results))}
 {figure}
 {seed_curve}
 {curves}

@@ -1,12 +1,14 @@
 """From cell records to per-arm results: learning-rate selection, means with 95 % intervals over
-seeds, paired differences against the baseline arm, verdicts in words, and signal correlations.
-See docs/study.md for the rules.
+seeds, paired differences against the baseline arm, the declared comparisons with their verdicts
+(compare.py), and signal correlations. See docs/study.md for the rules.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..core.jobdir import read_json
+from .compare import ArmData, compare_all, verdict_text
 from .plan import Cell, plan_cells
 from .recipe import Recipe
 from .signals import SIGNALS
@@ -58,20 +60,52 @@ def _paired(arm_values: dict, base_values: dict) -> Estimate:
     return paired_difference(arm_values, base_values)
 
 
-def _points(x: float) -> str:
-    return f"{100 * x:+.1f}"
+def read_predictions(out, record: dict) -> dict | None:
+    """{item id: correct} from a cell's predictions.jsonl (None when the cell kept none)."""
+    path = record.get("predictions")
+    if not path or out is None or not (Path(out) / path).is_file():
+        return None
+    rows = [json.loads(line) for line in (Path(out) / path).read_text(encoding="utf-8").splitlines() if line]
+    return {row["id"]: bool(row["correct"]) for row in rows}
 
 
-def verdict(diff: Estimate, baseline_label: str) -> str:
-    """The paired difference in words (accuracy points, 95 % CI)."""
-    if diff.n == 0 or diff.mean is None:
-        return f"no result paired with {baseline_label} yet"
-    if diff.lo is None:
-        return f"{_points(diff.mean)} points vs {baseline_label} on one seed: too few seeds for an interval"
-    ci = f"95 % CI [{_points(diff.lo)}, {_points(diff.hi)}]"
-    if not diff.excludes_zero():
-        return f"no difference from {baseline_label} detectable at this sample size ({ci})"
-    return f"{_points(diff.mean)} points {'over' if diff.mean > 0 else 'under'} {baseline_label}, {ci}"
+def arm_data(recipe: Recipe, out, records: dict, by_arm: dict) -> dict[str, ArmData]:
+    """Each arm's ArmData: its selected record per seed, finished swept rates per seed, predictions."""
+    data = {}
+    for arm in recipe.arms:
+        rates = {}
+        if arm.lr_sweep:
+            for c in plan_cells(recipe):
+                if c.arm == arm.name and records[c.cell_id].get("state") == "finished":
+                    rates[c.seed] = rates.get(c.seed, 0) + 1
+        items = {seed: read_predictions(out, r) for seed, r in by_arm[arm.name].items()}
+        data[arm.name] = ArmData(by_arm[arm.name], rates, {s: v for s, v in items.items() if v is not None})
+    return data
+
+
+def comparisons_of(recipe: Recipe, out, records: dict, by_arm: dict) -> list[dict]:
+    """results.json's `comparisons` (the recipe's declared families, corrected within each)."""
+    found = compare_all(recipe.comparisons, arm_data(recipe, out, records, by_arm), recipe.correction,
+                        recipe.equivalence_margin)
+    return [c.to_dict() for c in found]
+
+
+def analyse(recipe: Recipe, records: dict, out=None) -> list[dict]:
+    """The comparisons of a study from its cell records alone ({cell_id: record}; `out` the study
+    directory the records' predictions are relative to): a changed `comparisons`, margin or
+    correction re-analysed without re-running a cell."""
+    by_arm = {arm.name: per_seed(recipe, arm, records) for arm in recipe.arms}
+    return comparisons_of(recipe, out, records, by_arm)
+
+
+def _arm_verdict(name: str, baseline: str, comparisons: list[dict]) -> str:
+    """The arm's verdict column: its first comparison in words (the baseline and arms only ever
+    referred to say so)."""
+    own = next((c for c in comparisons if c["arm"] == name), None)
+    if own is not None:
+        return verdict_text(own)
+    return "baseline" if name == baseline else \
+        ("reference" if any(c["reference"] == name for c in comparisons) else "not compared")
 
 
 def _arm_signals(out: Path, by_seed: dict) -> dict | None:
@@ -94,6 +128,7 @@ def summarize(recipe: Recipe, out, records: dict) -> dict:
     cells = plan_cells(recipe)
     by_arm = {arm.name: per_seed(recipe, arm, records) for arm in recipe.arms}
     chosen_ids = {Cell(r["arm"], r["seed"], r["lr"]).cell_id for by_seed in by_arm.values() for r in by_seed.values()}
+    comparisons = comparisons_of(recipe, out, records, by_arm)
     arms = []
     base_arm = recipe.arm(recipe.baseline)
     base_acc = _values(by_arm[base_arm.name], "test_accuracy")
@@ -111,7 +146,7 @@ def summarize(recipe: Recipe, out, records: dict) -> dict:
         arms.append({"arm": arm.name, "init": arm.init, "factor": arm.factor, "n": est.n, "mean": est.mean, "ci95": est.interval,
                      "diff_vs_baseline": None if is_base else diff.mean,
                      "diff_ci95": None if is_base else diff.interval,
-                     "verdict": "baseline" if is_base else verdict(diff, base_arm.label()),
+                     "verdict": _arm_verdict(arm.name, base_arm.name, comparisons),
                      "signals": _arm_signals(out, by_seed),
                      "loss_mean": loss_est.mean, "loss_ci95": loss_est.interval,
                      "lr": {str(s): r.get("lr") for s, r in by_seed.items() if s is not None} or None,
@@ -128,4 +163,6 @@ def summarize(recipe: Recipe, out, records: dict) -> dict:
         row = {key: record.get(key) for key in CELL_FIELDS}
         row["selected"] = c.cell_id in chosen_ids
         cell_rows.append(row)
-    return {"baseline": base_arm.name, "cells": cell_rows, "arms": arms, "signal_correlations": correlations}
+    return {"baseline": base_arm.name, "cells": cell_rows, "arms": arms, "comparisons": comparisons,
+            "equivalence_margin": recipe.equivalence_margin, "correction": recipe.correction,
+            "signal_correlations": correlations}

@@ -12,6 +12,7 @@ DIR layout:
   cells/<cell id>/cell.json   the cell's state (running | finished | failed | stopped) and numbers
   cells/<cell id>/run/        its training run directory (paraknow.runs.train's files)
   cells/<cell id>/stdout.log  the cell's training log (stdout and stderr)
+  cells/<cell id>/predictions.jsonl  its test predictions, one line per item: id, correct, prediction
   exports/<key>/              PKT exports, keyed by content (teacher, student, seed data,
                               extraction settings) so cells that differ only in learning rate share one
   exports/<key>.signals.json  the export's cheap signals (paraknow.study.signals)
@@ -46,10 +47,21 @@ from ..core.processes import proc_start_time
 from ..runs.executors import ExecutorConfig, make_executor
 from ..transfer.lora import MANIFEST_FILE
 from .budget import calibrate, estimate_study
-from .cells import CELL_FIELDS, CELL_FILE, CELLS_DIR, LOCK_FILE, RECIPE_FILE, RUN_DIR, STUDY_FILE, cell_dir, read_cell
+from .cells import (
+    CELL_FIELDS,
+    CELL_FILE,
+    CELLS_DIR,
+    LOCK_FILE,
+    RECIPE_FILE,
+    RUN_DIR,
+    STUDY_FILE,
+    cell_dir,
+    read_cell,
+    write_predictions,
+)
 from .exports import EXPORTS_DIR, cell_export, export_key
 from .plan import Cell, check_recipe, plan_cells, train_config
-from .recipe import Recipe
+from .recipe import Recipe, cells_part
 
 DEFAULT_WORKERS = 1  # cells at a time; bench/bench_study_parallel.py decides whether 2 pays on a machine
 MAX_WORKERS = 64
@@ -150,10 +162,11 @@ def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
     val = outcome.status.get("final_eval") or {}
     test = evaluate(outcome.model, outcome.tokenizer, test_records, **_eval_settings(config))
     return {**fields, "run_dir": str(Path(CELLS_DIR) / cell.cell_id / RUN_DIR), "val_accuracy": val.get("accuracy"),
-            "val_loss": val.get("loss"), "test_accuracy": test.accuracy, "test_loss": test.loss}
+            "val_loss": val.get("loss"), "test_accuracy": test.accuracy, "test_loss": test.loss,
+            "predictions": write_predictions(out, cell, test.predictions)}
 
 
-def _run_control(recipe: Recipe, cell: Cell, test_records) -> dict:
+def _run_control(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
     from ..core.models import load_model
     from ..runs.evaluate import evaluate
 
@@ -162,7 +175,8 @@ def _run_control(recipe: Recipe, cell: Cell, test_records) -> dict:
     ref = recipe.student if arm.init == "untuned" else recipe.teacher
     model, tokenizer = load_model(ref, device=config.device)
     test = evaluate(model, tokenizer, test_records, **_eval_settings(config))
-    return {"test_accuracy": test.accuracy, "test_loss": test.loss}
+    return {"test_accuracy": test.accuracy, "test_loss": test.loss,
+            "predictions": write_predictions(out, cell, test.predictions)}
 
 
 def run_cell(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
@@ -176,7 +190,7 @@ def run_cell(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
     try:
         arm = recipe.arm(cell.arm)
         numbers = _run_trained(recipe, cell, out, test_records) if arm.trained else \
-            _run_control(recipe, cell, test_records)
+            _run_control(recipe, cell, out, test_records)
     except CellStopped:
         return _write_cell(out, cell, state="stopped", started=started, seconds=round(time.time() - started, 3))
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the study goes on
@@ -196,9 +210,9 @@ def _check_out(out: Path, recipe: Recipe, resume: bool) -> None:
     if stored is not None:
         if not resume:
             raise ParaknowError(f"{out} already holds a study: pass --resume to continue it, or choose a new --out.")
-        current = json.loads(json.dumps(recipe.to_dict()))  # as it reads back from recipe.json
-        changed = sorted(k for k in set(stored) | set(current)
-                         if k != "budget_minutes" and stored.get(k) != current.get(k))
+        current = cells_part(json.loads(json.dumps(recipe.to_dict())))  # as it reads back from recipe.json
+        stored = cells_part(stored)  # the analysis keys may change: the cells are re-analysed
+        changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
         if changed:
             raise ParaknowError(f"the recipe differs from {out / RECIPE_FILE} (in {', '.join(changed)}): "
                                 "resume with the recipe as run, or start a new --out.")

@@ -1,7 +1,10 @@
-"""Small statistics for studies: Student-t intervals, paired differences, Spearman correlation.
+"""Small statistics for studies: Student-t intervals, paired differences, Spearman correlation,
+the paired t-test, multiplicity corrections (Holm, Bonferroni), the minimum detectable effect at
+80 % power and the paired hierarchical bootstrap.
 
 tests/test_study_stats.py checks every function against scipy.stats' own (t.interval, the
-interval of ttest_rel, spearmanr) on fixed samples. See docs/study.md for how a study uses them.
+interval of ttest_rel, spearmanr) on fixed samples, Holm against a hand-computed table and the
+power against scipy's noncentral t. See docs/study.md for how a study uses them.
 """
 from __future__ import annotations
 
@@ -9,6 +12,10 @@ import math
 from dataclasses import dataclass
 
 CONFIDENCE = 0.95
+ALPHA = 1 - CONFIDENCE
+POWER = 0.8
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
 
 
 def t_quantile(p: float, df: float) -> float:
@@ -29,9 +36,6 @@ class Estimate:
     @property
     def interval(self) -> list[float] | None:
         return None if self.lo is None else [self.lo, self.hi]
-
-    def excludes_zero(self) -> bool:
-        return self.lo is not None and (self.lo > 0 or self.hi < 0)
 
 
 def mean_interval(values, confidence: float = CONFIDENCE) -> Estimate:
@@ -83,3 +87,78 @@ def spearman(x, y) -> float | None:
     if vx == 0 or vy == 0:
         return None
     return cov / math.sqrt(vx * vy)
+
+
+def paired_t_p(diffs) -> float | None:
+    """Two-sided p of the paired t-test on per-seed differences (scipy's ttest_1samp against 0, the
+    same as ttest_rel on the two sides); None with fewer than 2 values or no spread."""
+    from scipy import stats
+
+    diffs = [float(d) for d in diffs]
+    if len(diffs) < 2 or max(diffs) == min(diffs):
+        return None
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def holm(pvalues: list) -> list:
+    """Holm's step-down adjusted p-values, m = len(pvalues); a None (untestable) counts in m, sorts
+    last and stays None."""
+    m = len(pvalues)
+    order = sorted((i for i, p in enumerate(pvalues) if p is not None), key=lambda i: pvalues[i])
+    adjusted, running = [None] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def bonferroni(pvalues: list) -> list:
+    """p * m, capped at 1 (None stays None)."""
+    return [None if p is None else min(1.0, len(pvalues) * p) for p in pvalues]
+
+
+CORRECTIONS = {"holm": holm, "bonferroni": bonferroni}  # a recipe's `correction` (family-wise, within a family)
+
+
+def mde(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float | None:
+    """The smallest true mean difference a two-sided paired t-test at level `alpha` detects with
+    probability `power`, for n pairs whose differences have standard deviation `sd` (exact, from the
+    noncentral t); None for n < 2 or sd = 0."""
+    from scipy import optimize, stats
+
+    if n < 2 or not sd > 0:
+        return None
+    df = n - 1
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def short(delta):  # power at noncentrality delta, minus the target
+        nc = delta * math.sqrt(n) / sd
+        return stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc) - power  # both tails (cdf(-c) is nan far out)
+
+    hi = sd
+    while short(hi) < 0:
+        hi *= 2
+    return float(optimize.brentq(short, 0.0, hi, xtol=1e-12 * sd))
+
+
+def hierarchical_bootstrap(diffs, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                           confidence: float = CONFIDENCE) -> list[float] | None:
+    """Percentile interval of the mean paired difference, resampling seeds (rows) with replacement
+    and then, within each drawn seed, its items (columns) with replacement. `diffs` [seeds, items]:
+    per seed and test item, correct(arm) - correct(reference) (the same items in every row). None
+    with fewer than 2 seeds or no items."""
+    import numpy as np
+
+    d = np.asarray(diffs, dtype=np.float64)  # [n_seeds, n_items]
+    if d.ndim != 2 or d.shape[0] < 2 or d.shape[1] == 0:
+        return None
+    n_seeds, n_items = d.shape
+    rng = np.random.default_rng(seed)
+    totals = np.zeros(resamples)
+    for _ in range(n_seeds):  # one drawn seed per slot, its items redrawn for every resample
+        rows = rng.integers(n_seeds, size=resamples)  # [resamples]
+        items = rng.integers(n_items, size=(resamples, n_items))  # [resamples, n_items]
+        totals += d[rows[:, None], items].mean(axis=1)
+    means = totals / n_seeds
+    tail = 100 * (1 - confidence) / 2
+    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
