@@ -75,14 +75,28 @@ def test_readme_study_figures_equal_the_summaries_and_name_their_commands():
     assert "docs/results/study_demo/bars.png" in text
 
     arms = _arms(demo)
-    quoted = {_pct(arms[a]["mean"]) for a in ("pkt", "vanilla", "pkt-random-teacher", "untuned", "teacher")}
-    for arm in ("pkt", "pkt-random-teacher"):
-        verdict = arms[arm]["verdict"]  # "+3.0 points over best-lr vanilla LoRA, 95 % CI [+0.6, +5.4]"
-        points, ci = verdict.split(" ")[0], verdict.split("CI ")[1]
-        assert f"{points} points" in text and f"CI {ci}" in text
+    quoted = {_pct(arms[a]["mean"]) for a in ("pkt", "vanilla", "untuned", "teacher")}
     assert all(p in text for p in quoted)
     # every percentage the README states is one of the figures above
     assert set(re.findall(r"\d+\.\d %", text)) <= quoted
+    # the verdicts it states are those of the corrected analysis (verdicts.json), with their numbers
+    verdicts = json.loads((RESULTS / "study_demo" / "verdicts.json").read_text())
+    assert f"`{verdicts['provenance']['command']}`" in text
+    rows = {(c["family"], c["arm"]): c for c in verdicts["comparisons"]}
+    for arm in ("pkt", "pkt-random-teacher"):
+        row = rows[("primary", arm)]
+        assert row["verdict"] == "inconclusive" and f"{100 * row['diff']:+.1f} points" in text
+        assert f"{100 * row['mde80']:.1f}" in text and f"adjusted p = {row['p_adjusted']:.3f}" in text
+    pkt = rows[("primary", "pkt")]
+    assert "95 % CI [{:+.1f}, {:+.1f}]".format(*(100 * x for x in pkt["ci95"])) in text
+    worse = [c for c in verdicts["comparisons"] if c["verdict"] == "worse"]
+    assert worse and all(f"({100 * c['diff']:.1f}" in text or f"{100 * c['diff']:.1f})" in text
+                         or f"({100 * c['diff']:.1f} points" in text for c in worse)
+    assert not any(c["verdict"] in ("better", "equivalent") for c in verdicts["comparisons"])
+    arith_verdicts = json.loads((RESULTS / "study_arith" / "verdicts.json").read_text())["comparisons"]
+    assert {c["verdict"] for c in arith_verdicts} == {"inconclusive"}
+    low, high = (100 * f(c["mde80"] for c in arith_verdicts) for f in (min, max))
+    assert f"{low:.1f} to {high:.1f} points" in text
     assert f"{len(demo['recipe']['seeds'])} seeds" in text and f"{len(arith['recipe']['seeds'])} seeds" in text
 
 
