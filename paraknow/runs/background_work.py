@@ -27,17 +27,6 @@ def _load(spec: dict):
     return load_model(spec["ref"], dtype=spec.get("dtype"), device=spec.get("device"))
 
 
-def transfer_config_from_dict(data: dict):
-    """TransferConfig from its JSON form (lists where the dataclass holds tuples)."""
-    from ..transfer.plan import TransferConfig
-
-    data = dict(data)
-    if isinstance(data.get("modules"), list):
-        data["modules"] = tuple(data["modules"])
-    data["overrides"] = {k: tuple(v) for k, v in (data.get("overrides") or {}).items()}
-    return TransferConfig(**data)
-
-
 def run_sensitivity(spec: dict, job_dir: Path, progress) -> dict:
     """The teacher's sensitivity map on the records, into the content cache."""
     from ..transfer.sensitivity import SensitivityConfig
@@ -67,19 +56,18 @@ def run_export(spec: dict, job_dir: Path, progress) -> dict:
     import numpy as np
 
     from ..core.architecture import describe
-    from ..transfer.export import export_transfer
-    from ..transfer.plan import plan_transfer
+    from ..transfer.pipeline import plan_and_export
+    from ..transfer.plan import TransferConfig
     from ..transfer.sensitivity_files import load_sensitivity
 
-    config = transfer_config_from_dict(spec["config"])
+    config = TransferConfig.from_dict(spec["config"])
     teacher, t_tok = _load(spec["teacher"])
     student, s_tok = _load(spec["student"])
     t_info, s_info = describe(teacher, t_tok), describe(student, s_tok)
     scores, _ = load_sensitivity(spec["sensitivity"])
     similarity = np.array(spec["similarity"]) if spec.get("similarity") is not None else None
-    plan = plan_transfer(t_info, s_info, scores, config, similarity)
-    manifest = export_transfer(teacher, student, t_info, s_info, plan, config, spec["out"], spec["provenance"],
-                               progress, overwrite=bool(spec.get("overwrite")))
+    manifest = plan_and_export(teacher, student, t_info, s_info, scores, config, spec["out"], spec["provenance"],
+                               similarity, progress, overwrite=bool(spec.get("overwrite")))
     return {"dir": spec["out"], "modules": len(manifest["modules"])}
 
 

@@ -155,7 +155,6 @@ class Recipe:
         """The arm's extraction for one seed. Rank and alpha default to the training rank and
         alpha (so PKT trains as many parameters as vanilla LoRA); the extraction seed (random
         layers and positions) defaults to the cell's seed."""
-        from ..transfer.mapping import parse_layers_arg
 
         settings = self.train_settings(arm)
         given = {k: v for k, v in arm.extract.items() if k in _config_fields(TransferConfig)}
@@ -163,11 +162,7 @@ class Recipe:
             if key not in given and settings.get(key) is not None:
                 given[key] = settings[key]
         given.setdefault("seed", seed)
-        if "layers" in given:
-            given["layers"], given["manual_map"] = parse_layers_arg(given["layers"])
-        if isinstance(given.get("modules"), list):
-            given["modules"] = tuple(given["modules"])
-        return TransferConfig(**given)
+        return TransferConfig.from_dict(given)
 
     def sensitivity_config(self, arm: Arm) -> SensitivityConfig:
         return SensitivityConfig(**{k: v for k, v in arm.extract.items() if k in _config_fields(SensitivityConfig)})
@@ -226,7 +221,7 @@ def _parse_extract(obj, path: str) -> dict:
                 if value not in TEACHER_WEIGHTS:
                     raise ParaknowError(f"{value!r} is not one of {', '.join(TEACHER_WEIGHTS)}.")
             elif key in transfer:  # each option alone, so the error names its key
-                TransferConfig(**{key: tuple(value) if isinstance(value, list) else value}).validate()
+                TransferConfig.from_dict({key: value}).validate()
             else:
                 SensitivityConfig(**{key: value}).validate()
         except ParaknowError as exc:

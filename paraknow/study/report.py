@@ -8,8 +8,8 @@ import io
 from pathlib import Path
 
 from ..core.fsio import atomic_write_json, atomic_write_text
-from .plan import plan_cells
 from .compare import signed_interval, signed_points
+from .plan import plan_cells
 from .recipe import Recipe
 from .results import summarize
 from .signals import SIGNALS

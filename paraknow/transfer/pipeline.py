@@ -39,7 +39,15 @@ def extract_to_dir(teacher_ref: str, student_ref: str, data_ref: str, out_dir, c
             similarity, _ = layer_similarity(teacher_model, student_model, teacher_tok,
                                              records[:sens_config.samples], student_tokenizer=student_tok,
                                              progress=progress)
-        plan = plan_transfer(t_info, s_info, scores, config, similarity)
-        return export_transfer(teacher_model, student_model, t_info, s_info, plan, config, out_dir,
+        return plan_and_export(teacher_model, student_model, t_info, s_info, scores, config, out_dir,
                                provenance(teacher_ref, student_ref, data_ref, sens_config, records),
-                               progress, overwrite=overwrite)
+                               similarity, progress, overwrite=overwrite)
+
+
+def plan_and_export(teacher_model, student_model, t_info, s_info, scores: dict, config: TransferConfig, out_dir,
+                    origin: dict, similarity=None, progress=None, overwrite: bool = False) -> dict:
+    """Plan from a sensitivity map and write the export (the `extract` command's last two steps, and
+    the app's export job on the map the page shows); returns the manifest."""
+    plan = plan_transfer(t_info, s_info, scores, config, similarity)
+    return export_transfer(teacher_model, student_model, t_info, s_info, plan, config, out_dir, origin, progress,
+                           overwrite=overwrite)

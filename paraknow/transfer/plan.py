@@ -26,7 +26,7 @@ from ..core.options import option
 from ..core.validate import check_count, check_number, check_rank_fits, check_seed
 from ..extract import STRUCTURES, Selection, block_selection, captured_share, oriented, select_within
 from .lora import MODES, SPLITS, SVD_METHODS
-from .mapping import layer_scores, map_layers
+from .mapping import layer_scores, map_layers, parse_layers_arg
 from .structure import COHERENT, plan_index_sets
 
 
@@ -59,6 +59,19 @@ class TransferConfig:
                       choices=SVD_METHODS)
     seed: int = option(0, "seed of the random strategies and the vanilla init of unmapped layers")
     overrides: dict = field(default_factory=dict)  # student module -> (row, col) of a manual block
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TransferConfig":
+        """The one conversion from a settings dict (a study or session recipe, a background job's
+        spec) to a TransferConfig: `layers` as on the CLI ("manual:0,-,2") unless `manual_map` is
+        given beside it, `modules` as "attn,ffn" or a list, `overrides` as {module: [row, col]}."""
+        data = dict(data)
+        if isinstance(data.get("layers"), str) and "manual_map" not in data:
+            data["layers"], data["manual_map"] = parse_layers_arg(data["layers"])
+        if "modules" in data:
+            data["modules"] = parse_modules(data["modules"])
+        data["overrides"] = parse_overrides(data.get("overrides") or {})
+        return cls(**data)
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -210,3 +223,21 @@ def _module_plan(t: _Target, student: ModelInfo, config: TransferConfig, index_s
                       selection, captured, auto_captured)
 
 EXTRACT_OPTIONS = ("rank", "alpha", "layers", "structure", "coherent", "modules", "mode", "split", "svd", "seed")
+
+
+def parse_modules(value) -> tuple | None:
+    """`modules` as a recipe or the CLI gives it ("attn,ffn" or a list) -> the TransferConfig tuple."""
+    if value is None:
+        return None
+    return tuple(m.strip() for m in (value.split(",") if isinstance(value, str) else value) if m.strip())
+
+
+def parse_overrides(value: dict) -> dict[str, tuple[int, int]]:
+    """Manual block placements {student module: [row, column]} -> checked (row, column) pairs."""
+    out = {}
+    for module, pos in value.items():
+        if not (isinstance(pos, (list, tuple)) and len(pos) == 2 and
+                all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pos)):
+            raise ParaknowError(f"{module} must be a [row, column] pair of whole numbers >= 0 (got {pos!r}).")
+        out[module] = (int(pos[0]), int(pos[1]))
+    return out

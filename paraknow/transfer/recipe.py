@@ -22,7 +22,7 @@ from pathlib import Path
 from ..core.errors import ParaknowError
 from ..core.options import Placement, choices_of, default_of, hint_of
 from ..core.validate import type_problem
-from .plan import EXTRACT_OPTIONS, TransferConfig
+from .plan import EXTRACT_OPTIONS, TransferConfig, parse_modules, parse_overrides
 from .sensitivity import SENSITIVITY_OPTIONS, SensitivityConfig
 
 REFERENCE_KEYS = ("teacher", "student", "data", "name")
@@ -77,11 +77,11 @@ def _check_value(key: str, value) -> None:
         elif key == "layers":
             parse_layers_arg(value)
         elif key == "overrides":
-            _overrides(value)
+            parse_overrides(value)
         elif key in SENSITIVITY_OPTIONS:
             SensitivityConfig(**{key: value}).validate()
         elif key in EXTRACT_OPTIONS:
-            TransferConfig(**{key: _modules(value) if key == "modules" else value}).validate()
+            TransferConfig.from_dict({key: value}).validate()
         elif key == "device":
             from ..core.models import resolve_device
 
@@ -90,22 +90,6 @@ def _check_value(key: str, value) -> None:
             raise ParaknowError(f"{value!r} is not one of {', '.join(choices)}.")
     except ParaknowError as exc:
         _fail(key, str(exc))
-
-
-def _modules(value) -> tuple | None:
-    if value is None:
-        return None
-    return tuple(m.strip() for m in (value.split(",") if isinstance(value, str) else value) if m.strip())
-
-
-def _overrides(value: dict) -> dict[str, tuple[int, int]]:
-    out = {}
-    for module, pos in value.items():
-        if not (isinstance(pos, (list, tuple)) and len(pos) == 2 and
-                all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pos)):
-            raise ParaknowError(f"{module} must be a [row, column] pair of whole numbers >= 0 (got {pos!r}).")
-        out[module] = (int(pos[0]), int(pos[1]))
-    return out
 
 
 @dataclass
@@ -124,12 +108,8 @@ class SessionRecipe:
         return SensitivityConfig(**{k: self.get(k) for k in SENSITIVITY_OPTIONS})
 
     def transfer_config(self) -> TransferConfig:
-        from .mapping import parse_layers_arg
-
-        given = {k: self.get(k) for k in EXTRACT_OPTIONS}
-        given["layers"], given["manual_map"] = parse_layers_arg(given["layers"])
-        given["modules"] = _modules(given["modules"])
-        return TransferConfig(**given, overrides=_overrides(self.get("overrides") or {}))
+        return TransferConfig.from_dict({**{k: self.get(k) for k in EXTRACT_OPTIONS},
+                                         "overrides": self.get("overrides") or {}})
 
     def to_dict(self) -> dict:
         """Every key, defaults filled in (the recipe file)."""
@@ -165,7 +145,7 @@ def parse_recipe(data) -> SessionRecipe:
     refs = {k: data[k] for k in REFERENCE_KEYS if k in data}
     settings = {k: data[k] for k in SETTING_KEYS if k in data}
     if settings.get("modules") is not None:  # "attn,ffn" as on the CLI, kept as a list
-        settings["modules"] = list(_modules(settings["modules"]))
+        settings["modules"] = list(parse_modules(settings["modules"]))
     return SessionRecipe(**refs, settings=settings)
 
 
