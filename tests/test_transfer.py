@@ -127,6 +127,29 @@ def test_verify_export_loads_it_with_plain_peft(tmp_path, tokenizer, seed_record
     torch.testing.assert_close(logits(student), logits(pair()[1]))  # the student itself was not touched
 
 
+def test_the_export_object_holds_manifest_selection_residual_and_loads_like_plain_peft(tmp_path, tokenizer,
+                                                                                     seed_records):
+    import copy
+
+    from peft import PeftModel
+
+    from paraknow.transfer.export import Export
+
+    teacher, student = pair()
+    _, plan, manifest, out = run_export(tmp_path, teacher, student, tokenizer, seed_records)
+    export = Export.open(out)
+    assert export.manifest == json.loads(json.dumps(manifest))  # what was written, as JSON reads it back
+    assert export.mode == "residual" and export.residual_dir == out / "residual"
+    selection = export.selection()
+    for module in plan.modules:  # the teacher indices each student module was filled from
+        torch.testing.assert_close(selection[f"{module.student_module}.rows"], module.selection.rows)
+    by_hand = PeftModel.from_pretrained(copy.deepcopy(student), str(out / "residual")).merge_and_unload()
+    by_hand = PeftModel.from_pretrained(by_hand, str(out)).eval()  # what a plain-PEFT user does
+    torch.testing.assert_close(logits(export.load_into(copy.deepcopy(student))), logits(by_hand))
+    with pytest.raises(ParaknowError, match="not a paraknow export"):
+        Export.open(tmp_path)
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_residual_trained_adapter_converts_to_plain_lora(tmp_path, tokenizer, seed_records, tied):
     teacher, student = pair(tied_student=tied)

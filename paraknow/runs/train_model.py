@@ -66,13 +66,13 @@ def build_model(config: TrainConfig, work_dir: Path | None = None, write: bool =
 
 def save_adapter(model, config: TrainConfig, run_dir: Path) -> Path:
     """Write RUN_DIR/adapter/ atomically as a plain LoRA for the original student."""
-    from ..transfer.lora import ADAPTER_CONFIG, load_manifest, residual_to_plain
+    from ..transfer.lora import ADAPTER_CONFIG, RESIDUAL_DIR, load_manifest, residual_to_plain
 
     run_dir = Path(run_dir)
     target = run_dir / ADAPTER_DIR
     if config.method == "pkt":
         residual = load_manifest(config.init).get("mode") == "residual" and \
-            (Path(config.init) / "residual" / ADAPTER_CONFIG).is_file()
+            (Path(config.init) / RESIDUAL_DIR / ADAPTER_CONFIG).is_file()
         if residual:
             trained = run_dir / TRAINED_DIR
             shutil.rmtree(trained, ignore_errors=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import load_file
 
 from ..core import __version__
 from ..core.architecture import EMBED_ROLES, LAYER_ROLES, ModelInfo
@@ -32,13 +33,22 @@ from ..core.fsio import (
 )
 from ..extract import oriented
 from .diagnostics import init_cosines, oriented_weight
-from .lora import ADAPTER_CONFIG, MANIFEST_FILE, factorise, load_manifest, scaling, vanilla_factors, write_adapter
+from .lora import (
+    ADAPTER_CONFIG,
+    MANIFEST_FILE,
+    RESIDUAL_DIR,
+    SELECTION_FILE,
+    factorise,
+    load_manifest,
+    scaling,
+    student_from_export,
+    vanilla_factors,
+    write_adapter,
+)
 
 if TYPE_CHECKING:
     from .plan import TransferConfig, TransferPlan
 
-RESIDUAL_DIR = "residual"
-SELECTION_FILE = "selection.safetensors"
 
 
 def extract_factors(teacher_model, plan: TransferPlan, config: TransferConfig, progress=None) -> dict:
@@ -213,17 +223,11 @@ def verify_export(student, tokenizer, export_dir, records: list[dict], max_lengt
     the main adapter; the outputs must equal the original student's (max change ~1e-5).
     Additive mode: the change is the teacher's knowledge itself, so it is expected to be > 0.
     """
-    from peft import PeftModel
 
     from ..core.data import encode
 
-    export_dir = Path(export_dir)
-    manifest = load_manifest(export_dir)
-    base = copy.deepcopy(student).eval()
-    residual = export_dir / RESIDUAL_DIR
-    if (residual / ADAPTER_CONFIG).is_file():
-        base = PeftModel.from_pretrained(base, str(residual)).merge_and_unload()
-    model = PeftModel.from_pretrained(base, str(export_dir)).eval()
+    export = Export.open(export_dir)
+    model = export.load_into(copy.deepcopy(student).eval())
     device = student.get_input_embeddings().weight.device
     max_change, max_logit, n_tokens = 0.0, 0.0, 0
     with torch.inference_mode():
@@ -236,6 +240,38 @@ def verify_export(student, tokenizer, export_dir, records: list[dict], max_lengt
             n_tokens += ids.shape[1]
             if progress:
                 progress(i + 1, len(records), f"sample {i + 1}/{len(records)}")
-    return Verification(dir=str(export_dir), mode=manifest.get("mode"), max_change=max_change,
+    return Verification(dir=str(export.dir), mode=export.mode, max_change=max_change,
                         max_logit=max_logit, samples=len(records), tokens=n_tokens,
                         tolerance=1e-3 * max(1.0, max_logit))
+
+
+@dataclass(frozen=True)
+class Export:
+    """An export directory as one object: its manifest, the teacher entries it selected, its
+    residual part, and how it loads into a student (the same way for verification, training, eval
+    and the Playground: residual merged into the base first, then the LoRA initialisation)."""
+    dir: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, directory) -> "Export":
+        return cls(Path(directory), load_manifest(directory))
+
+    @property
+    def mode(self) -> str | None:
+        return self.manifest.get("mode")
+
+    @property
+    def residual_dir(self) -> Path | None:
+        """The companion adapter equal to -s*B@A (residual mode), or None."""
+        residual = self.dir / RESIDUAL_DIR
+        return residual if (residual / ADAPTER_CONFIG).is_file() else None
+
+    def selection(self) -> dict[str, torch.Tensor]:
+        """{'<student module>.rows' | '.cols' | '.flat': int64 teacher indices} (selection.safetensors)."""
+        return load_file(str(self.dir / SELECTION_FILE))
+
+    def load_into(self, student, trainable: bool = False, dropout: float | None = None):
+        """The student with this export applied (a PeftModel; eval mode unless `trainable`)."""
+        model = student_from_export(student, self.dir, trainable=trainable, dropout=dropout)
+        return model if trainable else model.eval()

@@ -22,6 +22,8 @@ MODES = ("residual", "additive")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 MANIFEST_FILE = "paraknow.json"  # marks an export directory (and lets --overwrite replace it)
+RESIDUAL_DIR = "residual"  # an export's companion adapter equal to -s*B@A (residual mode)
+SELECTION_FILE = "selection.safetensors"  # an export's teacher indices per student module
 LORA_DROPOUT = 0.05  # the LoRA dropout paraknow trains and exports with (TrainConfig.dropout's default)
 PEFT_DROPOUT = 0.0  # what PEFT assumes when an adapter_config.json does not say (LoraConfig's default)
 PEFT_PREFIX = "base_model.model."
@@ -206,7 +208,7 @@ def apply_residual(student, export_dir):
     """Merge the export's `residual/` companion into the student's base weights (residual mode)."""
     from peft import PeftModel
 
-    residual = Path(export_dir) / "residual"
+    residual = Path(export_dir) / RESIDUAL_DIR
     if not (residual / ADAPTER_CONFIG).exists():
         return student
     return PeftModel.from_pretrained(student, str(residual)).merge_and_unload()
@@ -254,9 +256,9 @@ def residual_deltas(export_dir) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{module: (A, B)} whose s * B @ A the residual base added to each module, in that module's
     orientation -- including the tied lm_head, which shares the residualised embedding."""
     manifest = load_manifest(export_dir)
-    if manifest.get("mode") != "residual" or not (Path(export_dir) / "residual" / ADAPTER_CONFIG).exists():
+    if manifest.get("mode") != "residual" or not (Path(export_dir) / RESIDUAL_DIR / ADAPTER_CONFIG).exists():
         return {}
-    _, factors, _ = read_adapter(Path(export_dir) / "residual")
+    _, factors, _ = read_adapter(Path(export_dir) / RESIDUAL_DIR)
     tied = manifest.get("tied_compensation")
     if tied:  # embedding [V, d] delta (s B A).T equals lm_head delta s * A.T @ B.T
         A_emb, B_emb = factors[tied["embedding"]]
