@@ -188,11 +188,11 @@ def cmd_study(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from .core.cache import clear, fmt_bytes, list_entries
+    from .core.cache import UNMARKED, clear, fmt_bytes, list_entries
 
     if args.action == "list":
         entries = list_entries(args.kind, args.older_than)
-        print(f"{'kind':<12} {'entry':<44} {'size':>10}  {'last used':<16}  in use")
+        print(f"{'kind':<12} {'entry':<44} {'size':>10}  {'last used':<16}  kept because")
         for entry in entries:
             row = entry.to_row()
             print(f"{row['kind']:<12} {row['entry']:<44} {fmt_bytes(entry.size):>10}  {row['last_used']:<16}  "
@@ -200,9 +200,12 @@ def cmd_cache(args) -> int:
         print(f"{len(entries)} entries, {fmt_bytes(sum(e.size for e in entries))} in {cache_root()}")
         return 0
     result = clear(args.kind, args.older_than)
+    unmarked = [f"{e.kind}/{e.name}" for e in result.skipped if e.in_use == UNMARKED]
+    kept = [f"{e.kind}/{e.name} ({e.in_use})" for e in result.skipped if e.in_use != UNMARKED]
     print(f"removed {len(result.removed)} entries ({fmt_bytes(result.freed)})"
-          + (f"; kept {len(result.skipped)} in use: " + ", ".join(f"{e.kind}/{e.name}" for e in result.skipped)
-             if result.skipped else ""))
+          + (f"; kept {len(kept)}: " + ", ".join(kept) if kept else "")
+          + (f"; left {len(unmarked)} that paraknow did not make (no marker; remove them yourself if you "
+             "mean to): " + ", ".join(unmarked) if unmarked else ""))
     return 0
 
 

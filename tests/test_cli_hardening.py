@@ -127,6 +127,10 @@ CASES = [
     ("extract-into-foreign-dir", EXTRACT + ["--out", "{V}"], 2, "non-empty directory", None),
     ("extract-overwrite-foreign-dir", EXTRACT + ["--out", "{V}", "--overwrite"], 2, "paraknow did not make it", None),
     ("extract-onto-previous-export", EXTRACT + ["--out", "{E}"], 2, "already holds a paraknow export", None),
+    ("extract-overwrite-export-holding-user-notes", EXTRACT + ["--out", "{E}", "--overwrite"], 2,
+     "holds MY_NOTES.txt, which paraknow did not write", "notes"),
+    ("extract-overwrite-export-holding-user-file-in-residual", EXTRACT + ["--out", "{E}", "--overwrite"], 2,
+     "holds residual/mine.txt, which paraknow did not write", "residual-notes"),
     ("extract-out-dot", EXTRACT + ["--out", "."], 2, "non-empty directory", None),
     ("extract-out-home", EXTRACT + ["--out", "~"], 2, "non-empty directory", None),
     ("extract-out-is-file", EXTRACT + ["--out", "{F}"], 2, "not a directory", None),
@@ -200,6 +204,11 @@ def test_hostile_cli_input(files, place, argv, code, fragment, setup, capsys):
         Path(place["L"]).write_text("[1, 2]")
     if setup == "memo":
         (cache_dir("models") / "gguf_hashes.json").write_text("{not json")
+    if setup == "notes":
+        Path(place["E"], "MY_NOTES.txt").write_text("mine\n")
+    if setup == "residual-notes":
+        Path(place["E"], "residual").mkdir()
+        Path(place["E"], "residual", "mine.txt").write_text("mine\n")
     before = _snapshot(place["TMP"], Path(files["S"]).parent)
     try:
         got = main([arg.format(**names) for arg in argv])

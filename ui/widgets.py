@@ -651,9 +651,12 @@ def cache_panel() -> None:
         if st.button("Clear", icon=":material/delete:", key="w_cache_clear"):
             with show_errors("clearing the cache"):
                 result = cache.clear(kind, older_than_days=days or None)
+                unmarked = sum(e.in_use == cache.UNMARKED for e in result.skipped)
+                kept = len(result.skipped) - unmarked
                 st.success(f"Removed {len(result.removed)} {kind} entries ({fmt_bytes(result.freed)})"
-                           + (f"; kept {len(result.skipped)} in use." if result.skipped else "."),
-                           icon=":material/check_circle:")
+                           + (f"; kept {kept} in use" if kept else "")
+                           + (f"; left {unmarked} that paraknow did not make (no marker): remove them yourself"
+                              if unmarked else "") + ".", icon=":material/check_circle:")
 
 
 def md_escape(text: str) -> str:

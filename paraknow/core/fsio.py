@@ -182,10 +182,26 @@ def is_replaceable(path: str | os.PathLike, marker: str | None) -> bool:
     return not any(path.iterdir()) or (marker is not None and (path / marker).is_file())
 
 
-def check_replaceable(path: str | os.PathLike, marker: str | None, what: str = "output") -> None:
-    """Raise ParaknowError unless `path` may receive a new directory (see `is_replaceable`)."""
+def foreign_file(path: Path, owned: frozenset[str]) -> str | None:
+    """The first thing under the directory `path` (relative, posix) that is not one of the `owned`
+    relative paths a paraknow artifact consists of, or None when it holds only those."""
+    for item in sorted(path.rglob("*")):
+        relative = item.relative_to(path).as_posix()
+        if relative not in owned:
+            return relative
+    return None
+
+
+def check_replaceable(path: str | os.PathLike, marker: str | None, what: str = "output",
+                      owned: frozenset[str] | None = None) -> None:
+    """Raise ParaknowError unless `path` may receive a new directory (see `is_replaceable`); with
+    `owned` (the relative paths the artifact consists of), a marked directory that also holds
+    anything else is refused too, naming that file: replacing it would delete it."""
     path = Path(path)
     if is_replaceable(path, marker):
+        if owned is not None and marker is not None and path.is_dir() and (foreign := foreign_file(path, owned)):
+            raise ParaknowError(f"{path} holds {foreign}, which paraknow did not write; paraknow never deletes "
+                                f"it: move it out, or choose a new {what} directory.")
         return
     if not path.is_dir():
         raise ParaknowError(f"{path} exists and is not a directory; choose a new {what} directory.")
@@ -226,22 +242,23 @@ def _exchange(a: Path, b: Path) -> bool:
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, replaces: str | None = None,
-                     wait_s: float = LOCK_WAIT_S) -> Iterator[Path]:
+                     wait_s: float = LOCK_WAIT_S, owned: frozenset[str] | None = None) -> Iterator[Path]:
     """Yield a temporary directory; on success it becomes `path`, on error it vanishes.
 
     An existing `path` is replaced only when it is empty or holds the file named `replaces`
     (e.g. `paraknow.json`: proof that it is a paraknow artifact the caller may replace); any
     other directory or file there raises ParaknowError and is left untouched. Writers of one
     `path` are serialised by `output_lock`, and the swap is one atomic rename exchange where
-    the kernel supports it, so readers never see `path` missing.
+    the kernel supports it, so readers never see `path` missing. With `owned` (see
+    `check_replaceable`), a marked directory holding anything else is refused as well.
     """
     path = Path(path)
-    check_replaceable(path, replaces)  # before the caller does any work
+    check_replaceable(path, replaces, owned=owned)  # before the caller does any work
     tmp = _tmp_sibling(path, is_dir=True)
     try:
         yield tmp
         with output_lock(path, wait_s):
-            check_replaceable(path, replaces)  # again: another writer may have finished meanwhile
+            check_replaceable(path, replaces, owned=owned)  # again: another writer may have finished meanwhile
             if not path.exists():
                 os.replace(tmp, path)
             elif _exchange(tmp, path):
@@ -270,6 +287,24 @@ def read_json_object(path: str | os.PathLike, advice: str) -> dict:
     if not isinstance(data, dict):
         raise ParaknowError(f"{path} holds a JSON {type(data).__name__}, not an object; {advice}.")
     return data
+
+
+MAX_HEADER_BYTES = 100 * 2**20  # a safetensors header larger than this is not a file paraknow wrote
+
+
+def read_header_metadata(path: str | os.PathLike) -> dict:
+    """The `__metadata__` of a safetensors file read from its header alone ({} when the file is
+    missing, not safetensors, or has none): cheap enough to ask of every file in a folder."""
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 2 <= size <= MAX_HEADER_BYTES:
+                return {}
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def sha256_bytes(data: bytes) -> str:

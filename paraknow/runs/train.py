@@ -31,6 +31,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.cache import mark_entry
 from ..core.errors import ParaknowError, first_line
 from ..core.fsio import REFUSE_WAIT_S, atomic_directory, atomic_write_json, output_lock, output_path
 from ..core.jobdir import SPEC_FILE, STATUS_FILE, STOP_FILE, read_json
@@ -145,6 +146,7 @@ def _open_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
         atomic_write_json(run_dir / SPEC_FILE, {**(read_json(run_dir / SPEC_FILE) or {}), **spec})
         return False
     with atomic_directory(run_dir) as tmp:
+        mark_entry(tmp, run_dir)
         atomic_write_json(Path(tmp) / SPEC_FILE, spec)
         atomic_write_json(Path(tmp) / STATUS_FILE, {"state": "running", "phase": "loading", "pid": os.getpid(),
                                                     "created": time.time()})

@@ -21,6 +21,7 @@ import torch
 
 from ..core import __version__
 from ..core.architecture import EMBED_ROLES, LAYER_ROLES, ModelInfo
+from ..core.cache import MARKER_FILE, mark_entry
 from ..core.compatibility import resolve_roles
 from ..core.errors import ParaknowError
 from ..core.fsio import (
@@ -32,13 +33,16 @@ from ..core.fsio import (
 )
 from ..extract import oriented
 from .diagnostics import init_cosines, oriented_weight
-from .lora import ADAPTER_CONFIG, MANIFEST_FILE, factorise, load_manifest, scaling, vanilla_factors, write_adapter
+from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST_FILE, factorise, load_manifest, scaling, vanilla_factors, write_adapter
 
 if TYPE_CHECKING:
     from .plan import TransferConfig, TransferPlan
 
 RESIDUAL_DIR = "residual"
 SELECTION_FILE = "selection.safetensors"
+# every path an export consists of: `--overwrite` replaces a folder holding these and nothing else
+EXPORT_FILES = frozenset({MANIFEST_FILE, ADAPTER_CONFIG, ADAPTER_WEIGHTS, SELECTION_FILE, MARKER_FILE, RESIDUAL_DIR,
+                          f"{RESIDUAL_DIR}/{ADAPTER_CONFIG}", f"{RESIDUAL_DIR}/{ADAPTER_WEIGHTS}"})
 
 
 def extract_factors(teacher_model, plan: TransferPlan, config: TransferConfig, progress=None) -> dict:
@@ -163,7 +167,7 @@ def export_transfer(teacher_model, student_model, teacher: ModelInfo, student: M
     manifest = _manifest(plan, config, provenance, _module_entries(plan, config, factors, student_model),
                          adapters.tied_compensation)
     student_ref = provenance.get("student", "")
-    with atomic_directory(Path(out_dir), replaces=replaces) as tmp:
+    with atomic_directory(Path(out_dir), replaces=replaces, owned=EXPORT_FILES) as tmp:
         write_adapter(tmp, adapters.main, adapters.embeddings, config.rank, config.alpha, adapters.targets,
                       student_ref)
         if adapters.residual:
@@ -171,17 +175,19 @@ def export_transfer(teacher_model, student_model, teacher: ModelInfo, student: M
                           sorted(adapters.residual), student_ref)
         atomic_save_safetensors(_selection_tensors(plan), tmp / SELECTION_FILE)
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
+        mark_entry(tmp, out_dir)  # an export in the cache's exports/ is the cache's to clear
     return manifest
 
 
 def check_export_dir(out_dir, overwrite: bool = False) -> None:
     """An export may go to a new or empty directory in a writable folder, or replace a previous
-    export (a directory holding paraknow.json) when `overwrite` is set; nothing else."""
+    export (a directory holding paraknow.json and only the files an export consists of) when
+    `overwrite` is set; nothing else."""
     out_dir = Path(out_dir)
     if not overwrite and (out_dir / MANIFEST_FILE).is_file():
         raise ParaknowError(f"{out_dir} already holds a paraknow export: choose a new directory, or "
                             "overwrite it (--overwrite).")
-    check_replaceable(out_dir, MANIFEST_FILE if overwrite else None, "export")
+    check_replaceable(out_dir, MANIFEST_FILE if overwrite else None, "export", owned=EXPORT_FILES)
     check_writable_parent(out_dir)
 
 
