@@ -320,11 +320,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def zip_folder(directory: str | os.PathLike) -> bytes:
-    """A folder as zip bytes, every file under `<folder name>/` (for a download button)."""
+    """A folder as zip bytes, every regular file under `<folder name>/` (for a download button).
+    Symbolic links are never followed nor packed: a link planted in an export cannot pull in a
+    file from elsewhere on the machine."""
     directory = Path(directory)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(directory.rglob("*")):
-            if path.is_file():
+        files = [Path(folder, name) for folder, _, names in os.walk(directory) for name in names]  # no link followed
+        for path in sorted(files):
+            if path.is_file() and not path.is_symlink():
                 zf.write(path, f"{directory.name}/{path.relative_to(directory).as_posix()}")
     return buffer.getvalue()
