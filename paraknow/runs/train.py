@@ -175,6 +175,7 @@ def _training_arguments(cfg: TrainConfig, run_dir: Path):
         warmup_steps=cfg.warmup, lr_scheduler_type="linear", weight_decay=0.0, seed=cfg.seed,
         data_seed=cfg.seed, logging_strategy="steps", logging_steps=1, save_strategy="no",
         eval_strategy="no", report_to="none", disable_tqdm=True, remove_unused_columns=False,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (the filter shows an old mean instead)
         label_names=["labels"], dataloader_num_workers=0, use_cpu=train_device(cfg) == "cpu")
 
 
@@ -196,6 +197,8 @@ def _train_loaded(cfg: TrainConfig, run_dir: Path, status: StatusFile, main: boo
     trainer, callback, throughput = _fit(cfg, run_dir, status, main, model, tokenizer, items,
                                          eval_fn if eval_records else None, callbacks)
     model, state, stopped = trainer.model, trainer.state, callback.stopped
+    if callback.diverged:
+        raise ParaknowError(callback.diverged)  # the run is marked failed with it; no adapter is saved
     if main:
         status.update(phase="saving", step=state.global_step, epoch=state.epoch, eta_s=0, **throughput)
         save_adapter(model, cfg, run_dir)

@@ -53,10 +53,29 @@ def extract_factors(teacher_model, plan: TransferPlan, config: TransferConfig, p
     for i, mod in enumerate(plan.modules):
         weight = oriented(params[mod.teacher_param].detach(), mod.transposed)  # [o_T, i_T]
         block = mod.selection.apply(weight)  # [o_S, i_S]
+        if not torch.isfinite(block).all():
+            raise ParaknowError(f"the teacher's {mod.teacher_param} holds NaN or inf values in the block "
+                                f"{mod.student_module} takes: nothing was written; check the teacher's weights.")
         out[mod.student_module] = factorise(block, config.rank, config.alpha, config.split, config.svd, config.seed)
+        check_factors(mod.student_module, out[mod.student_module], config.alpha, block)
         if progress:
             progress(i + 1, len(plan.modules), f"factorised {mod.student_module}")
     return out
+
+
+def check_factors(module: str, factors, alpha: float, block: torch.Tensor) -> None:
+    """Refuse factors that would export a broken adapter (and residual, which is -B, A): values that
+    are not finite, or a B mostly exact zeros, more of them than the teacher's `block` [o_S, i_S]
+    has (its zero rows zero rows of B; anything beyond is B = U Sigma / s underflowing)."""
+    for name, tensor in (("A", factors.A), ("B", factors.B)):
+        if not torch.isfinite(tensor).all():
+            raise ParaknowError(f"{module}: the LoRA factor {name} is not finite (overflow at alpha {alpha:g}): "
+                                "nothing was written; use a smaller alpha.")
+    zeros = float((factors.B == 0).float().mean())
+    if zeros > 0.5 and zeros > float((block == 0).float().mean()):
+        raise ParaknowError(f"{module}: {zeros:.0%} of the LoRA factor B is exactly zero, more than the teacher's "
+                            f"block (B = U Sigma / s underflowed at alpha {alpha:g}): nothing was written; use a "
+                            "smaller alpha.")
 
 
 @dataclass

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from ..core.errors import ParaknowError, first_line
 from ..core.fsio import atomic_directory, atomic_save_safetensors, atomic_write_json, read_json_object
 from ..core.numerics import column_major, row_blocks, squared_norm64
+from ..core.validate import check_number
 
 SPLITS = ("left", "sqrt")
 MODES = ("residual", "additive")
@@ -41,6 +42,17 @@ class Factors:
     singular_values: torch.Tensor  # descending: all of them (exact SVD) or the top r (randomized)
     energy: float  # share of the squared Frobenius norm kept at rank r: sum(top-r sigma^2) / ||W||_F^2
     method: str = "exact"  # the SVD that computed them: exact | randomized
+
+
+MAX_SCALING = 2.0**16  # s = alpha / r above this makes B = U Sigma / s underflow towards float32's zeros
+
+
+def check_alpha(alpha: float, rank: int) -> None:
+    """alpha must keep s * B @ A representable: 0 < alpha / rank <= MAX_SCALING."""
+    check_number("alpha", alpha, above=0)
+    if alpha / rank > MAX_SCALING:
+        raise ParaknowError(f"alpha must be at most {MAX_SCALING * rank:g} at rank {rank} (got {alpha:g}): the "
+                            f"scaling s = alpha / r above {MAX_SCALING:g} makes B = U Sigma / s underflow to zeros.")
 
 
 def scaling(rank: int, alpha: float) -> float:

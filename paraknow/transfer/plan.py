@@ -23,9 +23,9 @@ from ..core.compatibility import (
 )
 from ..core.errors import ParaknowError
 from ..core.options import option
-from ..core.validate import check_count, check_number, check_seed
+from ..core.validate import check_count, check_seed
 from ..extract import STRUCTURES, Selection, block_selection, captured_share, oriented, select_within
-from .lora import MODES, SPLITS, SVD_METHODS
+from .lora import MODES, SPLITS, SVD_METHODS, check_alpha
 from .mapping import layer_scores, map_layers
 from .structure import COHERENT, plan_index_sets
 
@@ -71,7 +71,7 @@ class TransferConfig:
         if self.coherent not in COHERENT:
             raise ParaknowError(f"unknown coherent option '{self.coherent}'; use one of {', '.join(COHERENT)}.")
         check_count("rank", self.rank)
-        check_number("alpha", self.alpha, above=0)
+        check_alpha(self.alpha, self.rank)
         check_seed(self.seed)
         resolve_roles(DEFAULT_MODULES if self.modules is None else self.modules)
 
