@@ -6,13 +6,14 @@ TrainConfig, options.Placement): a default, choice list or help text is changed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 from pathlib import Path
 
 from .core.errors import ParaknowError
-from .core.fsio import output_lock, output_path
+from .core.fsio import REFUSE_WAIT_S, output_lock, output_path
 from .core.models import quiet_transformers
 from .core.paths import cache_root
 from .runs.executors import EXECUTOR_OPTIONS
@@ -28,7 +29,7 @@ def cmd_sensitivity(args) -> int:
     from .core.data import load_records
     from .core.memory import parse_max_memory
     from .core.models import load_config, load_model, resolve_device
-    from .core.parallel import launched_world_size, process_device, process_group, rank_and_size
+    from .core.parallel import launched_rank, launched_world_size, process_device, process_group, rank_and_size
     from .transfer.sensitivity import SensitivityConfig, check_memory, compute_sensitivity
     from .transfer.sensitivity_files import check_output_file, save_sensitivity, sensitivity_meta
 
@@ -44,13 +45,13 @@ def cmd_sensitivity(args) -> int:
     records = load_records(args.data)
     device = process_device(args.device)  # under torchrun / accelerate launch: one GPU per process
     check_memory(load_config(args.model), config, args.dtype, device, max_memory)  # before loading anything
-    with process_group(device):
+    writer = output_lock(out, wait_s=REFUSE_WAIT_S) if launched_rank() == 0 else contextlib.nullcontext()
+    with writer, process_group(device):  # a second writer of the same file is refused at once
         model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, max_memory=max_memory)
         scores = compute_sensitivity(model, tokenizer, records, config, _progress)
         meta = sensitivity_meta(args.model, config, records, data=args.data)
         if rank_and_size()[0] == 0:
-            with output_lock(out):  # a second writer of the same file waits for this one
-                save_sensitivity(out, scores, meta)
+            save_sensitivity(out, scores, meta)
             print(json.dumps({"out": str(out), "tensors": len(scores), **meta}))
     return 0
 

@@ -66,7 +66,7 @@ def files(tmp_path_factory):
     student = _save(tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2), root / "student")
     paths = {"T": teacher, "S": student}
     weights = student / "model.safetensors"
-    for name in ("trunc", "random", "shape", "notok", "missing", "badtok"):
+    for name in ("trunc", "random", "shape", "notok", "missing", "badtok", "nan", "zero"):
         paths[name] = _save(tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2), root / name,
                             tokenizer=name != "notok")
     blob = weights.read_bytes()
@@ -78,6 +78,12 @@ def files(tmp_path_factory):
     save_file({k: v for k, v in tensors.items() if k != "model.layers.1.self_attn.k_proj.weight"},
               paths["missing"] / "model.safetensors", metadata={"format": "pt"})
     (paths["badtok"] / "tokenizer.json").write_text("{garbage")
+    save_file({**tensors, "model.layers.1.self_attn.q_proj.weight": torch.full((64, 64), float("nan"))},
+              paths["nan"] / "model.safetensors", metadata={"format": "pt"})
+    save_file({k: torch.zeros_like(v) for k, v in tensors.items()}, paths["zero"] / "model.safetensors",
+              metadata={"format": "pt"})
+    paths["empty"] = root / "empty.jsonl"
+    paths["empty"].write_text('{"text": "fine"}\n{"text": ""}\n')
     paths["D"] = root / "seeds.jsonl"
     paths["D"].write_text(to_jsonl(SEED_RECORDS))
     paths["deep"] = root / "deep.jsonl"
@@ -196,6 +202,19 @@ CASES = [
      2, "corrupt.gguf is not a readable GGUF file", None),
     ("corrupt-gguf-hash-memo", ["sensitivity", "--model", "{gguf}", "--data", "{D}", "--out", "{TMP}/s.safetensors"],
      2, "corrupt.gguf is not a readable GGUF file", "memo"),
+    # a result is finite or a failure
+    ("sensitivity-nan-weights", ["sensitivity", "--model", "{nan}", "--data", "{D}", "--samples", "2", "--out",
+                                 "{TMP}/s.safetensors"], 2, "seed sample 1 gives a loss of nan", None),
+    ("sensitivity-nan-weights-magnitude", ["sensitivity", "--model", "{nan}", "--data", "{D}", "--metric", "magnitude",
+                                           "--samples", "2", "--out", "{TMP}/s.safetensors"], 2,
+     "the sensitivity of model.layers.1.self_attn.q_proj.weight is not finite", None),
+    ("sensitivity-all-zero-map", ["sensitivity", "--model", "{zero}", "--data", "{D}", "--metric", "magnitude",
+                                  "--samples", "2", "--out", "{TMP}/s.safetensors"], 2,
+     "every sensitivity score is zero", None),
+    ("sensitivity-empty-record", ["sensitivity", "--model", "{T}", "--data", "{empty}", "--out", "{TMP}/s.safetensors"],
+     2, "empty.jsonl line 2: 'text' is empty", None),
+    ("train-empty-record", ["train", "--student", "{S}", "--data", "{empty}", "--out", "{TMP}/run"], 2,
+     "empty.jsonl line 2: 'text' is empty", None),
     # data
     ("sensitivity-deeply-nested-line", ["sensitivity", "--model", "{T}", "--data", "{deep}", "--out",
                                         "{TMP}/s.safetensors"], 2, "deep.jsonl line 2: JSON nested deeper than 64", None),
@@ -277,6 +296,16 @@ def test_second_writer_of_one_output_is_refused(files, tmp_path, capsys):
         code = main(["train", "--student", files["S"], "--data", files["D"], "--out", str(out)])
         assert code == 2 and "another paraknow process is writing" in capsys.readouterr().err
         assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    sens = tmp_path / "map.safetensors"
+    holder = _hold_lock_in_another_process(sens, 60)
+    try:  # the second `sensitivity --out` of one file is refused at once, before any work
+        code = main(["sensitivity", "--model", files["T"], "--data", files["D"], "--samples", "2", "--out", str(sens)])
+        captured = capsys.readouterr()
+        assert code == 2 and "another paraknow process is writing" in captured.err and "sample 1" not in captured.err
+        assert not sens.exists()
     finally:
         holder.kill()
         holder.wait()
