@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from .core.errors import ParaknowError
+from .core.errors import ParaknowError, os_error_message
 from .core.fsio import REFUSE_WAIT_S, output_lock, output_path
 from .core.models import quiet_transformers
 from .core.paths import cache_root
@@ -327,6 +327,9 @@ def main(argv=None) -> int:
         return args.func(args)
     except ParaknowError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the machine refused a write (disk full, read-only, ...): outputs are atomic
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

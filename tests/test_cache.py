@@ -230,3 +230,15 @@ def test_a_map_entry_that_does_not_match_its_key_or_its_checksum_is_computed_aga
         scores, _, hit = cached_sensitivity_hit(teacher, TOKENIZER, SEED_RECORDS, config)
         assert not hit and sorted(scores) == sorted(truth) and all(torch.equal(scores[k], truth[k]) for k in truth)
         assert mine.read_bytes() == blob  # replaced by the recomputed entry
+
+
+def test_a_read_only_cache_keeps_its_entries_and_says_why(monkeypatch, capsys):
+    entry = _entry("runs", "20260101-done", 100, age_days=3)
+
+    def refuse(*args):
+        raise PermissionError(13, "Permission denied", str(entry))
+    monkeypatch.setattr(cache.os, "replace", refuse)  # as a read-only file system (or folder) answers
+    assert main(["cache", "clear"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 0 entries" in out and "runs/20260101-done (cannot remove it: Permission denied)" in out
+    assert entry.exists()

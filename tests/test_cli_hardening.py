@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 
 from paraknow.cli import main
-from paraknow.core import gguf_models, models
+from paraknow.core import fsio, gguf_models, models
 from paraknow.core.errors import ParaknowError
 from paraknow.core.fsio import atomic_directory, atomic_write_json, lock_path, output_lock
 from paraknow.core.paths import cache_dir
@@ -120,7 +121,8 @@ def _snapshot(*roots) -> dict:
         for path in sorted(Path(root).rglob("*")):
             if "cache" in path.relative_to(root).parts[:1]:
                 continue
-            seen[str(path)] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+            seen[str(path)] = (f"link to {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir()
+                               else hashlib.sha256(path.read_bytes()).hexdigest())
     return seen
 
 
@@ -215,15 +217,50 @@ CASES = [
      2, "empty.jsonl line 2: 'text' is empty", None),
     ("train-empty-record", ["train", "--student", "{S}", "--data", "{empty}", "--out", "{TMP}/run"], 2,
      "empty.jsonl line 2: 'text' is empty", None),
+    # the machine refuses: one line, exit 2, nothing partial (disk full is a writer raising ENOSPC)
+    ("extract-disk-full", EXTRACT + ["--out", "{TMP}/x", "--samples", "4", "--device", "cpu"], 2,
+     "No space left on device", "enospc"),
+    ("sensitivity-disk-full", SENS + ["--samples", "2"], 2, "No space left on device", "enospc"),
+    ("cache-list-cache-is-a-file", ["cache", "list"], 2, "plain.txt is a file", "cache-file"),
+    ("extract-cache-is-a-file", EXTRACT + ["--out", "{TMP}/x"], 2, "plain.txt is a file", "cache-file"),
+    ("extract-out-dangling-symlink", EXTRACT + ["--out", "{TMP}/dangling"], 2,
+     "dangling is a symbolic link to", "dangling"),
+    ("extract-out-symlink-to-export", EXTRACT + ["--out", "{TMP}/linked", "--overwrite"], 2,
+     "linked is a symbolic link to", "linked"),
+    ("sensitivity-out-dangling-symlink", SENS[:-1] + ["{TMP}/dangling.safetensors"], 2,
+     "dangling.safetensors is a symbolic link to", "dangling"),
+    ("train-out-dangling-symlink", TRAIN[:-1] + ["{TMP}/dangling"], 2, "dangling is a symbolic link to", "dangling"),
+    ("extract-300-char-name", EXTRACT + ["--out", "{TMP}/" + "a" * 300], 2, "choose a shorter name", None),
+    ("train-300-char-name", TRAIN[:-1] + ["{TMP}/" + "r" * 300], 2, "choose a shorter name", None),
+    ("sensitivity-300-char-name", SENS[:-1] + ["{TMP}/" + "s" * 300 + ".safetensors"], 2, "choose a shorter name",
+     None),
     # data
     ("sensitivity-deeply-nested-line", ["sensitivity", "--model", "{T}", "--data", "{deep}", "--out",
                                         "{TMP}/s.safetensors"], 2, "deep.jsonl line 2: JSON nested deeper than 64", None),
 ]
 
 
+def _prepare(setup, place, monkeypatch) -> None:
+    """The machine-level setups: a writer that finds the disk full, a cache that is a file, links."""
+    tmp = Path(place["TMP"])
+    if setup == "enospc":
+        def full(*args, **kwargs):
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                  'message: "No space left on device" })')
+        monkeypatch.setattr(fsio, "save_file", full)
+    if setup == "cache-file":
+        monkeypatch.setenv("PARAKNOW_CACHE", place["F"])
+    if setup == "dangling":
+        for name in ("dangling", "dangling.safetensors"):
+            (tmp / name).symlink_to(tmp / "nowhere" / name)
+    if setup == "linked":
+        (tmp / "linked").symlink_to(place["E"], target_is_directory=True)
+
+
 @pytest.mark.parametrize("argv, code, fragment, setup", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_hostile_cli_input(files, place, argv, code, fragment, setup, capsys):
+def test_hostile_cli_input(files, place, argv, code, fragment, setup, capsys, monkeypatch):
     names = {**files, **place}
+    _prepare(setup, place, monkeypatch)
     if setup == "spec":
         Path(place["W"]).write_text(json.dumps({"student": files["S"], "data": files["D"], "epochs": "3"}))
         Path(place["L"]).write_text("[1, 2]")

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from .errors import ParaknowError
@@ -72,8 +74,14 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     path = Path(path)
     tmp = _tmp_sibling(path)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-                  metadata=metadata)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                      metadata=metadata)
+        except SafetensorError as exc:  # its I/O failures (a full disk) as the OSError they are
+            code = re.search(r"code: (\d+)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -198,6 +206,7 @@ def check_replaceable(path: str | os.PathLike, marker: str | None, what: str = "
     `owned` (the relative paths the artifact consists of), a marked directory that also holds
     anything else is refused too, naming that file: replacing it would delete it."""
     path = Path(path)
+    check_output_path(path)
     if is_replaceable(path, marker):
         if owned is not None and marker is not None and path.is_dir() and (foreign := foreign_file(path, owned)):
             raise ParaknowError(f"{path} holds {foreign}, which paraknow did not write; paraknow never deletes "
@@ -210,10 +219,42 @@ def check_replaceable(path: str | os.PathLike, marker: str | None, what: str = "
                         f"choose a new or empty {what} directory.")
 
 
+SIBLING_NAME_EXTRA = 16  # a temporary sibling's name is the output's plus ".", ".XXXXXXXX.tmp" (or ".lock")
+
+
+def check_output_path(path: str | os.PathLike) -> None:
+    """Raise ParaknowError when an output `path` has a name too long for the file system (its own
+    name needs room for the temporary sibling and lock beside it) or is a symbolic link (to anything,
+    or dangling: paraknow replaces its outputs by rename, which would write beside the link's target)."""
+    path = Path(path)
+    _check_name_lengths(path)
+    if path.is_symlink():
+        target = os.readlink(path)
+        state = "" if path.exists() else ", which does not exist"
+        raise ParaknowError(f"{path} is a symbolic link to {target}{state}; paraknow writes only to real paths: "
+                            "give the real path, or a new name.")
+
+
+def _check_name_lengths(path: Path) -> None:
+    """Every name in `path` fits the file system (checked before anything stats it: a stat of a too
+    long name fails too), its last one with room for the temporary sibling and lock beside it."""
+    try:
+        name_max = os.pathconf(os.path.dirname(os.path.abspath(path.anchor or ".")), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for i, name in enumerate(path.parts):
+        limit = name_max - (SIBLING_NAME_EXTRA if i == len(path.parts) - 1 else 0)
+        if len(os.fsencode(name)) > limit:
+            raise ParaknowError(f"the name {name[:24]}... is {len(os.fsencode(name))} bytes long, more than the "
+                                f"{limit} the file system leaves for it: choose a shorter name.")
+
+
 def check_writable_parent(path: str | os.PathLike) -> None:
-    """Raise ParaknowError unless `path` can be created: its nearest existing ancestor must be a
-    writable directory (checked before any long computation)."""
+    """Raise ParaknowError unless `path` can be created: names that fit the file system, not a
+    symbolic link, and a nearest existing ancestor that is a writable directory (checked before any
+    long computation)."""
     path = Path(path).expanduser().absolute()
+    check_output_path(path)
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

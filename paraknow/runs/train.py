@@ -33,7 +33,14 @@ from pathlib import Path
 
 from ..core.cache import mark_entry
 from ..core.errors import ParaknowError, first_line
-from ..core.fsio import REFUSE_WAIT_S, atomic_directory, atomic_write_json, output_lock, output_path
+from ..core.fsio import (
+    REFUSE_WAIT_S,
+    atomic_directory,
+    atomic_write_json,
+    check_output_path,
+    output_lock,
+    output_path,
+)
 from ..core.jobdir import SPEC_FILE, STATUS_FILE, STOP_FILE, read_json
 from ..core.processes import proc_start_time
 from .rundir import METRIC_KEYS, METRICS_FILE, PISSA_INIT_DIR, TRAINED_DIR, TRAINER_DIR, StatusFile, is_prepared_for_us
@@ -86,6 +93,7 @@ def _train(config: TrainConfig, callbacks) -> TrainOutcome:
         raise ParaknowError("the run needs an output directory (--out RUN_DIR).")
     main = is_main_process()
     run_dir = output_path(config.out)
+    check_output_path(run_dir)  # a name too long for its lock file, or a link: refused before anything
     with output_lock(run_dir, wait_s=REFUSE_WAIT_S) if main else contextlib.nullcontext():
         return _train_locked(config, run_dir, main, callbacks)
 

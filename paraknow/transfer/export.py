@@ -28,6 +28,7 @@ from ..core.fsio import (
     atomic_directory,
     atomic_save_safetensors,
     atomic_write_json,
+    check_output_path,
     check_replaceable,
     check_writable_parent,
 )
@@ -203,6 +204,7 @@ def check_export_dir(out_dir, overwrite: bool = False) -> None:
     export (a directory holding paraknow.json and only the files an export consists of) when
     `overwrite` is set; nothing else."""
     out_dir = Path(out_dir)
+    check_output_path(out_dir)  # before anything stats it
     if not overwrite and (out_dir / MANIFEST_FILE).is_file():
         raise ParaknowError(f"{out_dir} already holds a paraknow export: choose a new directory, or "
                             "overwrite it (--overwrite).")

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from ..core import parallel
 from ..core.cache import MARKER_FIELD, enforce_cap, marker, read_marker, touch
 from ..core.errors import ParaknowError
-from ..core.fsio import atomic_save_safetensors, check_writable_parent, output_lock, sha256_bytes
+from ..core.fsio import atomic_save_safetensors, check_output_path, check_writable_parent, output_lock, sha256_bytes
 from ..core.models import model_fingerprint
 from ..core.paths import cache_dir
 from ..core.records import records_sha256
@@ -58,6 +58,7 @@ def check_output_file(path) -> None:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ParaknowError(f"--out must end in .safetensors (got {path.name}).")
+    check_output_path(path)  # before anything stats it
     if path.is_dir():
         raise ParaknowError(f"--out {path} is a directory; give a file name ending in .safetensors.")
     if path.exists():
