@@ -212,6 +212,7 @@ def test_a_cache_pointed_at_a_project_reports_what_paraknow_did_not_make_and_cle
 
 
 def test_a_map_entry_that_does_not_match_its_key_or_its_checksum_is_computed_again():
+    from paraknow.core.fsio import read_header_metadata
     from paraknow.transfer.sensitivity_files import cache_path, cached_sensitivity_hit, sensitivity_key
 
     teacher = tiny_llama(layers=2, hidden=32, ffn=64, heads=2, kv_heads=1, seed=1)
@@ -222,14 +223,15 @@ def test_a_map_entry_that_does_not_match_its_key_or_its_checksum_is_computed_aga
     cached_sensitivity_hit(student, TOKENIZER, SEED_RECORDS, config)
     mine = cache_path(sensitivity_key(teacher, SEED_RECORDS, config))
     theirs = cache_path(sensitivity_key(student, SEED_RECORDS, config))
-    blob = mine.read_bytes()
+    blob, first_header = mine.read_bytes(), read_header_metadata(mine)
     for damage in (theirs.read_bytes(),  # the student's map under the teacher's key
                    blob[:-4] + bytes(4),  # the last score changed: the checksum fails
                    blob[: len(blob) // 2]):  # truncated
         mine.write_bytes(damage)
         scores, _, hit = cached_sensitivity_hit(teacher, TOKENIZER, SEED_RECORDS, config)
         assert not hit and sorted(scores) == sorted(truth) and all(torch.equal(scores[k], truth[k]) for k in truth)
-        assert mine.read_bytes() == blob  # replaced by the recomputed entry
+        assert cached_sensitivity_hit(teacher, TOKENIZER, SEED_RECORDS, config)[2]  # replaced by a valid entry
+        assert read_header_metadata(mine) == first_header
 
 
 def test_a_read_only_cache_keeps_its_entries_and_says_why(monkeypatch, capsys):
