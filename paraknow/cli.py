@@ -175,6 +175,7 @@ def _train_dispatched(config, executor, prepared: bool) -> int:
 def cmd_study(args) -> int:
     from .runs.executors import ExecutorConfig
     from .study import format_table, load_recipe, run_study
+    from .study.plan import plan_cells
 
     executor = ExecutorConfig(**{name: getattr(args, name) for name in EXECUTOR_OPTIONS}).validate()
     recipe = load_recipe(args.recipe)
@@ -185,7 +186,13 @@ def cmd_study(args) -> int:
     if failed:
         print(f"error: {failed} cell(s) failed (see {args.out}/cells/*/cell.json); rerun with --resume to retry them",
               file=sys.stderr)
-    return 1 if failed else 0
+        return 1
+    total, finished = len(plan_cells(recipe)), sum(c["state"] == "finished" for c in results["cells"])
+    if finished < total:  # stopped (STOP or SIGTERM): not a finished study
+        print(f"error: the study stopped with {total - finished} of {total} cells not finished; rerun with "
+              "--resume to finish them", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_cache(args) -> int:

@@ -83,6 +83,23 @@ def files(tmp_path_factory):
               paths["nan"] / "model.safetensors", metadata={"format": "pt"})
     save_file({k: torch.zeros_like(v) for k, v in tensors.items()}, paths["zero"] / "model.safetensors",
               metadata={"format": "pt"})
+    config = json.loads((paths["missing"] / "config.json").read_text())
+    paths["neg"] = _save(tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2), root / "neg")
+    (paths["neg"] / "config.json").write_text(json.dumps({**config, "num_hidden_layers": -3}))
+    adapter_config = {"r": 4, "lora_alpha": 4, "target_modules": ["q_proj"], "peft_type": "LORA",
+                      "task_type": "CAUSAL_LM", "base_model_name_or_path": str(student)}
+    for name, weights in (("badad", "adapter_model.safetensors"), ("pickled", "adapter_model.bin"),
+                          ("badexp", "adapter_model.safetensors")):
+        (root / name).mkdir()
+        (root / name / "adapter_config.json").write_text(json.dumps(adapter_config))
+        (root / name / weights).write_bytes(b"\x10" + bytes(7) + b"{garbage}" * 10)  # a header that is not JSON
+        paths[name] = root / name
+    (paths["badexp"] / "paraknow.json").write_text(json.dumps({"rank": 4, "alpha": 4, "mode": "additive",
+                                                               "student": str(student)}))
+    paths["overrides"] = root / "overrides.json"
+    paths["overrides"].write_text(json.dumps({"teacher": str(teacher), "student": str(student),
+                                              "data": str(root / "seeds.jsonl"), "samples": 4,
+                                              "overrides": {"model.layers.9.self_attn.q_proj": [0, 0]}}))
     paths["empty"] = root / "empty.jsonl"
     paths["empty"].write_text('{"text": "fine"}\n{"text": ""}\n')
     paths["D"] = root / "seeds.jsonl"
@@ -234,6 +251,18 @@ CASES = [
     ("train-300-char-name", TRAIN[:-1] + ["{TMP}/" + "r" * 300], 2, "choose a shorter name", None),
     ("sensitivity-300-char-name", SENS[:-1] + ["{TMP}/" + "s" * 300 + ".safetensors"], 2, "choose a shorter name",
      None),
+    # damaged or hostile files named, not a traceback
+    ("eval-negative-layer-count", ["eval", "--model", "{neg}", "--data", "{D}"], 2,
+     "config.json has num_hidden_layers = -3, not a whole number at least 1", None),
+    ("eval-corrupt-adapter-safetensors", ["eval", "--model", "{S}", "--adapter", "{badad}", "--data", "{D}"], 2,
+     "badad/adapter_model.safetensors is damaged", None),
+    ("eval-pickle-only-adapter", ["eval", "--model", "{S}", "--adapter", "{pickled}", "--data", "{D}"], 2,
+     "only adapter_model.bin, a pickle, which paraknow never loads", None),
+    ("train-init-corrupt-export", TRAIN + ["--init", "{badexp}"], 2, "badexp/adapter_model.safetensors is damaged",
+     None),
+    ("extract-recipe-override-of-a-missing-module", ["extract", "--recipe", "{overrides}", "--out", "{TMP}/x",
+                                                     "--device", "cpu"], 2,
+     "overrides names model.layers.9.self_attn.q_proj, which is not a module of the student", None),
     # data
     ("sensitivity-deeply-nested-line", ["sensitivity", "--model", "{T}", "--data", "{deep}", "--out",
                                         "{TMP}/s.safetensors"], 2, "deep.jsonl line 2: JSON nested deeper than 64", None),

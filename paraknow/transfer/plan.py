@@ -133,6 +133,7 @@ def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: 
     the caller computes it, so planning stays pure.
     """
     config.validate()
+    _check_overrides(student, config.overrides)
     report = check_transferable(teacher, student, config)
     per_layer = layer_scores(scores, teacher.n_layers)
     layer_map = map_layers(config.layers, teacher.n_layers, student.n_layers, scores=per_layer,
@@ -149,6 +150,16 @@ def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: 
     matrix = None if similarity is None or config.layers != "cka" else [list(map(float, r)) for r in similarity]
     return TransferPlan(layer_map, per_layer, report.roles, modules, _plan_notes(teacher, student, config, report),
                         index_sets, matrix)
+
+
+def _check_overrides(student: ModelInfo, overrides: dict) -> None:
+    """Every manual block position names a module the student has (a typo is an error, not ignored)."""
+    names = {student.module_name(j, role) for j in range(student.n_layers) for role in LAYER_ROLES}
+    names |= {student.module_name(None, role) for role in EMBED_ROLES}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ParaknowError(f"overrides names {unknown[0]}, which is not a module of the student (e.g. "
+                            f"{student.module_name(0, LAYER_ROLES[0])}): fix or drop that entry.")
 
 
 def _plan_notes(teacher: ModelInfo, student: ModelInfo, config: TransferConfig,
