@@ -8,7 +8,6 @@ Every error names the key path (`arms[2].extract.structure`) and what is allowed
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
