@@ -459,3 +459,27 @@ def test_two_threads_writing_one_output_take_turns(tmp_path):
     assert overlaps == [1] * 6  # never two writers inside at once
     assert json.loads((out / "paraknow.json").read_text())["version"] in range(6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_a_sigkilled_run_is_recognised_as_dead_and_a_rerun_says_how(files, tmp_path, capsys):
+    """`train` killed with SIGKILL leaves status.json at `running`; the next `train --out` into it
+    sees by the pid that the process is gone, settles the run as failed and says what to do."""
+    import socket
+
+    run = tmp_path / "run"
+    argv = ["train", "--student", files["S"], "--data", files["D"], "--out", str(run), "--epochs", "100",
+            "--batch", "2", "--micro-batch", "2", "--rank", "4", "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "paraknow", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while "step 2/" not in (line := proc.stdout.readline()):  # training has begun
+        assert line and time.monotonic() < deadline
+    proc.kill()
+    proc.wait()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "running" and status["pid"] == proc.pid and status["host"] == socket.gethostname()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"holds a run whose process (pid {proc.pid}) died without finishing; it is marked failed now" in err
+    assert f"rm -r {run}" in err and len(err.splitlines()) == 1
+    assert json.loads((run / "status.json").read_text())["state"] == "failed"
