@@ -65,12 +65,12 @@ def home() -> None:
         t, s, sens, held = S.get(S.TEACHER), S.get(S.STUDENT), S.get(S.SENS), S.get(S.PLAN)
         t_info, s_info = S.get(S.TEACHER_INFO), S.get(S.STUDENT_INFO)
         rows = [
-            ("Teacher", f"{t['ref']} · {t_info.n_layers} layers · {t_info.n_params / 1e6:.2f}M params" if t else "not loaded"),
-            ("Student", f"{s['ref']} · {s_info.n_layers} layers · {s_info.n_params / 1e6:.2f}M params" if s else "not loaded"),
-            ("Sensitivity", f"{sens.label} · {sens.config.samples} samples · {sens.config.metric}"
+            ("Teacher", f"{W.md_code(t['ref'])} · {t_info.n_layers} layers · {t_info.n_params / 1e6:.2f}M params" if t else "not loaded"),
+            ("Student", f"{W.md_code(s['ref'])} · {s_info.n_layers} layers · {s_info.n_params / 1e6:.2f}M params" if s else "not loaded"),
+            ("Sensitivity", f"{W.md_escape(sens.label)} · {sens.config.samples} samples · {sens.config.metric}"
              if sens else "not computed"),
             ("Mapping", f"layers {held.plan.layer_map} · {len(held.plan.modules)} modules" if held else "not planned"),
-            ("Exports", ", ".join(S.get(S.EXPORTS_MADE)) or "none yet"),
+            ("Exports", ", ".join(W.md_code(name) for name in S.get(S.EXPORTS_MADE)) or "none yet"),
         ]
         st.table({"step": [r[0] for r in rows], "state": [r[1] for r in rows]})
         st.caption("Everything is kept while you move between pages, and the address bar holds the session: "

@@ -34,14 +34,15 @@ for role, col in zip(S.ROLES, columns):
             continue
         with W.show_errors(f"reading the {role}'s configuration"):
             slow = S.kind_of(spec["ref"]) in (S.KIND_BUNDLED, S.KIND_GGUF)
-            with st.spinner(f"Reading the configuration of `{spec['ref']}`…" + (
+            with st.spinner(f"Reading the configuration of {W.md_code(spec['ref'])}…" + (
                     " (the first time, the GGUF file is de-quantised into the cache: about a minute)" if slow else "")):
                 infos[role] = W.describe_ref(spec["ref"])
         loaded = S.get(S.TEACHER if role == "teacher" else S.STUDENT)
         if loaded == spec:
-            st.success(f"Loaded: `{spec['ref']}` ({spec['dtype']}, {spec['device']})", icon=":material/check_circle:")
+            st.success(f"Loaded: {W.md_code(spec['ref'])} ({spec['dtype']}, {spec['device']})",
+                       icon=":material/check_circle:")
         elif loaded:
-            st.caption(f"Currently loaded: `{loaded['ref']}` ({loaded['dtype']}). Press **Load** to switch.")
+            st.caption(f"Currently loaded: {W.md_code(loaded['ref'])} ({loaded['dtype']}). Press **Load** to switch.")
 
 
 if infos:

@@ -38,7 +38,7 @@ with st.container(border=True):
     config = SensitivityConfig(metric=st.session_state[S.W_METRIC], samples=int(st.session_state[S.W_SAMPLES]),
                                max_length=int(st.session_state[S.W_MAXLEN]))
     st.caption(f"Metric **{config.metric}**: {METRICS[config.metric].help}. "
-               f"Teacher `{S.get(S.TEACHER)['ref']}` ({t_info.n_params / 1e6:.2f}M parameters).")
+               f"Teacher {W.md_code(S.get(S.TEACHER)['ref'])} ({t_info.n_params / 1e6:.2f}M parameters).")
     request = J.try_sensitivity_request(picked, config)
     if st.button("Compute sensitivity", type="primary", icon=":material/play_arrow:", disabled=picked is None,
                  key="w_sens_compute",
@@ -56,7 +56,7 @@ if not sens or sens.teacher != S.get(S.TEACHER):
 
 scores, table = sens.scores, sens.table
 how = "from the cache" if sens.cached else f"{sens.seconds:.1f} s"
-st.markdown(f"**Map:** `{sens.label}` · {sens.config.samples} samples · {sens.config.metric} · "
+st.markdown(f"**Map:** {W.md_code(sens.label)} · {sens.config.samples} samples · {sens.config.metric} · "
             f"max {sens.config.max_length} tokens · {how}")
 if request is None or request.key != sens.id:
     st.caption("The settings above differ from this map's: press **Compute sensitivity** to update it.")

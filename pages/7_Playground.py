@@ -18,7 +18,8 @@ st.caption("Greedy (deterministic) completions of one user turn, formatted exact
 
 t_spec, s_spec = W.loaded_or_default_specs()
 if not (S.get(S.TEACHER) and S.get(S.STUDENT)):
-    st.caption(f"No models loaded on the Models page: using `{t_spec['ref']}` and `{s_spec['ref']}`.")
+    st.caption(f"No models loaded on the Models page: using {W.md_code(t_spec['ref'])} and "
+               f"{W.md_code(s_spec['ref'])}.")
 
 # ---- inputs ----------------------------------------------------------------------------
 with st.container(border=True):

@@ -6,13 +6,14 @@ TrainConfig, options.Placement): a default, choice list or help text is changed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 from pathlib import Path
 
-from .core.errors import ParaknowError
-from .core.fsio import output_lock, output_path
+from .core.errors import ParaknowError, os_error_message
+from .core.fsio import REFUSE_WAIT_S, output_lock, output_path
 from .core.models import quiet_transformers
 from .core.paths import cache_root
 from .runs.executors import EXECUTOR_OPTIONS
@@ -28,7 +29,7 @@ def cmd_sensitivity(args) -> int:
     from .core.data import load_records
     from .core.memory import parse_max_memory
     from .core.models import load_config, load_model, resolve_device
-    from .core.parallel import launched_world_size, process_device, process_group, rank_and_size
+    from .core.parallel import launched_rank, launched_world_size, process_device, process_group, rank_and_size
     from .transfer.sensitivity import SensitivityConfig, check_memory, compute_sensitivity
     from .transfer.sensitivity_files import check_output_file, save_sensitivity, sensitivity_meta
 
@@ -44,13 +45,13 @@ def cmd_sensitivity(args) -> int:
     records = load_records(args.data)
     device = process_device(args.device)  # under torchrun / accelerate launch: one GPU per process
     check_memory(load_config(args.model), config, args.dtype, device, max_memory)  # before loading anything
-    with process_group(device):
+    writer = output_lock(out, wait_s=REFUSE_WAIT_S) if launched_rank() == 0 else contextlib.nullcontext()
+    with writer, process_group(device):  # a second writer of the same file is refused at once
         model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, max_memory=max_memory)
         scores = compute_sensitivity(model, tokenizer, records, config, _progress)
         meta = sensitivity_meta(args.model, config, records, data=args.data)
         if rank_and_size()[0] == 0:
-            with output_lock(out):  # a second writer of the same file waits for this one
-                save_sensitivity(out, scores, meta)
+            save_sensitivity(out, scores, meta)
             print(json.dumps({"out": str(out), "tensors": len(scores), **meta}))
     return 0
 
@@ -177,6 +178,7 @@ def _train_dispatched(config, executor, prepared: bool) -> int:
 def cmd_study(args) -> int:
     from .runs.executors import ExecutorConfig
     from .study import format_table, load_recipe, run_study
+    from .study.plan import plan_cells
 
     executor = ExecutorConfig(**{name: getattr(args, name) for name in EXECUTOR_OPTIONS}).validate()
     recipe = load_recipe(args.recipe)
@@ -187,15 +189,21 @@ def cmd_study(args) -> int:
     if failed:
         print(f"error: {failed} cell(s) failed (see {args.out}/cells/*/cell.json); rerun with --resume to retry them",
               file=sys.stderr)
-    return 1 if failed else 0
+        return 1
+    total, finished = len(plan_cells(recipe)), sum(c["state"] == "finished" for c in results["cells"])
+    if finished < total:  # stopped (STOP or SIGTERM): not a finished study
+        print(f"error: the study stopped with {total - finished} of {total} cells not finished; rerun with "
+              "--resume to finish them", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_cache(args) -> int:
-    from .core.cache import clear, fmt_bytes, list_entries
+    from .core.cache import UNMARKED, clear, fmt_bytes, list_entries
 
     if args.action == "list":
         entries = list_entries(args.kind, args.older_than)
-        print(f"{'kind':<12} {'entry':<44} {'size':>10}  {'last used':<16}  in use")
+        print(f"{'kind':<12} {'entry':<44} {'size':>10}  {'last used':<16}  kept because")
         for entry in entries:
             row = entry.to_row()
             print(f"{row['kind']:<12} {row['entry']:<44} {fmt_bytes(entry.size):>10}  {row['last_used']:<16}  "
@@ -203,9 +211,12 @@ def cmd_cache(args) -> int:
         print(f"{len(entries)} entries, {fmt_bytes(sum(e.size for e in entries))} in {cache_root()}")
         return 0
     result = clear(args.kind, args.older_than)
+    unmarked = [f"{e.kind}/{e.name}" for e in result.skipped if e.in_use == UNMARKED]
+    kept = [f"{e.kind}/{e.name} ({e.in_use})" for e in result.skipped if e.in_use != UNMARKED]
     print(f"removed {len(result.removed)} entries ({fmt_bytes(result.freed)})"
-          + (f"; kept {len(result.skipped)} in use: " + ", ".join(f"{e.kind}/{e.name}" for e in result.skipped)
-             if result.skipped else ""))
+          + (f"; kept {len(kept)}: " + ", ".join(kept) if kept else "")
+          + (f"; left {len(unmarked)} that paraknow did not make (no marker; remove them yourself if you "
+             "mean to): " + ", ".join(unmarked) if unmarked else ""))
     return 0
 
 
@@ -335,6 +346,9 @@ def main(argv=None) -> int:
         return args.func(args)
     except ParaknowError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the machine refused a write (disk full, read-only, ...): outputs are atomic
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

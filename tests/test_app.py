@@ -15,6 +15,7 @@ import pytest
 from apptest import assert_ok, open_page
 from conftest import finish_jobs
 from streamlit.testing.v1 import AppTest
+from tiny import marked_map_file
 
 from paraknow.core.errors import ParaknowError
 from ui import ops
@@ -239,9 +240,10 @@ def test_cache_panel_clears_a_kind_and_keeps_entries_in_use():
     from paraknow.core.paths import cache_dir
 
     for name in ("a", "b"):
-        (cache_dir("sensitivity") / f"{name}.safetensors").write_bytes(b"x" * 1024)
+        marked_map_file(cache_dir("sensitivity") / f"{name}.safetensors", 1024)
     running = cache_dir("runs") / "20260101-running"
     running.mkdir()
+    cache.mark_entry(running)
     (running / "spec.json").write_text('{"student": "demo:student", "data": "task:arith"}')
     (running / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid()}))
     at = _app()

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import SEED_RECORDS, TOKENIZER, tiny_llama
+import torch
+from tiny import SEED_RECORDS, TOKENIZER, marked_map_file, tiny_llama
 
 from paraknow.cli import main
 from paraknow.core import cache, jobdir
@@ -26,13 +27,14 @@ def _entry(kind: str, name: str, size: int, age_days: float = 0.0) -> Path:
     root = cache_dir(kind)
     if kind == "sensitivity":
         path = root / f"{name}.safetensors"
-        path.write_bytes(b"s" * size)
+        marked_map_file(path, size)
         files = [path]
     else:
         path = root / name
         path.mkdir()
         (path / "weights.bin").write_bytes(b"w" * size)
-        files = [path / "weights.bin", path]
+        cache.mark_entry(path)
+        files = [path / "weights.bin", path / cache.MARKER_FILE, path]
         if kind == "runs":
             (path / "spec.json").write_text(json.dumps({"student": "demo:student", "data": "task:arith"}))
             (path / "status.json").write_text(json.dumps({"state": "finished"}))
@@ -53,7 +55,8 @@ def test_list_shows_kind_size_and_last_use_oldest_first():
     assert [(e.kind, e.name) for e in entries] == [("models", "gguf-123"), ("sensitivity", "aaa.safetensors"),
                                                    ("exports", "my-export"), ("runs", "20260101-run")]
     sizes = {e.name: e.size for e in entries}
-    assert sizes["gguf-123"] == 5000 and sizes["aaa.safetensors"] == 1000
+    marker_size = (cache_dir("models") / "gguf-123" / cache.MARKER_FILE).stat().st_size
+    assert sizes["gguf-123"] == 5000 + marker_size and sizes["aaa.safetensors"] == 1000
     assert sizes["20260101-run"] > 300  # weights + spec + status
     assert abs(entries[0].last_used - (time.time() - 10 * DAY)) < 60
     assert [e.name for e in cache.list_entries("exports")] == ["my-export"]
@@ -61,11 +64,11 @@ def test_list_shows_kind_size_and_last_use_oldest_first():
 
 
 def test_clear_by_kind_and_age_spares_entries_in_use(tmp_path):
-    old = _entry("sensitivity", "old", 100, age_days=40)
-    new = _entry("sensitivity", "new", 100, age_days=1)
+    old = _entry("sensitivity", "old", 1000, age_days=40)
+    new = _entry("sensitivity", "new", 1000, age_days=1)
     export = _entry("exports", "kept", 100, age_days=40)
     result = cache.clear("sensitivity", older_than_days=30)
-    assert [e.name for e in result.removed] == ["old.safetensors"] and result.freed == 100
+    assert [e.name for e in result.removed] == ["old.safetensors"] and result.freed == 1000
     assert not old.exists() and new.exists() and export.exists()
 
     running = _entry("runs", "20260101-running", 100, age_days=40)
@@ -166,6 +169,7 @@ def test_cache_clear_removes_finished_background_job_folders_but_not_a_running_o
         for name, pid in states.items():
             folder = background.job_dir("sensitivity", name)
             folder.mkdir(parents=True)
+            cache.mark_entry(folder)  # as background.start does
             (folder / jobdir.PROGRESS_FILE).write_text('{"done": 1, "total": 2}\n')
             state = "running" if name == "crashed" else name
             (folder / jobdir.STATUS_FILE).write_text(json.dumps({"state": state, "pid": pid,
@@ -173,7 +177,7 @@ def test_cache_clear_removes_finished_background_job_folders_but_not_a_running_o
         running = background.job_dir("sensitivity", "running")
         assert {e.name: e.in_use for e in cache.list_entries("jobs")}["sensitivity-running"] == "job is running"
         assert main(["cache", "clear"]) == 0
-        assert "kept 1 in use: jobs/sensitivity-running" in capsys.readouterr().out
+        assert "kept 1: jobs/sensitivity-running (job is running)" in capsys.readouterr().out
         assert sorted(p.name for p in background.jobs_root().iterdir()) == [running.name]
         assert background.read("sensitivity", "running").live and (running / jobdir.PROGRESS_FILE).is_file()
     finally:
@@ -181,3 +185,62 @@ def test_cache_clear_removes_finished_background_job_folders_but_not_a_running_o
         sleeper.wait()
     assert main(["cache", "clear", "--kind", "jobs"]) == 0  # its process is gone now: it reads failed
     assert list(background.jobs_root().iterdir()) == []
+
+
+def test_a_cache_pointed_at_a_project_reports_what_paraknow_did_not_make_and_clears_none_of_it(tmp_path, monkeypatch,
+                                                                                            capsys):
+    project = tmp_path / "project"
+    for relative in ("models/my-llama/weights.bin", "exports/my-adapter/a.txt", "jobs/notes/n.txt",
+                     "runs/mine/spec.json", "sensitivity/scores.safetensors"):
+        (project / relative).parent.mkdir(parents=True, exist_ok=True)
+        (project / relative).write_text("mine")
+    copied = project / "exports" / "renamed"  # a paraknow export copied under another name: its marker names the old
+    copied.mkdir()
+    (copied / cache.MARKER_FILE).write_text(json.dumps(cache.marker("exports", "original")))
+    monkeypatch.setenv("PARAKNOW_CACHE", str(project))
+    before = {str(p): p.read_bytes() if p.is_file() else None for p in project.rglob("*")}
+    assert main(["cache", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.count(cache.UNMARKED) == 6
+    assert main(["cache", "clear"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("removed 0 entries (0 B); left 6 that paraknow did not make")
+    assert "models/my-llama" in out and "jobs/notes" in out and "exports/renamed" in out
+    assert {str(p): p.read_bytes() if p.is_file() else None for p in project.rglob("*")} == before
+    monkeypatch.setenv(cache.MAX_GB_ENV, "0")
+    assert cache.enforce_cap() == [] and project.joinpath("models/my-llama/weights.bin").exists()
+
+
+def test_a_map_entry_that_does_not_match_its_key_or_its_checksum_is_computed_again():
+    from paraknow.core.fsio import read_header_metadata
+    from paraknow.transfer.sensitivity_files import cache_path, cached_sensitivity_hit, sensitivity_key
+
+    teacher = tiny_llama(layers=2, hidden=32, ffn=64, heads=2, kv_heads=1, seed=1)
+    student = tiny_llama(layers=1, hidden=32, ffn=64, heads=2, kv_heads=1, seed=2)
+    config = SensitivityConfig(samples=2, max_length=64)
+    truth, _, hit = cached_sensitivity_hit(teacher, TOKENIZER, SEED_RECORDS, config)
+    assert not hit and cached_sensitivity_hit(teacher, TOKENIZER, SEED_RECORDS, config)[2]
+    cached_sensitivity_hit(student, TOKENIZER, SEED_RECORDS, config)
+    mine = cache_path(sensitivity_key(teacher, SEED_RECORDS, config))
+    theirs = cache_path(sensitivity_key(student, SEED_RECORDS, config))
+    blob, first_header = mine.read_bytes(), read_header_metadata(mine)
+    for damage in (theirs.read_bytes(),  # the student's map under the teacher's key
+                   blob[:-4] + bytes(4),  # the last score changed: the checksum fails
+                   blob[: len(blob) // 2]):  # truncated
+        mine.write_bytes(damage)
+        scores, _, hit = cached_sensitivity_hit(teacher, TOKENIZER, SEED_RECORDS, config)
+        assert not hit and sorted(scores) == sorted(truth) and all(torch.equal(scores[k], truth[k]) for k in truth)
+        assert cached_sensitivity_hit(teacher, TOKENIZER, SEED_RECORDS, config)[2]  # replaced by a valid entry
+        assert read_header_metadata(mine) == first_header
+
+
+def test_a_read_only_cache_keeps_its_entries_and_says_why(monkeypatch, capsys):
+    entry = _entry("runs", "20260101-done", 100, age_days=3)
+
+    def refuse(*args):
+        raise PermissionError(13, "Permission denied", str(entry))
+    monkeypatch.setattr(cache.os, "replace", refuse)  # as a read-only file system (or folder) answers
+    assert main(["cache", "clear"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 0 entries" in out and "runs/20260101-done (cannot remove it: Permission denied)" in out
+    assert entry.exists()

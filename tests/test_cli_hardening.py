@@ -9,6 +9,7 @@ from the header before any de-quantisation.
 import hashlib
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 
 from paraknow.cli import main
-from paraknow.core import gguf_models, models
+from paraknow.core import fsio, gguf_models, models
 from paraknow.core.errors import ParaknowError
 from paraknow.core.fsio import atomic_directory, atomic_write_json, lock_path, output_lock
 from paraknow.core.paths import cache_dir
@@ -65,7 +67,7 @@ def files(tmp_path_factory):
     student = _save(tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2), root / "student")
     paths = {"T": teacher, "S": student}
     weights = student / "model.safetensors"
-    for name in ("trunc", "random", "shape", "notok", "missing", "badtok"):
+    for name in ("trunc", "random", "shape", "notok", "missing", "badtok", "nan", "zero"):
         paths[name] = _save(tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2), root / name,
                             tokenizer=name != "notok")
     blob = weights.read_bytes()
@@ -77,6 +79,29 @@ def files(tmp_path_factory):
     save_file({k: v for k, v in tensors.items() if k != "model.layers.1.self_attn.k_proj.weight"},
               paths["missing"] / "model.safetensors", metadata={"format": "pt"})
     (paths["badtok"] / "tokenizer.json").write_text("{garbage")
+    save_file({**tensors, "model.layers.1.self_attn.q_proj.weight": torch.full((64, 64), float("nan"))},
+              paths["nan"] / "model.safetensors", metadata={"format": "pt"})
+    save_file({k: torch.zeros_like(v) for k, v in tensors.items()}, paths["zero"] / "model.safetensors",
+              metadata={"format": "pt"})
+    config = json.loads((paths["missing"] / "config.json").read_text())
+    paths["neg"] = _save(tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2), root / "neg")
+    (paths["neg"] / "config.json").write_text(json.dumps({**config, "num_hidden_layers": -3}))
+    adapter_config = {"r": 4, "lora_alpha": 4, "target_modules": ["q_proj"], "peft_type": "LORA",
+                      "task_type": "CAUSAL_LM", "base_model_name_or_path": str(student)}
+    for name, weights in (("badad", "adapter_model.safetensors"), ("pickled", "adapter_model.bin"),
+                          ("badexp", "adapter_model.safetensors")):
+        (root / name).mkdir()
+        (root / name / "adapter_config.json").write_text(json.dumps(adapter_config))
+        (root / name / weights).write_bytes(b"\x10" + bytes(7) + b"{garbage}" * 10)  # a header that is not JSON
+        paths[name] = root / name
+    (paths["badexp"] / "paraknow.json").write_text(json.dumps({"rank": 4, "alpha": 4, "mode": "additive",
+                                                               "student": str(student)}))
+    paths["overrides"] = root / "overrides.json"
+    paths["overrides"].write_text(json.dumps({"teacher": str(teacher), "student": str(student),
+                                              "data": str(root / "seeds.jsonl"), "samples": 4,
+                                              "overrides": {"model.layers.9.self_attn.q_proj": [0, 0]}}))
+    paths["empty"] = root / "empty.jsonl"
+    paths["empty"].write_text('{"text": "fine"}\n{"text": ""}\n')
     paths["D"] = root / "seeds.jsonl"
     paths["D"].write_text(to_jsonl(SEED_RECORDS))
     paths["deep"] = root / "deep.jsonl"
@@ -113,7 +138,8 @@ def _snapshot(*roots) -> dict:
         for path in sorted(Path(root).rglob("*")):
             if "cache" in path.relative_to(root).parts[:1]:
                 continue
-            seen[str(path)] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+            seen[str(path)] = (f"link to {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir()
+                               else hashlib.sha256(path.read_bytes()).hexdigest())
     return seen
 
 
@@ -127,6 +153,10 @@ CASES = [
     ("extract-into-foreign-dir", EXTRACT + ["--out", "{V}"], 2, "non-empty directory", None),
     ("extract-overwrite-foreign-dir", EXTRACT + ["--out", "{V}", "--overwrite"], 2, "paraknow did not make it", None),
     ("extract-onto-previous-export", EXTRACT + ["--out", "{E}"], 2, "already holds a paraknow export", None),
+    ("extract-overwrite-export-holding-user-notes", EXTRACT + ["--out", "{E}", "--overwrite"], 2,
+     "holds MY_NOTES.txt, which paraknow did not write", "notes"),
+    ("extract-overwrite-export-holding-user-file-in-residual", EXTRACT + ["--out", "{E}", "--overwrite"], 2,
+     "holds residual/mine.txt, which paraknow did not write", "residual-notes"),
     ("extract-out-dot", EXTRACT + ["--out", "."], 2, "non-empty directory", None),
     ("extract-out-home", EXTRACT + ["--out", "~"], 2, "non-empty directory", None),
     ("extract-out-is-file", EXTRACT + ["--out", "{F}"], 2, "not a directory", None),
@@ -141,6 +171,11 @@ CASES = [
     ("extract-alpha-nan", EXTRACT + ["--out", "{TMP}/x", "--alpha", "nan"], 2, "alpha must be a finite number", None),
     ("extract-alpha-inf", EXTRACT + ["--out", "{TMP}/x", "--alpha", "inf"], 2, "alpha must be a finite number", None),
     ("extract-alpha-negative", EXTRACT + ["--out", "{TMP}/x", "--alpha", "-1"], 2, "alpha must be a number greater than 0", None),
+    ("extract-alpha-1e308", EXTRACT + ["--out", "{TMP}/x", "--alpha", "1e308"], 2,
+     "alpha must be at most 1.04858e+06 at rank 16", None),
+    ("extract-alpha-1e-300-overflows-B", EXTRACT + ["--out", "{TMP}/x", "--alpha", "1e-300", "--samples", "4",
+                                         "--device", "cpu"], 2,
+     "the LoRA factor B is not finite (overflow at alpha 1e-300)", None),
     ("extract-seed-negative", EXTRACT + ["--out", "{TMP}/x", "--seed", "-1"], 2, "seed must be a whole number at least 0", None),
     ("extract-seed-2**70", EXTRACT + ["--out", "{TMP}/x", "--seed", str(2**70)], 2, "at most 4294967295", None),
     ("extract-rank-zero", EXTRACT + ["--out", "{TMP}/x", "--rank", "0"], 2, "rank must be a whole number at least 1", None),
@@ -186,26 +221,92 @@ CASES = [
      2, "corrupt.gguf is not a readable GGUF file", None),
     ("corrupt-gguf-hash-memo", ["sensitivity", "--model", "{gguf}", "--data", "{D}", "--out", "{TMP}/s.safetensors"],
      2, "corrupt.gguf is not a readable GGUF file", "memo"),
+    # a result is finite or a failure
+    ("sensitivity-nan-weights", ["sensitivity", "--model", "{nan}", "--data", "{D}", "--samples", "2", "--out",
+                                 "{TMP}/s.safetensors"], 2, "seed sample 1 gives a loss of nan", None),
+    ("sensitivity-nan-weights-magnitude", ["sensitivity", "--model", "{nan}", "--data", "{D}", "--metric", "magnitude",
+                                           "--samples", "2", "--out", "{TMP}/s.safetensors"], 2,
+     "the sensitivity of model.layers.1.self_attn.q_proj.weight is not finite", None),
+    ("sensitivity-all-zero-map", ["sensitivity", "--model", "{zero}", "--data", "{D}", "--metric", "magnitude",
+                                  "--samples", "2", "--out", "{TMP}/s.safetensors"], 2,
+     "every sensitivity score is zero", None),
+    ("sensitivity-empty-record", ["sensitivity", "--model", "{T}", "--data", "{empty}", "--out", "{TMP}/s.safetensors"],
+     2, "empty.jsonl line 2: 'text' is empty", None),
+    ("train-empty-record", ["train", "--student", "{S}", "--data", "{empty}", "--out", "{TMP}/run"], 2,
+     "empty.jsonl line 2: 'text' is empty", None),
+    # the machine refuses: one line, exit 2, nothing partial (disk full is a writer raising ENOSPC)
+    ("extract-disk-full", EXTRACT + ["--out", "{TMP}/x", "--samples", "4", "--device", "cpu"], 2,
+     "No space left on device", "enospc"),
+    ("sensitivity-disk-full", SENS + ["--samples", "2"], 2, "No space left on device", "enospc"),
+    ("cache-list-cache-is-a-file", ["cache", "list"], 2, "plain.txt is a file", "cache-file"),
+    ("extract-cache-is-a-file", EXTRACT + ["--out", "{TMP}/x"], 2, "plain.txt is a file", "cache-file"),
+    ("extract-out-dangling-symlink", EXTRACT + ["--out", "{TMP}/dangling"], 2,
+     "dangling is a symbolic link to", "dangling"),
+    ("extract-out-symlink-to-export", EXTRACT + ["--out", "{TMP}/linked", "--overwrite"], 2,
+     "linked is a symbolic link to", "linked"),
+    ("sensitivity-out-dangling-symlink", SENS[:-1] + ["{TMP}/dangling.safetensors"], 2,
+     "dangling.safetensors is a symbolic link to", "dangling"),
+    ("train-out-dangling-symlink", TRAIN[:-1] + ["{TMP}/dangling"], 2, "dangling is a symbolic link to", "dangling"),
+    ("extract-300-char-name", EXTRACT + ["--out", "{TMP}/" + "a" * 300], 2, "choose a shorter name", None),
+    ("train-300-char-name", TRAIN[:-1] + ["{TMP}/" + "r" * 300], 2, "choose a shorter name", None),
+    ("sensitivity-300-char-name", SENS[:-1] + ["{TMP}/" + "s" * 300 + ".safetensors"], 2, "choose a shorter name",
+     None),
+    # damaged or hostile files named, not a traceback
+    ("eval-negative-layer-count", ["eval", "--model", "{neg}", "--data", "{D}"], 2,
+     "config.json has num_hidden_layers = -3, not a whole number at least 1", None),
+    ("eval-corrupt-adapter-safetensors", ["eval", "--model", "{S}", "--adapter", "{badad}", "--data", "{D}"], 2,
+     "badad/adapter_model.safetensors is damaged", None),
+    ("eval-pickle-only-adapter", ["eval", "--model", "{S}", "--adapter", "{pickled}", "--data", "{D}"], 2,
+     "only adapter_model.bin, a pickle, which paraknow never loads", None),
+    ("train-init-corrupt-export", TRAIN + ["--init", "{badexp}"], 2, "badexp/adapter_model.safetensors is damaged",
+     None),
+    ("extract-recipe-override-of-a-missing-module", ["extract", "--recipe", "{overrides}", "--out", "{TMP}/x",
+                                                     "--device", "cpu"], 2,
+     "overrides names model.layers.9.self_attn.q_proj, which is not a module of the student", None),
     # data
     ("sensitivity-deeply-nested-line", ["sensitivity", "--model", "{T}", "--data", "{deep}", "--out",
                                         "{TMP}/s.safetensors"], 2, "deep.jsonl line 2: JSON nested deeper than 64", None),
 ]
 
 
+def _prepare(setup, place, monkeypatch) -> None:
+    """The machine-level setups: a writer that finds the disk full, a cache that is a file, links."""
+    tmp = Path(place["TMP"])
+    if setup == "enospc":
+        def full(*args, **kwargs):
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                  'message: "No space left on device" })')
+        monkeypatch.setattr(fsio, "save_file", full)
+    if setup == "cache-file":
+        monkeypatch.setenv("PARAKNOW_CACHE", place["F"])
+    if setup == "dangling":
+        for name in ("dangling", "dangling.safetensors"):
+            (tmp / name).symlink_to(tmp / "nowhere" / name)
+    if setup == "linked":
+        (tmp / "linked").symlink_to(place["E"], target_is_directory=True)
+
+
 @pytest.mark.parametrize("argv, code, fragment, setup", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_hostile_cli_input(files, place, argv, code, fragment, setup, capsys):
+def test_hostile_cli_input(files, place, argv, code, fragment, setup, capsys, monkeypatch):
     names = {**files, **place}
+    _prepare(setup, place, monkeypatch)
     if setup == "spec":
         Path(place["W"]).write_text(json.dumps({"student": files["S"], "data": files["D"], "epochs": "3"}))
         Path(place["L"]).write_text("[1, 2]")
     if setup == "memo":
         (cache_dir("models") / "gguf_hashes.json").write_text("{not json")
+    if setup == "notes":
+        Path(place["E"], "MY_NOTES.txt").write_text("mine\n")
+    if setup == "residual-notes":
+        Path(place["E"], "residual").mkdir()
+        Path(place["E"], "residual", "mine.txt").write_text("mine\n")
     before = _snapshot(place["TMP"], Path(files["S"]).parent)
     try:
         got = main([arg.format(**names) for arg in argv])
     except SystemExit as exc:  # argparse's own usage errors
         got = exc.code
-    err = capsys.readouterr().err.strip()
+    err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines()
+                    if not re.match(r"\[\d+/\d+\] ", line))  # progress lines of work done before the refusal
     assert got == code
     assert fragment in err, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
@@ -261,6 +362,16 @@ def test_second_writer_of_one_output_is_refused(files, tmp_path, capsys):
         code = main(["train", "--student", files["S"], "--data", files["D"], "--out", str(out)])
         assert code == 2 and "another paraknow process is writing" in capsys.readouterr().err
         assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    sens = tmp_path / "map.safetensors"
+    holder = _hold_lock_in_another_process(sens, 60)
+    try:  # the second `sensitivity --out` of one file is refused at once, before any work
+        code = main(["sensitivity", "--model", files["T"], "--data", files["D"], "--samples", "2", "--out", str(sens)])
+        captured = capsys.readouterr()
+        assert code == 2 and "another paraknow process is writing" in captured.err and "sample 1" not in captured.err
+        assert not sens.exists()
     finally:
         holder.kill()
         holder.wait()
@@ -348,3 +459,27 @@ def test_two_threads_writing_one_output_take_turns(tmp_path):
     assert overlaps == [1] * 6  # never two writers inside at once
     assert json.loads((out / "paraknow.json").read_text())["version"] in range(6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_a_sigkilled_run_is_recognised_as_dead_and_a_rerun_says_how(files, tmp_path, capsys):
+    """`train` killed with SIGKILL leaves status.json at `running`; the next `train --out` into it
+    sees by the pid that the process is gone, settles the run as failed and says what to do."""
+    import socket
+
+    run = tmp_path / "run"
+    argv = ["train", "--student", files["S"], "--data", files["D"], "--out", str(run), "--epochs", "100",
+            "--batch", "2", "--micro-batch", "2", "--rank", "4", "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "paraknow", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while "step 2/" not in (line := proc.stdout.readline()):  # training has begun
+        assert line and time.monotonic() < deadline
+    proc.kill()
+    proc.wait()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "running" and status["pid"] == proc.pid and status["host"] == socket.gethostname()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"holds a run whose process (pid {proc.pid}) died without finishing; it is marked failed now" in err
+    assert f"rm -r {run}" in err and len(err.splitlines()) == 1
+    assert json.loads((run / "status.json").read_text())["state"] == "failed"

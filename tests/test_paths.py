@@ -16,3 +16,22 @@ def test_cache_root_setting_checkout_and_installed(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert paths.default_cache_root() == tmp_path / "home" / ".cache" / "paraknow"
+
+
+def test_an_export_zip_never_follows_or_packs_a_symlink(tmp_path):
+    import io
+    import zipfile
+
+    from paraknow.core.fsio import zip_folder
+
+    secret = tmp_path / "outside" / "hostname"
+    secret.parent.mkdir()
+    secret.write_text("the machine's name")
+    export = tmp_path / "export"
+    (export / "residual").mkdir(parents=True)
+    (export / "paraknow.json").write_text("{}")
+    (export / "residual" / "adapter_config.json").write_text("{}")
+    (export / "hostname").symlink_to(secret)
+    (export / "linked_dir").symlink_to(secret.parent, target_is_directory=True)
+    names = zipfile.ZipFile(io.BytesIO(zip_folder(export))).namelist()
+    assert names == ["export/paraknow.json", "export/residual/adapter_config.json"]

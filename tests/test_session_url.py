@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 from paraknow import cli
 from paraknow.transfer.recipe import from_query, to_json
 from ui import state as S
+from ui.widgets import md_escape
 
 TIMEOUT = 600
 
@@ -95,3 +96,45 @@ def test_a_bad_value_in_the_link_is_named_and_the_rest_restored():
     at.switch_page("pages/3_Sensitivity.py").run()
     assert_ok(at)
     assert any("press **Compute sensitivity**" in str(i.value) for i in at.info)
+
+
+PHISH = "[Click here to repair your session](https://evil.example/phish)"
+
+
+def _rendered_markdown(at: AppTest) -> list[str]:
+    """Every body the app handed to Streamlit's markdown renderer (text elements are literal)."""
+    kinds = ("markdown", "caption", "warning", "info", "success", "error")
+    return [str(e.value) for kind in kinds for e in at.get(kind)] + [str(e.value) for kind in kinds
+                                                                     for e in at.sidebar.get(kind)]
+
+
+def test_a_link_naming_files_or_hub_ids_loads_nothing_until_clicked_and_renders_no_markdown(tmp_path):
+    from paraknow.core.records import to_jsonl
+    from tiny import SEED_RECORDS
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(to_jsonl(SEED_RECORDS))
+    at = _opened({"teacher": PHISH, "student": str(tmp_path / "model"), "data": str(seeds)})
+    assert_ok(at)
+    assert at.session_state[S.TEACHER] is None and at.session_state[S.STUDENT] is None  # nothing loaded
+    shown = " ".join(str(t.value) for t in at.sidebar.text)
+    assert f"teacher: {PHISH}" in shown and f"student: {tmp_path / 'model'}" in shown and str(seeds) in shown
+    assert not any("](" in body for body in _rendered_markdown(at))  # no markdown link from the link
+    assert at.query_params["teacher"] == PHISH  # the link stays in the address bar until answered
+    at.button(key="w_link_load").click().run()
+    assert_ok(at)
+    notice = " ".join(str(w.value) for w in at.sidebar.warning)
+    assert "could not be used" in notice and "\\[Click here" in notice  # quoted, escaped
+    assert not any("](" in body for body in _rendered_markdown(at))
+    assert at.session_state[S.TEACHER] is None
+
+
+def test_a_held_link_loads_on_one_click():
+    at = _opened({"teacher": "demo:teacher", "student": "demo:student", "data": "seeds-that-are-not-there.jsonl"})
+    assert at.session_state[S.TEACHER] is None
+    assert "seed data: seeds-that-are-not-there.jsonl" in " ".join(str(t.value) for t in at.sidebar.text)
+    at.button(key="w_link_load").click().run()
+    assert_ok(at)
+    assert at.session_state[S.TEACHER]["ref"] == "demo:teacher"  # loaded once asked
+    assert md_escape("'seeds-that-are-not-there.jsonl'") in " ".join(str(w.value) for w in at.sidebar.warning)
+    assert all(b.key != "w_link_load" for b in at.sidebar.button)

@@ -44,7 +44,8 @@ def test_background_study_stops_and_resumes(tmp_path):
     with pytest.raises(ParaknowError, match="already running"):
         start_study(recipe, out, resume=True)
     stop_study(out)
-    assert proc.wait() == 0
+    assert proc.wait() == 1  # stopped is not finished
+    assert "the study stopped with 3 of 3 cells not finished" in (out / "stdout.log").read_text()
     view = read_study(out)
     assert view.state == "stopped" and not view.live
     assert view.status["cells_run"] == 0  # the stop came before the first cell
@@ -103,7 +104,8 @@ def test_sigterm_during_a_cell_stops_the_study_not_just_the_cell(tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline, (out / "stdout.log").read_text()[-2000:]
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=300) == 0
+    assert proc.wait(timeout=300) == 1
+    assert "the study stopped with 2 of 3 cells not finished" in (out / "stdout.log").read_text()
     view = read_study(out)
     states = {c["arm"] + str(c["seed"]): c["state"] for c in view.results["cells"]}
     assert view.state == "stopped" and states == {"untunedNone": "finished", "vanilla0": "stopped",

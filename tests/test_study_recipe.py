@@ -161,3 +161,31 @@ def test_demo_example_recipe_parses_and_covers_the_registries():
     assert any(a.extract.get("teacher_weights") == "random" for a in pkt)
     assert all(len(a.lr_sweep) >= 3 for a in recipe.arms if a.init in ("vanilla", "pissa"))
     assert len(recipe.seeds) == 5 and recipe.baseline == "vanilla"
+
+
+# hostile recipes: read and checked as `extract --recipe` reads its file, exit 2, one line, nothing written
+HOSTILE = [
+    ("seed-negative", {"seeds": [-1]}, "recipe seeds: seed must be a whole number at least 0"),
+    ("seed-10**30", {"seeds": [10**30]}, "at most 4294967295"),
+    ("target-modules-path", {"train": {"target_modules": ["../../x"]}},
+     "recipe train: target_modules: '../../x' is not a module of the student"),
+    ("budget-nan", {"budget_minutes": float("nan")}, "budget_minutes must be a finite number"),
+    ("lr-inf", {"train": {"lr": float("inf")}}, "recipe train: lr must be a finite number"),
+    ("binary", bytes(range(256)) * 4, "is not UTF-8 text"),
+    ("latin-1", json.dumps({**BASE, "student": "café"}, ensure_ascii=False).encode("latin-1"), "is not UTF-8 text"),
+    ("nested-100000-json", ("[" * 100_000 + "]" * 100_000).encode(), "is not valid JSON (RecursionError)"),
+    ("nested-100000-yaml", ("a: " + "[" * 100_000 + "]" * 100_000).encode(), "is nested deeper than a recipe can be"),
+]
+
+
+@pytest.mark.parametrize("content, fragment", [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+def test_hostile_study_recipe_exits_2_with_one_line_and_writes_nothing(tmp_path, content, fragment, capsys):
+    from paraknow.cli import main
+
+    recipe = tmp_path / ("r.yaml" if "yaml" in fragment or fragment.startswith("is nested") else "r.json")
+    recipe.write_bytes(content if isinstance(content, bytes) else json.dumps(recipe_with(**content)).encode())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["study", "--recipe", str(recipe), "--out", str(tmp_path / "study")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no study folder, nothing else

@@ -241,3 +241,22 @@ def test_same_command_under_a_two_process_launcher(tmp_path):
     assert status["state"] == "finished" and status["max_steps"] == -(-n // 4)  # batch 4 = 1 x 2 accum x 2 procs
     assert_clean_run_dir(out)
     original_with_adapter(student, out / "adapter")  # a plain LoRA for the original student
+
+
+def test_a_diverging_run_fails_at_the_first_non_finite_loss_and_saves_no_adapter(tmp_path, capsys):
+    student = save_student(tmp_path)
+    data = write_data(tmp_path, SEED_RECORDS * 2)
+    run = tmp_path / "run"
+    argv = ["train", "--student", str(student), "--data", str(data), "--out", str(run), "--lr", "1e30",
+            "--epochs", "3", "--batch", "2", "--micro-batch", "2", "--rank", "4", "--device", "cpu"]
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: training diverged: the ") and "lr 1e+30" in err and len(err.splitlines()) == 1
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"] == err.removeprefix("error: ")
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    total = 3 * len(SEED_RECORDS * 2) // 2
+    assert steps[-1]["step"] < total  # stopped at the first non-finite value, not after every epoch
+    assert all(torch.isfinite(torch.tensor([s["loss"], s["grad_norm"]])).all() for s in steps[:-1])
+    assert not (run / "adapter").exists() and not (run / ".trainer").exists()

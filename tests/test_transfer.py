@@ -222,3 +222,28 @@ def test_tied_embedding_note_only_when_embeddings_transfer(tokenizer, seed_recor
     assert not any("ties lm_head" in n for n in without.notes)
     embeds = plan_transfer(t_info, s_info, scores, TransferConfig(modules=("attn", "embed")))
     assert any("ties lm_head" in n for n in embeds.notes)
+
+
+def test_an_export_with_non_finite_or_underflowed_factors_is_refused_and_nothing_written(tmp_path, tokenizer,
+                                                                                        seed_records):
+    from paraknow.transfer.export import extract_factors
+    from paraknow.transfer.lora import MAX_SCALING
+
+    teacher, student = pair()
+    scores = compute_sensitivity(teacher, tokenizer, seed_records, SensitivityConfig(samples=2))
+    t_info, s_info = describe(teacher), describe(student)
+    config = TransferConfig(rank=4, alpha=4 * MAX_SCALING)  # the largest alpha allowed: s = 2**16
+    plan = plan_transfer(t_info, s_info, scores, config)
+    assert extract_factors(teacher, plan, config)  # ordinary weights: every factor is fine
+    with pytest.raises(ParaknowError, match="alpha must be at most 262144 at rank 4"):
+        TransferConfig(rank=4, alpha=1e308).validate()
+    with torch.no_grad():
+        teacher.model.layers[plan.layer_map[0]].self_attn.q_proj.weight.mul_(1e-41)  # B = U Sigma / s underflows
+    with pytest.raises(ParaknowError, match=r"q_proj: \d+% of the LoRA factor B is exactly zero"):
+        export_transfer(teacher, student, t_info, s_info, plan, config, tmp_path / "tiny", {})
+    with torch.no_grad():
+        teacher.model.layers[plan.layer_map[0]].self_attn.q_proj.weight.fill_(float("nan"))
+    with pytest.raises(ParaknowError, match=r"the teacher's model.layers.0.self_attn.q_proj.weight holds NaN or inf "
+                                            r"values in the block model.layers.0.self_attn.q_proj takes"):
+        export_transfer(teacher, student, t_info, s_info, plan, TransferConfig(rank=4, alpha=4), tmp_path / "nan", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, no temporary left

@@ -48,3 +48,18 @@ SEED_RECORDS = [
                   {"role": "assistant", "content": f"{a} plus {b} is {a + b}. So the answer is {a + b}."}]}
     for a, b in [(2, 3), (7, 5), (10, 4), (6, 6), (9, 1), (3, 8)]
 ] + [{"prompt": "Say hi", "completion": "hi there"}, {"text": "plain text sample"}]
+
+
+def marked_map_file(path, size: int) -> None:
+    """A cache sensitivity entry of exactly `size` bytes that carries paraknow's marker (a
+    safetensors header with only metadata, padded with spaces as the format allows)."""
+    import json
+    from pathlib import Path
+
+    from paraknow.core.cache import MARKER_FIELD, marker
+
+    path = Path(path)
+    header = json.dumps({"__metadata__": {MARKER_FIELD: json.dumps(marker("sensitivity", path.stem))}}).encode()
+    assert size >= 8 + len(header), f"a marked map file takes at least {8 + len(header)} bytes"
+    path.write_bytes(len(header + b" " * (size - 8 - len(header))).to_bytes(8, "little") + header
+                     + b" " * (size - 8 - len(header)))

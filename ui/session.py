@@ -59,7 +59,10 @@ def current_recipe() -> SessionRecipe:
 
 
 def write_url() -> None:
-    """Put the session's state into the address bar (only when it changed)."""
+    """Put the session's state into the address bar (only when it changed; a link still waiting for
+    its click stays there, so a reload asks again)."""
+    if S.get(S.URL_PENDING) is not None:
+        return
     try:
         query = current_recipe().to_query()
     except ParaknowError:  # a setting the pages already report (e.g. no module ticked)
@@ -149,20 +152,55 @@ def apply_recipe(recipe: SessionRecipe) -> None:
     _adopt_results(recipe)
 
 
+def link_asks_to_read(recipe: SessionRecipe) -> list[str]:
+    """What a link names that would read a file or folder of this machine or ask the hub: one
+    'role: value' line each. The built-in demo models, the bundled model and the built-in tasks
+    load without asking; anything else waits for one click."""
+    lines = [f"{role}: {ref}" for role in S.ROLES if (ref := getattr(recipe, role))
+             and S.kind_of(ref) not in (S.KIND_DEMO, S.KIND_BUNDLED)]
+    if recipe.data and not recipe.data.startswith("task:"):
+        lines.append(f"seed data: {recipe.data}")
+    return lines
+
+
+def _apply_link(recipe: SessionRecipe, problems: list[str]) -> None:
+    try:
+        apply_recipe(recipe)
+    except ParaknowError as exc:
+        problems.append(str(exc))
+    S.put(S.URL_NOTICE, "Part of the link could not be used: " + " ".join(problems) if problems else None)
+
+
 def restore_from_url() -> None:
-    """Once per browser session: the state in the URL (what cannot be used is reported, not fatal)."""
+    """Once per browser session: the state in the URL (what cannot be used is reported, not fatal).
+    A link that names local files or hub ids is held until the user presses the sidebar's button."""
     if S.get(S.URL_READ):
         return
     S.put(S.URL_READ, True)
     if not any(key in st.query_params for key in ("teacher", "student", "data")):
         return
     recipe, problems = from_query(st.query_params.to_dict())
-    try:
-        apply_recipe(recipe)
-    except ParaknowError as exc:
-        problems.append(str(exc))
-    if problems:
-        S.put(S.URL_NOTICE, "Part of the link could not be used: " + " ".join(problems))
+    if link_asks_to_read(recipe):
+        S.put(S.URL_PENDING, (recipe, problems))
+        return
+    _apply_link(recipe, problems)
+
+
+def _load_pending_link() -> None:
+    recipe, problems = S.get(S.URL_PENDING)
+    S.put(S.URL_PENDING, None)
+    _apply_link(recipe, list(problems))
+
+
+def pending_link_panel() -> None:
+    """Sidebar: what a held link would load, as plain text, and the one button that loads it."""
+    recipe, _ = S.get(S.URL_PENDING)
+    st.sidebar.warning("This link asks to load the following. Nothing is read until you press the button.",
+                       icon=":material/link:")
+    st.sidebar.text("\n".join(link_asks_to_read(recipe)))
+    left, right = st.sidebar.columns(2)
+    left.button("Load them", key="w_link_load", on_click=_load_pending_link, icon=":material/download:")
+    right.button("Ignore the link", key="w_link_ignore", on_click=S.put, args=(S.URL_PENDING, None))
 
 
 def _load_uploaded_recipe() -> None:
@@ -178,9 +216,13 @@ def _load_uploaded_recipe() -> None:
 
 def recipe_panel() -> None:
     """Sidebar: download the session as a recipe file, or load one."""
+    from ui.widgets import md_escape
+
+    if S.get(S.URL_PENDING) is not None:
+        pending_link_panel()
     notice = S.get(S.URL_NOTICE)
-    if notice:
-        st.sidebar.warning(notice, icon=":material/link_off:")
+    if notice:  # it quotes what the link or file held: shown literally, never as markdown
+        st.sidebar.warning(md_escape(notice), icon=":material/link_off:")
     with st.sidebar.expander("Session recipe", icon=":material/receipt_long:"):
         st.caption("The link in the address bar opens the same state again; so does this file. "
                    "`python -m paraknow extract --recipe FILE` makes the same export.")

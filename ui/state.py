@@ -43,6 +43,7 @@ EXPORT_JOB = "pk_export_job"      # key of the export job started from this sess
 NAME_AUTO = "pk_name_auto"        # the export name last filled in from the settings (followed until edited)
 URL_READ = "pk_url_read"          # the URL's state was applied (once per session: a reload is a new session)
 URL_NOTICE = "pk_url_notice"      # what in the URL or an uploaded recipe could not be used
+URL_PENDING = "pk_url_pending"    # a link's SessionRecipe that names files or hub ids: applied on one click
 EXPORTS_MADE = "pk_exports_made"  # names exported in this session
 VERIFY = "pk_verify"              # paraknow.transfer.export.Verification of the last verification
 VERIFY_KEY = "pk_verify_key"      # content key of that verification's job (ui.jobs.verify_key)
@@ -63,7 +64,8 @@ class HeldPlan:
 RESULT_DEFAULTS = {
     TEACHER: None, STUDENT: None, TEACHER_INFO: None, STUDENT_INFO: None, SENS: None, SENS_B: None,
     MANUAL_MAP: None, MANUAL_BASE: None, MANUAL_VERSION: 0, OVERRIDES: {}, PLAN: None, CKA: None,
-    EXPORT: None, EXPORT_JOB: None, NAME_AUTO: None, URL_NOTICE: None, EXPORTS_MADE: [], VERIFY: None,
+    EXPORT: None, EXPORT_JOB: None, NAME_AUTO: None, URL_NOTICE: None, URL_PENDING: None, EXPORTS_MADE: [],
+    VERIFY: None,
     VERIFY_KEY: None, QUICKSTART: None,
     HUB_CHECKED: [], PG_RESULT: None, LESSON: None,
 }

@@ -321,7 +321,7 @@ def load_pair(t_spec: dict, s_spec: dict, status=None) -> None:
     old = (S.get(S.TEACHER), S.get(S.STUDENT))
     for role, spec in (("teacher", t_spec), ("student", s_spec)):
         if status is not None:
-            status.write(f"Loading the {role} `{spec['ref']}` ({spec['dtype']}, {spec['device']})…")
+            status.write(f"Loading the {role} {md_code(spec['ref'])} ({spec['dtype']}, {spec['device']})…")
         _, _, info = load_model_cached(spec["ref"], spec["dtype"], spec["device"])
         S.put(S.TEACHER if role == "teacher" else S.STUDENT, dict(spec))
         S.put(S.TEACHER_INFO if role == "teacher" else S.STUDENT_INFO, info)
@@ -651,16 +651,31 @@ def cache_panel() -> None:
         if st.button("Clear", icon=":material/delete:", key="w_cache_clear"):
             with show_errors("clearing the cache"):
                 result = cache.clear(kind, older_than_days=days or None)
+                unmarked = sum(e.in_use == cache.UNMARKED for e in result.skipped)
+                kept = len(result.skipped) - unmarked
                 st.success(f"Removed {len(result.removed)} {kind} entries ({fmt_bytes(result.freed)})"
-                           + (f"; kept {len(result.skipped)} in use." if result.skipped else "."),
-                           icon=":material/check_circle:")
+                           + (f"; kept {kept} in use" if kept else "")
+                           + (f"; left {unmarked} that paraknow did not make (no marker): remove them yourself"
+                              if unmarked else "") + ".", icon=":material/check_circle:")
 
 
 def md_escape(text: str) -> str:
-    """`text` shown literally inside st.markdown (paths and model ids hold _ * ` and friends)."""
+    """`text` shown literally inside st.markdown (paths and model ids hold _ * ` and friends; a value
+    from the address bar may hold a whole link): every markdown character escaped, line breaks spaces."""
     import re
 
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>$:])", r"\\\1", text)
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>$:])", r"\\\1", re.sub(r"\s", " ", str(text)))
+
+
+def md_code(text: str) -> str:
+    """`text` as an inline code span that markdown never reads into: fenced by more backticks than
+    any run inside it, on one line (a model reference from a link is shown, never rendered)."""
+    import re
+
+    text = re.sub(r"\s", " ", str(text))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def sidebar_status(container=None) -> None:
@@ -672,10 +687,11 @@ def sidebar_status(container=None) -> None:
         st.markdown("**This session**")
         ok, todo = ":green[:material/check_circle:]", ":gray[:material/radio_button_unchecked:]"
         lines = [
-            f"{ok} teacher: `{t['ref']}`" if t else f"{todo} teacher: not loaded",
-            f"{ok} student: `{s['ref']}`" if s else f"{todo} student: not loaded",
-            f"{ok} sensitivity: {sens.label}, {sens.config.metric}" if sens else f"{todo} sensitivity: not computed",
+            f"{ok} teacher: {md_code(t['ref'])}" if t else f"{todo} teacher: not loaded",
+            f"{ok} student: {md_code(s['ref'])}" if s else f"{todo} student: not loaded",
+            f"{ok} sensitivity: {md_escape(sens.label)}, {sens.config.metric}" if sens
+            else f"{todo} sensitivity: not computed",
             f"{ok} mapping: {plan.plan.layer_map}" if plan else f"{todo} mapping: not planned",
-            f"{ok} export: `{exp['name']}`" if exp else f"{todo} export: none yet",
+            f"{ok} export: {md_code(exp['name'])}" if exp else f"{todo} export: none yet",
         ]
         st.markdown("  \n".join(lines))

@@ -69,12 +69,24 @@ def _text_config(config):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+SIZE_FIELDS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
+
+
 def check_family(config) -> None:
-    model_type = getattr(_text_config(config), "model_type", None)
+    """A supported family whose sizes are whole numbers at least 1 (a damaged or hostile config.json,
+    e.g. num_hidden_layers -3, is named before a model is built from it)."""
+    cfg = _text_config(config)
+    model_type = getattr(cfg, "model_type", None)
     if model_type not in SUPPORTED_FAMILIES:
         raise ParaknowError(
             f"model family '{model_type}' is not supported; supported families are "
             f"{', '.join(SUPPORTED_FAMILIES)} (all with q/k/v/o and gate/up/down projections).")
+    for name in SIZE_FIELDS + ("num_key_value_heads",):
+        value = getattr(cfg, name, None)
+        if (value is not None or name in SIZE_FIELDS) and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ParaknowError(f"the model's config.json has {name} = {value!r}, not a whole number at least 1: "
+                                "the config is damaged; download or save the model again.")
 
 
 def describe_config(config) -> ModelInfo:

@@ -11,6 +11,13 @@ Five kinds of entries (`python -m paraknow cache list|clear [--kind K] [--older-
                                   its own kind, a similarity or verification result is computed
                                   again once its folder is cleared)
 
+The cache owns only what it made: every entry carries a marker written by paraknow when it made
+it (`.paraknow-entry.json` in a folder, the `paraknow_entry` field of a sensitivity map's
+safetensors header): its kind, its key (the entry's name) and the marker version. Anything in a
+kind's folder without a matching marker (copied in by hand, `PARAKNOW_CACHE` pointed at a project
+folder, or written by a paraknow older than the markers) is listed as *unmarked* and never removed,
+by `cache clear` or by the size cap: remove it yourself.
+
 An entry's *last used* time is the newest modification time inside it; readers `touch` an
 entry when they use it. An entry is *in use* while a process holds its lock
 (`fsio.output_lock`: being written, or read by `load_model`), a run while it is queued or
@@ -22,6 +29,7 @@ until they fit. Exports, runs and jobs are only removed by an explicit `cache cl
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -29,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ParaknowError
-from .fsio import is_locked, output_lock
+from .fsio import atomic_write_json, is_locked, output_lock, read_header_metadata
 from .jobdir import BUSY_STATES, read_status
 from .paths import cache_root
 from .validate import check_number
@@ -39,6 +47,10 @@ EVICTABLE_KINDS = ("sensitivity", "models")
 MAX_GB_ENV = "PARAKNOW_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 20.0
 _NOT_ENTRIES = {"gguf_hashes.json", "worker.log"}  # bookkeeping files beside the entries
+MARKER_FILE = ".paraknow-entry.json"  # in every folder entry: {"kind", "key", "version"}
+MARKER_FIELD = "paraknow_entry"  # the same object in a sensitivity map's safetensors header
+MARKER_VERSION = 1
+UNMARKED = "unmarked: paraknow did not make it (no marker); remove it yourself"
 
 
 @dataclass
@@ -103,14 +115,52 @@ def _size_and_last_used(path: Path) -> tuple[int, float]:
     return size, newest
 
 
+def kind_of(path) -> str | None:
+    """The cache kind whose folder holds `path` directly (None when `path` is not a cache entry's place)."""
+    parent = os.path.realpath(Path(path).absolute().parent)
+    root = os.path.realpath(cache_root())
+    return next((k for k in KINDS if parent == os.path.join(root, k)), None)
+
+
+def marker(kind: str, key: str, **extra) -> dict:
+    """The marker object of an entry paraknow makes (`extra`: e.g. a sensitivity map's checksum)."""
+    return {"kind": kind, "key": key, "version": MARKER_VERSION, **extra}
+
+
+def mark_entry(directory, final=None) -> None:
+    """Write the marker into `directory` when `final` (default: `directory` itself; the place a
+    temporary folder becomes) is a cache entry's place; elsewhere (an --out of the user's) nothing."""
+    final = Path(final if final is not None else directory)
+    kind = kind_of(final)
+    if kind is not None:
+        atomic_write_json(Path(directory) / MARKER_FILE, marker(kind, final.name))
+
+
+def read_marker(path) -> dict | None:
+    """The marker of an entry (folder: its marker file; sensitivity map: its header field), or None."""
+    path = Path(path)
+    if path.is_dir():
+        from .jobdir import read_json
+
+        return read_json(path / MARKER_FILE)
+    try:
+        found = json.loads(read_header_metadata(path).get(MARKER_FIELD, "null"))
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def is_marked(kind: str, path) -> bool:
+    """Whether paraknow made this entry: its marker names this kind and this entry's key."""
+    found = read_marker(path)
+    key = Path(path).stem if kind == "sensitivity" else Path(path).name
+    return bool(found) and found.get("kind") == kind and found.get("key") == key
+
+
 def _is_entry(kind: str, path: Path) -> bool:
-    if path.name.startswith(".") or path.name in _NOT_ENTRIES:
-        return False
-    if kind == "sensitivity":
-        return path.is_file() and path.suffix == ".safetensors"
-    if kind == "runs":
-        return path.is_dir() and (path / "spec.json").is_file()
-    return path.is_dir()
+    """Whether `path` is an entry's place (marked or not); dot files (locks, temporaries) and
+    bookkeeping files are not."""
+    return not (path.name.startswith(".") or path.name in _NOT_ENTRIES)
 
 
 def _busy_run(kind: str, path: Path) -> str | None:
@@ -123,6 +173,8 @@ def _busy_run(kind: str, path: Path) -> str | None:
 
 
 def _in_use(kind: str, path: Path) -> str | None:
+    if not is_marked(kind, path):
+        return UNMARKED
     if is_locked(path):
         return "locked (being written or read)"
     return _busy_run(kind, path)
@@ -167,7 +219,7 @@ def remove_entry(entry: CacheEntry) -> bool:
     (without waiting), so a writer or reader that holds it keeps its entry."""
     try:
         with output_lock(entry.path, wait_s=0):
-            if _busy_run(entry.kind, entry.path):
+            if not is_marked(entry.kind, entry.path) or _busy_run(entry.kind, entry.path):
                 return False
             if entry.path.is_dir():
                 doomed = entry.path.with_name(f".{entry.path.name}.removing")
@@ -176,6 +228,9 @@ def remove_entry(entry: CacheEntry) -> bool:
             else:
                 entry.path.unlink(missing_ok=True)
     except ParaknowError:  # another process holds the lock
+        return False
+    except OSError as exc:  # a read-only cache: the entry stays, and says why
+        entry.in_use = f"cannot remove it: {exc.strerror or exc}"
         return False
     return True
 

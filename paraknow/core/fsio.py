@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from .errors import ParaknowError
@@ -72,8 +74,14 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     path = Path(path)
     tmp = _tmp_sibling(path)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-                  metadata=metadata)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                      metadata=metadata)
+        except SafetensorError as exc:  # its I/O failures (a full disk) as the OSError they are
+            code = re.search(r"code: (\d+)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -182,10 +190,27 @@ def is_replaceable(path: str | os.PathLike, marker: str | None) -> bool:
     return not any(path.iterdir()) or (marker is not None and (path / marker).is_file())
 
 
-def check_replaceable(path: str | os.PathLike, marker: str | None, what: str = "output") -> None:
-    """Raise ParaknowError unless `path` may receive a new directory (see `is_replaceable`)."""
+def foreign_file(path: Path, owned: frozenset[str]) -> str | None:
+    """The first thing under the directory `path` (relative, posix) that is not one of the `owned`
+    relative paths a paraknow artifact consists of, or None when it holds only those."""
+    for item in sorted(path.rglob("*")):
+        relative = item.relative_to(path).as_posix()
+        if relative not in owned:
+            return relative
+    return None
+
+
+def check_replaceable(path: str | os.PathLike, marker: str | None, what: str = "output",
+                      owned: frozenset[str] | None = None) -> None:
+    """Raise ParaknowError unless `path` may receive a new directory (see `is_replaceable`); with
+    `owned` (the relative paths the artifact consists of), a marked directory that also holds
+    anything else is refused too, naming that file: replacing it would delete it."""
     path = Path(path)
+    check_output_path(path)
     if is_replaceable(path, marker):
+        if owned is not None and marker is not None and path.is_dir() and (foreign := foreign_file(path, owned)):
+            raise ParaknowError(f"{path} holds {foreign}, which paraknow did not write; paraknow never deletes "
+                                f"it: move it out, or choose a new {what} directory.")
         return
     if not path.is_dir():
         raise ParaknowError(f"{path} exists and is not a directory; choose a new {what} directory.")
@@ -194,10 +219,42 @@ def check_replaceable(path: str | os.PathLike, marker: str | None, what: str = "
                         f"choose a new or empty {what} directory.")
 
 
+SIBLING_NAME_EXTRA = 16  # a temporary sibling's name is the output's plus ".", ".XXXXXXXX.tmp" (or ".lock")
+
+
+def check_output_path(path: str | os.PathLike) -> None:
+    """Raise ParaknowError when an output `path` has a name too long for the file system (its own
+    name needs room for the temporary sibling and lock beside it) or is a symbolic link (to anything,
+    or dangling: paraknow replaces its outputs by rename, which would write beside the link's target)."""
+    path = Path(path)
+    _check_name_lengths(path)
+    if path.is_symlink():
+        target = os.readlink(path)
+        state = "" if path.exists() else ", which does not exist"
+        raise ParaknowError(f"{path} is a symbolic link to {target}{state}; paraknow writes only to real paths: "
+                            "give the real path, or a new name.")
+
+
+def _check_name_lengths(path: Path) -> None:
+    """Every name in `path` fits the file system (checked before anything stats it: a stat of a too
+    long name fails too), its last one with room for the temporary sibling and lock beside it."""
+    try:
+        name_max = os.pathconf(os.path.dirname(os.path.abspath(path.anchor or ".")), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for i, name in enumerate(path.parts):
+        limit = name_max - (SIBLING_NAME_EXTRA if i == len(path.parts) - 1 else 0)
+        if len(os.fsencode(name)) > limit:
+            raise ParaknowError(f"the name {name[:24]}... is {len(os.fsencode(name))} bytes long, more than the "
+                                f"{limit} the file system leaves for it: choose a shorter name.")
+
+
 def check_writable_parent(path: str | os.PathLike) -> None:
-    """Raise ParaknowError unless `path` can be created: its nearest existing ancestor must be a
-    writable directory (checked before any long computation)."""
+    """Raise ParaknowError unless `path` can be created: names that fit the file system, not a
+    symbolic link, and a nearest existing ancestor that is a writable directory (checked before any
+    long computation)."""
     path = Path(path).expanduser().absolute()
+    check_output_path(path)
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -226,22 +283,23 @@ def _exchange(a: Path, b: Path) -> bool:
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, replaces: str | None = None,
-                     wait_s: float = LOCK_WAIT_S) -> Iterator[Path]:
+                     wait_s: float = LOCK_WAIT_S, owned: frozenset[str] | None = None) -> Iterator[Path]:
     """Yield a temporary directory; on success it becomes `path`, on error it vanishes.
 
     An existing `path` is replaced only when it is empty or holds the file named `replaces`
     (e.g. `paraknow.json`: proof that it is a paraknow artifact the caller may replace); any
     other directory or file there raises ParaknowError and is left untouched. Writers of one
     `path` are serialised by `output_lock`, and the swap is one atomic rename exchange where
-    the kernel supports it, so readers never see `path` missing.
+    the kernel supports it, so readers never see `path` missing. With `owned` (see
+    `check_replaceable`), a marked directory holding anything else is refused as well.
     """
     path = Path(path)
-    check_replaceable(path, replaces)  # before the caller does any work
+    check_replaceable(path, replaces, owned=owned)  # before the caller does any work
     tmp = _tmp_sibling(path, is_dir=True)
     try:
         yield tmp
         with output_lock(path, wait_s):
-            check_replaceable(path, replaces)  # again: another writer may have finished meanwhile
+            check_replaceable(path, replaces, owned=owned)  # again: another writer may have finished meanwhile
             if not path.exists():
                 os.replace(tmp, path)
             elif _exchange(tmp, path):
@@ -272,6 +330,24 @@ def read_json_object(path: str | os.PathLike, advice: str) -> dict:
     return data
 
 
+MAX_HEADER_BYTES = 100 * 2**20  # a safetensors header larger than this is not a file paraknow wrote
+
+
+def read_header_metadata(path: str | os.PathLike) -> dict:
+    """The `__metadata__` of a safetensors file read from its header alone ({} when the file is
+    missing, not safetensors, or has none): cheap enough to ask of every file in a folder."""
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 2 <= size <= MAX_HEADER_BYTES:
+                return {}
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -285,11 +361,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def zip_folder(directory: str | os.PathLike) -> bytes:
-    """A folder as zip bytes, every file under `<folder name>/` (for a download button)."""
+    """A folder as zip bytes, every regular file under `<folder name>/` (for a download button).
+    Symbolic links are never followed nor packed: a link planted in an export cannot pull in a
+    file from elsewhere on the machine."""
     directory = Path(directory)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(directory.rglob("*")):
-            if path.is_file():
+        files = [Path(folder, name) for folder, _, names in os.walk(directory) for name in names]  # no link followed
+        for path in sorted(files):
+            if path.is_file() and not path.is_symlink():
                 zf.write(path, f"{directory.name}/{path.relative_to(directory).as_posix()}")
     return buffer.getvalue()

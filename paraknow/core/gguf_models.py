@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .architecture import check_family
+from .cache import enforce_cap, mark_entry, touch
 from .errors import ParaknowError, first_line
 from .fsio import atomic_directory, atomic_write_json, output_lock, sha256_file
 from .memory import available_memory_bytes
@@ -75,8 +76,6 @@ def convert_gguf(path: Path, progress=None) -> Path:
     """De-quantise a GGUF file once into cache/models/gguf-<sha>/ (safetensors + tokenizer).
     The memory it needs is checked from the header first; two processes converting one file
     take turns (the second finds the result)."""
-    from .cache import enforce_cap, touch
-
     target = cache_dir("models") / f"gguf-{_gguf_hash(path)[:16]}"
     if (target / "config.json").exists():
         touch(target)
@@ -115,6 +114,7 @@ def _dequantise(path: Path, target: Path, progress=None) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with atomic_directory(target) as tmp:
+        mark_entry(tmp, target)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     if progress:

@@ -18,6 +18,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> int:
+    """This process's rank as the launcher numbered it (0 when run plainly), known before the group is joined."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def rank_and_size() -> tuple[int, int]:
     """(this process's rank, number of processes) of the joined group; (0, 1) without one."""
     if dist.is_available() and dist.is_initialized():

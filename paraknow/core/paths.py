@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import ParaknowError
+
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # paraknow/ (this file is paraknow/core/paths.py)
 
 
@@ -28,12 +30,24 @@ def default_cache_root() -> Path:
 def cache_root() -> Path:
     """`$PARAKNOW_CACHE` if set, else `default_cache_root()`; created on first use."""
     root = Path(os.environ.get("PARAKNOW_CACHE") or default_cache_root()).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    _make_folder(root)
     return root
+
+
+def _make_folder(path: Path) -> None:
+    """mkdir -p, or a ParaknowError naming the folder and what to do (the cache's folders only)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ParaknowError(f"the cache folder {path} is a file (PARAKNOW_CACHE={os.environ.get('PARAKNOW_CACHE', '')}):"
+                            " point PARAKNOW_CACHE at a folder.") from None
+    except OSError as exc:
+        raise ParaknowError(f"cannot create the cache folder {path} ({exc.strerror or exc}): point PARAKNOW_CACHE at "
+                            "a folder you can write.") from None
 
 
 def cache_dir(kind: str) -> Path:
     """A sub-folder of the cache: `models`, `sensitivity`, `exports` or `runs`."""
     path = cache_root() / kind
-    path.mkdir(parents=True, exist_ok=True)
+    _make_folder(path)
     return path

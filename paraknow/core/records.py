@@ -30,14 +30,20 @@ def _check_record(record, where: str) -> dict:
                 raise ParaknowError(f"{where}: message {i} needs a 'role' in {ROLES} and a string 'content'.")
         if not any(m["role"] == "assistant" for m in messages):
             raise ParaknowError(f"{where}: 'messages' has no assistant message to compute the loss on.")
+        if not any(m["content"].strip() for m in messages if m["role"] == "assistant"):
+            raise ParaknowError(f"{where}: every assistant message is empty: there is nothing to compute the loss on.")
         return record
     if "prompt" in record or "completion" in record:
         if not isinstance(record.get("prompt"), str) or not isinstance(record.get("completion"), str):
             raise ParaknowError(f"{where}: 'prompt' and 'completion' must both be strings.")
+        if not record["completion"].strip():
+            raise ParaknowError(f"{where}: 'completion' is empty: there is nothing to compute the loss on.")
         return record
     if "text" in record:
         if not isinstance(record["text"], str):
             raise ParaknowError(f"{where}: 'text' must be a string.")
+        if not record["text"].strip():
+            raise ParaknowError(f"{where}: 'text' is empty: there is nothing to compute the loss on.")
         return record
     raise ParaknowError(f"{where}: each line needs 'messages', 'prompt'+'completion', or 'text' "
                         f"(found keys: {', '.join(sorted(record)) or 'none'}).")

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.cache import mark_entry
 from ..core.errors import ParaknowError
 from ..core.fsio import atomic_write_json, atomic_write_text, output_lock, sha256_bytes
 from ..core.jobdir import (
@@ -116,6 +117,7 @@ def start(kind: str, key: str, spec: dict, files: dict[str, str] | None = None) 
         if view.live:
             return view
         directory.mkdir(parents=True, exist_ok=True)
+        mark_entry(directory)
         for name in (STOP_FILE, PROGRESS_FILE):
             (directory / name).unlink(missing_ok=True)
         for name, text in (files or {}).items():

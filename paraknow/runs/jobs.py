@@ -39,6 +39,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ..core.cache import mark_entry
 from ..core.errors import ParaknowError
 from ..core.fsio import atomic_directory, atomic_write_json, try_flock
 from ..core.jobdir import (
@@ -89,6 +90,7 @@ def new_run(config: TrainConfig, group: str | None = None, label: str | None = N
     executor.check_device(resolved.device)
     now = time.time()
     with atomic_directory(run_dir) as tmp:
+        mark_entry(tmp, run_dir)
         atomic_write_json(Path(tmp) / SPEC_FILE, resolved.to_dict())
         atomic_write_json(Path(tmp) / STATUS_FILE, {"state": "queued", "created": now, "pid": None,
                                                     "method": resolved.method, "executor": executor.to_dict()})

@@ -105,7 +105,12 @@ def check_out_dir(out: Path) -> None:
     if status is None:
         raise ParaknowError(f"--out {out} is a non-empty directory that is not a paraknow run; paraknow "
                             "never writes into it: choose a new run directory.")
-    raise ParaknowError(f"--out {out} already holds a run (state {status.get('state', 'unknown')}); "
+    settled = read_status(out)  # a `running` run whose process is gone (SIGKILL) is settled as failed here
+    if status.get("state") == "running" and settled.get("state") != "running":
+        raise ParaknowError(f"--out {out} holds a run whose process (pid {status.get('pid')}) died without "
+                            f"finishing; it is marked {settled.get('state')} now. To run it again there, remove "
+                            f"it (rm -r {out}) and rerun; or choose a new run directory.")
+    raise ParaknowError(f"--out {out} already holds a run (state {settled.get('state', 'unknown')}); "
                         "choose a new run directory.")
 
 

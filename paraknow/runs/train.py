@@ -31,8 +31,16 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.cache import mark_entry
 from ..core.errors import ParaknowError, first_line
-from ..core.fsio import REFUSE_WAIT_S, atomic_directory, atomic_write_json, output_lock, output_path
+from ..core.fsio import (
+    REFUSE_WAIT_S,
+    atomic_directory,
+    atomic_write_json,
+    check_output_path,
+    output_lock,
+    output_path,
+)
 from ..core.jobdir import SPEC_FILE, STATUS_FILE, STOP_FILE, read_json
 from ..core.processes import proc_start_time
 from .rundir import METRIC_KEYS, METRICS_FILE, PISSA_INIT_DIR, TRAINED_DIR, TRAINER_DIR, StatusFile, is_prepared_for_us
@@ -85,6 +93,7 @@ def _train(config: TrainConfig, callbacks) -> TrainOutcome:
         raise ParaknowError("the run needs an output directory (--out RUN_DIR).")
     main = is_main_process()
     run_dir = output_path(config.out)
+    check_output_path(run_dir)  # a name too long for its lock file, or a link: refused before anything
     with output_lock(run_dir, wait_s=REFUSE_WAIT_S) if main else contextlib.nullcontext():
         return _train_locked(config, run_dir, main, callbacks)
 
@@ -145,6 +154,7 @@ def _open_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
         atomic_write_json(run_dir / SPEC_FILE, {**(read_json(run_dir / SPEC_FILE) or {}), **spec})
         return False
     with atomic_directory(run_dir) as tmp:
+        mark_entry(tmp, run_dir)
         atomic_write_json(Path(tmp) / SPEC_FILE, spec)
         atomic_write_json(Path(tmp) / STATUS_FILE, {"state": "running", "phase": "loading", "pid": os.getpid(),
                                                     "created": time.time()})
@@ -173,6 +183,7 @@ def _training_arguments(cfg: TrainConfig, run_dir: Path):
         warmup_steps=cfg.warmup, lr_scheduler_type="linear", weight_decay=0.0, seed=cfg.seed,
         data_seed=cfg.seed, logging_strategy="steps", logging_steps=1, save_strategy="no",
         eval_strategy="no", report_to="none", disable_tqdm=True, remove_unused_columns=False,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (the filter shows an old mean instead)
         label_names=["labels"], dataloader_num_workers=0, use_cpu=train_device(cfg) == "cpu")
 
 
@@ -194,6 +205,8 @@ def _train_loaded(cfg: TrainConfig, run_dir: Path, status: StatusFile, main: boo
     trainer, callback, throughput = _fit(cfg, run_dir, status, main, model, tokenizer, items,
                                          eval_fn if eval_records else None, callbacks)
     model, state, stopped = trainer.model, trainer.state, callback.stopped
+    if callback.diverged:
+        raise ParaknowError(callback.diverged)  # the run is marked failed with it; no adapter is saved
     if main:
         status.update(phase="saving", step=state.global_step, epoch=state.epoch, eta_s=0, **throughput)
         save_adapter(model, cfg, run_dir)

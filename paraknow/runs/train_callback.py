@@ -3,11 +3,13 @@
 `RunCallback` appends a line per optimizer step to metrics.jsonl, keeps status.json current (step,
 loss, ETA), evaluates every `eval_every` steps and at the end, and stops training at the next step
 once RUN_DIR/STOP exists or SIGTERM arrives (`sigterm_sets`); under several processes every rank
-stops together. Imports transformers: only the training loop imports this module.
+stops together. At the first loss or gradient norm that is not finite it stops too and records
+why in `diverged` (the run then fails: a NaN model is never reported as trained). Imports transformers: only the training loop imports this module.
 """
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
@@ -28,6 +30,7 @@ class RunCallback(TrainerCallback):
         self.status, self.metrics_fh, self.stop_event = status, metrics_fh, stop_event
         self.eval_fn, self.eval_every = eval_fn, eval_every
         self.stopped = False
+        self.diverged = None  # why training stopped at a non-finite loss or gradient norm
         self.pending_eval = None
         self.last_eval = None
         self.last_eval_step = None
@@ -65,6 +68,11 @@ class RunCallback(TrainerCallback):
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        bad = next((k for k in ("loss", "grad_norm") if not math.isfinite((logs or {}).get(k, 0.0) or 0.0)), None)
+        if bad is not None:  # the logged loss and norm are already reduced over every process: all stop
+            self.diverged = (f"training diverged: the {bad.replace('_', ' ')} is {logs[bad]} at step "
+                             f"{state.global_step} (lr {args.learning_rate:g}); lower --lr or check the data")
+            control.should_training_stop = True
         if not state.is_world_process_zero or not logs:
             return control
         if "loss" not in logs:

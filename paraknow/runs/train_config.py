@@ -175,7 +175,13 @@ class TrainConfig:
         return c
 
     def check_numbers(self) -> None:
-        """Every numeric setting finite and in range (before anything is read or loaded)."""
+        """Every numeric setting finite and in range, and the target modules known module roles
+        (before anything is read or loaded)."""
+        from ..core.architecture import EMBED_ROLES, LAYER_ROLES
+
+        unknown = [t for t in self.target_modules or [] if t not in LAYER_ROLES + EMBED_ROLES]
+        _check(not unknown, f"target_modules: {unknown[0]!r} is not a module of the student; use some of "
+                            f"{', '.join(LAYER_ROLES + EMBED_ROLES)}." if unknown else "")
         check_number("epochs", self.epochs, above=0, maximum=1e6)
         check_number("lr", self.lr, above=0)
         check_count("batch", self.batch)

@@ -8,16 +8,16 @@ Every error names the key path (`arms[2].extract.structure`) and what is allowed
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..core.errors import ParaknowError, first_line
 from ..core.options import hint_of
-from ..core.validate import value_problem
+from ..core.validate import check_number, check_seed, value_problem
 from ..runs.train_config import TrainConfig
 from ..transfer.plan import TransferConfig
+from ..transfer.recipe import read_recipe_text, recipe_json
 from ..transfer.sensitivity import SensitivityConfig
 from .families import (
     DEFAULT_CORRECTION,
@@ -199,8 +199,13 @@ def _typed(obj: dict, path: str, owners: dict) -> dict:
 
 
 def _parse_train(obj, path: str) -> dict:
-    settings = _check_keys(obj, path, train_keys())
-    return _typed(settings, path, {f.name: TrainConfig for f in fields(TrainConfig)})
+    """A `train` block: known keys, of the right types, each value checked as `train` checks it."""
+    settings = _typed(_check_keys(obj, path, train_keys()), path, {f.name: TrainConfig for f in fields(TrainConfig)})
+    try:
+        TrainConfig(student="-", data="-", **settings).check_numbers()
+    except ParaknowError as exc:
+        _fail(path, str(exc))
+    return settings
 
 
 def _parse_extract(obj, path: str) -> dict:
@@ -294,8 +299,12 @@ def parse_recipe(data) -> Recipe:
     if len(set(seeds)) != len(seeds):
         _fail("seeds", "lists a seed twice.")
     budget = data.get("budget_minutes", DEFAULT_BUDGET_MINUTES)
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
-        _fail("budget_minutes", "must be a positive number of minutes.")
+    try:
+        for seed in seeds:
+            check_seed(seed)
+        check_number("budget_minutes", budget, above=0)
+    except ParaknowError as exc:
+        _fail("seeds" if "seed" in str(exc) else "budget_minutes", str(exc))
     baseline = data.get("baseline") or next((a.name for a in arms if a.init == "vanilla"), arms[0].name)
     if baseline not in names:
         _fail("baseline", f"'{baseline}' is not an arm; the arms are {', '.join(names)}.")
@@ -344,17 +353,15 @@ def recipe_from_text(text: str, source: str = "the recipe", yaml_format: bool | 
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise ParaknowError(f"{source} is not valid YAML{where}: {first_line(exc)}") from None
+        except RecursionError:
+            raise ParaknowError(f"{source} is nested deeper than a recipe can be: it is not a study recipe.") from None
     else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ParaknowError(f"{source} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+        data = recipe_json(text, source)
     return parse_recipe(data)
 
 
 def load_recipe(path) -> Recipe:
-    """Read a recipe file: YAML for .yaml/.yml, JSON otherwise."""
+    """Read a recipe file: YAML for .yaml/.yml, JSON otherwise (read as `extract --recipe` reads its
+    file: a binary or non-UTF-8 file is named, not a traceback)."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise ParaknowError(f"recipe file not found: {path}.")
-    return recipe_from_text(path.read_text(encoding="utf-8"), str(path), path.suffix.lower() in (".yaml", ".yml"))
+    return recipe_from_text(read_recipe_text(path), str(path), path.suffix.lower() in (".yaml", ".yml"))

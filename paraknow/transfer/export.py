@@ -22,12 +22,14 @@ from safetensors.torch import load_file
 
 from ..core import __version__
 from ..core.architecture import EMBED_ROLES, LAYER_ROLES, ModelInfo
+from ..core.cache import MARKER_FILE, mark_entry
 from ..core.compatibility import resolve_roles
 from ..core.errors import ParaknowError
 from ..core.fsio import (
     atomic_directory,
     atomic_save_safetensors,
     atomic_write_json,
+    check_output_path,
     check_replaceable,
     check_writable_parent,
 )
@@ -35,6 +37,7 @@ from ..extract import oriented
 from .diagnostics import init_cosines, oriented_weight
 from .lora import (
     ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
     MANIFEST_FILE,
     RESIDUAL_DIR,
     SELECTION_FILE,
@@ -49,6 +52,9 @@ from .lora import (
 if TYPE_CHECKING:
     from .plan import TransferConfig, TransferPlan
 
+# every path an export consists of: `--overwrite` replaces a folder holding these and nothing else
+EXPORT_FILES = frozenset({MANIFEST_FILE, ADAPTER_CONFIG, ADAPTER_WEIGHTS, SELECTION_FILE, MARKER_FILE, RESIDUAL_DIR,
+                          f"{RESIDUAL_DIR}/{ADAPTER_CONFIG}", f"{RESIDUAL_DIR}/{ADAPTER_WEIGHTS}"})
 
 
 def extract_factors(teacher_model, plan: TransferPlan, config: TransferConfig, progress=None) -> dict:
@@ -59,10 +65,29 @@ def extract_factors(teacher_model, plan: TransferPlan, config: TransferConfig, p
     for i, mod in enumerate(plan.modules):
         weight = oriented(params[mod.teacher_param].detach(), mod.transposed)  # [o_T, i_T]
         block = mod.selection.apply(weight)  # [o_S, i_S]
+        if not torch.isfinite(block).all():
+            raise ParaknowError(f"the teacher's {mod.teacher_param} holds NaN or inf values in the block "
+                                f"{mod.student_module} takes: nothing was written; check the teacher's weights.")
         out[mod.student_module] = factorise(block, config.rank, config.alpha, config.split, config.svd, config.seed)
+        check_factors(mod.student_module, out[mod.student_module], config.alpha, block)
         if progress:
             progress(i + 1, len(plan.modules), f"factorised {mod.student_module}")
     return out
+
+
+def check_factors(module: str, factors, alpha: float, block: torch.Tensor) -> None:
+    """Refuse factors that would export a broken adapter (and residual, which is -B, A): values that
+    are not finite, or a B mostly exact zeros, more of them than the teacher's `block` [o_S, i_S]
+    has (its zero rows zero rows of B; anything beyond is B = U Sigma / s underflowing)."""
+    for name, tensor in (("A", factors.A), ("B", factors.B)):
+        if not torch.isfinite(tensor).all():
+            raise ParaknowError(f"{module}: the LoRA factor {name} is not finite (overflow at alpha {alpha:g}): "
+                                "nothing was written; use a smaller alpha.")
+    zeros = float((factors.B == 0).float().mean())
+    if zeros > 0.5 and zeros > float((block == 0).float().mean()):
+        raise ParaknowError(f"{module}: {zeros:.0%} of the LoRA factor B is exactly zero, more than the teacher's "
+                            f"block (B = U Sigma / s underflowed at alpha {alpha:g}): nothing was written; use a "
+                            "smaller alpha.")
 
 
 @dataclass
@@ -173,7 +198,7 @@ def export_transfer(teacher_model, student_model, teacher: ModelInfo, student: M
     manifest = _manifest(plan, config, provenance, _module_entries(plan, config, factors, student_model),
                          adapters.tied_compensation)
     student_ref = provenance.get("student", "")
-    with atomic_directory(Path(out_dir), replaces=replaces) as tmp:
+    with atomic_directory(Path(out_dir), replaces=replaces, owned=EXPORT_FILES) as tmp:
         write_adapter(tmp, adapters.main, adapters.embeddings, config.rank, config.alpha, adapters.targets,
                       student_ref)
         if adapters.residual:
@@ -181,17 +206,20 @@ def export_transfer(teacher_model, student_model, teacher: ModelInfo, student: M
                           sorted(adapters.residual), student_ref)
         atomic_save_safetensors(_selection_tensors(plan), tmp / SELECTION_FILE)
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
+        mark_entry(tmp, out_dir)  # an export in the cache's exports/ is the cache's to clear
     return manifest
 
 
 def check_export_dir(out_dir, overwrite: bool = False) -> None:
     """An export may go to a new or empty directory in a writable folder, or replace a previous
-    export (a directory holding paraknow.json) when `overwrite` is set; nothing else."""
+    export (a directory holding paraknow.json and only the files an export consists of) when
+    `overwrite` is set; nothing else."""
     out_dir = Path(out_dir)
+    check_output_path(out_dir)  # before anything stats it
     if not overwrite and (out_dir / MANIFEST_FILE).is_file():
         raise ParaknowError(f"{out_dir} already holds a paraknow export: choose a new directory, or "
                             "overwrite it (--overwrite).")
-    check_replaceable(out_dir, MANIFEST_FILE if overwrite else None, "export")
+    check_replaceable(out_dir, MANIFEST_FILE if overwrite else None, "export", owned=EXPORT_FILES)
     check_writable_parent(out_dir)
 
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from ..core.errors import ParaknowError, first_line
 from ..core.fsio import atomic_directory, atomic_save_safetensors, atomic_write_json, read_json_object
 from ..core.numerics import column_major, row_blocks, squared_norm64
+from ..core.validate import check_number
 
 SPLITS = ("left", "sqrt")
 MODES = ("residual", "additive")
@@ -45,6 +46,17 @@ class Factors:
     singular_values: torch.Tensor  # descending: all of them (exact SVD) or the top r (randomized)
     energy: float  # share of the squared Frobenius norm kept at rank r: sum(top-r sigma^2) / ||W||_F^2
     method: str = "exact"  # the SVD that computed them: exact | randomized
+
+
+MAX_SCALING = 2.0**16  # s = alpha / r above this makes B = U Sigma / s underflow towards float32's zeros
+
+
+def check_alpha(alpha: float, rank: int) -> None:
+    """alpha must keep s * B @ A representable: 0 < alpha / rank <= MAX_SCALING."""
+    check_number("alpha", alpha, above=0)
+    if alpha / rank > MAX_SCALING:
+        raise ParaknowError(f"alpha must be at most {MAX_SCALING * rank:g} at rank {rank} (got {alpha:g}): the "
+                            f"scaling s = alpha / r above {MAX_SCALING:g} makes B = U Sigma / s underflow to zeros.")
 
 
 def scaling(rank: int, alpha: float) -> float:
@@ -222,12 +234,35 @@ def student_from_export(student, export_dir, trainable: bool = True, dropout: fl
     from ..core.cache import touch
 
     load_manifest(export_dir)
+    check_adapter_weights(export_dir)
     touch(export_dir)  # its last use, for `paraknow cache clear --older-than`
     base = apply_residual(student, export_dir)
     config = LoraConfig.from_pretrained(str(export_dir))
     if dropout is not None:
         config.lora_dropout = dropout
     return PeftModel.from_pretrained(base, str(export_dir), is_trainable=trainable, config=config)
+
+
+def check_adapter_weights(adapter_dir) -> None:
+    """An adapter's weights (and its residual/ companion's, if any) are a readable
+    adapter_model.safetensors: a pickle-only folder (adapter_model.bin) is refused unread, a
+    damaged file is named."""
+    from safetensors import safe_open
+
+    for folder in (Path(adapter_dir), Path(adapter_dir) / "residual"):
+        weights = folder / ADAPTER_WEIGHTS
+        if not (folder / ADAPTER_CONFIG).is_file():
+            continue  # no residual companion
+        if not weights.is_file():
+            raise ParaknowError(f"{folder} has no {ADAPTER_WEIGHTS}" + (" (only adapter_model.bin, a pickle, which "
+                                "paraknow never loads)" if (folder / "adapter_model.bin").exists() else "")
+                                + ": save the adapter as safetensors (save_pretrained(..., safe_serialization=True)).")
+        try:
+            with safe_open(str(weights), framework="pt") as fh:
+                list(fh.keys())
+        except Exception as exc:  # noqa: BLE001 - any header problem means a damaged user file
+            raise ParaknowError(f"{weights} is damaged ({first_line(exc)}): export or train the adapter "
+                                "again.") from None
 
 
 def attach_adapter(model, adapter_dir, model_ref: str = "the model"):
@@ -243,6 +278,7 @@ def attach_adapter(model, adapter_dir, model_ref: str = "the model"):
     if not (path / ADAPTER_CONFIG).is_file():
         raise ParaknowError(f"adapter not found: {adapter_dir} has no {ADAPTER_CONFIG}. Give the "
                             "directory written by `extract` or a run's adapter/ folder.")
+    check_adapter_weights(path)
     try:
         if (path / MANIFEST_FILE).is_file():
             model = apply_residual(model, path)

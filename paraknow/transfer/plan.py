@@ -23,9 +23,9 @@ from ..core.compatibility import (
 )
 from ..core.errors import ParaknowError
 from ..core.options import option
-from ..core.validate import check_count, check_number, check_rank_fits, check_seed
+from ..core.validate import check_count, check_rank_fits, check_seed
 from ..extract import STRUCTURES, Selection, block_selection, captured_share, oriented, select_within
-from .lora import MODES, SPLITS, SVD_METHODS
+from .lora import MODES, SPLITS, SVD_METHODS, check_alpha
 from .mapping import layer_scores, map_layers, parse_layers_arg
 from .structure import COHERENT, plan_index_sets
 
@@ -85,7 +85,7 @@ class TransferConfig:
         if self.coherent not in COHERENT:
             raise ParaknowError(f"unknown coherent option '{self.coherent}'; use one of {', '.join(COHERENT)}.")
         check_count("rank", self.rank)
-        check_number("alpha", self.alpha, above=0)
+        check_alpha(self.alpha, self.rank)
         check_seed(self.seed)
         resolve_roles(DEFAULT_MODULES if self.modules is None else self.modules)
 
@@ -147,6 +147,7 @@ def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: 
     the caller computes it, so planning stays pure.
     """
     config.validate()
+    _check_overrides(student, config.overrides)
     report = check_transferable(teacher, student, config)
     per_layer = layer_scores(scores, teacher.n_layers)
     layer_map = map_layers(config.layers, teacher.n_layers, student.n_layers, scores=per_layer,
@@ -163,6 +164,16 @@ def plan_transfer(teacher: ModelInfo, student: ModelInfo, scores: dict, config: 
     matrix = None if similarity is None or config.layers != "cka" else [list(map(float, r)) for r in similarity]
     return TransferPlan(layer_map, per_layer, report.roles, modules, _plan_notes(teacher, student, config, report),
                         index_sets, matrix)
+
+
+def _check_overrides(student: ModelInfo, overrides: dict) -> None:
+    """Every manual block position names a module the student has (a typo is an error, not ignored)."""
+    names = {student.module_name(j, role) for j in range(student.n_layers) for role in LAYER_ROLES}
+    names |= {student.module_name(None, role) for role in EMBED_ROLES}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ParaknowError(f"overrides names {unknown[0]}, which is not a module of the student (e.g. "
+                            f"{student.module_name(0, LAYER_ROLES[0])}): fix or drop that entry.")
 
 
 def _plan_notes(teacher: ModelInfo, student: ModelInfo, config: TransferConfig,

@@ -179,24 +179,39 @@ def from_query(params: dict) -> tuple[SessionRecipe, list[str]]:
     return parse_recipe(data), problems
 
 
-def load_recipe(path) -> SessionRecipe:
-    """Read a recipe file (JSON)."""
+def read_recipe_text(path) -> str:
+    """The text of a recipe file (this one's, and a study's): missing, unreadable, binary or not
+    UTF-8 (Latin-1, say) is a ParaknowError naming the file."""
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParaknowError(f"recipe file not found: {path}.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ParaknowError(f"cannot read the recipe {path} ({type(exc).__name__}).") from None
-    return recipe_from_text(text, str(path))
+    except UnicodeDecodeError as exc:
+        raise ParaknowError(f"the recipe {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 "
+                            "JSON or YAML.") from None
+    except OSError as exc:
+        raise ParaknowError(f"cannot read the recipe {path} ({exc.strerror or type(exc).__name__}).") from None
+
+
+def recipe_json(text: str, source: str = "the recipe"):
+    """The JSON value of a recipe's text; not JSON, or nested deeper than Python recurses, is a
+    ParaknowError naming `source`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParaknowError(f"{source} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+    except (ValueError, RecursionError) as exc:
+        raise ParaknowError(f"{source} is not valid JSON ({type(exc).__name__}).") from None
+
+
+def load_recipe(path) -> SessionRecipe:
+    """Read a recipe file (JSON)."""
+    return recipe_from_text(read_recipe_text(path), str(Path(path).expanduser()))
 
 
 def recipe_from_text(text: str, source: str = "the recipe") -> SessionRecipe:
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ParaknowError(f"{source} is not valid JSON ({type(exc).__name__}).") from None
-    return parse_recipe(data)
+    return parse_recipe(recipe_json(text, source))
 
 
 def to_json(recipe: SessionRecipe) -> str:

@@ -86,6 +86,9 @@ def _backward_passes(model, batches: list[list[Encoded]], loss_of, fold, progres
         for i, batch_items in enumerate(batches):
             batch = {k: v.to(device) for k, v in collate(batch_items, pad_id=0).items()}
             loss = loss_of(model, batch)
+            if not torch.isfinite(loss):  # NaN/inf weights, or nothing to score: the map would be NaN
+                raise ParaknowError(f"seed {unit} {i + 1} gives a loss of {loss.item()}: the model's weights hold NaN "
+                                    "or inf values, or the sample has no token to score; nothing was saved.")
             loss.backward()
             if progress:
                 progress(i + 1, len(batches), f"{unit} {i + 1}/{len(batches)}: loss {loss.item():.3f}")
@@ -372,7 +375,19 @@ def compute_sensitivity(model, tokenizer, records: list[dict], config: Sensitivi
                             "cpu, or spread the model with --device auto.")
     finally:
         model.train(was_training)
-    return to_host_float32(scores)
+    return check_scores(to_host_float32(scores))
+
+
+def check_scores(scores: Scores) -> Scores:
+    """A map is finite and not all zeros, or a ParaknowError naming what is wrong (never saved)."""
+    broken = next((name for name, s in scores.items() if not torch.isfinite(s).all()), None)
+    if broken is not None:
+        raise ParaknowError(f"the sensitivity of {broken} is not finite: the model's weights hold NaN or inf "
+                            "values; nothing was saved.")
+    if not any(bool(s.any()) for s in scores.values()):
+        raise ParaknowError("every sensitivity score is zero: the seed samples give the model no gradient; "
+                            "nothing was saved.")
+    return scores
 
 SENSITIVITY_OPTIONS = ("metric", "samples", "max_length")  # what `extract` takes too
 

@@ -4,6 +4,7 @@ model's weights, the seed records and the settings, so the same inputs are never
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -13,8 +14,9 @@ import torch
 from safetensors import safe_open
 
 from ..core import parallel
+from ..core.cache import MARKER_FIELD, enforce_cap, marker, read_marker, touch
 from ..core.errors import ParaknowError
-from ..core.fsio import atomic_save_safetensors, check_writable_parent, output_lock, sha256_bytes
+from ..core.fsio import atomic_save_safetensors, check_output_path, check_writable_parent, output_lock, sha256_bytes
 from ..core.models import model_fingerprint
 from ..core.paths import cache_dir
 from ..core.records import records_sha256
@@ -33,9 +35,21 @@ def sensitivity_meta(model_ref: str, config: SensitivityConfig, records: list[di
             "world_size": parallel.rank_and_size()[1]}
 
 
-def save_sensitivity(path, scores: Scores, metadata: dict) -> None:
-    atomic_save_safetensors({k: v.float() for k, v in scores.items()}, path,
-                            metadata={"paraknow": json.dumps(metadata, sort_keys=True)})
+def scores_checksum(scores: Scores) -> str:
+    """sha256 over the names and float32 bytes of a map (what a cache entry's marker stores)."""
+    digest = hashlib.sha256()
+    for name in sorted(scores):
+        digest.update(name.encode() + b"\0")
+        digest.update(memoryview(scores[name].detach().float().contiguous().cpu().numpy()).cast("B"))
+    return digest.hexdigest()
+
+
+def save_sensitivity(path, scores: Scores, metadata: dict, entry: dict | None = None) -> None:
+    """Write a map; `entry` is the cache marker (paraknow.core.cache.marker) of a cached one."""
+    header = {"paraknow": json.dumps(metadata, sort_keys=True)}
+    if entry is not None:
+        header[MARKER_FIELD] = json.dumps(entry, sort_keys=True)
+    atomic_save_safetensors({k: v.float() for k, v in scores.items()}, path, metadata=header)
 
 
 def check_output_file(path) -> None:
@@ -44,6 +58,7 @@ def check_output_file(path) -> None:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ParaknowError(f"--out must end in .safetensors (got {path.name}).")
+    check_output_path(path)  # before anything stats it
     if path.is_dir():
         raise ParaknowError(f"--out {path} is a directory; give a file name ending in .safetensors.")
     if path.exists():
@@ -99,26 +114,37 @@ def cached_sensitivity_hit(model, tokenizer, records, config: SensitivityConfig 
                            progress: Progress | None = None, model_ref: str | None = None
                            ) -> tuple[Scores, dict, bool]:
     """`cached_sensitivity` plus whether the map came from the cache."""
-    from ..core.cache import enforce_cap, touch
     from .sensitivity import SensitivityConfig, compute_sensitivity
 
     config = config or SensitivityConfig()
     config.validate()
 
-    path = cache_path(sensitivity_key(model, records, config))
+    key = sensitivity_key(model, records, config)
+    path = cache_path(key)
     if path.exists():
         with output_lock(path, shared=True):  # keeps `cache clear` and eviction away meanwhile
-            if path.exists():
+            hit = _load_entry(path, key)
+            if hit is not None:
                 touch(path)
-                try:
-                    return (*load_sensitivity(path), True)
-                except ParaknowError:
-                    pass  # a damaged cache entry is a cache miss: computed again and replaced below
+                return (*hit, True)
     scores = compute_sensitivity(model, tokenizer, records, config, progress)
     meta = sensitivity_meta(model_ref or getattr(model, "name_or_path", ""), config, records)
-    save_sensitivity(path, scores, meta)
+    save_sensitivity(path, scores, meta, marker("sensitivity", key, sha256=scores_checksum(scores)))
     enforce_cap(keep=path)
     return scores, meta, False
+
+
+def _load_entry(path: Path, key: str) -> tuple[Scores, dict] | None:
+    """The cached map of `key`, or None (a cache miss: computed again and replaced) when the file is
+    damaged, unmarked (an older paraknow's), made for another key, or its content fails its checksum."""
+    try:
+        scores, meta = load_sensitivity(path)
+    except ParaknowError:
+        return None
+    entry = read_marker(path) or {}
+    if entry.get("kind") != "sensitivity" or entry.get("key") != key or entry.get("sha256") != scores_checksum(scores):
+        return None
+    return scores, meta
 
 
 def provenance(teacher: str, student: str, data: str, sens_config, records: list[dict]) -> dict:
