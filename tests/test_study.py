@@ -15,7 +15,6 @@ from paraknow.core.errors import ParaknowError
 from paraknow.runs.evaluate import completion_losses
 from paraknow.study import parse_recipe, prepare, run_study
 from paraknow.study.exports import random_teacher
-from paraknow.study.results import select_lr
 from paraknow.study.signals import SIGNALS, export_signals
 from paraknow.study.stats import mean_interval, paired_difference
 
@@ -70,7 +69,7 @@ def test_end_to_end_cells_and_files(study):
     # the two sweep cells of one seed share nothing but their seed; PKT cells of one seed share an export
     pkt = [c for c in cells if c["arm"] == "pkt"]
     assert len({c["export"] for c in pkt}) == 2 and all((out / c["export"] / "paraknow.json").is_file() for c in pkt)
-    assert len(list((out / "teachers").iterdir())) == 1
+    assert sorted(p.name.rsplit("-", 1)[1] for p in (out / "teachers").iterdir()) == ["seed0", "seed1"]
     assert (out / "results.csv").read_text().splitlines()[0].startswith("arm,seed,lr,state,test_accuracy")
     assert len((out / "results.csv").read_text().splitlines()) == len(cells) + 1
     assert any("[10/10]" in line for line in study["lines"])
@@ -90,13 +89,19 @@ def test_per_arm_statistics_follow_the_selected_cells(study):
     results = study["results"]
     cells = results["cells"]
     arms = {a["arm"]: a for a in results["arms"]}
-    chosen = {}
-    for seed in (0, 1):
-        sweep = [c for c in cells if c["arm"] == "vanilla" and c["seed"] == seed]
-        pick = select_lr(sweep)
-        chosen[seed] = pick
-        assert [c["selected"] for c in sweep] == [c is pick for c in sweep]
-        assert arms["vanilla"]["lr"][str(seed)] == pick["lr"]
+    # lr_selection per-arm (the default): one rate, the best mean validation accuracy over the seeds
+    # (ties: the lower mean validation loss, then the smaller rate)
+    sweep = [c for c in cells if c["arm"] == "vanilla"]
+    rates = sorted({c["lr"] for c in sweep})
+    assert len(rates) == 2
+
+    def mean(lr, key):
+        return sum(c[key] for c in sweep if c["lr"] == lr) / 2
+
+    rate = min(rates, key=lambda lr: (-mean(lr, "val_accuracy"), mean(lr, "val_loss"), lr))
+    chosen = {c["seed"]: c for c in sweep if c["lr"] == rate}
+    assert sorted(chosen) == [0, 1] and [c["selected"] for c in sweep] == [c["lr"] == rate for c in sweep]
+    assert arms["vanilla"]["lr"] == {"0": rate, "1": rate}
     for name, arm in arms.items():
         if name in ("untuned", "teacher"):
             per_seed = {None: next(c for c in cells if c["arm"] == name)["test_accuracy"]}

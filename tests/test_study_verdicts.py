@@ -210,12 +210,13 @@ def test_cli_bad_comparison_exits_2_naming_the_key_and_launches_nothing(tmp_path
 
 @pytest.mark.parametrize("study", ["study_demo", "study_arith"])
 def test_shipped_verdicts_file_is_the_analysis_of_the_shipped_cells(study):
+    from paraknow.report import written_recipe
     from paraknow.study.report import records_from_csv
     from paraknow.study.results import analyse
 
     folder = ROOT / "docs" / "results" / study
     written = json.loads((folder / "verdicts.json").read_text())
-    recipe = parse_recipe(json.loads((folder / "summary.json").read_text())["recipe"])
+    recipe = written_recipe(folder / "summary.json")
     records = records_from_csv((folder / "results.csv").read_text())
     assert written["comparisons"] == json.loads(json.dumps(analyse(recipe, records)))
     assert "python -m paraknow.report reanalyse" in written["provenance"]["command"]

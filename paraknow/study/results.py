@@ -1,4 +1,4 @@
-"""From cell records to per-arm results: learning-rate selection, means with 95 % intervals over
+"""From cell records to per-arm results: the learning rates chosen (sweep.py), means with 95 % intervals over
 seeds, paired differences against the baseline arm, the declared comparisons with their verdicts
 (compare.py), and signal correlations. See docs/study.md for the rules.
 """
@@ -13,36 +13,20 @@ from .plan import Cell, plan_cells
 from .recipe import Recipe
 from .signals import SIGNALS
 from .stats import Estimate, mean_interval, paired_difference, spearman
-
-
-def select_lr(records: list[dict]) -> dict | None:
-    """Of one arm's finished cells for one seed (one per learning rate), the one with the best
-    VALIDATION accuracy; ties go to the lower validation loss, then to the smaller rate. Test
-    numbers are never looked at. None when no cell finished."""
-    finished = [r for r in records if r.get("state") == "finished"]
-    if not finished:
-        return None
-
-    def key(r):
-        acc = r.get("val_accuracy")
-        loss = r.get("val_loss")
-        return (-(acc if acc is not None else float("-inf")), loss if loss is not None else float("inf"), r["lr"])
-
-    return min(finished, key=key)
+from .sweep import LR_SELECTIONS
 
 
 def per_seed(recipe: Recipe, arm, records: dict) -> dict:
-    """{seed: the arm's record for that seed} (the selected rate's for a sweep; seed None for a control)."""
+    """{seed: the arm's record for that seed} (the rate the recipe's `lr_selection` chose, sweep.py;
+    seed None for a control)."""
     if not arm.trained:
         record = records.get(arm.name)
         return {None: record} if record and record.get("state") == "finished" else {}
-    out = {}
-    for seed in recipe.seeds:
-        cells = [records[c.cell_id] for c in plan_cells(recipe) if c.arm == arm.name and c.seed == seed]
-        chosen = select_lr(cells)
-        if chosen is not None:
-            out[seed] = chosen
-    return out
+    cells = {seed: [] for seed in recipe.seeds}
+    for c in plan_cells(recipe):
+        if c.arm == arm.name:
+            cells[c.seed].append(records[c.cell_id])
+    return LR_SELECTIONS[recipe.lr_selection](cells)
 
 
 def _values(by_seed: dict, key: str) -> dict:
