@@ -177,19 +177,24 @@ def test_zero_step_signal_is_the_additive_loss_change(study):
     assert signals["zero_step_loss"] == pytest.approx(changed - base, rel=1e-4, abs=1e-6)
 
 
-def test_random_teacher_is_seeded_and_not_the_teacher(study, tmp_path):
+def test_random_teacher_is_drawn_per_seed_and_reproducible(study, tmp_path):
     from safetensors.torch import load_file
 
-    made = random_teacher(study["paths"]["teacher"], tmp_path / "a")
-    again = random_teacher(study["paths"]["teacher"], tmp_path / "b")
+    def weights(path):
+        return load_file(str(path / "model.safetensors"))
+
+    made = weights(random_teacher(study["paths"]["teacher"], tmp_path / "a", 0))
+    again = weights(random_teacher(study["paths"]["teacher"], tmp_path / "b", 0))
+    other = weights(random_teacher(study["paths"]["teacher"], tmp_path / "a", 1))
     teacher = load_file(str(Path(study["paths"]["teacher"]) / "model.safetensors"))
-    first, second = load_file(str(made / "model.safetensors")), load_file(str(again / "model.safetensors"))
-    assert set(first) == set(teacher)
-    assert all(torch.equal(first[k], second[k]) for k in first)
-    assert not torch.equal(first["model.layers.0.self_attn.q_proj.weight"],
-                           teacher["model.layers.0.self_attn.q_proj.weight"])
-    shipped = load_file(str(next((study["out"] / "teachers").iterdir()) / "model.safetensors"))
-    assert all(torch.equal(first[k], shipped[k]) for k in first)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert set(made) == set(teacher) and all(torch.equal(made[k], again[k]) for k in made)
+    assert not torch.equal(made[q], teacher[q]) and not torch.equal(made[q], other[q])
+    shipped = {p.name.rsplit("-", 1)[1]: weights(p) for p in (study["out"] / "teachers").iterdir()}
+    assert all(torch.equal(made[k], shipped["seed0"][k]) for k in made)
+    assert all(torch.equal(other[k], shipped["seed1"][k]) for k in made)
+    exports = {c["seed"]: c["export"] for c in study["results"]["cells"] if c["arm"] == "pkt-random-teacher"}
+    assert len(set(exports.values())) == 2  # one export per draw
 
 
 def test_resume_skips_finished_cells_and_reruns_unfinished_ones(study, tmp_path, monkeypatch):

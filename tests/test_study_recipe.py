@@ -109,10 +109,26 @@ def test_lr_sweeps_for_every_arm_and_the_default_sweep():
 def test_bad_lr_sweep_and_selection_name_their_key():
     assert error_of(recipe_with(lr_selection="per-cell")).startswith("recipe lr_selection:")
     assert error_of(recipe_with(train={"lr_sweep": "yes"})).startswith("recipe train.lr_sweep:")
-    clash = recipe_with(train={"lr_sweep": [1e-3, 3e-3]}, arms=[{"name": "v", "init": "vanilla", "train": {"lr": 1e-4}}])
+    clash = recipe_with(train={"lr_sweep": [1e-3, 3e-3]},
+                        arms=[{"name": "v", "init": "vanilla", "train": {"lr": 1e-4}}])
     assert error_of(clash).startswith("recipe arms[0].train.lr:")
     assert "unknown key arms[0].train.lr_sweep" in error_of(
         recipe_with(arms=[{"name": "v", "init": "vanilla", "train": {"lr_sweep": True}}]))
+
+
+def test_controls_parse_into_the_export_and_the_trainer():
+    arms = [{"name": "vanilla", "init": "vanilla"}, {"name": "ortho", "init": "vanilla-ortho"},
+            {"name": "pkt", "init": "pkt"}] + [
+        {"name": f"pkt-{w}", "init": "pkt", "extract": {"teacher_weights": w}} for w in ("random", "spectrum", "shuffled")]
+    recipe = parse_recipe(recipe_with(arms=arms))
+    weights = {a.name: recipe.transfer_config(a, 7).teacher_weights for a in recipe.arms if a.init == "pkt"}
+    # a random teacher's blocks move as they are; spectrum and shuffled are made from the trained teacher's
+    assert weights == {"pkt": "trained", "pkt-random": "trained", "pkt-spectrum": "spectrum",
+                       "pkt-shuffled": "shuffled"}
+    assert [a.name for a in recipe.arms if recipe.random_teacher(a)] == ["pkt-random"]
+    assert recipe.arm("ortho").trained
+    assert [pair[0] for pair in recipe.comparisons["primary"]] == ["ortho", "pkt", "pkt-random", "pkt-spectrum",
+                                                                  "pkt-shuffled"]
 
 
 def test_bad_top_level_values():

@@ -17,6 +17,7 @@ from ..core.errors import ParaknowError, first_line
 from ..core.options import default_of, hint_of
 from ..core.validate import value_problem
 from ..runs.train_config import TrainConfig
+from ..transfer.controls import BLOCK_WEIGHTS
 from ..transfer.plan import TransferConfig
 from ..transfer.sensitivity import SensitivityConfig
 from .families import (
@@ -38,9 +39,13 @@ ARM_KEYS = ("name", "init", "lr_sweep", "extract", "train", "reference")
 ANALYSIS_KEYS = ("budget_minutes", "comparisons", "equivalence_margin", "correction", "lr_selection")
 STUDY_TRAIN_KEYS = ("lr_sweep",)  # the recipe's `train` beside TrainConfig's fields: a sweep for every trained arm
 INIT_LABELS = {"vanilla": "vanilla LoRA", "pissa": "PiSSA", "pkt": "PKT",
+               "vanilla-ortho": "vanilla LoRA with orthonormal A (the init-scale control)",
                "untuned": "the untuned student", "teacher": "the teacher"}
-TRAINED_INITS = ("vanilla", "pissa", "pkt")  # the others are controls: evaluated once, never trained
-TEACHER_WEIGHTS = ("trained", "random")
+TRAINED_INITS = ("vanilla", "pissa", "pkt", "vanilla-ortho")  # the others are evaluated once, never trained
+# the export's controls (paraknow.transfer.controls) and `random`: the teacher's architecture with random
+# weights, drawn per seed (exports.random_teacher)
+RANDOM_WEIGHTS = "random"
+TEACHER_WEIGHTS = (*BLOCK_WEIGHTS, RANDOM_WEIGHTS)
 STUDY_EXTRACT_KEYS = ("teacher", "teacher_weights")
 DEFAULT_SEEDS = [0, 1, 2]
 DEFAULT_BUDGET_MINUTES = 120
@@ -154,7 +159,7 @@ class Recipe:
         return None if not pkt else (self.teacher or self.teacher_of(pkt[0]))
 
     def random_teacher(self, arm: Arm) -> bool:
-        return arm.extract.get("teacher_weights") == "random"
+        return arm.extract.get("teacher_weights") == RANDOM_WEIGHTS
 
     def transfer_config(self, arm: Arm, seed: int) -> TransferConfig:
         """The arm's extraction for one seed. Rank and alpha default to the training rank and
@@ -168,6 +173,8 @@ class Recipe:
             if key not in given and settings.get(key) is not None:
                 given[key] = settings[key]
         given.setdefault("seed", seed)
+        if given.get("teacher_weights") == RANDOM_WEIGHTS:  # the teacher itself is random; its blocks move as they are
+            given.pop("teacher_weights")
         if "layers" in given:
             given["layers"], given["manual_map"] = parse_layers_arg(given["layers"])
         if isinstance(given.get("modules"), list):
@@ -260,7 +267,7 @@ def _parse_arm(obj, i: int) -> Arm:
     arm = Arm(name=name, init=init)
     if "lr_sweep" in data:
         if init not in TRAINED_INITS:
-            _fail(f"{path}.lr_sweep", f"the {init} control is not trained; only vanilla, pissa and pkt arms sweep.")
+            _fail(f"{path}.lr_sweep", f"the {init} control is not trained; only {', '.join(TRAINED_INITS)} arms sweep.")
         arm.lr_sweep = parse_sweep(data["lr_sweep"], f"{path}.lr_sweep")
     if "extract" in data:
         if init != "pkt":
