@@ -16,7 +16,7 @@ from paraknow.runs.evaluate import completion_losses
 from paraknow.study import parse_recipe, prepare, run_study
 from paraknow.study.exports import random_teacher
 from paraknow.study.signals import SIGNALS, export_signals
-from paraknow.study.stats import mean_interval, paired_difference
+from paraknow.study.stats import holm, mean_interval, paired_difference
 
 NUMBERS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
 
@@ -344,7 +344,7 @@ def test_two_workers_give_the_same_cell_numbers(study, tmp_path, monkeypatch, ca
                 assert two[key][name] is None, (key, name)
             else:  # other thread counts may reorder float sums: equal to rounding, not bit for bit
                 assert two[key][name] == pytest.approx(lib[key][name], rel=1e-3, abs=1e-6), (key, name)
-    assert len(list((tmp_path / "two" / "teachers").iterdir())) == 1
+    assert len(list((tmp_path / "two" / "teachers").iterdir())) == 2  # one random teacher per seed
     status = json.loads((tmp_path / "two" / "study.json").read_text())
     assert status["state"] == "finished" and status["cells_running"] == [] and status["cells_run"] == len(lib)
 
@@ -422,3 +422,41 @@ def test_a_recipe_target_modules_is_kept_for_vanilla(tmp_path):
     assert train_config(recipe, recipe.arm("vanilla-layers"), 0, None, "vanilla").target_modules == ["q_proj", "v_proj"]
     no_pkt = parse_recipe(dict(data, arms=[a for a in data["arms"] if a["init"] != "pkt"]))
     assert train_config(no_pkt, no_pkt.arm("vanilla"), 0, None, "vanilla").target_modules is None  # TrainConfig's default
+
+
+def test_controls_run_and_duplicate_exports_are_counted_once(tmp_path, monkeypatch):
+    """vanilla-ortho and a shuffled teacher run as cells; `first` and `manual:0,1` give the same layer
+    map and selection on this pair (different export keys, same content): the later arm is reported as
+    a duplicate and left out of its family."""
+    from paraknow.study.duplicates import export_digest
+
+    monkeypatch.setenv("PARAKNOW_CACHE", str(tmp_path / "cache"))
+    paths = study_inputs(tmp_path / "in")
+    pkt = {"init": "pkt", "extract": {"samples": 4, "layers": "first"}}
+    data = tiny_recipe(paths, arms=[
+        {"name": "vanilla", "init": "vanilla"}, {"name": "ortho", "init": "vanilla-ortho"},
+        {"name": "pkt-first", **pkt},
+        {"name": "pkt-manual", "init": "pkt", "extract": {"samples": 4, "layers": "manual:0,1"}},
+        {"name": "pkt-shuffled", "init": "pkt", "extract": {**pkt["extract"], "teacher_weights": "shuffled"}}],
+        comparisons={"primary": [["ortho", "vanilla"], ["pkt-first", "vanilla"], ["pkt-manual", "vanilla"],
+                                 ["pkt-shuffled", "pkt-first"]], "secondary": []})
+    results = run_study(parse_recipe(data), tmp_path / "out")
+    out = tmp_path / "out"
+    assert all(c["state"] == "finished" for c in results["cells"])
+    exports = {(c["arm"], c["seed"]): out / c["export"] for c in results["cells"] if c["export"]}
+    for seed in (0, 1):
+        first, manual, shuffled = (exports[(a, seed)] for a in ("pkt-first", "pkt-manual", "pkt-shuffled"))
+        assert first != manual and export_digest(first) == export_digest(manual) != export_digest(shuffled)
+        assert json.loads((shuffled / "paraknow.json").read_text())["teacher_weights"] == "shuffled"
+    assert [(d["arm"], d["duplicate_of"]) for d in results["duplicates"]] == [("pkt-manual", "pkt-first")]
+    arms = {a["arm"]: a for a in results["arms"]}
+    assert arms["pkt-manual"]["duplicate_of"] == "pkt-first" and arms["pkt-first"]["duplicate_of"] is None
+    assert arms["pkt-manual"]["verdict"].startswith("duplicate of pkt-first")
+    comps = {c["arm"]: c for c in results["comparisons"]}
+    assert comps["pkt-manual"]["p_adjusted"] is None and "duplicate of pkt-first" in comps["pkt-manual"]["reason"]
+    counted = [c for c in results["comparisons"] if c["arm"] != "pkt-manual"]
+    assert [c["p_adjusted"] for c in counted] == holm([c["p"] for c in counted])  # m = 3
+    # vanilla-ortho trained from its own init and left a plain LoRA adapter
+    ortho = next(c for c in results["cells"] if c["arm"] == "ortho")
+    assert json.loads((out / ortho["run_dir"] / "spec.json").read_text())["init"] == "vanilla-ortho"
+    assert (out / ortho["run_dir"] / "adapter" / "adapter_model.safetensors").is_file()

@@ -51,6 +51,24 @@ def _one(diffs, margin=0.01, m=1, base=0.5, arm_seeds=None, rates=None):
     return compare_all({"primary": pairs}, data, "holm", margin)[0]
 
 
+def test_a_duplicate_arm_is_left_out_of_its_family():
+    ref = {s: 0.5 for s in range(4)}
+    data = {"ref": _arm(ref), "a": _arm({0: 0.60, 1: 0.62, 2: 0.61, 3: 0.65}),
+            "b": _arm({0: 0.51, 1: 0.55, 2: 0.49, 3: 0.53}), "a2": _arm({0: 0.60, 1: 0.62, 2: 0.61, 3: 0.65})}
+    pairs = [["a", "ref"], ["a2", "ref"], ["b", "ref"]]
+    counted = compare_all({"primary": pairs}, data, "holm", 0.01, {"a2": "duplicate of a"})
+    alone = compare_all({"primary": [["a", "ref"], ["b", "ref"]]}, data, "holm", 0.01)
+    assert [c.arm for c in counted] == ["a", "a2", "b"]  # declared order
+    for mine, two in zip((counted[0], counted[2]), alone):  # m = 2: the duplicate is not counted
+        assert mine.to_dict() == two.to_dict()
+    dup = counted[1]
+    assert dup.verdict == "inconclusive" and dup.reason == "duplicate of a"
+    assert dup.p_adjusted is None and dup.ci95_adjusted is None and dup.mde80 is None
+    assert dup.diff == pytest.approx(counted[0].diff) and dup.p == pytest.approx(counted[0].p)
+    with_it = compare_all({"primary": pairs}, data, "holm", 0.01)  # counted, m = 3: wider adjusted intervals
+    assert with_it[0].p_adjusted > counted[0].p_adjusted
+
+
 WORKED = [0.002, -0.003, 0.001, 0.004, 0.001]  # mean 0.001, SD sqrt(26e-6 / 4) = 0.0025495, SE 0.0011402
 
 
