@@ -245,7 +245,7 @@ def test_resume_with_changed_comparisons_reanalyses_without_rerunning(study, tmp
     cell_files = sorted(out.glob("cells/*/cell.json"))
     stamps = {p: (p.stat().st_mtime_ns, p.read_text()) for p in cell_files}
     changed = dict(study["recipe"], comparisons={"primary": [["pkt", "vanilla"], ["untuned", "vanilla"]]},
-                   equivalence_margin=0.2, correction="bonferroni")
+                   equivalence_margin=0.2, correction="bonferroni", lr_selection="per-seed")
     lines = []
     results = run_study(parse_recipe(changed), out, resume=True, progress=lines.append)
     assert {p: (p.stat().st_mtime_ns, p.read_text()) for p in cell_files} == stamps
@@ -256,6 +256,11 @@ def test_resume_with_changed_comparisons_reanalyses_without_rerunning(study, tmp
     assert written["correction"] == "bonferroni" and written["equivalence_margin"] == 0.2
     assert json.loads((out / "recipe.json").read_text())["correction"] == "bonferroni"
     assert results["comparisons"] == written["comparisons"]
+    cells = [c for c in written["cells"] if c["arm"] == "vanilla"]  # per seed now: each seed its best rate
+    for seed in (0, 1):
+        own = [c for c in cells if c["seed"] == seed]
+        best = min(own, key=lambda c: (-c["val_accuracy"], c["val_loss"], c["lr"]))
+        assert [c["selected"] for c in own] == [c is best for c in own]
 
 
 def test_cli_gives_the_same_cell_numbers_as_the_library(study, tmp_path, capsys):
