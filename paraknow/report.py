@@ -195,13 +195,22 @@ def study_report(recipe_path, study_dir: Path, out_dir: Path, workers: int, prog
             "figures": sorted(figures) if why_not is None else [], "figures_unavailable": why_not}
 
 
+def written_recipe(summary: Path):
+    """The Recipe in a written study's summary.json; one written before `lr_selection` existed chose
+    its learning rates per seed, and is re-analysed so."""
+    import json
+
+    from .study import parse_recipe
+
+    written = json.loads(summary.read_text(encoding="utf-8"))["recipe"]
+    written.setdefault("lr_selection", "per-seed")
+    return parse_recipe(written)
+
+
 def reanalyse_report(folder: Path) -> dict:
     """The comparisons of the study written into `folder` (summary.json + results.csv); writes
     verdicts.md there and returns verdicts.json's figures."""
-    import json
-
     from .core.fsio import atomic_write_text
-    from .study import parse_recipe
     from .study.report import markdown_comparisons, records_from_csv
     from .study.results import analyse
 
@@ -210,7 +219,7 @@ def reanalyse_report(folder: Path) -> dict:
         if not path.is_file():
             raise ParaknowError(f"{path} not found: --study must name a folder written by `python -m "
                                 "paraknow.report study` (summary.json and results.csv).")
-    recipe = parse_recipe(json.loads(summary.read_text(encoding="utf-8"))["recipe"])
+    recipe = written_recipe(summary)
     figures = {"study": str(folder), "correction": recipe.correction, "equivalence_margin": recipe.equivalence_margin,
                "comparisons": analyse(recipe, records_from_csv(cells.read_text(encoding="utf-8")))}
     atomic_write_text(folder / "verdicts.md", markdown_comparisons(figures))

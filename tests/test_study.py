@@ -15,9 +15,8 @@ from paraknow.core.errors import ParaknowError
 from paraknow.runs.evaluate import completion_losses
 from paraknow.study import parse_recipe, prepare, run_study
 from paraknow.study.exports import random_teacher
-from paraknow.study.results import select_lr
 from paraknow.study.signals import SIGNALS, export_signals
-from paraknow.study.stats import mean_interval, paired_difference
+from paraknow.study.stats import holm, mean_interval, paired_difference
 
 NUMBERS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss")
 
@@ -70,7 +69,7 @@ def test_end_to_end_cells_and_files(study):
     # the two sweep cells of one seed share nothing but their seed; PKT cells of one seed share an export
     pkt = [c for c in cells if c["arm"] == "pkt"]
     assert len({c["export"] for c in pkt}) == 2 and all((out / c["export"] / "paraknow.json").is_file() for c in pkt)
-    assert len(list((out / "teachers").iterdir())) == 1
+    assert sorted(p.name.rsplit("-", 1)[1] for p in (out / "teachers").iterdir()) == ["seed0", "seed1"]
     assert (out / "results.csv").read_text().splitlines()[0].startswith("arm,seed,lr,state,test_accuracy")
     assert len((out / "results.csv").read_text().splitlines()) == len(cells) + 1
     assert any("[10/10]" in line for line in study["lines"])
@@ -90,13 +89,19 @@ def test_per_arm_statistics_follow_the_selected_cells(study):
     results = study["results"]
     cells = results["cells"]
     arms = {a["arm"]: a for a in results["arms"]}
-    chosen = {}
-    for seed in (0, 1):
-        sweep = [c for c in cells if c["arm"] == "vanilla" and c["seed"] == seed]
-        pick = select_lr(sweep)
-        chosen[seed] = pick
-        assert [c["selected"] for c in sweep] == [c is pick for c in sweep]
-        assert arms["vanilla"]["lr"][str(seed)] == pick["lr"]
+    # lr_selection per-arm (the default): one rate, the best mean validation accuracy over the seeds
+    # (ties: the lower mean validation loss, then the smaller rate)
+    sweep = [c for c in cells if c["arm"] == "vanilla"]
+    rates = sorted({c["lr"] for c in sweep})
+    assert len(rates) == 2
+
+    def mean(lr, key):
+        return sum(c[key] for c in sweep if c["lr"] == lr) / 2
+
+    rate = min(rates, key=lambda lr: (-mean(lr, "val_accuracy"), mean(lr, "val_loss"), lr))
+    chosen = {c["seed"]: c for c in sweep if c["lr"] == rate}
+    assert sorted(chosen) == [0, 1] and [c["selected"] for c in sweep] == [c["lr"] == rate for c in sweep]
+    assert arms["vanilla"]["lr"] == {"0": rate, "1": rate}
     for name, arm in arms.items():
         if name in ("untuned", "teacher"):
             per_seed = {None: next(c for c in cells if c["arm"] == name)["test_accuracy"]}
@@ -172,19 +177,24 @@ def test_zero_step_signal_is_the_additive_loss_change(study):
     assert signals["zero_step_loss"] == pytest.approx(changed - base, rel=1e-4, abs=1e-6)
 
 
-def test_random_teacher_is_seeded_and_not_the_teacher(study, tmp_path):
+def test_random_teacher_is_drawn_per_seed_and_reproducible(study, tmp_path):
     from safetensors.torch import load_file
 
-    made = random_teacher(study["paths"]["teacher"], tmp_path / "a")
-    again = random_teacher(study["paths"]["teacher"], tmp_path / "b")
+    def weights(path):
+        return load_file(str(path / "model.safetensors"))
+
+    made = weights(random_teacher(study["paths"]["teacher"], tmp_path / "a", 0))
+    again = weights(random_teacher(study["paths"]["teacher"], tmp_path / "b", 0))
+    other = weights(random_teacher(study["paths"]["teacher"], tmp_path / "a", 1))
     teacher = load_file(str(Path(study["paths"]["teacher"]) / "model.safetensors"))
-    first, second = load_file(str(made / "model.safetensors")), load_file(str(again / "model.safetensors"))
-    assert set(first) == set(teacher)
-    assert all(torch.equal(first[k], second[k]) for k in first)
-    assert not torch.equal(first["model.layers.0.self_attn.q_proj.weight"],
-                           teacher["model.layers.0.self_attn.q_proj.weight"])
-    shipped = load_file(str(next((study["out"] / "teachers").iterdir()) / "model.safetensors"))
-    assert all(torch.equal(first[k], shipped[k]) for k in first)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert set(made) == set(teacher) and all(torch.equal(made[k], again[k]) for k in made)
+    assert not torch.equal(made[q], teacher[q]) and not torch.equal(made[q], other[q])
+    shipped = {p.name.rsplit("-", 1)[1]: weights(p) for p in (study["out"] / "teachers").iterdir()}
+    assert all(torch.equal(made[k], shipped["seed0"][k]) for k in made)
+    assert all(torch.equal(other[k], shipped["seed1"][k]) for k in made)
+    exports = {c["seed"]: c["export"] for c in study["results"]["cells"] if c["arm"] == "pkt-random-teacher"}
+    assert len(set(exports.values())) == 2  # one export per draw
 
 
 def test_resume_skips_finished_cells_and_reruns_unfinished_ones(study, tmp_path, monkeypatch):
@@ -235,7 +245,7 @@ def test_resume_with_changed_comparisons_reanalyses_without_rerunning(study, tmp
     cell_files = sorted(out.glob("cells/*/cell.json"))
     stamps = {p: (p.stat().st_mtime_ns, p.read_text()) for p in cell_files}
     changed = dict(study["recipe"], comparisons={"primary": [["pkt", "vanilla"], ["untuned", "vanilla"]]},
-                   equivalence_margin=0.2, correction="bonferroni")
+                   equivalence_margin=0.2, correction="bonferroni", lr_selection="per-seed")
     lines = []
     results = run_study(parse_recipe(changed), out, resume=True, progress=lines.append)
     assert {p: (p.stat().st_mtime_ns, p.read_text()) for p in cell_files} == stamps
@@ -246,6 +256,11 @@ def test_resume_with_changed_comparisons_reanalyses_without_rerunning(study, tmp
     assert written["correction"] == "bonferroni" and written["equivalence_margin"] == 0.2
     assert json.loads((out / "recipe.json").read_text())["correction"] == "bonferroni"
     assert results["comparisons"] == written["comparisons"]
+    cells = [c for c in written["cells"] if c["arm"] == "vanilla"]  # per seed now: each seed its best rate
+    for seed in (0, 1):
+        own = [c for c in cells if c["seed"] == seed]
+        best = min(own, key=lambda c: (-c["val_accuracy"], c["val_loss"], c["lr"]))
+        assert [c["selected"] for c in own] == [c is best for c in own]
 
 
 def test_cli_gives_the_same_cell_numbers_as_the_library(study, tmp_path, capsys):
@@ -334,7 +349,7 @@ def test_two_workers_give_the_same_cell_numbers(study, tmp_path, monkeypatch, ca
                 assert two[key][name] is None, (key, name)
             else:  # other thread counts may reorder float sums: equal to rounding, not bit for bit
                 assert two[key][name] == pytest.approx(lib[key][name], rel=1e-3, abs=1e-6), (key, name)
-    assert len(list((tmp_path / "two" / "teachers").iterdir())) == 1
+    assert len(list((tmp_path / "two" / "teachers").iterdir())) == 2  # one random teacher per seed
     status = json.loads((tmp_path / "two" / "study.json").read_text())
     assert status["state"] == "finished" and status["cells_running"] == [] and status["cells_run"] == len(lib)
 
@@ -412,3 +427,41 @@ def test_a_recipe_target_modules_is_kept_for_vanilla(tmp_path):
     assert train_config(recipe, recipe.arm("vanilla-layers"), 0, None, "vanilla").target_modules == ["q_proj", "v_proj"]
     no_pkt = parse_recipe(dict(data, arms=[a for a in data["arms"] if a["init"] != "pkt"]))
     assert train_config(no_pkt, no_pkt.arm("vanilla"), 0, None, "vanilla").target_modules is None  # TrainConfig's default
+
+
+def test_controls_run_and_duplicate_exports_are_counted_once(tmp_path, monkeypatch):
+    """vanilla-ortho and a shuffled teacher run as cells; `first` and `manual:0,1` give the same layer
+    map and selection on this pair (different export keys, same content): the later arm is reported as
+    a duplicate and left out of its family."""
+    from paraknow.study.duplicates import export_digest
+
+    monkeypatch.setenv("PARAKNOW_CACHE", str(tmp_path / "cache"))
+    paths = study_inputs(tmp_path / "in")
+    pkt = {"init": "pkt", "extract": {"samples": 4, "layers": "first"}}
+    data = tiny_recipe(paths, arms=[
+        {"name": "vanilla", "init": "vanilla"}, {"name": "ortho", "init": "vanilla-ortho"},
+        {"name": "pkt-first", **pkt},
+        {"name": "pkt-manual", "init": "pkt", "extract": {"samples": 4, "layers": "manual:0,1"}},
+        {"name": "pkt-shuffled", "init": "pkt", "extract": {**pkt["extract"], "teacher_weights": "shuffled"}}],
+        comparisons={"primary": [["ortho", "vanilla"], ["pkt-first", "vanilla"], ["pkt-manual", "vanilla"],
+                                 ["pkt-shuffled", "pkt-first"]], "secondary": []})
+    results = run_study(parse_recipe(data), tmp_path / "out")
+    out = tmp_path / "out"
+    assert all(c["state"] == "finished" for c in results["cells"])
+    exports = {(c["arm"], c["seed"]): out / c["export"] for c in results["cells"] if c["export"]}
+    for seed in (0, 1):
+        first, manual, shuffled = (exports[(a, seed)] for a in ("pkt-first", "pkt-manual", "pkt-shuffled"))
+        assert first != manual and export_digest(first) == export_digest(manual) != export_digest(shuffled)
+        assert json.loads((shuffled / "paraknow.json").read_text())["teacher_weights"] == "shuffled"
+    assert [(d["arm"], d["duplicate_of"]) for d in results["duplicates"]] == [("pkt-manual", "pkt-first")]
+    arms = {a["arm"]: a for a in results["arms"]}
+    assert arms["pkt-manual"]["duplicate_of"] == "pkt-first" and arms["pkt-first"]["duplicate_of"] is None
+    assert arms["pkt-manual"]["verdict"].startswith("duplicate of pkt-first")
+    comps = {c["arm"]: c for c in results["comparisons"]}
+    assert comps["pkt-manual"]["p_adjusted"] is None and "duplicate of pkt-first" in comps["pkt-manual"]["reason"]
+    counted = [c for c in results["comparisons"] if c["arm"] != "pkt-manual"]
+    assert [c["p_adjusted"] for c in counted] == holm([c["p"] for c in counted])  # m = 3
+    # vanilla-ortho trained from its own init and left a plain LoRA adapter
+    ortho = next(c for c in results["cells"] if c["arm"] == "ortho")
+    assert json.loads((out / ortho["run_dir"] / "spec.json").read_text())["init"] == "vanilla-ortho"
+    assert (out / ortho["run_dir"] / "adapter" / "adapter_model.safetensors").is_file()

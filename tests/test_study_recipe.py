@@ -90,6 +90,47 @@ def test_bad_arm_values(arm, path):
     assert error_of(recipe_with(arms=[arm])).startswith(f"recipe {path}")
 
 
+def test_lr_sweeps_for_every_arm_and_the_default_sweep():
+    arms = [{"name": "vanilla", "init": "vanilla"}, {"name": "pissa", "init": "pissa", "train": {"lr": 2e-3}},
+            {"name": "pkt", "init": "pkt", "lr_sweep": [1e-3]}, {"name": "untuned", "init": "untuned"}]
+    recipe = parse_recipe(recipe_with(train={"lr": 1e-2, "lr_sweep": True}, arms=arms))
+    sweeps = {a.name: a.lr_sweep for a in recipe.arms}
+    assert sweeps["vanilla"] == [5e-3, 7.071e-3, 1e-2, 1.414e-2, 2e-2]  # centred on the recipe's rate
+    assert sweeps["pissa"][2] == 2e-3 and len(sweeps["pissa"]) == 5  # centred on the arm's own rate
+    assert sweeps["pkt"] == [1e-3] and sweeps["untuned"] is None  # its own sweep; a control is not trained
+    assert "lr_sweep" not in recipe.train and recipe.lr_selection == "per-arm"
+    assert parse_recipe(recipe.to_dict()).to_dict() == recipe.to_dict()  # recipe.json runs the same cells
+    listed = parse_recipe(recipe_with(train={"lr_sweep": [1e-3, 3e-3]}, lr_selection="per-seed"))
+    assert [a.lr_sweep for a in listed.arms] == [[1e-3, 3e-3]] * 2 and listed.lr_selection == "per-seed"
+    own = parse_recipe(recipe_with(arms=[{"name": "v", "init": "vanilla", "lr_sweep": True, "train": {"lr": 1e-3}}]))
+    assert own.arms[0].lr_sweep[2] == 1e-3
+
+
+def test_bad_lr_sweep_and_selection_name_their_key():
+    assert error_of(recipe_with(lr_selection="per-cell")).startswith("recipe lr_selection:")
+    assert error_of(recipe_with(train={"lr_sweep": "yes"})).startswith("recipe train.lr_sweep:")
+    clash = recipe_with(train={"lr_sweep": [1e-3, 3e-3]},
+                        arms=[{"name": "v", "init": "vanilla", "train": {"lr": 1e-4}}])
+    assert error_of(clash).startswith("recipe arms[0].train.lr:")
+    assert "unknown key arms[0].train.lr_sweep" in error_of(
+        recipe_with(arms=[{"name": "v", "init": "vanilla", "train": {"lr_sweep": True}}]))
+
+
+def test_controls_parse_into_the_export_and_the_trainer():
+    arms = [{"name": "vanilla", "init": "vanilla"}, {"name": "ortho", "init": "vanilla-ortho"},
+            {"name": "pkt", "init": "pkt"}] + [
+        {"name": f"pkt-{w}", "init": "pkt", "extract": {"teacher_weights": w}} for w in ("random", "spectrum", "shuffled")]
+    recipe = parse_recipe(recipe_with(arms=arms))
+    weights = {a.name: recipe.transfer_config(a, 7).teacher_weights for a in recipe.arms if a.init == "pkt"}
+    # a random teacher's blocks move as they are; spectrum and shuffled are made from the trained teacher's
+    assert weights == {"pkt": "trained", "pkt-random": "trained", "pkt-spectrum": "spectrum",
+                       "pkt-shuffled": "shuffled"}
+    assert [a.name for a in recipe.arms if recipe.random_teacher(a)] == ["pkt-random"]
+    assert recipe.arm("ortho").trained
+    assert [pair[0] for pair in recipe.comparisons["primary"]] == ["ortho", "pkt", "pkt-random", "pkt-spectrum",
+                                                                  "pkt-shuffled"]
+
+
 def test_bad_top_level_values():
     assert "seeds" in error_of(recipe_with(seeds=[0, 0]))
     assert "seeds" in error_of(recipe_with(seeds=[]))

@@ -3,8 +3,8 @@ differences (ttest_rel's interval), Spearman; the learning-rate selection rule (
 import pytest
 from scipy import stats as sps
 
-from paraknow.study.results import select_lr
 from paraknow.study.stats import mean_interval, paired_difference, spearman
+from paraknow.study.sweep import LR_SELECTIONS, default_sweep, select_lr
 
 SAMPLES = [[0.62], [0.51, 0.55], [0.12, 0.18, 0.15], [0.31, 0.35, 0.29, 0.40, 0.33],
            [0.8, 0.82, 0.79, 0.85, 0.81, 0.78, 0.9, 0.77]]
@@ -68,3 +68,35 @@ def test_lr_selection_ignores_unfinished_cells():
     assert select_lr(cells)["lr"] == 1e-3
     assert select_lr([_cell(1e-4, None, None, None, state="running")]) is None
 
+
+
+def _seeded(seed, lr, val_acc, val_loss=1.0, state="finished"):
+    return {**_cell(lr, val_acc, val_loss, 0.5, state), "seed": seed}
+
+
+def test_per_arm_selection_keeps_one_rate_for_every_seed():
+    # seed 0 alone would pick 1e-3, seed 1 alone 1e-2; over both, 1e-3 has the best mean (0.55 vs 0.5)
+    cells = {0: [_seeded(0, 1e-3, 0.8), _seeded(0, 1e-2, 0.3)],
+             1: [_seeded(1, 1e-3, 0.3), _seeded(1, 1e-2, 0.7)]}
+    per_seed = LR_SELECTIONS["per-seed"](cells)
+    assert {s: r["lr"] for s, r in per_seed.items()} == {0: 1e-3, 1: 1e-2}
+    per_arm = LR_SELECTIONS["per-arm"](cells)
+    assert {s: r["lr"] for s, r in per_arm.items()} == {0: 1e-3, 1: 1e-3}
+    assert per_arm[1] is cells[1][0]  # the record itself: its test accuracy is what the comparisons pair
+
+
+def test_per_arm_selection_ties_and_unfinished_cells():
+    cells = {0: [_seeded(0, 1e-3, 0.5, 0.9), _seeded(0, 1e-2, 0.5, 0.7)],
+             1: [_seeded(1, 1e-3, 0.5, 0.9), _seeded(1, 1e-2, 0.5, 0.8)]}
+    assert {r["lr"] for r in LR_SELECTIONS["per-arm"](cells).values()} == {1e-2}  # lower mean val loss
+    cells[1][1]["state"] = "failed"  # the chosen rate did not finish on seed 1: seed 1 is left out
+    cells[0][0]["val_accuracy"] = 0.4
+    chosen = LR_SELECTIONS["per-arm"](cells)
+    assert list(chosen) == [0] and chosen[0]["lr"] == 1e-2
+    assert LR_SELECTIONS["per-arm"]({0: [_seeded(0, 1e-3, None, state="running")]}) == {}
+
+
+def test_default_sweep_is_five_rates_a_factor_sqrt2_apart_centred_on_the_rate():
+    rates = default_sweep(1e-2)
+    assert len(rates) == 5 and rates[2] == 1e-2
+    assert all(b / a == pytest.approx(2 ** 0.5, rel=1e-3) for a, b in zip(rates, rates[1:]))

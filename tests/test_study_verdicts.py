@@ -51,6 +51,24 @@ def _one(diffs, margin=0.01, m=1, base=0.5, arm_seeds=None, rates=None):
     return compare_all({"primary": pairs}, data, "holm", margin)[0]
 
 
+def test_a_duplicate_arm_is_left_out_of_its_family():
+    ref = {s: 0.5 for s in range(4)}
+    data = {"ref": _arm(ref), "a": _arm({0: 0.60, 1: 0.62, 2: 0.61, 3: 0.65}),
+            "b": _arm({0: 0.51, 1: 0.55, 2: 0.49, 3: 0.53}), "a2": _arm({0: 0.60, 1: 0.62, 2: 0.61, 3: 0.65})}
+    pairs = [["a", "ref"], ["a2", "ref"], ["b", "ref"]]
+    counted = compare_all({"primary": pairs}, data, "holm", 0.01, {"a2": "duplicate of a"})
+    alone = compare_all({"primary": [["a", "ref"], ["b", "ref"]]}, data, "holm", 0.01)
+    assert [c.arm for c in counted] == ["a", "a2", "b"]  # declared order
+    for mine, two in zip((counted[0], counted[2]), alone):  # m = 2: the duplicate is not counted
+        assert mine.to_dict() == two.to_dict()
+    dup = counted[1]
+    assert dup.verdict == "inconclusive" and dup.reason == "duplicate of a"
+    assert dup.p_adjusted is None and dup.ci95_adjusted is None and dup.mde80 is None
+    assert dup.diff == pytest.approx(counted[0].diff) and dup.p == pytest.approx(counted[0].p)
+    with_it = compare_all({"primary": pairs}, data, "holm", 0.01)  # counted, m = 3: wider adjusted intervals
+    assert with_it[0].p_adjusted > counted[0].p_adjusted
+
+
 WORKED = [0.002, -0.003, 0.001, 0.004, 0.001]  # mean 0.001, SD sqrt(26e-6 / 4) = 0.0025495, SE 0.0011402
 
 
@@ -210,12 +228,13 @@ def test_cli_bad_comparison_exits_2_naming_the_key_and_launches_nothing(tmp_path
 
 @pytest.mark.parametrize("study", ["study_demo", "study_arith"])
 def test_shipped_verdicts_file_is_the_analysis_of_the_shipped_cells(study):
+    from paraknow.report import written_recipe
     from paraknow.study.report import records_from_csv
     from paraknow.study.results import analyse
 
     folder = ROOT / "docs" / "results" / study
     written = json.loads((folder / "verdicts.json").read_text())
-    recipe = parse_recipe(json.loads((folder / "summary.json").read_text())["recipe"])
+    recipe = written_recipe(folder / "summary.json")
     records = records_from_csv((folder / "results.csv").read_text())
     assert written["comparisons"] == json.loads(json.dumps(analyse(recipe, records)))
     assert "python -m paraknow.report reanalyse" in written["provenance"]["command"]

@@ -22,11 +22,17 @@ CONTROLS = {
     "pkt-random-positions": ({"init": "pkt", "extract": {"structure": "random"}},
                              "PKT from random block positions of the same size"),
     "pkt-random-teacher": ({"init": "pkt", "extract": {"teacher_weights": "random"}},
-                           "PKT from a teacher of the same architecture with random weights"),
+                           "PKT from a teacher of the same architecture with random weights (drawn per seed)"),
+    "pkt-spectrum": ({"init": "pkt", "extract": {"teacher_weights": "spectrum"}},
+                     "PKT's blocks' singular values with random directions"),
+    "pkt-shuffled": ({"init": "pkt", "extract": {"teacher_weights": "shuffled"}},
+                     "PKT's blocks with their rows and columns permuted"),
+    "vanilla-ortho": ({"init": "vanilla-ortho"}, "vanilla LoRA with orthonormal A rows as PKT's (init scale), "
+                                                 "with the sweep"),
     "untuned": ({"init": "untuned"}, "the student as it is (no training)"),
     "teacher": ({"init": "teacher"}, "the teacher (no training)"),
 }
-SWEPT = ("vanilla", "pissa")
+SWEPT = ("vanilla", "pissa", "vanilla-ortho")
 DEFAULT_CONTROLS = ["vanilla", "pissa", "pkt", "pkt-random-positions", "untuned", "teacher"]
 SAMPLE_LEVELS = [1, 2, 4, 8, 16, 64]
 RANK_LEVELS = [4, 8, 32, 64]

@@ -18,7 +18,11 @@ from ..core.validate import MAX_LENGTH, check_count, check_field_types, check_nu
 from ..transfer.lora import LORA_DROPOUT
 from .rundir import check_out_dir
 
-SWEPT_METHODS = ("vanilla", "pissa")  # init values that name a method; any other init is an export (PKT)
+# the init values that name a method (any other init is an export directory: PKT), each with PEFT's
+# init_lora_weights; vanilla-ortho then gives A orthonormal rows (train_model.AFTER_INIT): the init-scale
+# control of PKT, whose A = V_r^T has orthonormal rows where Kaiming's have norm about 0.58
+LORA_INITS = {"vanilla": True, "pissa": "pissa", "vanilla-ortho": True}
+SWEPT_METHODS = ("vanilla", "pissa")  # what the Fine-tune page compares with PKT
 METHODS = (*SWEPT_METHODS, "pkt")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PISSA_EMBEDDING_NOTE = ("PEFT's PiSSA cannot initialise an Embedding: embed_tokens keeps PEFT's standard LoRA "
@@ -30,8 +34,8 @@ CLI_FIELDS = ("student", "data", "out", "init", "epochs", "lr", "batch", "micro_
 
 
 def method_of(init: str | None) -> str:
-    """The method a run with this `init` trains: `vanilla`, `pissa`, or `pkt` (an export directory)."""
-    return init if init in SWEPT_METHODS else "pkt"
+    """The method a run with this `init` trains: one of LORA_INITS, or `pkt` (an export directory)."""
+    return init if init in LORA_INITS else "pkt"
 
 
 def world_size() -> int:
@@ -49,7 +53,7 @@ def _match_modes() -> tuple:
 
 
 def _init_help() -> str:
-    return "vanilla | pissa | an export directory from `extract` (PKT)"
+    return " | ".join(LORA_INITS) + " | an export directory from `extract` (PKT)"
 
 
 @dataclass
@@ -92,7 +96,7 @@ class TrainConfig:
 
     @property
     def method(self) -> str:
-        """`vanilla`, `pissa` or `pkt` (an export init)."""
+        """One of LORA_INITS, or `pkt` (an export init)."""
         return method_of(self.init)
 
     @property
@@ -157,7 +161,7 @@ class TrainConfig:
         load_records(c.data)
         if c.eval_data:
             load_records(c.eval_data)
-        if c.init in SWEPT_METHODS:
+        if c.init in LORA_INITS:
             from ..transfer.plan import TransferConfig  # one LoRA rank/alpha default for extract and train
 
             c.rank = default_of(TransferConfig, "rank") if c.rank is None else c.rank
@@ -230,7 +234,8 @@ def _resolve_export(c: TrainConfig) -> str:
 
     path = Path(c.init).expanduser()
     if not path.is_dir():
-        raise ParaknowError(f"--init must be vanilla, pissa or an export directory; '{c.init}' is none of them.")
+        raise ParaknowError(f"--init must be {', '.join(LORA_INITS)} or an export directory; '{c.init}' is none "
+                            "of them.")
     load_manifest(path)  # raises with advice when paraknow.json is missing
     adapter_config = path / ADAPTER_CONFIG
     if not adapter_config.is_file():

@@ -14,7 +14,7 @@ from ..core.errors import ParaknowError, first_line
 from ..core.fsio import atomic_directory
 from ..transfer.lora import PEFT_DROPOUT
 from .rundir import ADAPTER_DIR, PISSA_INIT_DIR, TRAINED_DIR
-from .train_config import TrainConfig
+from .train_config import LORA_INITS, TrainConfig
 
 
 def train_device(config: TrainConfig) -> str:
@@ -53,8 +53,10 @@ def build_model(config: TrainConfig, work_dir: Path | None = None, write: bool =
     else:
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                           target_modules=list(config.target_modules), task_type="CAUSAL_LM",
-                          init_lora_weights="pissa" if config.method == "pissa" else True)
+                          init_lora_weights=LORA_INITS[config.method])
         model = get_peft_model(model, lora)
+        if config.method in AFTER_INIT:
+            AFTER_INIT[config.method](model, config.seed)
         if config.method == "pissa" and write and work_dir is not None:
             init_dir = Path(work_dir) / PISSA_INIT_DIR
             shutil.rmtree(init_dir, ignore_errors=True)
@@ -62,6 +64,28 @@ def build_model(config: TrainConfig, work_dir: Path | None = None, write: bool =
             model.save_pretrained(str(init_dir), save_embedding_layers=False)
             model.peft_config["default"].init_lora_weights = "pissa"
     return model, tokenizer
+
+
+def orthonormal_a(model, seed: int) -> None:
+    """Every LoRA's A gets random orthonormal rows (as PKT's A = V_r^T has), drawn with `seed`, and
+    B = 0: the student starts unchanged."""
+    import torch
+
+    from ..transfer.controls import random_orthonormal
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            for a_name, b_name in (("lora_A", "lora_B"), ("lora_embedding_A", "lora_embedding_B")):
+                if "default" not in getattr(module, a_name, {}):
+                    continue
+                A, B = getattr(module, a_name)["default"], getattr(module, b_name)["default"]
+                A, B = (A.weight, B.weight) if a_name == "lora_A" else (A, B)  # [r, in] and [out, r]
+                A.copy_(random_orthonormal(A.shape[1], A.shape[0], generator).T)
+                B.zero_()
+
+
+AFTER_INIT = {"vanilla-ortho": orthonormal_a}  # inits that PEFT's init_lora_weights starts, then changes
 
 
 def save_adapter(model, config: TrainConfig, run_dir: Path) -> Path:

@@ -139,18 +139,31 @@ def _decide(c: Comparison, degenerate: str | None, m: int, correction: str, marg
                     f"inside +-{100 * margin:g} points ({family}){detectable}")
 
 
-def compare_all(comparisons: dict, data: dict[str, ArmData], correction: str, margin: float) -> list[Comparison]:
+def _left_out(name, ref_name, family, arm: ArmData, ref: ArmData, reason: str) -> Comparison:
+    """A comparison outside its family's correction (its arm duplicates another): the raw numbers only."""
+    c, _ = _one(name, ref_name, family, 1, arm, ref)
+    c.ci95_adjusted, c.mde80, c.verdict, c.reason = None, None, "inconclusive", reason
+    return c
+
+
+def compare_all(comparisons: dict, data: dict[str, ArmData], correction: str, margin: float,
+                left_out: dict[str, str] | None = None) -> list[Comparison]:
     """Every declared comparison ({family: [[arm, reference], ...]}) with its verdict; `data` holds
-    each arm's ArmData. The correction runs within each family over its declared size m."""
+    each arm's ArmData. The correction runs within each family over its size m: the declared
+    comparisons less those of the arms in `left_out` ({arm: why}: duplicates of another arm), which
+    keep their raw numbers, no adjusted ones, and `inconclusive` with that reason."""
+    left_out = left_out or {}
     out = []
     for family, pairs in comparisons.items():
-        m = len(pairs)
-        done = [_one(a, r, family, m, data[a], data[r]) for a, r in pairs]
-        for (c, _), p_adj in zip(done, CORRECTIONS[correction]([c.p for c, _ in done])):
+        counted = [(a, r) for a, r in pairs if a not in left_out]
+        m = len(counted)
+        done = {(a, r): _one(a, r, family, m, data[a], data[r]) for a, r in counted}
+        for (c, _), p_adj in zip(done.values(), CORRECTIONS[correction]([c.p for c, _ in done.values()])):
             c.p_adjusted = p_adj
-        for c, degenerate in done:
+        for c, degenerate in done.values():
             _decide(c, degenerate, m, correction, margin)
-        out += [c for c, _ in done]
+        out += [done[(a, r)][0] if (a, r) in done else _left_out(a, r, family, data[a], data[r], left_out[a])
+                for a, r in pairs]
     return out
 
 

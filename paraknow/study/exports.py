@@ -1,5 +1,6 @@
 """What a study's PKT cells train from: their exports, keyed by content so cells that differ only in
-learning rate share one, the random-weight teacher of the control arm, and each export's signals.
+learning rate share one, the random-weight teachers of the control arm (one per seed), and each export's
+signals.
 Several worker processes may need the same export: the first makes it under a lock, the others wait.
 """
 from __future__ import annotations
@@ -16,39 +17,39 @@ from .recipe import Recipe
 
 EXPORTS_DIR = "exports"
 TEACHERS_DIR = "teachers"
-RANDOM_TEACHER_SEED = 0
 MAKE_WAIT_S = 3600.0  # how long a worker waits for another worker making the export it needs
 
 
 def export_key(recipe: Recipe, arm, seed: int) -> str:
     """Content key of a PKT cell's export (independent of DIR, so a moved study still resumes)."""
     teacher = recipe.teacher_of(arm)
-    payload = {"teacher": f"random:{teacher}" if recipe.random_teacher(arm) else teacher,
+    payload = {"teacher": f"random:{teacher}:seed{seed}" if recipe.random_teacher(arm) else teacher,
                "student": recipe.student, "seed_data": recipe.seed_data,
                "transfer": asdict(recipe.transfer_config(arm, seed)),
                "sensitivity": asdict(recipe.sensitivity_config(arm))}
     return sha256_bytes(json.dumps(payload, sort_keys=True, default=list).encode())[:16]
 
 
-def random_teacher(teacher_ref: str, out: Path) -> Path:
-    """The teacher's architecture with random weights (torch seed RANDOM_TEACHER_SEED), saved once
-    under DIR/teachers/ with the teacher's tokenizer: is it the knowledge, or only a spectrum?"""
-    path = Path(out) / TEACHERS_DIR / f"random-{sha256_bytes(teacher_ref.encode())[:12]}"
+def random_teacher(teacher_ref: str, out: Path, seed: int) -> Path:
+    """The teacher's architecture with random weights drawn with torch seed `seed` (the cell's: a new
+    draw per seed, so the control's spread over draws is in its interval), saved once per seed under
+    DIR/teachers/ with the teacher's tokenizer: is it the knowledge, or any teacher-shaped init?"""
+    path = Path(out) / TEACHERS_DIR / f"random-{sha256_bytes(teacher_ref.encode())[:12]}-seed{seed}"
     path.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(path, wait_s=MAKE_WAIT_S):  # another worker making it: wait, then reuse it
         if not (path / "config.json").is_file():
-            _save_random_teacher(teacher_ref, path)
+            _save_random_teacher(teacher_ref, path, seed)
     return path
 
 
-def _save_random_teacher(teacher_ref: str, path: Path) -> None:
+def _save_random_teacher(teacher_ref: str, path: Path, seed: int) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..core.models import load_config, resolve_ref
 
     config = load_config(teacher_ref)
-    torch.manual_seed(RANDOM_TEACHER_SEED)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     tokenizer = AutoTokenizer.from_pretrained(resolve_ref(teacher_ref))
     with atomic_directory(path) as tmp, contextlib.redirect_stderr(io.StringIO()):  # no progress bar
@@ -68,7 +69,7 @@ def cell_export(recipe: Recipe, arm, seed: int, out: Path, device) -> Path:
         if not (path / MANIFEST_FILE).is_file():
             teacher = recipe.teacher_of(arm)
             if recipe.random_teacher(arm):
-                teacher = str(random_teacher(teacher, out))
+                teacher = str(random_teacher(teacher, out, seed))
             extract_to_dir(teacher, recipe.student, recipe.seed_data, path, recipe.transfer_config(arm, seed),
                            recipe.sensitivity_config(arm), device=device)
         if not signals_file(path).is_file():

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..core.errors import ParaknowError, first_line
-from ..core.options import hint_of
+from ..core.options import default_of, hint_of
 from ..core.validate import check_number, check_seed, value_problem
 from ..runs.train_config import TrainConfig
+from ..transfer.controls import BLOCK_WEIGHTS
 from ..transfer.plan import TransferConfig
 from ..transfer.recipe import read_recipe_text, recipe_json
 from ..transfer.sensitivity import SensitivityConfig
@@ -28,16 +29,23 @@ from .families import (
     parse_correction,
     parse_margin,
 )
+from .sweep import DEFAULT_LR_SELECTION, parse_selection, parse_sweep, resolve_sweep
 
 RECIPE_KEYS = ("teacher", "student", "seed_data", "train_data", "val_data", "test_data", "train", "seeds",
-               "baseline", "budget_minutes", "arms", "comparisons", "equivalence_margin", "correction")
+               "baseline", "budget_minutes", "arms", "comparisons", "equivalence_margin", "correction",
+               "lr_selection")
 ARM_KEYS = ("name", "init", "lr_sweep", "extract", "train", "reference")
 # keys that change only how the cells are analysed: a study resumed with other values re-analyses its cells
-ANALYSIS_KEYS = ("budget_minutes", "comparisons", "equivalence_margin", "correction")
+ANALYSIS_KEYS = ("budget_minutes", "comparisons", "equivalence_margin", "correction", "lr_selection")
+STUDY_TRAIN_KEYS = ("lr_sweep",)  # the recipe's `train` beside TrainConfig's fields: a sweep for every trained arm
 INIT_LABELS = {"vanilla": "vanilla LoRA", "pissa": "PiSSA", "pkt": "PKT",
+               "vanilla-ortho": "vanilla LoRA with orthonormal A (the init-scale control)",
                "untuned": "the untuned student", "teacher": "the teacher"}
-TRAINED_INITS = ("vanilla", "pissa", "pkt")  # the others are controls: evaluated once, never trained
-TEACHER_WEIGHTS = ("trained", "random")
+TRAINED_INITS = ("vanilla", "pissa", "pkt", "vanilla-ortho")  # the others are evaluated once, never trained
+# the export's controls (paraknow.transfer.controls) and `random`: the teacher's architecture with random
+# weights, drawn per seed (exports.random_teacher)
+RANDOM_WEIGHTS = "random"
+TEACHER_WEIGHTS = (*BLOCK_WEIGHTS, RANDOM_WEIGHTS)
 STUDY_EXTRACT_KEYS = ("teacher", "teacher_weights")
 DEFAULT_SEEDS = [0, 1, 2]
 DEFAULT_BUDGET_MINUTES = 120
@@ -70,7 +78,7 @@ def extract_keys() -> list[str]:
 class Arm:
     name: str
     init: str  # vanilla | pissa | pkt | untuned | teacher
-    lr_sweep: list[float] | None = None
+    lr_sweep: list[float] | None = None  # parse_recipe resolves `true` (the default sweep) to its rates
     extract: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     reference: str | None = None  # the arm a factor-level arm is compared with (families.py)
@@ -122,6 +130,7 @@ class Recipe:
     comparisons: dict = field(default_factory=dict)  # {family: [[arm, reference], ...]}, defaults filled in
     equivalence_margin: float = DEFAULT_EQUIVALENCE_MARGIN
     correction: str = DEFAULT_CORRECTION
+    lr_selection: str = DEFAULT_LR_SELECTION
 
     def to_dict(self) -> dict:
         """The recipe as run: every key, defaults filled in (DIR/recipe.json)."""
@@ -130,7 +139,8 @@ class Recipe:
                 "train": dict(self.train), "seeds": list(self.seeds), "baseline": self.baseline,
                 "budget_minutes": self.budget_minutes, "arms": [a.to_dict() for a in self.arms],
                 "comparisons": {k: [list(p) for p in v] for k, v in self.comparisons.items()},
-                "equivalence_margin": self.equivalence_margin, "correction": self.correction}
+                "equivalence_margin": self.equivalence_margin, "correction": self.correction,
+                "lr_selection": self.lr_selection}
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -149,7 +159,7 @@ class Recipe:
         return None if not pkt else (self.teacher or self.teacher_of(pkt[0]))
 
     def random_teacher(self, arm: Arm) -> bool:
-        return arm.extract.get("teacher_weights") == "random"
+        return arm.extract.get("teacher_weights") == RANDOM_WEIGHTS
 
     def transfer_config(self, arm: Arm, seed: int) -> TransferConfig:
         """The arm's extraction for one seed. Rank and alpha default to the training rank and
@@ -162,6 +172,8 @@ class Recipe:
             if key not in given and settings.get(key) is not None:
                 given[key] = settings[key]
         given.setdefault("seed", seed)
+        if given.get("teacher_weights") == RANDOM_WEIGHTS:  # the teacher itself is random; its blocks move as they are
+            given.pop("teacher_weights")
         return TransferConfig.from_dict(given)
 
     def sensitivity_config(self, arm: Arm) -> SensitivityConfig:
@@ -198,11 +210,15 @@ def _typed(obj: dict, path: str, owners: dict) -> dict:
     return obj
 
 
-def _parse_train(obj, path: str) -> dict:
+def _parse_train(obj, path: str, extra: tuple = ()) -> dict:
     """A `train` block: known keys, of the right types, each value checked as `train` checks it."""
-    settings = _typed(_check_keys(obj, path, train_keys()), path, {f.name: TrainConfig for f in fields(TrainConfig)})
+    settings = _check_keys(obj, path, [*train_keys(), *extra])
+    if "lr_sweep" in settings:
+        settings["lr_sweep"] = parse_sweep(settings["lr_sweep"], f"{path}.lr_sweep")
+    settings = _typed(settings, path, {f.name: TrainConfig for f in fields(TrainConfig)})
+    checked = {k: v for k, v in settings.items() if k != "lr_sweep"}
     try:
-        TrainConfig(student="-", data="-", **settings).check_numbers()
+        TrainConfig(student="-", data="-", **checked).check_numbers()
     except ParaknowError as exc:
         _fail(path, str(exc))
     return settings
@@ -242,15 +258,6 @@ def cells_part(recipe_dict: dict) -> dict:
     return out
 
 
-def _parse_lrs(value, path: str) -> list[float]:
-    if not isinstance(value, list) or not value or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value):
-        _fail(path, "must be a non-empty list of positive learning rates, e.g. [1e-4, 3e-4, 1e-3].")
-    if len(set(value)) != len(value):
-        _fail(path, "lists a learning rate twice.")
-    return [float(v) for v in value]
-
-
 def _parse_arm(obj, i: int) -> Arm:
     path = f"arms[{i}]"
     data = _check_keys(obj, path, ARM_KEYS)
@@ -262,17 +269,35 @@ def _parse_arm(obj, i: int) -> Arm:
     arm = Arm(name=name, init=init)
     if "lr_sweep" in data:
         if init not in TRAINED_INITS:
-            _fail(f"{path}.lr_sweep", f"the {init} control is not trained; only vanilla, pissa and pkt arms sweep.")
-        arm.lr_sweep = _parse_lrs(data["lr_sweep"], f"{path}.lr_sweep")
+            _fail(f"{path}.lr_sweep", f"the {init} control is not trained; only {', '.join(TRAINED_INITS)} arms sweep.")
+        arm.lr_sweep = parse_sweep(data["lr_sweep"], f"{path}.lr_sweep")
     if "extract" in data:
         if init != "pkt":
             _fail(f"{path}.extract", "only pkt arms extract from a teacher.")
         arm.extract = _parse_extract(data["extract"], f"{path}.extract")
     if "train" in data:
         arm.train = _parse_train(data["train"], f"{path}.train")
-        if arm.lr_sweep and "lr" in arm.train:
-            _fail(f"{path}.train.lr", "the arm sweeps lr_sweep; drop its fixed lr.")
+        if isinstance(arm.lr_sweep, list) and "lr" in arm.train:
+            _fail(f"{path}.train.lr", "the arm sweeps lr_sweep; drop its fixed lr (lr_sweep: true centres the "
+                                      "default sweep on it).")
     return arm
+
+
+def _resolve_sweeps(arms: list[Arm], train: dict) -> None:
+    """Every trained arm's own sweep, or the recipe's `train.lr_sweep` (taken out of `train`), as the
+    list of rates it runs; `true` becomes the default sweep centred on the arm's rate (its own `lr`,
+    else the recipe's)."""
+    shared = train.pop("lr_sweep", None)
+    for i, arm in enumerate(arms):
+        if not arm.trained:
+            continue
+        if arm.lr_sweep is None and isinstance(shared, list) and "lr" in arm.train:
+            _fail(f"arms[{i}].train.lr", "train.lr_sweep sweeps every trained arm; drop the arm's fixed lr, or "
+                                         "give the arm its own lr_sweep (a list of one rate keeps it fixed).")
+        centre = float({**train, **arm.train}.get("lr", default_of(TrainConfig, "lr")))
+        arm.lr_sweep = resolve_sweep(shared if arm.lr_sweep is None else arm.lr_sweep, centre)
+        if arm.lr_sweep:
+            arm.train.pop("lr", None)  # the centre of its sweep, which now lists the rates
 
 
 def parse_recipe(data) -> Recipe:
@@ -311,13 +336,16 @@ def parse_recipe(data) -> Recipe:
     for i, (arm, raw) in enumerate(zip(arms, arms_data)):
         if "reference" in raw:
             arm.reference = check_reference(raw["reference"], f"arms[{i}].reference", names, arm.name)
+    train = _parse_train(data.get("train", {}), "train", STUDY_TRAIN_KEYS)
+    _resolve_sweeps(arms, train)
     comparisons = {**default_comparisons(arms, baseline), **parse_comparisons(data.get("comparisons", {}), names)}
     recipe = Recipe(student=data["student"], train_data=data["train_data"], val_data=data["val_data"],
                     test_data=data["test_data"], arms=arms, teacher=data.get("teacher"),
-                    seed_data=data.get("seed_data"), train=_parse_train(data.get("train", {}), "train"),
+                    seed_data=data.get("seed_data"), train=train,
                     seeds=list(seeds), baseline=baseline, budget_minutes=budget, comparisons=comparisons,
                     equivalence_margin=parse_margin(data.get("equivalence_margin", DEFAULT_EQUIVALENCE_MARGIN)),
-                    correction=parse_correction(data.get("correction", DEFAULT_CORRECTION)))
+                    correction=parse_correction(data.get("correction", DEFAULT_CORRECTION)),
+                    lr_selection=parse_selection(data.get("lr_selection", DEFAULT_LR_SELECTION)))
     for i, arm in enumerate(arms):
         needs = (["teacher"] if arm.init in ("pkt", "teacher") and not arm.extract.get("teacher") else []) + \
             (["seed_data"] if arm.init == "pkt" else [])

@@ -1,4 +1,4 @@
-"""From cell records to per-arm results: learning-rate selection, means with 95 % intervals over
+"""From cell records to per-arm results: the learning rates chosen (sweep.py), means with 95 % intervals over
 seeds, paired differences against the baseline arm, the declared comparisons with their verdicts
 (compare.py), and signal correlations. See docs/study.md for the rules.
 """
@@ -9,40 +9,25 @@ from pathlib import Path
 
 from ..core.jobdir import read_json
 from .compare import ArmData, compare_all, verdict_text
+from .duplicates import duplicate_reason, find_duplicates
 from .plan import Cell, plan_cells
 from .recipe import Recipe
 from .signals import SIGNALS
 from .stats import Estimate, mean_interval, paired_difference, spearman
-
-
-def select_lr(records: list[dict]) -> dict | None:
-    """Of one arm's finished cells for one seed (one per learning rate), the one with the best
-    VALIDATION accuracy; ties go to the lower validation loss, then to the smaller rate. Test
-    numbers are never looked at. None when no cell finished."""
-    finished = [r for r in records if r.get("state") == "finished"]
-    if not finished:
-        return None
-
-    def key(r):
-        acc = r.get("val_accuracy")
-        loss = r.get("val_loss")
-        return (-(acc if acc is not None else float("-inf")), loss if loss is not None else float("inf"), r["lr"])
-
-    return min(finished, key=key)
+from .sweep import LR_SELECTIONS
 
 
 def per_seed(recipe: Recipe, arm, records: dict) -> dict:
-    """{seed: the arm's record for that seed} (the selected rate's for a sweep; seed None for a control)."""
+    """{seed: the arm's record for that seed} (the rate the recipe's `lr_selection` chose, sweep.py;
+    seed None for a control)."""
     if not arm.trained:
         record = records.get(arm.name)
         return {None: record} if record and record.get("state") == "finished" else {}
-    out = {}
-    for seed in recipe.seeds:
-        cells = [records[c.cell_id] for c in plan_cells(recipe) if c.arm == arm.name and c.seed == seed]
-        chosen = select_lr(cells)
-        if chosen is not None:
-            out[seed] = chosen
-    return out
+    cells = {seed: [] for seed in recipe.seeds}
+    for c in plan_cells(recipe):
+        if c.arm == arm.name:
+            cells[c.seed].append(records[c.cell_id])
+    return LR_SELECTIONS[recipe.lr_selection](cells)
 
 
 def _values(by_seed: dict, key: str) -> dict:
@@ -83,10 +68,11 @@ def arm_data(recipe: Recipe, out, records: dict, by_arm: dict) -> dict[str, ArmD
     return data
 
 
-def comparisons_of(recipe: Recipe, out, records: dict, by_arm: dict) -> list[dict]:
-    """results.json's `comparisons` (the recipe's declared families, corrected within each)."""
+def comparisons_of(recipe: Recipe, out, records: dict, by_arm: dict, duplicates: dict) -> list[dict]:
+    """results.json's `comparisons` (the recipe's declared families, corrected within each; an arm
+    that duplicates another is left out of its family)."""
     found = compare_all(recipe.comparisons, arm_data(recipe, out, records, by_arm), recipe.correction,
-                        recipe.equivalence_margin)
+                        recipe.equivalence_margin, {a: duplicate_reason(o) for a, o in duplicates.items()})
     return [c.to_dict() for c in found]
 
 
@@ -95,12 +81,14 @@ def analyse(recipe: Recipe, records: dict, out=None) -> list[dict]:
     directory the records' predictions are relative to): a changed `comparisons`, margin or
     correction re-analysed without re-running a cell."""
     by_arm = {arm.name: per_seed(recipe, arm, records) for arm in recipe.arms}
-    return comparisons_of(recipe, out, records, by_arm)
+    return comparisons_of(recipe, out, records, by_arm, find_duplicates(recipe, out))
 
 
-def _arm_verdict(name: str, baseline: str, comparisons: list[dict]) -> str:
-    """The arm's verdict column: its first comparison in words (the baseline and arms only ever
-    referred to say so)."""
+def _arm_verdict(name: str, baseline: str, comparisons: list[dict], duplicates: dict) -> str:
+    """The arm's verdict column: its first comparison in words (a duplicate, the baseline and arms
+    only ever referred to say so)."""
+    if name in duplicates:
+        return duplicate_reason(duplicates[name])
     own = next((c for c in comparisons if c["arm"] == name), None)
     if own is not None:
         return verdict_text(own)
@@ -128,7 +116,8 @@ def summarize(recipe: Recipe, out, records: dict) -> dict:
     cells = plan_cells(recipe)
     by_arm = {arm.name: per_seed(recipe, arm, records) for arm in recipe.arms}
     chosen_ids = {Cell(r["arm"], r["seed"], r["lr"]).cell_id for by_seed in by_arm.values() for r in by_seed.values()}
-    comparisons = comparisons_of(recipe, out, records, by_arm)
+    duplicates = find_duplicates(recipe, out)
+    comparisons = comparisons_of(recipe, out, records, by_arm, duplicates)
     arms = []
     base_arm = recipe.arm(recipe.baseline)
     base_acc = _values(by_arm[base_arm.name], "test_accuracy")
@@ -146,7 +135,8 @@ def summarize(recipe: Recipe, out, records: dict) -> dict:
         arms.append({"arm": arm.name, "init": arm.init, "factor": arm.factor, "n": est.n, "mean": est.mean, "ci95": est.interval,
                      "diff_vs_baseline": None if is_base else diff.mean,
                      "diff_ci95": None if is_base else diff.interval,
-                     "verdict": _arm_verdict(arm.name, base_arm.name, comparisons),
+                     "verdict": _arm_verdict(arm.name, base_arm.name, comparisons, duplicates),
+                     "duplicate_of": duplicates.get(arm.name),
                      "signals": _arm_signals(out, by_seed),
                      "loss_mean": loss_est.mean, "loss_ci95": loss_est.interval,
                      "lr": {str(s): r.get("lr") for s, r in by_seed.items() if s is not None} or None,
@@ -164,5 +154,6 @@ def summarize(recipe: Recipe, out, records: dict) -> dict:
         row["selected"] = c.cell_id in chosen_ids
         cell_rows.append(row)
     return {"baseline": base_arm.name, "cells": cell_rows, "arms": arms, "comparisons": comparisons,
+            "duplicates": [{"arm": a, "duplicate_of": o, "reason": duplicate_reason(o)} for a, o in duplicates.items()],
             "equivalence_margin": recipe.equivalence_margin, "correction": recipe.correction,
             "signal_correlations": correlations}

@@ -16,7 +16,7 @@ DIR layout:
   exports/<key>/              PKT exports, keyed by content (teacher, student, seed data,
                               extraction settings) so cells that differ only in learning rate share one
   exports/<key>.signals.json  the export's cheap signals (paraknow.study.signals)
-  teachers/random-<hash>/     a teacher's architecture with random weights (seeded), made once
+  teachers/random-<hash>-seed<S>/  a teacher's architecture with random weights (torch seed S), one per seed
   results.json, results.csv, report.html
 
 Cells run one after another in this process (`paraknow.runs.train.train`, not a `train --spec`

@@ -34,6 +34,7 @@ from ..core.fsio import (
     check_writable_parent,
 )
 from ..extract import oriented
+from .controls import BLOCK_WEIGHTS
 from .diagnostics import init_cosines, oriented_weight
 from .lora import (
     ADAPTER_CONFIG,
@@ -58,13 +59,15 @@ EXPORT_FILES = frozenset({MANIFEST_FILE, ADAPTER_CONFIG, ADAPTER_WEIGHTS, SELECT
 
 
 def extract_factors(teacher_model, plan: TransferPlan, config: TransferConfig, progress=None) -> dict:
-    """{student module: Factors} of every planned module (SVD of the selected teacher block, computed
-    on the device that holds the teacher weight, so on a GPU when the teacher is there)."""
+    """{student module: Factors} of every planned module (SVD of the selected teacher block, or of its
+    control (`config.teacher_weights`, paraknow.transfer.controls), computed on the device that holds
+    the teacher weight, so on a GPU when the teacher is there)."""
     params = dict(teacher_model.named_parameters())
+    control, generator = BLOCK_WEIGHTS[config.teacher_weights], torch.Generator().manual_seed(config.seed)
     out = {}
     for i, mod in enumerate(plan.modules):
         weight = oriented(params[mod.teacher_param].detach(), mod.transposed)  # [o_T, i_T]
-        block = mod.selection.apply(weight)  # [o_S, i_S]
+        block = control(mod.selection.apply(weight), generator)  # [o_S, i_S]
         if not torch.isfinite(block).all():
             raise ParaknowError(f"the teacher's {mod.teacher_param} holds NaN or inf values in the block "
                                 f"{mod.student_module} takes: nothing was written; check the teacher's weights.")
@@ -171,7 +174,7 @@ def _manifest(plan: TransferPlan, config: TransferConfig, provenance: dict, modu
         **provenance,
         "rank": config.rank, "alpha": config.alpha, "scaling": scaling(config.rank, config.alpha),
         "mode": config.mode, "structure": config.structure, "coherent": config.coherent, "split": config.split,
-        "svd": config.svd, "seed": config.seed,
+        "svd": config.svd, "seed": config.seed, "teacher_weights": config.teacher_weights,
         "layers": config.layers, "layer_map": plan.layer_map, "layer_scores": plan.layer_scores,
         "module_set": list(resolve_roles(config.modules)) if config.modules else "default",
         "layer_similarity": plan.layer_similarity,

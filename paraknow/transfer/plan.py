@@ -25,6 +25,7 @@ from ..core.errors import ParaknowError
 from ..core.options import option
 from ..core.validate import check_count, check_rank_fits, check_seed
 from ..extract import STRUCTURES, Selection, block_selection, captured_share, oriented, select_within
+from .controls import BLOCK_WEIGHTS, BLOCK_WEIGHTS_HELP
 from .lora import MODES, SPLITS, SVD_METHODS, check_alpha
 from .mapping import layer_scores, map_layers, parse_layers_arg
 from .structure import COHERENT, plan_index_sets
@@ -58,6 +59,7 @@ class TransferConfig:
     svd: str = option("auto", "exact SVD, randomized rank-r SVD, or auto (randomized for large blocks)",
                       choices=SVD_METHODS)
     seed: int = option(0, "seed of the random strategies and the vanilla init of unmapped layers")
+    teacher_weights: str = option("trained", BLOCK_WEIGHTS_HELP, choices=lambda: list(BLOCK_WEIGHTS))
     overrides: dict = field(default_factory=dict)  # student module -> (row, col) of a manual block
 
     @classmethod
@@ -82,6 +84,9 @@ class TransferConfig:
             raise ParaknowError(f"unknown svd '{self.svd}'; use one of {', '.join(SVD_METHODS)}.")
         if self.structure not in STRUCTURES:
             raise ParaknowError(f"unknown structure '{self.structure}'; use one of {', '.join(STRUCTURES)}.")
+        if self.teacher_weights not in BLOCK_WEIGHTS:
+            raise ParaknowError(f"unknown teacher_weights '{self.teacher_weights}'; use one of "
+                                f"{', '.join(BLOCK_WEIGHTS)}.")
         if self.coherent not in COHERENT:
             raise ParaknowError(f"unknown coherent option '{self.coherent}'; use one of {', '.join(COHERENT)}.")
         check_count("rank", self.rank)
