@@ -19,13 +19,14 @@ from .rundir import check_out_dir
 
 SWEPT_METHODS = ("vanilla", "pissa")  # init values that name a method; any other init is an export (PKT)
 METHODS = (*SWEPT_METHODS, "pkt")
+DISTILL_KINDS = ("logits", "sequences")  # paraknow.runs.distill (online KD) / paraknow.runs.distill_data (offline)
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PISSA_EMBEDDING_NOTE = ("PEFT's PiSSA cannot initialise an Embedding: embed_tokens keeps PEFT's standard LoRA "
                         "init (A = 0, B ~ N(0, 1)) on its unchanged weights; lm_head and the projections get PiSSA.")
 # TrainConfig fields that are `train` flags (the others are set by the app and paraknow.runs.jobs)
 CLI_FIELDS = ("student", "data", "out", "init", "epochs", "lr", "batch", "micro_batch", "rank", "alpha", "dropout",
               "warmup", "max_length", "eval_data", "eval_every", "eval_limit", "eval_max_new_tokens", "eval_batch",
-              "match", "seed", "device", "dtype")
+              "match", "seed", "distill", "distill_teacher", "distill_weight", "temperature", "device", "dtype")
 
 
 def method_of(init: str | None) -> str:
@@ -82,6 +83,13 @@ class TrainConfig:
     match: str = option("auto", "answer matching: auto (numeric when the reference is a number, else exact) | "
                         "exact | numeric (see paraknow/core/answers.py)", choices=_match_modes)
     seed: int = option(0, "training seed (LoRA init, data order, dropout)")
+    distill: str | None = option(None, "distil from --distill-teacher too: logits (online KD, loss = (1 - λ)·CE + "
+                                 "λ·τ²·KL(teacher ‖ student) at temperature τ) | sequences (train on the teacher's "
+                                 "greedy completions of the data's prompts, --eval-max-new-tokens long)",
+                                 choices=DISTILL_KINDS)
+    distill_teacher: str | None = option(None, "the teacher to distil from (a model reference)")
+    distill_weight: float = option(0.5, "λ of logit KD: the weight of the KL term, in [0, 1]")
+    temperature: float = option(2.0, "τ of logit KD: both softmaxes at logits / τ (> 0)")
     device: str | None = device_option()
     dtype: str | None = dtype_option()
     target_modules: list[str] | None = None
@@ -156,6 +164,7 @@ class TrainConfig:
         load_records(c.data)
         if c.eval_data:
             load_records(c.eval_data)
+        _check_distill(c)
         if c.init in SWEPT_METHODS:
             from ..transfer.plan import TransferConfig  # one LoRA rank/alpha default for extract and train
 
@@ -192,6 +201,27 @@ class TrainConfig:
         check_count("eval_max_new_tokens", self.eval_max_new_tokens)
         check_count("eval_batch", self.eval_batch)
         check_seed(self.seed)
+        check_number("distill_weight", self.distill_weight, minimum=0, maximum=1)
+        check_number("temperature", self.temperature, above=0)
+
+
+def _check_distill(c: TrainConfig) -> None:
+    """--distill needs a teacher (and the teacher --distill); logit KD needs the student's vocabulary."""
+    from ..core.models import load_config
+
+    _check(c.distill in (None, *DISTILL_KINDS),
+           f"unknown --distill '{c.distill}'; use one of {', '.join(DISTILL_KINDS)}.")
+    _check(bool(c.distill) == bool(c.distill_teacher),
+           "--distill needs --distill-teacher REF (the teacher)" if c.distill else
+           "--distill-teacher needs --distill logits|sequences (how to distil from it).")
+    if not c.distill:
+        return
+    c.distill_teacher = _abs_if_local(c.distill_teacher)
+    load_config(c.distill_teacher)
+    if c.distill == "logits":
+        from .distill import check_same_vocabulary
+
+        check_same_vocabulary(c.distill_teacher, c.student)
 
 
 def _check_rank_fits(rank: int, targets: list[str], student_config) -> None:
