@@ -21,7 +21,7 @@ RUN_DIR = "run"
 CELL_STATES = ("running", "finished", "failed", "stopped")  # and "pending" for a cell that never started
 
 CELL_FIELDS = ("arm", "seed", "lr", "state", "test_accuracy", "test_loss", "val_accuracy", "val_loss",
-               "seconds", "run_dir", "export", "error")
+               "seconds", "run_dir", "export", "error", "cost")
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:

@@ -20,7 +20,9 @@ from ..transfer.sensitivity import SensitivityConfig
 
 RECIPE_KEYS = ("teacher", "student", "seed_data", "train_data", "val_data", "test_data", "train", "seeds",
                "baseline", "budget_minutes", "arms")
-ARM_KEYS = ("name", "init", "lr_sweep", "extract", "train")
+ARM_KEYS = ("name", "init", "lr_sweep", "extract", "train", "distill")
+DISTILL_KEYS = ("kind", "weight", "temperature", "teacher")  # an arm's `distill` (paraknow.runs.distill)
+DISTILL_LABELS = {"logits": "logit KD", "sequences": "sequence KD"}
 INIT_LABELS = {"vanilla": "vanilla LoRA", "pissa": "PiSSA", "pkt": "PKT",
                "untuned": "the untuned student", "teacher": "the teacher"}
 TRAINED_INITS = ("vanilla", "pissa", "pkt")  # the others are controls: evaluated once, never trained
@@ -29,7 +31,8 @@ STUDY_EXTRACT_KEYS = ("teacher", "teacher_weights")
 DEFAULT_SEEDS = [0, 1, 2]
 DEFAULT_BUDGET_MINUTES = 120
 # TrainConfig fields the study sets itself for every cell (the recipe cannot override them)
-CELL_TRAIN_FIELDS = ("student", "data", "out", "init", "eval_data", "seed", "group", "label")
+CELL_TRAIN_FIELDS = ("student", "data", "out", "init", "eval_data", "seed", "group", "label",
+                     "distill", "distill_teacher", "distill_weight", "temperature")  # the last four: the arm's `distill`
 # TransferConfig / SensitivityConfig fields that are not `extract` options in a recipe
 HIDDEN_EXTRACT_FIELDS = ("manual_map", "overrides", "batch_size")
 # the factors of the paper's analyses an arm's `extract` can vary (the Study page's grid builder and
@@ -60,6 +63,7 @@ class Arm:
     lr_sweep: list[float] | None = None
     extract: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    distill: dict = field(default_factory=dict)  # {"kind", "weight", "temperature", "teacher"}: also learn from outputs
 
     @property
     def trained(self) -> bool:
@@ -81,7 +85,8 @@ class Arm:
 
     def label(self) -> str:
         """How a verdict names this arm, e.g. "best-lr vanilla LoRA (vanilla)"."""
-        text = ("best-lr " if self.lr_sweep else "") + INIT_LABELS[self.init]
+        text = ("best-lr " if self.lr_sweep else "") + INIT_LABELS[self.init] + \
+            (f" + {DISTILL_LABELS[self.distill['kind']]}" if self.distill else "")
         return text if self.name == self.init else f"{text} ({self.name})"
 
     def to_dict(self) -> dict:
@@ -92,6 +97,8 @@ class Arm:
             out["extract"] = dict(self.extract)
         if self.train:
             out["train"] = dict(self.train)
+        if self.distill:
+            out["distill"] = dict(self.distill)
         return out
 
 
@@ -131,6 +138,14 @@ class Recipe:
         None for a study without PKT arms."""
         pkt = [arm for arm in self.arms if arm.init == "pkt"]
         return None if not pkt else (self.teacher or self.teacher_of(pkt[0]))
+
+    def distill_settings(self, arm: Arm) -> dict:
+        """The TrainConfig settings of an arm's `distill` (the teacher defaults to the recipe's)."""
+        if not arm.distill:
+            return {}
+        given = {"distill_weight": arm.distill.get("weight"), "temperature": arm.distill.get("temperature")}
+        return {"distill": arm.distill["kind"], "distill_teacher": arm.distill.get("teacher") or self.teacher,
+                **{k: v for k, v in given.items() if v is not None}}
 
     def random_teacher(self, arm: Arm) -> bool:
         return arm.extract.get("teacher_weights") == "random"
@@ -234,6 +249,21 @@ def _parse_extract(obj, path: str) -> dict:
     return extract
 
 
+def _parse_distill(obj, path: str) -> dict:
+    from ..core.validate import check_number
+    from ..runs.train_config import DISTILL_KINDS
+
+    distill = _check_keys(obj, path, DISTILL_KEYS)
+    if distill.get("kind") not in DISTILL_KINDS:
+        _fail(f"{path}.kind", f"{distill.get('kind')!r} is not one of {', '.join(DISTILL_KINDS)}.")
+    for key, bounds in (("weight", {"minimum": 0, "maximum": 1}), ("temperature", {"above": 0})):
+        if key in distill:
+            check_number(f"recipe {path}.{key}", distill[key], **bounds)
+    if "teacher" in distill and (not isinstance(distill["teacher"], str) or not distill["teacher"].strip()):
+        _fail(f"{path}.teacher", "must be a model reference (demo:teacher, a directory, ...).")
+    return distill
+
+
 def _parse_lrs(value, path: str) -> list[float]:
     if not isinstance(value, list) or not value or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value):
@@ -260,6 +290,10 @@ def _parse_arm(obj, i: int) -> Arm:
         if init != "pkt":
             _fail(f"{path}.extract", "only pkt arms extract from a teacher.")
         arm.extract = _parse_extract(data["extract"], f"{path}.extract")
+    if "distill" in data:
+        if init not in TRAINED_INITS:
+            _fail(f"{path}.distill", f"the {init} control is not trained; only vanilla, pissa and pkt arms distil.")
+        arm.distill = _parse_distill(data["distill"], f"{path}.distill")
     if "train" in data:
         arm.train = _parse_train(data["train"], f"{path}.train")
         if arm.lr_sweep and "lr" in arm.train:
@@ -301,7 +335,8 @@ def parse_recipe(data) -> Recipe:
                     seed_data=data.get("seed_data"), train=_parse_train(data.get("train", {}), "train"),
                     seeds=list(seeds), baseline=baseline, budget_minutes=budget)
     for i, arm in enumerate(arms):
-        needs = (["teacher"] if arm.init in ("pkt", "teacher") and not arm.extract.get("teacher") else []) + \
+        needs = (["teacher"] if (arm.init in ("pkt", "teacher") and not arm.extract.get("teacher")) or
+                 (arm.distill and not arm.distill.get("teacher")) else []) + \
             (["seed_data"] if arm.init == "pkt" else [])
         for key in needs:
             if not getattr(recipe, key):

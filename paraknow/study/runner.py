@@ -46,6 +46,7 @@ from ..core.processes import proc_start_time
 from ..runs.executors import ExecutorConfig, make_executor
 from .budget import calibrate, estimate_study
 from .cells import CELL_FIELDS, CELL_FILE, CELLS_DIR, LOCK_FILE, RECIPE_FILE, RUN_DIR, STUDY_FILE, cell_dir, read_cell
+from .cost import cell_cost
 from .exports import EXPORTS_DIR, cell_export, export_key
 from .plan import Cell, check_recipe, plan_cells, train_config
 from .recipe import Recipe
@@ -149,7 +150,8 @@ def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
     val = outcome.status.get("final_eval") or {}
     test = evaluate(outcome.model, outcome.tokenizer, test_records, **_eval_settings(config))
     return {**fields, "run_dir": str(Path(CELLS_DIR) / cell.cell_id / RUN_DIR), "val_accuracy": val.get("accuracy"),
-            "val_loss": val.get("loss"), "test_accuracy": test.accuracy, "test_loss": test.loss}
+            "val_loss": val.get("loss"), "test_accuracy": test.accuracy, "test_loss": test.loss,
+            "cost": cell_cost(outcome.status, out / fields["export"] if "export" in fields else None)}
 
 
 def _run_control(recipe: Recipe, cell: Cell, test_records) -> dict:
