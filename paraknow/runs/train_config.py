@@ -15,14 +15,16 @@ from ..core.errors import ParaknowError
 from ..core.fsio import output_path, read_json_object
 from ..core.options import default_of, device_option, dtype_option, option
 from ..core.validate import MAX_LENGTH, check_count, check_field_types, check_number, check_seed
+from .inits import INITS
 from .rundir import check_out_dir
 
-SWEPT_METHODS = ("vanilla", "pissa")  # init values that name a method; any other init is an export (PKT)
-METHODS = (*SWEPT_METHODS, "pkt")
+SWEPT_METHODS = tuple(INITS)  # init values that name a method (paraknow.runs.inits); any other init is an export (PKT)
+METHODS = ("vanilla", "pissa", "pkt")  # the methods the Fine-tune page compares
 DISTILL_KINDS = ("logits", "sequences")  # paraknow.runs.distill (online KD) / paraknow.runs.distill_data (offline)
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-PISSA_EMBEDDING_NOTE = ("PEFT's PiSSA cannot initialise an Embedding: embed_tokens keeps PEFT's standard LoRA "
-                        "init (A = 0, B ~ N(0, 1)) on its unchanged weights; lm_head and the projections get PiSSA.")
+EMBEDDING_NOTE = ("PEFT's {label} cannot initialise an Embedding: embed_tokens keeps PEFT's standard LoRA "
+                  "init (A = 0, B ~ N(0, 1)) on its unchanged weights; lm_head and the projections get {label}.")
+PISSA_EMBEDDING_NOTE = EMBEDDING_NOTE.format(label="PiSSA")
 # TrainConfig fields that are `train` flags (the others are set by the app and paraknow.runs.jobs)
 CLI_FIELDS = ("student", "data", "out", "init", "epochs", "lr", "batch", "micro_batch", "rank", "alpha", "dropout",
               "warmup", "max_length", "eval_data", "eval_every", "eval_limit", "eval_max_new_tokens", "eval_batch",
@@ -30,7 +32,7 @@ CLI_FIELDS = ("student", "data", "out", "init", "epochs", "lr", "batch", "micro_
 
 
 def method_of(init: str | None) -> str:
-    """The method a run with this `init` trains: `vanilla`, `pissa`, or `pkt` (an export directory)."""
+    """The method a run with this `init` trains: one of SWEPT_METHODS, or `pkt` (an export directory)."""
     return init if init in SWEPT_METHODS else "pkt"
 
 
@@ -49,7 +51,7 @@ def _match_modes() -> tuple:
 
 
 def _init_help() -> str:
-    return "vanilla | pissa | an export directory from `extract` (PKT)"
+    return " | ".join(SWEPT_METHODS) + " (teacher-free, paraknow/runs/inits.py) | an export directory from `extract` (PKT)"
 
 
 @dataclass
@@ -173,7 +175,8 @@ class TrainConfig:
             c.target_modules = c.target_modules or list(DEFAULT_TARGETS)
         else:
             c.init = _resolve_export(c)
-        c.init_note = PISSA_EMBEDDING_NOTE if c.method == "pissa" and "embed_tokens" in c.target_modules else None
+        c.init_note = EMBEDDING_NOTE.format(label=INITS[c.method].label) \
+            if c.method in SWEPT_METHODS and c.method != "vanilla" and "embed_tokens" in c.target_modules else None
         check_count("rank", c.rank)
         check_number("alpha", c.alpha, above=0)
         if isinstance(c.alpha, float) and c.alpha.is_integer():
@@ -254,7 +257,8 @@ def _resolve_export(c: TrainConfig) -> str:
 
     path = Path(c.init).expanduser()
     if not path.is_dir():
-        raise ParaknowError(f"--init must be vanilla, pissa or an export directory; '{c.init}' is none of them.")
+        raise ParaknowError(f"--init must be {', '.join(SWEPT_METHODS)} or an export directory; "
+                            f"'{c.init}' is none of them.")
     load_manifest(path)  # raises with advice when paraknow.json is missing
     adapter_config = path / ADAPTER_CONFIG
     if not adapter_config.is_file():

@@ -34,10 +34,10 @@ def build_model(config: TrainConfig, work_dir: Path | None = None, write: bool =
     `work_dir/pissa_init` (needed to convert the trained adapter back to a plain LoRA; PEFT
     uses the folder name as an adapter name, so it cannot start with a dot)."""
     import transformers
-    from peft import LoraConfig, get_peft_model
 
     from ..core.models import load_model
     from ..transfer.lora import student_from_export
+    from .inits import INITS, wrap
 
     device = train_device(config)
     model, tokenizer = load_model(config.student, dtype=config.dtype,
@@ -50,22 +50,20 @@ def build_model(config: TrainConfig, work_dir: Path | None = None, write: bool =
             raise ParaknowError(f"the export {config.init} does not fit student '{config.student}' "
                                 f"(was it made for another student?): {first_line(exc)}")
     else:
-        lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                          target_modules=list(config.target_modules), task_type="CAUSAL_LM",
-                          init_lora_weights="pissa" if config.method == "pissa" else True)
-        model = get_peft_model(model, lora)
-        if config.method == "pissa" and write and work_dir is not None:
+        model = wrap(model, tokenizer, config)
+        if INITS[config.method].converts and write and work_dir is not None:
             init_dir = Path(work_dir) / PISSA_INIT_DIR
             shutil.rmtree(init_dir, ignore_errors=True)
             model.peft_config["default"].init_lora_weights = True  # PEFT's documented recipe
             model.save_pretrained(str(init_dir), save_embedding_layers=False)
-            model.peft_config["default"].init_lora_weights = "pissa"
+            model.peft_config["default"].init_lora_weights = INITS[config.method].peft
     return model, tokenizer
 
 
 def save_adapter(model, config: TrainConfig, run_dir: Path) -> Path:
     """Write RUN_DIR/adapter/ atomically as a plain LoRA for the original student."""
     from ..transfer.lora import ADAPTER_CONFIG, load_manifest, residual_to_plain
+    from .inits import INITS
 
     run_dir = Path(run_dir)
     target = run_dir / ADAPTER_DIR
@@ -82,9 +80,9 @@ def save_adapter(model, config: TrainConfig, run_dir: Path) -> Path:
                 shutil.rmtree(trained, ignore_errors=True)
             return target
     with atomic_directory(target, replaces=ADAPTER_CONFIG) as tmp:
-        if config.method == "pissa":
-            with warnings.catch_warnings():  # "PiSSA changes the base weights..." -- we are converting
-                warnings.filterwarnings("ignore", message="PiSSA changes the base weights")
+        if INITS[config.method].converts:
+            with warnings.catch_warnings():  # "PiSSA/OLoRA/CorDA changes the base weights..." -- we are converting
+                warnings.filterwarnings("ignore", message=".* changes the base weights")
                 model.save_pretrained(str(tmp), save_embedding_layers=False,
                                       path_initial_model_for_weight_conversion=str(run_dir / PISSA_INIT_DIR))
             _restore_embedding_loras(model, Path(tmp))
@@ -95,7 +93,7 @@ def save_adapter(model, config: TrainConfig, run_dir: Path) -> Path:
 
 
 def _restore_embedding_loras(model, adapter_dir: Path) -> None:
-    """Put Embedding LoRAs back into a PiSSA adapter converted to a plain LoRA.
+    """Put Embedding LoRAs back into a PiSSA (OLoRA, CorDA) adapter converted to a plain LoRA.
 
     PEFT's conversion (path_initial_model_for_weight_conversion) drops `lora_embedding_*`. PiSSA does
     not initialise an Embedding either: it keeps PEFT's standard init (A = 0, B ~ N(0, 1)) on an

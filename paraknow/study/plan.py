@@ -105,7 +105,7 @@ def train_config(recipe: Recipe, arm, seed: int, lr: float | None, init: str, ou
 
 
 def _check_training(recipe: Recipe, arm, lr) -> None:
-    config = train_config(recipe, arm, 0, lr, "pissa" if arm.init == "pissa" else "vanilla")
+    config = train_config(recipe, arm, 0, lr, "vanilla" if arm.init == "pkt" else arm.init)
     if arm.init == "pkt":  # checked at the rank the export will have
         transfer = recipe.transfer_config(arm, 0)
         config.rank, config.alpha = transfer.rank, transfer.alpha

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..core.errors import ParaknowError, first_line
+from ..runs.inits import INITS
 from ..runs.train_config import TrainConfig
 from ..transfer.plan import TransferConfig
 from ..transfer.sensitivity import SensitivityConfig
@@ -23,9 +24,9 @@ RECIPE_KEYS = ("teacher", "student", "seed_data", "train_data", "val_data", "tes
 ARM_KEYS = ("name", "init", "lr_sweep", "extract", "train", "distill")
 DISTILL_KEYS = ("kind", "weight", "temperature", "teacher")  # an arm's `distill` (paraknow.runs.distill)
 DISTILL_LABELS = {"logits": "logit KD", "sequences": "sequence KD"}
-INIT_LABELS = {"vanilla": "vanilla LoRA", "pissa": "PiSSA", "pkt": "PKT",
+INIT_LABELS = {**{name: init.label for name, init in INITS.items()}, "pkt": "PKT",
                "untuned": "the untuned student", "teacher": "the teacher"}
-TRAINED_INITS = ("vanilla", "pissa", "pkt")  # the others are controls: evaluated once, never trained
+TRAINED_INITS = (*INITS, "pkt")  # the others are controls: evaluated once, never trained
 TEACHER_WEIGHTS = ("trained", "random")
 STUDY_EXTRACT_KEYS = ("teacher", "teacher_weights")
 DEFAULT_SEEDS = [0, 1, 2]
@@ -59,7 +60,7 @@ def extract_keys() -> list[str]:
 @dataclass
 class Arm:
     name: str
-    init: str  # vanilla | pissa | pkt | untuned | teacher
+    init: str  # an entry of paraknow.runs.inits.INITS (vanilla, pissa, olora, eva, corda) | pkt | untuned | teacher
     lr_sweep: list[float] | None = None
     extract: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
@@ -284,7 +285,7 @@ def _parse_arm(obj, i: int) -> Arm:
     arm = Arm(name=name, init=init)
     if "lr_sweep" in data:
         if init not in TRAINED_INITS:
-            _fail(f"{path}.lr_sweep", f"the {init} control is not trained; only vanilla, pissa and pkt arms sweep.")
+            _fail(f"{path}.lr_sweep", f"the {init} control is not trained; only trained arms sweep.")
         arm.lr_sweep = _parse_lrs(data["lr_sweep"], f"{path}.lr_sweep")
     if "extract" in data:
         if init != "pkt":
@@ -292,7 +293,7 @@ def _parse_arm(obj, i: int) -> Arm:
         arm.extract = _parse_extract(data["extract"], f"{path}.extract")
     if "distill" in data:
         if init not in TRAINED_INITS:
-            _fail(f"{path}.distill", f"the {init} control is not trained; only vanilla, pissa and pkt arms distil.")
+            _fail(f"{path}.distill", f"the {init} control is not trained; only trained arms distil.")
         arm.distill = _parse_distill(data["distill"], f"{path}.distill")
     if "train" in data:
         arm.train = _parse_train(data["train"], f"{path}.train")

@@ -1,0 +1,103 @@
+"""The LoRA initialisations a run can start from without a teacher: PEFT's `init_lora_weights` variants
+that fit a causal LM's linear layers and need no extra package (PEFT 0.21). One entry each; the
+`--init` choices, the study's `init` values and the saving rule read this registry.
+
+  vanilla  A ~ Kaiming, B = 0 (the base weights untouched)
+  pissa    the principal singular components of each weight (the base keeps the residual)
+  olora    an orthonormal (QR) basis of each weight (the base keeps the residual)
+  eva      A from the SVD of each layer's input activations over training records (B = 0, base untouched)
+  corda    context-oriented SVD of each weight with the covariance of its inputs over training records
+           (CorDA's knowledge-preserved mode, `kpm`; the base keeps the residual)
+
+`converts`: the init moves the base weights, so the adapter is saved converted back to a plain LoRA of
+the original student (rank 2r, PEFT's `path_initial_model_for_weight_conversion`). PEFT initialises
+an Embedding with none of them: `embed_tokens` keeps the standard init (A = 0, B ~ N(0, 1)).
+EVA and CorDA look at the first `DATA_PASS_RECORDS` training records (forward passes only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+DATA_PASS_RECORDS = 32  # training records EVA and CorDA run forward passes over
+EVA_RHO = 1.0  # EVA's rank redistribution off: every module keeps the run's rank, as vanilla
+
+
+@dataclass(frozen=True)
+class Init:
+    label: str
+    peft: object  # LoraConfig.init_lora_weights
+    converts: bool  # moves the base weights: save the adapter converted (rank 2r)
+    extra: Callable | None = None  # () -> more LoraConfig kwargs
+    before: Callable | None = None  # (model, lora_config, batches) before get_peft_model
+    after: Callable | None = None  # (peft model, batches) after get_peft_model
+
+    @property
+    def data_passes(self) -> bool:
+        return self.before is not None or self.after is not None
+
+
+def _eva_config() -> dict:
+    from peft import EvaConfig
+
+    return {"eva_config": EvaConfig(rho=EVA_RHO)}
+
+
+def _eva_after(model, batches) -> None:
+    from peft import initialize_lora_eva_weights
+
+    initialize_lora_eva_weights(model, [{k: b[k] for k in ("input_ids", "attention_mask")} for b in batches])
+
+
+def _corda_config() -> dict:
+    from peft.tuners.lora.config import CordaConfig
+
+    return {"corda_config": CordaConfig(corda_method="kpm")}
+
+
+def _corda_before(model, lora, batches) -> None:
+    from peft.tuners.lora.corda import preprocess_corda
+
+    def run_model():  # CorDA's hooks take one sequence at a time ([1, seq] -> squeeze(0))
+        for batch in batches:
+            for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+                model(input_ids=ids[mask.bool()][None])  # [1, seq]
+
+    preprocess_corda(model, lora, run_model=run_model)
+
+
+INITS: dict[str, Init] = {
+    "vanilla": Init("vanilla LoRA", True, converts=False),
+    "pissa": Init("PiSSA", "pissa", converts=True),
+    "olora": Init("OLoRA", "olora", converts=True),
+    "eva": Init("EVA", "eva", converts=False, extra=_eva_config, after=_eva_after),
+    "corda": Init("CorDA", "corda", converts=True, extra=_corda_config, before=_corda_before),
+}
+
+
+def data_batches(config, tokenizer, device, batch_size: int = 8) -> list[dict]:
+    """The first DATA_PASS_RECORDS training records, encoded as training encodes them, in batches
+    on `device` (input_ids and attention_mask [batch, seq])."""
+    from ..core.data import collate, encode_all, load_records
+
+    items = encode_all(tokenizer, load_records(config.data)[:DATA_PASS_RECORDS], config.max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    return [{k: v.to(device) for k, v in collate(items[i:i + batch_size], pad).items()}
+            for i in range(0, len(items), batch_size)]
+
+
+def wrap(model, tokenizer, config):
+    """The student wrapped in the run's LoRA (`config.init` names an entry of INITS)."""
+    from peft import LoraConfig, get_peft_model
+
+    init = INITS[config.init]
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                      target_modules=list(config.target_modules), task_type="CAUSAL_LM", init_lora_weights=init.peft,
+                      **(init.extra() if init.extra else {}))
+    batches = data_batches(config, tokenizer, model.get_input_embeddings().weight.device) if init.data_passes else []
+    if init.before:
+        init.before(model, lora, batches)
+    model = get_peft_model(model, lora)
+    if init.after:
+        init.after(model, batches)
+    return model
