@@ -38,7 +38,7 @@ def logits(model):
         return model(input_ids=INPUT).logits
 
 
-@pytest.mark.parametrize("init", ["olora", "eva", "corda"])
+@pytest.mark.parametrize("init", ["olora", "eva", "corda", "mica"])
 def test_starts_as_the_student_and_saves_a_plain_lora_that_reproduces_training(setup, init):
     tmp_path, student, _ = setup
     cfg = config(setup, init).resolved()
@@ -49,7 +49,8 @@ def test_starts_as_the_student_and_saves_a_plain_lora_that_reproduces_training(s
     base_moved = not torch.equal(q.base_layer.weight, original.model.layers[0].self_attn.q_proj.weight)
     assert base_moved == INITS[init].converts  # OLoRA and CorDA keep the residual in the base
     A, B = q.lora_A["default"].weight, q.lora_B["default"].weight  # [r, in], [out, r]
-    basis = {"olora": B.T, "eva": A}.get(init)  # OLoRA: B = Q of W's QR; EVA: right singular vectors of the inputs
+    # OLoRA: B = Q of W's QR; EVA: right singular vectors of the inputs; MiCA: left singular vectors of W
+    basis = {"olora": B.T, "eva": A, "mica": B.T}.get(init)
     if basis is not None:  # orthogonal rows (up to one scale)
         gram = basis @ basis.T  # [r, r]
         torch.testing.assert_close(gram, torch.eye(len(gram)) * gram.diagonal().mean(), rtol=1e-3, atol=1e-3)

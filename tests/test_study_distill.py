@@ -43,6 +43,15 @@ def test_every_cell_finishes_and_records_its_cost(study):
     assert cells["seqkd"]["cost"]["teacher_tokens"] > 0 and cells["seqkd"]["cost"]["teacher_seconds"] > 0
 
 
+def test_results_csv_has_the_cost_as_columns(study):
+    import csv
+
+    rows = {r["arm"]: r for r in csv.DictReader((study["out"] / "results.csv").open())}
+    cells = {c["arm"]: c for c in study["results"]["cells"]}
+    assert int(rows["kd"]["teacher_tokens"]) == cells["kd"]["cost"]["teacher_tokens"]
+    assert float(rows["pkt"]["teacher_flops"]) == cells["pkt"]["cost"]["teacher_flops"]
+
+
 def test_distill_arms_train_with_their_teacher_settings(study):
     import json
 

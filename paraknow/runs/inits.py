@@ -8,6 +8,7 @@ that fit a causal LM's linear layers and need no extra package (PEFT 0.21). One 
   eva      A from the SVD of each layer's input activations over training records (B = 0, base untouched)
   corda    context-oriented SVD of each weight with the covariance of its inputs over training records
            (CorDA's knowledge-preserved mode, `kpm`; the base keeps the residual)
+  mica     B = the left singular vectors of the r smallest singular values, frozen; A = 0, trained (base untouched)
 
 `converts`: the init moves the base weights, so the adapter is saved converted back to a plain LoRA of
 the original student (rank 2r, PEFT's `path_initial_model_for_weight_conversion`). PEFT initialises
@@ -72,6 +73,7 @@ INITS: dict[str, Init] = {
     "olora": Init("OLoRA", "olora", converts=True),
     "eva": Init("EVA", "eva", converts=False, extra=_eva_config, after=_eva_after),
     "corda": Init("CorDA", "corda", converts=True, extra=_corda_config, before=_corda_before),
+    "mica": Init("MiCA", "mica", converts=False),
 }
 
 
