@@ -5,7 +5,7 @@ from study_fixtures import study_inputs, tiny_recipe
 from paraknow.core.data import encode_all, load_records
 from paraknow.core.errors import ParaknowError
 from paraknow.core.models import load_model
-from paraknow.study import parse_recipe, run_study
+from paraknow.study import parse_recipe, prepare, run_study
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def study(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PARAKNOW_CACHE", str(root / "cache"))
         results = run_study(parse_recipe(recipe), root / "out")
-    return {"paths": paths, "results": results, "out": root / "out"}
+    return {"paths": paths, "results": results, "out": root / "out", "recipe": recipe, "root": root}
 
 
 def test_every_cell_finishes_and_records_its_cost(study):
@@ -80,3 +80,11 @@ def test_a_distill_arm_needs_a_teacher(tmp_path):
                          arms=[{"name": "kd", "init": "vanilla", "distill": {"kind": "sequences"}}])
     with pytest.raises(ParaknowError, match="teacher"):
         parse_recipe(recipe)
+
+
+def test_the_time_estimate_counts_the_teacher(study, monkeypatch):
+    monkeypatch.setenv("PARAKNOW_CACHE", str(study["root"] / "cache"))
+    _, estimate = prepare(parse_recipe(study["recipe"]), study["root"] / "fresh")
+    seconds = {cell_id.split("__")[0]: s for cell_id, s in estimate.cells.items()}
+    assert seconds["kd"] > seconds["vanilla"] and seconds["seqkd"] > seconds["vanilla"]
+    assert seconds["pkt+kd"] > seconds["vanilla"]  # its export is pkt's (one extraction, counted in pkt's cell)
