@@ -42,6 +42,7 @@ def logits(model):
 def test_starts_as_the_student_and_saves_a_plain_lora_that_reproduces_training(setup, init):
     tmp_path, student, _ = setup
     cfg = config(setup, init).resolved()
+    assert cfg.init_note is None if INITS[init].embedding else INITS[init].label in cfg.init_note  # embed_tokens
     model, _ = build_model(cfg, tmp_path / f"{init}-work")
     original = LlamaForCausalLM.from_pretrained(student).eval()
     torch.testing.assert_close(logits(model), logits(original), rtol=1e-4, atol=1e-4)  # same function at step 0

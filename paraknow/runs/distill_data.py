@@ -55,8 +55,10 @@ def generate_records(teacher, tokenizer, records: list[dict], max_new_tokens: in
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    # tokens the teacher read: each prompt once, then each generated token (KV cache)
-    tokens = sum(len(encode_prompt(tokenizer, r)) + len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1
+    # tokens through the teacher: each prompt once, then each generated token with the KV cache (the answer
+    # re-tokenised, plus its EOS unless the length limit cut it)
+    tokens = sum(len(encode_prompt(tokenizer, r)) +
+                 min(len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1, max_new_tokens)
                  for r, t in zip(records, texts))
     cost = TeacherCost()
     cost.add_forward(n_params(teacher), tokens, seconds)

@@ -11,8 +11,9 @@ that fit a causal LM's linear layers and need no extra package (PEFT 0.21). One 
   mica     B = the left singular vectors of the r smallest singular values, frozen; A = 0, trained (base untouched)
 
 `converts`: the init moves the base weights, so the adapter is saved converted back to a plain LoRA of
-the original student (rank 2r, PEFT's `path_initial_model_for_weight_conversion`). PEFT initialises
-an Embedding with none of them: `embed_tokens` keeps the standard init (A = 0, B ~ N(0, 1)).
+the original student (rank 2r, PEFT's `path_initial_model_for_weight_conversion`). `embedding`: PEFT
+initialises an Embedding this way too (vanilla, MiCA); the others leave `embed_tokens` the standard init
+(A = 0, B ~ N(0, 1)), which the run's `init_note` says.
 EVA and CorDA look at the first `DATA_PASS_RECORDS` training records (forward passes only).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Init:
     label: str
     peft: object  # LoraConfig.init_lora_weights
     converts: bool  # moves the base weights: save the adapter converted (rank 2r)
+    embedding: bool = False  # PEFT initialises an Embedding this way too (else: the standard init there)
     extra: Callable | None = None  # () -> more LoraConfig kwargs
     before: Callable | None = None  # (model, lora_config, batches) before get_peft_model
     after: Callable | None = None  # (peft model, batches) after get_peft_model
@@ -68,12 +70,12 @@ def _corda_before(model, lora, batches) -> None:
 
 
 INITS: dict[str, Init] = {
-    "vanilla": Init("vanilla LoRA", True, converts=False),
+    "vanilla": Init("vanilla LoRA", True, converts=False, embedding=True),
     "pissa": Init("PiSSA", "pissa", converts=True),
     "olora": Init("OLoRA", "olora", converts=True),
     "eva": Init("EVA", "eva", converts=False, extra=_eva_config, after=_eva_after),
     "corda": Init("CorDA", "corda", converts=True, extra=_corda_config, before=_corda_before),
-    "mica": Init("MiCA", "mica", converts=False),
+    "mica": Init("MiCA", "mica", converts=False, embedding=True),
 }
 
 

@@ -176,7 +176,8 @@ class TrainConfig:
         else:
             c.init = _resolve_export(c)
         c.init_note = EMBEDDING_NOTE.format(label=INITS[c.method].label) \
-            if c.method in SWEPT_METHODS and c.method != "vanilla" and "embed_tokens" in c.target_modules else None
+            if c.method in SWEPT_METHODS and not INITS[c.method].embedding and "embed_tokens" in c.target_modules \
+            else None
         check_count("rank", c.rank)
         check_number("alpha", c.alpha, above=0)
         if isinstance(c.alpha, float) and c.alpha.is_integer():
