@@ -128,6 +128,14 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_distill_data(args) -> int:
+    from .runs.distill_data import run_distill_data
+
+    print(json.dumps(run_distill_data(args.teacher, args.data, args.out, args.eval_max_new_tokens, args.eval_batch,
+                                      device=args.device)))
+    return 0
+
+
 def cmd_train(args) -> int:
     from .runs.executors import ExecutorConfig
     from .runs.train import run_training
@@ -285,7 +293,7 @@ def _add_extract(sub):
 
 
 def _add_model_use_commands(sub) -> None:
-    """eval, generate, train."""
+    """eval, generate, distill-data, train."""
     from .core.options import Placement, add_options
     from .runs.executors import ExecutorConfig
     from .runs.train_config import CLI_FIELDS, TrainConfig
@@ -305,6 +313,16 @@ def _add_model_use_commands(sub) -> None:
     add_options(p, TrainConfig, ("eval_max_new_tokens",), flags={"eval_max_new_tokens": "--max-new-tokens"})
     add_options(p, Placement, ("device",))
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("distill-data", help="a teacher's greedy completions of a dataset's prompts (sequence KD data: "
+                                            "the same records, completions replaced; cached by content)")
+    p.add_argument("--teacher", required=True, help="teacher model reference")
+    p.add_argument("--data", required=True, help="JSONL file or task:NAME[:SPLIT]")
+    p.add_argument("--out", required=True, help="output JSONL file")
+    add_options(p, TrainConfig, ("eval_max_new_tokens", "eval_batch"),
+                flags={"eval_max_new_tokens": "--max-new-tokens", "eval_batch": "--batch"})
+    add_options(p, Placement, ("device",))
+    p.set_defaults(func=cmd_distill_data)
 
     p = sub.add_parser("train", help="fine-tune the student's LoRA: vanilla, PiSSA or from a PKT export")
     add_options(p, TrainConfig, CLI_FIELDS)

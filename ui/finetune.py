@@ -172,7 +172,7 @@ def launch_runs(settings: dict, init: str, seeds: list[int], rank: int | None = 
                 export_name: str | None = None, executor: ExecutorConfig | None = None) -> list[Path]:
     """Queue one run per seed (`jobs.submit`) to execute on `executor` (default: this machine); all
     are validated before any is created (and `jobs.submit` refuses an executor that cannot take work).
-    `init`: one of paraknow.runs.train_config.LORA_INITS or an export directory (which brings its own rank
+    `init`: one of paraknow.runs.inits.INITS or an export directory (which brings its own rank
     and alpha)."""
     method = method_of(init)
     extra = {} if method == "pkt" else {"rank": rank, "alpha": alpha}

@@ -1,9 +1,11 @@
 """The runtime cache under `cache_root()`: what is in it, clearing it, and a size cap.
 
-Five kinds of entries (`python -m paraknow cache list|clear [--kind K] [--older-than DAYS]`):
+Six kinds of entries (`python -m paraknow cache list|clear [--kind K] [--older-than DAYS]`):
 
   sensitivity/<key>.safetensors   sensitivity maps, keyed by content (recomputable)
   models/<name>/                  models converted from GGUF (recomputable)
+  distill/<key>/                  a teacher's greedy completions of a dataset, keyed by content
+                                  (sequence KD, paraknow.runs.distill_data; recomputable)
   exports/<name>/                 exports made by the app (your results)
   runs/<id>/                      fine-tuning runs (your results)
   jobs/<kind>-<key>/              the folders of the pages' background jobs (paraknow.runs.background:
@@ -42,8 +44,8 @@ from .jobdir import BUSY_STATES, read_status
 from .paths import cache_root
 from .validate import check_number
 
-KINDS = ("sensitivity", "models", "exports", "runs", "jobs")
-EVICTABLE_KINDS = ("sensitivity", "models")
+KINDS = ("sensitivity", "models", "distill", "exports", "runs", "jobs")
+EVICTABLE_KINDS = ("sensitivity", "models", "distill")
 MAX_GB_ENV = "PARAKNOW_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 20.0
 _NOT_ENTRIES = {"gguf_hashes.json", "worker.log"}  # bookkeeping files beside the entries

@@ -189,11 +189,14 @@ def _training_arguments(cfg: TrainConfig, run_dir: Path):
 
 def _train_loaded(cfg: TrainConfig, run_dir: Path, status: StatusFile, main: bool, callbacks) -> TrainOutcome:
     from ..core.data import encode_all, load_records
+    from .distill import logit_distillation
+    from .distill_data import distilled_records
     from .evaluate import evaluate
 
-    records = load_records(cfg.data)
+    records, cost = distilled_records(cfg, load_records(cfg.data))  # sequence KD: the teacher's answers
     eval_records = load_records(cfg.eval_data)[: cfg.eval_limit] if cfg.eval_data else None
     model, tokenizer = build_model(cfg, run_dir, write=main)
+    distillation = logit_distillation(cfg, model)  # logit KD: the teacher in the loss (else None)
     items = encode_all(tokenizer, records, cfg.max_length)
     if eval_records:
         encode_all(tokenizer, eval_records, cfg.max_length)  # bad eval data fails now, not mid-run
@@ -203,7 +206,9 @@ def _train_loaded(cfg: TrainConfig, run_dir: Path, status: StatusFile, main: boo
                         batch_size=cfg.eval_batch, max_length=cfg.max_length, match=cfg.match)
 
     trainer, callback, throughput = _fit(cfg, run_dir, status, main, model, tokenizer, items,
-                                         eval_fn if eval_records else None, callbacks)
+                                         eval_fn if eval_records else None, callbacks, distillation)
+    cost = distillation.cost if distillation else cost
+    throughput.update(cost.to_dict() if cost else {})
     model, state, stopped = trainer.model, trainer.state, callback.stopped
     if callback.diverged:
         raise ParaknowError(callback.diverged)  # the run is marked failed with it; no adapter is saved
@@ -229,12 +234,13 @@ def _train_loaded(cfg: TrainConfig, run_dir: Path, status: StatusFile, main: boo
 
 
 def _fit(cfg: TrainConfig, run_dir: Path, status: StatusFile, main: bool, model, tokenizer, items, eval_fn,
-         callbacks):
-    """Train `model` on the encoded `items`: (the Trainer, its RunCallback, throughput figures)."""
-    from transformers import Trainer
+         callbacks, distillation=None):
+    """Train `model` on the encoded `items`: (the Trainer, its RunCallback, throughput figures).
+    `distillation`: logit KD's loss hook (paraknow.runs.distill.LogitDistillation) or None."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from ..core.data import collate
+    from .distill import trainer_class
     from .train_callback import RunCallback, restore_sigterm, sigterm_sets
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -245,9 +251,9 @@ def _fit(cfg: TrainConfig, run_dir: Path, status: StatusFile, main: bool, model,
     previous_handler = sigterm_sets(stop_event)
     try:
         callback = RunCallback(run_dir, status, metrics_fh, eval_fn, cfg.eval_every, stop_event)
-        trainer = Trainer(model=model, args=args, train_dataset=_TrainData(items),
-                          data_collator=lambda batch: collate(batch, pad_id), processing_class=tokenizer,
-                          callbacks=[callback, *callbacks])
+        trainer = trainer_class(distillation)(
+            model=model, args=args, train_dataset=_TrainData(items), data_collator=lambda batch: collate(batch, pad_id),
+            processing_class=tokenizer, callbacks=[callback, *callbacks], compute_loss_func=distillation)
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
         print(f"training {cfg.method} on {len(items)} samples ({n_tokens} tokens) for {cfg.epochs} epochs: "

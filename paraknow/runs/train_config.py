@@ -16,26 +16,25 @@ from ..core.fsio import output_path, read_json_object
 from ..core.options import default_of, device_option, dtype_option, option
 from ..core.validate import MAX_LENGTH, check_count, check_field_types, check_number, check_rank_fits, check_seed
 from ..transfer.lora import LORA_DROPOUT
+from .inits import INITS
 from .rundir import check_out_dir
 
-# the init values that name a method (any other init is an export directory: PKT), each with PEFT's
-# init_lora_weights; vanilla-ortho then gives A orthonormal rows (train_model.AFTER_INIT): the init-scale
-# control of PKT, whose A = V_r^T has orthonormal rows where Kaiming's have norm about 0.58
-LORA_INITS = {"vanilla": True, "pissa": "pissa", "vanilla-ortho": True}
-SWEPT_METHODS = ("vanilla", "pissa")  # what the Fine-tune page compares with PKT
-METHODS = (*SWEPT_METHODS, "pkt")
+SWEPT_METHODS = tuple(INITS)  # init values that name a method (paraknow.runs.inits); any other init is an export (PKT)
+METHODS = ("vanilla", "pissa", "pkt")  # the methods the Fine-tune page compares
+DISTILL_KINDS = ("logits", "sequences")  # paraknow.runs.distill (online KD) / paraknow.runs.distill_data (offline)
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-PISSA_EMBEDDING_NOTE = ("PEFT's PiSSA cannot initialise an Embedding: embed_tokens keeps PEFT's standard LoRA "
-                        "init (A = 0, B ~ N(0, 1)) on its unchanged weights; lm_head and the projections get PiSSA.")
+EMBEDDING_NOTE = ("PEFT's {label} cannot initialise an Embedding: embed_tokens keeps PEFT's standard LoRA "
+                  "init (A = 0, B ~ N(0, 1)) on its unchanged weights; lm_head and the projections get {label}.")
+PISSA_EMBEDDING_NOTE = EMBEDDING_NOTE.format(label="PiSSA")
 # TrainConfig fields that are `train` flags (the others are set by the app and paraknow.runs.jobs)
 CLI_FIELDS = ("student", "data", "out", "init", "epochs", "lr", "batch", "micro_batch", "rank", "alpha", "dropout",
               "warmup", "max_length", "eval_data", "eval_every", "eval_limit", "eval_max_new_tokens", "eval_batch",
-              "match", "seed", "device", "dtype")
+              "match", "seed", "distill", "distill_teacher", "distill_weight", "temperature", "device", "dtype")
 
 
 def method_of(init: str | None) -> str:
-    """The method a run with this `init` trains: one of LORA_INITS, or `pkt` (an export directory)."""
-    return init if init in LORA_INITS else "pkt"
+    """The method a run with this `init` trains: one of SWEPT_METHODS, or `pkt` (an export directory)."""
+    return init if init in SWEPT_METHODS else "pkt"
 
 
 def world_size() -> int:
@@ -53,7 +52,7 @@ def _match_modes() -> tuple:
 
 
 def _init_help() -> str:
-    return " | ".join(LORA_INITS) + " | an export directory from `extract` (PKT)"
+    return " | ".join(SWEPT_METHODS) + " (teacher-free, paraknow/runs/inits.py) | an export directory from `extract` (PKT)"
 
 
 @dataclass
@@ -87,6 +86,13 @@ class TrainConfig:
     match: str = option("auto", "answer matching: auto (numeric when the reference is a number, else exact) | "
                         "exact | numeric (see paraknow/core/answers.py)", choices=_match_modes)
     seed: int = option(0, "training seed (LoRA init, data order, dropout)")
+    distill: str | None = option(None, "distil from --distill-teacher too: logits (online KD, loss = (1 - λ)·CE + "
+                                 "λ·τ²·KL(teacher ‖ student) at temperature τ) | sequences (train on the teacher's "
+                                 "greedy completions of the data's prompts, --eval-max-new-tokens long)",
+                                 choices=DISTILL_KINDS)
+    distill_teacher: str | None = option(None, "the teacher to distil from (a model reference)")
+    distill_weight: float = option(0.5, "λ of logit KD: the weight of the KL term, in [0, 1]")
+    temperature: float = option(2.0, "τ of logit KD: both softmaxes at logits / τ (> 0)")
     device: str | None = device_option()
     dtype: str | None = dtype_option()
     target_modules: list[str] | None = None
@@ -96,7 +102,7 @@ class TrainConfig:
 
     @property
     def method(self) -> str:
-        """One of LORA_INITS, or `pkt` (an export init)."""
+        """One of SWEPT_METHODS (paraknow.runs.inits), or `pkt` (an export init)."""
         return method_of(self.init)
 
     @property
@@ -161,7 +167,8 @@ class TrainConfig:
         load_records(c.data)
         if c.eval_data:
             load_records(c.eval_data)
-        if c.init in LORA_INITS:
+        _check_distill(c)
+        if c.init in SWEPT_METHODS:
             from ..transfer.plan import TransferConfig  # one LoRA rank/alpha default for extract and train
 
             c.rank = default_of(TransferConfig, "rank") if c.rank is None else c.rank
@@ -169,7 +176,9 @@ class TrainConfig:
             c.target_modules = c.target_modules or list(DEFAULT_TARGETS)
         else:
             c.init = _resolve_export(c)
-        c.init_note = PISSA_EMBEDDING_NOTE if c.method == "pissa" and "embed_tokens" in c.target_modules else None
+        c.init_note = EMBEDDING_NOTE.format(label=INITS[c.method].label) \
+            if c.method in SWEPT_METHODS and not INITS[c.method].embedding and "embed_tokens" in c.target_modules \
+            else None
         check_count("rank", c.rank)
         check_number("alpha", c.alpha, above=0)
         if isinstance(c.alpha, float) and c.alpha.is_integer():
@@ -203,6 +212,27 @@ class TrainConfig:
         check_count("eval_max_new_tokens", self.eval_max_new_tokens)
         check_count("eval_batch", self.eval_batch)
         check_seed(self.seed)
+        check_number("distill_weight", self.distill_weight, minimum=0, maximum=1)
+        check_number("temperature", self.temperature, above=0)
+
+
+def _check_distill(c: TrainConfig) -> None:
+    """--distill needs a teacher (and the teacher --distill); logit KD needs the student's vocabulary."""
+    from ..core.models import load_config
+
+    _check(c.distill in (None, *DISTILL_KINDS),
+           f"unknown --distill '{c.distill}'; use one of {', '.join(DISTILL_KINDS)}.")
+    _check(bool(c.distill) == bool(c.distill_teacher),
+           "--distill needs --distill-teacher REF (the teacher)" if c.distill else
+           "--distill-teacher needs --distill logits|sequences (how to distil from it).")
+    if not c.distill:
+        return
+    c.distill_teacher = _abs_if_local(c.distill_teacher)
+    load_config(c.distill_teacher)
+    if c.distill == "logits":
+        from .distill import check_same_vocabulary
+
+        check_same_vocabulary(c.distill_teacher, c.student)
 
 
 def _check_rank_fits(rank: int, targets: list[str], student_config) -> None:
@@ -234,8 +264,8 @@ def _resolve_export(c: TrainConfig) -> str:
 
     path = Path(c.init).expanduser()
     if not path.is_dir():
-        raise ParaknowError(f"--init must be {', '.join(LORA_INITS)} or an export directory; '{c.init}' is none "
-                            "of them.")
+        raise ParaknowError(f"--init must be {', '.join(SWEPT_METHODS)} or an export directory; "
+                            f"'{c.init}' is none of them.")
     load_manifest(path)  # raises with advice when paraknow.json is missing
     adapter_config = path / ADAPTER_CONFIG
     if not adapter_config.is_file():

@@ -14,7 +14,7 @@ from ..core.errors import ParaknowError, first_line
 from ..core.fsio import atomic_directory
 from ..transfer.lora import PEFT_DROPOUT
 from .rundir import ADAPTER_DIR, PISSA_INIT_DIR, TRAINED_DIR
-from .train_config import LORA_INITS, TrainConfig
+from .train_config import TrainConfig
 
 
 def train_device(config: TrainConfig) -> str:
@@ -35,10 +35,10 @@ def build_model(config: TrainConfig, work_dir: Path | None = None, write: bool =
     `work_dir/pissa_init` (needed to convert the trained adapter back to a plain LoRA; PEFT
     uses the folder name as an adapter name, so it cannot start with a dot)."""
     import transformers
-    from peft import LoraConfig, get_peft_model
 
     from ..core.models import load_model
     from ..transfer.lora import student_from_export
+    from .inits import INITS, wrap
 
     device = train_device(config)
     model, tokenizer = load_model(config.student, dtype=config.dtype,
@@ -51,46 +51,20 @@ def build_model(config: TrainConfig, work_dir: Path | None = None, write: bool =
             raise ParaknowError(f"the export {config.init} does not fit student '{config.student}' "
                                 f"(was it made for another student?): {first_line(exc)}")
     else:
-        lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                          target_modules=list(config.target_modules), task_type="CAUSAL_LM",
-                          init_lora_weights=LORA_INITS[config.method])
-        model = get_peft_model(model, lora)
-        if config.method in AFTER_INIT:
-            AFTER_INIT[config.method](model, config.seed)
-        if config.method == "pissa" and write and work_dir is not None:
+        model = wrap(model, tokenizer, config)
+        if INITS[config.method].converts and write and work_dir is not None:
             init_dir = Path(work_dir) / PISSA_INIT_DIR
             shutil.rmtree(init_dir, ignore_errors=True)
             model.peft_config["default"].init_lora_weights = True  # PEFT's documented recipe
             model.save_pretrained(str(init_dir), save_embedding_layers=False)
-            model.peft_config["default"].init_lora_weights = "pissa"
+            model.peft_config["default"].init_lora_weights = INITS[config.method].peft
     return model, tokenizer
-
-
-def orthonormal_a(model, seed: int) -> None:
-    """Every LoRA's A gets random orthonormal rows (as PKT's A = V_r^T has), drawn with `seed`, and
-    B = 0: the student starts unchanged."""
-    import torch
-
-    from ..transfer.controls import random_orthonormal
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            for a_name, b_name in (("lora_A", "lora_B"), ("lora_embedding_A", "lora_embedding_B")):
-                if "default" not in getattr(module, a_name, {}):
-                    continue
-                A, B = getattr(module, a_name)["default"], getattr(module, b_name)["default"]
-                A, B = (A.weight, B.weight) if a_name == "lora_A" else (A, B)  # [r, in] and [out, r]
-                A.copy_(random_orthonormal(A.shape[1], A.shape[0], generator).T)
-                B.zero_()
-
-
-AFTER_INIT = {"vanilla-ortho": orthonormal_a}  # inits that PEFT's init_lora_weights starts, then changes
 
 
 def save_adapter(model, config: TrainConfig, run_dir: Path) -> Path:
     """Write RUN_DIR/adapter/ atomically as a plain LoRA for the original student."""
     from ..transfer.lora import ADAPTER_CONFIG, RESIDUAL_DIR, load_manifest, residual_to_plain
+    from .inits import INITS
 
     run_dir = Path(run_dir)
     target = run_dir / ADAPTER_DIR
@@ -107,9 +81,9 @@ def save_adapter(model, config: TrainConfig, run_dir: Path) -> Path:
                 shutil.rmtree(trained, ignore_errors=True)
             return target
     with atomic_directory(target, replaces=ADAPTER_CONFIG) as tmp:
-        if config.method == "pissa":
-            with warnings.catch_warnings():  # "PiSSA changes the base weights..." -- we are converting
-                warnings.filterwarnings("ignore", message="PiSSA changes the base weights")
+        if INITS[config.method].converts:
+            with warnings.catch_warnings():  # "PiSSA/OLoRA/CorDA changes the base weights..." -- we are converting
+                warnings.filterwarnings("ignore", message=".* changes the base weights")
                 model.save_pretrained(str(tmp), save_embedding_layers=False,
                                       path_initial_model_for_weight_conversion=str(run_dir / PISSA_INIT_DIR))
             _restore_embedding_loras(model, Path(tmp))
@@ -120,7 +94,7 @@ def save_adapter(model, config: TrainConfig, run_dir: Path) -> Path:
 
 
 def _restore_embedding_loras(model, adapter_dir: Path) -> None:
-    """Put Embedding LoRAs back into a PiSSA adapter converted to a plain LoRA.
+    """Put Embedding LoRAs back into a PiSSA (OLoRA, CorDA) adapter converted to a plain LoRA.
 
     PEFT's conversion (path_initial_model_for_weight_conversion) drops `lora_embedding_*`. PiSSA does
     not initialise an Embedding either: it keeps PEFT's standard init (A = 0, B ~ N(0, 1)) on an

@@ -82,8 +82,10 @@ def calibrate(recipe: Recipe, sizes: DataSizes) -> Calibration:
     val = load_records(recipe.val_data)[:base.eval_batch]
     gen_s, _ = _timed(generate_completions, model, tokenizer, val, base.eval_max_new_tokens, base.eval_batch)
     calibration = Calibration(load_s, per_sample, gen_s / max(1, len(val)))
-    if any(arm.init in ("pkt", "teacher") for arm in recipe.arms):
-        teacher_ref = recipe.teacher or recipe.teacher_of(next(a for a in recipe.arms if a.init == "pkt"))
+    if any(arm.init in ("pkt", "teacher") or arm.distill for arm in recipe.arms):
+        teacher_ref = recipe.teacher or next(recipe.teacher_of(a) if a.init == "pkt" else
+                                             recipe.distill_settings(a)["distill_teacher"]
+                                             for a in recipe.arms if a.init == "pkt" or a.distill)
         calibration.teacher_load_s, (teacher, teacher_tok) = _timed(load_model, teacher_ref)
         seeds = load_records(recipe.seed_data or recipe.train_data)
         calibration.teacher_s_per_sample = _train_seconds_per_sample(teacher, teacher_tok, seeds, 1, base.max_length)
@@ -119,5 +121,10 @@ def estimate_study(recipe: Recipe, cells: list[Cell], sizes: DataSizes, calibrat
             seen_exports.add(key)
             samples = recipe.sensitivity_config(arm).samples
             seconds += c.teacher_load_s + c.student_load_s + min(samples, sizes.seed) * c.teacher_s_per_sample
+        if arm.distill:  # logit KD: a teacher forward (~1/3 of its forward+backward) per training sample;
+            # sequence KD: the teacher's generation of every training answer (made once, then cached)
+            seconds += c.teacher_load_s + (
+                sizes.train * config.epochs * c.teacher_s_per_sample / 3 if arm.distill["kind"] == "logits"
+                else sizes.train * c.generate_s_per_record * c.teacher_size_ratio)
         out[cell.cell_id] = seconds
     return TimeEstimate(sum(out.values()), out, calibration)

@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 from ..core.fsio import atomic_directory, atomic_write_json, output_lock, sha256_bytes
 from ..transfer.lora import MANIFEST_FILE
+from .cost import write_extraction_cost
 from .recipe import Recipe
 
 EXPORTS_DIR = "exports"
@@ -70,8 +72,10 @@ def cell_export(recipe: Recipe, arm, seed: int, out: Path, device) -> Path:
             teacher = recipe.teacher_of(arm)
             if recipe.random_teacher(arm):
                 teacher = str(random_teacher(teacher, out, seed))
+            started = time.perf_counter()
             extract_to_dir(teacher, recipe.student, recipe.seed_data, path, recipe.transfer_config(arm, seed),
                            recipe.sensitivity_config(arm), device=device)
+            write_extraction_cost(recipe, arm, teacher, path, time.perf_counter() - started)
         if not signals_file(path).is_file():
             _write_signals(recipe, path)
     return path

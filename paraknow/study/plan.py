@@ -101,7 +101,8 @@ def train_config(recipe: Recipe, arm, seed: int, lr: float | None, init: str, ou
     if lr is not None:
         settings["lr"] = lr
     return TrainConfig(student=recipe.student, data=recipe.train_data, eval_data=recipe.val_data,
-                       out=out, init=init, seed=seed, label=f"{arm.name} seed {seed}", **settings)
+                       out=out, init=init, seed=seed, label=f"{arm.name} seed {seed}", **settings,
+                       **recipe.distill_settings(arm))
 
 
 def _check_training(recipe: Recipe, arm, lr) -> None:

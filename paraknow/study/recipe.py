@@ -15,6 +15,7 @@ from pathlib import Path
 from ..core.errors import ParaknowError, first_line
 from ..core.options import default_of, hint_of
 from ..core.validate import check_number, check_seed, value_problem
+from ..runs.inits import INITS
 from ..runs.train_config import TrainConfig
 from ..transfer.controls import BLOCK_WEIGHTS
 from ..transfer.plan import TransferConfig
@@ -34,14 +35,15 @@ from .sweep import DEFAULT_LR_SELECTION, parse_selection, parse_sweep, resolve_s
 RECIPE_KEYS = ("teacher", "student", "seed_data", "train_data", "val_data", "test_data", "train", "seeds",
                "baseline", "budget_minutes", "arms", "comparisons", "equivalence_margin", "correction",
                "lr_selection")
-ARM_KEYS = ("name", "init", "lr_sweep", "extract", "train", "reference")
+ARM_KEYS = ("name", "init", "lr_sweep", "extract", "train", "reference", "distill")
+DISTILL_KEYS = ("kind", "weight", "temperature", "teacher")  # an arm's `distill` (paraknow.runs.distill)
+DISTILL_LABELS = {"logits": "logit KD", "sequences": "sequence KD"}
 # keys that change only how the cells are analysed: a study resumed with other values re-analyses its cells
 ANALYSIS_KEYS = ("budget_minutes", "comparisons", "equivalence_margin", "correction", "lr_selection")
 STUDY_TRAIN_KEYS = ("lr_sweep",)  # the recipe's `train` beside TrainConfig's fields: a sweep for every trained arm
-INIT_LABELS = {"vanilla": "vanilla LoRA", "pissa": "PiSSA", "pkt": "PKT",
-               "vanilla-ortho": "vanilla LoRA with orthonormal A (the init-scale control)",
+INIT_LABELS = {**{name: init.label for name, init in INITS.items()}, "pkt": "PKT",
                "untuned": "the untuned student", "teacher": "the teacher"}
-TRAINED_INITS = ("vanilla", "pissa", "pkt", "vanilla-ortho")  # the others are evaluated once, never trained
+TRAINED_INITS = (*INITS, "pkt")  # the others are controls: evaluated once, never trained
 # the export's controls (paraknow.transfer.controls) and `random`: the teacher's architecture with random
 # weights, drawn per seed (exports.random_teacher)
 RANDOM_WEIGHTS = "random"
@@ -50,7 +52,8 @@ STUDY_EXTRACT_KEYS = ("teacher", "teacher_weights")
 DEFAULT_SEEDS = [0, 1, 2]
 DEFAULT_BUDGET_MINUTES = 120
 # TrainConfig fields the study sets itself for every cell (the recipe cannot override them)
-CELL_TRAIN_FIELDS = ("student", "data", "out", "init", "eval_data", "seed", "group", "label")
+CELL_TRAIN_FIELDS = ("student", "data", "out", "init", "eval_data", "seed", "group", "label",
+                     "distill", "distill_teacher", "distill_weight", "temperature")  # the last four: the arm's `distill`
 # TransferConfig / SensitivityConfig fields that are not `extract` options in a recipe
 HIDDEN_EXTRACT_FIELDS = ("manual_map", "overrides", "batch_size")
 # the factors of the paper's analyses an arm's `extract` can vary (the Study page's grid builder and
@@ -77,11 +80,12 @@ def extract_keys() -> list[str]:
 @dataclass
 class Arm:
     name: str
-    init: str  # vanilla | pissa | pkt | untuned | teacher
+    init: str  # an entry of paraknow.runs.inits.INITS | pkt | untuned | teacher
     lr_sweep: list[float] | None = None  # parse_recipe resolves `true` (the default sweep) to its rates
     extract: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     reference: str | None = None  # the arm a factor-level arm is compared with (families.py)
+    distill: dict = field(default_factory=dict)  # {"kind", "weight", "temperature", "teacher"}: also learn from outputs
 
     @property
     def trained(self) -> bool:
@@ -101,6 +105,12 @@ class Arm:
             return CROSSED_GROUP if len(keys & set(FACTOR_LABELS)) > 1 else OTHER_GROUP
         return FACTOR_LABELS.get(keys.pop(), OTHER_GROUP)
 
+    def label(self) -> str:
+        """How a verdict names this arm, e.g. "best-lr vanilla LoRA (vanilla)"."""
+        text = ("best-lr " if self.lr_sweep else "") + INIT_LABELS[self.init] + \
+            (f" + {DISTILL_LABELS[self.distill['kind']]}" if self.distill else "")
+        return text if self.name == self.init else f"{text} ({self.name})"
+
     def to_dict(self) -> dict:
         out = {"name": self.name, "init": self.init}
         if self.lr_sweep:
@@ -111,6 +121,8 @@ class Arm:
             out["train"] = dict(self.train)
         if self.reference:
             out["reference"] = self.reference
+        if self.distill:
+            out["distill"] = dict(self.distill)
         return out
 
 
@@ -157,6 +169,14 @@ class Recipe:
         None for a study without PKT arms."""
         pkt = [arm for arm in self.arms if arm.init == "pkt"]
         return None if not pkt else (self.teacher or self.teacher_of(pkt[0]))
+
+    def distill_settings(self, arm: Arm) -> dict:
+        """The TrainConfig settings of an arm's `distill` (the teacher defaults to the recipe's)."""
+        if not arm.distill:
+            return {}
+        given = {"distill_weight": arm.distill.get("weight"), "temperature": arm.distill.get("temperature")}
+        return {"distill": arm.distill["kind"], "distill_teacher": arm.distill.get("teacher") or self.teacher,
+                **{k: v for k, v in given.items() if v is not None}}
 
     def random_teacher(self, arm: Arm) -> bool:
         return arm.extract.get("teacher_weights") == RANDOM_WEIGHTS
@@ -258,6 +278,21 @@ def cells_part(recipe_dict: dict) -> dict:
     return out
 
 
+def _parse_distill(obj, path: str) -> dict:
+    from ..core.validate import check_number
+    from ..runs.train_config import DISTILL_KINDS
+
+    distill = _check_keys(obj, path, DISTILL_KEYS)
+    if distill.get("kind") not in DISTILL_KINDS:
+        _fail(f"{path}.kind", f"{distill.get('kind')!r} is not one of {', '.join(DISTILL_KINDS)}.")
+    for key, bounds in (("weight", {"minimum": 0, "maximum": 1}), ("temperature", {"above": 0})):
+        if key in distill:
+            check_number(f"recipe {path}.{key}", distill[key], **bounds)
+    if "teacher" in distill and (not isinstance(distill["teacher"], str) or not distill["teacher"].strip()):
+        _fail(f"{path}.teacher", "must be a model reference (demo:teacher, a directory, ...).")
+    return distill
+
+
 def _parse_arm(obj, i: int) -> Arm:
     path = f"arms[{i}]"
     data = _check_keys(obj, path, ARM_KEYS)
@@ -275,6 +310,10 @@ def _parse_arm(obj, i: int) -> Arm:
         if init != "pkt":
             _fail(f"{path}.extract", "only pkt arms extract from a teacher.")
         arm.extract = _parse_extract(data["extract"], f"{path}.extract")
+    if "distill" in data:
+        if init not in TRAINED_INITS:
+            _fail(f"{path}.distill", f"the {init} control is not trained; only trained arms distil.")
+        arm.distill = _parse_distill(data["distill"], f"{path}.distill")
     if "train" in data:
         arm.train = _parse_train(data["train"], f"{path}.train")
         if isinstance(arm.lr_sweep, list) and "lr" in arm.train:
@@ -347,7 +386,8 @@ def parse_recipe(data) -> Recipe:
                     correction=parse_correction(data.get("correction", DEFAULT_CORRECTION)),
                     lr_selection=parse_selection(data.get("lr_selection", DEFAULT_LR_SELECTION)))
     for i, arm in enumerate(arms):
-        needs = (["teacher"] if arm.init in ("pkt", "teacher") and not arm.extract.get("teacher") else []) + \
+        needs = (["teacher"] if (arm.init in ("pkt", "teacher") and not arm.extract.get("teacher")) or
+                 (arm.distill and not arm.distill.get("teacher")) else []) + \
             (["seed_data"] if arm.init == "pkt" else [])
         for key in needs:
             if not getattr(recipe, key):

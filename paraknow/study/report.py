@@ -36,9 +36,12 @@ def collect(recipe: Recipe, out) -> dict:
 
 
 def cells_csv(results: dict) -> str:
+    """One row per cell; a nested object (the cell's `cost`) becomes its own columns."""
     buffer = io.StringIO()
-    rows = results["cells"]
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["arm"], lineterminator="\n")
+    rows = [{k: v for key, value in row.items() for k, v in (value.items() if isinstance(value, dict) else
+                                                              [(key, value)])} for row in results["cells"]]
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    writer = csv.DictWriter(buffer, fieldnames=fields or ["arm"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()

@@ -59,6 +59,7 @@ from .cells import (
     read_cell,
     write_predictions,
 )
+from .cost import cell_cost
 from .exports import EXPORTS_DIR, cell_export, export_key
 from .plan import Cell, check_recipe, plan_cells, train_config
 from .recipe import Recipe, cells_part
@@ -163,7 +164,8 @@ def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
     test = evaluate(outcome.model, outcome.tokenizer, test_records, **_eval_settings(config))
     return {**fields, "run_dir": str(Path(CELLS_DIR) / cell.cell_id / RUN_DIR), "val_accuracy": val.get("accuracy"),
             "val_loss": val.get("loss"), "test_accuracy": test.accuracy, "test_loss": test.loss,
-            "predictions": write_predictions(out, cell, test.predictions)}
+            "predictions": write_predictions(out, cell, test.predictions),
+            "cost": cell_cost(outcome.status, out / fields["export"] if "export" in fields else None)}
 
 
 def _run_control(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:

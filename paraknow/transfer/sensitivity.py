@@ -279,6 +279,7 @@ class Metric:
     finish: Callable  # (model, summed sums) -> scores
     per_parameter_sums: bool = True  # the sums are as large as the model (False: forward-only)
     help: str = ""  # one line for the app's metric picker
+    flops_per_param_token: int = 6  # the teacher's cost per parameter and seed token: 6 forward+backward, 2 forward
 
 
 METRICS: dict[str, Metric] = {
@@ -286,8 +287,9 @@ METRICS: dict[str, Metric] = {
                          help="the paper's: Σ over samples of |θ·∇L| (one backward per sample)"),
     "taylor-sum": Metric(taylor_sum_sums, taylor_sum_finish, help="|θ · Σ∇L|, one batched backward (faster; signs cancel)"),
     "fisher": Metric(fisher_sums, fisher_finish, help="θ² · Σ(∇L)² (empirical Fisher diagonal)"),
-    "magnitude": Metric(no_sums, magnitude, per_parameter_sums=False, help="|θ| (data-free baseline)"),
-    "wanda": Metric(wanda_sums, wanda_finish, per_parameter_sums=False,
+    "magnitude": Metric(no_sums, magnitude, per_parameter_sums=False, help="|θ| (data-free baseline)",
+                        flops_per_param_token=0),
+    "wanda": Metric(wanda_sums, wanda_finish, per_parameter_sums=False, flops_per_param_token=2,
                     help="|W| · ‖input activations‖ (forward only, for teachers too large to backpropagate)"),
 }
 
