@@ -55,27 +55,61 @@ def cmd_sensitivity(args) -> int:
     return 0
 
 
-def cmd_extract(args) -> int:
+def _transfer_inputs(args):
+    """The TransferConfig, SensitivityConfig and the sensitivity settings given explicitly (checked against a
+    --sensitivity map's own) of `extract` and `plan`."""
     from .transfer.mapping import parse_layers_arg
-    from .transfer.pipeline import extract_to_dir
     from .transfer.plan import TransferConfig
     from .transfer.sensitivity import SensitivityConfig
 
-    if args.recipe:
-        _apply_recipe(args)
-    for flag in ("teacher", "student", "data", "out"):
-        if not getattr(args, flag):
-            raise ParaknowError(f"--{flag} is required (on the command line or, except --out, in --recipe).")
     strategy, manual = parse_layers_arg(args.layers)
     config = TransferConfig(**{**{name: getattr(args, name) for name in EXTRACT_OPTIONS},
                                "layers": strategy, "manual_map": manual,
                                "overrides": getattr(args, "overrides", None) or {}})
     sens = SensitivityConfig(**{name: getattr(args, name) for name in SENSITIVITY_OPTIONS})
+    given = _given_flags(args.argv, args.command) | getattr(args, "recipe_keys", set())
+    return config, sens, {name: getattr(args, name) for name in SENSITIVITY_OPTIONS if name in given}
+
+
+def _report_map(map_file) -> None:
+    if map_file is not None:
+        print(f"sensitivity map {map_file.path}: " + json.dumps(map_file.report()), file=sys.stderr, flush=True)
+
+
+def cmd_extract(args) -> int:
+    from .transfer.pipeline import extract_to_dir
+
+    if args.recipe:
+        _apply_recipe(args)
+    for flag in ("teacher", "student", "out") + (() if args.sensitivity else ("data",)):
+        if not getattr(args, flag):
+            raise ParaknowError(f"--{flag} is required (on the command line or, except --out, in --recipe).")
+    config, sens, asked = _transfer_inputs(args)
     out = output_path(args.out)
     manifest = extract_to_dir(args.teacher, args.student, args.data, out, config, sens,
-                              device=args.device, dtype=args.dtype, progress=_progress, overwrite=args.overwrite)
+                              device=args.device, dtype=args.dtype, progress=_progress, overwrite=args.overwrite,
+                              sensitivity_file=args.sensitivity, asked=asked)
     print(json.dumps({"out": str(out), "modules": len(manifest["modules"]),
-                      "layer_map": manifest["layer_map"], "notes": manifest["notes"]}))
+                      "layer_map": manifest["layer_map"], "notes": manifest["notes"],
+                      **({"sensitivity": {k: manifest[k] for k in ("sensitivity_file", "metric", "samples",
+                                                                     "data_sha256")}}
+                         if args.sensitivity else {})}))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .transfer.pipeline import compare_to_rows
+
+    for flag in ("teacher", "student"):
+        if not getattr(args, flag):
+            raise ParaknowError(f"--{flag} is required.")
+    config, sens, asked = _transfer_inputs(args)
+    rows, prepared = compare_to_rows(args.teacher, args.student, args.data, config, sens, device=args.device,
+                                     dtype=args.dtype, progress=_progress, sensitivity_file=args.sensitivity,
+                                     asked=asked, compare=args.compare)
+    _report_map(prepared.map_file)
+    for row in rows:
+        print(json.dumps(row.to_dict()), flush=True)
     return 0
 
 
@@ -86,23 +120,25 @@ def _apply_recipe(args) -> None:
     from .transfer.recipe import REFERENCE_KEYS, SETTING_KEYS, load_recipe
 
     recipe = load_recipe(args.recipe)
-    given = _given_flags(args.argv)
+    given = _given_flags(args.argv, args.command)
+    args.recipe_keys = set()
     for key in REFERENCE_KEYS[:3] + SETTING_KEYS:
         if key not in given and (key in REFERENCE_KEYS or key in recipe.settings):
             value = getattr(recipe, key) if key in REFERENCE_KEYS else recipe.get(key)
             if key == "modules" and isinstance(value, list):
                 value = ",".join(value)
             setattr(args, key, value)
+            args.recipe_keys.add(key)
     args.overrides = recipe.get("overrides")
     if not args.out and recipe.name:
         args.out = str(cache_dir("exports") / recipe.name)
 
 
-def _given_flags(argv) -> set[str]:
-    """The `extract` options given on the command line (argparse fills in the rest with defaults)."""
+def _given_flags(argv, command: str) -> set[str]:
+    """The options of `command` given on the command line (argparse fills in the rest with defaults)."""
     parser = build_parser()
-    extract = parser._subparsers._group_actions[0].choices["extract"]
-    for action in extract._actions:
+    sub = parser._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
         action.default, action.required = argparse.SUPPRESS, False
     return set(vars(parser.parse_args(argv)).keys()) - {"command", "func"}
 
@@ -231,9 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_transfer_commands(sub) -> None:
-    """sensitivity, extract."""
+    """sensitivity, extract, plan."""
     from .core.options import Placement, add_options
-    from .transfer.plan import TransferConfig
     from .transfer.sensitivity import SensitivityConfig
 
     p = sub.add_parser("sensitivity", help="sensitivity of every teacher parameter on seed samples")
@@ -247,18 +282,36 @@ def _add_transfer_commands(sub) -> None:
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("extract", help="extract teacher parameters into a LoRA init for the student")
-    p.add_argument("--teacher", help="teacher model reference (required unless --recipe gives it)")
-    p.add_argument("--student", help="student model reference (required unless --recipe gives it)")
-    p.add_argument("--data", help="seed data: JSONL file or task:NAME[:SPLIT] (required unless --recipe gives it)")
+    _add_plan_inputs(p, "(required unless --recipe gives it)")
     p.add_argument("--out", help="output directory (with --recipe: cache/exports/<the recipe's name> if not given)")
     p.add_argument("--recipe", default=None,
                    help="the app's state as a JSON file (Download recipe in the app); flags given here override it")
-    add_options(p, TransferConfig, EXTRACT_OPTIONS)
-    add_options(p, SensitivityConfig, SENSITIVITY_OPTIONS)
-    add_options(p, Placement, ("device", "dtype"))
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it holds a previous paraknow export (never any other folder)")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("plan", help="what an extract would take, without exporting: one JSON line per row "
+                                    "(captured, lift, energy, cos, modules, seconds)")
+    _add_plan_inputs(p, "(required)")
+    p.add_argument("--compare", action="store_true",
+                   help="one row per structure x layer strategy x coherent level instead of the given settings only")
+    p.set_defaults(func=cmd_plan)
+
+
+def _add_plan_inputs(p, required: str) -> None:
+    """The models, seed data or map, and transfer settings that `extract` and `plan` share."""
+    from .core.options import Placement, add_options
+    from .transfer.plan import TransferConfig
+    from .transfer.sensitivity import SensitivityConfig
+    from .transfer.sensitivity_files import MAP_FILE_HELP
+
+    p.add_argument("--teacher", help=f"teacher model reference {required}")
+    p.add_argument("--student", help=f"student model reference {required}")
+    p.add_argument("--data", help="seed data: JSONL file or task:NAME[:SPLIT] (not needed with --sensitivity)")
+    p.add_argument("--sensitivity", default=None, metavar="FILE", help=MAP_FILE_HELP)
+    add_options(p, TransferConfig, EXTRACT_OPTIONS)
+    add_options(p, SensitivityConfig, SENSITIVITY_OPTIONS)
+    add_options(p, Placement, ("device", "dtype"))
 
 
 def _add_model_use_commands(sub) -> None:
