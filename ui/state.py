@@ -50,6 +50,8 @@ QUICKSTART = "pk_quickstart"      # summary line of the last quick start
 HUB_CHECKED = "pk_hub_checked"    # hub ids whose config the user asked to look up (network)
 PG_RESULT = "pk_pg_result"        # {"key", "outputs": [playground.Output]} of the last Playground run
 LESSON = "pk_lesson"              # paraknow.lesson.Lesson of the Lesson page (its results so far)
+COMPARE = "pk_compare"            # {"key", "rows"}: the Mapping page's granularity comparison (ui.compare)
+COMPARE_VERSION = "pk_compare_version"  # bumped to give the comparison table a fresh key (no row selected)
 
 
 
@@ -65,7 +67,7 @@ RESULT_DEFAULTS = {
     MANUAL_MAP: None, MANUAL_BASE: None, MANUAL_VERSION: 0, OVERRIDES: {}, PLAN: None, CKA: None,
     EXPORT: None, EXPORT_JOB: None, NAME_AUTO: None, URL_NOTICE: None, EXPORTS_MADE: [], VERIFY: None,
     VERIFY_KEY: None, QUICKSTART: None,
-    HUB_CHECKED: [], PG_RESULT: None, LESSON: None,
+    HUB_CHECKED: [], PG_RESULT: None, LESSON: None, COMPARE: None, COMPARE_VERSION: 0,
 }
 
 # ---- widgets --------------------------------------------------------------------------
