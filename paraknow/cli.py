@@ -24,6 +24,29 @@ def _progress(done: int, total: int, message: str) -> None:
     print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
 
 
+class _Bar:
+    """A progress bar redrawn in place on a terminal's stderr (nothing when stderr is not a terminal)."""
+    WIDTH = 30
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.shown = False
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if not self.stream.isatty() or total <= 0:
+            return
+        filled = int(self.WIDTH * min(done, total) / total)
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * done // total:3d}% "
+                          f"{done}/{total} {message}\x1b[K")
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 def cmd_sensitivity(args) -> int:
     from .core.data import load_records
     from .core.memory import parse_max_memory
@@ -146,8 +169,12 @@ def _given_flags(argv, command: str) -> set[str]:
 def cmd_eval(args) -> int:
     from .runs.evaluate import run_eval
 
-    result = run_eval(args.model, args.data, adapter=args.adapter, max_new_tokens=args.eval_max_new_tokens,
-                      device=args.device, match=args.match)
+    bar = _Bar()
+    try:
+        result = run_eval(args.model, args.data, adapter=args.adapter, max_new_tokens=args.eval_max_new_tokens,
+                          device=args.device, match=args.match, limit=args.limit, progress=bar)
+    finally:
+        bar.close()
     print(json.dumps(result))
     return 0
 
@@ -317,6 +344,7 @@ def _add_plan_inputs(p, required: str) -> None:
 def _add_model_use_commands(sub) -> None:
     """eval, generate, train."""
     from .core.options import Placement, add_options
+    from .runs.evaluate import EvalOptions
     from .runs.executors import ExecutorConfig
     from .runs.train_config import CLI_FIELDS, TrainConfig
 
@@ -325,6 +353,7 @@ def _add_model_use_commands(sub) -> None:
     p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter directory")
     p.add_argument("--data", required=True, help="JSONL file or task:NAME[:SPLIT]")
     add_options(p, TrainConfig, ("eval_max_new_tokens", "match"), flags={"eval_max_new_tokens": "--max-new-tokens"})
+    add_options(p, EvalOptions, ("limit",))
     add_options(p, Placement, ("device",))
     p.set_defaults(func=cmd_eval)
 
