@@ -49,6 +49,19 @@ def test_grid_builder_counts_arms_and_runs():
     assert "learning rates must be numbers" in " ".join(str(e.value) for e in at.error)
 
 
+def test_quick_preset_and_item_limits_reach_the_recipe():
+    at = page()
+    at.button(key="w_st_quick").click().run()
+    assert_ok(at)
+    assert summary(at).startswith("**2 arms, 2 runs**")  # vanilla and PKT, one seed, one learning rate
+    q = U.QUICK_PRESET
+    assert summary(at).endswith(f"test {q['test_limit']}, validation {q['val_limit']}.")
+    assert f"budget {q['budget_minutes']:g} min" in summary(at)
+    at.number_input(key=S.W_ST_TEST_LIMIT).set_value(0).run()  # 0: every test item
+    assert_ok(at)
+    assert summary(at).endswith(f"test all, validation {q['val_limit']}.")
+
+
 def test_factor_levels_come_from_the_registries():
     from paraknow.extract import STRUCTURES
     from paraknow.transfer.mapping import LAYER_STRATEGIES

@@ -28,6 +28,9 @@ CONTROLS = {
 }
 SWEPT = ("vanilla", "pissa")
 DEFAULT_CONTROLS = ["vanilla", "pissa", "pkt", "pkt-random-positions", "untuned", "teacher"]
+# the "quick" preset (docs/study.md): one seed, vanilla vs PKT at one learning rate, 200 items scored
+QUICK_PRESET = {"seeds": 1, "controls": ["vanilla", "pkt"], "sweep": "3e-4", "val_limit": 200, "test_limit": 200,
+                "budget_minutes": 15.0}
 SAMPLE_LEVELS = [1, 2, 4, 8, 16, 64]
 RANK_LEVELS = [4, 8, 32, 64]
 
@@ -69,7 +72,7 @@ def parse_rates(text: str) -> list[float]:
 
 def build_recipe(teacher: str, student: str, task: str, train: dict, n_seeds: int, sweep: list[float],
                  controls: list[str], factors: dict[str, list], baseline: str | None,
-                 budget_minutes: float) -> dict:
+                 budget_minutes: float, val_limit: int | None = None, test_limit: int | None = None) -> dict:
     """The grid as a recipe: the chosen controls, then one PKT arm per chosen factor level (one
     factor at a time, everything else at the default: an ablation)."""
     arms = []
@@ -86,7 +89,8 @@ def build_recipe(teacher: str, student: str, task: str, train: dict, n_seeds: in
     names = [a["name"] for a in arms]
     recipe = {"teacher": teacher, "student": student, "seed_data": f"task:{task}:seed",
               "train_data": f"task:{task}:train", "val_data": f"task:{task}:val", "test_data": f"task:{task}:test",
-              "train": dict(train), "seeds": list(range(n_seeds)), "budget_minutes": budget_minutes, "arms": arms}
+              "train": dict(train), "seeds": list(range(n_seeds)), "budget_minutes": budget_minutes,
+              "val_limit": val_limit, "test_limit": test_limit, "arms": arms}
     if baseline in names:
         recipe["baseline"] = baseline
     return recipe

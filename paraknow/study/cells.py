@@ -20,8 +20,8 @@ RUN_DIR = "run"
 
 CELL_STATES = ("running", "finished", "failed", "stopped")  # and "pending" for a cell that never started
 
-CELL_FIELDS = ("arm", "seed", "lr", "state", "test_accuracy", "test_loss", "val_accuracy", "val_loss",
-               "seconds", "run_dir", "export", "error")
+CELL_FIELDS = ("arm", "seed", "lr", "state", "test_accuracy", "test_loss", "test_n", "val_accuracy", "val_loss",
+               "val_n", "seconds", "run_dir", "export", "error")  # *_n: the items scored
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:

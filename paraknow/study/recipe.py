@@ -19,7 +19,8 @@ from ..transfer.plan import TransferConfig
 from ..transfer.sensitivity import SensitivityConfig
 
 RECIPE_KEYS = ("teacher", "student", "seed_data", "train_data", "val_data", "test_data", "train", "seeds",
-               "baseline", "budget_minutes", "arms")
+               "baseline", "budget_minutes", "arms", "test_limit", "val_limit")
+LIMIT_KEYS = ("test_limit", "val_limit")  # items scored: the first N of test_data / val_data (null: all)
 ARM_KEYS = ("name", "init", "lr_sweep", "extract", "train")
 INIT_LABELS = {"vanilla": "vanilla LoRA", "pissa": "PiSSA", "pkt": "PKT",
                "untuned": "the untuned student", "teacher": "the teacher"}
@@ -108,13 +109,16 @@ class Recipe:
     seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     baseline: str = ""
     budget_minutes: float = DEFAULT_BUDGET_MINUTES
+    test_limit: int | None = None  # test items scored per cell (the first N; None: all)
+    val_limit: int | None = None  # validation items scored per cell (None: all, or train.eval_limit)
 
     def to_dict(self) -> dict:
         """The recipe as run: every key, defaults filled in (DIR/recipe.json)."""
         return {"teacher": self.teacher, "student": self.student, "seed_data": self.seed_data,
                 "train_data": self.train_data, "val_data": self.val_data, "test_data": self.test_data,
                 "train": dict(self.train), "seeds": list(self.seeds), "baseline": self.baseline,
-                "budget_minutes": self.budget_minutes, "arms": [a.to_dict() for a in self.arms]}
+                "budget_minutes": self.budget_minutes, "test_limit": self.test_limit, "val_limit": self.val_limit,
+                "arms": [a.to_dict() for a in self.arms]}
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -267,6 +271,18 @@ def _parse_arm(obj, i: int) -> Arm:
     return arm
 
 
+def _check_limits(data: dict) -> None:
+    for key in LIMIT_KEYS:
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            _fail(key, "must be a positive number of items, or null for all of them.")
+    trains = [("train", data.get("train"))] + [(f"arms[{i}].train", a.get("train"))
+                                              for i, a in enumerate(data.get("arms") or []) if isinstance(a, dict)]
+    sets_eval = [path for path, train in trains if isinstance(train, dict) and "eval_limit" in train]
+    if data.get("val_limit") is not None and sets_eval:
+        _fail("val_limit", f"and {sets_eval[0]}.eval_limit both limit the validation items: keep val_limit.")
+
+
 def parse_recipe(data) -> Recipe:
     """A Recipe from the parsed file (a dict); raises ParaknowError naming the bad key."""
     data = _check_keys(data, "", RECIPE_KEYS)
@@ -293,13 +309,15 @@ def parse_recipe(data) -> Recipe:
     budget = data.get("budget_minutes", DEFAULT_BUDGET_MINUTES)
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
         _fail("budget_minutes", "must be a positive number of minutes.")
+    _check_limits(data)
     baseline = data.get("baseline") or next((a.name for a in arms if a.init == "vanilla"), arms[0].name)
     if baseline not in names:
         _fail("baseline", f"'{baseline}' is not an arm; the arms are {', '.join(names)}.")
     recipe = Recipe(student=data["student"], train_data=data["train_data"], val_data=data["val_data"],
                     test_data=data["test_data"], arms=arms, teacher=data.get("teacher"),
                     seed_data=data.get("seed_data"), train=_parse_train(data.get("train", {}), "train"),
-                    seeds=list(seeds), baseline=baseline, budget_minutes=budget)
+                    seeds=list(seeds), baseline=baseline, budget_minutes=budget,
+                    test_limit=data.get("test_limit"), val_limit=data.get("val_limit"))
     for i, arm in enumerate(arms):
         needs = (["teacher"] if arm.init in ("pkt", "teacher") and not arm.extract.get("teacher") else []) + \
             (["seed_data"] if arm.init == "pkt" else [])

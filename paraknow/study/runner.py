@@ -149,7 +149,8 @@ def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
     val = outcome.status.get("final_eval") or {}
     test = evaluate(outcome.model, outcome.tokenizer, test_records, **_eval_settings(config))
     return {**fields, "run_dir": str(Path(CELLS_DIR) / cell.cell_id / RUN_DIR), "val_accuracy": val.get("accuracy"),
-            "val_loss": val.get("loss"), "test_accuracy": test.accuracy, "test_loss": test.loss}
+            "val_loss": val.get("loss"), "val_n": val.get("n"), "test_accuracy": test.accuracy,
+            "test_loss": test.loss, "test_n": test.n}
 
 
 def _run_control(recipe: Recipe, cell: Cell, test_records) -> dict:
@@ -161,7 +162,7 @@ def _run_control(recipe: Recipe, cell: Cell, test_records) -> dict:
     ref = recipe.student if arm.init == "untuned" else recipe.teacher
     model, tokenizer = load_model(ref, device=config.device)
     test = evaluate(model, tokenizer, test_records, **_eval_settings(config))
-    return {"test_accuracy": test.accuracy, "test_loss": test.loss}
+    return {"test_accuracy": test.accuracy, "test_loss": test.loss, "test_n": test.n}
 
 
 def run_cell(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
@@ -287,7 +288,7 @@ def _run_cells(recipe: Recipe, pending: list[Cell], out: Path, status: dict, say
     after STOP."""
     from ..core.data import load_records
 
-    test_records = load_records(recipe.test_data)
+    test_records = load_records(recipe.test_data)[:recipe.test_limit]  # the items scored (None: all)
     if workers == 1:
         for k, cell in enumerate(pending, 1):
             if _stop_requested(out):
