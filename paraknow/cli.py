@@ -52,6 +52,7 @@ def cmd_sensitivity(args) -> int:
     from .core.memory import parse_max_memory
     from .core.models import load_config, load_model, resolve_device
     from .core.parallel import launched_world_size, process_device, process_group, rank_and_size
+    from .transfer.seeds import seed_losses
     from .transfer.sensitivity import SensitivityConfig, check_memory, compute_sensitivity
     from .transfer.sensitivity_files import check_output_file, save_sensitivity, sensitivity_meta
 
@@ -70,11 +71,13 @@ def cmd_sensitivity(args) -> int:
     with process_group(device):
         model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, max_memory=max_memory)
         scores = compute_sensitivity(model, tokenizer, records, config, _progress)
-        meta = sensitivity_meta(args.model, config, records, data=args.data)
         if rank_and_size()[0] == 0:
+            losses = seed_losses(model, tokenizer, records[:config.samples], config.max_length)
+            meta = sensitivity_meta(args.model, config, records, data=args.data, seed_losses=losses)
             with output_lock(out):  # a second writer of the same file waits for this one
                 save_sensitivity(out, scores, meta)
-            print(json.dumps({"out": str(out), "tensors": len(scores), **meta}))
+            check = _warn_seeds(losses)
+            print(json.dumps({"out": str(out), "tensors": len(scores), **meta, "seed_check": check}))
     return 0
 
 
@@ -92,6 +95,18 @@ def _transfer_inputs(args):
     sens = SensitivityConfig(**{name: getattr(args, name) for name in SENSITIVITY_OPTIONS})
     given = _given_flags(args.argv, args.command) | getattr(args, "recipe_keys", set())
     return config, sens, {name: getattr(args, name) for name in SENSITIVITY_OPTIONS if name in given}
+
+
+def _warn_seeds(losses) -> dict | None:
+    """The seed check of a map's seed losses (paraknow/transfer/seeds.py); its warning goes to stderr."""
+    from .transfer.seeds import check_seeds
+
+    if not losses:
+        return None
+    check = check_seeds(losses)
+    if check.message():
+        print(f"warning: {check.message()}", file=sys.stderr, flush=True)
+    return check.to_dict()
 
 
 def _report_map(map_file) -> None:
@@ -114,6 +129,7 @@ def cmd_extract(args) -> int:
                               sensitivity_file=args.sensitivity, asked=asked)
     print(json.dumps({"out": str(out), "modules": len(manifest["modules"]),
                       "layer_map": manifest["layer_map"], "notes": manifest["notes"],
+                      "seed_check": _warn_seeds(manifest.get("seed_losses")),
                       **({"sensitivity": {k: manifest[k] for k in ("sensitivity_file", "metric", "samples",
                                                                      "data_sha256")}}
                          if args.sensitivity else {})}))

@@ -39,6 +39,7 @@ class Prepared:
     scores: dict
     sens_config: SensitivityConfig
     map_file: MapFile | None = None  # the file the map came from (`--sensitivity`), checked
+    seed_losses: list | None = None  # the teacher's loss on each seed (a map made before they were kept: None)
 
 
 def _map_source(teacher_ref: str, data_ref: str | None, sens_config: SensitivityConfig, sensitivity_file,
@@ -75,11 +76,11 @@ def prepare(teacher_ref: str, student_ref: str, data_ref: str | None, config: Tr
     check_transferable(t_info, s_info, config)  # fail before the expensive sensitivity pass
     if map_file is not None:
         check_map_model(map_file, teacher_model)
-        scores = map_file.scores
+        scores, meta = map_file.scores, map_file.meta
     else:
-        scores, _ = cached_sensitivity(teacher_model, teacher_tok, records, sens_config, progress, teacher_ref)
+        scores, meta = cached_sensitivity(teacher_model, teacher_tok, records, sens_config, progress, teacher_ref)
     return Prepared(teacher_model, student_model, teacher_tok, student_tok, t_info, s_info, records, data_ref,
-                    scores, sens_config, map_file)
+                    scores, sens_config, map_file, meta.get("seed_losses"))
 
 
 def _similarity(p: Prepared, progress=None):
@@ -104,6 +105,8 @@ def extract_to_dir(teacher_ref: str, student_ref: str, data_ref: str | None, out
         origin = provenance(teacher_ref, student_ref, p.data_ref, p.sens_config, p.records)
         if p.map_file is not None:
             origin["sensitivity_file"] = p.map_file.path
+        if p.seed_losses is not None:
+            origin["seed_losses"] = p.seed_losses
         return export_transfer(p.teacher_model, p.student_model, p.teacher, p.student, plan, config, out_dir,
                                origin, progress, overwrite=overwrite)
 

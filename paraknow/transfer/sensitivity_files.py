@@ -18,6 +18,7 @@ from ..core.fsio import atomic_save_safetensors, check_writable_parent, output_l
 from ..core.models import model_fingerprint
 from ..core.paths import cache_dir
 from ..core.records import records_sha256
+from .seeds import seed_losses
 
 if TYPE_CHECKING:
     from .sensitivity import SensitivityConfig
@@ -182,7 +183,8 @@ def cached_sensitivity_hit(model, tokenizer, records, config: SensitivityConfig 
                 except ParaknowError:
                     pass  # a damaged cache entry is a cache miss: computed again and replaced below
     scores = compute_sensitivity(model, tokenizer, records, config, progress)
-    meta = sensitivity_meta(model_ref or getattr(model, "name_or_path", ""), config, records)
+    meta = sensitivity_meta(model_ref or getattr(model, "name_or_path", ""), config, records,
+                            seed_losses=seed_losses(model, tokenizer, records[:config.samples], config.max_length))
     save_sensitivity(path, scores, meta)
     enforce_cap(keep=path)
     return scores, meta, False
