@@ -301,6 +301,8 @@ def follow_export(name: str | None) -> None:
         return
     export = named_export(Path(view.result["dir"]).name)
     S.put(S.EXPORT, export)
+    if export:
+        S.follow_export(export["name"])
     if export and export["name"] not in S.get(S.EXPORTS_MADE):
         S.get(S.EXPORTS_MADE).append(export["name"])
     S.put(S.VERIFY, None)

@@ -396,6 +396,24 @@ def study_defaults() -> dict:
     return d
 
 
+def follow_task(label: str) -> None:
+    """A new map's built-in task (its seed data `task:NAME[:SPLIT]`) becomes the task of the pages downstream:
+    Fine-tune's training and evaluation data, the Playground's prompts and the Study's builder. A page's own
+    pick stays until the next map; seed data of another kind (a file, a paste) changes nothing."""
+    from paraknow.core.tasks import TASKS
+
+    kind, _, rest = label.partition(":")
+    task = rest.split(":")[0]
+    if kind == "task" and task in TASKS:
+        st.session_state.update({key: task for key in (W_FT_TASK + "train", W_FT_TASK + "eval", W_PG_TASK,
+                                                       W_ST_TASK)})
+
+
+def follow_export(name: str) -> None:
+    """A new export becomes the Fine-tune page's initialisation (a PKT run from it)."""
+    st.session_state.update({W_FT_INIT: "pkt", W_FT_EXPORT: name})
+
+
 def apply_quick_preset() -> None:
     """The builder set to the "quick" preset (ui.study.QUICK_PRESET): a study that fits a class hour."""
     from ui.study import QUICK_PRESET, factor_levels

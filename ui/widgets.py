@@ -334,6 +334,7 @@ def set_sensitivity(result: dict) -> None:
     S.put(S.SENS, result)
     if not old or old.id != result.id:
         S.reset_after_sensitivity()
+        S.follow_task(result.label)
 
 
 def selected_modules() -> tuple | None:
