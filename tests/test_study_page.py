@@ -119,3 +119,17 @@ def test_launch_stop_resume_and_results(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert [c["state"] for c in results["cells"]] == ["finished"] * 6
     assert (out / "report.html").is_file()
+
+
+def test_signal_rows_have_readable_names_and_no_raw_none():
+    from paraknow.study.signals import SIGNAL_LABELS, SIGNALS
+
+    values = {"captured": 0.5, "area": 0.4, "lift": 1.25, "energy": 0.7, "cos_w": 0.01, "cos_residual": None,
+              "zero_step_loss": -0.2}
+    results = {"arms": [{"arm": "pkt", "signals": values}, {"arm": "vanilla", "signals": None}],
+               "signal_correlations": {s: {"n": 1, "spearman": None} for s in SIGNALS}}
+    rows = U.signal_rows(results)
+    assert [r["arm"] for r in rows] == ["pkt", "Spearman vs accuracy"]
+    assert set(rows[0]) == {"arm", *SIGNAL_LABELS.values()} and "cos_w" not in rows[0]
+    assert rows[0][SIGNAL_LABELS["lift"]] == "1.2500" and rows[0][SIGNAL_LABELS["cos_residual"]] == "–"
+    assert all(v == "–" for k, v in rows[1].items() if k != "arm")

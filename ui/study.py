@@ -133,14 +133,19 @@ def cell_rows(results: dict) -> list[dict]:
 
 
 def signal_rows(results: dict) -> list[dict]:
-    from paraknow.study.signals import SIGNALS
+    """The signals table: one row per PKT arm and their Spearman correlation with accuracy; readable
+    column names (SIGNAL_LABELS) and "–" where a value does not exist."""
+    from paraknow.study.signals import SIGNAL_LABELS, SIGNALS
 
-    rows = [{"arm": a["arm"], **{s: None if a["signals"].get(s) is None else round(a["signals"][s], 4)
-                                 for s in SIGNALS}} for a in results["arms"] if a["signals"]]
+    def shown(value, digits: int):
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    rows = [{"arm": a["arm"], **{SIGNAL_LABELS[s]: shown(a["signals"].get(s), 4) for s in SIGNALS}}
+            for a in results["arms"] if a["signals"]]
     corr = results["signal_correlations"]
     if rows:
-        rows.append({"arm": "Spearman vs accuracy", **{s: None if corr[s]["spearman"] is None
-                                                       else round(corr[s]["spearman"], 3) for s in SIGNALS}})
+        rows.append({"arm": "Spearman vs accuracy", **{SIGNAL_LABELS[s]: shown(corr[s]["spearman"], 3)
+                                                       for s in SIGNALS}})
     return rows
 
 

@@ -92,6 +92,9 @@ def module_table(scores: Scores) -> list[dict]:
     return rows
 
 
+GROUP_LABELS = {"attention": "attention", "ffn": "FFN", "embeddings": "embeddings", "other": "norms"}  # for display
+
+
 def group_shares(scores: Scores) -> dict[str, float]:
     """Share of total sensitivity in attention, FFN, embeddings and everything else (norms)."""
     totals = {"attention": 0.0, "ffn": 0.0, "embeddings": 0.0, "other": 0.0}
