@@ -48,3 +48,16 @@ def test_a_limited_study_scores_the_first_items(tmp_path):
     assert cells["vanilla"]["val_n"] == 1
     full = parse_recipe(tiny_recipe(paths, seeds=[0], arms=arms[1:]))
     assert run_study(full, tmp_path / "full")["cells"][0]["test_n"] == 4
+
+
+def test_the_quick_example_is_the_page_preset():
+    from pathlib import Path
+
+    from paraknow.study import load_recipe
+    from ui.study import QUICK_PRESET
+
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "docs" / "examples" / "study-quick.json")
+    assert len(recipe.seeds) == QUICK_PRESET["seeds"] and [a.name for a in recipe.arms] == QUICK_PRESET["controls"]
+    assert (recipe.test_limit, recipe.val_limit) == (QUICK_PRESET["test_limit"], QUICK_PRESET["val_limit"])
+    assert recipe.budget_minutes == QUICK_PRESET["budget_minutes"]
+    assert recipe.arm("vanilla").train["lr"] == float(QUICK_PRESET["sweep"])
