@@ -657,6 +657,15 @@ def cache_panel() -> None:
                            icon=":material/check_circle:")
 
 
+def one_line(text: str, width: int = 34) -> str:
+    """`text` cut in the middle to `width` characters (a card title that must not wrap keeps both ends:
+    "student + run 2026…5ae7b3")."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
 def md_escape(text: str) -> str:
     """`text` shown literally inside st.markdown (paths and model ids hold _ * ` and friends)."""
     import re
