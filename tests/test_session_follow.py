@@ -44,3 +44,21 @@ def test_task_and_export_chosen_upstream_are_the_defaults_downstream():
     assert at.selectbox(key=S.W_ST_TASK).value == "facts"
     at.switch_page("pages/6_Fine-tune.py").run()
     assert at.selectbox(key=S.W_FT_TASK + "train").value == "instruct"
+
+
+def test_progress_bars_show_a_percentage():
+    from ui.widgets import Progress
+
+    class Bar:
+        def __init__(self):
+            self.shown = []
+
+        def progress(self, fraction, text):
+            self.shown.append((fraction, text))
+            return self
+
+    bar = Bar()
+    progress = Progress("Sensitivity", container=bar, every=0)
+    progress(8, 32, "sample 8/32: loss 0.001")
+    progress(32, 32, "")
+    assert bar.shown[-2:] == [(0.25, "Sensitivity: 25% · sample 8/32: loss 0.001"), (1.0, "Sensitivity: 100%")]

@@ -30,7 +30,7 @@ POLL_S = 1.0  # how often a running job's progress is redrawn
 def progress_text(label: str, view: background.JobView) -> str:
     from ui.widgets import no_shortcodes
 
-    step = view.message or "starting (loading the models)…"
+    step = f"{view.fraction:.0%} · {view.message}" if view.message else "starting (loading the models)…"
     return no_shortcodes(f"{label}: {step}")  # 'task:arith:train: ...' must not become an emoji
 
 

@@ -105,7 +105,8 @@ class Progress:
             return
         self._last = now
         frac = 0.0 if total <= 0 else max(0.0, min(1.0, done / total))
-        self.bar.progress(frac, text=no_shortcodes(f"{self.label}: {message}" if message else self.label))
+        shown = f"{frac:.0%} · {message}" if message else f"{frac:.0%}"
+        self.bar.progress(frac, text=no_shortcodes(f"{self.label}: {shown}"))
 
     def finish(self, text: str | None = None) -> None:
         self.bar.progress(1.0, text=no_shortcodes(text or f"{self.label}: done"))
