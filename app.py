@@ -45,6 +45,9 @@ def home() -> None:
                     f"default plan: {W.quick_start_plan_text()}.")
         if st.button("Quick start on the demo pair", type="primary", icon=":material/rocket_launch:",
                      key="w_home_quickstart"):
+            # the diagram stays while the quick start runs (it is redrawn with the new state below)
+            pipeline_slot.plotly_chart(pipeline_figure(S.progress_summary()), config={"displayModeBar": False},
+                                       key="home_pipeline_before")
             with W.show_errors("running the quick start"):
                 W.quick_start()
         if S.get(S.QUICKSTART):

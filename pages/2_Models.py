@@ -101,7 +101,8 @@ if len(infos) == 2:
 ready = specs.get("teacher") is not None and specs.get("student") is not None and len(infos) == 2
 loaded_now = (S.get(S.TEACHER), S.get(S.STUDENT)) == (specs.get("teacher"), specs.get("student"))
 label = "Reload models" if loaded_now and ready else "Load models"
-if st.button(label, type="primary", disabled=not ready, icon=":material/download:", key="w_models_load",
+if st.button(label, type="primary", disabled=not ready, key="w_models_load",
+             icon=":material/refresh:" if label == "Reload models" else ":material/memory:",
              help=None if ready else "Pick both models (and fix any error above) first."):
     with W.show_errors("loading the models"):
         with st.status("Loading models…", expanded=True) as status:

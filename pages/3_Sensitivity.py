@@ -60,6 +60,8 @@ st.markdown(f"**Map:** {W.md_code(sens.label)} · {sens.config.samples} samples 
             f"max {sens.config.max_length} tokens · {how}")
 if request is None or request.key != sens.id:
     st.caption("The settings above differ from this map's: press **Compute sensitivity** to update it.")
+if sens.seed_warning():
+    st.warning(sens.seed_warning()[:1].upper() + sens.seed_warning()[1:], icon=":material/warning:")
 
 # ---- overview -------------------------------------------------------------------------
 st.subheader("Layers × modules")

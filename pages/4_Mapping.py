@@ -13,6 +13,7 @@ from paraknow.runs import background
 from paraknow.transfer.diagnostics import module_cosines
 from paraknow.transfer.mapping import LAYER_STRATEGIES, STRATEGY_HELP, map_layers
 from paraknow.transfer.structure import COHERENT, head_axes
+from ui import compare as C
 from ui import jobs as J
 from ui import state as S
 from ui import widgets as W
@@ -56,6 +57,7 @@ def _set_override(module: str, default: tuple[int, int]) -> None:
 
 
 # ---- controls -------------------------------------------------------------------------
+C.adopt_clicked()  # a row clicked in the comparison table below: before the widgets that show it
 with st.container(border=True):
     c1, c2 = st.columns(2, gap="large")
     strategy = c1.selectbox("Layer strategy", list(LAYER_STRATEGIES), key=S.W_STRATEGY, **PERSIST,
@@ -246,6 +248,8 @@ st.dataframe(rows, hide_index=True, width="stretch",
                             "area": st.column_config.NumberColumn(format="percent"),
                             "lift": st.column_config.NumberColumn(format="%.2fx")})
 W.chart(viz.captured_bars(plan), config={"displayModeBar": False}, key="map_captured")
+
+C.section(W.current_transfer_config())
 
 # ---- layer similarity -----------------------------------------------------------------
 st.subheader("Teacher × student layer similarity")

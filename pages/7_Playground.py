@@ -76,7 +76,8 @@ if result["key"] != key:
 outputs = result["outputs"]
 for column, out in zip(st.columns(len(outputs)), outputs):
     with column.container(border=True):
-        st.markdown(f"**{W.md_escape(out.name)}**")
+        title = W.one_line(out.name)  # one line in every card, so the cards stay aligned
+        st.markdown(f"**{W.md_escape(title)}**", help=out.name if title != out.name else None)
         st.text(out.text or "(empty completion)")
         if out.correct is not None:
             st.markdown(":green[:material/check_circle: answer matches the reference]" if out.correct

@@ -14,16 +14,8 @@ from paraknow.study.cells import RECIPE_FILE
 from paraknow.study.control import log_tail, read_study, start_study, stop_study
 from paraknow.study.plan import plan_cells
 from paraknow.study.recipe import FACTOR_LABELS
-from paraknow.study.report import (
-    REPORT_HTML,
-    RESULTS_CSV,
-    RESULTS_JSON,
-    arm_rows,
-    bars_figure,
-    comparison_rows,
-    seed_count_figure,
-    seed_count_points,
-)
+from paraknow.study.report import (REPORT_HTML, RESULTS_CSV, RESULTS_JSON, arm_rows, bars_figure, comparison_rows,
+    seed_count_figure, seed_count_points)
 from paraknow.study.runner import MAX_WORKERS, WORKERS_HELP, prepare
 from ui import executor as E
 from ui import state as S
@@ -46,6 +38,11 @@ st.caption("A controlled experiment on one teacher/student pair: every arm (an i
 
 
 # ---- the recipe: grid builder or a loaded recipe -----------------------------------------
+def _limit(value) -> int | None:
+    """A builder's item count as a recipe limit: 0 is all of them (None)."""
+    return int(value) or None
+
+
 def builder_recipe() -> dict:
     with st.container(border=True):
         c = st.columns([2, 2, 1])
@@ -61,9 +58,16 @@ def builder_recipe() -> dict:
         h[3].number_input("Micro-batch", min_value=1, max_value=4096, key=S.W_ST_MICRO, **PERSIST)
         h[4].number_input("Rank r", min_value=1, max_value=4096, key=S.W_ST_RANK, **PERSIST)
         h[5].number_input("LoRA alpha", min_value=0.0625, max_value=4096.0, key=S.W_ST_ALPHA, **PERSIST)
-        h[6].number_input("Val records", min_value=1, max_value=100_000, key=S.W_ST_EVAL_LIMIT, **PERSIST,
-                          help="Validation records evaluated per cell (for the learning-rate choice).")
-        h[7].number_input("Max new tokens", min_value=1, max_value=4096, key=S.W_ST_TOKENS, **PERSIST)
+        h[6].number_input("Max new tokens", min_value=1, max_value=4096, key=S.W_ST_TOKENS, **PERSIST)
+        h[7].button("Quick preset", key="w_st_quick", on_click=S.apply_quick_preset, icon=":material/bolt:",
+                    help=f"A study for a class hour: {U.QUICK_PRESET['seeds']} seed, vanilla vs PKT at one "
+                         f"learning rate, {U.QUICK_PRESET['test_limit']} test and {U.QUICK_PRESET['val_limit']} "
+                         "validation items (docs/study.md).")
+        v = st.columns(4)
+        v[0].number_input("Val items", min_value=0, max_value=100_000, key=S.W_ST_EVAL_LIMIT, **PERSIST,
+                          help="Validation items scored per cell (the learning-rate choice); 0: all of them.")
+        v[1].number_input("Test items", min_value=0, max_value=100_000, key=S.W_ST_TEST_LIMIT, **PERSIST,
+                          help="Test items scored per cell (the first N of the test split); 0: all of them.")
         a, b = st.columns([3, 1])
         a.multiselect("Controls", list(U.CONTROLS), key=S.W_ST_CONTROLS, **PERSIST,
                       help="  \n".join(f"**{n}**: {text}" for n, (_, text) in U.CONTROLS.items()))
@@ -83,9 +87,10 @@ def builder_recipe() -> dict:
             ss[S.W_ST_TEACHER].strip(), ss[S.W_ST_STUDENT].strip(), ss[S.W_ST_TASK],
             {"epochs": ss[S.W_ST_EPOCHS], "lr": ss[S.W_ST_LR], "batch": int(ss[S.W_ST_BATCH]),
              "micro_batch": int(ss[S.W_ST_MICRO]), "rank": int(ss[S.W_ST_RANK]), "alpha": ss[S.W_ST_ALPHA],
-             "eval_limit": int(ss[S.W_ST_EVAL_LIMIT]), "eval_max_new_tokens": int(ss[S.W_ST_TOKENS])},
+             "eval_max_new_tokens": int(ss[S.W_ST_TOKENS])},
             int(ss[S.W_ST_SEEDS]), U.parse_rates(ss[S.W_ST_SWEEP]), ss[S.W_ST_CONTROLS],
-            {f: ss[S.W_ST_FACTOR + f] for f in levels}, ss[S.W_ST_BASELINE], ss[S.W_ST_BUDGET])
+            {f: ss[S.W_ST_FACTOR + f] for f in levels}, ss[S.W_ST_BASELINE], ss[S.W_ST_BUDGET],
+            _limit(ss[S.W_ST_EVAL_LIMIT]), _limit(ss[S.W_ST_TEST_LIMIT]))
         names = [arm["name"] for arm in recipe["arms"]]
         if names and ss[S.W_ST_BASELINE] not in names:
             ss[S.W_ST_BASELINE] = names[0]
@@ -134,7 +139,8 @@ if recipe is not None:
     cells = plan_cells(recipe)
     source = "the loaded recipe" if ss[S.ST_RECIPE] else "the grid builder"
     st.markdown(f"**{len(recipe.arms)} arms, {len(cells)} runs** over seeds {recipe.seeds} from {source}; "
-                f"baseline `{recipe.baseline}`, budget {recipe.budget_minutes:g} min.")
+                f"baseline `{recipe.baseline}`, budget {recipe.budget_minutes:g} min; items scored per cell: "
+                f"test {recipe.test_limit or 'all'}, validation {recipe.val_limit or 'all'}.")
     with st.expander("Arms"):
         st.dataframe(pd.DataFrame([{"arm": a.name, "init": a.init,
                                     "lr sweep": ", ".join(f"{x:g}" for x in a.lr_sweep or []),

@@ -19,7 +19,8 @@ PRESENTATION_CSS = """<style>
 [data-testid="stMain"] h1 { font-size: 3.2rem !important; }
 [data-testid="stMain"] h2, [data-testid="stMain"] h3 { font-size: 2.4rem !important; }
 [data-testid="stMain"] .katex { font-size: 1.6rem !important; }
-</style>"""
+[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"] { display: none !important; }
+</style>"""  # the sidebar (this session's settings, the page list) is hidden: the projector shows the lesson
 
 W.entry_guard()
 ss = st.session_state
@@ -109,7 +110,7 @@ c1.caption(f"A guided walk through the whole pipeline on `{les.config.teacher}` 
            "step runs the real computation and writes its “what to notice” from the numbers it shows; slow results "
            "are cached, so a second class starts where the first ended.")
 present = c2.toggle("Presentation mode", key=S.W_LESSON_PRESENT, **PERSIST,
-                    help="Larger fonts and charts, for a projector.")
+                    help="Larger fonts and charts and no sidebar, for a projector.")
 if present:
     st.html(PRESENTATION_CSS)
 if ss.get(S.W_LESSON_STEP) not in L.STEP_KEYS:

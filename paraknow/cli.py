@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -17,12 +16,9 @@ from .core.fsio import REFUSE_WAIT_S, output_lock, output_path
 from .core.models import quiet_transformers
 from .core.paths import cache_root
 from .runs.executors import EXECUTOR_OPTIONS
+from .terminal import OneLineParser, ProgressBar, non_negative_days, progress_line
 from .transfer.plan import EXTRACT_OPTIONS
 from .transfer.sensitivity import SENSITIVITY_COMMAND_OPTIONS, SENSITIVITY_OPTIONS
-
-
-def _progress(done: int, total: int, message: str) -> None:
-    print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
 
 
 def cmd_sensitivity(args) -> int:
@@ -30,6 +26,7 @@ def cmd_sensitivity(args) -> int:
     from .core.memory import parse_max_memory
     from .core.models import load_config, load_model, resolve_device
     from .core.parallel import launched_rank, launched_world_size, process_device, process_group, rank_and_size
+    from .transfer.seeds import seed_losses
     from .transfer.sensitivity import SensitivityConfig, check_memory, compute_sensitivity
     from .transfer.sensitivity_files import check_output_file, save_sensitivity, sensitivity_meta
 
@@ -48,35 +45,84 @@ def cmd_sensitivity(args) -> int:
     writer = output_lock(out, wait_s=REFUSE_WAIT_S) if launched_rank() == 0 else contextlib.nullcontext()
     with writer, process_group(device):  # a second writer of the same file is refused at once
         model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, max_memory=max_memory)
-        scores = compute_sensitivity(model, tokenizer, records, config, _progress)
-        meta = sensitivity_meta(args.model, config, records, data=args.data)
+        scores = compute_sensitivity(model, tokenizer, records, config, progress_line)
         if rank_and_size()[0] == 0:
+            losses = seed_losses(model, tokenizer, records[:config.samples], config.max_length)
+            meta = sensitivity_meta(args.model, config, records, data=args.data, seed_losses=losses)
             save_sensitivity(out, scores, meta)
-            print(json.dumps({"out": str(out), "tensors": len(scores), **meta}))
+            check = _warn_seeds(losses)
+            print(json.dumps({"out": str(out), "tensors": len(scores), **meta, "seed_check": check}))
     return 0
 
 
-def cmd_extract(args) -> int:
+def _transfer_inputs(args):
+    """The TransferConfig, SensitivityConfig and the sensitivity settings given explicitly (checked against a
+    --sensitivity map's own) of `extract` and `plan`."""
     from .transfer.mapping import parse_layers_arg
-    from .transfer.pipeline import extract_to_dir
     from .transfer.plan import TransferConfig
     from .transfer.sensitivity import SensitivityConfig
 
-    if args.recipe:
-        _apply_recipe(args)
-    for flag in ("teacher", "student", "data", "out"):
-        if not getattr(args, flag):
-            raise ParaknowError(f"--{flag} is required (on the command line or, except --out, in --recipe).")
     strategy, manual = parse_layers_arg(args.layers)
     config = TransferConfig(**{**{name: getattr(args, name) for name in EXTRACT_OPTIONS},
                                "layers": strategy, "manual_map": manual,
                                "overrides": getattr(args, "overrides", None) or {}})
     sens = SensitivityConfig(**{name: getattr(args, name) for name in SENSITIVITY_OPTIONS})
+    given = _given_flags(args.argv, args.command) | getattr(args, "recipe_keys", set())
+    return config, sens, {name: getattr(args, name) for name in SENSITIVITY_OPTIONS if name in given}
+
+
+def _warn_seeds(losses) -> dict | None:
+    """The seed check of a map's seed losses (paraknow/transfer/seeds.py); its warning goes to stderr."""
+    from .transfer.seeds import check_seeds
+
+    if not losses:
+        return None
+    check = check_seeds(losses)
+    if check.message():
+        print(f"warning: {check.message()}", file=sys.stderr, flush=True)
+    return check.to_dict()
+
+
+def _report_map(map_file) -> None:
+    if map_file is not None:
+        print(f"sensitivity map {map_file.path}: " + json.dumps(map_file.report()), file=sys.stderr, flush=True)
+
+
+def cmd_extract(args) -> int:
+    from .transfer.pipeline import extract_to_dir
+
+    if args.recipe:
+        _apply_recipe(args)
+    for flag in ("teacher", "student", "out") + (() if args.sensitivity else ("data",)):
+        if not getattr(args, flag):
+            raise ParaknowError(f"--{flag} is required (on the command line or, except --out, in --recipe).")
+    config, sens, asked = _transfer_inputs(args)
     out = output_path(args.out)
     manifest = extract_to_dir(args.teacher, args.student, args.data, out, config, sens,
-                              device=args.device, dtype=args.dtype, progress=_progress, overwrite=args.overwrite)
+                              device=args.device, dtype=args.dtype, progress=progress_line, overwrite=args.overwrite,
+                              sensitivity_file=args.sensitivity, asked=asked)
     print(json.dumps({"out": str(out), "modules": len(manifest["modules"]),
-                      "layer_map": manifest["layer_map"], "notes": manifest["notes"]}))
+                      "layer_map": manifest["layer_map"], "notes": manifest["notes"],
+                      "seed_check": _warn_seeds(manifest.get("seed_losses")),
+                      **({"sensitivity": {k: manifest[k] for k in ("sensitivity_file", "metric", "samples",
+                                                                     "data_sha256")}}
+                         if args.sensitivity else {})}))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .transfer.pipeline import compare_to_rows
+
+    for flag in ("teacher", "student"):
+        if not getattr(args, flag):
+            raise ParaknowError(f"--{flag} is required.")
+    config, sens, asked = _transfer_inputs(args)
+    rows, prepared = compare_to_rows(args.teacher, args.student, args.data, config, sens, device=args.device,
+                                     dtype=args.dtype, progress=progress_line, sensitivity_file=args.sensitivity,
+                                     asked=asked, compare=args.compare)
+    _report_map(prepared.map_file)
+    for row in rows:
+        print(json.dumps(row.to_dict()), flush=True)
     return 0
 
 
@@ -87,35 +133,40 @@ def _apply_recipe(args) -> None:
     from .transfer.recipe import REFERENCE_KEYS, SETTING_KEYS, load_recipe
 
     recipe = load_recipe(args.recipe)
-    given = _given_flags(args.argv)
+    given = _given_flags(args.argv, args.command)
+    args.recipe_keys = set()
     for key in REFERENCE_KEYS[:3] + SETTING_KEYS:
         if key not in given and (key in REFERENCE_KEYS or key in recipe.settings):
             value = getattr(recipe, key) if key in REFERENCE_KEYS else recipe.get(key)
             if key == "modules" and isinstance(value, list):
                 value = ",".join(value)
             setattr(args, key, value)
+            args.recipe_keys.add(key)
     args.overrides = recipe.get("overrides")
     if not args.out and recipe.name:
         args.out = str(cache_dir("exports") / recipe.name)
 
 
-def _given_flags(argv) -> set[str]:
-    """The `extract` options given on the command line: the same subcommand parsed once more with
-    every default replaced by a marker (argparse's public set_defaults), so only what was typed differs."""
-    from .transfer.recipe import REFERENCE_KEYS, SETTING_KEYS
-
+def _given_flags(argv, command: str) -> set[str]:
+    """The options of `command` given on the command line: the command parsed once more with every
+    default replaced by a marker (argparse's public set_defaults), so only what was typed differs."""
+    parser = build_parser()
+    typed = vars(parser.parse_args(argv))
     not_given = object()
-    extract = _add_extract(_OneLineParser(prog="paraknow").add_subparsers())
-    extract.set_defaults(**{key: not_given for key in (*REFERENCE_KEYS, *SETTING_KEYS, "out", "recipe", "overwrite")})
-    return {key for key, value in vars(extract.parse_args(list(argv)[1:])).items()
-            if value is not not_given and key != "func"}
+    parser.commands[command].set_defaults(**{key: not_given for key in typed if key not in ("command", "func")})
+    return {key for key, value in vars(parser.parse_args(argv)).items()
+            if value is not not_given and key not in ("command", "func")}
 
 
 def cmd_eval(args) -> int:
     from .runs.evaluate import run_eval
 
-    result = run_eval(args.model, args.data, adapter=args.adapter, max_new_tokens=args.eval_max_new_tokens,
-                      device=args.device, match=args.match)
+    bar = ProgressBar()
+    try:
+        result = run_eval(args.model, args.data, adapter=args.adapter, max_new_tokens=args.eval_max_new_tokens,
+                          device=args.device, match=args.match, limit=args.limit, progress=bar)
+    finally:
+        bar.close()
     print(json.dumps(result))
     return 0
 
@@ -228,32 +279,30 @@ def cmd_cache(args) -> int:
     return 0
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError("must be a finite number of days, at least 0")
-    return value
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes are one line on stderr too (argparse would print the whole usage first)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Every default, choice list and help text comes from the config dataclasses (paraknow.core.options)."""
-    parser = _OneLineParser(prog="paraknow", description="Parametric knowledge transfer between language models.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="paraknow", description="Parametric knowledge transfer between language models.")
+    sub = _Commands(parser.add_subparsers(dest="command", required=True))
     _add_transfer_commands(sub)
     _add_model_use_commands(sub)
     _add_housekeeping_commands(sub)
+    parser.commands = sub.parsers  # {command: its parser} (read by _given_flags)
     return parser
 
 
+class _Commands:
+    """The subcommands' action, keeping each command's parser as it is added."""
+
+    def __init__(self, action):
+        self.action, self.parsers = action, {}
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        self.parsers[name] = self.action.add_parser(name, **kwargs)
+        return self.parsers[name]
+
+
 def _add_transfer_commands(sub) -> None:
-    """sensitivity, extract."""
+    """sensitivity, extract, plan."""
     from .core.options import Placement, add_options
     from .transfer.sensitivity import SensitivityConfig
 
@@ -271,30 +320,46 @@ def _add_transfer_commands(sub) -> None:
 
 
 def _add_extract(sub):
-    """The `extract` subcommand (also parsed alone by `_given_flags`)."""
-    from .core.options import Placement, add_options
-    from .transfer.plan import TransferConfig
-    from .transfer.sensitivity import SensitivityConfig
+    """The `extract` subcommand."""
 
     p = sub.add_parser("extract", help="extract teacher parameters into a LoRA init for the student")
-    p.add_argument("--teacher", help="teacher model reference (required unless --recipe gives it)")
-    p.add_argument("--student", help="student model reference (required unless --recipe gives it)")
-    p.add_argument("--data", help="seed data: JSONL file or task:NAME[:SPLIT] (required unless --recipe gives it)")
+    _add_plan_inputs(p, "(required unless --recipe gives it)")
     p.add_argument("--out", help="output directory (with --recipe: cache/exports/<the recipe's name> if not given)")
     p.add_argument("--recipe", default=None,
                    help="the app's state as a JSON file (Download recipe in the app); flags given here override it")
-    add_options(p, TransferConfig, EXTRACT_OPTIONS)
-    add_options(p, SensitivityConfig, SENSITIVITY_OPTIONS)
-    add_options(p, Placement, ("device", "dtype"))
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it holds a previous paraknow export (never any other folder)")
     p.set_defaults(func=cmd_extract)
     return p
 
+    p = sub.add_parser("plan", help="what an extract would take, without exporting: one JSON line per row "
+                                    "(captured, lift, energy, cos, modules, seconds)")
+    _add_plan_inputs(p, "(required)")
+    p.add_argument("--compare", action="store_true",
+                   help="one row per structure x layer strategy x coherent level instead of the given settings only")
+    p.set_defaults(func=cmd_plan)
+
+
+def _add_plan_inputs(p, required: str) -> None:
+    """The models, seed data or map, and transfer settings that `extract` and `plan` share."""
+    from .core.options import Placement, add_options
+    from .transfer.plan import TransferConfig
+    from .transfer.sensitivity import SensitivityConfig
+    from .transfer.sensitivity_files import MAP_FILE_HELP
+
+    p.add_argument("--teacher", help=f"teacher model reference {required}")
+    p.add_argument("--student", help=f"student model reference {required}")
+    p.add_argument("--data", help="seed data: JSONL file or task:NAME[:SPLIT] (not needed with --sensitivity)")
+    p.add_argument("--sensitivity", default=None, metavar="FILE", help=MAP_FILE_HELP)
+    add_options(p, TransferConfig, EXTRACT_OPTIONS)
+    add_options(p, SensitivityConfig, SENSITIVITY_OPTIONS)
+    add_options(p, Placement, ("device", "dtype"))
+
 
 def _add_model_use_commands(sub) -> None:
     """eval, generate, distill-data, train."""
     from .core.options import Placement, add_options
+    from .runs.evaluate import EvalOptions
     from .runs.executors import ExecutorConfig
     from .runs.train_config import CLI_FIELDS, TrainConfig
 
@@ -303,6 +368,7 @@ def _add_model_use_commands(sub) -> None:
     p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter directory")
     p.add_argument("--data", required=True, help="JSONL file or task:NAME[:SPLIT]")
     add_options(p, TrainConfig, ("eval_max_new_tokens", "match"), flags={"eval_max_new_tokens": "--max-new-tokens"})
+    add_options(p, EvalOptions, ("limit",))
     add_options(p, Placement, ("device",))
     p.set_defaults(func=cmd_eval)
 
@@ -342,7 +408,7 @@ def _add_housekeeping_commands(sub) -> None:
                                      "background-job folders)")
     p.add_argument("action", choices=["list", "clear"])
     p.add_argument("--kind", default=None, choices=list(CACHE_KINDS), help="only this kind of entry")
-    p.add_argument("--older-than", type=_non_negative_float, default=None, metavar="DAYS",
+    p.add_argument("--older-than", type=non_negative_days, default=None, metavar="DAYS",
                    help="only entries not used for this many days")
     p.set_defaults(func=cmd_cache)
 

@@ -155,15 +155,8 @@ def study_report(recipe_path, study_dir: Path, out_dir: Path, workers: int, prog
     from .study import load_recipe, run_study
     from .study.cells import read_cell
     from .study.plan import plan_cells
-    from .study.report import (
-        arm_curves,
-        bars_figure,
-        cells_csv,
-        curves_figure,
-        markdown_table,
-        seed_count_figure,
-        seed_count_points,
-    )
+    from .study.report import (arm_curves, bars_figure, cells_csv, curves_figure, markdown_table, seed_count_figure,
+        seed_count_points)
 
     recipe = load_recipe(recipe_path)
     results = run_study(recipe, study_dir, resume=(Path(study_dir) / "recipe.json").is_file(), workers=workers,

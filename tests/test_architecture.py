@@ -86,7 +86,7 @@ LAYERS = (
     ("study", ("paraknow.study",)),  # controlled experiments
     ("lesson", ("paraknow.lesson",)),  # the guided lesson
     ("report", ("paraknow.report", "paraknow.htmlreport")),  # results files and HTML reports
-    ("cli", ("paraknow.cli", "paraknow.__main__")),  # the command line
+    ("cli", ("paraknow.cli", "paraknow.terminal", "paraknow.__main__")),  # the command line
     ("api", ("paraknow",)),  # the package's public names (paraknow/__init__.py)
 )
 

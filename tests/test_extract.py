@@ -4,16 +4,8 @@ import pytest
 import torch
 
 from paraknow.core.errors import ParaknowError
-from paraknow.extract import (
-    STRUCTURES,
-    Selection,
-    block_selection,
-    captured_share,
-    evenly_spaced,
-    max_sum_block,
-    max_sum_block_reference,
-    select,
-)
+from paraknow.extract import (STRUCTURES, Selection, block_selection, captured_share, evenly_spaced, max_sum_block,
+    max_sum_block_reference, select)
 
 
 def brute_force_block(scores, h, w):

@@ -10,13 +10,8 @@ import pytest
 
 from paraknow import __version__, viz
 from paraknow.core.errors import ParaknowError
-from paraknow.htmlreport import (
-    ReportFigure,
-    figure_image,
-    image_export_unavailable,
-    report_provenance,
-    write_html_report,
-)
+from paraknow.htmlreport import (ReportFigure, figure_image, image_export_unavailable, report_provenance,
+    write_html_report)
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -118,3 +118,12 @@ def test_adapter_choices_lists_exports_and_run_adapters_for_the_student():
     assert choices[1].name == f"run {run_dir.name}" and "seed 4" in choices[1].detail
     assert str(unfinished / "adapter") not in [c.path for c in adapter_choices()]
     assert len(adapter_choices()) == 3
+
+
+def test_card_titles_fit_one_line_and_keep_both_ends():
+    from ui.widgets import one_line
+
+    name = "student + run 20261206-033017886335-5ae7b3"
+    short = one_line(name)
+    assert len(short) == 34 and short.startswith("student + run") and short.endswith("5ae7b3") and "…" in short
+    assert one_line("teacher · demo:teacher") == "teacher · demo:teacher"

@@ -7,12 +7,8 @@ from paraknow.core.errors import ParaknowError
 from paraknow.core.records import records_sha256
 from paraknow.transfer.mapping import layer_scores
 from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
-from paraknow.transfer.sensitivity_files import (
-    cached_sensitivity,
-    cached_sensitivity_hit,
-    load_sensitivity,
-    save_sensitivity,
-)
+from paraknow.transfer.sensitivity_files import (cached_sensitivity, cached_sensitivity_hit, load_sensitivity,
+    save_sensitivity)
 from paraknow.transfer.sensitivity_map import group_shares, marginals, module_table, pooled, sensitivity_map
 
 

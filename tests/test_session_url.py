@@ -109,8 +109,9 @@ def _rendered_markdown(at: AppTest) -> list[str]:
 
 
 def test_a_link_naming_files_or_hub_ids_loads_nothing_until_clicked_and_renders_no_markdown(tmp_path):
-    from paraknow.core.records import to_jsonl
     from tiny import SEED_RECORDS
+
+    from paraknow.core.records import to_jsonl
 
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text(to_jsonl(SEED_RECORDS))

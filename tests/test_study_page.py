@@ -49,6 +49,19 @@ def test_grid_builder_counts_arms_and_runs():
     assert "learning rates must be numbers" in " ".join(str(e.value) for e in at.error)
 
 
+def test_quick_preset_and_item_limits_reach_the_recipe():
+    at = page()
+    at.button(key="w_st_quick").click().run()
+    assert_ok(at)
+    assert summary(at).startswith("**2 arms, 2 runs**")  # vanilla and PKT, one seed, one learning rate
+    q = U.QUICK_PRESET
+    assert summary(at).endswith(f"test {q['test_limit']}, validation {q['val_limit']}.")
+    assert f"budget {q['budget_minutes']:g} min" in summary(at)
+    at.number_input(key=S.W_ST_TEST_LIMIT).set_value(0).run()  # 0: every test item
+    assert_ok(at)
+    assert summary(at).endswith(f"test all, validation {q['val_limit']}.")
+
+
 def test_factor_levels_come_from_the_registries():
     from paraknow.extract import STRUCTURES
     from paraknow.transfer.mapping import LAYER_STRATEGIES
@@ -109,3 +122,17 @@ def test_launch_stop_resume_and_results(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert [c["state"] for c in results["cells"]] == ["finished"] * 6
     assert (out / "report.html").is_file()
+
+
+def test_signal_rows_have_readable_names_and_no_raw_none():
+    from paraknow.study.signals import SIGNAL_LABELS, SIGNALS
+
+    values = {"captured": 0.5, "area": 0.4, "lift": 1.25, "energy": 0.7, "cos_w": 0.01, "cos_residual": None,
+              "zero_step_loss": -0.2}
+    results = {"arms": [{"arm": "pkt", "signals": values}, {"arm": "vanilla", "signals": None}],
+               "signal_correlations": {s: {"n": 1, "spearman": None} for s in SIGNALS}}
+    rows = U.signal_rows(results)
+    assert [r["arm"] for r in rows] == ["pkt", "Spearman vs accuracy"]
+    assert set(rows[0]) == {"arm", *SIGNAL_LABELS.values()} and "cos_w" not in rows[0]
+    assert rows[0][SIGNAL_LABELS["lift"]] == "1.2500" and rows[0][SIGNAL_LABELS["cos_residual"]] == "–"
+    assert all(v == "–" for k, v in rows[1].items() if k != "arm")

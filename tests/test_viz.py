@@ -227,3 +227,15 @@ def test_log_spectra_label_values_and_a_one_point_run_gets_whole_steps_from_zero
         assert list(one.layout[name].range) == [0, 1.5] and one.layout[name].dtick == 1
     many = viz.run_curves([{"label": "run", "rows": [{"step": s, "loss": 1.0} for s in range(1, 200)]}])
     assert many.layout.xaxis.range is None  # long runs keep plotly's own range
+
+
+def test_eval_panels_say_when_no_evaluation_has_run_yet():
+    def notes(fig):
+        return {(a.xref, a.text.split(":")[0]) for a in fig.layout.annotations if a.text.startswith("no ")}
+
+    training = viz.run_curves([{"label": "run", "rows": [{"step": 1, "loss": 2.5, "lr": 1e-4}]}])
+    assert notes(training) == {("x3 domain", "no evaluation yet"), ("x4 domain", "no evaluation yet")}
+    evaluated = viz.run_curves([{"label": "run", "rows": [{"step": 1, "loss": 2.5, "lr": 1e-4},
+                                                          {"step": 1, "eval_loss": 2.0, "eval_accuracy": 0.1}]}])
+    assert notes(evaluated) == set()
+    assert notes(viz.run_curves([])) == {("paper", "no metrics yet")}

@@ -31,7 +31,7 @@ POLL_S = 1.0  # how often a running job's progress is redrawn
 def progress_text(label: str, view: background.JobView) -> str:
     from ui.widgets import no_shortcodes
 
-    step = view.message or "starting (loading the models)…"
+    step = f"{view.fraction:.0%} · {view.message}" if view.message else "starting (loading the models)…"
     return no_shortcodes(f"{label}: {step}")  # 'task:arith:train: ...' must not become an emoji
 
 
@@ -302,6 +302,8 @@ def follow_export(name: str | None) -> None:
         return
     export = named_export(Path(view.result["dir"]).name)
     S.put(S.EXPORT, export)
+    if export:
+        S.follow_export(export["name"])
     if export and export["name"] not in S.get(S.EXPORTS_MADE):
         S.get(S.EXPORTS_MADE).append(export["name"])
     S.put(S.VERIFY, None)

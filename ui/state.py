@@ -51,6 +51,8 @@ QUICKSTART = "pk_quickstart"      # summary line of the last quick start
 HUB_CHECKED = "pk_hub_checked"    # hub ids whose config the user asked to look up (network)
 PG_RESULT = "pk_pg_result"        # {"key", "outputs": [playground.Output]} of the last Playground run
 LESSON = "pk_lesson"              # paraknow.lesson.Lesson of the Lesson page (its results so far)
+COMPARE = "pk_compare"            # {"key", "rows"}: the Mapping page's granularity comparison (ui.compare)
+COMPARE_VERSION = "pk_compare_version"  # bumped to give the comparison table a fresh key (no row selected)
 
 
 
@@ -67,7 +69,7 @@ RESULT_DEFAULTS = {
     EXPORT: None, EXPORT_JOB: None, NAME_AUTO: None, URL_NOTICE: None, URL_PENDING: None, EXPORTS_MADE: [],
     VERIFY: None,
     VERIFY_KEY: None, QUICKSTART: None,
-    HUB_CHECKED: [], PG_RESULT: None, LESSON: None,
+    HUB_CHECKED: [], PG_RESULT: None, LESSON: None, COMPARE: None, COMPARE_VERSION: 0,
 }
 
 # ---- widgets --------------------------------------------------------------------------
@@ -356,7 +358,8 @@ W_ST_BATCH = "w_st_batch"
 W_ST_MICRO = "w_st_micro"
 W_ST_RANK = "w_st_rank"
 W_ST_ALPHA = "w_st_alpha"
-W_ST_EVAL_LIMIT = "w_st_eval_limit"
+W_ST_EVAL_LIMIT = "w_st_eval_limit"   # the recipe's val_limit (0: all)
+W_ST_TEST_LIMIT = "w_st_test_limit"   # the recipe's test_limit (0: all)
 W_ST_TOKENS = "w_st_tokens"
 W_ST_SEEDS = "w_st_seeds"           # number of seeds (0, 1, ...)
 W_ST_SWEEP = "w_st_sweep"           # "1e-4, 3e-4, 1e-3": vanilla and PiSSA learning rates
@@ -386,13 +389,42 @@ def study_defaults() -> dict:
     d = {ST_RECIPE: None, ST_ESTIMATE: None, ST_NOTICE: None, W_ST_NAME: "", W_ST_TEACHER: teacher,
          W_ST_STUDENT: student, W_ST_TASK: "arith", W_ST_EPOCHS: float(train["epochs"]), W_ST_LR: train["lr"],
          W_ST_BATCH: train["batch"], W_ST_MICRO: train["micro_batch"], W_ST_RANK: transfer["rank"],
-         W_ST_ALPHA: float(transfer["alpha"]), W_ST_EVAL_LIMIT: train["eval_limit"],
+         W_ST_ALPHA: float(transfer["alpha"]), W_ST_EVAL_LIMIT: train["eval_limit"], W_ST_TEST_LIMIT: 0,
          W_ST_TOKENS: train["eval_max_new_tokens"], W_ST_SEEDS: 5, W_ST_SWEEP: SWEEP_DEFAULT,
          W_ST_CONTROLS: list(DEFAULT_CONTROLS), W_ST_BASELINE: "vanilla",
          W_ST_BUDGET: float(DEFAULT_BUDGET_MINUTES), W_ST_PASTE: "", W_ST_VIEW: None,
          W_ST_WORKERS: DEFAULT_WORKERS, **executor_defaults()}
     d.update({W_ST_FACTOR + factor: [] for factor in factor_levels()})
     return d
+
+
+def follow_task(label: str) -> None:
+    """A new map's built-in task (its seed data `task:NAME[:SPLIT]`) becomes the task of the pages downstream:
+    Fine-tune's training and evaluation data, the Playground's prompts and the Study's builder. A page's own
+    pick stays until the next map; seed data of another kind (a file, a paste) changes nothing."""
+    from paraknow.core.tasks import TASKS
+
+    kind, _, rest = label.partition(":")
+    task = rest.split(":")[0]
+    if kind == "task" and task in TASKS:
+        st.session_state.update({key: task for key in (W_FT_TASK + "train", W_FT_TASK + "eval", W_PG_TASK,
+                                                       W_ST_TASK)})
+
+
+def follow_export(name: str) -> None:
+    """A new export becomes the Fine-tune page's initialisation (a PKT run from it)."""
+    st.session_state.update({W_FT_INIT: "pkt", W_FT_EXPORT: name})
+
+
+def apply_quick_preset() -> None:
+    """The builder set to the "quick" preset (ui.study.QUICK_PRESET): a study that fits a class hour."""
+    from ui.study import QUICK_PRESET, factor_levels
+
+    q, ss = QUICK_PRESET, st.session_state
+    ss.update({W_ST_SEEDS: q["seeds"], W_ST_CONTROLS: list(q["controls"]), W_ST_SWEEP: q["sweep"],
+               W_ST_EVAL_LIMIT: q["val_limit"], W_ST_TEST_LIMIT: q["test_limit"], W_ST_BUDGET: q["budget_minutes"],
+               W_ST_BASELINE: q["controls"][0]})
+    ss.update({W_ST_FACTOR + factor: [] for factor in factor_levels()})
 
 
 def init_study() -> None:

@@ -34,6 +34,9 @@ CONTROLS = {
 }
 SWEPT = ("vanilla", "pissa", "vanilla-ortho")
 DEFAULT_CONTROLS = ["vanilla", "pissa", "pkt", "pkt-random-positions", "untuned", "teacher"]
+# the "quick" preset (docs/study.md): one seed, vanilla vs PKT at one learning rate, 200 items scored
+QUICK_PRESET = {"seeds": 1, "controls": ["vanilla", "pkt"], "sweep": "3e-4", "val_limit": 200, "test_limit": 200,
+                "budget_minutes": 15.0}
 SAMPLE_LEVELS = [1, 2, 4, 8, 16, 64]
 RANK_LEVELS = [4, 8, 32, 64]
 
@@ -75,7 +78,7 @@ def parse_rates(text: str) -> list[float]:
 
 def build_recipe(teacher: str, student: str, task: str, train: dict, n_seeds: int, sweep: list[float],
                  controls: list[str], factors: dict[str, list], baseline: str | None,
-                 budget_minutes: float) -> dict:
+                 budget_minutes: float, val_limit: int | None = None, test_limit: int | None = None) -> dict:
     """The grid as a recipe: the chosen controls, then one PKT arm per chosen factor level (one
     factor at a time, everything else at the default: an ablation)."""
     arms = []
@@ -92,7 +95,8 @@ def build_recipe(teacher: str, student: str, task: str, train: dict, n_seeds: in
     names = [a["name"] for a in arms]
     recipe = {"teacher": teacher, "student": student, "seed_data": f"task:{task}:seed",
               "train_data": f"task:{task}:train", "val_data": f"task:{task}:val", "test_data": f"task:{task}:test",
-              "train": dict(train), "seeds": list(range(n_seeds)), "budget_minutes": budget_minutes, "arms": arms}
+              "train": dict(train), "seeds": list(range(n_seeds)), "budget_minutes": budget_minutes,
+              "val_limit": val_limit, "test_limit": test_limit, "arms": arms}
     if baseline in names:
         recipe["baseline"] = baseline
     return recipe
@@ -135,14 +139,19 @@ def cell_rows(results: dict) -> list[dict]:
 
 
 def signal_rows(results: dict) -> list[dict]:
-    from paraknow.study.signals import SIGNALS
+    """The signals table: one row per PKT arm and their Spearman correlation with accuracy; readable
+    column names (SIGNAL_LABELS) and "–" where a value does not exist."""
+    from paraknow.study.signals import SIGNAL_LABELS, SIGNALS
 
-    rows = [{"arm": a["arm"], **{s: None if a["signals"].get(s) is None else round(a["signals"][s], 4)
-                                 for s in SIGNALS}} for a in results["arms"] if a["signals"]]
+    def shown(value, digits: int):
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    rows = [{"arm": a["arm"], **{SIGNAL_LABELS[s]: shown(a["signals"].get(s), 4) for s in SIGNALS}}
+            for a in results["arms"] if a["signals"]]
     corr = results["signal_correlations"]
     if rows:
-        rows.append({"arm": "Spearman vs accuracy", **{s: None if corr[s]["spearman"] is None
-                                                       else round(corr[s]["spearman"], 3) for s in SIGNALS}})
+        rows.append({"arm": "Spearman vs accuracy", **{SIGNAL_LABELS[s]: shown(corr[s]["spearman"], 3)
+                                                       for s in SIGNALS}})
     return rows
 
 

@@ -105,7 +105,8 @@ class Progress:
             return
         self._last = now
         frac = 0.0 if total <= 0 else max(0.0, min(1.0, done / total))
-        self.bar.progress(frac, text=no_shortcodes(f"{self.label}: {message}" if message else self.label))
+        shown = f"{frac:.0%} · {message}" if message else f"{frac:.0%}"
+        self.bar.progress(frac, text=no_shortcodes(f"{self.label}: {shown}"))
 
     def finish(self, text: str | None = None) -> None:
         self.bar.progress(1.0, text=no_shortcodes(text or f"{self.label}: done"))
@@ -334,6 +335,7 @@ def set_sensitivity(result: dict) -> None:
     S.put(S.SENS, result)
     if not old or old.id != result.id:
         S.reset_after_sensitivity()
+        S.follow_task(result.label)
 
 
 def selected_modules() -> tuple | None:
@@ -657,6 +659,15 @@ def cache_panel() -> None:
                            + (f"; kept {kept} in use" if kept else "")
                            + (f"; left {unmarked} that paraknow did not make (no marker): remove them yourself"
                               if unmarked else "") + ".", icon=":material/check_circle:")
+
+
+def one_line(text: str, width: int = 34) -> str:
+    """`text` cut in the middle to `width` characters (a card title that must not wrap keeps both ends:
+    "student + run 2026…5ae7b3")."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
 def md_escape(text: str) -> str:

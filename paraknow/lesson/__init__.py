@@ -19,31 +19,10 @@ from __future__ import annotations
 
 from ..core.errors import ParaknowError
 from .figures import parameters_figure, presentation, structure_figure, token_loss_figure
-from .state import (
-    GROUP_NAMES,
-    PRESENTATION_SCALE,
-    Lesson,
-    LessonConfig,
-    Question,
-    Step,
-    StepResult,
-    default_loader,
-    pct,
-    times,
-)
-from .steps import (
-    STRUCTURE_QUESTION,
-    WHERE_QUESTION,
-    how_much,
-    loss_change,
-    step_export,
-    step_layers,
-    step_load,
-    step_sensitivity,
-    step_structure,
-    step_where,
-    structure_rows,
-)
+from .state import (GROUP_NAMES, PRESENTATION_SCALE, Lesson, LessonConfig, Question, Step, StepResult,
+    default_loader, pct, times)
+from .steps import (STRUCTURE_QUESTION, WHERE_QUESTION, how_much, loss_change, step_export, step_layers, step_load,
+    step_sensitivity, step_structure, step_where, structure_rows)
 from .training import step_compare, step_finetune
 
 __all__ = ["GROUP_NAMES", "PRESENTATION_SCALE", "STEPS", "STEP_KEYS", "STRUCTURE_QUESTION",

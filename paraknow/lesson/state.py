@@ -9,8 +9,9 @@ from typing import Callable
 
 from ..core.errors import ParaknowError
 from ..transfer.lora import MANIFEST_FILE
+from ..transfer.sensitivity_map import GROUP_LABELS
 
-GROUP_NAMES = {"attention": "attention", "ffn": "FFN", "embeddings": "embeddings", "other": "norms"}
+GROUP_NAMES = GROUP_LABELS  # the sensitivity groups' display names, the same on every page
 RUN_GROUP_PREFIX = "lesson-"
 PRESENTATION_SCALE = 1.5  # fonts and chart heights in presentation mode
 

@@ -31,19 +31,8 @@ from pathlib import Path
 from ..core.cache import mark_entry
 from ..core.errors import ParaknowError
 from ..core.fsio import atomic_write_json, atomic_write_text, output_lock, sha256_bytes
-from ..core.jobdir import (
-    LOG_FILE,
-    PROGRESS_FILE,
-    SPEC_FILE,
-    STATUS_FILE,
-    STOP_FILE,
-    append_progress,
-    last_progress,
-    read_json,
-    read_status,
-    request_stop,
-    stop_requested,
-)
+from ..core.jobdir import (LOG_FILE, PROGRESS_FILE, SPEC_FILE, STATUS_FILE, STOP_FILE, append_progress,
+    last_progress, read_json, read_status, request_stop, stop_requested)
 from ..core.paths import cache_dir
 from ..core.processes import pid_alive, proc_start_time, reap_children, spawn
 

@@ -51,24 +51,39 @@ def run_similarity(spec: dict, job_dir: Path, progress) -> dict:
     return {"matrix": matrix.tolist(), "info": info}  # [L_T, L_S]
 
 
-def run_export(spec: dict, job_dir: Path, progress) -> dict:
-    """Plan and write an export from a cached sensitivity map (the same plan the page shows)."""
+def _pair_and_map(spec: dict):
+    """The TransferConfig, both models described and the cached map (with its layer similarity) of a spec."""
     import numpy as np
 
     from ..core.architecture import describe
-    from ..transfer.pipeline import plan_and_export
     from ..transfer.plan import TransferConfig
     from ..transfer.sensitivity_files import load_sensitivity
 
-    config = TransferConfig.from_dict(spec["config"])
     teacher, t_tok = _load(spec["teacher"])
     student, s_tok = _load(spec["student"])
-    t_info, s_info = describe(teacher, t_tok), describe(student, s_tok)
     scores, _ = load_sensitivity(spec["sensitivity"])
-    similarity = np.array(spec["similarity"]) if spec.get("similarity") is not None else None
+    similarity = np.array(spec["similarity"]) if spec.get("similarity") is not None else None  # [L_T, L_S]
+    return (TransferConfig.from_dict(spec["config"]), teacher, student, describe(teacher, t_tok),
+            describe(student, s_tok), scores, similarity)
+
+
+def run_export(spec: dict, job_dir: Path, progress) -> dict:
+    """Plan and write an export from a cached sensitivity map (the same plan the page shows)."""
+    from ..transfer.pipeline import plan_and_export
+
+    config, teacher, student, t_info, s_info, scores, similarity = _pair_and_map(spec)
     manifest = plan_and_export(teacher, student, t_info, s_info, scores, config, spec["out"], spec["provenance"],
                                similarity, progress, overwrite=bool(spec.get("overwrite")))
     return {"dir": spec["out"], "modules": len(manifest["modules"])}
+
+
+def run_compare(spec: dict, job_dir: Path, progress) -> dict:
+    """Every structure x layer strategy x coherent level planned on a cached map (paraknow.transfer.compare)."""
+    from ..transfer.compare import compare_granularity
+
+    config, teacher, student, t_info, s_info, scores, similarity = _pair_and_map(spec)
+    rows = compare_granularity(teacher, student, t_info, s_info, scores, config, similarity, progress=progress)
+    return {"rows": [row.to_dict() for row in rows]}
 
 
 def run_verify(spec: dict, job_dir: Path, progress) -> dict:
@@ -81,4 +96,4 @@ def run_verify(spec: dict, job_dir: Path, progress) -> dict:
 
 
 KINDS = {"sensitivity": run_sensitivity, "similarity": run_similarity, "export": run_export,
-         "verify": run_verify}
+         "verify": run_verify, "compare": run_compare}

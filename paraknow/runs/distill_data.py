@@ -14,14 +14,8 @@ import time
 from pathlib import Path
 
 from ..core.errors import ParaknowError
-from ..core.fsio import (
-    atomic_directory,
-    atomic_write_json,
-    atomic_write_text,
-    check_writable_parent,
-    output_lock,
-    sha256_bytes,
-)
+from ..core.fsio import (atomic_directory, atomic_write_json, atomic_write_text, check_writable_parent, output_lock,
+    sha256_bytes)
 from ..core.records import parse_jsonl, records_sha256, split_conversation, to_jsonl
 from ..core.validate import check_count
 from .distill import TeacherCost, n_params

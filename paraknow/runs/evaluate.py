@@ -20,10 +20,18 @@ import torch
 from ..core.answers import check_mode, final_answer
 from ..core.data import collate, encode_all, encode_prompt, per_sample_loss
 from ..core.errors import ParaknowError
+from ..core.options import option
 from ..core.records import split_conversation
 from ..core.tasks import score
+from ..core.validate import check_count
 
 Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class EvalOptions:
+    """`eval`'s own options (generation length and matching are TrainConfig's eval fields)."""
+    limit: int | None = option(None, "score only the first N records (default: all of them)", type=int)
 
 
 @dataclass
@@ -160,10 +168,10 @@ def evaluate(model, tokenizer, records: list[dict], max_new_tokens: int = 128, b
 
 def run_eval(model_ref: str, data_ref: str, adapter: str | None = None, max_new_tokens: int = 128,
              device: str | None = None, batch_size: int = 16, progress: Progress | None = None,
-             match: str = "auto") -> dict:
+             match: str = "auto", limit: int | None = None) -> dict:
     """`python -m paraknow eval`: load a model (and optional adapter, `lora.attach_adapter`), evaluate a dataset.
 
-    Returns {"accuracy", "loss", "n"}.
+    Returns {"accuracy", "loss", "n"}; `limit`: only the first `limit` records.
     """
     from ..core.data import load_records
     from ..core.models import load_model
@@ -172,7 +180,9 @@ def run_eval(model_ref: str, data_ref: str, adapter: str | None = None, max_new_
     if max_new_tokens < 1:
         raise ParaknowError("--max-new-tokens must be at least 1.")
     check_mode(match)
-    records = load_records(data_ref)
+    if limit is not None:
+        check_count("--limit", limit)
+    records = load_records(data_ref)[:limit]
     model, tokenizer = load_model(model_ref, device=device)
     if adapter:
         model = attach_adapter(model, adapter, model_ref)

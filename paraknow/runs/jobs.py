@@ -42,17 +42,8 @@ from pathlib import Path
 from ..core.cache import mark_entry
 from ..core.errors import ParaknowError
 from ..core.fsio import atomic_directory, atomic_write_json, try_flock
-from ..core.jobdir import (
-    LOG_FILE,
-    SPEC_FILE,
-    STATUS_FILE,
-    STOP_FILE,
-    TERMINAL_STATES,
-    UNREADABLE,
-    read_json,
-    read_object,
-    settle_if_running,
-)
+from ..core.jobdir import (LOG_FILE, SPEC_FILE, STATUS_FILE, STOP_FILE, TERMINAL_STATES, UNREADABLE, read_json,
+    read_object, settle_if_running)
 from ..core.processes import proc_start_time, reap_children, spawn
 from .executors import ExecutorConfig, make_executor
 from .rundir import read_spec, read_status, run_dirs, runs_root, stop

@@ -33,14 +33,8 @@ from pathlib import Path
 
 from ..core.cache import mark_entry
 from ..core.errors import ParaknowError, first_line
-from ..core.fsio import (
-    REFUSE_WAIT_S,
-    atomic_directory,
-    atomic_write_json,
-    check_output_path,
-    output_lock,
-    output_path,
-)
+from ..core.fsio import (REFUSE_WAIT_S, atomic_directory, atomic_write_json, check_output_path, output_lock,
+    output_path)
 from ..core.jobdir import SPEC_FILE, STATUS_FILE, STOP_FILE, read_json
 from ..core.processes import proc_start_time
 from .rundir import METRIC_KEYS, METRICS_FILE, PISSA_INIT_DIR, TRAINED_DIR, TRAINER_DIR, StatusFile, is_prepared_for_us

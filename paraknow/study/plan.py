@@ -67,6 +67,8 @@ def check_recipe(recipe: Recipe) -> DataSizes:
 
     counts = {key: len(_prefixed(f"{key}_data", load_records, getattr(recipe, f"{key}_data")))
               if getattr(recipe, f"{key}_data") else 0 for key in ("seed", "train", "val", "test")}
+    counts["test"] = min(counts["test"], recipe.test_limit or counts["test"])  # the items scored
+    counts["val"] = min(counts["val"], recipe.val_limit or counts["val"])
     for i, arm in enumerate(recipe.arms):
         if arm.trained:
             for lr in arm.lr_sweep or [None]:
@@ -100,6 +102,8 @@ def train_config(recipe: Recipe, arm, seed: int, lr: float | None, init: str, ou
         settings["target_modules"] = list(default_pkt_targets(recipe.pkt_teacher(), recipe.student))
     if lr is not None:
         settings["lr"] = lr
+    if recipe.val_limit is not None or "eval_limit" not in settings:  # the recipe's val_limit; else all items
+        settings["eval_limit"] = recipe.val_limit
     return TrainConfig(student=recipe.student, data=recipe.train_data, eval_data=recipe.val_data,
                        out=out, init=init, seed=seed, label=f"{arm.name} seed {seed}", **settings,
                        **recipe.distill_settings(arm))

@@ -21,20 +21,14 @@ from ..transfer.controls import BLOCK_WEIGHTS
 from ..transfer.plan import TransferConfig
 from ..transfer.recipe import read_recipe_text, recipe_json
 from ..transfer.sensitivity import SensitivityConfig
-from .families import (
-    DEFAULT_CORRECTION,
-    DEFAULT_EQUIVALENCE_MARGIN,
-    check_reference,
-    default_comparisons,
-    parse_comparisons,
-    parse_correction,
-    parse_margin,
-)
+from .families import (DEFAULT_CORRECTION, DEFAULT_EQUIVALENCE_MARGIN, check_reference, default_comparisons,
+    parse_comparisons, parse_correction, parse_margin)
 from .sweep import DEFAULT_LR_SELECTION, parse_selection, parse_sweep, resolve_sweep
 
 RECIPE_KEYS = ("teacher", "student", "seed_data", "train_data", "val_data", "test_data", "train", "seeds",
                "baseline", "budget_minutes", "arms", "comparisons", "equivalence_margin", "correction",
-               "lr_selection")
+               "lr_selection", "test_limit", "val_limit")
+LIMIT_KEYS = ("test_limit", "val_limit")  # items scored: the first N of test_data / val_data (null: all)
 ARM_KEYS = ("name", "init", "lr_sweep", "extract", "train", "reference", "distill")
 DISTILL_KEYS = ("kind", "weight", "temperature", "teacher")  # an arm's `distill` (paraknow.runs.distill)
 DISTILL_LABELS = {"logits": "logit KD", "sequences": "sequence KD"}
@@ -143,6 +137,8 @@ class Recipe:
     equivalence_margin: float = DEFAULT_EQUIVALENCE_MARGIN
     correction: str = DEFAULT_CORRECTION
     lr_selection: str = DEFAULT_LR_SELECTION
+    test_limit: int | None = None  # test items scored per cell (the first N; None: all)
+    val_limit: int | None = None  # validation items scored per cell (None: all, or train.eval_limit)
 
     def to_dict(self) -> dict:
         """The recipe as run: every key, defaults filled in (DIR/recipe.json)."""
@@ -152,7 +148,7 @@ class Recipe:
                 "budget_minutes": self.budget_minutes, "arms": [a.to_dict() for a in self.arms],
                 "comparisons": {k: [list(p) for p in v] for k, v in self.comparisons.items()},
                 "equivalence_margin": self.equivalence_margin, "correction": self.correction,
-                "lr_selection": self.lr_selection}
+                "lr_selection": self.lr_selection, "test_limit": self.test_limit, "val_limit": self.val_limit}
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -339,6 +335,18 @@ def _resolve_sweeps(arms: list[Arm], train: dict) -> None:
             arm.train.pop("lr", None)  # the centre of its sweep, which now lists the rates
 
 
+def _check_limits(data: dict) -> None:
+    for key in LIMIT_KEYS:
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            _fail(key, "must be a positive number of items, or null for all of them.")
+    trains = [("train", data.get("train"))] + [(f"arms[{i}].train", a.get("train"))
+                                              for i, a in enumerate(data.get("arms") or []) if isinstance(a, dict)]
+    sets_eval = [path for path, train in trains if isinstance(train, dict) and "eval_limit" in train]
+    if data.get("val_limit") is not None and sets_eval:
+        _fail("val_limit", f"and {sets_eval[0]}.eval_limit both limit the validation items: keep val_limit.")
+
+
 def parse_recipe(data) -> Recipe:
     """A Recipe from the parsed file (a dict); raises ParaknowError naming the bad key."""
     data = _check_keys(data, "", RECIPE_KEYS)
@@ -369,6 +377,7 @@ def parse_recipe(data) -> Recipe:
         check_number("budget_minutes", budget, above=0)
     except ParaknowError as exc:
         _fail("seeds" if "seed" in str(exc) else "budget_minutes", str(exc))
+    _check_limits(data)
     baseline = data.get("baseline") or next((a.name for a in arms if a.init == "vanilla"), arms[0].name)
     if baseline not in names:
         _fail("baseline", f"'{baseline}' is not an arm; the arms are {', '.join(names)}.")
@@ -384,7 +393,8 @@ def parse_recipe(data) -> Recipe:
                     seeds=list(seeds), baseline=baseline, budget_minutes=budget, comparisons=comparisons,
                     equivalence_margin=parse_margin(data.get("equivalence_margin", DEFAULT_EQUIVALENCE_MARGIN)),
                     correction=parse_correction(data.get("correction", DEFAULT_CORRECTION)),
-                    lr_selection=parse_selection(data.get("lr_selection", DEFAULT_LR_SELECTION)))
+                    lr_selection=parse_selection(data.get("lr_selection", DEFAULT_LR_SELECTION)),
+                    test_limit=data.get("test_limit"), val_limit=data.get("val_limit"))
     for i, arm in enumerate(arms):
         needs = (["teacher"] if (arm.init in ("pkt", "teacher") and not arm.extract.get("teacher")) or
                  (arm.distill and not arm.distill.get("teacher")) else []) + \

@@ -47,18 +47,8 @@ from ..core.processes import proc_start_time
 from ..runs.executors import ExecutorConfig, make_executor
 from ..transfer.lora import MANIFEST_FILE
 from .budget import calibrate, estimate_study
-from .cells import (
-    CELL_FIELDS,
-    CELL_FILE,
-    CELLS_DIR,
-    LOCK_FILE,
-    RECIPE_FILE,
-    RUN_DIR,
-    STUDY_FILE,
-    cell_dir,
-    read_cell,
-    write_predictions,
-)
+from .cells import (CELL_FIELDS, CELL_FILE, CELLS_DIR, LOCK_FILE, RECIPE_FILE, RUN_DIR, STUDY_FILE, cell_dir,
+    read_cell, write_predictions)
 from .cost import cell_cost
 from .exports import EXPORTS_DIR, cell_export, export_key
 from .plan import Cell, check_recipe, plan_cells, train_config
@@ -163,7 +153,8 @@ def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
     val = outcome.status.get("final_eval") or {}
     test = evaluate(outcome.model, outcome.tokenizer, test_records, **_eval_settings(config))
     return {**fields, "run_dir": str(Path(CELLS_DIR) / cell.cell_id / RUN_DIR), "val_accuracy": val.get("accuracy"),
-            "val_loss": val.get("loss"), "test_accuracy": test.accuracy, "test_loss": test.loss,
+            "val_loss": val.get("loss"), "val_n": val.get("n"), "test_accuracy": test.accuracy,
+            "test_loss": test.loss, "test_n": test.n,
             "predictions": write_predictions(out, cell, test.predictions),
             "cost": cell_cost(outcome.status, out / fields["export"] if "export" in fields else None)}
 
@@ -177,7 +168,7 @@ def _run_control(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
     ref = recipe.student if arm.init == "untuned" else recipe.teacher
     model, tokenizer = load_model(ref, device=config.device)
     test = evaluate(model, tokenizer, test_records, **_eval_settings(config))
-    return {"test_accuracy": test.accuracy, "test_loss": test.loss,
+    return {"test_accuracy": test.accuracy, "test_loss": test.loss, "test_n": test.n,
             "predictions": write_predictions(out, cell, test.predictions)}
 
 
@@ -304,7 +295,7 @@ def _run_cells(recipe: Recipe, pending: list[Cell], out: Path, status: dict, say
     after STOP."""
     from ..core.data import load_records
 
-    test_records = load_records(recipe.test_data)
+    test_records = load_records(recipe.test_data)[:recipe.test_limit]  # the items scored (None: all)
     if workers == 1:
         for k, cell in enumerate(pending, 1):
             if _stop_requested(out):

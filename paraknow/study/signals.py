@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 
 SIGNALS = ("captured", "area", "lift", "energy", "cos_w", "cos_residual", "zero_step_loss")
+SIGNAL_LABELS = {"captured": "captured", "area": "area", "lift": "lift", "energy": "energy at rank r",
+                 "cos_w": "cos(s·BA, W)", "cos_residual": "cos(s·BA, W − s·BA)",
+                 "zero_step_loss": "loss change at step 0"}  # the column names people read
 ZERO_STEP_RECORDS = 64
 
 

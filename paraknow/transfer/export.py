@@ -25,30 +25,13 @@ from ..core.architecture import EMBED_ROLES, LAYER_ROLES, ModelInfo
 from ..core.cache import MARKER_FILE, mark_entry
 from ..core.compatibility import resolve_roles
 from ..core.errors import ParaknowError
-from ..core.fsio import (
-    atomic_directory,
-    atomic_save_safetensors,
-    atomic_write_json,
-    check_output_path,
-    check_replaceable,
-    check_writable_parent,
-)
+from ..core.fsio import (atomic_directory, atomic_save_safetensors, atomic_write_json, check_output_path,
+    check_replaceable, check_writable_parent)
 from ..extract import oriented
 from .controls import BLOCK_WEIGHTS
 from .diagnostics import init_cosines, oriented_weight
-from .lora import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    MANIFEST_FILE,
-    RESIDUAL_DIR,
-    SELECTION_FILE,
-    factorise,
-    load_manifest,
-    scaling,
-    student_from_export,
-    vanilla_factors,
-    write_adapter,
-)
+from .lora import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST_FILE, RESIDUAL_DIR, SELECTION_FILE, factorise,
+    load_manifest, scaling, student_from_export, vanilla_factors, write_adapter)
 
 if TYPE_CHECKING:
     from .plan import TransferConfig, TransferPlan

@@ -1,53 +1,121 @@
 """The pipeline's composed steps: what the CLI, the app's background jobs, the lesson and the study call.
 
 load (paraknow.core.models) -> sensitivity (paraknow.transfer.sensitivity, cached by content in
-paraknow.transfer.sensitivity_files) -> plan (paraknow.transfer.plan) -> export and verify
-(paraknow.transfer.export). `extract_to_dir` is the `extract` command: all of them in one call.
+paraknow.transfer.sensitivity_files, or a map file the user gives) -> plan (paraknow.transfer.plan) ->
+export and verify (paraknow.transfer.export). `extract_to_dir` is the `extract` command: all of them in one
+call; `compare_to_rows` is the `plan` command (paraknow.transfer.compare).
 """
 from __future__ import annotations
 
-from ..core.architecture import describe
+from dataclasses import dataclass
+
+from ..core.architecture import ModelInfo, describe
 from ..core.compatibility import check_transferable
 from ..core.data import load_records
+from ..core.errors import ParaknowError
 from ..core.fsio import REFUSE_WAIT_S, output_lock
 from ..core.models import load_model, resolve_device
 from .export import check_export_dir, export_transfer
 from .plan import TransferConfig, plan_transfer
 from .sensitivity import SensitivityConfig
-from .sensitivity_files import cached_sensitivity, provenance
+from .sensitivity_files import MapFile, cached_sensitivity, check_map_data, check_map_model, provenance, read_map_file
 from .similarity import layer_similarity
 
 
-def extract_to_dir(teacher_ref: str, student_ref: str, data_ref: str, out_dir, config: TransferConfig,
-                   sens_config=None, device=None, dtype=None, progress=None, overwrite: bool = False) -> dict:
-    """The whole `extract` command: load both models, sensitivity (cached), plan, export.
-    The output is checked first (see `export_transfer`), so a refused one costs no work."""
+@dataclass
+class Prepared:
+    """Both models loaded and described, the seed records and the teacher's map (computed, cached or read
+    from a file), with the settings the map was computed with."""
+    teacher_model: object
+    student_model: object
+    teacher_tokenizer: object
+    student_tokenizer: object
+    teacher: ModelInfo
+    student: ModelInfo
+    records: list
+    data_ref: str
+    scores: dict
+    sens_config: SensitivityConfig
+    map_file: MapFile | None = None  # the file the map came from (`--sensitivity`), checked
+    seed_losses: list | None = None  # the teacher's loss on each seed (a map made before they were kept: None)
+
+
+def _map_source(teacher_ref: str, data_ref: str | None, sens_config: SensitivityConfig, sensitivity_file,
+                asked: dict | None) -> tuple[MapFile | None, str, SensitivityConfig]:
+    """The map file (read and checked against the teacher's name and `asked`), the seed data's reference
+    (the file's own when `data_ref` is not given) and the sensitivity settings in force."""
+    if sensitivity_file is None:
+        if not data_ref:
+            raise ParaknowError("give --data (the seed samples) or --sensitivity (a map file).")
+        return None, data_ref, sens_config
+    map_file = read_map_file(sensitivity_file, teacher_ref, asked)
+    data_ref = data_ref or map_file.meta.get("data")
+    if not data_ref:
+        raise ParaknowError(f"{sensitivity_file} does not name its seed data: give --data.")
+    return map_file, data_ref, map_file.config
+
+
+def prepare(teacher_ref: str, student_ref: str, data_ref: str | None, config: TransferConfig,
+            sens_config=None, device=None, dtype=None, progress=None, sensitivity_file=None,
+            asked: dict | None = None) -> Prepared:
+    """Load, check the pair, and the teacher's map: from `sensitivity_file` (checked: teacher, settings the
+    user `asked` for, seed data, shapes) or computed through the cache."""
     config.validate()
     sens_config = sens_config or SensitivityConfig()
     sens_config.validate()
     resolve_device(device)
-    check_export_dir(out_dir, overwrite)
+    map_file, data_ref, sens_config = _map_source(teacher_ref, data_ref, sens_config, sensitivity_file, asked)
     records = load_records(data_ref)
+    if map_file is not None:
+        check_map_data(map_file, records, data_ref)
+    teacher_model, teacher_tok = load_model(teacher_ref, dtype=dtype, device=device)
+    student_model, student_tok = load_model(student_ref)
+    t_info, s_info = describe(teacher_model, teacher_tok), describe(student_model, student_tok)
+    check_transferable(t_info, s_info, config)  # fail before the expensive sensitivity pass
+    if map_file is not None:
+        check_map_model(map_file, teacher_model)
+        scores, meta = map_file.scores, map_file.meta
+    else:
+        scores, meta = cached_sensitivity(teacher_model, teacher_tok, records, sens_config, progress, teacher_ref)
+    return Prepared(teacher_model, student_model, teacher_tok, student_tok, t_info, s_info, records, data_ref,
+                    scores, sens_config, map_file, meta.get("seed_losses"))
+
+
+def _similarity(p: Prepared, progress=None):
+    """The teacher x student layer similarity on the seed samples the map was computed on."""
+    similarity, _ = layer_similarity(p.teacher_model, p.student_model, p.teacher_tokenizer,
+                                     p.records[:p.sens_config.samples], student_tokenizer=p.student_tokenizer,
+                                     progress=progress)
+    return similarity
+
+
+def extract_to_dir(teacher_ref: str, student_ref: str, data_ref: str | None, out_dir, config: TransferConfig,
+                   sens_config=None, device=None, dtype=None, progress=None, overwrite: bool = False,
+                   sensitivity_file=None, asked: dict | None = None) -> dict:
+    """The whole `extract` command: load both models, sensitivity (cached, or `sensitivity_file`), plan,
+    export. The output is checked first (see `export_transfer`), so a refused one costs no work."""
+    check_export_dir(out_dir, overwrite)
     with output_lock(out_dir, wait_s=REFUSE_WAIT_S):  # a second writer of out_dir is refused
-        teacher_model, teacher_tok = load_model(teacher_ref, dtype=dtype, device=device)
-        student_model, student_tok = load_model(student_ref)
-        t_info, s_info = describe(teacher_model, teacher_tok), describe(student_model, student_tok)
-        check_transferable(t_info, s_info, config)  # fail before the expensive sensitivity pass
-        scores, _ = cached_sensitivity(teacher_model, teacher_tok, records, sens_config, progress, teacher_ref)
-        similarity = None
-        if config.layers == "cka":  # on the same seed samples as the sensitivity
-            similarity, _ = layer_similarity(teacher_model, student_model, teacher_tok,
-                                             records[:sens_config.samples], student_tokenizer=student_tok,
-                                             progress=progress)
-        return plan_and_export(teacher_model, student_model, t_info, s_info, scores, config, out_dir,
-                               provenance(teacher_ref, student_ref, data_ref, sens_config, records),
-                               similarity, progress, overwrite=overwrite)
+        p = prepare(teacher_ref, student_ref, data_ref, config, sens_config, device, dtype, progress,
+                    sensitivity_file, asked)
+        similarity = _similarity(p, progress) if config.layers == "cka" else None
+        origin = provenance(teacher_ref, student_ref, p.data_ref, p.sens_config, p.records)
+        if p.map_file is not None:
+            origin["sensitivity_file"] = p.map_file.path
+        if p.seed_losses is not None:
+            origin["seed_losses"] = p.seed_losses
+        scores, p.scores = p.scores, None  # handed over: plan_and_export empties it once it has planned
+        return plan_and_export(p.teacher_model, p.student_model, p.teacher, p.student, scores, config, out_dir,
+                               origin, similarity, progress, overwrite=overwrite)
 
 
 def plan_and_export(teacher_model, student_model, t_info, s_info, scores: dict, config: TransferConfig, out_dir,
                     origin: dict, similarity=None, progress=None, overwrite: bool = False) -> dict:
     """Plan from a sensitivity map and write the export (the `extract` command's last two steps, and
-    the app's export job on the map the page shows); returns the manifest."""
+    the app's export job on the map the page shows); returns the manifest. The plan keeps no reference
+    to the map, so `scores` is emptied once planned: the map (float32, the teacher's size) is freed
+    before the export's SVDs (the real pair's peak memory)."""
     plan = plan_transfer(t_info, s_info, scores, config, similarity)
+    scores.clear()
     return export_transfer(teacher_model, student_model, t_info, s_info, plan, config, out_dir, origin, progress,
                            overwrite=overwrite)

@@ -13,14 +13,8 @@ from typing import NamedTuple
 import torch
 
 from ..core.architecture import EMBED_ROLES, LAYER_ROLES, ModelInfo
-from ..core.compatibility import (
-    DEFAULT_MODULES,
-    UNVERIFIED_NOTE,
-    CompatibilityReport,
-    check_transferable,
-    resolve_roles,
-    tokenizers_verified,
-)
+from ..core.compatibility import (DEFAULT_MODULES, UNVERIFIED_NOTE, CompatibilityReport, check_transferable,
+    resolve_roles, tokenizers_verified)
 from ..core.errors import ParaknowError
 from ..core.options import option
 from ..core.validate import check_count, check_rank_fits, check_seed

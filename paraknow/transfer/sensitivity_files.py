@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -20,6 +20,7 @@ from ..core.fsio import atomic_save_safetensors, check_output_path, check_writab
 from ..core.models import model_fingerprint
 from ..core.paths import cache_dir
 from ..core.records import records_sha256
+from .seeds import seed_losses
 
 if TYPE_CHECKING:
     from .sensitivity import SensitivityConfig
@@ -86,6 +87,73 @@ def load_sensitivity(path) -> tuple[Scores, dict]:
     return scores, meta
 
 
+MAP_FILE_HELP = ("a map written by `paraknow sensitivity` to use instead of computing one (its model, metric, "
+                 "samples and data sha256 are checked; --data defaults to the data it names)")
+MAP_FILE_KEYS = ("model", "metric", "samples", "data_sha256")  # what `extract --sensitivity` checks
+
+
+@dataclass
+class MapFile:
+    """A map written by `paraknow sensitivity`, read for `extract --sensitivity` / `plan --sensitivity`."""
+    path: str
+    scores: Scores  # parameter name -> float32 scores of its shape
+    meta: dict  # the file's metadata (`sensitivity_meta`)
+    config: SensitivityConfig  # the settings it was computed with (metric, samples, max_length)
+
+    def report(self) -> dict:
+        """What the commands print about the map they used: the file and its checked metadata."""
+        return {"file": self.path, **{k: self.meta[k] for k in MAP_FILE_KEYS},
+                "checked": "model, metric, samples, data sha256, parameter shapes"}
+
+
+def read_map_file(path, teacher_ref: str, asked: dict | None = None) -> MapFile:
+    """The map in `path` for teacher `teacher_ref`: its metadata must name that teacher, and agree with the
+    sensitivity settings the user gave explicitly (`asked`: {"metric": ..., "samples": ...}); otherwise a
+    ParaknowError gives the reason. The seed data and the teacher's shapes are checked by `check_map_data` and
+    `check_map_model` once they are loaded."""
+    from .sensitivity import SensitivityConfig
+
+    scores, meta = load_sensitivity(path)
+    missing = [k for k in MAP_FILE_KEYS if k not in meta]
+    if missing:
+        raise ParaknowError(f"{path} was not written by `paraknow sensitivity`: its metadata lacks "
+                            f"{', '.join(missing)}; compute the map with `paraknow sensitivity --out FILE`.")
+    if not _same_model(str(meta["model"]), teacher_ref):
+        raise ParaknowError(f"{path} is the map of model {meta['model']}, not of --teacher {teacher_ref}: "
+                            "give that teacher, or compute a map for this one with `paraknow sensitivity`.")
+    for key, value in (asked or {}).items():
+        if key in meta and meta[key] != value:
+            raise ParaknowError(f"{path} was computed with {key} {meta[key]}, not {value}: drop --"
+                                f"{key.replace('_', '-')} (the map's own setting is used) or compute a new map.")
+    config = SensitivityConfig(metric=meta["metric"], samples=int(meta["samples"]),
+                               **({"max_length": int(meta["max_length"])} if "max_length" in meta else {}))
+    return MapFile(str(path), scores, meta, config)
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Two model references name the same model: the same text, or the same local path."""
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+
+def check_map_data(map_file: MapFile, records: list[dict], data_ref: str) -> None:
+    """The seed data the map was computed on is `records` (their first `samples`), by sha256."""
+    n = map_file.config.samples
+    if len(records) < n or records_sha256(records[:n]) != map_file.meta["data_sha256"]:
+        raise ParaknowError(f"{map_file.path} was computed on other seed data than the first {n} records of "
+                            f"{data_ref} (data sha256 {map_file.meta['data_sha256'][:12]}... differs): give the "
+                            "--data it was computed on, or compute a new map.")
+
+
+def check_map_model(map_file: MapFile, model) -> None:
+    """Every map entry is a parameter of `model` with the same shape."""
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    for name, s in map_file.scores.items():
+        if shapes.get(name) != tuple(s.shape):
+            found = "has no such parameter" if name not in shapes else f"has shape {list(shapes[name])}"
+            raise ParaknowError(f"{map_file.path}: entry {name} {list(s.shape)} does not fit the teacher, which "
+                                f"{found}; compute the map for this teacher with `paraknow sensitivity`.")
+
+
 def sensitivity_key(model, records: list[dict], config: SensitivityConfig, fingerprint: str | None = None) -> str:
     """Cache key from content: the model's weights (`fingerprint`: their `model_fingerprint`,
     when the caller already has it), the seed records used, and the settings."""
@@ -128,7 +196,8 @@ def cached_sensitivity_hit(model, tokenizer, records, config: SensitivityConfig 
                 touch(path)
                 return (*hit, True)
     scores = compute_sensitivity(model, tokenizer, records, config, progress)
-    meta = sensitivity_meta(model_ref or getattr(model, "name_or_path", ""), config, records)
+    meta = sensitivity_meta(model_ref or getattr(model, "name_or_path", ""), config, records,
+                            seed_losses=seed_losses(model, tokenizer, records[:config.samples], config.max_length))
     save_sensitivity(path, scores, meta, marker("sensitivity", key, sha256=scores_checksum(scores)))
     enforce_cap(keep=path)
     return scores, meta, False

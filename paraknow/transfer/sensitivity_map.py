@@ -42,6 +42,13 @@ class SensitivityMap:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # the app uses the content key
     data_ref: str | None = None  # a reference that loads the seed data again (task:..., a JSONL path)
 
+    def seed_warning(self) -> str | None:
+        """The degenerate-seeds warning of this map's seed losses (paraknow.transfer.seeds), if any."""
+        from .seeds import check_seeds
+
+        losses = self.meta.get("seed_losses")
+        return check_seeds(losses).message() if losses else None
+
     def provenance(self, teacher_ref: str, student_ref: str) -> dict:
         """What an export made from this map records about its origin (export.provenance)."""
         from .sensitivity_files import provenance
@@ -83,6 +90,9 @@ def module_table(scores: Scores) -> list[dict]:
                      "mean": float(s.double().mean()), "numel": s.numel(), "param": name})
     rows.sort(key=lambda r: (r["layer"], MODULE_ORDER.index(r["module"])))
     return rows
+
+
+GROUP_LABELS = {"attention": "attention", "ffn": "FFN", "embeddings": "embeddings", "other": "norms"}  # for display
 
 
 def group_shares(scores: Scores) -> dict[str, float]:

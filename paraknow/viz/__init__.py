@@ -12,50 +12,16 @@ selected block can be placed with the indices the library uses.
 One module per chart family; the pages import them all from here (`from paraknow import viz`):
 common (colours, figure defaults), home, sensitivity, matrix, mapping, spectrum, runs.
 """
-from .common import (
-    DIVERGING,
-    DONE_COLOR,
-    HEAD_COLOR,
-    MODULE_ORDER,
-    NEXT_COLOR,
-    SELECT_COLOR,
-    SEQUENTIAL,
-    TODO_COLOR,
-    distinct_colors,
-)
+from .common import (DIVERGING, DONE_COLOR, HEAD_COLOR, MODULE_ORDER, NEXT_COLOR, SELECT_COLOR, SEQUENTIAL,
+    TODO_COLOR, distinct_colors)
 from .home import PIPELINE_STEPS, pipeline_figure
-from .mapping import (
-    TABLE_STUDENT,
-    TABLE_TEACHER,
-    UNMAPPED,
-    captured_bars,
-    mapping_diagram,
-    mapping_table,
-    plan_rows,
-    similarity_heatmap,
-    table_to_mapping,
-)
+from .mapping import (TABLE_STUDENT, TABLE_TEACHER, UNMAPPED, captured_bars, mapping_diagram, mapping_table,
+    plan_rows, similarity_heatmap, table_to_mapping)
 from .matrix import Pooled, matrix_figure, pool_for_display, pooled_mask
-from .runs import (
-    CURVE_PANELS,
-    METHOD_COLORS,
-    METHOD_NAMES,
-    RUN_PALETTE,
-    comparison_figure,
-    comparison_rows,
-    curve_points,
-    run_curves,
-)
-from .sensitivity import (
-    compare_figure,
-    group_share_figure,
-    layer_bars,
-    layer_share_diff,
-    module_grid,
-    sensitivity_heatmap,
-    share_grid,
-    task_specific_layers,
-)
+from .runs import (CURVE_PANELS, METHOD_COLORS, METHOD_NAMES, RUN_PALETTE, comparison_figure, comparison_rows,
+    curve_points, run_curves)
+from .sensitivity import (compare_figure, group_share_figure, layer_bars, layer_share_diff, module_grid,
+    sensitivity_heatmap, share_grid, task_specific_layers)
 from .spectrum import energy_figure, index_ranges, short_module_name, spectrum_figure
 
 __all__ = ["CURVE_PANELS", "DIVERGING", "DONE_COLOR", "HEAD_COLOR", "METHOD_COLORS", "METHOD_NAMES", "MODULE_ORDER",

@@ -33,7 +33,7 @@ def run_curves(series: list[dict], height: int = 560) -> go.Figure:
     """
     fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in CURVE_PANELS],
                         horizontal_spacing=0.08, vertical_spacing=0.16)
-    n_points, last_step = 0, 0
+    n_points, last_step, drawn = 0, 0, set()  # drawn: the panels that have a point
     for i, s in enumerate(series):
         color = s.get("color") or RUN_PALETTE[i % len(RUN_PALETTE)]
         shown = False
@@ -42,6 +42,7 @@ def run_curves(series: list[dict], height: int = 560) -> go.Figure:
             if not x:
                 continue
             n_points, last_step = n_points + len(x), max(last_step, max(x))
+            drawn.add(key)
             is_eval = key.startswith("eval")
             value = "%{y:.1%}" if key == "eval_accuracy" else "%{y:.4g}"
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if is_eval or len(x) == 1 else "lines",
@@ -60,6 +61,13 @@ def run_curves(series: list[dict], height: int = 560) -> go.Figure:
     if not n_points:
         fig.add_annotation(text="no metrics yet: the first point appears after the first optimizer step",
                            x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False)
+        return fig
+    for k, (key, _) in enumerate(CURVE_PANELS):
+        if key.startswith("eval") and key not in drawn:  # training has begun; no evaluation yet
+            axis = "" if k == 0 else str(k + 1)
+            fig.add_annotation(text="no evaluation yet: it appears at the first eval step<br>(or at the end)",
+                               x=0.5, y=0.5, xref=f"x{axis} domain", yref=f"y{axis} domain", showarrow=False,
+                               font=dict(color="#757575"))
     return fig
 
 

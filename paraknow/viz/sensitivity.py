@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..core.errors import ParaknowError
+from ..transfer.sensitivity_map import GROUP_LABELS
 from .common import DIVERGING, DONE_COLOR, MODULE_ORDER, SELECT_COLOR, SEQUENTIAL, fmt_value, log10_floored, new_figure
 
 
@@ -83,13 +84,14 @@ def layer_bars(scores: list[float], highlight: list[int] | None = None, title: s
 
 
 def group_share_figure(shares: dict[str, float], height: int = 220) -> go.Figure:
-    """Horizontal stacked bar of attention / FFN / embeddings / other shares."""
+    """Horizontal stacked bar of attention / FFN / embeddings / norms shares (GROUP_LABELS' names)."""
     colors = {"attention": "#1e88e5", "ffn": "#fb8c00", "embeddings": "#8e24aa", "other": "#9e9e9e"}
     fig = new_figure(height, title="Where the sensitivity sits", barmode="stack",
                legend=dict(orientation="h", y=-0.25, traceorder="normal"))
-    for name, value in shares.items():
+    for group, value in shares.items():
+        name = GROUP_LABELS.get(group, group)
         fig.add_trace(go.Bar(y=["share"], x=[value], name=name, orientation="h",
-                             marker_color=colors.get(name), text=[f"{value:.0%}"], textposition="inside",
+                             marker_color=colors.get(group), text=[f"{value:.0%}"], textposition="inside",
                              hovertemplate=f"{name}: %{{x:.1%}}<extra></extra>"))
     fig.update_xaxes(tickformat=".0%", range=[0, 1])
     fig.update_yaxes(visible=False)
