@@ -10,6 +10,9 @@ estimate is then:
                 + for a PKT cell whose export is new: teacher load + seed samples x (teacher s/sample)
   control       model load + test records x (generation s/record; the teacher's scaled by its size)
 
+Every figure is CPU seconds measured with the torch threads of the study's thread policy
+(paraknow.core.threads: one per worker on a CPU), so it does not swing with other work on the
+machine; the study's total is the cells' seconds shared out over the policy's workers.
 Generation is timed at the full `eval_max_new_tokens` (an untrained model rarely stops early),
 so the estimate errs high. Cells that already finished (a resumed study) replace the
 calibration of their arm by their measured mean. docs/study.md shows it next to the real time.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from ..core.threads import THREADS_PER_WORKER, ThreadPolicy
 from .plan import Cell, DataSizes, train_config
 from .recipe import Recipe
 
@@ -35,20 +39,25 @@ class Calibration:
 
 @dataclass
 class TimeEstimate:
-    total_s: float
+    total_s: float  # wall seconds: the cells' seconds shared out over the policy's workers
     cells: dict = field(default_factory=dict)  # cell_id -> seconds
     calibration: Calibration | None = None
+    policy: ThreadPolicy = field(default_factory=lambda: ThreadPolicy(1, THREADS_PER_WORKER))
 
     def describe(self) -> str:
         n = len(self.cells)
-        per = self.total_s / n if n else 0.0
-        return f"about {self.total_s / 60:.1f} min for {n} cells ({per:.0f} s per cell on average)"
+        per = sum(self.cells.values()) / n if n else 0.0
+        workers = self.policy.workers
+        return (f"about {self.total_s / 60:.1f} min for {n} cells ({per:.0f} s per cell on average, "
+                f"{workers} at a time, {self.policy.threads} torch thread{'s' * (self.policy.threads > 1)} each)")
 
 
 def _timed(fn, *args, **kwargs) -> tuple[float, object]:
-    t0 = time.perf_counter()
+    """(CPU seconds of this process, value): at one thread per worker a cell's wall time is its CPU time
+    whenever it has its core, and CPU time does not grow with other work on the machine."""
+    t0 = time.process_time()
     value = fn(*args, **kwargs)
-    return time.perf_counter() - t0, value
+    return time.process_time() - t0, value
 
 
 def _train_seconds_per_sample(model, tokenizer, records, micro_batch: int, max_length: int) -> float:
@@ -60,9 +69,8 @@ def _train_seconds_per_sample(model, tokenizer, records, micro_batch: int, max_l
     model.train()
     best = float("inf")
     for _ in range(2):  # the first pass carries one-off warm-up costs
-        t0 = time.perf_counter()
-        model(**batch).loss.backward()
-        best = min(best, time.perf_counter() - t0)
+        seconds, _ = _timed(lambda: model(**batch).loss.backward())
+        best = min(best, seconds)
     model.zero_grad(set_to_none=True)
     model.eval()
     return best / len(items)
@@ -93,9 +101,12 @@ def calibrate(recipe: Recipe, sizes: DataSizes) -> Calibration:
 
 
 def estimate_study(recipe: Recipe, cells: list[Cell], sizes: DataSizes, calibration: Calibration,
-                   measured: dict | None = None, export_keys: dict | None = None) -> TimeEstimate:
-    """Seconds for `cells`. `measured`: arm -> mean seconds of its finished cells; `export_keys`:
-    cell_id -> the key of its export (cells sharing a key extract once)."""
+                   measured: dict | None = None, export_keys: dict | None = None,
+                   policy: ThreadPolicy | None = None) -> TimeEstimate:
+    """Seconds for `cells` run under `policy` (default: one at a time). `measured`: arm -> mean
+    seconds of its finished cells; `export_keys`: cell_id -> the key of its export (cells sharing a
+    key extract once)."""
+    policy = policy or ThreadPolicy(1, THREADS_PER_WORKER)
     measured, export_keys = measured or {}, export_keys or {}
     c = calibration
     seen_exports = set()
@@ -120,4 +131,4 @@ def estimate_study(recipe: Recipe, cells: list[Cell], sizes: DataSizes, calibrat
             samples = recipe.sensitivity_config(arm).samples
             seconds += c.teacher_load_s + c.student_load_s + min(samples, sizes.seed) * c.teacher_s_per_sample
         out[cell.cell_id] = seconds
-    return TimeEstimate(sum(out.values()), out, calibration)
+    return TimeEstimate(sum(out.values()) / policy.workers, out, calibration, policy)
