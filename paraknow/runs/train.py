@@ -8,6 +8,7 @@ the same command in the background, see `paraknow.runs.jobs`). It writes the run
   paraknow.runs.rundir          the run-directory files and their readers
   paraknow.runs.train_model     the student wrapped in its LoRA, and the adapter saved at the end
   paraknow.runs.train_callback  metrics, status, evaluation and STOP at each step
+  paraknow.runs.train_loss      the loss (completion tokens only), in one place
   paraknow.runs.train (here)    the run: lock, load, train, save, final state
 
 Bad input (ParaknowError) is found before anything is written where possible: exit code 2 and,
@@ -218,11 +219,11 @@ def _train_loaded(cfg: TrainConfig, run_dir: Path, status: StatusFile, main: boo
 def _fit(cfg: TrainConfig, run_dir: Path, status: StatusFile, main: bool, model, tokenizer, items, eval_fn,
          callbacks):
     """Train `model` on the encoded `items`: (the Trainer, its RunCallback, throughput figures)."""
-    from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from ..core.data import collate
     from .train_callback import RunCallback, restore_sigterm, sigterm_sets
+    from .train_loss import CompletionTrainer
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     n_tokens = sum(len(x.input_ids) for x in items)
@@ -232,7 +233,7 @@ def _fit(cfg: TrainConfig, run_dir: Path, status: StatusFile, main: bool, model,
     previous_handler = sigterm_sets(stop_event)
     try:
         callback = RunCallback(run_dir, status, metrics_fh, eval_fn, cfg.eval_every, stop_event)
-        trainer = Trainer(model=model, args=args, train_dataset=_TrainData(items),
+        trainer = CompletionTrainer(model=model, args=args, train_dataset=_TrainData(items),
                           data_collator=lambda batch: collate(batch, pad_id), processing_class=tokenizer,
                           callbacks=[callback, *callbacks])
         trainer.remove_callback(PrinterCallback)
