@@ -18,7 +18,8 @@ the same steps and batch, then evaluate validation and test records (loss and gr
 The export is made once before the rounds (both sides start from it). Rounds alternate cell and
 plain; CPU seconds (steadier on a shared machine) and wall seconds are printed per round, with the
 torch thread count (one: the study's thread policy) and the load average. Target: the cell within
-1.15x the plain loop (best round of each, CPU seconds).
+1.15x the plain loop (best round of each, CPU seconds). The study's own estimate of each cell
+(paraknow.study.budget) is made before and after the rounds: the two within +-20 % of each other.
 """
 from __future__ import annotations
 
@@ -164,6 +165,20 @@ def study_cell(recipe, cell, out: Path, test_records) -> dict:
     return {k: record[k] for k in ("val_accuracy", "test_accuracy", "test_loss")}
 
 
+def estimated(recipe) -> dict:
+    """The study's own estimate of each cell (paraknow.study.budget, at this thread count), without the
+    export (made before the rounds)."""
+    from paraknow.study.budget import calibrate, estimate_study, export_seconds
+    from paraknow.study.plan import check_recipe, plan_cells
+
+    sizes = check_recipe(recipe)
+    calibration = calibrate(recipe, sizes)
+    cells = plan_cells(recipe)
+    estimate = estimate_study(recipe, cells, sizes, calibration)
+    return {c.arm: round(estimate.cells[c.cell_id] - (export_seconds(recipe, recipe.arm(c.arm), sizes, calibration)
+                                                      if c.arm == "pkt" else 0), 2) for c in cells}
+
+
 def run_rounds(recipe, root: Path, rounds: int) -> dict:
     from paraknow.core.data import load_records
     from paraknow.study.exports import cell_export
@@ -202,7 +217,11 @@ def main(argv=None) -> dict:
                      argv) as bench:
         os.environ["PARAKNOW_CACHE"] = str(bench.root / "cache")
         load_before = load_average()
+        with contextlib.redirect_stdout(io.StringIO()):
+            estimates = [estimated(bench.recipe)]
         measured = run_rounds(bench.recipe, bench.root, bench.size["rounds"])
+        with contextlib.redirect_stdout(io.StringIO()):
+            estimates.append(estimated(bench.recipe))
     figures = {"size": bench.size_name, "micro_batch": micro_batch, "threads": torch.get_num_threads(),
                "cpu_count": os.cpu_count(),
                "load_average_before": load_before, "load_average_after": load_average(), **measured}
@@ -212,6 +231,12 @@ def main(argv=None) -> dict:
         figures[f"{arm}_ratio"] = ratio
         print(f"{arm}: cell / plain = {ratio['cpu_s']:.3f}x CPU, {ratio['wall_s']:.3f}x wall "
               f"(target <= 1.15x: {'PASS' if ratio['cpu_s'] <= 1.15 else 'FAIL'})")
+    figures["estimates_s"] = estimates
+    for arm in estimates[0]:
+        cell_cpu = min(t["cpu_s"] for t in measured["times"][arm]["cell"])
+        print(f"{arm}: the study's estimate {estimates[0][arm]:.2f} s, then {estimates[1][arm]:.2f} s "
+              f"({estimates[1][arm] / estimates[0][arm]:.2f}x; target within 0.8-1.2x), "
+              f"against {cell_cpu:.2f} CPU s measured ({estimates[0][arm] / cell_cpu:.2f}x)")
     return bench.report(figures)
 
 
