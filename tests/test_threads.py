@@ -44,3 +44,28 @@ def test_the_cli_and_the_page_take_auto():
     assert args.workers == "auto" and threads.parse_workers(args.workers) == "auto"
     assert build_parser().parse_args(["study", "--recipe", "r", "--out", "o", "--workers", "auto"]).workers == "auto"
     assert threads.WORKER_CHOICES[:3] == ("auto", 1, 2) and threads.WORKER_CHOICES[-1] == threads.MAX_WORKERS
+
+
+def test_the_estimate_is_measured_at_the_policys_threads(tmp_path, monkeypatch):
+    """prepare() calibrates with the threads each cell will have, and shares the cells out over the workers."""
+    from study_fixtures import study_inputs, tiny_recipe
+
+    from paraknow.study import budget, parse_recipe, prepare
+
+    seen = []
+    real = budget.calibrate
+
+    def calibrate(recipe, sizes):
+        seen.append(torch.get_num_threads())
+        return real(recipe, sizes)
+
+    monkeypatch.setattr("paraknow.study.runner.calibrate", calibrate)
+    recipe = parse_recipe(tiny_recipe(study_inputs(tmp_path / "in"), seeds=[0], arms=[
+        {"name": "vanilla", "init": "vanilla"}, {"name": "vanilla-2", "init": "vanilla", "train": {"lr": 1e-3}}]))
+    with threads.torch_threads(3):  # more than the policy's one, whatever OMP_NUM_THREADS says
+        _, one = prepare(recipe, tmp_path / "one", workers=1)
+        _, two = prepare(recipe, tmp_path / "two", workers=2, calibration=one.calibration)
+        assert seen == [1] and torch.get_num_threads() == 3
+    assert (one.policy.workers, one.policy.threads, two.policy.workers) == (1, 1, 2)
+    assert two.cells == one.cells and two.total_s == pytest.approx(one.total_s / 2)
+    assert "2 at a time, 1 torch thread each" in two.describe()
