@@ -16,7 +16,7 @@ import argparse
 import time
 
 from bench_extract_smollm import TEACHER, make_student
-from common import write_figures
+from common import add_threads_option, set_threads, write_figures
 
 from paraknow.core.models import quiet_transformers
 
@@ -32,7 +32,9 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=2048)
     ap.add_argument("--smoke", action="store_true", help="the demo pair and 2 samples (for the tests)")
     ap.add_argument("--out", default=None)
+    add_threads_option(ap)
     args = ap.parse_args()
+    set_threads(args.threads)
     if args.smoke:
         args.samples = 2
     quiet_transformers()

@@ -14,7 +14,7 @@ import argparse
 import sys
 
 import torch
-from common import timeit
+from common import add_threads_option, set_threads, timeit
 
 from paraknow import viz
 from paraknow.extract import block_selection, select
@@ -23,11 +23,10 @@ from paraknow.extract import block_selection, select
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
+    add_threads_option(parser)
     parser.add_argument("--smoke", action="store_true", help="a small matrix, one repeat (seconds; for the tests)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     shape, sub = ((13824, 5120), (11008, 4096)) if not args.smoke else ((600, 300), (480, 240))  # Llama-2-13B gate_proj
     if args.smoke:
         args.repeats = 1

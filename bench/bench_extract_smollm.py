@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_threads_option, set_threads
 
 from paraknow.core.models import load_model, quiet_transformers, resolve_ref
 from paraknow.core.paths import cache_dir
@@ -48,7 +49,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--smoke", action="store_true",
                         help="the demo pair and 2 samples instead (seconds; for the tests; no SmolLM2 needed)")
+    add_threads_option(parser)
     args = parser.parse_args()
+    set_threads(args.threads)
     if args.smoke:
         args.samples = 2
     quiet_transformers()

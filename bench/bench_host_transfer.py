@@ -14,7 +14,7 @@ import time
 
 import torch
 from bench_sensitivity_scale import build_random
-from common import write_figures
+from common import add_threads_option, set_threads, write_figures
 
 from paraknow.core.models import quiet_transformers
 
@@ -26,7 +26,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="the tiny preset on the CPU (for the tests)")
     ap.add_argument("--out", default=None)
+    add_threads_option(ap)
     args = ap.parse_args()
+    set_threads(args.threads)
     if args.smoke:
         args.preset, args.device, args.rounds = "tiny", "cpu", 1
     quiet_transformers()

@@ -21,7 +21,7 @@ import sys
 import time
 
 import torch
-from common import write_figures
+from common import add_threads_option, set_threads, write_figures
 
 from paraknow.core.data import collate, encode_all, load_records
 from paraknow.core.models import load_model, quiet_transformers
@@ -114,7 +114,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="2 samples of 64 tokens, one round (seconds; for the tests)")
     parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--mode", choices=["plain", "paraknow"], help=argparse.SUPPRESS)
+    add_threads_option(parser)
     args = parser.parse_args()
+    set_threads(args.threads)
     if args.smoke:
         args.samples, args.memory_samples, args.max_length, args.rounds = 2, 1, 64, 1
     quiet_transformers()

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import write_figures
+from common import set_threads, write_figures
 
 from paraknow.core.models import quiet_transformers
 
@@ -61,7 +61,7 @@ def worker(args) -> None:
     from paraknow.core.models import load_model
     from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model, tok = load_model(args.model)
     records = load_records(args.data)
     config = SensitivityConfig(samples=args.samples, max_length=args.max_length)

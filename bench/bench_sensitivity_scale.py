@@ -17,7 +17,7 @@ import time
 
 import torch
 from bench_sensitivity import plain_pass, sync
-from common import write_figures
+from common import add_threads_option, set_threads, write_figures
 
 from paraknow.core.models import quiet_transformers
 
@@ -105,7 +105,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="the tiny preset on the CPU (for the tests)")
     ap.add_argument("--out", default=None)
+    add_threads_option(ap)
     args = ap.parse_args()
+    set_threads(args.threads)
     if args.smoke:
         args.device, args.presets, args.samples, args.rounds, args.max_length = "cpu", "tiny", 2, 1, 64
     quiet_transformers()

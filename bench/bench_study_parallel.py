@@ -1,10 +1,11 @@
 """Cells one at a time vs two at a time: `run_study(workers=1)` vs `run_study(workers=2)`.
 
 The same study (demo pair, JSONL subsets of task:instruct, vanilla LoRA and PKT over a two-rate
-sweep) runs both ways from a fresh sensitivity cache: one at a time in this process with all
-cores as torch threads, or two worker processes with half the threads each. Issue 10: on this
-2-core CPU cells run two at a time only where this bench shows it is faster in total; the
-study's default (`--workers`, paraknow.study.runner.DEFAULT_WORKERS) follows its figure.
+sweep) runs both ways from a fresh sensitivity cache: one at a time in this process, or two
+worker processes, each cell with the thread policy's one torch thread (paraknow/core/threads.py).
+The figure recorded before that policy (one at a time with every core as threads: 2.65x slower
+than two workers of one thread on this 2-core CPU) is why `--workers auto` runs as many one-thread
+workers as there are free cores.
 
     python bench/bench_study_parallel.py --out docs/results/study_parallel.json
     python bench/bench_study_parallel.py --smoke          # seconds; what the test suite runs
@@ -38,11 +39,8 @@ def make_recipe(root: Path, size: dict) -> dict:
 
 
 def timed_study(recipe, out: Path, workers: int, calibration) -> float:
-    import torch
-
     from paraknow.study import run_study
 
-    torch.set_num_threads(os.cpu_count() or 1)  # one at a time: every core for the one cell
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the training logs
         run_study(recipe, out, workers=workers, calibration=calibration)

@@ -1,6 +1,6 @@
 """Submatrix search speed: `max_sum_block` against the reference loop and the floor.
 
-    python bench/bench_submatrix.py [--quick] [--threads N]
+    python bench/bench_submatrix.py [--quick] [--threads N]   (default 1 thread; 0 = one per core)
 
 Small case [1536, 576] -> [1024, 384]: max_sum_block vs the position-by-position Python loop
 over a float64 prefix sum (`max_sum_block_reference`, torch indexing as in the paper's code);
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import timeit
+from common import add_threads_option, set_threads, timeit
 
 from paraknow.extract import max_sum_block, max_sum_block_reference
 
@@ -50,11 +50,10 @@ def python_float_loop(scores, h, w):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    add_threads_option(ap, default=1)  # one thread: what a study cell gets, and steady on a shared CPU
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat (seconds; for the tests)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     reps = 1 if args.smoke else 3 if args.quick else 7
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {reps} runs "

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import add_threads_option, set_threads
+
 
 def char_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -119,17 +121,13 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for both sides (1 is the most stable on a shared CPU; 0 = torch's default)")
+    add_threads_option(parser, default=1)  # both sides; 1 is the most stable on a shared CPU
     parser.add_argument("--smoke", action="store_true", help="a 1-layer model, 8 samples, one round (seconds; for the tests)")
     a = parser.parse_args()
     if a.smoke:
         a.model, a.hidden, a.layers, a.samples, a.batch, a.micro_batch, a.rank, a.alpha, a.rounds = \
             None, 64, 1, 8, 4, 2, 4, 4, 1
-    import torch
-
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
+    set_threads(a.threads)
 
     import transformers
 

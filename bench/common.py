@@ -17,24 +17,46 @@ def timeit(fn, repeats):
     return statistics.median(times), out
 
 
+ALL_CORES = 0  # --threads 0: one torch thread per core
+
+
+def add_threads_option(parser, default: int = ALL_CORES):
+    """--threads: the torch threads the bench times with (every bench sets it and prints it)."""
+    parser.add_argument("--threads", type=int, default=default,
+                        help=f"torch threads ({ALL_CORES}: one per core; default {default})")
+    return parser
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's intra-op threads (ALL_CORES: one per core) and print the count beside the load
+    average (timings on a shared machine mean little without both). Returns the count."""
+    import os
+
+    import torch
+
+    from paraknow.core.threads import load_average
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    print(f"torch threads: {torch.get_num_threads()} of {os.cpu_count()} cpus; load average {load_average()}",
+          flush=True)
+    return torch.get_num_threads()
+
+
 def scale_parser(smoke_help: str):
     """The options the scale benches share: --smoke, --threads, --out."""
     import argparse
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help=smoke_help)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    add_threads_option(ap)
     ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
     return ap
 
 
 def parse_scale_args(ap):
-    """Parse, and set the torch thread count when --threads is given."""
-    import torch
-
+    """Parse, and set (and print) the torch thread count."""
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     return args
 
 
@@ -112,8 +134,10 @@ def study_bench(doc: str, sizes: dict, make_recipe, prefix: str, argv=None):
     import tempfile
     from pathlib import Path
 
+    from paraknow.core.threads import THREADS_PER_WORKER
     from paraknow.study import parse_recipe
 
+    set_threads(THREADS_PER_WORKER)  # what the study's thread policy gives each cell (paraknow/core/threads.py)
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), for the test suite")
     parser.add_argument("--out", default=None, help="also write the figures (with provenance) as JSON here")

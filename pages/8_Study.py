@@ -9,6 +9,7 @@ import streamlit as st
 from paraknow import viz
 from paraknow.core.errors import ParaknowError
 from paraknow.core.tasks import TASKS
+from paraknow.core.threads import WORKER_CHOICES
 from paraknow.study import parse_recipe, recipe_from_text
 from paraknow.study.cells import RECIPE_FILE
 from paraknow.study.control import log_tail, read_study, start_study, stop_study
@@ -16,7 +17,7 @@ from paraknow.study.plan import plan_cells
 from paraknow.study.recipe import FACTOR_LABELS
 from paraknow.study.report import (REPORT_HTML, RESULTS_CSV, RESULTS_JSON, arm_rows, bars_figure, comparison_rows,
     seed_count_figure, seed_count_points)
-from paraknow.study.runner import MAX_WORKERS, WORKERS_HELP, prepare
+from paraknow.study.runner import WORKERS_HELP, prepare
 from ui import executor as E
 from ui import state as S
 from ui import study as U
@@ -150,7 +151,7 @@ if recipe is not None:
     e = st.columns([2, 1, 1, 1, 1], vertical_alignment="bottom")
     e[0].text_input("Study name", key=S.W_ST_NAME, **PERSIST, placeholder="e.g. arith-structures",
                     help="Its folder under cache/studies/.")
-    e[1].number_input("Cells at a time", min_value=1, max_value=MAX_WORKERS, step=1, key=S.W_ST_WORKERS, **PERSIST,
+    e[1].selectbox("Cells at a time", WORKER_CHOICES, key=S.W_ST_WORKERS, **PERSIST,
                       help=WORKERS_HELP)
     estimate = e[2].button("Estimate time", key="w_st_estimate", icon=":material/timer:", width="stretch",
                            help="Measures this machine on the study's models and data (a few seconds).")
@@ -161,7 +162,7 @@ if recipe is not None:
                          icon=":material/download:")
     if estimate:
         with W.show_errors("estimating the study"), st.spinner("Measuring this machine…"):
-            _, est = prepare(recipe, U.studies_root() / ".estimate-only")
+            _, est = prepare(recipe, U.studies_root() / ".estimate-only", workers=ss[S.W_ST_WORKERS])
             ss[S.ST_ESTIMATE] = {"recipe": recipe.to_dict(), "text": est.describe()}
     if ss[S.ST_ESTIMATE] and ss[S.ST_ESTIMATE]["recipe"] == recipe.to_dict():
         st.info(f"Estimated {ss[S.ST_ESTIMATE]['text']}; the budget is {recipe.budget_minutes:g} min.",

@@ -148,7 +148,7 @@ def compare_report(task: str, seeds: list[int], workdir: Path, max_new_tokens: i
             "wall_seconds": round(time.time() - t0, 1)}
 
 
-def study_report(recipe_path, study_dir: Path, out_dir: Path, workers: int, progress=print) -> dict:
+def study_report(recipe_path, study_dir: Path, out_dir: Path, workers, progress=print) -> dict:
     """Run or resume the study, then write its summary, cells and figures into `out_dir`."""
     from .core.fsio import atomic_write_bytes, atomic_write_text
     from .htmlreport import figure_image, image_export_unavailable
@@ -167,7 +167,7 @@ def study_report(recipe_path, study_dir: Path, out_dir: Path, workers: int, prog
     timing = {"cells": len(cells), "finished": sum(c["state"] == "finished" for c in cells),
               "cell_seconds_total": round(sum(c["seconds"] or 0 for c in cells), 1),
               "elapsed_s": round(max(e for _, e in spans) - min(s for s, _ in spans), 1) if spans else None,
-              "workers": workers}
+              "workers": (results.get("timing") or {}).get("workers", workers)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "results.csv", cells_csv(results))
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", default=str(PACKAGE_DIR.parent / "docs" / "examples" / "study-demo.json"))
     p.add_argument("--dir", default=None, help="study directory (default: the cache's studies/demo)")
     p.add_argument("--out", default=str(RESULTS_DIR / "study_demo"))
-    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
+    p.add_argument("--workers", default=DEFAULT_WORKERS, help=WORKERS_HELP)  # checked by paraknow.core.threads
     p = sub.add_parser("reanalyse", help="the corrected verdicts of a written study, from its results.csv")
     p.add_argument("--study", default=str(RESULTS_DIR / "study_demo"),
                    help="a folder written by `study` (summary.json, results.csv); verdicts.json/.md go there")

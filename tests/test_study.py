@@ -357,8 +357,19 @@ def test_two_workers_give_the_same_cell_numbers(study, tmp_path, monkeypatch, ca
 def test_workers_out_of_range_is_refused_before_anything_runs(study, tmp_path, capsys):
     recipe_file = write_recipe(tmp_path / "recipe.json", study["recipe"])
     assert cli_main(["study", "--recipe", recipe_file, "--out", str(tmp_path / "w"), "--workers", "0"]) == 2
-    assert "workers must be a whole number" in capsys.readouterr().err
+    assert "workers must be 'auto' or a whole number" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_the_thread_policy_is_recorded(study):
+    """`--workers auto` (the default) ran the cells with one torch thread each, and the study says so
+    beside the load average, in study.json and in results.json's timing."""
+    timing = study["results"]["timing"]
+    assert timing["requested"] == "auto" and timing["threads"] == 1 and 1 <= timing["workers"] <= 64
+    assert len(timing["load_average"]) == 3 and len(timing["load_average_end"]) == 3
+    status = json.loads((study["out"] / "study.json").read_text())
+    assert status["threads"] == {k: timing[k] for k in ("workers", "threads", "requested", "load_average")}
+    assert f"{timing['workers']} at a time, 1 torch thread each" in study["lines"][0]
 
 
 def test_report_study_writes_summary_cells_and_figures_without_rerunning(study, tmp_path):

@@ -32,24 +32,28 @@ from ..core.errors import ParaknowError
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                  weight: float, temperature: float, num_items=None) -> torch.Tensor:
     """(1 - weight)·CE + weight·temperature²·KL(p_T^τ ‖ p_S^τ) over the completion tokens.
-
     student_logits [b, s, V_S], teacher_logits [b, s, V_T], labels [b, s] (-100 where no loss).
     num_items: the divisor of both sums (the Trainer's count over the accumulated batch); None:
-    this batch's completion tokens. The CE is transformers' ForCausalLMLoss, the one the model
-    itself computes, so weight 0 is plain fine-tuning.
-    """
-    from transformers.loss.loss_utils import ForCausalLMLoss
+    this batch's completion tokens."""
+    keep = labels[:, 1:] != IGNORE_INDEX  # [b, s-1]: position t predicts labels[t+1]
+    return rows_loss(student_logits[:, :-1][keep].float(), teacher_logits[:, :-1][keep], labels[:, 1:][keep],
+                     weight, temperature, num_items)
 
-    ce = ForCausalLMLoss(student_logits, labels, vocab_size=student_logits.size(-1), num_items_in_batch=num_items)
-    mask = labels[:, 1:] != IGNORE_INDEX  # [b, s-1]: position t predicts labels[t+1]
-    width = min(student_logits.size(-1), teacher_logits.size(-1))
-    student = student_logits[:, :-1][mask][:, :width].float() / temperature  # [n, V]
-    teacher = teacher_logits[:, :-1][mask][:, :width].float().to(student.device) / temperature  # [n, V]
-    kl = torch.nn.functional.kl_div(torch.log_softmax(student, -1), torch.log_softmax(teacher, -1),
-                                    reduction="sum", log_target=True)
-    count = mask.sum() if num_items is None else num_items
+
+def rows_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, weight: float,
+              temperature: float, num_items=None) -> torch.Tensor:
+    """The same loss on the completion positions only: student [n, V_S] float32 logits, teacher [n, V_T],
+    targets [n]. The CE is paraknow.runs.train_loss's (summed, divided by `num_items`), so weight 0 is
+    plain fine-tuning exactly."""
+    count = (targets.numel() or 1) if num_items is None else num_items
     if torch.is_tensor(count):
-        count = count.to(kl.device)
+        count = count.to(student.device)
+    ce = torch.nn.functional.cross_entropy(student, targets, reduction="sum") / count
+    width = min(student.size(-1), teacher.size(-1))
+    s = student[:, :width] / temperature  # [n, V]
+    t = teacher[:, :width].float().to(student.device) / temperature  # [n, V]
+    kl = torch.nn.functional.kl_div(torch.log_softmax(s, -1), torch.log_softmax(t, -1), reduction="sum",
+                                    log_target=True)
     return (1 - weight) * ce + weight * temperature ** 2 * (kl / count)
 
 
@@ -100,16 +104,23 @@ class LogitDistillation:
 
 
 def trainer_class(distillation: LogitDistillation | None):
-    """transformers.Trainer, or for logit KD a Trainer that hands each batch to `distillation`
-    before the loss (pass `compute_loss_func=distillation` too)."""
-    from transformers import Trainer
+    """The trainer of a run: paraknow.runs.train_loss.CompletionTrainer, or for logit KD one whose loss
+    adds the KD term on the same completion rows (pass `compute_loss_func=distillation` too: several
+    processes fall back to the model's full logits, and `distillation` is that loss)."""
+    from .train_loss import CompletionTrainer, head_logits
 
     if distillation is None:
-        return Trainer
+        return CompletionTrainer
 
-    class DistillingTrainer(Trainer):
+    class DistillingTrainer(CompletionTrainer):
+        def loss(self, model, inputs: dict, num_items=None) -> torch.Tensor:
+            student, targets = head_logits(model, inputs)  # [n, V_S], [n]
+            keep = inputs["labels"][:, 1:] != IGNORE_INDEX  # the same rows of the teacher's logits
+            teacher = distillation.teacher_logits(inputs)[:, :-1][keep]  # [n, V_T]
+            return rows_loss(student, teacher, targets, distillation.weight, distillation.temperature, num_items)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            distillation.batch = inputs  # the teacher sees exactly what the student sees
+            distillation.batch = inputs  # the teacher sees exactly what the student sees (also the fallback)
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
 

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -127,9 +128,32 @@ def generate_completions(model, tokenizer, records: list[dict], max_new_tokens: 
     return texts
 
 
+@contextlib.contextmanager
+def merged_weights(model):
+    """The model's LoRA adapters merged into its weights for the block (one matmul per projection
+    instead of three), the weights restored exactly afterwards (from a host copy: un-merging alone
+    would leave rounding in the base). Nothing to do for a model without active adapters."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules()
+              if isinstance(m, BaseTunerLayer) and not m.merged and not m.disable_adapters and m.active_adapters]
+    saved = [(m.get_base_layer().weight, m.get_base_layer().weight.detach().to("cpu", copy=True)) for m in layers]
+    try:
+        for layer in layers:
+            layer.merge()
+        yield model
+    finally:
+        for layer, (weight, copy) in zip(layers, saved):
+            if layer.merged:
+                layer.unmerge()
+            with torch.no_grad():
+                weight.copy_(copy)
+
+
 def evaluate(model, tokenizer, records: list[dict], max_new_tokens: int = 128, batch_size: int = 16,
              progress: Progress | None = None, max_length: int = 2048, match: str = "auto") -> EvalResult:
-    """Loss on every record and greedy answer accuracy (`match`) on those with a reference answer."""
+    """Loss on every record and greedy answer accuracy (`match`) on those with a reference answer, on
+    the model with its adapters merged (`merged_weights`)."""
     check_mode(match)
     if not records:
         raise ParaknowError("nothing to evaluate: the dataset holds no records.")
@@ -142,15 +166,16 @@ def evaluate(model, tokenizer, records: list[dict], max_new_tokens: int = 128, b
             if progress:
                 progress(done, total, "computing loss")
 
-        losses = completion_losses(model, tokenizer, records, batch_size, max_length, loss_progress)
         scorable = [i for i, r in enumerate(records) if reference_answer(r) is not None]
 
         def gen_progress(done, _n, _msg):
             if progress:
                 progress(len(records) + done, len(records) + len(scorable), "generating answers")
 
-        texts = generate_completions(model, tokenizer, [records[i] for i in scorable],
-                                     max_new_tokens, batch_size, gen_progress) if scorable else []
+        with merged_weights(model):
+            losses = completion_losses(model, tokenizer, records, batch_size, max_length, loss_progress)
+            texts = generate_completions(model, tokenizer, [records[i] for i in scorable],
+                                         max_new_tokens, batch_size, gen_progress) if scorable else []
     finally:
         model.train(was_training)
     predictions, correct = [], 0

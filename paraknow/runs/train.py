@@ -8,6 +8,7 @@ the same command in the background, see `paraknow.runs.jobs`). It writes the run
   paraknow.runs.rundir          the run-directory files and their readers
   paraknow.runs.train_model     the student wrapped in its LoRA, and the adapter saved at the end
   paraknow.runs.train_callback  metrics, status, evaluation and STOP at each step
+  paraknow.runs.train_loss      the loss (completion tokens only), in one place
   paraknow.runs.train (here)    the run: lock, load, train, save, final state
 
 Bad input (ParaknowError) is found before anything is written where possible: exit code 2 and,
@@ -33,8 +34,7 @@ from pathlib import Path
 
 from ..core.cache import mark_entry
 from ..core.errors import ParaknowError, first_line
-from ..core.fsio import (REFUSE_WAIT_S, atomic_directory, atomic_write_json, check_output_path, output_lock,
-    output_path)
+from ..core.fsio import REFUSE_WAIT_S, atomic_directory, atomic_write_json, check_output_path, output_lock, output_path
 from ..core.jobdir import SPEC_FILE, STATUS_FILE, STOP_FILE, read_json
 from ..core.processes import proc_start_time
 from .rundir import METRIC_KEYS, METRICS_FILE, PISSA_INIT_DIR, TRAINED_DIR, TRAINER_DIR, StatusFile, is_prepared_for_us

@@ -82,7 +82,7 @@ class TrainConfig:
     eval_every: int | None = option(None, "evaluate every N optimizer steps (and at the end)", type=int)
     eval_max_new_tokens: int = option(128, "tokens generated per evaluation answer", type=int)
     eval_limit: int | None = option(200, "evaluate on the first N eval records", type=int)
-    eval_batch: int = option(16, "evaluation batch size", type=int)
+    eval_batch: int = option(64, "evaluation batch size (sorted by length; the adapters merged)", type=int)
     match: str = option("auto", "answer matching: auto (numeric when the reference is a number, else exact) | "
                         "exact | numeric (see paraknow/core/answers.py)", choices=_match_modes)
     seed: int = option(0, "training seed (LoRA init, data order, dropout)")

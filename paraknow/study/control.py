@@ -44,7 +44,7 @@ class StudyView:
         return self.state == "running"
 
 
-def start_study(recipe: Recipe, out, resume: bool = False, workers: int = DEFAULT_WORKERS,
+def start_study(recipe: Recipe, out, resume: bool = False, workers=DEFAULT_WORKERS,
                 executor: ExecutorConfig | None = None) -> subprocess.Popen:
     """Check, then start the study as a background process running `workers` cells at a time on
     `executor` (default: this machine; an executor that cannot take work now, such as a Ray
@@ -54,7 +54,7 @@ def start_study(recipe: Recipe, out, resume: bool = False, workers: int = DEFAUL
     if status.get("state") == "running":
         raise ParaknowError(f"the study in {out} is already running (pid {status.get('pid')}).")
     executor = check_devices(recipe, (executor or ExecutorConfig()).check_reachable())
-    _, estimate = prepare(recipe, out, resume=resume)
+    _, estimate = prepare(recipe, out, resume=resume, workers=workers)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RECIPE_FILE, recipe.to_dict())
     (out / STOP_FILE).unlink(missing_ok=True)
@@ -65,6 +65,7 @@ def start_study(recipe: Recipe, out, resume: bool = False, workers: int = DEFAUL
     atomic_write_json(out / STUDY_FILE, {**previous, "state": "running", "phase": "starting", "pid": proc.pid,
                                          "pid_start": proc_start_time(proc.pid),
                                          "launched": time.time(), "estimate_s": round(estimate.total_s, 1),
+                                         "threads": estimate.policy.to_dict(),
                                          "executor": executor.to_dict(), "error": None})
     return proc
 

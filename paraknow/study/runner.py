@@ -44,6 +44,7 @@ from ..core.errors import ParaknowError, first_line
 from ..core.fsio import atomic_write_json, atomic_write_text
 from ..core.jobdir import LOG_FILE, STOP_FILE, read_json
 from ..core.processes import proc_start_time
+from ..core.threads import AUTO, THREADS_PER_WORKER, load_average, thread_policy, torch_threads
 from ..runs.executors import ExecutorConfig, make_executor
 from ..transfer.lora import MANIFEST_FILE
 from .budget import calibrate, estimate_study
@@ -54,10 +55,9 @@ from .exports import EXPORTS_DIR, cell_export, export_key
 from .plan import Cell, check_recipe, plan_cells, train_config
 from .recipe import Recipe, cells_part
 
-DEFAULT_WORKERS = 1  # cells at a time; bench/bench_study_parallel.py decides whether 2 pays on a machine
-MAX_WORKERS = 64
-WORKERS_HELP = ("cells run at a time, each in its own process with cpu_count / N torch threads "
-                f"(default {DEFAULT_WORKERS}; see bench/bench_study_parallel.py)")
+DEFAULT_WORKERS = AUTO  # the thread policy, paraknow/core/threads.py (bench/bench_study_parallel.py, bench_cell.py)
+WORKERS_HELP = (f"cells run at a time: {AUTO} (default: as many as free cores on a CPU, one on a GPU) or a number; "
+                f"each cell runs with {THREADS_PER_WORKER} torch thread on a CPU (paraknow/core/threads.py)")
 # a cell's record: the fields of results.json's cells (docs/study.md) plus where its files are
 Progress = Callable[[str], None]
 
@@ -213,12 +213,15 @@ def _check_out(out: Path, recipe: Recipe, resume: bool) -> None:
         raise ParaknowError(f"{out} exists and is not a study directory; choose a new --out.")
 
 
-def prepare(recipe: Recipe, out, resume: bool = False, calibration=None) -> tuple[list[Cell], object]:
+def prepare(recipe: Recipe, out, resume: bool = False, calibration=None,
+            workers=DEFAULT_WORKERS) -> tuple[list[Cell], object]:
     """Every check that comes before launch, in order, writing nothing: the recipe against the
-    models and data, DIR, and the time estimate against the budget. Returns (cells still to
-    run, their TimeEstimate). Raises ParaknowError."""
+    models and data, DIR, the thread policy for `workers` (paraknow.core.threads) and the time
+    estimate at that policy against the budget. Returns (cells still to run, their TimeEstimate,
+    which carries the policy). Raises ParaknowError."""
     out = Path(out).expanduser().absolute()
     sizes = check_recipe(recipe)
+    policy = thread_policy(workers, _on_gpu(recipe))
     _check_out(out, recipe, resume)
     cells = plan_cells(recipe)
     records = {c.cell_id: read_cell(out, c) for c in cells}
@@ -231,10 +234,11 @@ def prepare(recipe: Recipe, out, resume: bool = False, calibration=None) -> tupl
     keys = {c.cell_id: export_key(recipe, recipe.arm(c.arm), c.seed) for c in pending
             if recipe.arm(c.arm).init == "pkt"}
     keys = {cid: key for cid, key in keys.items() if not (out / EXPORTS_DIR / key / MANIFEST_FILE).is_file()}
-    if pending:
-        calibration = calibration or calibrate(recipe, sizes)
+    if pending and calibration is None:
+        with torch_threads(policy.threads):
+            calibration = calibrate(recipe, sizes)
     estimate = estimate_study(recipe, pending, sizes, calibration,
-                              {arm: sum(v) / len(v) for arm, v in measured.items()}, keys)
+                              {arm: sum(v) / len(v) for arm, v in measured.items()}, keys, policy)
     if estimate.total_s > recipe.budget_minutes * 60:
         raise ParaknowError(f"the study needs {estimate.describe()}, over its budget of "
                             f"{recipe.budget_minutes:g} min: raise budget_minutes in the recipe, or cut arms, "
@@ -282,36 +286,50 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _on_gpu(recipe: Recipe) -> bool:
+    """Whether the recipe's cells train on a GPU (then they share it: one worker under `auto`)."""
+    from ..runs.train_model import train_device
+
+    return any(train_device(train_config(recipe, arm, 0, None, "vanilla")).startswith("cuda")
+               for arm in recipe.arms if arm.trained)
+
+
 def _lost(out: Path, cell: Cell, exc: ParaknowError) -> dict:
     """The record of a cell that the executor lost (e.g. its Ray node died): failed, rerun by --resume."""
     return _write_cell(out, cell, state="failed", error=str(exc))
 
 
+def _run_serially(pending: list[Cell], out: Path, status: dict, say: Progress, runner, recipe: Recipe,
+                  test_records):
+    """The cells in plan order, one at a time (`runner.call`)."""
+    for k, cell in enumerate(pending, 1):
+        if _stop_requested(out):
+            return
+        say(f"[{k}/{len(pending)}] {_cell_name(cell)}: running")
+        _write_status(out, status, cell=cell.cell_id, cells_running=[cell.cell_id])
+        try:
+            record = runner.call(run_cell, recipe, cell, out, test_records)
+        except ParaknowError as exc:
+            record = _lost(out, cell, exc)
+        _write_status(out, status, cell=None, cells_running=[])
+        if record["state"] == "stopped":  # STOP, or SIGTERM caught by the cell's training
+            _request_stop(out)
+        yield cell, record
+
+
 def _run_cells(recipe: Recipe, pending: list[Cell], out: Path, status: dict, say: Progress, workers: int,
-               runner):
+               threads: int, runner):
     """Yield (cell, record) as cells finish: in plan order one at a time (`runner.call`: in this
     process, or one Ray task after another), or `workers` at a time (`runner.pool`: worker
-    processes with cpu_count // workers torch threads each, or Ray tasks). No new cell starts
+    processes, or Ray tasks); each local cell with `threads` torch threads. No new cell starts
     after STOP."""
     from ..core.data import load_records
 
     test_records = load_records(recipe.test_data)[:recipe.test_limit]  # the items scored (None: all)
     if workers == 1:
-        for k, cell in enumerate(pending, 1):
-            if _stop_requested(out):
-                return
-            say(f"[{k}/{len(pending)}] {_cell_name(cell)}: running")
-            _write_status(out, status, cell=cell.cell_id, cells_running=[cell.cell_id])
-            try:
-                record = runner.call(run_cell, recipe, cell, out, test_records)
-            except ParaknowError as exc:
-                record = _lost(out, cell, exc)
-            _write_status(out, status, cell=None, cells_running=[])
-            if record["state"] == "stopped":  # STOP, or SIGTERM caught by the cell's training
-                _request_stop(out)
-            yield cell, record
+        with torch_threads(threads):
+            yield from _run_serially(pending, out, status, say, runner, recipe, test_records)
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
     queue, running = iter(enumerate(pending, 1)), {}
     with runner.pool(workers, _init_worker, (threads,)) as pool:
         while True:
@@ -352,17 +370,17 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
     Bad input, an incompatible pair or a study over budget raise ParaknowError before anything
     is written. `calibration`: a budget.Calibration to use instead of measuring one. A STOP file
     in `out` stops the study after (or inside) the running cell; resuming removes it. `workers`:
-    how many cells run at a time (bench/bench_study_parallel.py measures whether two at a time pays).
+    how many cells run at a time, `auto` (free cores) or a number; the thread policy
+    (paraknow.core.threads) and the load average are recorded in study.json and results.json's timing.
     `executor`: where the cells run (default: this machine; see paraknow.runs.executors).
     """
     from .report import write_outputs
 
-    if not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
-        raise ParaknowError(f"workers must be a whole number from 1 to {MAX_WORKERS}; got {workers!r}.")
     say = progress or (lambda message: None)
     out = Path(out).expanduser().absolute()
     executor = check_devices(recipe, (executor or ExecutorConfig()).validate())
-    pending, estimate = prepare(recipe, out, resume, calibration)
+    pending, estimate = prepare(recipe, out, resume, calibration, workers)
+    policy = estimate.policy
     runner = make_executor(executor)
     out.mkdir(parents=True, exist_ok=True)
     with _study_lock(out), _sigterm_stops(out):
@@ -373,11 +391,12 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
         status = {"state": "running", "pid": os.getpid(), "pid_start": proc_start_time(os.getpid()),
                   "started": started, "finished": None, "cell": None, "cells_total": total,
                   "cells_to_run": len(pending), "cells_run": 0, "estimate_s": round(estimate.total_s, 1),
-                  "executor": executor.to_dict(), "error": None}
+                  "executor": executor.to_dict(), "threads": policy.to_dict(), "error": None}
         _write_status(out, status)
         say(f"study {out}: {total} cells, {total - len(pending)} already finished; {estimate.describe()}")
         try:
-            for k, (cell, record) in enumerate(_run_cells(recipe, pending, out, status, say, workers, runner), 1):
+            for k, (cell, record) in enumerate(_run_cells(recipe, pending, out, status, say, policy.workers,
+                                                                policy.threads, runner), 1):
                 name = _cell_name(cell)
                 if record["state"] == "finished":
                     acc = record["test_accuracy"]
@@ -397,7 +416,7 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
         if stopped:
             say("stopped: resume with --resume")
         timing = {"estimate_s": round(estimate.total_s, 1), "wall_s": round(time.time() - started, 1),
-                  "cells": status["cells_run"]}
+                  "cells": status["cells_run"], **policy.to_dict(), "load_average_end": load_average()}
         results = write_outputs(recipe, out, timing=timing)
         _write_status(out, status, state="stopped" if stopped else "finished", finished=time.time(),
                       wall_s=timing["wall_s"])
