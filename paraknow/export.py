@@ -219,6 +219,7 @@ def extract_to_dir(teacher_ref: str, student_ref: str, data_ref: str, out_dir, c
                                              records[:sens_config.samples], student_tokenizer=student_tok,
                                              progress=progress)
         plan = plan_transfer(t_info, s_info, scores, config, similarity)
+        del scores  # the plan holds what the export needs: the map (float32, twice a bf16 teacher) goes now
         return export_transfer(teacher_model, student_model, t_info, s_info, plan, config, out_dir,
                                provenance(teacher_ref, student_ref, data_ref, sens_config, records),
                                progress, overwrite=overwrite)
