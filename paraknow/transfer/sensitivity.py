@@ -21,7 +21,7 @@ from ..core.data import Encoded, collate, encode_all, per_sample_loss
 from ..core.errors import ParaknowError
 from ..core.memory import SensitivityMemory, available_memory_bytes, estimate_sensitivity_memory
 from ..core.models import resolve_device
-from ..core.numerics import to_host_float32
+from ..core.numerics import float32_matmuls, to_host_float32
 from ..core.options import option
 from ..core.validate import MAX_LENGTH, check_count
 
@@ -85,11 +85,12 @@ def _backward_passes(model, batches: list[list[Encoded]], loss_of, fold, progres
     try:
         for i, batch_items in enumerate(batches):
             batch = {k: v.to(device) for k, v in collate(batch_items, pad_id=0).items()}
-            loss = loss_of(model, batch)
-            if not torch.isfinite(loss):  # NaN/inf weights, or nothing to score: the map would be NaN
-                raise ParaknowError(f"seed {unit} {i + 1} gives a loss of {loss.item()}: the model's weights hold NaN "
-                                    "or inf values, or the sample has no token to score; nothing was saved.")
-            loss.backward()
+            with float32_matmuls(model):
+                loss = loss_of(model, batch)
+                if not torch.isfinite(loss):  # NaN/inf weights, or nothing to score: the map would be NaN
+                    raise ParaknowError(f"seed {unit} {i + 1} gives a loss of {loss.item()}: the model's weights hold "
+                                        "NaN or inf values, or the sample has no token to score; nothing was saved.")
+                loss.backward()
             if progress:
                 progress(i + 1, len(batches), f"{unit} {i + 1}/{len(batches)}: loss {loss.item():.3f}")
     finally:

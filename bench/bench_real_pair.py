@@ -1,0 +1,168 @@
+"""The real pair end to end on this machine: Qwen2.5-Coder-1.5B-Instruct -> 0.5B-Instruct (docs/real-pair.md),
+the steps of `paraknow extract --dtype bfloat16` one by one with their time and peak memory.
+
+    python bench/bench_real_pair.py --data GSM8K-seeds.jsonl --samples 4 --out docs/results/real_pair.json
+    python bench/bench_real_pair.py --smoke          (the demo pair, seconds; no qwen extra needed)
+
+Records: de-quantise time and peak RSS of each model (with --dequantise: converted again in a temporary
+cache, in a child process), load time, the sensitivity pass (time, peak RSS against the bf16 teacher's
+size and the float32 sums' size), plan and factorise + export time, export size, and the step-0 check
+(the residual export loaded with plain PEFT leaves the student's logits unchanged). Peak RSS is sampled
+every 20 ms per step and the process's own maximum (ru_maxrss) is recorded too; the thread count and
+the load average say how busy the machine was. The steps are `extract_to_dir`'s own calls in its order.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+from common import write_figures
+
+from paraknow.core.models import quiet_transformers
+
+TEACHER = "bundled:qwen2.5-coder-1.5b-instruct"
+STUDENT = "bundled:qwen2.5-coder-0.5b-instruct"
+GiB = 2**30
+
+
+class Phases:
+    """Wall time and sampled peak RSS of each named step."""
+
+    def __init__(self):
+        self.proc = psutil.Process()
+        self.current, self.peaks, self.times, self.start = None, {}, {}, None
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self):
+        while True:
+            if self.current:
+                rss = self.proc.memory_info().rss
+                self.peaks[self.current] = max(self.peaks.get(self.current, 0), rss)
+            time.sleep(0.02)
+
+    def step(self, name: str | None):
+        now = time.perf_counter()
+        if self.current:
+            self.times[self.current] = now - self.start
+            print(f"  {self.current:<12} {self.times[self.current]:8.1f} s   peak RSS "
+                  f"{self.peaks.get(self.current, 0) / GiB:6.2f} GiB", flush=True)
+        self.current, self.start = name, now
+        if name:
+            self.peaks[name] = self.proc.memory_info().rss
+
+    def figures(self) -> dict:
+        return {name: {"seconds": round(self.times[name], 2), "peak_rss_gib": round(self.peaks[name] / GiB, 3)}
+                for name in self.times}
+
+
+def dequantise(ref: str) -> dict:
+    """Convert `ref` again in a fresh temporary cache, in a child process: wall time and its peak RSS."""
+    with tempfile.TemporaryDirectory() as cache:
+        code = ("import torch, sys; from paraknow.core.models import quiet_transformers; quiet_transformers(); "
+                "from paraknow.core.models import resolve_ref; resolve_ref(sys.argv[1])")
+        t0 = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-c", code, ref], env={**os.environ, "PARAKNOW_CACHE": cache})
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - t0
+    if status != 0:
+        raise SystemExit(f"de-quantising {ref} failed (status {status})")
+    return {"seconds": round(seconds, 1), "peak_rss_gib": round(usage.ru_maxrss * 1024 / GiB, 3)}
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", help="seed records (JSONL, GSM8K in the messages format)")
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--dequantise", action="store_true",
+                        help="also time the de-quantisation of both models (again, in a temporary cache)")
+    parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--smoke", action="store_true", help="the demo pair and 2 samples (seconds)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    quiet_transformers()
+
+    from paraknow.core.architecture import describe
+    from paraknow.core.compatibility import check_transferable
+    from paraknow.core.data import load_records
+    from paraknow.core.models import load_model
+    from paraknow.transfer.export import export_transfer, verify_export
+    from paraknow.transfer.plan import TransferConfig, plan_transfer
+    from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
+    from paraknow.transfer.sensitivity_files import provenance
+
+    teacher_ref, student_ref = ("demo:teacher", "demo:student") if args.smoke else (TEACHER, STUDENT)
+    data = "task:arith:seed" if args.smoke else args.data
+    if not data:
+        parser.error("--data is required (seed records as JSONL), or --smoke")
+    samples = 2 if args.smoke else args.samples
+    figures = {"teacher": teacher_ref, "student": student_ref, "data": data, "samples": samples,
+               "dtype": "bfloat16", "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+               "load_average_start": list(os.getloadavg())}
+    if args.dequantise and not args.smoke:
+        figures["dequantise"] = {ref: dequantise(ref) for ref in (teacher_ref, student_ref)}
+        print(f"de-quantise: {json.dumps(figures['dequantise'])}", flush=True)
+
+    records = load_records(data)
+    sens = SensitivityConfig(samples=samples)
+    config = TransferConfig()  # the defaults: attention, FFN and embeddings (same tokenizer), residual mode
+    phases = Phases()
+    phases.step("load teacher")
+    teacher, teacher_tok = load_model(teacher_ref, dtype="bfloat16")
+    phases.step("load student")
+    student, student_tok = load_model(student_ref)
+    t_info, s_info = describe(teacher, teacher_tok), describe(student, student_tok)
+    check_transferable(t_info, s_info, config)
+    phases.step("sensitivity")
+    scores = compute_sensitivity(teacher, teacher_tok, records, sens)
+    phases.step("plan")
+    plan = plan_transfer(t_info, s_info, scores, config)
+    del scores  # as extract_to_dir does
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "export"
+        phases.step("factorise + export")
+        manifest = export_transfer(teacher, student, t_info, s_info, plan, config, out,
+                                   provenance(teacher_ref, student_ref, data, sens, records))
+        phases.step(None)
+        export_bytes = directory_bytes(out)
+        del teacher
+        phases.step("verify")
+        check = verify_export(student, student_tok, out, records[:samples])
+        phases.step(None)
+    bf16_teacher = t_info.n_params * 2
+    figures.update({
+        "steps": phases.figures(),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB, 3),
+        "teacher_params": t_info.n_params, "student_params": s_info.n_params,
+        "teacher_bf16_gib": round(bf16_teacher / GiB, 3), "sums_float32_gib": round(2 * bf16_teacher / GiB, 3),
+        "student_float32_gib": round(s_info.n_params * 4 / GiB, 3),
+        "sensitivity_peak_vs_bf16_teacher": round(phases.peaks["sensitivity"] / bf16_teacher, 2),
+        "layer_map": manifest["layer_map"], "modules": len(manifest["modules"]),
+        "export_mib": round(export_bytes / 2**20, 1), "step0_check": check.to_dict(),
+        "step0_relative_change": check.max_change / max(1.0, check.max_logit),
+        "load_average_end": list(os.getloadavg()),
+    })
+    print(f"peak RSS {figures['peak_rss_gib']} GiB (bf16 teacher {figures['teacher_bf16_gib']} + float32 sums "
+          f"{figures['sums_float32_gib']} + student {figures['student_float32_gib']} GiB); layer map "
+          f"{manifest['layer_map']}; export {figures['export_mib']} MiB; step 0 unchanged: {check.unchanged} "
+          f"(max change {check.max_change:.2e}, relative {figures['step0_relative_change']:.2e})")
+    if args.out:
+        write_figures(args.out, figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""A bfloat16 teacher on a CPU without native bfloat16 kernels: the sensitivity pass computes its
+matrix products in float32 (paraknow.core.numerics._Float32Linear), 30x faster there, with the
+gradients of the bfloat16 pass up to bfloat16 rounding; the model is left as it was."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_llama
+
+from paraknow.core import numerics
+from paraknow.core.numerics import float32_matmuls
+from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
+
+
+def bf16_model(tied=False):
+    return tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, tied=tied, seed=3).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_float32_products_give_the_bfloat16_gradients(tokenizer, seed_records, monkeypatch, tied):
+    from paraknow.core.data import collate, encode_all
+
+    model = bf16_model(tied)
+    batch = collate(encode_all(tokenizer, seed_records[:1], 64), pad_id=0)
+    model(**batch).loss.backward()
+    native = {n: p.grad.float().clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    monkeypatch.setattr(numerics, "half_matmuls_are_slow", lambda model: True)
+    with float32_matmuls(model):
+        model(**batch).loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad.dtype == torch.bfloat16
+        rel = (p.grad.float() - native[name]).norm() / native[name].norm()
+        assert rel < 0.03, (name, float(rel))  # bfloat16 rounding of each entry: 2^-8 relative
+    assert not any("forward" in vars(m) for m in model.modules())  # the original forwards are back
+
+
+def test_sensitivity_pass_with_float32_products_matches_the_plain_one(tokenizer, seed_records, monkeypatch):
+    config = SensitivityConfig(samples=3, max_length=64)
+    monkeypatch.setattr(numerics, "half_matmuls_are_slow", lambda model: False)
+    plain = compute_sensitivity(bf16_model(), tokenizer, seed_records, config)
+    monkeypatch.setattr(numerics, "half_matmuls_are_slow", lambda model: True)
+    fast = compute_sensitivity(bf16_model(), tokenizer, seed_records, config)
+    for name, s in plain.items():
+        assert fast[name].dtype == torch.float32
+        assert ((fast[name] - s).norm() / s.norm()) < 0.03, name
+
+
+def test_only_half_precision_cpu_models_are_patched():
+    assert not numerics.half_matmuls_are_slow(tiny_llama())  # float32: untouched
