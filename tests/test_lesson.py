@@ -127,6 +127,7 @@ def _cached_map() -> dict:
         return {k: fh.get_tensor(k) for k in fh.keys()}
 
 
+@pytest.mark.slow
 def test_whole_lesson_on_the_demo_pair():
     from paraknow import jobs
     from paraknow.train import TrainConfig, train
@@ -165,6 +166,7 @@ def test_whole_lesson_on_the_demo_pair():
     assert len(recap.table) == len(L.STEPS) - 1 and recap.facts["missing"] == []
 
 
+@pytest.mark.slow
 def test_the_lesson_library_does_not_import_streamlit():
     import subprocess
     import sys

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from safetensors.torch import load_file
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from apptest import APP, assert_ok
@@ -47,6 +48,7 @@ def _session_with_an_export() -> AppTest:
     return at
 
 
+@pytest.mark.slow
 def test_a_link_restores_the_state_and_the_results_and_the_recipe_reproduces_the_export(tmp_path, capsys):
     at = _session_with_an_export()
     query = dict(at.query_params)
