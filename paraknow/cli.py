@@ -318,10 +318,16 @@ def _add_transfer_commands(sub) -> None:
 
     _add_extract(sub)
 
+    p = sub.add_parser("plan", help="what an extract would take, without exporting: one JSON line per row "
+                                    "(captured, lift, energy, cos, modules, seconds)")
+    _add_plan_inputs(p, "(required)")
+    p.add_argument("--compare", action="store_true",
+                   help="one row per structure x layer strategy x coherent level instead of the given settings only")
+    p.set_defaults(func=cmd_plan)
+
 
 def _add_extract(sub):
     """The `extract` subcommand."""
-
     p = sub.add_parser("extract", help="extract teacher parameters into a LoRA init for the student")
     _add_plan_inputs(p, "(required unless --recipe gives it)")
     p.add_argument("--out", help="output directory (with --recipe: cache/exports/<the recipe's name> if not given)")
@@ -331,13 +337,6 @@ def _add_extract(sub):
                    help="replace --out if it holds a previous paraknow export (never any other folder)")
     p.set_defaults(func=cmd_extract)
     return p
-
-    p = sub.add_parser("plan", help="what an extract would take, without exporting: one JSON line per row "
-                                    "(captured, lift, energy, cos, modules, seconds)")
-    _add_plan_inputs(p, "(required)")
-    p.add_argument("--compare", action="store_true",
-                   help="one row per structure x layer strategy x coherent level instead of the given settings only")
-    p.set_defaults(func=cmd_plan)
 
 
 def _add_plan_inputs(p, required: str) -> None:

@@ -46,6 +46,7 @@ def test_every_page_renders_before_anything_is_loaded():
     assert any("This session" in str(m.value) for m in at.sidebar.markdown)  # drawn even after an early stop
 
 
+@pytest.mark.slow
 def test_main_flow_quick_start_sensitivity_mapping_export():
     at = _app()
     at.button(key="w_home_quickstart").click().run()
@@ -146,6 +147,7 @@ def test_main_flow_quick_start_sensitivity_mapping_export():
     assert at.session_state[S.EXPORTS_MADE] == ["apptest-export", "apptest-additive"]
 
 
+@pytest.mark.slow
 def test_user_mistakes_are_explained():
     at = _app()
     at.switch_page("pages/2_Models.py").run()

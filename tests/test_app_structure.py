@@ -1,6 +1,7 @@
 """The Mapping page's structure options through its widgets (AppTest, demo pair): heads, coherent, cka."""
 from __future__ import annotations
 
+import pytest
 from apptest import APP, assert_ok
 from conftest import finish_jobs
 from streamlit.testing.v1 import AppTest
@@ -8,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 from ui import state as S
 
 
+@pytest.mark.slow
 def test_mapping_heads_coherent_and_cka():
     at = AppTest.from_file(APP, default_timeout=600)
     at.run()

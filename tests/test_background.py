@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
 import torch
+from waiting import wait_until
 
 from paraknow.core.data import load_records
 from paraknow.core.jobdir import read_json
@@ -18,6 +19,7 @@ from paraknow.runs.background_work import RECORDS_FILE
 from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
 from paraknow.transfer.sensitivity_files import load_sensitivity
 
+WAIT_S = 300  # generous: the job's own progress decides, and the machine may be busy
 TEACHER = {"ref": "demo:teacher", "dtype": "float32", "device": "cpu"}
 
 
@@ -26,13 +28,7 @@ def _start_map(key: str, records: list[dict], config: SensitivityConfig, model=T
                             {RECORDS_FILE: to_jsonl(records[:config.samples])})
 
 
-def _until(condition, what: str, poll_s: float = 0.1):
-    """Poll `condition` until it holds (the job's own progress decides when; no time limit)."""
-    while not (value := condition()):
-        time.sleep(poll_s)
-    return value
-
-
+@pytest.mark.slow
 def test_a_second_start_attaches_and_the_map_equals_the_in_process_one():
     from paraknow.core.models import load_model
 
@@ -55,12 +51,13 @@ def test_a_second_start_attaches_and_the_map_equals_the_in_process_one():
     assert background.live_jobs() == []
 
 
+@pytest.mark.slow
 def test_cancel_stops_a_running_job_and_caches_nothing():
     records = load_records("task:arith:train")
     config = SensitivityConfig(samples=400, max_length=64)
     view = _start_map("k-cancel", records, config)
     assert view.live
-    _until(lambda: background.read("sensitivity", "k-cancel").done >= 1, "the first sample")
+    wait_until(lambda: background.read("sensitivity", "k-cancel").done >= 1, WAIT_S, "the first sample")
     background.cancel("sensitivity", "k-cancel")
     ended = background.wait("sensitivity", "k-cancel")
     assert ended.state == "stopped" and ended.error is None
@@ -74,6 +71,7 @@ def test_cancel_stops_a_running_job_and_caches_nothing():
     assert background.wait("sensitivity", "k-cancel").state == "finished"
 
 
+@pytest.mark.slow
 def test_a_bad_reference_fails_with_one_line_and_a_killed_job_reads_failed():
     config = SensitivityConfig(samples=1, max_length=32)
     records = load_records("task:arith:seed")
@@ -82,7 +80,7 @@ def test_a_bad_reference_fails_with_one_line_and_a_killed_job_reads_failed():
     assert failed.state == "failed" and "not found" in failed.error and "\n" not in failed.error
 
     slow = _start_map("k-kill", load_records("task:arith:train"), SensitivityConfig(samples=400, max_length=64))
-    pid = _until(lambda: (read_json(slow.dir / "status.json") or {}).get("pid"), "the pid")
+    pid = wait_until(lambda: (read_json(slow.dir / "status.json") or {}).get("pid"), WAIT_S, "the pid")
     os.killpg(pid, signal.SIGKILL)  # no chance to write its state: the liveness check decides
     dead = background.wait("sensitivity", "k-kill")
     assert dead.state == "failed" and "ended without finishing" in dead.error
@@ -110,6 +108,7 @@ def _zombie_or_gone(pid: int) -> bool:
     return status["State"].strip().startswith(("Z", "X")) and status["Threads"].strip() == "1"
 
 
+@pytest.mark.slow
 def test_any_liveness_check_reaps_every_finished_child():
     """Finished background processes (jobs, queue workers) do not linger as zombies under the server."""
     from paraknow.core import processes
@@ -117,8 +116,8 @@ def test_any_liveness_check_reaps_every_finished_child():
     records = load_records("task:arith:seed")
     a = _start_map("k-reap-a", records, SensitivityConfig(samples=1, max_length=32))
     b = _start_map("k-reap-b", records, SensitivityConfig(samples=1, max_length=32))
-    pid_b = _until(lambda: (read_json(b.dir / "status.json") or {}).get("pid"), "the pid")
+    pid_b = wait_until(lambda: (read_json(b.dir / "status.json") or {}).get("pid"), WAIT_S, "the pid")
     assert pid_b in processes.children
-    _until(lambda: _zombie_or_gone(pid_b), "b's process to end")  # ended, not yet reaped
+    wait_until(lambda: _zombie_or_gone(pid_b), WAIT_S, "b's process to end")  # ended, not yet reaped
     background.wait("sensitivity", a.key)  # checks a's liveness only
     assert pid_b not in processes.children and not Path(f"/proc/{pid_b}").exists()

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -16,6 +18,7 @@ def run_bench(script, out, *extra):
     return proc.stdout, json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_bench_factorise_smoke(tmp_path):
     stdout, result = run_bench("bench_factorise.py", tmp_path / "f.json")
     assert "speed-up" in stdout and "randomized error vs exact" in stdout
@@ -24,6 +27,7 @@ def test_bench_factorise_smoke(tmp_path):
     assert 0 < errors["exact"] <= errors["randomized"] <= 1.01 * errors["exact"]
 
 
+@pytest.mark.slow
 def test_bench_paper_scale_smoke(tmp_path):
     stdout, result = run_bench("bench_paper_scale.py", tmp_path / "p.json", "--layers", "2")
     assert "13B -> 7B plan + factorise projected" in stdout
@@ -39,6 +43,7 @@ def test_bench_paper_scale_smoke(tmp_path):
         assert pair["check"]["error_excess"] <= 0.01 and pair["peak_rss_gib"] > 0
 
 
+@pytest.mark.slow
 def test_bench_sensitivity_procs_smoke(tmp_path):
     """Two torchrun processes over gloo against one: the maps agree, both times are reported."""
     stdout, result = run_bench("bench_sensitivity_procs.py", tmp_path / "s.json")
@@ -48,6 +53,7 @@ def test_bench_sensitivity_procs_smoke(tmp_path):
     assert result["max_relative_difference"] <= 1e-5
 
 
+@pytest.mark.slow
 def test_bench_sensitivity_scale_smoke(tmp_path):
     """The largest preset that fits is chosen by the estimate before anything is built, and runs."""
     stdout, result = run_bench("bench_sensitivity_scale.py", tmp_path / "g.json")

@@ -17,6 +17,7 @@ def test_every_bench_is_run_by_a_test():
 
 
 @pytest.mark.parametrize("bench", BENCHES)
+@pytest.mark.slow
 def test_bench_runs_in_smoke_size(bench, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / bench), "--smoke"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=900,

@@ -26,6 +26,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
+
+pytestmark = pytest.mark.browser  # a real browser: run with -m browser, left out of the fast lane
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -46,18 +49,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 60) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
+def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"streamlit exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")
         try:
             with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
+                return r.status == 200
         except OSError:
-            time.sleep(0.5)
-    raise RuntimeError("streamlit did not become healthy in time")
+            return False
+
+    wait_until(healthy, seconds, f"streamlit at {url} to answer its health check", interval=0.25)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from test_browser import CHROMIUM, _goto, _settle, _shot, streamlit_app
 
+pytestmark = pytest.mark.browser  # a real browser: run with -m browser, left out of the fast lane
+
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_MS = 90_000
 CURVE_POINTS_JS = """() => {

@@ -24,6 +24,8 @@ from test_browser_finetune import _stop_leftover_runs
 
 from paraknow.extract import STRUCTURE_HELP
 
+pytestmark = pytest.mark.browser  # a real browser: run with -m browser, left out of the fast lane
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "paraknow" / "demo_models"
 TIMEOUT_MS = 600_000  # the fine-tuning run shares two busy cores with the server and the browser

@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs, urlparse
 
+import pytest
 from test_browser import CHROMIUM, SHOTS, TIMEOUT_MS, _goto, _no_errors, _settle, _shot, server  # noqa: F401
+
+pytestmark = pytest.mark.browser  # a real browser: run with -m browser, left out of the fast lane
 
 SAMPLES = 160  # enough seed samples that the map takes a while, so the clicks land while it runs
 SPLIT = "train"

@@ -9,10 +9,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from test_browser import CHROMIUM, TIMEOUT_MS, _goto, _no_errors, _settle, server  # noqa: F401 - server: the fixture
+import pytest
+from test_browser import CHROMIUM, TIMEOUT_MS, _goto, _no_errors, _settle, server  # noqa: F401 - server: the fixture  # noqa: F401 - server: the fixture
 from test_htmlreport import open_offline
 
 from paraknow.htmlreport import image_export_unavailable
+
+pytestmark = pytest.mark.browser  # a real browser: run with -m browser, left out of the fast lane
 
 
 def test_downloaded_report_draws_every_chart_offline(server, tmp_path):

@@ -16,6 +16,8 @@ import pytest
 from study_fixtures import study_inputs, tiny_recipe
 from test_browser import CHROMIUM, _no_errors, _settle, _shot, streamlit_app
 
+pytestmark = pytest.mark.browser  # a real browser: run with -m browser, left out of the fast lane
+
 TIMEOUT_MS = 120_000
 
 

@@ -82,6 +82,7 @@ def test_clear_by_kind_and_age_spares_entries_in_use(tmp_path):
     assert running.exists() and queued.exists() and not done.exists()
 
 
+@pytest.mark.slow
 def test_an_entry_locked_by_another_process_is_not_cleared():
     entry = _entry("models", "gguf-busy", 100, age_days=5)
     code = ("import sys, time; from paraknow.core.fsio import output_lock\n"

@@ -63,6 +63,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, saved_pair, argv, reason, cap
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
+@pytest.mark.slow
 def test_extract_refuses_smaller_teacher(tmp_path, saved_pair):
     out = tmp_path / "export"
     proc = subprocess.run([sys.executable, "-m", "paraknow", "extract", "--teacher", saved_pair["student"],

@@ -353,6 +353,7 @@ def _hold_lock_in_another_process(path: Path, seconds: float, note: Path | None 
     return proc
 
 
+@pytest.mark.slow
 def test_second_writer_of_one_output_is_refused(files, tmp_path, capsys):
     out = tmp_path / "export"
     holder = _hold_lock_in_another_process(out, 60)
@@ -377,6 +378,7 @@ def test_second_writer_of_one_output_is_refused(files, tmp_path, capsys):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_atomic_directory_waits_for_the_other_writer_and_never_vanishes(tmp_path):
     out = tmp_path / "artifact"
     with atomic_directory(out) as tmp:

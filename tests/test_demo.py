@@ -82,6 +82,7 @@ def test_accuracies_file_claims_the_gap(report):
     assert acc["facts"]["student"] <= 0.35  # 4 options: 25 % by guessing
 
 
+@pytest.mark.slow
 def test_accuracies_are_honest(pair, report):
     """Re-evaluate 40 test samples of one task: the same answers right and wrong as recorded."""
     name, n = "facts", 40
@@ -95,6 +96,7 @@ def test_accuracies_are_honest(pair, report):
         assert sum(a != b for a, b in zip(got, recorded)) <= 2, (which, got, recorded)
 
 
+@pytest.mark.slow
 def test_demo_build_is_reproducible(tmp_path, capsys):
     """`python -m paraknow.demo` in miniature: a few steps each, twice from the same seeds ->
     byte-identical weights, a report, a README, and models paraknow loads."""

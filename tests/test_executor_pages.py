@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import time
 
 import pytest
 from apptest import open_page
@@ -135,6 +134,7 @@ def test_a_study_on_an_unreachable_ray_address_starts_nothing(student, tmp_path)
 
 
 @needs_ray
+@pytest.mark.slow
 def test_a_fine_tune_run_queued_for_ray_runs_there_with_the_usual_files(student, ray_address):
     at = page(FINETUNE)
     finetune_on_jsonl(at, student)
@@ -159,6 +159,7 @@ def test_a_fine_tune_run_queued_for_ray_runs_there_with_the_usual_files(student,
 
 
 @needs_ray
+@pytest.mark.slow
 def test_a_study_launched_for_ray_runs_its_cells_there(student, tmp_path, ray_address):
     at = page(STUDY)
     recipe = tiny_recipe(study_inputs(tmp_path / "in"), seeds=[0], arms=[{"name": "untuned", "init": "untuned"}])
@@ -167,8 +168,7 @@ def test_a_study_launched_for_ray_runs_its_cells_there(student, tmp_path, ray_ad
     at.button(key="w_st_launch").click().run()
     assert not at.error and not at.exception
     out = U.studies_root() / "on-ray"
-    while read_study_status(out)["state"] in ("starting", "running"):
-        time.sleep(0.5)
+    wait_for(lambda: read_study_status(out)["state"] not in ("starting", "running"), 600, "the Ray study to end")
     status = read_study_status(out)
     assert status["state"] == "finished", (out / "stdout.log").read_text()[-3000:]
     # written by the study's own process: the flags reached `paraknow study`

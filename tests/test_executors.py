@@ -54,6 +54,7 @@ def ray_mark(run_dir: Path) -> bool:
 
 
 @needs_ray
+@pytest.mark.slow
 def test_a_queued_run_on_ray_has_the_local_runs_files_metrics_and_stop(setup, ray_address):
     local = jobs.new_run(config(setup, epochs=500, label="local"))  # far longer than the test waits
     remote = jobs.new_run(config(setup, epochs=500, label="ray"),
@@ -97,6 +98,7 @@ def test_a_queued_run_on_ray_has_the_local_runs_files_metrics_and_stop(setup, ra
 
 
 @needs_ray
+@pytest.mark.slow
 def test_train_cli_on_ray_finishes_with_the_train_summary(setup, ray_address, tmp_path, capsys):
     student, data = setup
     out = tmp_path / "run"
@@ -124,6 +126,7 @@ def test_train_cli_on_ray_finishes_with_the_train_summary(setup, ray_address, tm
 
 
 @needs_ray
+@pytest.mark.slow
 def test_study_cells_on_ray_give_the_local_numbers(tmp_path, ray_address, capsys):
     paths = study_inputs(tmp_path / "in")
     data = tiny_recipe(paths, seeds=[0], arms=[
@@ -153,6 +156,7 @@ def test_study_cells_on_ray_give_the_local_numbers(tmp_path, ray_address, capsys
                     os.getpid()
 
 
+@pytest.mark.slow
 def test_executor_ray_without_ray_is_one_line_and_writes_nothing(setup, tmp_path):
     student, data = setup
     out = tmp_path / "run"

@@ -73,6 +73,7 @@ def test_default_modules_skip_embeddings_on_other_tokenizer_with_a_note(tmp_path
     assert any("embeddings skipped" in n for n in printed["notes"])
 
 
+@pytest.mark.slow
 def test_demo_pair_default_extract_transfers_embeddings_and_keeps_step0_logits(tmp_path):
     out = tmp_path / "export"
     code = main(["extract", "--teacher", "demo:teacher", "--student", "demo:student",
@@ -108,6 +109,7 @@ def test_only_selected_modules_need_a_wider_teacher(tokenizer):
     assert "v_proj" in compatibility(teacher, student).errors["width"]  # the full report still says it
 
 
+@pytest.mark.slow
 def test_app_quick_start_plans_embeddings_and_the_checkboxes_narrow_it():
     from pathlib import Path
 

@@ -120,6 +120,7 @@ def test_page_renders_with_no_runs(env):
     assert not _figures(at)
 
 
+@pytest.mark.slow
 def test_runs_from_disk_are_listed_charted_and_compared(env):
     config = _config(env)
     # one run created by another process (the page must find it on disk)
@@ -197,6 +198,7 @@ def test_stop_button_writes_the_stop_file(env):
     assert at.button(key=f"w_ft_stop_{running.name}").disabled
 
 
+@pytest.mark.slow
 def test_launch_and_compare_queue_runs_with_the_form_settings(env):
     at = _page()
     at.selectbox(key=S.W_FT_SPLIT + "train").set_value("seed")

@@ -84,6 +84,7 @@ def open_offline(browser, path: Path, n_charts: int, screenshot: Path):
     return page
 
 
+@pytest.mark.browser  # Playwright drives Chromium
 def test_report_draws_every_chart_offline_in_chromium(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
@@ -96,6 +97,7 @@ def test_report_draws_every_chart_offline_in_chromium(tmp_path):
         browser.close()
 
 
+@pytest.mark.slow  # kaleido starts Chromium for each image (skipped without it)
 def test_images_png_and_svg():
     reason = image_export_unavailable()
     if reason:

@@ -4,13 +4,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from io import BytesIO
 from pathlib import Path
 
 import pytest
 from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
+from waiting import wait_until
 
 from paraknow.core import jobdir
 from paraknow.core.errors import ParaknowError
@@ -40,16 +40,10 @@ def config(setup, **overrides):
     return TrainConfig(**settings)
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+wait_for = wait_until  # the name test_executors.py and test_executor_pages.py import from here
 
 
+@pytest.mark.slow
 def test_new_run_is_on_disk_and_seen_by_another_process(setup, tmp_path):
     run_dir = jobs.new_run(config(setup), label="first")
     assert run_dir.parent == jobs.runs_root()
@@ -104,12 +98,13 @@ def test_dead_pid_reads_as_failed_and_is_persisted(setup):
     assert saved["error"] == f"the process (pid {proc.pid}) ended without finishing; see {run_dir / LOG_FILE}"
 
 
+@pytest.mark.slow
 def test_killed_run_becomes_failed_with_a_reason(setup):
     run_dir = jobs.new_run(config(setup, epochs=500))  # far longer than the test waits
     proc = jobs.launch(run_dir)
     try:
         assert jobs.read_status(run_dir)["pid"] == proc.pid
-        wait_for(lambda: jobs.read_status(run_dir).get("step"), 90, "the first training step")
+        wait_until(lambda: jobs.read_status(run_dir).get("step"), 90, "the first training step")
         status = jobs.read_status(run_dir)
         assert status["state"] == "running" and status["phase"] in ("training", "evaluating")
         assert status["max_steps"] == 1000 and status["eta_s"] is not None
@@ -123,15 +118,16 @@ def test_killed_run_becomes_failed_with_a_reason(setup):
     assert "train --spec" in (run_dir / "stdout.log").read_text()
 
 
+@pytest.mark.slow
 def test_queue_runs_one_after_another(setup):
     first = jobs.new_run(config(setup, label="a"))
     second = jobs.new_run(config(setup, label="b", init="pissa"))
     pid = jobs.ensure_worker()
     assert pid and jobs.ensure_worker() in (pid, None)  # never a second worker
     try:
-        wait_for(lambda: all(jobs.read_status(d)["state"] in ("finished", "failed") for d in (first, second)),
-                 150, "both queued runs to end")
-        wait_for(lambda: jobs.worker_pid() is None, 30, "the worker to exit")
+        wait_until(lambda: all(jobs.read_status(d)["state"] in ("finished", "failed") for d in (first, second)),
+                   150, "both queued runs to end")
+        wait_until(lambda: jobs.worker_pid() is None, 30, "the worker to exit")
     finally:
         if jobs.worker_pid() not in (None, -1):
             os.kill(jobs.worker_pid(), signal.SIGKILL)

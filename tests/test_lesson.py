@@ -128,6 +128,7 @@ def _cached_map() -> dict:
         return {k: fh.get_tensor(k) for k in fh.keys()}
 
 
+@pytest.mark.slow
 def test_whole_lesson_on_the_demo_pair():
     from paraknow.runs import jobs
     from paraknow.runs.train import train
@@ -167,6 +168,7 @@ def test_whole_lesson_on_the_demo_pair():
     assert len(recap.table) == len(L.STEPS) - 1 and recap.facts["missing"] == []
 
 
+@pytest.mark.slow
 def test_the_lesson_library_does_not_import_streamlit():
     import subprocess
     import sys

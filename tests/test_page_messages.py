@@ -3,6 +3,7 @@ settings, the sidebar's plan mark, flags and emoji shortcodes in page messages, 
 progress and Cancel on the Sensitivity page."""
 from __future__ import annotations
 
+import pytest
 from apptest import APP, assert_ok
 from conftest import finish_jobs
 from streamlit.testing.v1 import AppTest
@@ -25,6 +26,7 @@ def _sidebar(at: AppTest) -> str:
     return " ".join(str(m.value) for m in at.sidebar.markdown)
 
 
+@pytest.mark.slow
 def test_no_module_ticked_is_said_in_words_and_the_plan_loses_its_mark():
     at = _quick_started()
     at.switch_page("pages/4_Mapping.py").run()
@@ -42,6 +44,7 @@ def test_no_module_ticked_is_said_in_words_and_the_plan_loses_its_mark():
     assert not any("larger than the smallest dimension" in str(e.value) for e in at.error)
 
 
+@pytest.mark.slow
 def test_the_export_name_follows_the_settings_until_edited_and_a_second_export_does_not_collide():
     at = _quick_started()
     at.switch_page("pages/5_Export.py").run()
@@ -60,6 +63,7 @@ def test_the_export_name_follows_the_settings_until_edited_and_a_second_export_d
     assert at.session_state[S.W_NAME] == "mine"  # edited by hand: kept
 
 
+@pytest.mark.slow
 def test_a_running_map_shows_progress_and_cancel_and_survives_reruns():
     at = _quick_started()
     at.switch_page("pages/3_Sensitivity.py").run()

@@ -52,6 +52,7 @@ def _cli(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
+@pytest.mark.slow
 def test_cli_prints_the_library_completion_with_and_without_an_adapter(student, exports, capsys):
     model, tokenizer = student
     plain = generate_text(model, tokenizer, PROMPT, max_new_tokens=24)

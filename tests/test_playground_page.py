@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from apptest import assert_ok, open_page
 
 from paraknow.cli import main
@@ -37,6 +38,7 @@ def _cli_generate(capsys, prompt: str, tokens: int, model: str, adapter: Path | 
     return capsys.readouterr().out[:-1]  # one trailing newline
 
 
+@pytest.mark.slow
 def test_three_answers_side_by_side_match_the_cli(capsys):
     export = _export("pg-additive")
     at = open_page(PAGE, 600)

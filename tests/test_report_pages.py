@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from apptest import APP, assert_ok
 from conftest import finish_jobs
 from streamlit.testing.v1 import AppTest
@@ -33,6 +34,7 @@ def _image_controls(at: AppTest, slug: str) -> bool:
     return f"w_report_img_{slug}" in keys
 
 
+@pytest.mark.slow
 def test_report_on_sensitivity_mapping_and_export():
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()

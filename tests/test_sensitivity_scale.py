@@ -44,6 +44,7 @@ def test_sums_of_split_samples_add_up_to_the_whole(tokenizer, seed_records, metr
         torch.testing.assert_close(split[name], scores, rtol=1e-5, atol=1e-6 * float(scores.abs().max()))
 
 
+@pytest.mark.slow
 def test_two_processes_over_gloo_equal_one(tmp_path, saved_teacher):
     """`torchrun --nproc-per-node 2 -m paraknow sensitivity`: 5 samples split 3 + 2, one sum at the end,
     rank 0 writes the file; the map equals the single-process one."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from apptest import APP, assert_ok
 from conftest import finish_jobs
 from safetensors.torch import load_file
@@ -48,6 +49,7 @@ def _session_with_an_export() -> AppTest:
     return at
 
 
+@pytest.mark.slow
 def test_a_link_restores_the_state_and_the_results_and_the_recipe_reproduces_the_export(tmp_path, capsys):
     at = _session_with_an_export()
     query = dict(at.query_params)

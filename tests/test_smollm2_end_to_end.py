@@ -19,6 +19,7 @@ SEEDS = [{"prompt": f"Question: Tom has {a} apples and buys {b} more. How many a
          ((3, 4), (12, 7), (25, 18), (6, 9))]
 
 
+@pytest.mark.slow
 def test_smollm2_teacher_to_a_smaller_student_end_to_end(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 

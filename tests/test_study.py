@@ -31,7 +31,8 @@ def full_recipe(paths: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """One library run of a 5-arm x 2-seed study (vanilla with a 2-rate sweep), shared by the tests."""
+    """One library run of a 5-arm x 2-seed study (vanilla with a 2-rate sweep), shared by the tests
+    (which are marked slow for it: the run alone takes over ten seconds on two busy cores)."""
     root = tmp_path_factory.mktemp("study")
     paths = study_inputs(root / "in")
     with pytest.MonkeyPatch.context() as mp:
@@ -46,6 +47,7 @@ def cells_by_id(results):
     return {(c["arm"], c["seed"], c["lr"]): c for c in results["cells"]}
 
 
+@pytest.mark.slow
 def test_end_to_end_cells_and_files(study):
     results, out = study["results"], study["out"]
     cells = results["cells"]
@@ -75,6 +77,7 @@ def test_end_to_end_cells_and_files(study):
     assert any("[10/10]" in line for line in study["lines"])
 
 
+@pytest.mark.slow
 def test_untuned_and_teacher_controls_are_the_models_as_they_are(study):
     from paraknow.runs.evaluate import run_eval
 
@@ -85,6 +88,7 @@ def test_untuned_and_teacher_controls_are_the_models_as_they_are(study):
         assert cells[(arm, None, None)]["test_loss"] == pytest.approx(direct["loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_per_arm_statistics_follow_the_selected_cells(study):
     results = study["results"]
     cells = results["cells"]
@@ -139,6 +143,7 @@ def test_every_cell_keeps_its_predictions(study):
     assert results["comparisons"][0]["arm"] == "pkt" and results["comparisons"][1]["reference"] == "pkt"
 
 
+@pytest.mark.slow
 def test_signals_of_pkt_arms(study):
     arms = {a["arm"]: a for a in study["results"]["arms"]}
     for name in ("vanilla", "untuned", "teacher"):
@@ -157,6 +162,7 @@ def test_signals_of_pkt_arms(study):
     assert 'src="http' not in report and len(report) > 1_000_000  # plotly.js inlined: works offline
 
 
+@pytest.mark.slow
 def test_zero_step_signal_is_the_additive_loss_change(study):
     """Independent check through PEFT: the export's main adapter on the untouched student is the
     additive injection; the signal must equal its loss change, and leave the student unchanged."""
@@ -177,6 +183,7 @@ def test_zero_step_signal_is_the_additive_loss_change(study):
     assert signals["zero_step_loss"] == pytest.approx(changed - base, rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_random_teacher_is_drawn_per_seed_and_reproducible(study, tmp_path):
     from safetensors.torch import load_file
 
@@ -197,6 +204,7 @@ def test_random_teacher_is_drawn_per_seed_and_reproducible(study, tmp_path):
     assert len(set(exports.values())) == 2  # one export per draw
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_cells_and_reruns_unfinished_ones(study, tmp_path, monkeypatch):
     out = tmp_path / "out"
     shutil.copytree(study["out"], out)
@@ -231,6 +239,7 @@ def test_resume_skips_finished_cells_and_reruns_unfinished_ones(study, tmp_path,
         assert all(cell[k] == pytest.approx(before[key][k], rel=1e-6) for k in NUMBERS if cell[k] is not None)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_recipe(study, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(study["out"], out)
@@ -239,6 +248,7 @@ def test_resume_refuses_a_changed_recipe(study, tmp_path):
         prepare(parse_recipe(changed), out, resume=True)
 
 
+@pytest.mark.slow
 def test_resume_with_changed_comparisons_reanalyses_without_rerunning(study, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(study["out"], out)
@@ -263,6 +273,7 @@ def test_resume_with_changed_comparisons_reanalyses_without_rerunning(study, tmp
         assert [c["selected"] for c in own] == [c is best for c in own]
 
 
+@pytest.mark.slow
 def test_cli_gives_the_same_cell_numbers_as_the_library(study, tmp_path, capsys):
     recipe_file = write_recipe(tmp_path / "recipe.json", study["recipe"])
     code = cli_main(["study", "--recipe", recipe_file, "--out", str(tmp_path / "cli")])
@@ -281,6 +292,7 @@ def test_cli_gives_the_same_cell_numbers_as_the_library(study, tmp_path, capsys)
         [a["mean"] for a in study["results"]["arms"]]
 
 
+@pytest.mark.slow
 def test_a_failed_cell_does_not_stop_the_others(tmp_path):
     paths = study_inputs(tmp_path / "in")
     from safetensors.torch import load_file, save_file
@@ -318,6 +330,7 @@ def test_budget_refusal_before_anything_runs(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "budget_minutes" in err[0] and not out.exists()
 
 
+@pytest.mark.slow
 def test_seed_count_curve_from_arms_that_differ_only_in_samples(study):
     from paraknow.study.report import seed_count_figure, seed_count_points
 
@@ -334,6 +347,7 @@ def test_seed_count_curve_from_arms_that_differ_only_in_samples(study):
     assert list(fig.data[0].x) == [2, 4] and fig.data[0].y[0] == pytest.approx(25.0)
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_same_cell_numbers(study, tmp_path, monkeypatch, capsys):
     """`--workers 2` runs cells two at a time in worker processes (exports and the random teacher
     made once under a lock): every cell's numbers are those of the one-at-a-time study."""
@@ -354,6 +368,7 @@ def test_two_workers_give_the_same_cell_numbers(study, tmp_path, monkeypatch, ca
     assert status["state"] == "finished" and status["cells_running"] == [] and status["cells_run"] == len(lib)
 
 
+@pytest.mark.slow
 def test_workers_out_of_range_is_refused_before_anything_runs(study, tmp_path, capsys):
     recipe_file = write_recipe(tmp_path / "recipe.json", study["recipe"])
     assert cli_main(["study", "--recipe", recipe_file, "--out", str(tmp_path / "w"), "--workers", "0"]) == 2
@@ -361,6 +376,7 @@ def test_workers_out_of_range_is_refused_before_anything_runs(study, tmp_path, c
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_the_thread_policy_is_recorded(study):
     """`--workers auto` (the default) ran the cells with one torch thread each, and the study says so
     beside the load average, in study.json and in results.json's timing."""
@@ -372,6 +388,7 @@ def test_the_thread_policy_is_recorded(study):
     assert f"{timing['workers']} at a time, 1 torch thread each" in study["lines"][0]
 
 
+@pytest.mark.slow
 def test_report_study_writes_summary_cells_and_figures_without_rerunning(study, tmp_path):
     """`python -m paraknow.report study` on a finished study: nothing reruns; the summary holds
     the study's own per-arm results, the CSV every cell, the timing spans the cells' clock times."""
@@ -414,6 +431,7 @@ def test_arm_factor_groups_the_paper_analyses():
     assert Arm("pkt-svd", "pkt", extract={"svd": "exact"}).factor == "Other options"
 
 
+@pytest.mark.slow
 def test_vanilla_trains_the_modules_the_pkt_export_trains(study):
     """A difference between arms is the initialisation, not the set of trained modules: vanilla
     LoRA's spec lists the target modules of the PKT arm's export (embeddings included: the tiny

@@ -35,6 +35,7 @@ def test_a_stop_request_reaches_a_running_training(tmp_path):
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
 
 
+@pytest.mark.slow
 def test_background_study_stops_and_resumes(tmp_path):
     paths = study_inputs(tmp_path / "in")
     recipe = small_recipe(paths)
@@ -86,11 +87,13 @@ def test_a_study_whose_process_died_reads_failed_once_and_stopped_when_asked(tmp
     assert read_status(tmp_path / "nothing")["state"] == "missing"
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_cell_stops_the_study_not_just_the_cell(tmp_path):
     """`kill PID` on a study process: the training stops at its next step, that cell is recorded
     stopped, and no further cell starts (the study is `stopped`, resumable)."""
     import signal
-    import time
+
+    from waiting import wait_until
 
     paths = study_inputs(tmp_path / "in")
     recipe = small_recipe(paths, train={**tiny_recipe(paths)["train"], "epochs": 200})  # 400 steps per cell
@@ -99,10 +102,12 @@ def test_sigterm_during_a_cell_stops_the_study_not_just_the_cell(tmp_path):
     cell = plan_cells(recipe)[1]
     assert cell.arm == "vanilla" and cell.seed == 0
     metrics = out / "cells" / cell.cell_id / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + 600
-    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):  # the first cell is training
-        assert proc.poll() is None and time.monotonic() < deadline, (out / "stdout.log").read_text()[-2000:]
-        time.sleep(0.2)
+
+    def training() -> bool:  # the first cell is training (and the study has not died before it)
+        assert proc.poll() is None, (out / "stdout.log").read_text()[-2000:]
+        return metrics.is_file() and metrics.read_text().count("\n") >= 2
+
+    wait_until(training, 600, f"two training steps in {metrics}")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 1
     assert "the study stopped with 2 of 3 cells not finished" in (out / "stdout.log").read_text()

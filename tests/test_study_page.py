@@ -3,19 +3,20 @@ and a real background study launched, stopped, resumed and read back (tiny model
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
+import pytest
 from apptest import assert_ok, open_page
 from streamlit.testing.v1 import AppTest
 from study_fixtures import study_inputs, tiny_recipe
+from waiting import wait_until
 
 from paraknow.study.control import read_status
 from ui import state as S
 from ui import study as U
 
 PAGE = "pages/8_Study.py"
-POLL_S = 0.5
+STUDY_WAIT_S = 600  # generous: the machine may be busy
 
 
 def page() -> AppTest:
@@ -32,9 +33,9 @@ def table_with(at: AppTest, column: str):
 
 def wait_until_not_live(out: Path) -> dict:
     """The background study's own process decides when it ends; poll its status file."""
-    while (status := read_status(out))["state"] == "running":
-        time.sleep(POLL_S)
-    return status
+    wait_until(lambda: read_status(out)["state"] != "running", STUDY_WAIT_S,
+               f"the study in {out} to end")
+    return read_status(out)
 
 
 def test_grid_builder_counts_arms_and_runs():
@@ -86,6 +87,7 @@ def test_a_bad_pasted_recipe_names_the_key_and_launches_nothing(tmp_path):
     assert U.list_studies() == []
 
 
+@pytest.mark.slow
 def test_launch_stop_resume_and_results(tmp_path):
     at = page()
     recipe = tiny_recipe(study_inputs(tmp_path / "in"), seeds=[0, 1])

@@ -175,6 +175,7 @@ def test_a_pair_that_cannot_transfer_is_refused_before_anything_runs(tmp_path, t
     assert "pkt" in str(info.value) and not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_unknown_key_exits_2_with_one_line_and_writes_nothing(tmp_path):
     paths = study_inputs(tmp_path / "in")
     recipe = tiny_recipe(paths)

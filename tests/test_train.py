@@ -114,6 +114,7 @@ def make_export(tmp_path, student_dir, tied):
 
 @pytest.mark.filterwarnings("ignore:.*tie_word_embeddings:UserWarning")
 @pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.slow
 def test_residual_export_run_converts_to_plain_lora(tmp_path, tied):
     student = save_student(tmp_path, tied=tied)
     export = make_export(tmp_path, student, tied)
@@ -143,6 +144,7 @@ class _AtStep(TrainerCallback):
             self.action()
 
 
+@pytest.mark.slow
 def test_stop_file_stops_cleanly_and_saves_the_adapter(tmp_path):
     student = save_student(tmp_path)
     run = tmp_path / "run"
@@ -218,6 +220,7 @@ def test_spec_round_trip_and_cli_spec(tmp_path, capsys):
     assert "--spec already names the run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_same_command_under_a_two_process_launcher(tmp_path):
     """`accelerate launch` / torchrun on several devices runs `python -m paraknow train` unchanged: two
     CPU processes (DDP over gloo) split each batch, rank 0 alone writes the run directory."""

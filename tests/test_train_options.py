@@ -49,6 +49,7 @@ def _run(tmp_path, student_dir, data, name, **settings):
                              batch=4, micro_batch=2, max_length=128, device="cpu", **settings))
 
 
+@pytest.mark.slow
 def test_dropout_applies_to_an_export_init(tmp_path):
     student_dir, data, tok = _student_and_data(tmp_path)
     export = _export(tmp_path, student_dir, tok)
@@ -73,6 +74,7 @@ def test_compare_arms_train_identical_target_modules(tmp_path):
     assert [s["init_note"] for s in specs] == [None, PISSA_EMBEDDING_NOTE, None]
 
 
+@pytest.mark.slow
 def test_pissa_with_embedding_targets_saves_a_plain_lora_that_reproduces_training(tmp_path):
     student_dir, data, _ = _student_and_data(tmp_path)
     outcome = _run(tmp_path, student_dir, data, "run", init="pissa", lr=1e-2, rank=4, alpha=8,
