@@ -318,16 +318,10 @@ def _add_transfer_commands(sub) -> None:
 
     _add_extract(sub)
 
-    p = sub.add_parser("plan", help="what an extract would take, without exporting: one JSON line per row "
-                                    "(captured, lift, energy, cos, modules, seconds)")
-    _add_plan_inputs(p, "(required)")
-    p.add_argument("--compare", action="store_true",
-                   help="one row per structure x layer strategy x coherent level instead of the given settings only")
-    p.set_defaults(func=cmd_plan)
-
 
 def _add_extract(sub):
     """The `extract` subcommand."""
+
     p = sub.add_parser("extract", help="extract teacher parameters into a LoRA init for the student")
     _add_plan_inputs(p, "(required unless --recipe gives it)")
     p.add_argument("--out", help="output directory (with --recipe: cache/exports/<the recipe's name> if not given)")
@@ -337,6 +331,13 @@ def _add_extract(sub):
                    help="replace --out if it holds a previous paraknow export (never any other folder)")
     p.set_defaults(func=cmd_extract)
     return p
+
+    p = sub.add_parser("plan", help="what an extract would take, without exporting: one JSON line per row "
+                                    "(captured, lift, energy, cos, modules, seconds)")
+    _add_plan_inputs(p, "(required)")
+    p.add_argument("--compare", action="store_true",
+                   help="one row per structure x layer strategy x coherent level instead of the given settings only")
+    p.set_defaults(func=cmd_plan)
 
 
 def _add_plan_inputs(p, required: str) -> None:
@@ -415,7 +416,7 @@ def _add_housekeeping_commands(sub) -> None:
     p.add_argument("--recipe", required=True, help="study recipe, JSON or YAML (docs/study.md)")
     p.add_argument("--out", required=True, help="study directory (cells, results.json, report.html)")
     p.add_argument("--resume", action="store_true", help="continue a study in --out: finished cells are kept")
-    p.add_argument("--workers", default=DEFAULT_WORKERS, help=WORKERS_HELP)  # checked by paraknow.core.threads
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
     add_options(p, ExecutorConfig, EXECUTOR_OPTIONS)
     p.set_defaults(func=cmd_study)
 
