@@ -317,11 +317,11 @@ def _add_transfer_commands(sub) -> None:
     p.set_defaults(func=cmd_sensitivity)
 
     _add_extract(sub)
+    _add_plan(sub)
 
 
 def _add_extract(sub):
     """The `extract` subcommand."""
-
     p = sub.add_parser("extract", help="extract teacher parameters into a LoRA init for the student")
     _add_plan_inputs(p, "(required unless --recipe gives it)")
     p.add_argument("--out", help="output directory (with --recipe: cache/exports/<the recipe's name> if not given)")
@@ -332,12 +332,16 @@ def _add_extract(sub):
     p.set_defaults(func=cmd_extract)
     return p
 
+
+def _add_plan(sub):
+    """The `plan` subcommand."""
     p = sub.add_parser("plan", help="what an extract would take, without exporting: one JSON line per row "
                                     "(captured, lift, energy, cos, modules, seconds)")
     _add_plan_inputs(p, "(required)")
     p.add_argument("--compare", action="store_true",
                    help="one row per structure x layer strategy x coherent level instead of the given settings only")
     p.set_defaults(func=cmd_plan)
+    return p
 
 
 def _add_plan_inputs(p, required: str) -> None:

@@ -15,6 +15,7 @@ from ..core.data import load_records
 from ..core.errors import ParaknowError
 from ..core.fsio import REFUSE_WAIT_S, output_lock
 from ..core.models import load_model, resolve_device
+from .compare import CompareRow, combinations, compare_granularity
 from .export import check_export_dir, export_transfer
 from .plan import TransferConfig, plan_transfer
 from .sensitivity import SensitivityConfig
@@ -119,3 +120,18 @@ def plan_and_export(teacher_model, student_model, t_info, s_info, scores: dict, 
     scores.clear()
     return export_transfer(teacher_model, student_model, t_info, s_info, plan, config, out_dir, origin, progress,
                            overwrite=overwrite)
+
+
+def compare_to_rows(teacher_ref: str, student_ref: str, data_ref: str | None, config: TransferConfig,
+                    sens_config=None, device=None, dtype=None, progress=None, sensitivity_file=None,
+                    asked: dict | None = None, compare: bool = True) -> tuple[list[CompareRow], Prepared]:
+    """The `plan` command: `config`'s own combination, or with `compare` every structure x layer strategy x
+    coherent level (cka included: the layer similarity is computed on the seed samples)."""
+    p = prepare(teacher_ref, student_ref, data_ref, config, sens_config, device, dtype, progress,
+                sensitivity_file, asked)
+    wants_cka = compare or config.layers == "cka"
+    similarity = _similarity(p, progress) if wants_cka else None
+    combos = combinations(similarity) if compare else [(config.structure, config.layers, config.coherent)]
+    rows = compare_granularity(p.teacher_model, p.student_model, p.teacher, p.student, p.scores, config,
+                               similarity, combos, progress)
+    return rows, p
