@@ -420,7 +420,7 @@ def _add_housekeeping_commands(sub) -> None:
     p.add_argument("--recipe", required=True, help="study recipe, JSON or YAML (docs/study.md)")
     p.add_argument("--out", required=True, help="study directory (cells, results.json, report.html)")
     p.add_argument("--resume", action="store_true", help="continue a study in --out: finished cells are kept")
-    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
+    p.add_argument("--workers", default=DEFAULT_WORKERS, help=WORKERS_HELP)  # checked by paraknow.core.threads
     add_options(p, ExecutorConfig, EXECUTOR_OPTIONS)
     p.set_defaults(func=cmd_study)
 
