@@ -74,12 +74,30 @@ def show_errors(doing: str = ""):
 def page_message(text: str) -> str:
     """A library message as a page shows it: settings by name, not as CLI flags ('--micro-batch 3'
     reads 'micro-batch 3'; a command in backticks, such as `ray start --head`, is kept as it is),
-    and no emoji shortcodes made of references such as 'task:arith:train:'."""
+    and no emoji shortcodes made of references such as 'task:arith:train:'. A message may quote a
+    value from a link: nothing in it becomes a link (`no_links`)."""
     import re
 
     parts = text.split("`")  # the odd parts are inside backticks
-    return no_shortcodes("`".join(part if i % 2 else re.sub(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)", r"\1", part)
-                                  for i, part in enumerate(parts)))
+    return no_shortcodes("`".join(
+        part if i % 2 else no_links(re.sub(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)", r"\1", part))
+        for i, part in enumerate(parts)))
+
+
+def no_links(text: str) -> str:
+    """`text` as markdown in which nothing becomes a link: the brackets of `[label](url)` and `<url>`
+    escaped, and a zero-width space inside what GFM turns into a link by itself (`https://`,
+    `www.`, `name@host`), which it matches in the text after escapes are read."""
+    import re
+
+    return break_autolinks(re.sub(r"([\[\]<>])", r"\\\1", text))
+
+
+def break_autolinks(text: str) -> str:
+    """A zero-width space in `://`, `www.` and after `@`: GFM makes links of those by itself."""
+    import re
+
+    return re.sub(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)", "\u200b", text)
 
 
 def no_shortcodes(text: str) -> str:
@@ -675,7 +693,7 @@ def md_escape(text: str) -> str:
     from the address bar may hold a whole link): every markdown character escaped, line breaks spaces."""
     import re
 
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>$:])", r"\\\1", re.sub(r"\s", " ", str(text)))
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>$:])", r"\\\1", break_autolinks(re.sub(r"\s", " ", str(text))))
 
 
 def md_code(text: str) -> str:
