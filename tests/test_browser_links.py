@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from urllib.parse import urlencode, urlparse
 
+import pytest
+
 from test_browser import CHROMIUM, TIMEOUT_MS, _settle, server  # noqa: F401
+
+pytestmark = pytest.mark.browser  # a real browser: run with -m browser, left out of the fast lane
 
 PHISH = "[Click here to repair your session](https://evil.example/phish)"
 
