@@ -13,13 +13,11 @@ shared CPU the process CPU time is the steadier figure.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import scale_parser, write_figures
+from common import in_scratch, scale_parser, write_figures
 
 
 def plain_loop(a, items, pad_id) -> tuple[float, float]:
@@ -104,15 +102,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads or 1)
-    from paraknow.cli import quiet_transformers
+    from paraknow.core.models import quiet_transformers
 
     quiet_transformers()
-    work = Path(tempfile.mkdtemp(prefix="bench_distill_"))
-    os.environ.setdefault("PARAKNOW_CACHE", str(work / "cache"))
-    try:
-        run_bench(a, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    in_scratch("bench_distill_", run_bench, a)
 
 
 def run_bench(a, work: Path) -> None:

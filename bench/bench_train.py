@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import string
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import add_threads_option, set_threads
+from common import add_threads_option, in_scratch, set_threads
 
 
 def char_tokenizer():
@@ -132,12 +130,7 @@ def main() -> None:
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
-    work = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    os.environ.setdefault("PARAKNOW_CACHE", str(work / "cache"))
-    try:
-        run_bench(a, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    in_scratch("bench_train_", run_bench, a)
 
 
 def run_bench(a, work: Path) -> None:

@@ -146,3 +146,18 @@ def study_bench(doc: str, sizes: dict, make_recipe, prefix: str, argv=None):
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         root = Path(tmp)
         yield StudyBench(args, size_name, sizes[size_name], root, parse_recipe(make_recipe(root, sizes[size_name])))
+
+
+def in_scratch(prefix: str, run, a) -> None:
+    """`run(a, work)` in a fresh temporary folder that is also the paraknow cache; removed afterwards."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.setdefault("PARAKNOW_CACHE", str(work / "cache"))
+    try:
+        run(a, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
