@@ -4,8 +4,10 @@
     python tests/hostile_table.py --out F    # elsewhere
 
 The table is the tests listed in HOSTILE (pytest node ids): every case asserts its exit code, its one
-line and that nothing outside paraknow's own files changed. A case is `clean` when its test passed;
-the file records every case, the counts and where the figures came from (paraknow.core.provenance).
+line and that nothing outside paraknow's own files changed. A case is `clean` when its test passed,
+not clean when it failed, and `clean: null` when it could not run here (skipped, with the reason:
+e.g. permission bits as root); the file records every case, the counts and where the figures came
+from (paraknow.core.provenance).
 """
 from __future__ import annotations
 
@@ -44,14 +46,14 @@ HOSTILE = [
 
 
 def run_table(junit: Path) -> list[dict]:
-    """Run the table with pytest; one {"case", "clean", "reason"} per test case."""
+    """Run the table with pytest; one {"case", "clean" (True, False or None: skipped), "reason"} per case."""
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
                     *HOSTILE], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     cases = []
     for case in ET.parse(junit).getroot().iter("testcase"):
         problem = next((child for child in case if child.tag in ("failure", "error", "skipped")), None)
         cases.append({"case": f"{case.get('classname')}::{case.get('name')}",
-                      "clean": problem is None,
+                      "clean": None if problem is not None and problem.tag == "skipped" else problem is None,
                       "reason": None if problem is None else f"{problem.tag}: {problem.get('message', '')[:300]}"})
     return cases
 
@@ -62,13 +64,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         cases = run_table(Path(tmp) / "junit.xml")
-    clean = sum(c["clean"] for c in cases)
+    clean, skipped = sum(c["clean"] is True for c in cases), sum(c["clean"] is None for c in cases)
     command = " ".join(["python tests/hostile_table.py", *(sys.argv[1:] if argv is None else argv)])
     report = {**provenance(command),
-              "total": len(cases), "clean": clean, "not_clean": len(cases) - clean, "cases": cases}
+              "total": len(cases), "clean": clean, "not_clean": len(cases) - clean - skipped, "skipped": skipped,
+              "cases": cases}
     atomic_write_json(args.out, report)
-    print(json.dumps({"out": args.out, "total": len(cases), "clean": clean, "not_clean": len(cases) - clean}))
-    return 0 if clean == len(cases) else 1
+    print(json.dumps({k: report[k] for k in ("total", "clean", "not_clean", "skipped")}))
+    return 0 if report["not_clean"] == 0 else 1
 
 
 if __name__ == "__main__":
