@@ -114,8 +114,10 @@ def test_bfloat16_sums_keep_the_ranking(tokenizer, seed_records):
 @pytest.mark.parametrize("metric", ["taylor-abs", "taylor-sum", "fisher"])
 def test_bfloat16_weights_equal_an_independent_float32_accumulation(tokenizer, seed_records, metric):
     """bf16 weights, float32 sums: each bf16 gradient is added without a float32 copy of it; the map
-    must equal plain autograd per sample, every gradient and weight widened to float32 first."""
+    must equal plain autograd per sample (with the same matrix products), every gradient and weight
+    widened to float32 first."""
     from paraknow.core.data import collate
+    from paraknow.core.numerics import float32_matmuls
 
     model = tiny_llama(layers=2).to(torch.bfloat16)
     items = encode_all(tokenizer, seed_records[:4], 2048)
@@ -125,13 +127,14 @@ def test_bfloat16_weights_equal_an_independent_float32_accumulation(tokenizer, s
     for batch in batches:
         model.zero_grad(set_to_none=True)
         encoded = collate(batch, pad_id=0)
-        if metric == "taylor-sum":
-            from paraknow.core.data import per_sample_loss
+        with float32_matmuls(model):  # the products as the pass computes them on this CPU (core/numerics.py)
+            if metric == "taylor-sum":
+                from paraknow.core.data import per_sample_loss
 
-            labels = encoded.pop("labels")
-            per_sample_loss(model(**encoded).logits, labels).sum().backward()
-        else:
-            model(**encoded).loss.backward()
+                labels = encoded.pop("labels")
+                per_sample_loss(model(**encoded).logits, labels).sum().backward()
+            else:
+                model(**encoded).loss.backward()
         for n, p in params.items():
             g = p.grad.float()
             sums[n] += g.abs() if metric == "taylor-abs" else (g if metric == "taylor-sum" else g.square())
