@@ -3,9 +3,9 @@ Debian's Chromium. Quick start, Mapping, run the comparison, see every structure
 row for the session's map, click one row: the widgets and the plan follow it. Screenshots go where
 tests/test_browser.py puts them (5_mapping_compare*.png). Skips when Chromium or Playwright is missing.
 """
-import pytest
 from __future__ import annotations
 
+import pytest
 from test_browser import CHROMIUM, TIMEOUT_MS, _goto, _no_errors, _settle, _shot, server  # noqa: F401 - fixture
 
 from paraknow.transfer.compare import combinations
