@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .architecture import ModelInfo, check_family, describe_config, resolve_dtype, role_of, vocab_fingerprint
+from .architecture import ModelInfo, check_family, describe, describe_config, resolve_dtype, role_of, vocab_fingerprint
 from .errors import ParaknowError, first_line
 from .fsio import output_lock
 from .gguf_models import BUNDLED, bundled_gguf_path, convert_gguf
@@ -131,18 +131,46 @@ def check_model_files(path: Path, ref: str, config) -> None:
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ParaknowError(f"{ref} has no tokenizer ({', '.join(TOKENIZER_FILES)}): copy the model's "
                             "tokenizer files into the directory.")
+
+
+def _tokenizer(ref: str, source: str, trust_remote_code: bool = False):
+    """The tokenizer of a resolved model source, with a pad token (the EOS where it has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ParaknowError(f"could not load the tokenizer of '{ref}': {first_line(exc)}")
+    except Exception as exc:  # noqa: BLE001 - a damaged tokenizer file
+        _damaged(ref, exc, Path(source).is_dir())
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def describe_ref(ref: str, trust_remote_code: bool = False) -> ModelInfo:
     """ModelInfo of a reference without its weights: the config plus the tokenizer's vocabulary
     fingerprint (cheap), so a compatibility report can compare tokenizers before anything loads."""
-    from transformers import AutoTokenizer
-
     info = describe_config(load_config(ref, trust_remote_code))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_ref(ref), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
+        info.vocab_hash = vocab_fingerprint(_tokenizer(ref, resolve_ref(ref), trust_remote_code))
+    except ValueError as exc:  # an unknown tokenizer class of a hub model
         raise ParaknowError(f"could not load the tokenizer of '{ref}': {first_line(exc)}")
-    info.vocab_hash = vocab_fingerprint(tokenizer)
     return info
+
+
+def describe_unloaded(ref: str, trust_remote_code: bool = False):
+    """`(ModelInfo, tokenizer)` of a reference as `describe` gives them for the loaded model (parameter
+    names, tied embeddings, exact count), from a weightless instance on the meta device: what planning
+    needs, without the memory (`extract` loads the student's weights only once the teacher's map is freed)."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(ref, trust_remote_code)
+    tokenizer = _tokenizer(ref, resolve_ref(ref), trust_remote_code)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return describe(skeleton, tokenizer), tokenizer
+
 
 def _damaged(ref: str, exc: Exception, local: bool) -> None:
     """A loading failure of a local model means damaged files (ParaknowError); any other is re-raised."""
@@ -166,7 +194,7 @@ def load_model(ref: str, dtype=None, device=None, trust_remote_code: bool = Fals
     max_memory: {GPU index or 'cpu': bytes} (see `parse_max_memory`): spread the model with
     accelerate's device map within these limits, whatever `device` says.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     torch_dtype = resolve_dtype(dtype)
     target = "auto" if max_memory else resolve_device(device)
@@ -200,20 +228,13 @@ def load_model(ref: str, dtype=None, device=None, trust_remote_code: bool = Fals
             _damaged(ref, exc, local)
         except Exception as exc:  # noqa: BLE001 - damaged files that passed the header checks
             _damaged(ref, exc, local)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        except OSError as exc:
-            raise ParaknowError(f"could not load the tokenizer of '{ref}': {first_line(exc)}")
-        except Exception as exc:  # noqa: BLE001 - a damaged tokenizer file
-            _damaged(ref, exc, local)
+        tokenizer = _tokenizer(ref, source, trust_remote_code)
     missing = loading.get("missing_keys") or []
     if missing:
         raise ParaknowError(f"'{ref}' lacks {len(missing)} weight(s) its config needs (e.g. {sorted(missing)[0]}): "
                             "its weight files are incomplete; copy the model again.")
     if target != "auto" and target != "cpu":
         model.to(target)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     model.name_or_path = ref
     return model, tokenizer

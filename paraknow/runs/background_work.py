@@ -72,7 +72,7 @@ def run_export(spec: dict, job_dir: Path, progress) -> dict:
     from ..transfer.pipeline import plan_and_export
 
     config, teacher, student, t_info, s_info, scores, similarity = _pair_and_map(spec)
-    manifest = plan_and_export(teacher, student, t_info, s_info, scores, config, spec["out"], spec["provenance"],
+    manifest = plan_and_export(teacher, lambda: student, t_info, s_info, scores, config, spec["out"], spec["provenance"],
                                similarity, progress, overwrite=bool(spec.get("overwrite")))
     return {"dir": spec["out"], "modules": len(manifest["modules"])}
 
