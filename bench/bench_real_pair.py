@@ -5,11 +5,14 @@ the steps of `paraknow extract --dtype bfloat16` one by one with their time and 
     python bench/bench_real_pair.py --smoke          (the demo pair, seconds; no qwen extra needed)
 
 Records: de-quantise time and peak RSS of each model (with --dequantise: converted again in a temporary
-cache, in a child process), load time, the sensitivity pass (time, peak RSS against the bf16 teacher's
-size and the float32 sums' size), plan and factorise + export time, export size, and the step-0 check
-(the residual export loaded with plain PEFT leaves the student's logits unchanged). Peak RSS is sampled
-every 20 ms per step and the process's own maximum (ru_maxrss) is recorded too; the thread count and
-the load average say how busy the machine was. The steps are `extract_to_dir`'s own calls in its order.
+cache, in a child process), load time, the sensitivity pass (time per seed, the first seed against one plain forward+backward of the
+same seed, peak RSS against the bf16 teacher's size and the float32 sums' size), plan, student load and
+factorise + export time, export size, and the step-0 check (the residual export loaded with plain PEFT
+leaves the student's logits unchanged). Peak RSS is sampled every 20 ms per step, both resident in all and
+anonymous (RssAnon: what the process allocated, without the pages of memory-mapped model files, which the
+kernel can drop); the process's own maximum (ru_maxrss) is recorded too; the thread count and the load
+average say how busy the machine was. The steps are `extract_to_dir`'s own calls in its order: the student
+is described weightless, and its weights load once the plan has freed the map.
 """
 from __future__ import annotations
 
@@ -35,12 +38,18 @@ STUDENT = "bundled:qwen2.5-coder-0.5b-instruct"
 GiB = 2**30
 
 
+def anonymous_rss() -> int:
+    """This process's anonymous resident bytes (RssAnon in /proc/self/status; 0 where there is none)."""
+    with open("/proc/self/status") as fh:
+        return next((int(line.split()[1]) * 1024 for line in fh if line.startswith("RssAnon:")), 0)
+
+
 class Phases:
     """Wall time and sampled peak RSS of each named step."""
 
     def __init__(self):
         self.proc = psutil.Process()
-        self.current, self.peaks, self.times, self.start = None, {}, {}, None
+        self.current, self.peaks, self.anon_peaks, self.times, self.start = None, {}, {}, {}, None
         threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self):
@@ -48,20 +57,23 @@ class Phases:
             if self.current:
                 rss = self.proc.memory_info().rss
                 self.peaks[self.current] = max(self.peaks.get(self.current, 0), rss)
+                self.anon_peaks[self.current] = max(self.anon_peaks.get(self.current, 0), anonymous_rss())
             time.sleep(0.02)
 
     def step(self, name: str | None):
         now = time.perf_counter()
         if self.current:
             self.times[self.current] = now - self.start
-            print(f"  {self.current:<12} {self.times[self.current]:8.1f} s   peak RSS "
-                  f"{self.peaks.get(self.current, 0) / GiB:6.2f} GiB", flush=True)
+            print(f"  {self.current:<18} {self.times[self.current]:8.1f} s   peak RSS "
+                  f"{self.peaks.get(self.current, 0) / GiB:6.2f} GiB, anonymous "
+                  f"{self.anon_peaks.get(self.current, 0) / GiB:6.2f} GiB", flush=True)
         self.current, self.start = name, now
         if name:
             self.peaks[name] = self.proc.memory_info().rss
 
     def figures(self) -> dict:
-        return {name: {"seconds": round(self.times[name], 2), "peak_rss_gib": round(self.peaks[name] / GiB, 3)}
+        return {name: {"seconds": round(self.times[name], 2), "peak_rss_gib": round(self.peaks[name] / GiB, 3),
+                       "peak_anonymous_gib": round(self.anon_peaks.get(name, 0) / GiB, 3)}
                 for name in self.times}
 
 
@@ -98,10 +110,12 @@ def main() -> None:
 
     from paraknow.core.architecture import describe
     from paraknow.core.compatibility import check_transferable
-    from paraknow.core.data import load_records
-    from paraknow.core.models import load_model
-    from paraknow.transfer.export import export_transfer, verify_export
-    from paraknow.transfer.plan import TransferConfig, plan_transfer
+    from paraknow.core.data import collate, encode_all, load_records
+    from paraknow.core.models import describe_unloaded, load_model
+    from paraknow.core.numerics import float32_matmuls
+    from paraknow.transfer.export import verify_export
+    from paraknow.transfer.pipeline import plan_and_export
+    from paraknow.transfer.plan import TransferConfig
     from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
     from paraknow.transfer.sensitivity_files import provenance
 
@@ -123,34 +137,51 @@ def main() -> None:
     phases = Phases()
     phases.step("load teacher")
     teacher, teacher_tok = load_model(teacher_ref, dtype="bfloat16")
-    phases.step("load student")
-    student, student_tok = load_model(student_ref)
-    t_info, s_info = describe(teacher, teacher_tok), describe(student, student_tok)
+    phases.step("describe student")  # a weightless instance: its weights load after the map is freed
+    s_info, student_tok = describe_unloaded(student_ref)
+    t_info = describe(teacher, teacher_tok)
     check_transferable(t_info, s_info, config)
+    phases.step("forward+backward")  # the sensitivity's unit of work, plainly: one seed, no hooks, no sums
+    first = collate(encode_all(teacher_tok, records[:1], sens.max_length), pad_id=0)
+    with float32_matmuls(teacher):
+        teacher(**first).loss.backward()
+    teacher.zero_grad(set_to_none=True)
     phases.step("sensitivity")
-    scores = compute_sensitivity(teacher, teacher_tok, records, sens)
+    sample_ends, sensitivity_start = [], time.perf_counter()  # perf_counter at the end of each seed's backward
+    scores = compute_sensitivity(teacher, teacher_tok, records, sens,
+                                 progress=lambda i, n, message: sample_ends.append(time.perf_counter()))
     phases.step("plan")
-    plan = plan_transfer(t_info, s_info, scores, config)
-    del scores  # as extract_to_dir does
+    loaded = {}
+
+    def student():  # plan_and_export asks for it once the map is freed, as extract_to_dir does
+        phases.step("load student")
+        loaded["model"], loaded["tokenizer"] = load_model(student_ref)
+        phases.step("factorise + export")
+        return loaded["model"]
+
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "export"
-        phases.step("factorise + export")
-        manifest = export_transfer(teacher, student, t_info, s_info, plan, config, out,
+        manifest = plan_and_export(teacher, student, t_info, s_info, scores, config, out,
                                    provenance(teacher_ref, student_ref, data, sens, records))
+        del scores
         phases.step(None)
         export_bytes = directory_bytes(out)
         del teacher
         phases.step("verify")
-        check = verify_export(student, student_tok, out, records[:samples])
+        check = verify_export(loaded["model"], loaded["tokenizer"], out, records[:samples])
         phases.step(None)
+    seed_seconds = [b - a for a, b in zip([sensitivity_start] + sample_ends, sample_ends)]
     bf16_teacher = t_info.n_params * 2
     figures.update({
         "steps": phases.figures(),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB, 3),
+        "peak_anonymous_gib": round(max(phases.anon_peaks.values()) / GiB, 3),
         "teacher_params": t_info.n_params, "student_params": s_info.n_params,
         "teacher_bf16_gib": round(bf16_teacher / GiB, 3), "sums_float32_gib": round(2 * bf16_teacher / GiB, 3),
         "student_float32_gib": round(s_info.n_params * 4 / GiB, 3),
         "sensitivity_peak_vs_bf16_teacher": round(phases.peaks["sensitivity"] / bf16_teacher, 2),
+        "sensitivity_seed_seconds": [round(t, 1) for t in seed_seconds],
+        "first_seed_vs_plain_forward_backward": round(seed_seconds[0] / phases.times["forward+backward"], 2),
         "layer_map": manifest["layer_map"], "modules": len(manifest["modules"]),
         "export_mib": round(export_bytes / 2**20, 1), "step0_check": check.to_dict(),
         "step0_relative_change": check.max_change / max(1.0, check.max_logit),
