@@ -48,3 +48,25 @@ def test_sensitivity_pass_with_float32_products_matches_the_plain_one(tokenizer,
 
 def test_only_half_precision_cpu_models_are_patched():
     assert not numerics.half_matmuls_are_slow(tiny_llama())  # float32: untouched
+
+
+def test_the_forward_passes_around_the_map_use_float32_products_too(tokenizer, seed_records, monkeypatch):
+    """The seed losses (after every sensitivity pass) and the layer similarity (`--layers cka`) run the bfloat16
+    teacher forward: through float32 products as well (the scalar fallback made the seed losses of the 1.5B
+    teacher take longer than its sensitivity pass), with the losses of the plain pass up to rounding."""
+    from paraknow.transfer.seeds import seed_losses
+    from paraknow.transfer.similarity import _hidden_states
+
+    model = bf16_model()
+    monkeypatch.setattr(numerics, "half_matmuls_are_slow", lambda model: False)
+    plain = seed_losses(model, tokenizer, seed_records[:3], 64)  # bfloat16 products
+    calls = []
+    real = numerics._Float32Linear.forward
+    monkeypatch.setattr(numerics._Float32Linear, "forward",
+                        staticmethod(lambda ctx, *args: calls.append(1) or real(ctx, *args)))
+    monkeypatch.setattr(numerics, "half_matmuls_are_slow", lambda model: True)
+    products = seed_losses(model, tokenizer, seed_records[:3], 64)
+    assert calls and products == pytest.approx(plain, rel=0.03)
+    calls.clear()
+    _hidden_states(model, [1, 2, 3, 4])
+    assert calls

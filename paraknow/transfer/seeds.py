@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.data import collate, encode_all, per_sample_loss
+from ..core.numerics import float32_matmuls
 
 NEAR_ZERO = 0.01  # a seed loss below this (nats per completion token) teaches the map almost nothing
 MOST = 0.5  # degenerate when more than this share of the seeds is near zero...
@@ -21,14 +22,16 @@ FEW_HOLD = 0.8  # ...holds more than this share of the summed seed loss
 
 
 def seed_losses(model, tokenizer, records: list[dict], max_length: int = 2048, batch_size: int = 8) -> list[float]:
-    """The model's mean completion-token loss on each record (forward only, the sensitivity's masking)."""
+    """The model's mean completion-token loss on each record (forward only, the sensitivity's masking; a
+    bfloat16 CPU model computes its products in float32 as the sensitivity pass does, not through the
+    scalar fallback)."""
     items = encode_all(tokenizer, records, max_length)
     device = model.get_input_embeddings().weight.device
     losses = []
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), float32_matmuls(model):
             for start in range(0, len(items), batch_size):
                 batch = {k: v.to(device) for k, v in collate(items[start:start + batch_size], pad_id=0).items()}
                 labels = batch.pop("labels")

@@ -17,6 +17,7 @@ import torch
 
 from ..core.data import encode
 from ..core.errors import ParaknowError
+from ..core.numerics import float32_matmuls
 
 
 def _centre(x: torch.Tensor) -> torch.Tensor:
@@ -58,7 +59,7 @@ def cka_matrix(reps_a: list[torch.Tensor], reps_b: list[torch.Tensor]) -> np.nda
 def _hidden_states(model, ids: list[int]) -> list[torch.Tensor]:
     """Output of every decoder layer for one sequence -> [L] tensors [tokens, hidden] (float32, CPU)."""
     device = model.get_input_embeddings().weight.device
-    with torch.inference_mode():
+    with torch.inference_mode(), float32_matmuls(model):  # a bfloat16 CPU teacher: float32 products
         out = model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True)
     return [h[0].float().cpu() for h in out.hidden_states[1:]]
 
