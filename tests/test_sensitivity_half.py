@@ -70,3 +70,28 @@ def test_the_forward_passes_around_the_map_use_float32_products_too(tokenizer, s
     calls.clear()
     _hidden_states(model, [1, 2, 3, 4])
     assert calls
+
+
+def test_a_large_weight_is_converted_a_slice_of_rows_at_a_time(monkeypatch):
+    """A weight larger than FLOAT32_ROWS_BYTES (the real teacher's head) is converted in row slices: the
+    products and both gradients equal those of the whole weight converted at once, up to float32 summation
+    order (the input's gradient adds the slices' products)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 24).to(torch.bfloat16).requires_grad_(True)  # [b, s, in]
+    weight = torch.randn(40, 24).to(torch.bfloat16).requires_grad_(True)  # [out, in]
+    bias = torch.randn(40).to(torch.bfloat16).requires_grad_(True)
+
+    def run():
+        for t in (x, weight, bias):
+            t.grad = None
+        y = numerics._Float32Linear.apply(x, weight, bias)
+        (y.float() * torch.linspace(-1, 1, 40)).sum().backward()
+        return [y.detach().clone(), x.grad.clone(), weight.grad.clone(), bias.grad.clone()]
+
+    whole = run()
+    monkeypatch.setattr(numerics, "FLOAT32_ROWS_BYTES", 4 * 24 * 7)  # 7 rows a slice: 6 slices, the last of 5
+    assert len(numerics.weight_row_chunks(weight)) == 6
+    sliced = run()
+    for a, b in zip(whole, sliced):
+        assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-2)
+    assert torch.equal(whole[2], sliced[2]) and torch.equal(whole[0], sliced[0])  # rows are independent

@@ -94,27 +94,50 @@ class _Float32Linear(torch.autograd.Function):
     On a CPU without native bfloat16 matrix units (AVX2 only, `half_matmuls_are_slow`) PyTorch runs
     bfloat16 matrix products through a scalar fallback: measured 30x slower than float32 for a backward
     over Qwen2.5's 151,936-token head. Here each product converts its operands to float32 as it runs
-    (one weight at a time, freed right after), which is what the native kernels do internally
+    (one weight at a time, a large one in slices of rows: `weight_row_chunks`), which is what the native kernels do internally
     (float32 accumulation, one rounding of the result), so the gradients match the bfloat16 pass."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        y = torch.nn.functional.linear(x.float(), weight.float(), None if bias is None else bias.float())
+        x32 = x.float()  # [..., in]
+        y = torch.empty(*x.shape[:-1], weight.shape[0], dtype=torch.float32, device=x.device)  # [..., out]
+        for rows in weight_row_chunks(weight):
+            y[..., rows] = x32 @ weight[rows].float().T
+        if bias is not None:
+            y += bias.float()
         return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         g = grad.float()  # [..., out]
-        grad_x = (g @ weight.float()).to(x.dtype) if ctx.needs_input_grad[0] else None  # [..., in]
-        grad_w = grad_b = None
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # [..., in]
+            for rows in weight_row_chunks(weight):
+                grad_x += g[..., rows] @ weight[rows].float()
+            grad_x = grad_x.to(x.dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = (g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1]).float()).to(weight.dtype)
+            g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1]).float()  # [tokens, out], [tokens, in]
+            grad_w = torch.empty_like(weight)  # [out, in], the weight's dtype
+            for rows in weight_row_chunks(weight):
+                grad_w[rows] = (g2[:, rows].T @ x2).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.reshape(-1, g.shape[-1]).sum(0).to(weight.dtype)
         return grad_x, grad_w, grad_b
+
+
+FLOAT32_ROWS_BYTES = 64 << 20  # float32 bytes of one weight's rows converted at a time by _Float32Linear
+
+
+def weight_row_chunks(weight: torch.Tensor) -> list[slice]:
+    """Row ranges of `weight` [out, in] whose float32 copy is at most FLOAT32_ROWS_BYTES: a large weight (the
+    1.5B teacher's 151,936 x 1,536 head, 0.9 GB in float32) is converted a slice at a time, so its products
+    never hold a float32 copy of the whole weight or of its whole gradient (one slice for ordinary ones)."""
+    rows = max(1, FLOAT32_ROWS_BYTES // (4 * weight.shape[1]))
+    return [slice(a, min(a + rows, weight.shape[0])) for a in range(0, weight.shape[0], rows)]
 
 
 def half_matmuls_are_slow(model) -> bool:
