@@ -16,6 +16,8 @@ maths (issue 24, docs/study.md "Throughput"):
   by length (`BatchSortedSampler`), so a micro-batch holds rows of similar length (less padding) and
   every optimiser step still sees the same rows as with the plain shuffle (the same sums, in another
   order);
+- no attention mask for a right-padded batch (collate's): causal attention alone keeps every real
+  position from the padding after it, so the same outputs without a padding mask built per layer;
 - the FLOP count the Trainer logs is 6 x tokens x parameters with the parameters counted once, not
   re-counted over every module at every micro-step.
 """
@@ -36,7 +38,10 @@ def head_logits(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [n, V] in float32 at the n labelled positions, their targets [n]): position t of a row
     predicts labels[t + 1], as transformers shifts them."""
     lm = causal_lm(model)
-    hidden = lm.get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+    mask = inputs["attention_mask"]  # [b, s]
+    if bool((mask[:, 1:] <= mask[:, :-1]).all()):  # right-padded: causal attention alone never reaches
+        mask = None                                 # the padding from a real position (no mask to build)
+    hidden = lm.get_decoder()(input_ids=inputs["input_ids"], attention_mask=mask,
                               use_cache=False).last_hidden_state  # [b, s, d]
     targets = inputs["labels"][:, 1:]  # [b, s-1]
     keep = targets != IGNORE_INDEX  # [b, s-1]
