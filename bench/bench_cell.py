@@ -1,7 +1,7 @@
 """A study cell against a plain PyTorch + PEFT loop doing the same work (issue 24).
 
-    python bench/bench_cell.py --out docs/results/bench_cell.json
-    python bench/bench_cell.py --micro-batch 8   # the cell at 8 x 4 accumulation, as the shipped studies
+    python bench/bench_cell.py --out docs/results/bench_cell.json   # the cell at 8 x 4 accumulation (default)
+    python bench/bench_cell.py --micro-batch 32  # one pass per step, as the plain loop
     python bench/bench_cell.py --smoke          # seconds; what the test suite runs
 
 Both sides, for a vanilla and a PKT cell of the demo pair on JSONL subsets of task:instruct: load the
@@ -32,19 +32,24 @@ from pathlib import Path
 
 from common import study_bench, study_inputs
 
-SIZES = {"full": {"train": 512, "val": 64, "test": 200, "seed": 32, "tokens": 64, "rounds": 2},
+from paraknow.core.options import default_of
+from paraknow.runs.train_config import TrainConfig
+
+SIZES = {"full": {"train": 512, "val": 64, "test": 200, "seed": 32, "tokens": 64, "rounds": 3},
          "smoke": {"train": 8, "val": 2, "test": 2, "seed": 4, "tokens": 4, "rounds": 1}}
 EVAL_BATCH = 64  # the plain loop's evaluation batch (merged weights)
+DEFAULT_MICRO_BATCH = default_of(TrainConfig, "micro_batch")  # 8: the trainer's default
 TRAIN = {"epochs": 1, "lr": 1e-2, "batch": 32, "rank": 16, "alpha": 16}  # as the shipped studies
 
 
 def micro_batch_option(argv):
-    """(--micro-batch of the cell, the other arguments): 32 (default) is one pass per step, as the plain
-    loop; 8 is the shipped studies' 8 x 4 accumulation (the same maths, other dropout draws)."""
+    """(--micro-batch of the cell, the other arguments): 8 (default) is the trainer's default and the
+    shipped studies' 8 x 4 accumulation (the same rows per step, other dropout draws); 32 is one pass per
+    step, as the plain loop."""
     import argparse
 
     ap = argparse.ArgumentParser(add_help=False)
-    ap.add_argument("--micro-batch", type=int, default=TRAIN["batch"])
+    ap.add_argument("--micro-batch", type=int, default=DEFAULT_MICRO_BATCH)
     known, rest = ap.parse_known_args(argv)
     return known.micro_batch, rest
 

@@ -1,6 +1,7 @@
 """Submatrix search speed: `max_sum_block` against the reference loop and the floor.
 
     python bench/bench_submatrix.py [--quick] [--threads N]   (default 1 thread; 0 = one per core)
+    python bench/bench_submatrix.py --quick --out docs/results/bench_submatrix.json
 
 Small case [1536, 576] -> [1024, 384]: max_sum_block vs the position-by-position Python loop
 over a float64 prefix sum (`max_sum_block_reference`, torch indexing as in the paper's code);
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import add_threads_option, set_threads, timeit
+from common import add_threads_option, set_threads, timeit, write_figures
 
 from paraknow.extract import max_sum_block, max_sum_block_reference
 
@@ -52,8 +53,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
     add_threads_option(ap, default=1)  # one thread: what a study cell gets, and steady on a shared CPU
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat (seconds; for the tests)")
+    ap.add_argument("--out", default=None, help="also write the figures (with provenance) as JSON here")
     args = ap.parse_args()
-    set_threads(args.threads)
+    threads = set_threads(args.threads)
     reps = 1 if args.smoke else 3 if args.quick else 7
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {reps} runs "
@@ -80,6 +82,10 @@ def main():
     print(f"  same answer: {'yes' if same else 'NO'} {pos_fast} (reference {pos_ref})")
     print(f"  speed-up vs reference loop: {t_ref / t_fast:.0f}x (target >= 100x): "
           f"{'PASS' if t_ref / t_fast >= 100 else 'FAIL'}\n")
+    small = {"shape": list(shape), "block": list(blk), "max_sum_block_ms": round(t_fast * 1e3, 3),
+             "reference_loop_ms": round(t_ref * 1e3, 1), "python_floats_ms": round(t_list * 1e3, 1),
+             "plain_prefix_ms": round(t_plain * 1e3, 2), "same_answer": same,
+             "speedup_vs_reference": round(t_ref / t_fast, 1), "target": ">= 100x"}
 
     # Llama case ----------------------------------------------------------------------------
     shape, blk = ((13824, 5120), (11008, 4096)) if not args.smoke else ((96, 48), (64, 32))
@@ -95,6 +101,11 @@ def main():
     print(f"  same answer as plain prefix sum: {'yes' if pos_fast == pos_plain else 'NO'} {pos_fast}")
     print(f"  max_sum_block / floor = {t_fast / t_floor:.2f}x (target <= 3x): "
           f"{'PASS' if t_fast / t_floor <= 3 else 'FAIL'}")
+    large = {"shape": list(shape), "block": list(blk), "floor_ms": round(t_floor * 1e3, 1),
+             "max_sum_block_ms": round(t_fast * 1e3, 1), "plain_prefix_ms": round(t_plain * 1e3, 1),
+             "same_answer": pos_fast == pos_plain, "vs_floor": round(t_fast / t_floor, 3), "target": "<= 3x"}
+    if args.out:
+        write_figures(args.out, {"threads": threads, "repeats": reps, "small": small, "llama": large})
 
 
 if __name__ == "__main__":

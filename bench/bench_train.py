@@ -7,8 +7,11 @@ paraknow's training throughput within 5% of the plain Trainer (ratio >= 0.95).
 
     python bench/bench_train.py                       # tiny random Llama, task:arith:train
     python bench/bench_train.py --model demo:student --samples 256
+    python bench/bench_train.py --out docs/results/bench_train.json
 
-Rounds alternate plain / paraknow and the best round of each is compared (noisy shared CPUs).
+Rounds alternate plain / paraknow and the best round of each is compared (noisy shared CPUs): wall
+seconds of the training loop (the target) and its process CPU seconds (steadier when the machine is
+shared), printed with the torch thread count and the load average.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import add_threads_option, in_scratch, set_threads
+from common import add_threads_option, in_scratch, set_threads, write_figures
 
 
 def char_tokenizer():
@@ -121,6 +124,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     add_threads_option(parser, default=1)  # both sides; 1 is the most stable on a shared CPU
     parser.add_argument("--smoke", action="store_true", help="a 1-layer model, 8 samples, one round (seconds; for the tests)")
+    parser.add_argument("--out", default=None, help="also write the figures (with provenance) as JSON here")
     a = parser.parse_args()
     if a.smoke:
         a.model, a.hidden, a.layers, a.samples, a.batch, a.micro_batch, a.rank, a.alpha, a.rounds = \
@@ -177,6 +181,14 @@ def run_bench(a, work: Path) -> None:
     print(f"CPU-time throughput ratio paraknow/plain = {cpu_ratio:.3f} (process CPU seconds in the training loop)")
     e2e = min(x["total_s"] for x in results["paraknow"]) / min(x["total_s"] for x in results["plain"])
     print(f"end-to-end time ratio paraknow/plain = {e2e:.3f} (includes loading, files, adapter save)")
+    if a.out:
+        from paraknow.core.threads import load_average
+
+        write_figures(a.out, {"model": a.model or f"tiny llama ({a.hidden}x{a.layers})", "samples": len(records),
+                              "batch": a.batch, "micro_batch": a.micro_batch, "threads": torch.get_num_threads(),
+                              "load_average_after": load_average(), "rounds": results,
+                              "throughput_ratio": round(ratio, 3), "cpu_throughput_ratio": round(cpu_ratio, 3),
+                              "end_to_end_ratio": round(e2e, 3), "target": "throughput_ratio >= 0.95"})
 
 
 if __name__ == "__main__":

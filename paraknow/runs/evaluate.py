@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -51,6 +52,11 @@ def _device_of(model) -> torch.device:
         return model.get_input_embeddings().weight.device
     except (AttributeError, NotImplementedError):
         return next(model.parameters()).device
+
+
+def causal_lm(model):
+    """The transformers causal LM inside a (PEFT) model: its decoder and its LM head are called directly."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _pad_id(tokenizer) -> int:
@@ -97,7 +103,8 @@ def completion_losses(model, tokenizer, records: list[dict], batch_size: int = 1
 
 def generate_completions(model, tokenizer, records: list[dict], max_new_tokens: int = 128,
                          batch_size: int = 16, progress: Progress | None = None) -> list[str]:
-    """Greedy completions of each record's prompt (left-padded batches), decoded, in order."""
+    """Greedy completions of each record's prompt (left-padded batches of similar length), decoded,
+    in order. A row stops at its end-of-sequence token and leaves the batch (`greedy_rows`)."""
     prompts = [encode_prompt(tokenizer, r) for r in records]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts = [""] * len(prompts)
@@ -108,24 +115,79 @@ def generate_completions(model, tokenizer, records: list[dict], max_new_tokens: 
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             width = max(len(prompts[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(idx), width), dtype=torch.long)
+            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)  # [b, w], left-padded
+            attention = torch.zeros((len(idx), width), dtype=torch.long)  # [b, w]
             for row, i in enumerate(idx):
                 ids = prompts[i]
                 input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
                 attention[row, width - len(ids):] = 1
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=pad, eos_token_id=eos,
-                                 temperature=None, top_p=None, top_k=None)
-            for row, i in enumerate(idx):
-                new = out[row, width:].tolist()
+            rows = greedy_rows(model, input_ids.to(device), attention.to(device), max_new_tokens, eos, pad)
+            for i, new in zip(idx, rows):
                 if eos is not None and eos in new:
                     new = new[:new.index(eos)]
                 texts[i] = tokenizer.decode(new, skip_special_tokens=True)
             if progress:
                 progress(min(start + batch_size, len(order)), len(order), "generating")
     return texts
+
+
+def greedy_rows(model, input_ids, attention, max_new_tokens: int, eos: int | None, pad: int) -> list[list[int]]:
+    """The greedy continuation of each left-padded row (input_ids, attention [b, w]), up to and with its
+    first `eos`: what `model.generate(do_sample=False)` gives, with a KV cache, but a row that has
+    emitted `eos` leaves the batch at once (its cache rows dropped), so finished rows cost nothing.
+    Falls back to `generate` where the model's generation config changes greedy choices (a repetition
+    penalty, banned words, ...), which this loop does not apply, and for a model without one."""
+    if _greedy_is_argmax(model):
+        return _greedy_shrinking(model, input_ids, attention, max_new_tokens, eos)
+    out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                         do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos,
+                         temperature=None, top_p=None, top_k=None)
+    rows = out[:, input_ids.size(1):].tolist()  # [b, new]: rows that ended early padded after their eos
+    return [row[:row.index(eos) + 1] if eos in row else row for row in rows]
+
+
+# generation-config fields whose non-default values make `generate` choose other tokens than the argmax
+_LOGIT_PROCESSORS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1.0,
+                     "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None,
+                     "forced_bos_token_id": None, "forced_eos_token_id": None, "min_length": 0,
+                     "min_new_tokens": None, "sequence_bias": None, "exponential_decay_length_penalty": None,
+                     "renormalize_logits": False}
+
+
+def _greedy_is_argmax(model) -> bool:
+    """A transformers model whose greedy `generate` takes the argmax at every step (not any other
+    object with a `generate`)."""
+    config = getattr(model, "generation_config", None)
+    return config is not None and all(getattr(config, k, v) in (v, None) for k, v in _LOGIT_PROCESSORS.items())
+
+
+def _greedy_shrinking(model, input_ids, attention, max_new_tokens: int, eos: int | None) -> list[list[int]]:
+    from transformers import DynamicCache
+
+    lm = causal_lm(model)
+    cache = DynamicCache(config=lm.config)
+    cache_arg = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    rows: list[list[int]] = [[] for _ in range(input_ids.size(0))]
+    live = torch.arange(input_ids.size(0), device=input_ids.device)  # [n]: the batch rows still generating
+    positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)  # [b, w], as `generate` numbers them
+    logits = lm(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                logits_to_keep=1, **{cache_arg: cache}).logits[:, -1]  # [b, V]
+    last = positions[:, -1]  # [n]
+    for step in range(max_new_tokens):
+        token = logits.argmax(-1)  # [n]
+        for row, t in zip(live.tolist(), token.tolist()):
+            rows[row].append(t)
+        keep = (token != eos).nonzero().squeeze(1) if eos is not None else None  # [n'] rows going on
+        if step == max_new_tokens - 1 or (keep is not None and keep.numel() == 0):
+            break
+        if keep is not None and keep.numel() < token.numel():
+            cache.batch_select_indices(keep)
+            live, token, attention, last = live[keep], token[keep], attention[keep], last[keep]
+        attention = torch.cat([attention, attention.new_ones(attention.size(0), 1)], 1)  # [n, w + step + 1]
+        last = last + 1
+        logits = lm(input_ids=token[:, None], attention_mask=attention, position_ids=last[:, None],
+                    use_cache=True, logits_to_keep=1, **{cache_arg: cache}).logits[:, -1]  # [n, V]
+    return rows
 
 
 @contextlib.contextmanager

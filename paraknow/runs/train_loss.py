@@ -9,26 +9,39 @@ the student's logits on exactly the completion tokens are `head_logits`' rows.
 
 `CompletionTrainer` is the transformers Trainer with this loss. Under several processes (the model
 wrapped in DistributedDataParallel, whose gradient hooks run only through its own forward) it falls
-back to the model's own loss.
+back to the model's own loss. It also takes out what the Trainer spends per micro-step beyond the
+maths (issue 24, docs/study.md "Throughput"):
+
+- length-bucketed micro-batches: the Trainer's seeded shuffle, then each optimiser batch's rows sorted
+  by length (`BatchSortedSampler`), so a micro-batch holds rows of similar length (less padding) and
+  every optimiser step still sees the same rows as with the plain shuffle (the same sums, in another
+  order);
+- no attention mask for a right-padded batch (collate's): causal attention alone keeps every real
+  position from the padding after it, so the same outputs without a padding mask built per layer;
+- the FLOP count the Trainer logs is 6 x tokens x parameters with the parameters counted once, not
+  re-counted over every module at every micro-step.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
+from accelerate.data_loader import SeedableRandomSampler
+from torch.utils.data import RandomSampler, Sampler
 from transformers import Trainer
 
 from ..core.data import IGNORE_INDEX
-
-
-def _causal_lm(model):
-    """The transformers causal LM inside a (PEFT) model: its decoder and its LM head are called directly."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+from .evaluate import causal_lm
 
 
 def head_logits(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [n, V] in float32 at the n labelled positions, their targets [n]): position t of a row
     predicts labels[t + 1], as transformers shifts them."""
-    lm = _causal_lm(model)
-    hidden = lm.get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+    lm = causal_lm(model)
+    mask = inputs["attention_mask"]  # [b, s]
+    if bool((mask[:, 1:] <= mask[:, :-1]).all()):  # right-padded: causal attention alone never reaches
+        mask = None                                 # the padding from a real position (no mask to build)
+    hidden = lm.get_decoder()(input_ids=inputs["input_ids"], attention_mask=mask,
                               use_cache=False).last_hidden_state  # [b, s, d]
     targets = inputs["labels"][:, 1:]  # [b, s-1]
     keep = targets != IGNORE_INDEX  # [b, s-1]
@@ -61,3 +74,42 @@ class CompletionTrainer(Trainer):
     def loss(self, model, inputs: dict, num_items=None) -> torch.Tensor:
         """The training loss of one micro-batch (a distillation trainer adds its term here)."""
         return completion_loss(model, inputs, num_items)
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is not RandomSampler:  # another strategy asked for in the arguments: theirs
+            return sampler
+        args = self.args
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        # the shuffle accelerate would make of a RandomSampler (the same permutation per epoch)
+        shuffle = SeedableRandomSampler(data_source=sampler.data_source, data_seed=seed)
+        group = args.train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+        return BatchSortedSampler(shuffle, [len(item.input_ids) for item in sampler.data_source], group)
+
+    def floating_point_ops(self, inputs: dict) -> int:
+        return 6 * inputs["input_ids"].numel() * self._parameters_per_token
+
+    @functools.cached_property
+    def _parameters_per_token(self) -> int:
+        """The parameters the Trainer's FLOP estimate counts (embeddings excluded), counted once."""
+        count = getattr(self.model, "num_parameters", None)
+        return count(exclude_embeddings=True) if count else 0
+
+
+class BatchSortedSampler(Sampler):
+    """`base`'s order with each run of `group` indices (one optimiser batch) sorted by `lengths`: the
+    micro-batches cut from it in turn are length buckets of the same optimiser batch."""
+
+    def __init__(self, base: SeedableRandomSampler, lengths: list[int], group: int):
+        self.base, self.lengths, self.group = base, lengths, group
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:  # accelerate's data loader calls it each epoch
+        self.base.set_epoch(epoch)
+
+    def __iter__(self):
+        order = list(self.base)
+        for start in range(0, len(order), self.group):
+            yield from sorted(order[start:start + self.group], key=self.lengths.__getitem__)
