@@ -68,3 +68,12 @@ def test_finished_cells_write_progress_and_correct_the_next_estimates(tmp_path):
     factors = overhead_factors(timing_file(recipe, 1))
     assert set(factors) == {"control", "trained"}
     assert factors["control"] > 10  # a millisecond was the estimate; the real cell took far longer
+
+
+def test_the_signals_carry_the_degenerate_seed_warning_with_its_numbers():
+    from paraknow.study.signals import seed_warning
+
+    warning = seed_warning({"seed_losses": [0.0001] * 30 + [0.249, 0.049]})  # task:arith:seed on the demo teacher
+    assert "30 of 32 seed losses" in warning and "0.249" in warning and "harder seed samples" in warning
+    assert seed_warning({"seed_losses": [1.2, 0.9, 1.4, 1.1]}) is None
+    assert seed_warning({}) is None  # a map made before the losses were kept

@@ -114,6 +114,7 @@ W_STRATEGY = "w_map_strategy"
 W_MAP_SEED = "w_map_seed"
 W_STRUCTURE = "w_map_structure"
 W_COHERENT = "w_map_coherent"
+W_COMPARE_METRIC = "w_map_compare_metric"  # the comparison chart's colour (viz.COMPARE_METRICS)
 W_MODULE_PREFIX = "w_map_mod_"    # + role: one checkbox per module role
 W_PREVIEW = "w_map_preview"       # student module shown in the preview
 W_OVR_ON = "w_map_ovr_on"         # + module suffix added by the page

@@ -125,6 +125,28 @@ def new_study_dir(name: str) -> Path:
     return path
 
 
+def running_progress(out: Path, cell_ids: list[str]) -> list[tuple[str, str, float]]:
+    """(cell id, `phase k/n`, fraction done) of each running cell, from its progress.jsonl
+    (paraknow.study.progress; a cell that has reported nothing yet reads `starting`)."""
+    from paraknow.core.jobdir import last_progress
+    from paraknow.study.cells import CELLS_DIR
+    from paraknow.study.progress import progress_text
+
+    rows = []
+    for cell_id in cell_ids:
+        folder = Path(out) / CELLS_DIR / cell_id
+        row = last_progress(folder)
+        rows.append((cell_id, progress_text(folder) or "starting", row["done"] / row["total"] if row else 0.0))
+    return rows
+
+
+def with_budget(recipe, minutes: float):
+    """The recipe with another budget (to resume a study its budget stopped)."""
+    from paraknow.study import parse_recipe
+
+    return parse_recipe({**recipe.to_dict(), "budget_minutes": minutes})
+
+
 def cell_rows(results: dict) -> list[dict]:
     """One display row per cell (percentages as text)."""
     def pct(x):

@@ -34,6 +34,11 @@ class CellProgress:
             self.echoed = now
         self.message = message
 
+    def warn(self, warning: str | None) -> None:
+        """A warning about the cell (the export's degenerate seeds) on stderr, once."""
+        if warning:
+            print(f"  {self.name}: warning: {warning}", file=self.stream, flush=True)
+
     def phase(self, message: str) -> None:
         """A phase without steps (the export, loading): shown as 0/1 until the next one."""
         self(0, 1, message)

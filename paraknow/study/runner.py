@@ -51,7 +51,7 @@ from .budget import BudgetGate, calibrate, estimate_study, overhead_factors, rec
 from .cells import (CELL_FIELDS, CELL_FILE, CELLS_DIR, LOCK_FILE, RECIPE_FILE, RUN_DIR, STUDY_FILE, cell_dir,
     read_cell, write_predictions)
 from .cost import cell_cost
-from .exports import EXPORTS_DIR, cell_export, export_key
+from .exports import EXPORTS_DIR, cell_export, export_key, signals_file
 from .plan import Cell, check_recipe, plan_cells, train_config
 from .progress import CellProgress
 from .recipe import Recipe, cells_part
@@ -141,6 +141,7 @@ def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records, progress: 
         device = recipe.train_settings(arm).get("device", "auto")
         export = cell_export(recipe, arm, cell.seed, out, device)
         init, fields["export"] = str(export), str(export.relative_to(out))
+        progress.warn((read_json(signals_file(export)) or {}).get("seed_warning"))
     if _stop_requested(out):
         raise CellStopped()
     run_dir = folder / RUN_DIR
