@@ -47,6 +47,15 @@ def test_sensitivity_heatmap_has_clickable_cells():
         viz.module_grid(table, "median")
 
 
+def test_the_heatmap_module_labels_keep_clear_of_the_title():
+    fig = viz.sensitivity_heatmap(_table(3), "sum")
+    axis, layout = fig.layout.xaxis, fig.layout
+    assert axis.side == "top" and axis.tickangle == -30 and axis.automargin is False  # never re-angled on a redraw
+    longest = max(len(m) for m in axis.ticktext)
+    assert layout.margin.t >= 50 + 3.5 * longest  # the title (pinned to the top) above the labels
+    assert (layout.title.yref, layout.title.yanchor) == ("container", "top")
+
+
 def test_layer_and_group_figures():
     fig = viz.layer_bars([1.0, 3.0, 0.0, 4.0], highlight=[1, 3])
     assert fig.data[0].type == "bar" and sum(fig.data[0].y) == pytest.approx(1.0)

@@ -148,6 +148,7 @@ W_PG_DIFF_B = "w_pg_diff_b"
 W_LESSON_STEP = "w_lesson_step"        # the step shown (a paraknow.lesson.STEP_KEYS key)
 W_LESSON_PRESENT = "w_lesson_present"  # presentation mode: larger fonts and charts
 W_LESSON_PREDICT = "w_lesson_predict_"  # + step key: the option predicted before the step runs
+W_LESSON_TASK = "w_lesson_task"        # the lesson's task (follows the session's map: follow_task)
 
 
 def default_refs() -> tuple[str, str]:
@@ -185,7 +186,7 @@ def widget_defaults() -> dict:
     from paraknow.core.architecture import EMBED_ROLES, LAYER_ROLES
     from paraknow.core.compatibility import default_roles
     from paraknow.core.options import default_of
-    from paraknow.lesson import STEP_KEYS
+    from paraknow.lesson import STEP_KEYS, LessonConfig
     from paraknow.runs.playground import DEFAULT_MAX_NEW_TOKENS
     from paraknow.transfer.plan import TransferConfig
     from paraknow.transfer.sensitivity import SensitivityConfig
@@ -202,6 +203,7 @@ def widget_defaults() -> dict:
         W_MODE: transfer("mode"), W_NAME: "", W_OVERWRITE: False,
         W_PG_SOURCE: PG_SOURCES[0], W_PG_TASK: "arith", W_PG_INDEX: 0, W_PG_PROMPT: "", W_PG_REFERENCE: "",
         W_PG_TOKENS: DEFAULT_MAX_NEW_TOKENS, W_LESSON_STEP: STEP_KEYS[0], W_LESSON_PRESENT: False,
+        W_LESSON_TASK: LessonConfig.task,
     }
     defaults = default_roles()  # embeddings included: dropped at plan time when the tokenizers differ
     for role in LAYER_ROLES + EMBED_ROLES:
@@ -401,7 +403,8 @@ def study_defaults() -> dict:
 
 def follow_task(label: str) -> None:
     """A new map's built-in task (its seed data `task:NAME[:SPLIT]`) becomes the task of the pages downstream:
-    Fine-tune's training and evaluation data, the Playground's prompts and the Study's builder. A page's own
+    Fine-tune's training and evaluation data, the Playground's prompts, the Study's builder and the Lesson's
+    seed, training and test data. A page's own
     pick stays until the next map; seed data of another kind (a file, a paste) changes nothing."""
     from paraknow.core.tasks import TASKS
 
@@ -409,7 +412,7 @@ def follow_task(label: str) -> None:
     task = rest.split(":")[0]
     if kind == "task" and task in TASKS:
         st.session_state.update({key: task for key in (W_FT_TASK + "train", W_FT_TASK + "eval", W_PG_TASK,
-                                                       W_ST_TASK)})
+                                                       W_ST_TASK, W_LESSON_TASK)})
 
 
 def follow_export(name: str) -> None:
