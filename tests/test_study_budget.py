@@ -25,7 +25,7 @@ def test_the_budget_stops_a_study_before_a_cell_that_would_exceed_it_and_a_raise
     states = {c["arm"]: c["state"] for c in results["cells"]}
     assert states == {"untuned": "finished", "vanilla": "pending"}
     stop = results["timing"]["budget_stop"]
-    assert "stopped by the budget" in stop and "vanilla__seed0" in stop and "1 cell remain" in stop
+    assert "stopped by the budget" in stop and "vanilla__seed0" in stop and "1 cell remains" in stop
     assert stop in said
     status = json.loads((out / STUDY_FILE).read_text())
     assert status["state"] == "stopped" and status["budget_stop"] == stop and status["spent_s"] > 0

@@ -270,5 +270,6 @@ class BudgetGate:
         cell, need, spent = self.refused
         return (f"stopped by the budget: the next cell ({cell.cell_id}, about {need / 60:.1f} min) would take the "
                 f"study past its {self.budget_s / 60:g}-min budget ({spent / 60:.1f} min spent); {remaining} "
-                f"cell{'s' * (remaining != 1)} remain. Raise the budget to resume: `--resume --budget-minutes M` "
-                "(or budget_minutes in the recipe), or Resume on the Study page with a larger budget.")
+                f"cell{'s remain' if remaining != 1 else ' remains'}. Raise the budget to resume: "
+                "`--resume --budget-minutes M` (or budget_minutes in the recipe), or Resume on the Study page with "
+                "a larger budget.")
