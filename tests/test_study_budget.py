@@ -2,12 +2,13 @@
 says so and stays resumable, and a raised budget on resume continues; measured cells correct the
 next estimates (the overhead factors in the cache) and report their progress through the job substrate."""
 import json
+import time
 
 from study_fixtures import study_inputs, tiny_recipe, write_recipe
 
 from paraknow.core.jobdir import PROGRESS_FILE
 from paraknow.study import parse_recipe, run_study
-from paraknow.study.budget import Calibration, overhead_factors, timing_file
+from paraknow.study.budget import Calibration, measured_factors, timing_file
 from paraknow.study.cells import STUDY_FILE
 
 ARMS = [{"name": "untuned", "init": "untuned"}, {"name": "vanilla", "init": "vanilla"}]
@@ -65,9 +66,11 @@ def test_finished_cells_write_progress_and_correct_the_next_estimates(tmp_path):
     assert "loading the student" in messages and any(m.startswith("training step") for m in messages)
     assert "validation on all items" in messages
     assert any(m.startswith("test:") for m in messages) and rows[-1]["done"] == rows[-1]["total"]
-    factors = overhead_factors(timing_file(recipe, 1))
-    assert set(factors) == {"control", "trained"}
-    assert factors["control"] > 10  # a millisecond was the estimate; the real cell took far longer
+    factors = measured_factors(timing_file(recipe, 1))
+    assert set(factors.overhead) == {"control", "trained"}
+    assert factors.overhead["control"] > 10  # a millisecond was the estimate; the real cell took far longer
+    assert factors.contention >= 1.0  # the cells' own wall / CPU seconds, just measured
+    assert measured_factors(timing_file(recipe, 1), now=time.time() + 3600).contention is None  # not recent
 
 
 def test_the_signals_carry_the_degenerate_seed_warning_with_its_numbers():

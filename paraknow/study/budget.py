@@ -16,8 +16,10 @@ Every figure is CPU seconds measured with the torch threads of the study's threa
 
   overhead    the CPU seconds real cells of this kind took over their CPU estimate, on this machine
               at this thread count with these models (the last cells run, kept in
-              cache/timing/<key>.json by `record_cells`; 1 before any cell ran)
-  contention  wall / CPU seconds of the calibration itself: the share of a core this process gets now
+              cache/timing/<key>.json by `record_cell`; 1 before any cell ran)
+  contention  wall / CPU seconds of the cells finished there in the last RECENT_S at this process's
+              niceness: the share of a core long work got lately; without such cells, the calibration's
+              own wall / CPU seconds (a snapshot of a few seconds, which the scheduler favours: it errs low)
 
 Cells that already finished (a resumed study) replace the estimate of their arm by their measured
 mean. While a study runs, `BudgetGate` re-scales the rest by the real / estimated seconds of the
@@ -44,6 +46,7 @@ REPEATS = 3  # calibration passes of each kind; the fastest counts
 TIMING_DIR = "timing"  # under the cache: the measured cells behind the overhead factors
 TIMING_KEEP = 8  # cells per kind that the overhead factor averages (the newest)
 KINDS = ("control", "trained", "pkt-export", "pkt")  # pkt-export: a PKT cell that makes its export
+RECENT_S = 1800  # the cells whose wall / CPU seconds give the contention: those finished this recently
 
 
 @dataclass
@@ -64,22 +67,32 @@ class TimeEstimate:
     calibration: Calibration | None = None
     policy: ThreadPolicy = field(default_factory=lambda: ThreadPolicy(1, THREADS_PER_WORKER))
     cpu_cells: dict = field(default_factory=dict)  # cell_id -> (kind, CPU seconds before the factors)
-    overhead: dict = field(default_factory=dict)  # kind -> measured factor (absent: none measured yet)
+    factors: Factors = field(default_factory=lambda: Factors())
 
     def describe(self) -> str:
         n = len(self.cells)
         per = sum(self.cells.values()) / n if n else 0.0
         workers = self.policy.workers
-        contention = self.calibration.contention if self.calibration else 1.0
         return (f"about {self.total_s / 60:.1f} min for {n} cells ({per:.0f} s per cell on average, "
                 f"{workers} at a time, {self.policy.threads} torch thread{'s' * (self.policy.threads > 1)} each; "
-                f"{_factors_text(self.overhead)}, contention now {contention:.2f})")
+                f"{self.factors.describe(self.calibration)})")
 
 
-def _factors_text(overhead: dict) -> str:
-    if not overhead:
-        return "no cells measured on this machine yet"
-    return "measured overhead " + ", ".join(f"{kind} {f:.2f}" for kind, f in overhead.items())
+@dataclass
+class Factors:
+    """What the cells measured on this machine say (`measured_factors`): the overhead per kind and the
+    recent contention (None: no recent cell, the calibration's snapshot stands in)."""
+    overhead: dict = field(default_factory=dict)  # kind -> factor (absent: none measured yet)
+    contention: float | None = None
+
+    def contention_of(self, calibration: Calibration | None) -> float:
+        return self.contention or (calibration.contention if calibration else 1.0)
+
+    def describe(self, calibration: Calibration | None) -> str:
+        overhead = ("measured overhead " + ", ".join(f"{k} {f:.2f}" for k, f in self.overhead.items())
+                    if self.overhead else "no cells measured on this machine yet")
+        source = "of the last cells" if self.contention else "of the calibration"
+        return f"{overhead}; contention {self.contention_of(calibration):.2f} ({source})"
 
 
 def _timed(fn, *args, **kwargs) -> tuple[float, object]:
@@ -175,12 +188,13 @@ def _cpu_seconds(recipe: Recipe, cell: Cell, sizes: DataSizes, c: Calibration, n
 
 def estimate_study(recipe: Recipe, cells: list[Cell], sizes: DataSizes, calibration: Calibration,
                    measured: dict | None = None, export_keys: dict | None = None,
-                   policy: ThreadPolicy | None = None, overhead: dict | None = None) -> TimeEstimate:
+                   policy: ThreadPolicy | None = None, factors: Factors | None = None) -> TimeEstimate:
     """Wall seconds for `cells` run under `policy` (default: one at a time). `measured`: arm -> mean
     seconds of its finished cells; `export_keys`: cell_id -> the key of its export (cells sharing a
-    key extract once); `overhead`: kind -> measured factor (`overhead_factors`)."""
+    key extract once); `factors`: what cells measured on this machine (`measured_factors`)."""
     policy = policy or ThreadPolicy(1, THREADS_PER_WORKER)
-    measured, export_keys, overhead = measured or {}, export_keys or {}, overhead or {}
+    measured, export_keys, factors = measured or {}, export_keys or {}, factors or Factors()
+    contention = factors.contention_of(calibration)
     seen_exports, out, cpu = set(), {}, {}
     for cell in cells:
         arm = recipe.arm(cell.arm)
@@ -190,8 +204,8 @@ def estimate_study(recipe: Recipe, cells: list[Cell], sizes: DataSizes, calibrat
         kind = cell_kind(arm, new_export)
         cpu[cell.cell_id] = (kind, _cpu_seconds(recipe, cell, sizes, calibration, new_export))
         out[cell.cell_id] = measured[arm.name] if arm.name in measured else \
-            cpu[cell.cell_id][1] * overhead.get(kind, 1.0) * calibration.contention
-    return TimeEstimate(sum(out.values()) / policy.workers, out, calibration, policy, cpu, overhead)
+            cpu[cell.cell_id][1] * factors.overhead.get(kind, 1.0) * contention
+    return TimeEstimate(sum(out.values()) / policy.workers, out, calibration, policy, cpu, factors)
 
 
 # ---------------------------------------------------------------------------------------
@@ -204,15 +218,22 @@ def timing_file(recipe: Recipe, threads: int) -> Path:
     return cache_root() / TIMING_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
-def overhead_factors(path: Path) -> dict:
-    """kind -> real CPU seconds / estimated CPU seconds over the newest TIMING_KEEP cells of that kind."""
+def measured_factors(path: Path, now: float | None = None) -> Factors:
+    """The overhead per kind (real CPU seconds / estimated CPU seconds over the newest TIMING_KEEP cells of
+    that kind) and the contention (wall / CPU seconds of the cells finished in the last RECENT_S at this
+    process's niceness)."""
     samples = (read_json(path) or {}).get("cells", [])
-    factors = {}
+    factors = Factors()
     for kind in KINDS:
         rows = [s for s in samples if s.get("kind") == kind][-TIMING_KEEP:]
         estimated = sum(s["estimate_cpu_s"] for s in rows)
         if estimated > 0:
-            factors[kind] = sum(s["cpu_s"] for s in rows) / estimated
+            factors.overhead[kind] = sum(s["cpu_s"] for s in rows) / estimated
+    now = time.time() if now is None else now
+    recent = [s for s in samples if s.get("nice") == os.nice(0) and now - s["at"] <= RECENT_S and s.get("wall_s")]
+    cpu = sum(s["cpu_s"] for s in recent)
+    if cpu > 0:
+        factors.contention = max(1.0, sum(s["wall_s"] for s in recent) / cpu)
     return factors
 
 
@@ -224,7 +245,7 @@ def record_cell(path: Path, estimate: TimeEstimate, cell_id: str, record: dict) 
     kind, estimated = estimate.cpu_cells[cell_id]
     samples = (read_json(path) or {}).get("cells", [])
     samples.append({"kind": kind, "estimate_cpu_s": round(estimated, 3), "cpu_s": record["cpu_s"],
-                    "wall_s": record.get("seconds"), "at": time.time()})
+                    "wall_s": record.get("seconds"), "nice": os.nice(0), "at": time.time()})
     kept = [s for k in KINDS for s in [s for s in samples if s.get("kind") == k][-TIMING_KEEP:]]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"cells": sorted(kept, key=lambda s: s["at"])})

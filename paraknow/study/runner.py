@@ -47,7 +47,7 @@ from ..core.processes import proc_start_time
 from ..core.threads import AUTO, THREADS_PER_WORKER, load_average, thread_policy, torch_threads
 from ..runs.executors import ExecutorConfig, make_executor
 from ..transfer.lora import MANIFEST_FILE
-from .budget import BudgetGate, calibrate, estimate_study, overhead_factors, record_cell, timing_file
+from .budget import BudgetGate, calibrate, estimate_study, measured_factors, record_cell, timing_file
 from .cells import (CELL_FIELDS, CELL_FILE, CELLS_DIR, LOCK_FILE, RECIPE_FILE, RUN_DIR, STUDY_FILE, cell_dir,
     read_cell, write_predictions)
 from .cost import cell_cost
@@ -245,7 +245,7 @@ def prepare(recipe: Recipe, out, resume: bool = False, calibration=None,
             calibration = calibrate(recipe, sizes)
     estimate = estimate_study(recipe, pending, sizes, calibration,
                               {arm: sum(v) / len(v) for arm, v in measured.items()}, keys, policy,
-                              overhead_factors(timing_file(recipe, policy.threads)))
+                              measured_factors(timing_file(recipe, policy.threads)))
     spent = _spent_s(out)
     if spent + estimate.total_s > recipe.budget_minutes * 60:
         raise ParaknowError(f"the study needs {estimate.describe()}"
