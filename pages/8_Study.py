@@ -207,7 +207,7 @@ def _study_panel(live: bool) -> None:
     c2.button("Stop", key="w_st_stop", icon=":material/stop:", disabled=not view.live, width="stretch",
               on_click=stop_study, args=(view.out,))
     executor = E.chosen()  # the picker above
-    budget = c4.number_input("Budget (min)", min_value=0.1, max_value=100_000.0, value=view.recipe.budget_minutes,
+    budget = c4.number_input("Budget (min)", min_value=0.1, max_value=100_000.0, value=float(view.recipe.budget_minutes),
                              key=f"w_st_resume_budget_{name}", disabled=view.live or done == total,
                              help="The study's whole budget, earlier sessions included; raise it to resume a "
                                   "study its budget stopped.")
