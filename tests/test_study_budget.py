@@ -4,6 +4,8 @@ next estimates (the overhead factors in the cache) and report their progress thr
 import json
 import time
 
+import pytest
+
 from study_fixtures import study_inputs, tiny_recipe, write_recipe
 
 from paraknow.core.jobdir import PROGRESS_FILE
@@ -80,3 +82,20 @@ def test_the_signals_carry_the_degenerate_seed_warning_with_its_numbers():
     assert "30 of 32 seed losses" in warning and "0.249" in warning and "harder seed samples" in warning
     assert seed_warning({"seed_losses": [1.2, 0.9, 1.4, 1.1]}) is None
     assert seed_warning({}) is None  # a map made before the losses were kept
+
+
+@pytest.mark.slow
+def test_the_study_page_says_the_budget_stopped_a_study_and_offers_a_larger_budget(tmp_path):
+    from apptest import assert_ok, open_page
+
+    from ui import study as U
+
+    paths = study_inputs(tmp_path / "inputs")
+    recipe = parse_recipe(tiny_recipe(paths, seeds=[0], arms=ARMS, budget_minutes=0.1))
+    run_study(recipe, U.studies_root() / "stopped", calibration=TINY, workers=1)
+    at = open_page("pages/8_Study.py", 600)
+    assert_ok(at)
+    assert any("stopped by the budget" in str(w.value) for w in at.warning)
+    box = at.number_input(key="w_st_resume_budget_stopped")
+    assert box.value == 0.1 and not box.disabled
+    assert U.with_budget(recipe, 30).budget_minutes == 30 and U.with_budget(recipe, 30).arms == recipe.arms
