@@ -117,7 +117,7 @@ def _chart(rows: list[dict], config) -> None:
     from ui.widgets import chart
 
     metric = st.segmented_control("Colour by", list(viz.COMPARE_METRICS), key=S.W_COMPARE_METRIC,
-                                  format_func=lambda m: viz.COMPARE_METRICS[m][0]) or "lift"
+                                  format_func=lambda m: viz.COMPARE_METRICS[m][0], **S.PERSIST) or "lift"
     chart(viz.compare_heat_table(rows, metric, (config.structure, config.layers, config.coherent)),
           key="map_compare_chart", config={"displayModeBar": False})
     st.caption("Blank: the combination cannot be planned on this pair (see the table). The red outline is the "

@@ -198,7 +198,7 @@ def widget_defaults() -> dict:
         W_METRIC: sens("metric"), W_MAXLEN: sens("max_length"), W_VALUE: "sum", W_LOG: False, W_DRILL_LOG: False,
         W_DRILL_MAX: False, W_CMP_TASK: "instruct", W_CMP_MODE: "difference",
         W_STRATEGY: transfer("layers"), W_MAP_SEED: transfer("seed"), W_STRUCTURE: transfer("structure"),
-        W_COHERENT: transfer("coherent"),
+        W_COHERENT: transfer("coherent"), W_COMPARE_METRIC: "lift",
         W_RANK: transfer("rank"), W_ALPHA: float(transfer("alpha")), W_SPLIT_MODE: transfer("split"),
         W_MODE: transfer("mode"), W_NAME: "", W_OVERWRITE: False,
         W_PG_SOURCE: PG_SOURCES[0], W_PG_TASK: "arith", W_PG_INDEX: 0, W_PG_PROMPT: "", W_PG_REFERENCE: "",
@@ -426,6 +426,7 @@ def apply_quick_preset() -> None:
 
     q, ss = QUICK_PRESET, st.session_state
     ss.update({W_ST_SEEDS: q["seeds"], W_ST_CONTROLS: list(q["controls"]), W_ST_SWEEP: q["sweep"],
+               W_ST_EPOCHS: q["epochs"],
                W_ST_EVAL_LIMIT: q["val_limit"], W_ST_TEST_LIMIT: q["test_limit"], W_ST_BUDGET: q["budget_minutes"],
                W_ST_BASELINE: q["controls"][0]})
     ss.update({W_ST_FACTOR + factor: [] for factor in factor_levels()})
