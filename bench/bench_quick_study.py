@@ -23,6 +23,7 @@ from pathlib import Path
 from common import study_inputs, write_figures
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's paraknow (and its commit in the provenance), as the CLI runs get
 QUICK = ROOT / "docs" / "examples" / "study-quick.json"
 SMOKE = {"seed": 4, "train": 16, "val": 4, "test": 4}
 
