@@ -36,7 +36,7 @@ SWEPT = ("vanilla", "pissa", "vanilla-ortho")
 DEFAULT_CONTROLS = ["vanilla", "pissa", "pkt", "pkt-random-positions", "untuned", "teacher"]
 # the "quick" preset (docs/study.md): one seed, vanilla vs PKT at one learning rate, 200 items scored
 QUICK_PRESET = {"seeds": 1, "controls": ["vanilla", "pkt"], "sweep": "3e-4", "epochs": 1.0, "val_limit": 200,
-                "test_limit": 200, "budget_minutes": 15.0}  # 1 epoch: 16 steps, within 10 min on a busy 2-core CPU
+                "test_limit": 200, "budget_minutes": 15.0}  # 1 epoch, 16 steps: docs/study.md has its measured times
 SAMPLE_LEVELS = [1, 2, 4, 8, 16, 64]
 RANK_LEVELS = [4, 8, 32, 64]
 
