@@ -83,7 +83,8 @@ def builder_recipe() -> dict:
         d[0].number_input("Seeds", min_value=1, max_value=64, key=S.W_ST_SEEDS, **PERSIST,
                           help="Five or more to see differences of a few points.")
         d[2].number_input("Budget (minutes)", min_value=0.1, max_value=100_000.0, key=S.W_ST_BUDGET, **PERSIST,
-                          help="A study whose estimate exceeds it is refused.")
+                          help="A study whose estimate exceeds it is refused, and a running study stops before "
+                               "a cell that would take it past the budget (resumable).")
         recipe = U.build_recipe(
             ss[S.W_ST_TEACHER].strip(), ss[S.W_ST_STUDENT].strip(), ss[S.W_ST_TASK],
             {"epochs": ss[S.W_ST_EPOCHS], "lr": ss[S.W_ST_LR], "batch": int(ss[S.W_ST_BATCH]),
@@ -198,7 +199,7 @@ def _study_panel(live: bool) -> None:
     total = len(results["cells"])
     color = {"finished": "green", "running": "blue", "stopped": "orange"}.get(view.state, "red")
     running = status.get("cells_running") or ([status["cell"]] if status.get("cell") else [])
-    c1, c2, c3 = st.columns([4, 1, 1], vertical_alignment="center")
+    c1, c2, c3, c4 = st.columns([4, 1, 1, 1], vertical_alignment="bottom")
     c1.markdown(f":{color}-badge[{view.state}] {done}/{total} runs finished"
                 + (" · running " + ", ".join(f"`{c}`" for c in running) if view.live and running else "")
                 + (f" · cells {E.where_text(status['executor'])}" if status.get("executor") else "")
@@ -206,15 +207,26 @@ def _study_panel(live: bool) -> None:
     c2.button("Stop", key="w_st_stop", icon=":material/stop:", disabled=not view.live, width="stretch",
               on_click=stop_study, args=(view.out,))
     executor = E.chosen()  # the picker above
+    budget = c4.number_input("Budget (min)", min_value=0.1, max_value=100_000.0, value=float(view.recipe.budget_minutes),
+                             key=f"w_st_resume_budget_{name}", disabled=view.live or done == total,
+                             help="The study's whole budget, earlier sessions included; raise it to resume a "
+                                  "study its budget stopped.")
     if c3.button("Resume", key="w_st_resume", icon=":material/play_arrow:", width="stretch",
                  disabled=view.live or done == total or executor is None):
         with W.show_errors("resuming the study"), st.spinner("Checking the recipe and measuring this machine…"):
-            start_study(view.recipe, view.out, resume=True, workers=ss[S.W_ST_WORKERS], executor=executor)
+            start_study(U.with_budget(view.recipe, budget), view.out, resume=True, workers=ss[S.W_ST_WORKERS],
+                        executor=executor)
             st.rerun()
     st.progress(done / total if total else 0.0)
-    if view.state == "finished" and status.get("wall_s") is not None and status.get("cells_run"):
+    if view.live:
+        for cell_id, text, fraction in U.running_progress(view.out, running):
+            st.progress(fraction, text=f"`{cell_id}`: {text}")
+    if status.get("budget_stop") and not view.live:
+        st.warning(status["budget_stop"], icon=":material/timer_off:")
+    if view.state in ("finished", "stopped") and status.get("wall_s") is not None and status.get("cells_run"):
         st.caption(f"Estimated {status['estimate_s'] / 60:.1f} min, took {status['wall_s'] / 60:.1f} min "
-                   f"for the {status['cells_run']} runs of the last session.")
+                   f"for the {status['cells_run']} runs of the last session"
+                   + (f"; {status['spent_s'] / 60:.1f} min spent in all." if status.get("spent_s") else "."))
     if view.state == "failed":
         st.error(f"The study process ended early ({status.get('error') or view.state}); press Resume to go on. "
                  "The end of its log:", icon=":material/error:")
@@ -247,6 +259,9 @@ def _study_panel(live: bool) -> None:
         st.markdown("**Cheap signals** (from each PKT export, before training) and their rank correlation with "
                     "the final accuracy across arms:")
         st.dataframe(pd.DataFrame(signals), hide_index=True, width="stretch", key="st_signals")
+        for arm in results["arms"]:
+            if (arm["signals"] or {}).get("seed_warning"):
+                st.warning(f"**{arm['arm']}**: {arm['signals']['seed_warning']}", icon=":material/warning:")
     with st.expander("Runs"):
         st.dataframe(pd.DataFrame(U.cell_rows(results)), hide_index=True, width="stretch", key="st_cells")
     d = st.columns(4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from paraknow import lesson as L
+from paraknow.core.tasks import TASKS
 from paraknow.runs import rundir
 from paraknow.runs.playground import LOSS_SCALE, token_loss_html
 from paraknow.viz import run_curves
@@ -27,11 +28,13 @@ ss = st.session_state
 
 
 def lesson() -> L.Lesson:
-    """The session's lesson (its models come from the app's shared model cache)."""
+    """The session's lesson on its pair and the task its map was made on (its models come from the app's
+    shared model cache)."""
     teacher, student = S.default_refs()
+    task = ss[S.W_LESSON_TASK]
     held = S.get(S.LESSON)
-    if held is None or (held.config.teacher, held.config.student) != (teacher, student):
-        held = L.Lesson(L.LessonConfig(teacher=teacher, student=student),
+    if held is None or (held.config.teacher, held.config.student, held.config.task) != (teacher, student, task):
+        held = L.Lesson(L.LessonConfig(teacher=teacher, student=student, task=task),
                         loader=lambda ref: W.load_model_cached(ref)[:2])
         S.put(S.LESSON, held)
     return held
@@ -104,9 +107,14 @@ def finetune_panel(les: L.Lesson, live: bool) -> None:
 
 # ---- header ----------------------------------------------------------------------------
 st.title("Lesson: knowledge transfer in nine steps")
+with st.sidebar.container(border=True):
+    st.selectbox("Lesson task", list(TASKS), key=S.W_LESSON_TASK, **PERSIST,
+                 help="Its seed samples, training data and test questions. A map made upstream on a built-in task "
+                      "makes that task the lesson's; the pair is the session's teacher and student.")
 les = lesson()
 c1, c2 = st.columns([5, 2], vertical_alignment="center")
-c1.caption(f"A guided walk through the whole pipeline on `{les.config.teacher}` → `{les.config.student}`. Every "
+c1.caption(f"A guided walk through the whole pipeline on `{les.config.teacher}` → `{les.config.student}`, task "
+           f"`{les.config.task}`. Every "
            "step runs the real computation and writes its “what to notice” from the numbers it shows; slow results "
            "are cached, so a second class starts where the first ended.")
 present = c2.toggle("Presentation mode", key=S.W_LESSON_PRESENT, **PERSIST,

@@ -236,11 +236,13 @@ def _train_dispatched(config, executor, prepared: bool) -> int:
 
 def cmd_study(args) -> int:
     from .runs.executors import ExecutorConfig
-    from .study import format_table, load_recipe, run_study
+    from .study import format_table, load_recipe, parse_recipe, run_study
     from .study.plan import plan_cells
 
     executor = ExecutorConfig(**{name: getattr(args, name) for name in EXECUTOR_OPTIONS}).validate()
     recipe = load_recipe(args.recipe)
+    if args.budget_minutes is not None:  # checked as the recipe's own key
+        recipe = parse_recipe({**recipe.to_dict(), "budget_minutes": args.budget_minutes})
     results = run_study(recipe, args.out, resume=args.resume, workers=args.workers, executor=executor,
                         progress=lambda message: print(message, file=sys.stderr, flush=True))
     print(format_table(results))
@@ -250,6 +252,9 @@ def cmd_study(args) -> int:
               file=sys.stderr)
         return 1
     total, finished = len(plan_cells(recipe)), sum(c["state"] == "finished" for c in results["cells"])
+    if finished < total and (results.get("timing") or {}).get("budget_stop"):
+        print(f"error: {results['timing']['budget_stop']}", file=sys.stderr)
+        return 1
     if finished < total:  # stopped (STOP or SIGTERM): not a finished study
         print(f"error: the study stopped with {total - finished} of {total} cells not finished; rerun with "
               "--resume to finish them", file=sys.stderr)
@@ -420,6 +425,8 @@ def _add_housekeeping_commands(sub) -> None:
     p.add_argument("--recipe", required=True, help="study recipe, JSON or YAML (docs/study.md)")
     p.add_argument("--out", required=True, help="study directory (cells, results.json, report.html)")
     p.add_argument("--resume", action="store_true", help="continue a study in --out: finished cells are kept")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="the recipe's budget_minutes for this run (e.g. raised to resume a study the budget stopped)")
     p.add_argument("--workers", default=DEFAULT_WORKERS, help=WORKERS_HELP)  # checked by paraknow.core.threads
     add_options(p, ExecutorConfig, EXECUTOR_OPTIONS)
     p.set_defaults(func=cmd_study)

@@ -31,6 +31,8 @@ def test_compare_every_combination_and_adopt_a_row():
     assert list(shown.loc[shown["current"] != "", ["structure", "layers", "coherent"]].itertuples(index=False,
                                                                                                    name=None)) \
         == [("submatrix", "sensitivity", "off")]
+    chart = next(c for c in at.get("plotly_chart") if "Granularity comparison" in c.proto.spec)  # the heat-table
+    assert chart.proto.spec.count('"type":"heatmap"') == len({r["coherent"] for r in rows})
     current = next(r for r in rows if (r["structure"], r["layers"], r["coherent"]) == ("submatrix", "sensitivity",
                                                                                      "off"))
     assert current["captured"] == sum(m.captured for m in before.modules) / len(before.modules)

@@ -1,5 +1,5 @@
 """Pages follow the session: the task of the map and the export made upstream become the defaults of
-Fine-tune, Playground and Study (AppTest on the demo pair)."""
+Fine-tune, Playground, Study and the Lesson's sidebar (AppTest on the demo pair)."""
 from __future__ import annotations
 
 from apptest import assert_ok, open_page
@@ -42,6 +42,10 @@ def test_task_and_export_chosen_upstream_are_the_defaults_downstream():
     at.switch_page("pages/8_Study.py").run()
     assert_ok(at)
     assert at.selectbox(key=S.W_ST_TASK).value == "facts"
+    at.switch_page("pages/9_Lesson.py").run()
+    assert_ok(at)
+    assert at.selectbox(key=S.W_LESSON_TASK).value == "facts"  # the lesson's sidebar follows the map too
+    assert at.session_state[S.LESSON].config.task == "facts"
     at.switch_page("pages/6_Fine-tune.py").run()
     assert at.selectbox(key=S.W_FT_TASK + "train").value == "instruct"
 

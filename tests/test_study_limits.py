@@ -61,3 +61,4 @@ def test_the_quick_example_is_the_page_preset():
     assert (recipe.test_limit, recipe.val_limit) == (QUICK_PRESET["test_limit"], QUICK_PRESET["val_limit"])
     assert recipe.budget_minutes == QUICK_PRESET["budget_minutes"]
     assert recipe.arm("vanilla").train["lr"] == float(QUICK_PRESET["sweep"])
+    assert recipe.train["epochs"] == QUICK_PRESET["epochs"]

@@ -58,6 +58,7 @@ def test_quick_preset_and_item_limits_reach_the_recipe():
     q = U.QUICK_PRESET
     assert summary(at).endswith(f"test {q['test_limit']}, validation {q['val_limit']}.")
     assert f"budget {q['budget_minutes']:g} min" in summary(at)
+    assert at.number_input(key=S.W_ST_EPOCHS).value == q["epochs"]
     at.number_input(key=S.W_ST_TEST_LIMIT).set_value(0).run()  # 0: every test item
     assert_ok(at)
     assert summary(at).endswith(f"test all, validation {q['val_limit']}.")

@@ -47,6 +47,15 @@ def test_sensitivity_heatmap_has_clickable_cells():
         viz.module_grid(table, "median")
 
 
+def test_the_heatmap_module_labels_keep_clear_of_the_title():
+    fig = viz.sensitivity_heatmap(_table(3), "sum")
+    axis, layout = fig.layout.xaxis, fig.layout
+    assert axis.side == "top" and axis.tickangle == -30 and axis.automargin is False  # never re-angled on a redraw
+    longest = max(len(m) for m in axis.ticktext)
+    assert layout.margin.t >= 50 + 3.5 * longest  # the title (pinned to the top) above the labels
+    assert (layout.title.yref, layout.title.yanchor) == ("container", "top")
+
+
 def test_layer_and_group_figures():
     fig = viz.layer_bars([1.0, 3.0, 0.0, 4.0], highlight=[1, 3])
     assert fig.data[0].type == "bar" and sum(fig.data[0].y) == pytest.approx(1.0)
@@ -239,3 +248,19 @@ def test_eval_panels_say_when_no_evaluation_has_run_yet():
                                                           {"step": 1, "eval_loss": 2.0, "eval_accuracy": 0.1}]}])
     assert notes(evaluated) == set()
     assert notes(viz.run_curves([])) == {("paper", "no metrics yet")}
+
+
+def test_the_comparison_heat_table_puts_each_row_in_its_cell_and_outlines_the_current_choice():
+    rows = [{"structure": s, "layers": lay, "coherent": co, "lift": 1 + i / 10, "captured": 0.1 * (i % 5)}
+            for i, (s, lay, co) in enumerate((s, lay, co) for co in ("off", "layer") for s in ("submatrix", "heads")
+                                             for lay in ("first", "last", "sensitivity"))]
+    rows[4]["lift"] = None  # a combination that cannot be planned
+    fig = viz.compare_heat_table(rows, "lift", current=("heads", "last", "layer"))
+    assert [t.type for t in fig.data] == ["heatmap", "heatmap"]  # one panel per coherent level
+    off, layer = fig.data
+    assert list(off.y) == ["submatrix", "heads"] and list(off.x) == ["first", "last", "sensitivity"]
+    assert off.z[1][0] == 1.3 and off.z[1][1] is None and off.text[1][1] == ""
+    assert layer.z[1][1] == rows[10]["lift"] and layer.text[1][1] == f"{rows[10]['lift']:.2f}×"
+    (box,) = fig.layout.shapes
+    assert (box.x0, box.y0, box.xref) == (0.5, 0.5, "x2")  # strategy 1, structure 1, in the second panel
+    assert viz.compare_heat_table(rows, "captured").data[0].text[0][1] == "10%"

@@ -104,6 +104,21 @@ def _table(rows: list[dict], config) -> None:
                                 "energy": st.column_config.NumberColumn(format="percent"),
                                 "cos": st.column_config.NumberColumn(format="%+.4f"),
                                 "seconds": st.column_config.NumberColumn("plan s", format="%.2f")})
+    _chart(rows, config)
     if not current.any():
         st.caption(f"The current choice ({config.structure} × {config.layers}) is not in the table"
                    + (" (manual maps are not compared)." if config.layers == "manual" else "."))
+
+
+def _chart(rows: list[dict], config) -> None:
+    """The rows as small multiples (one heat-table per coherent level) of the chosen metric; drawn with
+    widgets.chart, so the page's HTML report holds it too."""
+    from paraknow import viz
+    from ui.widgets import chart
+
+    metric = st.segmented_control("Colour by", list(viz.COMPARE_METRICS), key=S.W_COMPARE_METRIC,
+                                  format_func=lambda m: viz.COMPARE_METRICS[m][0], **S.PERSIST) or "lift"
+    chart(viz.compare_heat_table(rows, metric, (config.structure, config.layers, config.coherent)),
+          key="map_compare_chart", config={"displayModeBar": False})
+    st.caption("Blank: the combination cannot be planned on this pair (see the table). The red outline is the "
+               "current choice.")

@@ -114,6 +114,7 @@ W_STRATEGY = "w_map_strategy"
 W_MAP_SEED = "w_map_seed"
 W_STRUCTURE = "w_map_structure"
 W_COHERENT = "w_map_coherent"
+W_COMPARE_METRIC = "w_map_compare_metric"  # the comparison chart's colour (viz.COMPARE_METRICS)
 W_MODULE_PREFIX = "w_map_mod_"    # + role: one checkbox per module role
 W_PREVIEW = "w_map_preview"       # student module shown in the preview
 W_OVR_ON = "w_map_ovr_on"         # + module suffix added by the page
@@ -147,6 +148,7 @@ W_PG_DIFF_B = "w_pg_diff_b"
 W_LESSON_STEP = "w_lesson_step"        # the step shown (a paraknow.lesson.STEP_KEYS key)
 W_LESSON_PRESENT = "w_lesson_present"  # presentation mode: larger fonts and charts
 W_LESSON_PREDICT = "w_lesson_predict_"  # + step key: the option predicted before the step runs
+W_LESSON_TASK = "w_lesson_task"        # the lesson's task (follows the session's map: follow_task)
 
 
 def default_refs() -> tuple[str, str]:
@@ -184,7 +186,7 @@ def widget_defaults() -> dict:
     from paraknow.core.architecture import EMBED_ROLES, LAYER_ROLES
     from paraknow.core.compatibility import default_roles
     from paraknow.core.options import default_of
-    from paraknow.lesson import STEP_KEYS
+    from paraknow.lesson import STEP_KEYS, LessonConfig
     from paraknow.runs.playground import DEFAULT_MAX_NEW_TOKENS
     from paraknow.transfer.plan import TransferConfig
     from paraknow.transfer.sensitivity import SensitivityConfig
@@ -196,11 +198,12 @@ def widget_defaults() -> dict:
         W_METRIC: sens("metric"), W_MAXLEN: sens("max_length"), W_VALUE: "sum", W_LOG: False, W_DRILL_LOG: False,
         W_DRILL_MAX: False, W_CMP_TASK: "instruct", W_CMP_MODE: "difference",
         W_STRATEGY: transfer("layers"), W_MAP_SEED: transfer("seed"), W_STRUCTURE: transfer("structure"),
-        W_COHERENT: transfer("coherent"),
+        W_COHERENT: transfer("coherent"), W_COMPARE_METRIC: "lift",
         W_RANK: transfer("rank"), W_ALPHA: float(transfer("alpha")), W_SPLIT_MODE: transfer("split"),
         W_MODE: transfer("mode"), W_NAME: "", W_OVERWRITE: False,
         W_PG_SOURCE: PG_SOURCES[0], W_PG_TASK: "arith", W_PG_INDEX: 0, W_PG_PROMPT: "", W_PG_REFERENCE: "",
         W_PG_TOKENS: DEFAULT_MAX_NEW_TOKENS, W_LESSON_STEP: STEP_KEYS[0], W_LESSON_PRESENT: False,
+        W_LESSON_TASK: LessonConfig.task,
     }
     defaults = default_roles()  # embeddings included: dropped at plan time when the tokenizers differ
     for role in LAYER_ROLES + EMBED_ROLES:
@@ -400,7 +403,8 @@ def study_defaults() -> dict:
 
 def follow_task(label: str) -> None:
     """A new map's built-in task (its seed data `task:NAME[:SPLIT]`) becomes the task of the pages downstream:
-    Fine-tune's training and evaluation data, the Playground's prompts and the Study's builder. A page's own
+    Fine-tune's training and evaluation data, the Playground's prompts, the Study's builder and the Lesson's
+    seed, training and test data. A page's own
     pick stays until the next map; seed data of another kind (a file, a paste) changes nothing."""
     from paraknow.core.tasks import TASKS
 
@@ -408,7 +412,7 @@ def follow_task(label: str) -> None:
     task = rest.split(":")[0]
     if kind == "task" and task in TASKS:
         st.session_state.update({key: task for key in (W_FT_TASK + "train", W_FT_TASK + "eval", W_PG_TASK,
-                                                       W_ST_TASK)})
+                                                       W_ST_TASK, W_LESSON_TASK)})
 
 
 def follow_export(name: str) -> None:
@@ -422,6 +426,7 @@ def apply_quick_preset() -> None:
 
     q, ss = QUICK_PRESET, st.session_state
     ss.update({W_ST_SEEDS: q["seeds"], W_ST_CONTROLS: list(q["controls"]), W_ST_SWEEP: q["sweep"],
+               W_ST_EPOCHS: q["epochs"],
                W_ST_EVAL_LIMIT: q["val_limit"], W_ST_TEST_LIMIT: q["test_limit"], W_ST_BUDGET: q["budget_minutes"],
                W_ST_BASELINE: q["controls"][0]})
     ss.update({W_ST_FACTOR + factor: [] for factor in factor_levels()})

@@ -35,8 +35,8 @@ CONTROLS = {
 SWEPT = ("vanilla", "pissa", "vanilla-ortho")
 DEFAULT_CONTROLS = ["vanilla", "pissa", "pkt", "pkt-random-positions", "untuned", "teacher"]
 # the "quick" preset (docs/study.md): one seed, vanilla vs PKT at one learning rate, 200 items scored
-QUICK_PRESET = {"seeds": 1, "controls": ["vanilla", "pkt"], "sweep": "3e-4", "val_limit": 200, "test_limit": 200,
-                "budget_minutes": 15.0}
+QUICK_PRESET = {"seeds": 1, "controls": ["vanilla", "pkt"], "sweep": "3e-4", "epochs": 1.0, "val_limit": 200,
+                "test_limit": 200, "budget_minutes": 15.0}  # 1 epoch, 16 steps: docs/study.md has its measured times
 SAMPLE_LEVELS = [1, 2, 4, 8, 16, 64]
 RANK_LEVELS = [4, 8, 32, 64]
 
@@ -123,6 +123,28 @@ def new_study_dir(name: str) -> Path:
         raise ParaknowError(f"a study named '{name}' exists already: pick it below to resume it, or choose "
                             "another name.")
     return path
+
+
+def running_progress(out: Path, cell_ids: list[str]) -> list[tuple[str, str, float]]:
+    """(cell id, `phase k/n`, fraction done) of each running cell, from its progress.jsonl
+    (paraknow.study.progress; a cell that has reported nothing yet reads `starting`)."""
+    from paraknow.core.jobdir import last_progress
+    from paraknow.study.cells import CELLS_DIR
+    from paraknow.study.progress import progress_text
+
+    rows = []
+    for cell_id in cell_ids:
+        folder = Path(out) / CELLS_DIR / cell_id
+        row = last_progress(folder)
+        rows.append((cell_id, progress_text(folder) or "starting", row["done"] / row["total"] if row else 0.0))
+    return rows
+
+
+def with_budget(recipe, minutes: float):
+    """The recipe with another budget (to resume a study its budget stopped)."""
+    from paraknow.study import parse_recipe
+
+    return parse_recipe({**recipe.to_dict(), "budget_minutes": minutes})
 
 
 def cell_rows(results: dict) -> list[dict]:

@@ -11,22 +11,42 @@ estimate is then:
   control       model load + test records x (generation s/record; the teacher's scaled by its size)
 
 Every figure is CPU seconds measured with the torch threads of the study's thread policy
-(paraknow.core.threads: one per worker on a CPU), so it does not swing with other work on the
-machine; the study's total is the cells' seconds shared out over the policy's workers.
-Generation is timed at the full `eval_max_new_tokens` (an untrained model rarely stops early),
-so the estimate errs high. Cells that already finished (a resumed study) replace the
-calibration of their arm by their measured mean. docs/study.md shows it next to the real time.
+(paraknow.core.threads: one per worker on a CPU). Two measured factors turn them into wall seconds
+(docs/study.md, *Time budget*):
+
+  overhead    the CPU seconds real cells of this kind took over their CPU estimate, on this machine
+              at this thread count with these models (the last cells run, kept in
+              cache/timing/<key>.json by `record_cell`; 1 before any cell ran)
+  contention  wall / CPU seconds of the cells finished there in the last RECENT_S at this process's
+              niceness: the share of a core long work got lately; without such cells, the calibration's
+              own wall / CPU seconds (a snapshot of a few seconds, which the scheduler favours: it errs low)
+
+Cells that already finished (a resumed study) replace the estimate of their arm by their measured
+mean. While a study runs, `BudgetGate` re-scales the rest by the real / estimated seconds of the
+cells done so far, and stops the study before a cell that would take it past its budget.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from ..core.fsio import atomic_write_json
+from ..core.jobdir import read_json
+from ..core.paths import cache_root
 from ..core.threads import THREADS_PER_WORKER, ThreadPolicy
 from .plan import Cell, DataSizes, train_config
 from .recipe import Recipe
 
 REPEATS = 3  # calibration passes of each kind; the fastest counts
+TIMING_DIR = "timing"  # under the cache: the measured cells behind the overhead factors
+TIMING_KEEP = 8  # cells per kind that the overhead factor averages (the newest)
+KINDS = ("control", "trained", "pkt-export", "pkt")  # pkt-export: a PKT cell that makes its export
+RECENT_S = 1800  # the cells whose wall / CPU seconds give the contention: those finished this recently
 
 
 @dataclass
@@ -37,21 +57,42 @@ class Calibration:
     teacher_load_s: float = 0.0
     teacher_s_per_sample: float = 0.0  # sensitivity: one forward+backward per seed sample
     teacher_size_ratio: float = 1.0  # teacher parameters / student parameters
+    contention: float = 1.0  # wall / CPU seconds of the calibration: >1 when the process waits for a core
 
 
 @dataclass
 class TimeEstimate:
     total_s: float  # wall seconds: the cells' seconds shared out over the policy's workers
-    cells: dict = field(default_factory=dict)  # cell_id -> seconds
+    cells: dict = field(default_factory=dict)  # cell_id -> wall seconds (CPU estimate x overhead x contention)
     calibration: Calibration | None = None
     policy: ThreadPolicy = field(default_factory=lambda: ThreadPolicy(1, THREADS_PER_WORKER))
+    cpu_cells: dict = field(default_factory=dict)  # cell_id -> (kind, CPU seconds before the factors)
+    factors: Factors = field(default_factory=lambda: Factors())
 
     def describe(self) -> str:
         n = len(self.cells)
         per = sum(self.cells.values()) / n if n else 0.0
         workers = self.policy.workers
         return (f"about {self.total_s / 60:.1f} min for {n} cells ({per:.0f} s per cell on average, "
-                f"{workers} at a time, {self.policy.threads} torch thread{'s' * (self.policy.threads > 1)} each)")
+                f"{workers} at a time, {self.policy.threads} torch thread{'s' * (self.policy.threads > 1)} each; "
+                f"{self.factors.describe(self.calibration)})")
+
+
+@dataclass
+class Factors:
+    """What the cells measured on this machine say (`measured_factors`): the overhead per kind and the
+    recent contention (None: no recent cell, the calibration's snapshot stands in)."""
+    overhead: dict = field(default_factory=dict)  # kind -> factor (absent: none measured yet)
+    contention: float | None = None
+
+    def contention_of(self, calibration: Calibration | None) -> float:
+        return self.contention or (calibration.contention if calibration else 1.0)
+
+    def describe(self, calibration: Calibration | None) -> str:
+        overhead = ("measured overhead " + ", ".join(f"{k} {f:.2f}" for k, f in self.overhead.items())
+                    if self.overhead else "no cells measured on this machine yet")
+        source = "of the last cells" if self.contention else "of the calibration"
+        return f"{overhead}; contention {self.contention_of(calibration):.2f} ({source})"
 
 
 def _timed(fn, *args, **kwargs) -> tuple[float, object]:
@@ -88,6 +129,7 @@ def calibrate(recipe: Recipe, sizes: DataSizes) -> Calibration:
     from ..core.models import load_model
     from ..runs.evaluate import generate_completions
 
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     base = train_config(recipe, recipe.arm(recipe.baseline), 0, None, "vanilla")
     load_s, (model, tokenizer) = _fastest(load_model, recipe.student)  # the first load also pays imports
     train_records = load_records(recipe.train_data)
@@ -104,6 +146,8 @@ def calibrate(recipe: Recipe, sizes: DataSizes) -> Calibration:
         calibration.teacher_s_per_sample = _train_seconds_per_sample(teacher, teacher_tok, seeds, 1, base.max_length)
         calibration.teacher_size_ratio = sum(p.numel() for p in teacher.parameters()) / \
             sum(p.numel() for p in model.parameters())
+    cpu = time.process_time() - cpu0
+    calibration.contention = max(1.0, (time.perf_counter() - wall0) / cpu) if cpu > 0 else 1.0
     return calibration
 
 
@@ -114,39 +158,139 @@ def export_seconds(recipe: Recipe, arm, sizes: DataSizes, c: Calibration) -> flo
     return c.teacher_load_s + c.student_load_s + min(samples, sizes.seed) * c.teacher_s_per_sample
 
 
+def cell_kind(arm, new_export: bool) -> str:
+    """The kind of a cell for the overhead factors (KINDS)."""
+    if not arm.trained:
+        return "control"
+    return ("pkt-export" if new_export else "pkt") if arm.init == "pkt" else "trained"
+
+
+def _cpu_seconds(recipe: Recipe, cell: Cell, sizes: DataSizes, c: Calibration, new_export: bool) -> float:
+    """The calibration's CPU seconds for one cell (module docstring)."""
+    arm = recipe.arm(cell.arm)
+    config = train_config(recipe, arm, 0, cell.lr, "vanilla")
+    if not arm.trained:
+        scale = c.teacher_size_ratio if arm.init == "teacher" else 1.0
+        load = c.teacher_load_s if arm.init == "teacher" else c.student_load_s
+        return load + sizes.test * c.generate_s_per_record * scale
+    n_val = min(sizes.val, config.eval_limit or sizes.val)
+    seconds = (c.student_load_s + sizes.train * config.epochs * c.train_s_per_sample
+               + (n_val + sizes.test) * c.generate_s_per_record)
+    if new_export:
+        seconds += export_seconds(recipe, arm, sizes, c)
+    if arm.distill:  # logit KD: a teacher forward (~1/3 of its forward+backward) per training sample;
+        # sequence KD: the teacher's generation of every training answer (made once, then cached)
+        seconds += c.teacher_load_s + (
+            sizes.train * config.epochs * c.teacher_s_per_sample / 3 if arm.distill["kind"] == "logits"
+            else sizes.train * c.generate_s_per_record * c.teacher_size_ratio)
+    return seconds
+
+
 def estimate_study(recipe: Recipe, cells: list[Cell], sizes: DataSizes, calibration: Calibration,
                    measured: dict | None = None, export_keys: dict | None = None,
-                   policy: ThreadPolicy | None = None) -> TimeEstimate:
-    """Seconds for `cells` run under `policy` (default: one at a time). `measured`: arm -> mean
+                   policy: ThreadPolicy | None = None, factors: Factors | None = None) -> TimeEstimate:
+    """Wall seconds for `cells` run under `policy` (default: one at a time). `measured`: arm -> mean
     seconds of its finished cells; `export_keys`: cell_id -> the key of its export (cells sharing a
-    key extract once)."""
+    key extract once); `factors`: what cells measured on this machine (`measured_factors`)."""
     policy = policy or ThreadPolicy(1, THREADS_PER_WORKER)
-    measured, export_keys = measured or {}, export_keys or {}
-    c = calibration
-    seen_exports = set()
-    out = {}
+    measured, export_keys, factors = measured or {}, export_keys or {}, factors or Factors()
+    contention = factors.contention_of(calibration)
+    seen_exports, out, cpu = set(), {}, {}
     for cell in cells:
         arm = recipe.arm(cell.arm)
-        if arm.name in measured:
-            out[cell.cell_id] = measured[arm.name]
-            continue
-        config = train_config(recipe, arm, 0, cell.lr, "vanilla")
-        if not arm.trained:
-            scale = c.teacher_size_ratio if arm.init == "teacher" else 1.0
-            load = c.teacher_load_s if arm.init == "teacher" else c.student_load_s
-            out[cell.cell_id] = load + sizes.test * c.generate_s_per_record * scale
-            continue
-        n_val = min(sizes.val, config.eval_limit or sizes.val)
-        seconds = (c.student_load_s + sizes.train * config.epochs * c.train_s_per_sample
-                   + (n_val + sizes.test) * c.generate_s_per_record)
         key = export_keys.get(cell.cell_id)
-        if arm.init == "pkt" and key not in seen_exports:
-            seen_exports.add(key)
-            seconds += export_seconds(recipe, arm, sizes, c)
-        if arm.distill:  # logit KD: a teacher forward (~1/3 of its forward+backward) per training sample;
-            # sequence KD: the teacher's generation of every training answer (made once, then cached)
-            seconds += c.teacher_load_s + (
-                sizes.train * config.epochs * c.teacher_s_per_sample / 3 if arm.distill["kind"] == "logits"
-                else sizes.train * c.generate_s_per_record * c.teacher_size_ratio)
-        out[cell.cell_id] = seconds
-    return TimeEstimate(sum(out.values()) / policy.workers, out, calibration, policy)
+        new_export = arm.init == "pkt" and key not in seen_exports
+        seen_exports.add(key)
+        kind = cell_kind(arm, new_export)
+        cpu[cell.cell_id] = (kind, _cpu_seconds(recipe, cell, sizes, calibration, new_export))
+        out[cell.cell_id] = measured[arm.name] if arm.name in measured else \
+            cpu[cell.cell_id][1] * factors.overhead.get(kind, 1.0) * contention
+    return TimeEstimate(sum(out.values()) / policy.workers, out, calibration, policy, cpu, factors)
+
+
+# ---------------------------------------------------------------------------------------
+# The measured cells behind the overhead factors
+
+
+def timing_file(recipe: Recipe, threads: int) -> Path:
+    """cache/timing/<key>.json: keyed by content -- this machine, the torch threads per cell, the pair."""
+    key = json.dumps([socket.gethostname(), os.cpu_count(), threads, recipe.student, recipe.teacher])
+    return cache_root() / TIMING_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def measured_factors(path: Path, now: float | None = None) -> Factors:
+    """The overhead per kind (real CPU seconds / estimated CPU seconds over the newest TIMING_KEEP cells of
+    that kind) and the contention (wall / CPU seconds of the cells finished in the last RECENT_S at this
+    process's niceness)."""
+    samples = (read_json(path) or {}).get("cells", [])
+    factors = Factors()
+    for kind in KINDS:
+        rows = [s for s in samples if s.get("kind") == kind][-TIMING_KEEP:]
+        estimated = sum(s["estimate_cpu_s"] for s in rows)
+        if estimated > 0:
+            factors.overhead[kind] = sum(s["cpu_s"] for s in rows) / estimated
+    now = time.time() if now is None else now
+    recent = [s for s in samples if s.get("nice") == os.nice(0) and now - s["at"] <= RECENT_S and s.get("wall_s")]
+    cpu = sum(s["cpu_s"] for s in recent)
+    if cpu > 0:
+        factors.contention = max(1.0, sum(s["wall_s"] for s in recent) / cpu)
+    return factors
+
+
+def record_cell(path: Path, estimate: TimeEstimate, cell_id: str, record: dict) -> None:
+    """Add a finished cell's real CPU and wall seconds beside its estimate (the newest TIMING_KEEP
+    per kind are kept)."""
+    if cell_id not in estimate.cpu_cells or record.get("cpu_s") is None:
+        return
+    kind, estimated = estimate.cpu_cells[cell_id]
+    samples = (read_json(path) or {}).get("cells", [])
+    samples.append({"kind": kind, "estimate_cpu_s": round(estimated, 3), "cpu_s": record["cpu_s"],
+                    "wall_s": record.get("seconds"), "nice": os.nice(0), "at": time.time()})
+    kept = [s for k in KINDS for s in [s for s in samples if s.get("kind") == k][-TIMING_KEEP:]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"cells": sorted(kept, key=lambda s: s["at"])})
+
+
+# ---------------------------------------------------------------------------------------
+# The budget while the study runs
+
+
+@dataclass
+class BudgetGate:
+    """Whether the next cell may start: the study's seconds so far (earlier sessions' `spent_before_s`
+    plus this session's wall time) and that cell's estimate, re-scaled by real / estimated seconds of
+    the cells this session finished, must stay within `budget_s`."""
+    budget_s: float
+    estimates: dict  # cell_id -> wall seconds (TimeEstimate.cells)
+    spent_before_s: float = 0.0
+    started: float = field(default_factory=time.time)
+    observed: list = field(default_factory=list)  # (estimated, real) seconds of this session's cells
+    refused: tuple | None = None  # (cell, its estimate in seconds, seconds spent) once a cell was held back
+
+    def spent_s(self) -> float:
+        return self.spent_before_s + time.time() - self.started
+
+    def observe(self, cell: Cell, seconds: float | None) -> None:
+        if seconds is not None and self.estimates.get(cell.cell_id):
+            self.observed.append((self.estimates[cell.cell_id], seconds))
+
+    def next_estimate_s(self, cell: Cell) -> float:
+        estimated = sum(e for e, _ in self.observed)
+        scale = sum(r for _, r in self.observed) / estimated if estimated > 0 else 1.0
+        return self.estimates.get(cell.cell_id, 0.0) * scale
+
+    def allows(self, cell: Cell) -> bool:
+        need, spent = self.next_estimate_s(cell), self.spent_s()
+        if spent + need <= self.budget_s:
+            return True
+        self.refused = self.refused or (cell, need, spent)
+        return False
+
+    def message(self, remaining: int) -> str:
+        """What the CLI and the page say when the gate stopped the study."""
+        cell, need, spent = self.refused
+        return (f"stopped by the budget: the next cell ({cell.cell_id}, about {need / 60:.1f} min) would take the "
+                f"study past its {self.budget_s / 60:g}-min budget ({spent / 60:.1f} min spent); {remaining} "
+                f"cell{'s remain' if remaining != 1 else ' remains'}. Raise the budget to resume: "
+                "`--resume --budget-minutes M` (or budget_minutes in the recipe), or Resume on the Study page with "
+                "a larger budget.")

@@ -105,8 +105,9 @@ def _arm_signals(out: Path, by_seed: dict) -> dict | None:
     found = [f for f in found if f]
     if not found:
         return None
-    return {name: (sum(vals) / len(vals) if (vals := [f[name] for f in found if f.get(name) is not None]) else None)
-            for name in SIGNALS}
+    return {**{name: (sum(vals) / len(vals) if (vals := [f[name] for f in found if f.get(name) is not None])
+                      else None) for name in SIGNALS},
+            "seed_warning": next((f["seed_warning"] for f in found if f.get("seed_warning")), None)}
 
 
 def summarize(recipe: Recipe, out, records: dict) -> dict:

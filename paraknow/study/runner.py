@@ -47,12 +47,13 @@ from ..core.processes import proc_start_time
 from ..core.threads import AUTO, THREADS_PER_WORKER, load_average, thread_policy, torch_threads
 from ..runs.executors import ExecutorConfig, make_executor
 from ..transfer.lora import MANIFEST_FILE
-from .budget import calibrate, estimate_study
+from .budget import BudgetGate, calibrate, estimate_study, measured_factors, record_cell, timing_file
 from .cells import (CELL_FIELDS, CELL_FILE, CELLS_DIR, LOCK_FILE, RECIPE_FILE, RUN_DIR, STUDY_FILE, cell_dir,
     read_cell, write_predictions)
 from .cost import cell_cost
-from .exports import EXPORTS_DIR, cell_export, export_key
+from .exports import EXPORTS_DIR, cell_export, export_key, signals_file
 from .plan import Cell, check_recipe, plan_cells, train_config
+from .progress import CellProgress
 from .recipe import Recipe, cells_part
 
 DEFAULT_WORKERS = AUTO  # the thread policy, paraknow/core/threads.py (bench/bench_study_parallel.py, bench_cell.py)
@@ -128,7 +129,7 @@ def _eval_settings(config) -> dict:
             "max_length": config.max_length, "match": config.match}
 
 
-def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
+def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records, progress: CellProgress) -> dict:
     from ..runs.evaluate import evaluate
     from ..runs.train import train
 
@@ -136,22 +137,26 @@ def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
     folder = cell_dir(out, cell)
     init, fields = arm.init, {}
     if arm.init == "pkt":
+        progress.phase("export (sensitivity, mapping, factorisation)")
         device = recipe.train_settings(arm).get("device", "auto")
         export = cell_export(recipe, arm, cell.seed, out, device)
         init, fields["export"] = str(export), str(export.relative_to(out))
+        progress.warn((read_json(signals_file(export)) or {}).get("seed_warning"))
     if _stop_requested(out):
         raise CellStopped()
     run_dir = folder / RUN_DIR
     config = train_config(recipe, arm, cell.seed, cell.lr, init, out=str(run_dir))
+    progress.phase("loading the student")
     with open(folder / LOG_FILE, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log):
-        outcome = train(config, callbacks=[_stop_relay(out, run_dir)])
+        outcome = train(config, callbacks=[_stop_relay(out, run_dir), progress.trainer_callback(config)])
     if outcome.state == "stopped":
         raise CellStopped()
     if outcome.state != "finished":
         raise ParaknowError(f"training ended {outcome.state}: {outcome.status.get('error') or f'see {LOG_FILE}'}")
     val = outcome.status.get("final_eval") or {}
-    test = evaluate(outcome.model, outcome.tokenizer, test_records, **_eval_settings(config))
+    test = evaluate(outcome.model, outcome.tokenizer, test_records, progress=progress.evaluation("test"),
+                    **_eval_settings(config))
     return {**fields, "run_dir": str(Path(CELLS_DIR) / cell.cell_id / RUN_DIR), "val_accuracy": val.get("accuracy"),
             "val_loss": val.get("loss"), "val_n": val.get("n"), "test_accuracy": test.accuracy,
             "test_loss": test.loss, "test_n": test.n,
@@ -159,15 +164,16 @@ def _run_trained(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
             "cost": cell_cost(outcome.status, out / fields["export"] if "export" in fields else None)}
 
 
-def _run_control(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
+def _run_control(recipe: Recipe, cell: Cell, out: Path, test_records, progress: CellProgress) -> dict:
     from ..core.models import load_model
     from ..runs.evaluate import evaluate
 
     arm = recipe.arm(cell.arm)
     config = train_config(recipe, arm, 0, None, "vanilla")
     ref = recipe.student if arm.init == "untuned" else recipe.teacher
+    progress.phase(f"loading the {arm.init} model")
     model, tokenizer = load_model(ref, device=config.device)
-    test = evaluate(model, tokenizer, test_records, **_eval_settings(config))
+    test = evaluate(model, tokenizer, test_records, progress=progress.evaluation("test"), **_eval_settings(config))
     return {"test_accuracy": test.accuracy, "test_loss": test.loss, "test_n": test.n,
             "predictions": write_predictions(out, cell, test.predictions)}
 
@@ -178,12 +184,12 @@ def run_cell(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
     folder = cell_dir(out, cell)
     shutil.rmtree(folder, ignore_errors=True)  # a rerun starts clean
     folder.mkdir(parents=True)
-    started = time.time()
+    started, cpu0 = time.time(), time.process_time()
     _write_cell(out, cell, started=started)
     try:
-        arm = recipe.arm(cell.arm)
-        numbers = _run_trained(recipe, cell, out, test_records) if arm.trained else \
-            _run_control(recipe, cell, out, test_records)
+        run = _run_trained if recipe.arm(cell.arm).trained else _run_control
+        numbers = run(recipe, cell, out, test_records, CellProgress(folder, _cell_name(cell)))
+        numbers["cpu_s"] = round(time.process_time() - cpu0, 3)  # for the overhead factors (budget.py)
     except CellStopped:
         return _write_cell(out, cell, state="stopped", started=started, seconds=round(time.time() - started, 3))
     except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the study goes on
@@ -238,12 +244,20 @@ def prepare(recipe: Recipe, out, resume: bool = False, calibration=None,
         with torch_threads(policy.threads):
             calibration = calibrate(recipe, sizes)
     estimate = estimate_study(recipe, pending, sizes, calibration,
-                              {arm: sum(v) / len(v) for arm, v in measured.items()}, keys, policy)
-    if estimate.total_s > recipe.budget_minutes * 60:
-        raise ParaknowError(f"the study needs {estimate.describe()}, over its budget of "
-                            f"{recipe.budget_minutes:g} min: raise budget_minutes in the recipe, or cut arms, "
-                            "seeds, epochs or data.")
+                              {arm: sum(v) / len(v) for arm, v in measured.items()}, keys, policy,
+                              measured_factors(timing_file(recipe, policy.threads)))
+    spent = _spent_s(out)
+    if spent + estimate.total_s > recipe.budget_minutes * 60:
+        raise ParaknowError(f"the study needs {estimate.describe()}"
+                            + (f" after the {spent / 60:.1f} min it has spent" if spent else "")
+                            + f", over its budget of {recipe.budget_minutes:g} min: raise budget_minutes "
+                            "(--budget-minutes), or cut arms, seeds, epochs or data.")
     return pending, estimate
+
+
+def _spent_s(out: Path) -> float:
+    """Wall seconds the study's earlier sessions spent (study.json `spent_s`; 0 for a new study)."""
+    return float((read_json(out / STUDY_FILE) or {}).get("spent_s") or 0.0)
 
 
 @contextlib.contextmanager
@@ -280,6 +294,13 @@ def _cell_name(cell: Cell) -> str:
     return cell.arm + ("" if cell.seed is None else f" seed {cell.seed}") + ("" if cell.lr is None else f" lr {cell.lr:g}")
 
 
+def _outcome(record: dict) -> str:
+    if record["state"] == "finished":
+        acc = record["test_accuracy"]
+        return f"finished in {record['seconds']:.0f} s, test accuracy " + ("-" if acc is None else f"{100 * acc:.1f} %")
+    return record["state"].upper() + (f": {record['error']}" if record["error"] else "")
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
@@ -300,10 +321,10 @@ def _lost(out: Path, cell: Cell, exc: ParaknowError) -> dict:
 
 
 def _run_serially(pending: list[Cell], out: Path, status: dict, say: Progress, runner, recipe: Recipe,
-                  test_records):
-    """The cells in plan order, one at a time (`runner.call`)."""
+                  test_records, allows):
+    """The cells in plan order, one at a time (`runner.call`), while `allows(cell)` (the budget)."""
     for k, cell in enumerate(pending, 1):
-        if _stop_requested(out):
+        if _stop_requested(out) or not allows(cell):
             return
         say(f"[{k}/{len(pending)}] {_cell_name(cell)}: running")
         _write_status(out, status, cell=cell.cell_id, cells_running=[cell.cell_id])
@@ -318,23 +339,23 @@ def _run_serially(pending: list[Cell], out: Path, status: dict, say: Progress, r
 
 
 def _run_cells(recipe: Recipe, pending: list[Cell], out: Path, status: dict, say: Progress, workers: int,
-               threads: int, runner):
+               threads: int, runner, allows):
     """Yield (cell, record) as cells finish: in plan order one at a time (`runner.call`: in this
     process, or one Ray task after another), or `workers` at a time (`runner.pool`: worker
     processes, or Ray tasks); each local cell with `threads` torch threads. No new cell starts
-    after STOP."""
+    after STOP, nor one that `allows(cell)` refuses (the budget: the cells running go on)."""
     from ..core.data import load_records
 
     test_records = load_records(recipe.test_data)[:recipe.test_limit]  # the items scored (None: all)
     if workers == 1:
         with torch_threads(threads):
-            yield from _run_serially(pending, out, status, say, runner, recipe, test_records)
+            yield from _run_serially(pending, out, status, say, runner, recipe, test_records, allows)
         return
-    queue, running = iter(enumerate(pending, 1)), {}
+    queue, running = list(enumerate(pending, 1))[::-1], {}  # popped from the end: plan order
     with runner.pool(workers, _init_worker, (threads,)) as pool:
         while True:
-            while len(running) < workers and not _stop_requested(out) and (item := next(queue, None)):
-                k, cell = item
+            while len(running) < workers and queue and not _stop_requested(out) and allows(queue[-1][1]):
+                k, cell = queue.pop()
                 say(f"[{k}/{len(pending)}] {_cell_name(cell)}: running")
                 running[pool.submit(run_cell, recipe, cell, out, test_records)] = cell
                 ids = [c.cell_id for c in running.values()]
@@ -388,36 +409,37 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
         atomic_write_json(out / RECIPE_FILE, recipe.to_dict())
         total = len(plan_cells(recipe))
         started = time.time()
+        gate = BudgetGate(recipe.budget_minutes * 60, estimate.cells, _spent_s(out), started)
+        timings = timing_file(recipe, policy.threads)
         status = {"state": "running", "pid": os.getpid(), "pid_start": proc_start_time(os.getpid()),
                   "started": started, "finished": None, "cell": None, "cells_total": total,
                   "cells_to_run": len(pending), "cells_run": 0, "estimate_s": round(estimate.total_s, 1),
+                  "spent_s": round(gate.spent_before_s, 1), "budget_stop": None,
                   "executor": executor.to_dict(), "threads": policy.to_dict(), "error": None}
         _write_status(out, status)
         say(f"study {out}: {total} cells, {total - len(pending)} already finished; {estimate.describe()}")
         try:
             for k, (cell, record) in enumerate(_run_cells(recipe, pending, out, status, say, policy.workers,
-                                                                policy.threads, runner), 1):
-                name = _cell_name(cell)
+                                                                policy.threads, runner, gate.allows), 1):
+                gate.observe(cell, record.get("seconds"))
                 if record["state"] == "finished":
-                    acc = record["test_accuracy"]
-                    say(f"[{k}/{len(pending)}] {name}: finished in {record['seconds']:.0f} s, test accuracy "
-                        + ("-" if acc is None else f"{100 * acc:.1f} %"))
-                else:
-                    say(f"[{k}/{len(pending)}] {name}: {record['state'].upper()}"
-                        + (f": {record['error']}" if record["error"] else ""))
-                _write_status(out, status, cells_run=k)
+                    record_cell(timings, estimate, cell.cell_id, record)
+                say(f"[{k}/{len(pending)}] {_cell_name(cell)}: {_outcome(record)}")
+                _write_status(out, status, cells_run=k, spent_s=round(gate.spent_s(), 1))
                 write_outputs(recipe, out, with_html=False)
         except BaseException as exc:
             _write_status(out, status, state="failed", finished=time.time(), cell=None,
                           error="interrupted" if isinstance(exc, KeyboardInterrupt) else
                           f"{type(exc).__name__}: {first_line(exc)}")
             raise
-        stopped = _stop_requested(out)
+        budget_stop = gate.message(len(pending) - status["cells_run"]) if gate.refused else None
+        stopped = _stop_requested(out) or budget_stop is not None
         if stopped:
-            say("stopped: resume with --resume")
+            say(budget_stop or "stopped: resume with --resume")
         timing = {"estimate_s": round(estimate.total_s, 1), "wall_s": round(time.time() - started, 1),
-                  "cells": status["cells_run"], **policy.to_dict(), "load_average_end": load_average()}
+                  "cells": status["cells_run"], **policy.to_dict(), "load_average_end": load_average(),
+                  "budget_stop": budget_stop}
         results = write_outputs(recipe, out, timing=timing)
         _write_status(out, status, state="stopped" if stopped else "finished", finished=time.time(),
-                      wall_s=timing["wall_s"])
+                      wall_s=timing["wall_s"], spent_s=round(gate.spent_s(), 1), budget_stop=budget_stop)
         return results

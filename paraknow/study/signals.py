@@ -9,6 +9,8 @@ Per export (averaged over the modules that receive teacher parameters):
   cos_residual    cosine of s*B@A with W - s*B@A (Neural Incompatibility's parametric alignment)
   zero_step_loss  change of the student's mean completion loss on (up to) ZERO_STEP_RECORDS
                   validation records when the delta is added (additive mode), before any step
+and, beside them, `seed_warning`: the degenerate-seeds warning of the map behind the export (its seed
+losses, paraknow.transfer.seeds) with the numbers, or None.
 """
 from __future__ import annotations
 
@@ -48,6 +50,14 @@ def _deltas(export_dir: Path, manifest: dict) -> dict[str, torch.Tensor]:
     return out
 
 
+def seed_warning(manifest: dict) -> str | None:
+    """The degenerate-seeds warning of the teacher's seed losses an export records (None: fine, or not kept)."""
+    from ..transfer.seeds import check_seeds
+
+    losses = manifest.get("seed_losses")
+    return check_seeds(losses).message() if losses else None
+
+
 def export_signals(export_dir, student_model, tokenizer=None, val_records=None) -> dict:
     """The signals of one export for one loaded student (left unchanged on return)."""
     from ..runs.evaluate import completion_losses
@@ -68,7 +78,7 @@ def export_signals(export_dir, student_model, tokenizer=None, val_records=None) 
     signals = {"captured": _mean(captured), "area": _mean(areas),
                "lift": _mean(c / a for c, a in zip(captured, areas) if a > 0),
                "energy": _mean(m["energy"] for m in modules), "cos_w": _mean(cos_w),
-               "cos_residual": _mean(cos_res), "zero_step_loss": None}
+               "cos_residual": _mean(cos_res), "zero_step_loss": None, "seed_warning": seed_warning(manifest)}
     if tokenizer is not None and val_records:
         records = val_records[:ZERO_STEP_RECORDS]
         before = _mean(completion_losses(student_model, tokenizer, records))

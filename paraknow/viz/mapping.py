@@ -167,3 +167,41 @@ def similarity_heatmap(matrix, layer_map: list | None = None, title: str = "Laye
     fig.update_yaxes(title="teacher layer", dtick=1 if n_t <= 40 else None, autorange="reversed")
     fig.update_layout(showlegend=False, margin=dict(t=90))
     return fig
+
+
+COMPARE_METRICS = {"lift": ("lift over random", "{:.2f}×"), "captured": ("captured share", "{:.0%}"),
+                   "energy": ("energy at rank r", "{:.0%}"), "cos": ("cos(s·BA, W_S)", "{:+.3f}")}
+
+
+def compare_heat_table(rows: list[dict], metric: str = "lift", current: tuple | None = None) -> go.Figure:
+    """The granularity comparison as small multiples, one heat-table per coherent level: structures
+    (rows) x layer strategies (columns), coloured and labelled by `metric` (COMPARE_METRICS); a
+    combination that cannot be planned is blank, the `current` (structure, layers, coherent) is outlined."""
+    from plotly.subplots import make_subplots
+
+    label, fmt = COMPARE_METRICS[metric]
+    levels = list(dict.fromkeys(r["coherent"] for r in rows))
+    structures = list(dict.fromkeys(r["structure"] for r in rows))
+    strategies = list(dict.fromkeys(r["layers"] for r in rows))
+    values = [r[metric] for r in rows if r.get(metric) is not None]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    fig = make_subplots(1, len(levels), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[f"coherent: {level}" for level in levels])
+    for col, level in enumerate(levels, 1):
+        cell = {(r["structure"], r["layers"]): r.get(metric) for r in rows if r["coherent"] == level}
+        z = [[cell.get((s, lay)) for lay in strategies] for s in structures]  # [structure, strategy]
+        text = [["" if v is None else fmt.format(v) for v in line] for line in z]
+        fig.add_trace(go.Heatmap(
+            z=z, x=strategies, y=structures, text=text, texttemplate="%{text}", zmin=lo, zmax=hi,
+            colorscale=SEQUENTIAL, showscale=col == len(levels), hoverongaps=False,
+            colorbar=dict(title=dict(text=label), thickness=10),
+            hovertemplate=f"%{{y}} × %{{x}} (coherent {level})<br>{label}: %{{text}}<extra></extra>"), 1, col)
+        if current and current[2] == level and current[0] in structures and current[1] in strategies:
+            x, y = strategies.index(current[1]), structures.index(current[0])
+            fig.add_shape(type="rect", x0=x - 0.5, x1=x + 0.5, y0=y - 0.5, y1=y + 0.5, row=1, col=col,
+                          line=dict(color=SELECT_COLOR, width=3))
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    fig.update_xaxes(tickangle=-30, automargin=True)
+    fig.update_layout(height=90 + 46 * len(structures), margin=dict(l=10, r=10, t=70, b=10),
+                      title=dict(text=f"Granularity comparison: {label} per structure × layer strategy", y=0.98))
+    return fig

@@ -38,6 +38,10 @@ def _cell_overlay(layers, modules, height_px: int, selected=None) -> go.Scatter:
                                     "<extra></extra>")
 
 
+HEATMAP_TITLE_PX = 56  # the title and the gap under it
+LABEL_PX_PER_CHAR = 4  # the height a -30° label grows by per character (7 px wide x sin 30°, rounded up)
+
+
 def sensitivity_heatmap(table: list[dict], value: str = "sum", log: bool = False, title: str | None = None,
                         selected: tuple[int, str] | None = None, height: int | None = None) -> go.Figure:
     """Layer x module heatmap of summed (or per-parameter mean) sensitivity, clickable per cell.
@@ -60,10 +64,15 @@ def sensitivity_heatmap(table: list[dict], value: str = "sum", log: bool = False
         i, j = layers.index(selected[0]), modules.index(selected[1])
         fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
                       line=dict(color=SELECT_COLOR, width=3))
-    fig.update_xaxes(tickvals=list(range(len(modules))), ticktext=modules, side="top", showgrid=False)
+    # the module labels sit above the grid at a fixed angle, below the title pinned to the figure's top: a
+    # margin sized for the longest label, so no redraw (narrower, recomputed) can rotate them into the title
+    fig.update_xaxes(tickvals=list(range(len(modules))), ticktext=modules, side="top", showgrid=False,
+                     tickangle=-30, automargin=False)
     fig.update_yaxes(tickvals=list(range(len(layers))), ticktext=[str(l) for l in layers],
                      autorange="reversed", title="layer", showgrid=False)
-    fig.update_layout(clickmode="event+select", dragmode=False, margin=dict(t=80))
+    fig.update_layout(clickmode="event+select", dragmode=False,
+                      margin=dict(t=HEATMAP_TITLE_PX + LABEL_PX_PER_CHAR * max(map(len, modules), default=0)),
+                      title=dict(yref="container", y=1.0, yanchor="top", pad=dict(t=10)))
     return fig
 
 

@@ -1,0 +1,101 @@
+"""The budget while a study runs: a cell that would take the study past it does not start, the study
+says so and stays resumable, and a raised budget on resume continues; measured cells correct the
+next estimates (the overhead factors in the cache) and report their progress through the job substrate."""
+import json
+import time
+
+import pytest
+
+from study_fixtures import study_inputs, tiny_recipe, write_recipe
+
+from paraknow.core.jobdir import PROGRESS_FILE
+from paraknow.study import parse_recipe, run_study
+from paraknow.study.budget import Calibration, measured_factors, timing_file
+from paraknow.study.cells import STUDY_FILE
+
+ARMS = [{"name": "untuned", "init": "untuned"}, {"name": "vanilla", "init": "vanilla"}]
+# the control's estimate is a millisecond and vanilla's a hundred times more: once the control has run
+# (a real fraction of a second at least), the gate scales vanilla's estimate to many seconds
+TINY = Calibration(student_load_s=0.001, train_s_per_sample=0.0124, generate_s_per_record=0.0)
+
+
+def test_the_budget_stops_a_study_before_a_cell_that_would_exceed_it_and_a_raised_budget_resumes(tmp_path):
+    paths = study_inputs(tmp_path / "inputs")
+    out = tmp_path / "study"
+    recipe = parse_recipe(tiny_recipe(paths, seeds=[0], arms=ARMS, budget_minutes=0.1))
+    said = []
+    results = run_study(recipe, out, calibration=TINY, workers=1, progress=said.append)
+    states = {c["arm"]: c["state"] for c in results["cells"]}
+    assert states == {"untuned": "finished", "vanilla": "pending"}
+    stop = results["timing"]["budget_stop"]
+    assert "stopped by the budget" in stop and "vanilla__seed0" in stop and "1 cell remains" in stop
+    assert stop in said
+    status = json.loads((out / STUDY_FILE).read_text())
+    assert status["state"] == "stopped" and status["budget_stop"] == stop and status["spent_s"] > 0
+
+    raised = parse_recipe({**recipe.to_dict(), "budget_minutes": 30})
+    again = run_study(raised, out, resume=True, calibration=TINY, workers=1)
+    assert {c["arm"]: c["state"] for c in again["cells"]} == {"untuned": "finished", "vanilla": "finished"}
+    assert again["timing"]["budget_stop"] is None
+    assert json.loads((out / STUDY_FILE).read_text())["spent_s"] >= status["spent_s"]
+
+
+def test_the_cli_says_how_to_resume_a_study_the_budget_stopped(tmp_path, monkeypatch, capsys):
+    from paraknow.cli import main
+    from paraknow.study import runner
+
+    paths = study_inputs(tmp_path / "inputs")
+    out = tmp_path / "study"
+    recipe = write_recipe(tmp_path / "r.json", tiny_recipe(paths, seeds=[0], arms=ARMS, budget_minutes=0.1))
+    monkeypatch.setattr(runner, "calibrate", lambda *_: TINY)  # the measurement is not under test here
+    argv = ["study", "--recipe", recipe, "--out", str(out), "--workers", "1"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: stopped by the budget") and "--budget-minutes" in err[-1]
+    assert main([*argv, "--resume", "--budget-minutes", "30"]) == 0
+    assert "vanilla seed 0 lr 0.0003: training step 1/2" in capsys.readouterr().err  # the cell's progress on the CLI
+    assert main([*argv, "--resume", "--budget-minutes", "-1"]) == 2
+
+
+def test_finished_cells_write_progress_and_correct_the_next_estimates(tmp_path):
+    paths = study_inputs(tmp_path / "inputs")
+    recipe = parse_recipe(tiny_recipe(paths, seeds=[0], arms=ARMS))
+    results = run_study(recipe, tmp_path / "study", calibration=TINY, workers=1)
+    assert all(c["state"] == "finished" for c in results["cells"])
+    progress = next((tmp_path / "study" / "cells").glob(f"vanilla__seed0*/{PROGRESS_FILE}"))
+    rows = [json.loads(line) for line in progress.read_text().splitlines()]
+    messages = [r["message"] for r in rows]
+    assert "loading the student" in messages and any(m.startswith("training step") for m in messages)
+    assert "validation on all items" in messages
+    assert any(m.startswith("test:") for m in messages) and rows[-1]["done"] == rows[-1]["total"]
+    factors = measured_factors(timing_file(recipe, 1))
+    assert set(factors.overhead) == {"control", "trained"}
+    assert factors.overhead["control"] > 10  # a millisecond was the estimate; the real cell took far longer
+    assert factors.contention >= 1.0  # the cells' own wall / CPU seconds, just measured
+    assert measured_factors(timing_file(recipe, 1), now=time.time() + 3600).contention is None  # not recent
+
+
+def test_the_signals_carry_the_degenerate_seed_warning_with_its_numbers():
+    from paraknow.study.signals import seed_warning
+
+    warning = seed_warning({"seed_losses": [0.0001] * 30 + [0.249, 0.049]})  # task:arith:seed on the demo teacher
+    assert "30 of 32 seed losses" in warning and "0.249" in warning and "harder seed samples" in warning
+    assert seed_warning({"seed_losses": [1.2, 0.9, 1.4, 1.1]}) is None
+    assert seed_warning({}) is None  # a map made before the losses were kept
+
+
+@pytest.mark.slow
+def test_the_study_page_says_the_budget_stopped_a_study_and_offers_a_larger_budget(tmp_path):
+    from apptest import assert_ok, open_page
+
+    from ui import study as U
+
+    paths = study_inputs(tmp_path / "inputs")
+    recipe = parse_recipe(tiny_recipe(paths, seeds=[0], arms=ARMS, budget_minutes=0.1))
+    run_study(recipe, U.studies_root() / "stopped", calibration=TINY, workers=1)
+    at = open_page("pages/8_Study.py", 600)
+    assert_ok(at)
+    assert any("stopped by the budget" in str(w.value) for w in at.warning)
+    box = at.number_input(key="w_st_resume_budget_stopped")
+    assert box.value == 0.1 and not box.disabled
+    assert U.with_budget(recipe, 30).budget_minutes == 30 and U.with_budget(recipe, 30).arms == recipe.arms
