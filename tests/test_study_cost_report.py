@@ -79,6 +79,7 @@ def test_the_chart_puts_each_arm_at_its_cost_and_gain(study):
         assert drawn[arm][0] == cells[arm]["cost"]["teacher_flops"]
         assert drawn[arm][1] == pytest.approx(100 * (cells[arm]["test_accuracy"] - cells["vanilla"]["test_accuracy"]))
         assert drawn[arm][1] == pytest.approx(100 * arms[arm]["diff_vs_baseline"])
+    assert arms["kd"]["duplicate_of"] is None  # distilling makes it another experiment than vanilla
     assert drawn["vanilla"][1] == 0 and 0 < drawn["vanilla"][0] < min(drawn["pkt"][0], drawn["kd"][0])
     assert figure.layout.xaxis.ticktext[0] == "no teacher" and figure.layout.xaxis.tickvals[0] == drawn["vanilla"][0]
 

@@ -94,9 +94,9 @@ def arm_rows(results: dict) -> list[dict]:
     return [{"arm": a["arm"], "init": a["init"], "n": a["n"], "accuracy %": _pct(a["mean"]),
              "95 % CI": _interval(a["ci95"]),
              "vs baseline": "-" if a["diff_vs_baseline"] is None else f"{100 * a['diff_vs_baseline']:+.1f}",
-             "verdict": a["verdict"], "teacher cost": cost_text(a.get("cost")),
+             "teacher cost": cost_text(a.get("cost")),
              "train s": "-" if (a.get("cost") or {}).get("train_seconds") is None else
-             f"{a['cost']['train_seconds']:.1f}"} for a in results["arms"]]
+             f"{a['cost']['train_seconds']:.1f}", "verdict": a["verdict"]} for a in results["arms"]]
 
 
 def comparison_rows(results: dict) -> list[dict]:
@@ -223,15 +223,19 @@ def cost_figure(points: list[dict], results: dict):
     high = 10 ** math.ceil(math.log10(max(paid))) if paid else 10.0
     floor = low / 10  # where the arms without a teacher are drawn
     colors = _factor_colors(results["arms"])
+    order = sorted(range(len(points)), key=lambda i: (points[i]["flops"], points[i]["gain"]))
+    above = {order[k]: k % 2 == 0 for k in range(len(order))}  # neighbours' names alternate above and below
     fig = go.Figure()
     for group, color in colors.items():
-        members = [p for p in points if p["factor"] == group]
+        members = [i for i, p in enumerate(points) if p["factor"] == group]
         if not members:
             continue
+        textposition = ["top center" if above[i] else "bottom center" for i in members]
+        members = [points[i] for i in members]
         fig.add_trace(go.Scatter(
             x=[p["flops"] or floor for p in members], y=[100 * p["gain"] for p in members], mode="markers+text",
             name=group or "arms", marker={"color": color, "size": 11}, text=[p["arm"] for p in members],
-            textposition="top center",
+            textposition=textposition,
             error_y={"type": "data", "symmetric": False,
                      "array": [100 * (p["ci95"][1] - p["gain"]) if p["ci95"] else 0 for p in members],
                      "arrayminus": [100 * (p["gain"] - p["ci95"][0]) if p["ci95"] else 0 for p in members]},
