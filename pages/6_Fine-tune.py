@@ -24,7 +24,8 @@ ss = st.session_state
 
 st.title("Fine-tune")
 st.caption("Train the student's LoRA from the standard init (vanilla), from the student's own principal components "
-           "(PiSSA) or from a PKT export of the teacher's knowledge. Runs are queued and trained one after another "
+           "(PiSSA) or from a PKT export of the teacher's knowledge, optionally distilling from a teacher's outputs "
+           "too (its logits or its answers, docs/distill.md). Runs are queued and trained one after another "
            "as background processes; everything is read back from `cache/runs/`, so the charts keep updating "
            "after a page reload or an app restart.")
 
@@ -84,6 +85,7 @@ with st.container(border=True):
              help="vanilla: Kaiming A, zero B. PiSSA: the student's principal components (PEFT). "
                   "PKT export: the teacher's extracted, factorised parameters (docs/method.md).")
     export = F.export_picker(exports)
+    F.distill_widgets()
     st.divider()
     executor = E.executor_picker("runs")
     if pkt and export and (export["manifest"].get("student") or student) != (student or "").strip():
@@ -166,6 +168,7 @@ def run_details(run) -> None:
                f"{spec.get('epochs')} epochs · lr {spec.get('lr')} · batch {spec.get('batch')} "
                f"(micro {spec.get('micro_batch')}) · rank {spec.get('rank')} / alpha {spec.get('alpha')} · "
                f"seed {spec.get('seed')} · {E.where_text(s.get('executor'))}"
+               + (f" · {spec['distill']} KD from `{spec.get('distill_teacher')}`" if spec.get("distill") else "")
                + (f" · {s['samples_per_s']:.1f} samples/s" if s.get("samples_per_s") else ""))
     if run.state == "failed":
         st.error(f"This run failed: {s.get('error') or 'no error recorded'}. Check the student, the data and the "

@@ -16,7 +16,7 @@ from paraknow.study.control import log_tail, read_study, start_study, stop_study
 from paraknow.study.plan import plan_cells
 from paraknow.study.recipe import FACTOR_LABELS
 from paraknow.study.report import (REPORT_HTML, RESULTS_CSV, RESULTS_JSON, arm_rows, bars_figure, comparison_rows,
-    seed_count_figure, seed_count_points)
+    cost_figure, cost_points, seed_count_figure, seed_count_points)
 from paraknow.study.runner import WORKERS_HELP, prepare
 from ui import executor as E
 from ui import state as S
@@ -245,6 +245,13 @@ def _study_panel(live: bool) -> None:
         st.plotly_chart(bars_figure(results), key="st_bars", config={"displayModeBar": False})
         st.caption("Mean test accuracy over seeds with its 95 % confidence interval (Student t); the dotted line "
                    "is the baseline. Partial while the study runs.")
+    spent = cost_points(results)
+    if spent:
+        st.plotly_chart(cost_figure(spent, results), key="st_cost", config={"displayModeBar": False})
+        st.caption("Gain over the baseline (paired by seed, 95 % interval) against the teacher's estimated FLOPs "
+                   "per cell: PKT's sensitivity pass, logit KD's teacher forwards, sequence KD's generation; arms "
+                   "without a teacher at the left. The table's *teacher cost* column gives the tokens and seconds "
+                   "too (docs/distill.md).")
     points = seed_count_points(view.recipe, results)
     if points:
         st.plotly_chart(seed_count_figure(points, results), key="st_seed_count", config={"displayModeBar": False})

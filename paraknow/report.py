@@ -20,9 +20,11 @@ so every figure there can be reproduced and traced.
   sample standard deviation and a Student-t 95 % confidence interval over seeds.
 - `study`: runs (or resumes: finished cells are kept) the shipped study recipe in `--dir`, then
   writes into `--out` summary.json (provenance, recipe, per-arm results and verdicts, signal
-  correlations, timing), results.csv (every cell), table.md (the per-arm table the README quotes) and the figures as PNG (bars per arm coloured
-  by factor, the seed-count curve, the learning curves). The PNGs need kaleido and Chromium
-  (requirements-images.txt); without them the JSON and CSV are still written and the reason is said.
+  correlations, timing, each arm's mean cost), results.csv (every cell, its cost as columns),
+  table.md (the per-arm table the README quotes) and the figures as PNG (bars per arm coloured by
+  factor, the gain over the baseline vs the teacher's cost, the seed-count curve, the learning
+  curves). The PNGs need kaleido and Chromium (requirements-images.txt); without them the JSON and
+  CSV are still written and the reason is said.
 - `reanalyse`: the declared comparisons of a written study (its summary.json's recipe, with the
   recipe's default families, and its results.csv; no cell is re-run) with the study's analysis
   (paraknow.study.compare: Holm within each family, adjusted intervals, equivalence margin,
@@ -155,8 +157,8 @@ def study_report(recipe_path, study_dir: Path, out_dir: Path, workers, progress=
     from .study import load_recipe, run_study
     from .study.cells import read_cell
     from .study.plan import plan_cells
-    from .study.report import (arm_curves, bars_figure, cells_csv, curves_figure, markdown_table, seed_count_figure,
-        seed_count_points)
+    from .study.report import (arm_curves, bars_figure, cells_csv, cost_figure, cost_points, curves_figure,
+        markdown_table, seed_count_figure, seed_count_points)
 
     recipe = load_recipe(recipe_path)
     results = run_study(recipe, study_dir, resume=(Path(study_dir) / "recipe.json").is_file(), workers=workers,
@@ -176,6 +178,9 @@ def study_report(recipe_path, study_dir: Path, out_dir: Path, workers, progress=
     points = seed_count_points(recipe, results)
     if points:
         figures["seed_count.png"] = seed_count_figure(points, results).update_layout(width=900)
+    spent = cost_points(results)
+    if spent:
+        figures["cost.png"] = cost_figure(spent, results).update_layout(width=1100)
     curves = arm_curves(study_dir, results)
     if curves:
         figures["curves.png"] = curves_figure(curves, results).update_layout(width=1500)

@@ -382,3 +382,51 @@ def test_run_labels_read_the_time_to_the_second():
     run = jobs.RunInfo(run_id="20261130-115012123456-abc123", run_dir=Path("x"), state="queued", spec={},
                        status={}, method="vanilla", label="vanilla seed 0")
     assert F.run_label(run) == "vanilla seed 0 · 11-30 11:50:12 #abc"
+
+
+def test_distillation_widgets_follow_train_config_and_refuse_bad_settings(env, tmp_path):
+    from paraknow.core.options import choices_of, default_of
+
+    teacher = tmp_path / "teacher"  # the student's tokenizer, another model
+    tiny_llama(layers=2, hidden=32, ffn=64, heads=2, kv_heads=1, seed=3).save_pretrained(teacher)
+    make_tokenizer().save_pretrained(teacher)
+    at = _page()
+    kind = at.selectbox(key=S.W_FT_DISTILL)
+    assert kind.value == S.FT_NO_DISTILL
+    assert kind.options == [F.DISTILL_LABELS[k] for k in (S.FT_NO_DISTILL, *choices_of(TrainConfig, "distill"))]
+    for key, name in ((S.W_FT_DISTILL_WEIGHT, "distill_weight"), (S.W_FT_TEMPERATURE, "temperature")):
+        assert at.number_input(key=key).value == default_of(TrainConfig, name) and at.number_input(key=key).disabled
+    at.selectbox(key=S.W_FT_SPLIT + "train").set_value("seed")
+    at.radio(key=S.W_FT_SRC + "eval").set_value(S.FT_EVAL_NONE)
+    for key, value in ((S.W_FT_EPOCHS, 1.0), (S.W_FT_BATCH, 4), (S.W_FT_MICRO, 2), (S.W_FT_RANK, 4)):
+        at.number_input(key=key).set_value(value)
+    at.selectbox(key=S.W_FT_DISTILL).set_value("logits").run()
+    assert not at.number_input(key=S.W_FT_DISTILL_WEIGHT).disabled
+
+    def refused(**widgets) -> str:
+        for key, value in widgets.items():
+            (at.text_input if key == S.W_FT_DISTILL_TEACHER else at.number_input)(key=key).set_value(value)
+        at.button(key="w_ft_launch").click().run()
+        assert not at.exception and len(at.error) == 1 and not jobs.list_runs(resume_queue=False)
+        return at.error[0].value
+
+    assert "another vocabulary" in refused(**{S.W_FT_DISTILL_TEACHER: "demo:teacher"})
+    assert "distill_weight must be a number at least 0 and at most 1" in refused(
+        **{S.W_FT_DISTILL_TEACHER: str(teacher), S.W_FT_DISTILL_WEIGHT: 2.0})
+    assert "temperature must be a number greater than 0" in refused(
+        **{S.W_FT_DISTILL_WEIGHT: 0.25, S.W_FT_TEMPERATURE: 0.0})
+    assert "enter the distillation teacher" in refused(**{S.W_FT_TEMPERATURE: 3.0, S.W_FT_DISTILL_TEACHER: " "})
+    at.text_input(key=S.W_FT_DISTILL_TEACHER).set_value(str(teacher))
+    at.button(key="w_ft_launch").click().run()
+    assert_ok(at)
+    run, = jobs.list_runs(resume_queue=False)
+    assert (run.spec["distill"], run.spec["distill_teacher"], run.spec["distill_weight"], run.spec["temperature"]) \
+        == ("logits", str(teacher), 0.25, 3.0) and "logits KD" in run.label
+    jobs.stop(run.run_dir)
+    at.selectbox(key=S.W_FT_DISTILL).set_value("sequences").run()  # another vocabulary is fine for sequence KD
+    at.text_input(key=S.W_FT_DISTILL_TEACHER).set_value("demo:teacher")
+    at.button(key="w_ft_launch").click().run()
+    assert_ok(at)
+    assert {r.spec["distill"] for r in jobs.list_runs(resume_queue=False)} == {"logits", "sequences"}
+    for r in jobs.list_runs(resume_queue=False):
+        jobs.stop(r.run_dir)

@@ -414,7 +414,8 @@ def test_report_study_writes_summary_cells_and_figures_without_rerunning(study, 
     table = (tmp_path / "docs" / "table.md").read_text().splitlines()
     assert len(table) == 2 + len(study["recipe"]["arms"]) and "| `vanilla` | 2 |" in table[2]
     if image_export_unavailable() is None:
-        assert set(summary["figures"]) == {"bars.png", "curves.png"}  # one `samples` level: no seed-count curve
+        # one `samples` level: no seed-count curve; PKT's extraction cost: the cost chart
+        assert set(summary["figures"]) == {"bars.png", "cost.png", "curves.png"}
         for name in summary["figures"]:
             assert (tmp_path / "docs" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:

@@ -25,6 +25,9 @@ from ui.state import PERSIST
 ACTIVE = ("queued", "running")
 MAX_DATA_BYTES = 50 * 1024 * 1024  # training data uploads (the server's own upload limit)
 INIT_LABELS = {"vanilla": "vanilla LoRA", "pissa": "PiSSA", "pkt": "PKT export"}
+DISTILL_LABELS = {S.FT_NO_DISTILL: "none", "logits": "logits (online KD)",
+                  "sequences": "sequences (offline KD)"}
+LOGIT_KD = "logits"  # the kind that takes λ and τ (paraknow.runs.distill)
 
 
 # ---------------------------------------------------------------------------------------
@@ -107,6 +110,25 @@ def export_picker(entries: list[dict]) -> dict | None:
     return entry
 
 
+def distill_widgets() -> None:
+    """Distillation from a teacher's outputs: the kind (TrainConfig's `distill` choices, or none), the
+    teacher, λ and τ; defaults, choices and help from TrainConfig's fields, ranges checked by it on launch."""
+    from paraknow.core.options import choices_of, help_of
+
+    ss = st.session_state
+    kind = ss.get(S.W_FT_DISTILL)
+    c = st.columns([2, 3, 1, 1])
+    c[0].selectbox("Distillation", [S.FT_NO_DISTILL, *choices_of(TrainConfig, "distill")], key=S.W_FT_DISTILL,
+                   **PERSIST, format_func=lambda k: DISTILL_LABELS.get(k, k), help=help_of(TrainConfig, "distill"))
+    c[1].text_input("Distillation teacher", key=S.W_FT_DISTILL_TEACHER, **PERSIST,
+                    disabled=kind == S.FT_NO_DISTILL,
+                    help=help_of(TrainConfig, "distill_teacher") + "; logit KD needs the student's tokenizer.")
+    c[2].number_input("distill weight λ", step=0.05, format="%.2f", key=S.W_FT_DISTILL_WEIGHT, **PERSIST,
+                      disabled=kind != LOGIT_KD, help=help_of(TrainConfig, "distill_weight"))
+    c[3].number_input("temperature τ", step=0.5, format="%.2f", key=S.W_FT_TEMPERATURE, **PERSIST,
+                      disabled=kind != LOGIT_KD, help=help_of(TrainConfig, "temperature"))
+
+
 # ---------------------------------------------------------------------------------------
 # Pure helpers
 
@@ -165,7 +187,20 @@ def settings_from_state(ss, train_ref: str | None, eval_ref: str | None) -> dict
                 dropout=float(ss[S.W_FT_DROPOUT]), warmup=float(ss[S.W_FT_WARMUP]),
                 max_length=int(ss[S.W_FT_MAXLEN]), eval_every=(every or None) if eval_ref else None,
                 eval_limit=int(ss[S.W_FT_EVAL_LIMIT]), eval_max_new_tokens=int(ss[S.W_FT_EVAL_TOKENS]),
-                device=ss[S.W_FT_DEVICE], dtype=ss[S.W_FT_DTYPE])
+                device=ss[S.W_FT_DEVICE], dtype=ss[S.W_FT_DTYPE], **distill_settings(ss))
+
+
+def distill_settings(ss) -> dict:
+    """The TrainConfig distillation fields of the form ({} without distillation; λ and τ only for logit
+    KD); TrainConfig.resolved() checks them (ranges, the teacher, its vocabulary) as it does the CLI's."""
+    kind = ss[S.W_FT_DISTILL]
+    if kind == S.FT_NO_DISTILL:
+        return {}
+    teacher = (ss[S.W_FT_DISTILL_TEACHER] or "").strip()
+    if not teacher:
+        raise ParaknowError("enter the distillation teacher (e.g. demo:teacher), or set Distillation to none.")
+    weights = {"distill_weight": float(ss[S.W_FT_DISTILL_WEIGHT]), "temperature": float(ss[S.W_FT_TEMPERATURE])}
+    return {"distill": kind, "distill_teacher": teacher, **(weights if kind == LOGIT_KD else {})}
 
 
 def launch_runs(settings: dict, init: str, seeds: list[int], rank: int | None = None, alpha: float | None = None,
@@ -177,6 +212,7 @@ def launch_runs(settings: dict, init: str, seeds: list[int], rank: int | None = 
     method = method_of(init)
     extra = {} if method == "pkt" else {"rank": rank, "alpha": alpha}
     tag = f"pkt {export_name}" if method == "pkt" and export_name else method
+    tag += f" + {settings['distill']} KD" if settings.get("distill") else ""
     configs = [TrainConfig(init=init, seed=seed, label=f"{tag} seed {seed}", **settings, **extra) for seed in seeds]
     for config in configs:
         config.resolved(check_out=False)

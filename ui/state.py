@@ -307,6 +307,11 @@ W_FT_ALPHA = "w_ft_alpha"
 W_FT_DROPOUT = "w_ft_dropout"
 W_FT_WARMUP = "w_ft_warmup"
 W_FT_MAXLEN = "w_ft_maxlen"
+W_FT_DISTILL = "w_ft_distill"     # FT_NO_DISTILL or one of TrainConfig's distill choices
+FT_NO_DISTILL = "none"
+W_FT_DISTILL_TEACHER = "w_ft_distill_teacher"
+W_FT_DISTILL_WEIGHT = "w_ft_distill_weight"
+W_FT_TEMPERATURE = "w_ft_temperature"
 W_FT_SEEDS = "w_ft_seeds"         # "0" or "0, 1, 2": one run per seed
 W_FT_CMP_SEEDS = "w_ft_cmp_seeds"
 W_FT_SHOW = "w_ft_show"           # run ids overlaid in the charts (None: not chosen yet)
@@ -329,7 +334,9 @@ def finetune_defaults() -> dict:
          W_FT_RANK: train("rank") or default_of(TransferConfig, "rank"),
          W_FT_ALPHA: float(train("alpha") or default_of(TransferConfig, "alpha")), W_FT_DROPOUT: train("dropout"),
          W_FT_WARMUP: train("warmup"), W_FT_MAXLEN: train("max_length"), W_FT_SEEDS: str(train("seed")),
-         W_FT_CMP_SEEDS: "0, 1, 2", W_FT_SHOW: None, **executor_defaults()}
+         W_FT_CMP_SEEDS: "0, 1, 2", W_FT_SHOW: None, W_FT_DISTILL: train("distill") or FT_NO_DISTILL,
+         W_FT_DISTILL_TEACHER: train("distill_teacher") or (get(TEACHER) or {}).get("ref") or default_refs()[0],
+         W_FT_DISTILL_WEIGHT: train("distill_weight"), W_FT_TEMPERATURE: train("temperature"), **executor_defaults()}
     for role, split in (("train", "train"), ("eval", "test")):
         d.update({W_FT_SRC + role: FT_SOURCES[0], W_FT_TASK + role: "arith", W_FT_SPLIT + role: split,
                   W_FT_PATH + role: ""})

@@ -88,15 +88,28 @@ class LogitDistillation:
         self.cost = TeacherCost()
         self.batch: dict | None = None
 
-    def teacher_logits(self, batch: dict) -> torch.Tensor:
-        """[b, s, V_T] logits of the teacher on the student's batch (no gradients)."""
+    def _forward(self, batch: dict, logits_of) -> torch.Tensor:
+        """logits_of() without gradients, its time and tokens counted in `cost` (2·params per token: the
+        estimate counts the LM head at every position even where only the completion rows are computed)."""
         start = time.perf_counter()
         with torch.no_grad():
-            logits = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits_of()
         if logits.device.type == "cuda":
             torch.cuda.synchronize(logits.device)
         self.cost.add_forward(self.params, int(batch["attention_mask"].sum()), time.perf_counter() - start)
         return logits
+
+    def teacher_logits(self, batch: dict) -> torch.Tensor:
+        """[b, s, V_T] logits of the teacher on the student's batch (no gradients)."""
+        return self._forward(batch, lambda: self.teacher(input_ids=batch["input_ids"],
+                                                         attention_mask=batch["attention_mask"]).logits)
+
+    def teacher_rows(self, batch: dict) -> torch.Tensor:
+        """[n, V_T] float32 logits of the teacher at the batch's n completion positions, the rows
+        `head_logits` gives the student (the LM head skips the prompt and padding positions)."""
+        from .train_loss import head_logits
+
+        return self._forward(batch, lambda: head_logits(self.teacher, batch)[0])
 
     def __call__(self, outputs, labels, num_items_in_batch=None):
         return distill_loss(outputs.logits, self.teacher_logits(self.batch), labels, self.weight,
@@ -115,8 +128,7 @@ def trainer_class(distillation: LogitDistillation | None):
     class DistillingTrainer(CompletionTrainer):
         def loss(self, model, inputs: dict, num_items=None) -> torch.Tensor:
             student, targets = head_logits(model, inputs)  # [n, V_S], [n]
-            keep = inputs["labels"][:, 1:] != IGNORE_INDEX  # the same rows of the teacher's logits
-            teacher = distillation.teacher_logits(inputs)[:, :-1][keep]  # [n, V_T]
+            teacher = distillation.teacher_rows(inputs)  # [n, V_T]: the same rows
             return rows_loss(student, teacher, targets, distillation.weight, distillation.temperature, num_items)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

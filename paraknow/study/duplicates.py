@@ -1,7 +1,7 @@
 """Arms that are one experiment run twice, so that they are not counted as two pieces of evidence.
 
-Two trained arms are duplicates when they have the same init, training settings and learning rates
-and -- for PKT -- exports with the same content on every seed (the same layer map and selection give
+Two trained arms are duplicates when they have the same init, training settings, distillation and
+learning rates and -- for PKT -- exports with the same content on every seed (the same layer map and selection give
 the same factors: e.g. a `cka` layer map that picks the `first` layers on this pair). The later arm
 in the recipe is the duplicate of the earlier one; its comparisons are left out of their family
 (compare.compare_all) and results.json lists it under `duplicates`. A PKT arm is judged only once
@@ -37,7 +37,7 @@ def _signature(recipe: Recipe, arm, out: Path) -> str | None:
             return None
         exports = [export_digest(p) for p in paths]
     return json.dumps({"init": arm.init, "train": recipe.train_settings(arm), "lr_sweep": arm.lr_sweep,
-                       "exports": exports}, sort_keys=True, default=str)
+                       "distill": recipe.distill_settings(arm), "exports": exports}, sort_keys=True, default=str)
 
 
 def find_duplicates(recipe: Recipe, out) -> dict[str, str]:

@@ -66,12 +66,37 @@ def records_from_csv(text: str) -> dict:
     return records
 
 
+SI_PREFIXES = ("", "k", "M", "G", "T", "P", "E")
+
+
+def si(x: float, unit: str) -> str:
+    """1.234e9, "FLOP" -> '1.23 GFLOP' (three significant digits)."""
+    power = 0
+    while abs(x) >= 1000 and power < len(SI_PREFIXES) - 1:
+        x, power = x / 1000, power + 1
+    return f"{x:.3g} {SI_PREFIXES[power]}{unit}"
+
+
+def cost_text(cost: dict | None) -> str:
+    """An arm's teacher cost in one cell: estimated FLOPs · tokens through the teacher · seconds in it
+    ('none' for a teacher-free arm, '-' where no cost was recorded)."""
+    if not cost or cost.get("teacher_flops") is None:
+        return "-"
+    if not cost["teacher_flops"] and not cost.get("teacher_tokens"):
+        return "none"
+    return (f"{si(cost['teacher_flops'], 'FLOP')} · {cost['teacher_tokens']:,.0f} tokens · "
+            f"{cost['teacher_seconds'] or 0:.1f} s")
+
+
 def arm_rows(results: dict) -> list[dict]:
-    """One display row per arm (accuracies in percent)."""
+    """One display row per arm (accuracies in percent; the teacher's cost and the training seconds are
+    the means over the arm's chosen cells, see paraknow.study.cost)."""
     return [{"arm": a["arm"], "init": a["init"], "n": a["n"], "accuracy %": _pct(a["mean"]),
              "95 % CI": _interval(a["ci95"]),
              "vs baseline": "-" if a["diff_vs_baseline"] is None else f"{100 * a['diff_vs_baseline']:+.1f}",
-             "verdict": a["verdict"]} for a in results["arms"]]
+             "teacher cost": cost_text(a.get("cost")),
+             "train s": "-" if (a.get("cost") or {}).get("train_seconds") is None else
+             f"{a['cost']['train_seconds']:.1f}", "verdict": a["verdict"]} for a in results["arms"]]
 
 
 def comparison_rows(results: dict) -> list[dict]:
@@ -160,6 +185,71 @@ def bars_figure(results: dict):
     fig.update_layout(yaxis_title="test accuracy (%), mean and 95 % CI over seeds", xaxis_title="arm",
                       xaxis={"categoryorder": "array", "categoryarray": [a["arm"] for a in arms]},
                       yaxis_rangemode="tozero", margin={"t": 40}, height=460, legend_title_text="factor")
+    return fig
+
+
+def cost_points(results: dict) -> list[dict]:
+    """The arms with a recorded cost and a paired difference with the baseline (the baseline itself at
+    0): {"arm", "factor", "flops", "tokens", "seconds", "train_seconds", "gain", "ci95"}, gains in
+    accuracy fractions."""
+    points = []
+    for a in results["arms"]:
+        cost, base = a.get("cost"), a["arm"] == results["baseline"]
+        if cost and cost.get("teacher_flops") is not None and (base or a["diff_vs_baseline"] is not None):
+            points.append({"arm": a["arm"], "factor": a.get("factor", ""), "flops": cost["teacher_flops"],
+                           "tokens": cost["teacher_tokens"], "seconds": cost["teacher_seconds"],
+                           "train_seconds": cost["train_seconds"], "gain": 0.0 if base else a["diff_vs_baseline"],
+                           "ci95": None if base else a["diff_ci95"]})
+    return points
+
+
+COST_CAPTION = ("<p>Each arm's mean paired difference with the baseline against what its teacher cost per cell "
+                "(paraknow.study.cost): PKT's sensitivity pass over the seed samples (6·params·tokens), logit "
+                "KD's teacher forward on every training batch and sequence KD's generation (2·params·tokens); "
+                "arms without a teacher sit at the left. The table's <i>teacher cost</i> column holds the same "
+                "figures with the tokens and seconds.</p>")
+
+
+def cost_figure(points: list[dict], results: dict):
+    """Gain over the baseline (accuracy points, paired 95 % CI) against the teacher's estimated FLOPs on
+    a log axis, one marker per arm coloured by factor; teacher-free arms (0 FLOPs) sit at the left edge,
+    labelled "no teacher" (the measured version of the paper's Figure 1)."""
+    import math
+
+    import plotly.graph_objects as go
+
+    paid = [p["flops"] for p in points if p["flops"] > 0]
+    low = 10 ** math.floor(math.log10(min(paid))) if paid else 1.0  # the first decade at or below the cheapest
+    high = 10 ** math.ceil(math.log10(max(paid))) if paid else 10.0
+    floor = low / 10  # where the arms without a teacher are drawn
+    colors = _factor_colors(results["arms"])
+    order = sorted(range(len(points)), key=lambda i: (points[i]["flops"], points[i]["gain"]))
+    above = {order[k]: k % 2 == 0 for k in range(len(order))}  # neighbours' names alternate above and below
+    fig = go.Figure()
+    for group, color in colors.items():
+        members = [i for i, p in enumerate(points) if p["factor"] == group]
+        if not members:
+            continue
+        textposition = ["top center" if above[i] else "bottom center" for i in members]
+        members = [points[i] for i in members]
+        fig.add_trace(go.Scatter(
+            x=[p["flops"] or floor for p in members], y=[100 * p["gain"] for p in members], mode="markers+text",
+            name=group or "arms", marker={"color": color, "size": 11}, text=[p["arm"] for p in members],
+            textposition=textposition,
+            error_y={"type": "data", "symmetric": False,
+                     "array": [100 * (p["ci95"][1] - p["gain"]) if p["ci95"] else 0 for p in members],
+                     "arrayminus": [100 * (p["gain"] - p["ci95"][0]) if p["ci95"] else 0 for p in members]},
+            customdata=[[cost_text({"teacher_flops": p["flops"], "teacher_tokens": p["tokens"],
+                                    "teacher_seconds": p["seconds"]}), p["train_seconds"] or 0] for p in members],
+            hovertemplate="%{text}<br>gain %{y:+.1f} points<br>teacher: %{customdata[0]}"
+                          "<br>training %{customdata[1]:.1f} s<extra></extra>"))
+    fig.add_hline(y=0, line_dash="dot", annotation_text=f"baseline {results['baseline']}")
+    decades = [10 ** k for k in range(round(math.log10(low)), round(math.log10(high)) + 1)]
+    fig.update_xaxes(type="log", tickvals=[floor, *decades], ticktext=["no teacher", *(si(d, "FLOP") for d in decades)],
+                     range=[math.log10(floor) - 0.3, math.log10(high) + 0.3])
+    fig.update_layout(xaxis_title="teacher cost per cell: estimated FLOPs (log scale)",
+                      yaxis_title="gain over the baseline (accuracy points, paired 95 % CI)", margin={"t": 40},
+                      height=460, legend_title_text="factor")
     return fig
 
 
@@ -258,6 +348,9 @@ def report_html(recipe: Recipe, results: dict, out=None) -> str:
     points = seed_count_points(recipe, results)
     seed_curve = "" if not points else ("<h2>Number of seed samples</h2>" + seed_count_figure(
         points, results).to_html(full_html=False, include_plotlyjs=False))
+    spent = cost_points(results)
+    cost_chart = "" if not spent else ("<h2>Gain over the baseline vs teacher cost</h2>" + COST_CAPTION + cost_figure(
+        spent, results).to_html(full_html=False, include_plotlyjs=False))
     arm_loss = arm_curves(out, results) if out is not None else []
     curves = "" if not arm_loss else ("<h2>Learning curves</h2>" + curves_figure(
         arm_loss, results).to_html(full_html=False, include_plotlyjs=False))
@@ -282,6 +375,7 @@ corrected ({html.escape(str(results.get("correction")))}) and the adjusted inter
 1 &minus; 0.05/m; equivalence margin &plusmn;{100 * results.get("equivalence_margin", 0):g} points.</p>
 {_html_table(comparison_rows(results))}
 {figure}
+{cost_chart}
 {seed_curve}
 {curves}
 <h2>Cheap signals (before training)</h2>{_html_table(signals)}

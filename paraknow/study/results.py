@@ -110,6 +110,18 @@ def _arm_signals(out: Path, by_seed: dict) -> dict | None:
             "seed_warning": next((f["seed_warning"] for f in found if f.get("seed_warning")), None)}
 
 
+def _arm_cost(by_seed: dict) -> dict | None:
+    """The mean over the arm's chosen cells (one per seed) of each key of their `cost`; None when none
+    recorded one (a control, or a study written before costs were)."""
+    from .cost import COST_KEYS
+
+    costs = [r["cost"] for r in by_seed.values() if r.get("cost")]
+    if not costs:
+        return None
+    return {key: (sum(vals) / len(vals) if (vals := [c[key] for c in costs if c.get(key) is not None]) else None)
+            for key in COST_KEYS}
+
+
 def summarize(recipe: Recipe, out, records: dict) -> dict:
     """results.json's content from {cell_id: record}."""
     from .cells import CELL_FIELDS
@@ -138,7 +150,7 @@ def summarize(recipe: Recipe, out, records: dict) -> dict:
                      "diff_ci95": None if is_base else diff.interval,
                      "verdict": _arm_verdict(arm.name, base_arm.name, comparisons, duplicates),
                      "duplicate_of": duplicates.get(arm.name),
-                     "signals": _arm_signals(out, by_seed),
+                     "signals": _arm_signals(out, by_seed), "cost": _arm_cost(by_seed),
                      "loss_mean": loss_est.mean, "loss_ci95": loss_est.interval,
                      "lr": {str(s): r.get("lr") for s, r in by_seed.items() if s is not None} or None,
                      "states": states})
