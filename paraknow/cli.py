@@ -202,7 +202,7 @@ def cmd_train(args) -> int:
     else:
         config = TrainConfig.from_args(args)
     if executor.executor == "local":
-        return run_training(config)  # in this process
+        return run_training(config, overwrite=args.overwrite)  # in this process
     return _train_dispatched(config, executor, prepared=bool(args.spec))
 
 
@@ -397,6 +397,8 @@ def _add_model_use_commands(sub) -> None:
     p = sub.add_parser("train", help="fine-tune the student's LoRA: vanilla, PiSSA or from a PKT export")
     add_options(p, TrainConfig, CLI_FIELDS)
     p.add_argument("--spec", default=None, help="run a prepared RUN_DIR/spec.json instead of the flags above")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it holds a run that has ended (only if it holds nothing but the run's files)")
     add_options(p, ExecutorConfig, EXECUTOR_OPTIONS)
     p.set_defaults(func=cmd_train)
 

@@ -136,7 +136,7 @@ class TrainConfig:
             raise ParaknowError(f"train needs {', '.join(missing)} (or --spec RUN_DIR/spec.json).")
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name in CLI_FIELDS})
 
-    def resolved(self, check_out: bool = True) -> "TrainConfig":
+    def resolved(self, check_out: bool = True, overwrite: bool = False) -> "TrainConfig":
         """Validated copy with defaults filled in and local paths made absolute. Cheap: reads
         configs, manifests and data files, loads no weights. Raises ParaknowError."""
         from ..core.architecture import DTYPES
@@ -162,7 +162,7 @@ class TrainConfig:
         if c.out is not None:
             c.out = str(output_path(c.out))
             if check_out:
-                check_out_dir(Path(c.out))
+                check_out_dir(Path(c.out), overwrite)
         student_config = load_config(c.student)  # resolves the reference and checks the family, no weights
         load_records(c.data)
         if c.eval_data:
