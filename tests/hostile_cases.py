@@ -110,23 +110,23 @@ def _case_id(command: str, dest: str, value: str) -> str:
     return f"{command}-{dest}={shown!r}"
 
 
-def cli_cases() -> list[tuple[str, list[str], str | None]]:
-    """One case per (command, option, hostile value), plus each flag given a value it does not take."""
+def cli_cases() -> list[tuple]:
+    """One case per (command, option, hostile value), plus each flag given a value it does not take:
+    (id, argv, setup, the option's flag or name, the value)."""
     cases = []
     for command, action in options():
         base = BASE[command]
+        flag = action.option_strings[0] if action.option_strings else action.dest
         if isinstance(action, argparse._StoreTrueAction):
-            cases.append((f"{command}-{action.dest}=yes", [command, *base, f"{action.option_strings[0]}=yes"],
-                          None))
+            cases.append((f"{command}-{action.dest}=yes", [command, *base, f"{flag}=yes"], None, flag, "yes"))
             continue
         for value in _values(command, action):
             setup = "dangling" if "dangling" in value else None
             if not action.option_strings:  # the positional (cache's action)
                 argv = [command, value, *base[1:]]
             else:
-                flag = action.option_strings[0]
                 argv = [command, *_without(base, flag), *NEEDS.get(action.dest, []), f"{flag}={value}"]
-            cases.append((_case_id(command, action.dest, value), argv, setup))
+            cases.append((_case_id(command, action.dest, value), argv, setup, flag, value))
     return cases
 
 

@@ -84,7 +84,7 @@ CASES = [
     ("sensitivity-samples-zero", SENS + ["--samples", "0"], 2, "samples must be a whole number at least 1", None),
     ("train-batch-zero", TRAIN + ["--batch", "0"], 2, "batch must be a whole number at least 1", None),
     ("eval-max-new-tokens-zero", ["eval", "--model", "{S}", "--data", "{D}", "--max-new-tokens", "0"], 2,
-     "--max-new-tokens must be at least 1", None),
+     "--max-new-tokens must be a whole number at least 1", None),
     ("sensitivity-device-bogus", SENS + ["--device", "gpu"], 2, "unknown device 'gpu'", None),
     ("cache-older-than-inf", ["cache", "list", "--older-than", "inf"], 2, "finite number of days", None),
     ("cache-kind-bogus", ["cache", "clear", "--kind", "everything"], 2, "invalid choice", None),

@@ -59,9 +59,9 @@ def runs_root() -> Path:
 class StatusFile:
     """status.json of a run, always replaced atomically (a reader never sees half a file).
 
-    `update(force=True)` (state changes) goes through fsio.atomic_write_json (fsync'd);
-    progress updates (`force=False`) are throttled to one per STATUS_INTERVAL_S and skip the
-    fsync, so a slow disk never stalls a training step.
+    Both go through fsio.atomic_write_json (a full disk never leaves half a file): `update(force=True)`
+    (state changes) fsync'd; progress updates (`force=False`) throttled to one per STATUS_INTERVAL_S
+    and without the fsync, so a slow disk never stalls a training step.
     """
 
     def __init__(self, run_dir: Path, enabled: bool = True):
@@ -75,14 +75,9 @@ class StatusFile:
         if not self.enabled:
             return
         now = time.monotonic()
-        if force:
+        if force or now - self._last >= STATUS_INTERVAL_S:
             self._last = now
-            atomic_write_json(self.path, self.data)
-        elif now - self._last >= STATUS_INTERVAL_S:
-            self._last = now
-            tmp = self.path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
-            os.replace(tmp, self.path)
+            atomic_write_json(self.path, self.data, fsync=force)
 
 
 def is_prepared_for_us(status: dict) -> bool:
