@@ -56,6 +56,7 @@ def offline(monkeypatch):
     """No network in tests: a hub id is refused as unreachable, never fetched; a study that got past
     every check would calibrate next (its cells' work): that is a case failing, so it raises."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read at import: every request refused
 
     def accepted(*args, **kwargs):
         raise AssertionError("the recipe was accepted: the study went on to calibrate")

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.cache import mark_entry
-from ..core.errors import ParaknowError, first_line
-from ..core.fsio import REFUSE_WAIT_S, atomic_directory, atomic_write_json, check_output_path, output_lock, output_path
+from ..core.errors import ParaknowError, first_line, os_error_message
+from ..core.fsio import (REFUSE_WAIT_S, atomic_directory, atomic_write_json, check_output_path, check_writable_parent,
+                         output_lock, output_path)
 from ..core.jobdir import SPEC_FILE, STATUS_FILE, STOP_FILE, read_json
 from ..core.processes import proc_start_time
 from .rundir import (METRIC_KEYS, METRICS_FILE, PISSA_INIT_DIR, RUN_FILES, TRAINED_DIR, TRAINER_DIR, StatusFile,
@@ -90,7 +91,11 @@ def _train(config: TrainConfig, callbacks, overwrite: bool) -> TrainOutcome:
         raise ParaknowError("the run needs an output directory (--out RUN_DIR).")
     main = is_main_process()
     run_dir = output_path(config.out)
-    check_output_path(run_dir)  # a name too long for its lock file, or a link: refused before anything
+    # a name too long for its lock file, a link, a parent that is a file or read-only: refused before anything
+    if run_dir.exists():
+        check_output_path(run_dir)
+    else:
+        check_writable_parent(run_dir)
     with output_lock(run_dir, wait_s=REFUSE_WAIT_S) if main else contextlib.nullcontext():
         return _train_locked(config, run_dir, main, callbacks, overwrite)
 
@@ -281,6 +286,9 @@ def run_training(config: TrainConfig, overwrite: bool = False) -> int:
         outcome = train(config, overwrite=overwrite)
     except ParaknowError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as exc:  # the machine refused (a name too long, disk full): said as the CLI says it
+        print(f"error: {os_error_message(exc)}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)
