@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hostile_inputs import files, place, snapshot  # noqa: F401 - files, place: fixtures
 
 from paraknow.cli import main
@@ -16,6 +17,7 @@ def _train(files, run: Path, *extra) -> list[str]:
             "--batch", "4", "--micro-batch", "4", "--rank", "4", "--device", "cpu", *extra]
 
 
+@pytest.mark.slow
 def test_train_overwrite_replaces_an_ended_run_and_refuses_anything_it_did_not_write(files, place, capsys):
     run = Path(place["TMP"]) / "run"
     assert main(_train(files, run)) == 0
