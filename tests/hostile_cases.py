@@ -10,8 +10,10 @@ arrive without its hostile cases. The recipe cases come the same way from the re
 (paraknow.transfer.recipe.KEYS, paraknow.study.recipe: RECIPE_KEYS, train_keys(), extract_keys())
 and each key's type hint (paraknow.core.options.hint_of).
 
-A case is (id, argv with {PLACEHOLDER}s of hostile_inputs' `files` and `place`, setup, recipe
-content or None). Every case must exit 2 with one line naming the option, its value or the file.
+A case is (id, family, then what its test takes: argv with {PLACEHOLDER}s of hostile_inputs' `files`
+and `place`, or the recipe changes). Its family (a command and a kind of value; a recipe block) picks
+the fast lane's representatives. Every case must exit 2 with one line naming the option, its value or
+the file.
 """
 from __future__ import annotations
 
@@ -79,20 +81,19 @@ BASE = {
 NEEDS = {"distill_teacher": ["--distill", "logits"], "address": ["--executor", "ray"]}  # what makes it matter
 
 
-def _values(command: str, action: argparse.Action) -> tuple:
-    """The hostile values of one option, from its declared type and choices (or its kind)."""
-    if isinstance(action, argparse._StoreTrueAction):
-        return ()
+def _values(command: str, action: argparse.Action) -> tuple[str, tuple]:
+    """The kind and hostile values of one option, from its declared type and choices (or its kind)."""
     if action.choices is not None:
         first = str(list(action.choices)[0])
-        return ("bogus", "", first.upper() if first.upper() != first else first + "x", "../" + first)
+        return "choice", ("bogus", "", first.upper() if first.upper() != first else first + "x", "../" + first)
     if action.type is int:
-        return INT_BAD
+        return "int", INT_BAD
     if action.type is float or (callable(action.type) and action.type is not str):
-        return FLOAT_BAD
+        return "float", FLOAT_BAD
     if action.dest == "out":
-        return OUT_KINDS[command]
-    return STRING_KINDS[action.dest]
+        return "out", OUT_KINDS[command]
+    values = STRING_KINDS[action.dest]
+    return next((name for name, known in globals().items() if known is values and name.isupper()), action.dest), values
 
 
 def options(parser=None):
@@ -112,21 +113,23 @@ def _case_id(command: str, dest: str, value: str) -> str:
 
 def cli_cases() -> list[tuple]:
     """One case per (command, option, hostile value), plus each flag given a value it does not take:
-    (id, argv, setup, the option's flag or name, the value)."""
+    (id, family: the command and the kind of value, argv, setup, the option's flag or name, the value)."""
     cases = []
     for command, action in options():
         base = BASE[command]
         flag = action.option_strings[0] if action.option_strings else action.dest
         if isinstance(action, argparse._StoreTrueAction):
-            cases.append((f"{command}-{action.dest}=yes", [command, *base, f"{flag}=yes"], None, flag, "yes"))
+            cases.append((f"{command}-{action.dest}=yes", f"{command}:flag", [command, *base, f"{flag}=yes"], None,
+                          flag, "yes"))
             continue
-        for value in _values(command, action):
+        kind, values = _values(command, action)
+        for value in values:
             setup = "dangling" if "dangling" in value else None
             if not action.option_strings:  # the positional (cache's action)
                 argv = [command, value, *base[1:]]
             else:
                 argv = [command, *_without(base, flag), *NEEDS.get(action.dest, []), f"{flag}={value}"]
-            cases.append((_case_id(command, action.dest, value), argv, setup, flag, value))
+            cases.append((_case_id(command, action.dest, value), f"{command}:{kind}", argv, setup, flag, value))
     return cases
 
 
@@ -159,12 +162,12 @@ def extract_recipe_cases() -> list[tuple[str, dict]]:
     """`extract --recipe`: each key of the app's recipe with each value that does not fit it, and an unknown key."""
     from paraknow.transfer import recipe
 
-    cases = [("extract-recipe-unknown-key", {"structur": "rowcol"})]
+    cases = [("extract-recipe-unknown-key", "keys", {"structur": "rowcol"})]
     for key in recipe.KEYS:
         hint = recipe._hint(key)
         choices = None if key in recipe.REFERENCE_KEYS else choices_of(recipe._owner(key), key)
         for value in _bad_for_hint(hint, choices) + ([""] if key in recipe.REFERENCE_KEYS else []):
-            cases.append((f"extract-recipe-{key}={json.dumps(value)[:20]}", {key: value}))
+            cases.append((f"extract-recipe-{key}={json.dumps(value)[:20]}", "values", {key: value}))
     return cases
 
 
@@ -176,14 +179,15 @@ def study_recipe_cases() -> list[tuple[str, dict]]:
     from paraknow.transfer.plan import TransferConfig
     from paraknow.transfer.sensitivity import SensitivityConfig
 
-    cases = [(f"study-recipe-{key}={json.dumps(value)[:20]}", {key: value})
+    cases = [(f"study-recipe-{key}={json.dumps(value)[:20]}", "top", {key: value})
              for key in study.RECIPE_KEYS for value in ({"an": "object"} if key != "train" else [1], -5, "")
              if not (key in ("train", "comparisons") and value == "")]
-    cases += [("study-recipe-unknown-key", {"structur": 1}), ("study-recipe-seeds-negative", {"seeds": [-1]}),
-              ("study-recipe-seeds-huge", {"seeds": [10**30]}), ("study-recipe-no-arms", {"arms": []})]
+    cases += [("study-recipe-unknown-key", "keys", {"structur": 1}),
+              ("study-recipe-seeds-negative", "seeds", {"seeds": [-1]}),
+              ("study-recipe-seeds-huge", "seeds", {"seeds": [10**30]}), ("study-recipe-no-arms", "arms", {"arms": []})]
     for key in study.train_keys():
         for value in _bad_for_hint(hint_of(TrainConfig, key), choices_of(TrainConfig, key)):
-            cases.append((f"study-recipe-train.{key}={json.dumps(value)[:20]}", {"train": {key: value}}))
+            cases.append((f"study-recipe-train.{key}={json.dumps(value)[:20]}", "train", {"train": {key: value}}))
     owners = {**dict.fromkeys(study._config_fields(SensitivityConfig), SensitivityConfig),
               **dict.fromkeys(study._config_fields(TransferConfig), TransferConfig)}
     for key in study.extract_keys():
@@ -191,6 +195,6 @@ def study_recipe_cases() -> list[tuple[str, dict]]:
         values = _bad_for_hint(hint_of(owner, key), choices_of(owner, key)) if owner else [5, "bogus"]
         for value in values:
             arm = {"name": "pkt", "init": "pkt", "extract": {key: value}}
-            cases.append((f"study-recipe-extract.{key}={json.dumps(value)[:20]}",
+            cases.append((f"study-recipe-extract.{key}={json.dumps(value)[:20]}", "extract",
                           {"arms": [{"name": "vanilla", "init": "vanilla"}, arm]}))
     return cases

@@ -2,8 +2,9 @@
 every kind of bad value, and every recipe key with values that do not fit it, run in-process
 through `paraknow.cli.main`. Each case must exit 2 with one line on stderr that names the option,
 the key, its value or the file, no traceback, and leave every file outside paraknow's cache exactly
-as it was (a snapshot before and after). The whole table is in the slow lane; one case per option
-(the first of its values) and per recipe key runs in the fast lane.
+as it was (a snapshot before and after). The whole table is in the slow lane; the first case of each
+family (a command and a kind of value: int, float, choice, model, data file, output...; a recipe
+block) runs in the fast lane.
 """
 from __future__ import annotations
 
@@ -25,13 +26,13 @@ STUDY_RECIPES = study_recipe_cases()
 
 
 def _lanes(cases):
-    """The first case of each option (its id up to '=') in the fast lane, the rest marked slow."""
+    """The first case of each family (a command and a kind of value, a recipe block) in the fast
+    lane, the rest marked slow."""
     seen, params = set(), []
-    for case in cases:
-        option = case[0].split("=")[0]
-        marks = () if option not in seen else (pytest.mark.slow,)
-        seen.add(option)
-        params.append(pytest.param(*case[1:], id=case[0], marks=marks))
+    for case_id, family, *case in cases:
+        marks = () if family not in seen else (pytest.mark.slow,)
+        seen.add(family)
+        params.append(pytest.param(*case, id=case_id, marks=marks))
     return params
 
 
