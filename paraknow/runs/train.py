@@ -91,11 +91,9 @@ def _train(config: TrainConfig, callbacks, overwrite: bool) -> TrainOutcome:
         raise ParaknowError("the run needs an output directory (--out RUN_DIR).")
     main = is_main_process()
     run_dir = output_path(config.out)
-    # a name too long for its lock file, a link, a parent that is a file or read-only: refused before anything
-    if run_dir.exists():
-        check_output_path(run_dir)
-    else:
-        check_writable_parent(run_dir)
+    check_output_path(run_dir)  # a name too long for its lock file, or a link: refused before anything
+    if not run_dir.exists():
+        check_writable_parent(run_dir)  # a parent that is a file or read-only: before its lock is taken
     with output_lock(run_dir, wait_s=REFUSE_WAIT_S) if main else contextlib.nullcontext():
         return _train_locked(config, run_dir, main, callbacks, overwrite)
 
