@@ -128,8 +128,8 @@ try:
     with st.spinner("Planning: layer map and the selection in every teacher matrix…"):
         plan = W.current_plan()
 except ParaknowError as exc:
-    st.error(f"{exc} (The rank is set on the Export page.)" if exc.setting == "rank" else str(exc),
-             icon=":material/error:")
+    st.error(W.page_message(f"{exc} (The rank is set on the Export page.)" if exc.setting == "rank" else str(exc)),
+             icon=":material/error:")  # the message may quote a value from the link: no links
     W.stop()
 
 with right:

@@ -60,7 +60,7 @@ try:
     with st.spinner("Planning: layer map and the selection in every teacher matrix…"):
         plan = W.current_plan(config)
 except ParaknowError as exc:
-    st.error(str(exc), icon=":material/error:")
+    st.error(W.page_message(str(exc)), icon=":material/error:")  # it may quote a value from the link: no links
     st.page_link(W.PAGE_MAPPING, label="Back to Mapping", icon=":material/arrow_back:")
     W.stop()
 
@@ -91,8 +91,8 @@ export = S.get(S.EXPORT)
 if export:
     manifest = export["manifest"]
     mods = manifest["modules"]
-    st.subheader(f"Export `{export['name']}`")
-    st.success(f"Saved to `{export['dir']}`: a PEFT LoRA adapter for `{manifest['student']}`"
+    st.subheader(f"Export {W.md_code(export['name'])}")
+    st.success(f"Saved to {W.md_code(export['dir'])}: a PEFT LoRA adapter for {W.md_code(manifest['student'])}"
                + (", its `residual/` companion" if manifest["mode"] == "residual" else "")
                + ", `selection.safetensors` and the manifest `paraknow.json`.", icon=":material/check_circle:")
     m1, m2, m3, m4 = st.columns(4)

@@ -131,7 +131,7 @@ with load_tab:
     loaded_recipe()
 notice = ss.get(S.ST_NOTICE)
 if notice:
-    (st.error if notice[0] == "error" else st.success)(notice[1])
+    (st.error if notice[0] == "error" else st.success)(W.page_message(notice[1]))  # it may quote the recipe
     ss[S.ST_NOTICE] = None
 with W.show_errors("checking the recipe"):
     recipe_dict = ss[S.ST_RECIPE] or built

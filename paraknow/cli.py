@@ -202,7 +202,7 @@ def cmd_train(args) -> int:
     else:
         config = TrainConfig.from_args(args)
     if executor.executor == "local":
-        return run_training(config)  # in this process
+        return run_training(config, overwrite=args.overwrite)  # in this process
     return _train_dispatched(config, executor, prepared=bool(args.spec))
 
 
@@ -222,8 +222,7 @@ def _train_dispatched(config, executor, prepared: bool) -> int:
         code = dispatch.wait()
     except KeyboardInterrupt:
         jobs.stop(run_dir)
-        print("stopping at the next step (the adapter is saved); Ctrl-C again stops waiting", file=sys.stderr,
-              flush=True)
+        print("stopping at the next step (the adapter is saved); Ctrl-C again stops waiting", file=sys.stderr, flush=True)
         code = dispatch.wait()
     state = jobs.settle(run_dir, code)
     status = jobs.read_status(run_dir)
@@ -402,6 +401,7 @@ def _add_model_use_commands(sub) -> None:
     p = sub.add_parser("train", help="fine-tune the student's LoRA: vanilla, PiSSA or from a PKT export")
     add_options(p, TrainConfig, CLI_FIELDS)
     p.add_argument("--spec", default=None, help="run a prepared RUN_DIR/spec.json instead of the flags above")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an ended run and nothing else")
     add_options(p, ExecutorConfig, EXECUTOR_OPTIONS)
     p.set_defaults(func=cmd_train)
 

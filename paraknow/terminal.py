@@ -45,3 +45,12 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, and an option given an empty value (`--data ""`: a shell variable left unset)
+        is a usage error, never read as "not given"."""
+        parsed = super().parse_args(args, namespace)
+        empty = next((name for name, value in vars(parsed).items() if value == ""), None)
+        if empty is not None:
+            self.error(f"--{empty.replace('_', '-')} is empty: give it a value or leave it out")
+        return parsed

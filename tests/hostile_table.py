@@ -3,8 +3,9 @@
     python tests/hostile_table.py            # writes docs/results/hostile_inputs.json
     python tests/hostile_table.py --out F    # elsewhere
 
-The table is the tests listed in HOSTILE (pytest node ids): every case asserts its exit code, its one
-line and that nothing outside paraknow's own files changed. A case is `clean` when its test passed,
+The table is the tests listed in HOSTILE (pytest node ids), the slow lane included: every case asserts
+its exit code, its one line and that nothing outside paraknow's own files changed. Most cases are
+generated from the config boundary (tests/hostile_cases.py) and run in-process. A case is `clean` when its test passed,
 not clean when it failed, and `clean: null` when it could not run here (skipped, with the reason:
 e.g. permission bits as root); the file records every case, the counts and where the figures came
 from (paraknow.core.provenance).
@@ -27,6 +28,11 @@ from paraknow.core.fsio import atomic_write_json  # noqa: E402 - after the path 
 from paraknow.core.provenance import RESULTS_DIR, provenance  # noqa: E402
 
 HOSTILE = [
+    "tests/test_hostile_options.py",  # generated: every option x every kind of bad value, every recipe key
+    "tests/test_hostile_cache.py",  # a converted model's checksum; damaged entries converted again
+    "tests/test_hostile_overwrite.py",  # train --overwrite replaces only what paraknow wrote
+    "tests/test_hostile_disk.py",  # a full disk never leaves half a file
+    "tests/test_hostile_ranks.py",  # a NaN loss on one rank fails the run on every rank
     "tests/test_cli_hardening.py",  # the command line: flags, files, outputs, the machine refusing
     "tests/test_study_recipe.py::test_hostile_study_recipe_exits_2_with_one_line_and_writes_nothing",
     "tests/test_study_recipe.py::test_cli_unknown_key_exits_2_with_one_line_and_writes_nothing",

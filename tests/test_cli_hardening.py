@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import struct
 import subprocess
 import sys
 import threading
@@ -18,129 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
+from hostile_inputs import files, place, prepare, small_gguf, snapshot  # noqa: F401 - files, place: fixtures
 
 from paraknow.cli import main
-from paraknow.core import fsio, gguf_models, models
+from paraknow.core import gguf_models, models
 from paraknow.core.errors import ParaknowError
 from paraknow.core.fsio import atomic_directory, atomic_write_json, lock_path, output_lock
 from paraknow.core.paths import cache_dir
-from paraknow.core.records import to_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _save(model, path: Path, tokenizer=True) -> Path:
-    model.save_pretrained(path)
-    if tokenizer:
-        make_tokenizer().save_pretrained(path)
-    return path
-
-
-def _gguf_header(path: Path, payload: bytes) -> None:
-    """A GGUF v3 file: valid magic, version and counts, then `payload` as its metadata."""
-    path.write_bytes(b"GGUF" + struct.pack("<I", 3) + struct.pack("<Q", 1) + struct.pack("<Q", 5) + payload)
-
-
-def _small_gguf(path: Path) -> None:
-    """A well-formed GGUF holding one [50, 16] tensor (not a complete model)."""
-    import gguf
-    import numpy as np
-
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((50, 16), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """Models (good and damaged), data files and GGUFs shared by the table's cases (read-only)."""
-    root = tmp_path_factory.mktemp("inputs")
-    teacher = _save(tiny_llama(layers=4, hidden=96, ffn=192, heads=6, kv_heads=2, seed=1), root / "teacher")
-    student = _save(tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2), root / "student")
-    paths = {"T": teacher, "S": student}
-    weights = student / "model.safetensors"
-    for name in ("trunc", "random", "shape", "notok", "missing", "badtok", "nan", "zero"):
-        paths[name] = _save(tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2), root / name,
-                            tokenizer=name != "notok")
-    blob = weights.read_bytes()
-    (paths["trunc"] / "model.safetensors").write_bytes(blob[: len(blob) // 2])
-    (paths["random"] / "model.safetensors").write_bytes(hashlib.sha256(b"x").digest() * 200)
-    tensors = load_file(weights)
-    save_file({**tensors, "model.layers.0.mlp.up_proj.weight": torch.zeros(7, 3)},
-              paths["shape"] / "model.safetensors", metadata={"format": "pt"})
-    save_file({k: v for k, v in tensors.items() if k != "model.layers.1.self_attn.k_proj.weight"},
-              paths["missing"] / "model.safetensors", metadata={"format": "pt"})
-    (paths["badtok"] / "tokenizer.json").write_text("{garbage")
-    save_file({**tensors, "model.layers.1.self_attn.q_proj.weight": torch.full((64, 64), float("nan"))},
-              paths["nan"] / "model.safetensors", metadata={"format": "pt"})
-    save_file({k: torch.zeros_like(v) for k, v in tensors.items()}, paths["zero"] / "model.safetensors",
-              metadata={"format": "pt"})
-    config = json.loads((paths["missing"] / "config.json").read_text())
-    paths["neg"] = _save(tiny_llama(layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, seed=2), root / "neg")
-    (paths["neg"] / "config.json").write_text(json.dumps({**config, "num_hidden_layers": -3}))
-    adapter_config = {"r": 4, "lora_alpha": 4, "target_modules": ["q_proj"], "peft_type": "LORA",
-                      "task_type": "CAUSAL_LM", "base_model_name_or_path": str(student)}
-    for name, weights in (("badad", "adapter_model.safetensors"), ("pickled", "adapter_model.bin"),
-                          ("badexp", "adapter_model.safetensors")):
-        (root / name).mkdir()
-        (root / name / "adapter_config.json").write_text(json.dumps(adapter_config))
-        (root / name / weights).write_bytes(b"\x10" + bytes(7) + b"{garbage}" * 10)  # a header that is not JSON
-        paths[name] = root / name
-    (paths["badexp"] / "paraknow.json").write_text(json.dumps({"rank": 4, "alpha": 4, "mode": "additive",
-                                                               "student": str(student)}))
-    paths["overrides"] = root / "overrides.json"
-    paths["overrides"].write_text(json.dumps({"teacher": str(teacher), "student": str(student),
-                                              "data": str(root / "seeds.jsonl"), "samples": 4,
-                                              "overrides": {"model.layers.9.self_attn.q_proj": [0, 0]}}))
-    paths["empty"] = root / "empty.jsonl"
-    paths["empty"].write_text('{"text": "fine"}\n{"text": ""}\n')
-    paths["D"] = root / "seeds.jsonl"
-    paths["D"].write_text(to_jsonl(SEED_RECORDS))
-    paths["deep"] = root / "deep.jsonl"
-    paths["deep"].write_text('{"text": "fine"}\n{"text": "x", "extra": ' + "[" * 5000 + "]" * 5000 + "}\n")
-    paths["gguf"] = root / "corrupt.gguf"
-    _gguf_header(paths["gguf"], bytes(range(256)) * 2)
-    return {k: str(v) for k, v in paths.items()}
-
-
-@pytest.fixture
-def place(tmp_path, monkeypatch):
-    """This case's folder: a foreign project (V), a previous export (E), a file (F), a prepared
-    spec with a wrong type (W) and one that is not an object (L); `.` and `~` point at V."""
-    victim = tmp_path / "project"
-    victim.mkdir()
-    (victim / "notes.txt").write_text("my work\n")
-    export = tmp_path / "old_export"
-    export.mkdir()
-    (export / "paraknow.json").write_text('{"rank": 4}\n')
-    (export / "adapter_model.safetensors").write_bytes(b"old")
-    (tmp_path / "plain.txt").write_text("a file\n")
-    for name in ("typed", "listed"):
-        (tmp_path / name).mkdir()
-    monkeypatch.chdir(victim)
-    monkeypatch.setenv("HOME", str(victim))
-    return {"V": str(victim), "E": str(export), "F": str(tmp_path / "plain.txt"), "TMP": str(tmp_path),
-            "W": str(tmp_path / "typed" / "spec.json"), "L": str(tmp_path / "listed" / "spec.json")}
-
-
-def _snapshot(*roots) -> dict:
-    """Every path under the roots (the runtime cache aside) with its kind and content hash."""
-    seen = {}
-    for root in roots:
-        for path in sorted(Path(root).rglob("*")):
-            if "cache" in path.relative_to(root).parts[:1]:
-                continue
-            seen[str(path)] = (f"link to {os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir()
-                               else hashlib.sha256(path.read_bytes()).hexdigest())
-    return seen
 
 
 EXTRACT = ["extract", "--teacher", "{T}", "--student", "{S}", "--data", "{D}"]
@@ -199,7 +84,7 @@ CASES = [
     ("sensitivity-samples-zero", SENS + ["--samples", "0"], 2, "samples must be a whole number at least 1", None),
     ("train-batch-zero", TRAIN + ["--batch", "0"], 2, "batch must be a whole number at least 1", None),
     ("eval-max-new-tokens-zero", ["eval", "--model", "{S}", "--data", "{D}", "--max-new-tokens", "0"], 2,
-     "--max-new-tokens must be at least 1", None),
+     "--max-new-tokens must be a whole number at least 1", None),
     ("sensitivity-device-bogus", SENS + ["--device", "gpu"], 2, "unknown device 'gpu'", None),
     ("cache-older-than-inf", ["cache", "list", "--older-than", "inf"], 2, "finite number of days", None),
     ("cache-kind-bogus", ["cache", "clear", "--kind", "everything"], 2, "invalid choice", None),
@@ -269,27 +154,10 @@ CASES = [
 ]
 
 
-def _prepare(setup, place, monkeypatch) -> None:
-    """The machine-level setups: a writer that finds the disk full, a cache that is a file, links."""
-    tmp = Path(place["TMP"])
-    if setup == "enospc":
-        def full(*args, **kwargs):
-            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
-                                  'message: "No space left on device" })')
-        monkeypatch.setattr(fsio, "save_file", full)
-    if setup == "cache-file":
-        monkeypatch.setenv("PARAKNOW_CACHE", place["F"])
-    if setup == "dangling":
-        for name in ("dangling", "dangling.safetensors"):
-            (tmp / name).symlink_to(tmp / "nowhere" / name)
-    if setup == "linked":
-        (tmp / "linked").symlink_to(place["E"], target_is_directory=True)
-
-
 @pytest.mark.parametrize("argv, code, fragment, setup", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_hostile_cli_input(files, place, argv, code, fragment, setup, capsys, monkeypatch):
     names = {**files, **place}
-    _prepare(setup, place, monkeypatch)
+    prepare(setup, place, monkeypatch)
     if setup == "spec":
         Path(place["W"]).write_text(json.dumps({"student": files["S"], "data": files["D"], "epochs": "3"}))
         Path(place["L"]).write_text("[1, 2]")
@@ -300,7 +168,7 @@ def test_hostile_cli_input(files, place, argv, code, fragment, setup, capsys, mo
     if setup == "residual-notes":
         Path(place["E"], "residual").mkdir()
         Path(place["E"], "residual", "mine.txt").write_text("mine\n")
-    before = _snapshot(place["TMP"], Path(files["S"]).parent)
+    before = snapshot(place["TMP"], Path(files["S"]).parent)
     try:
         got = main([arg.format(**names) for arg in argv])
     except SystemExit as exc:  # argparse's own usage errors
@@ -310,7 +178,7 @@ def test_hostile_cli_input(files, place, argv, code, fragment, setup, capsys, mo
     assert got == code
     assert fragment in err, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert _snapshot(place["TMP"], Path(files["S"]).parent) == before  # nothing touched, nothing left behind
+    assert snapshot(place["TMP"], Path(files["S"]).parent) == before  # nothing touched, nothing left behind
     if setup == "memo":  # a damaged memo is a cache miss, rewritten as valid JSON
         memo = json.loads((cache_dir("models") / "gguf_hashes.json").read_text())
         assert list(memo.values()) == [hashlib.sha256(Path(files["gguf"]).read_bytes()).hexdigest()]
@@ -433,7 +301,7 @@ def test_atomic_directory_refuses_a_foreign_folder(tmp_path):
 
 def test_gguf_memory_check_reads_the_header_before_dequantising(tmp_path, monkeypatch):
     path = tmp_path / "small.gguf"
-    _small_gguf(path)
+    small_gguf(path)
     assert gguf_models.gguf_float32_bytes(path) == 50 * 16 * 4  # from the header's shapes alone
     monkeypatch.setattr(gguf_models, "available_memory_bytes", lambda device: 1000)
     with pytest.raises(ParaknowError, match=r"de-quantising small.gguf needs about .* GiB of RAM"):

@@ -167,7 +167,8 @@ def test_exception_marks_the_run_failed(tmp_path, capsys, monkeypatch):
     def boom():
         raise RuntimeError("synthetic failure")
 
-    monkeypatch.setattr(train_module, "train", lambda cfg, _train=train: _train(cfg, callbacks=[_AtStep(1, boom)]))
+    monkeypatch.setattr(train_module, "train", lambda cfg, overwrite=False, _train=train:
+                        _train(cfg, callbacks=[_AtStep(1, boom)], overwrite=overwrite))
     assert run_training(config_for(tmp_path, student, epochs=3)) == 1
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "failed" and "synthetic failure" in status["error"]
@@ -246,16 +247,28 @@ def test_same_command_under_a_two_process_launcher(tmp_path):
     original_with_adapter(student, out / "adapter")  # a plain LoRA for the original student
 
 
-def test_a_diverging_run_fails_at_the_first_non_finite_loss_and_saves_no_adapter(tmp_path, capsys):
+def test_a_diverging_run_fails_at_the_first_non_finite_loss_and_saves_no_adapter(tmp_path, capsys, monkeypatch):
+    """The loss turns NaN from the third micro-batch on (as at a rate that overflows the weights; rates
+    above MAX_LR are refused before training, and below it the tiny model saturates instead)."""
+    from paraknow.runs import train_loss
+
+    original, calls = train_loss.CompletionTrainer.compute_loss, []
+
+    def diverging(self, *args, **kwargs):
+        calls.append(1)
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if len(calls) > 2 else loss
+
+    monkeypatch.setattr(train_loss.CompletionTrainer, "compute_loss", diverging)
     student = save_student(tmp_path)
     data = write_data(tmp_path, SEED_RECORDS * 2)
     run = tmp_path / "run"
-    argv = ["train", "--student", str(student), "--data", str(data), "--out", str(run), "--lr", "1e30",
+    argv = ["train", "--student", str(student), "--data", str(data), "--out", str(run), "--lr", "1e-3",
             "--epochs", "3", "--batch", "2", "--micro-batch", "2", "--rank", "4", "--device", "cpu"]
     capsys.readouterr()
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: training diverged: the ") and "lr 1e+30" in err and len(err.splitlines()) == 1
+    assert err.startswith("error: training diverged: the ") and "at step 3 (lr " in err and len(err.splitlines()) == 1
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "failed" and status["error"] == err.removeprefix("error: ")
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ParaknowError
-from .fsio import atomic_write_json, is_locked, output_lock, read_header_metadata
+from .fsio import atomic_write_json, is_locked, output_lock, read_header_metadata, sha256_file
 from .jobdir import BUSY_STATES, read_status
 from .paths import cache_root
 from .validate import check_number
@@ -129,13 +129,56 @@ def marker(kind: str, key: str, **extra) -> dict:
     return {"kind": kind, "key": key, "version": MARKER_VERSION, **extra}
 
 
-def mark_entry(directory, final=None) -> None:
+def mark_entry(directory, final=None, checksum: bool = False) -> None:
     """Write the marker into `directory` when `final` (default: `directory` itself; the place a
-    temporary folder becomes) is a cache entry's place; elsewhere (an --out of the user's) nothing."""
+    temporary folder becomes) is a cache entry's place; elsewhere (an --out of the user's) nothing.
+    `checksum`: list every file already in `directory` with its size, modification time and sha256
+    (`file_listing`), so `is_intact` can tell a damaged entry (write it once the files are in place)."""
     final = Path(final if final is not None else directory)
     kind = kind_of(final)
     if kind is not None:
-        atomic_write_json(Path(directory) / MARKER_FILE, marker(kind, final.name))
+        extra = {"files": file_listing(directory)} if checksum else {}
+        atomic_write_json(Path(directory) / MARKER_FILE, marker(kind, final.name, **extra))
+
+
+def file_listing(directory) -> dict:
+    """{relative path: {"size", "mtime_ns", "sha256"}} of every file under `directory` but its marker."""
+    directory = Path(directory)
+    listing = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MARKER_FILE):
+        stat = path.stat()
+        listing[path.relative_to(directory).as_posix()] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                                            "sha256": sha256_file(path)}
+    return listing
+
+
+def is_intact(directory) -> bool:
+    """Whether a folder entry marked with a file listing still holds exactly those files with their
+    content: sizes compared always, a file's sha256 read again only when its modification time
+    changed (so the check is cheap on every use). True for an entry whose marker lists no files."""
+    directory = Path(directory)
+    listing = (read_marker(directory) or {}).get("files")
+    if listing is None:
+        return True
+    if not isinstance(listing, dict) or set(listing) != set(file_listing_names(directory)):
+        return False
+    for name, want in listing.items():
+        try:
+            stat = (directory / name).stat()
+        except OSError:
+            return False
+        if not isinstance(want, dict) or stat.st_size != want.get("size"):
+            return False
+        if stat.st_mtime_ns != want.get("mtime_ns") and sha256_file(directory / name) != want.get("sha256"):
+            return False
+    return True
+
+
+def file_listing_names(directory) -> list[str]:
+    """The relative paths `file_listing` would list (no hashing)."""
+    directory = Path(directory)
+    return [p.relative_to(directory).as_posix() for p in directory.rglob("*")
+            if p.is_file() and p.name != MARKER_FILE]
 
 
 def read_marker(path) -> dict | None:

@@ -1,5 +1,7 @@
 """GGUF model files: the bundled SmolLM2 file, and any .gguf de-quantised once into
-cache/models/gguf-<sha>/ (safetensors + tokenizer), keyed by a memoised content hash.
+cache/models/gguf-<sha>/ (safetensors + tokenizer), keyed by a memoised content hash. The entry's
+marker lists its files with their sha256; an entry whose files changed since (truncated, altered,
+missing) is converted again in its place, never used.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .architecture import check_family
-from .cache import enforce_cap, mark_entry, touch
+from .cache import MARKER_FILE, enforce_cap, is_intact, is_marked, mark_entry, touch
 from .errors import ParaknowError, first_line
 from .fsio import atomic_directory, atomic_write_json, output_lock, sha256_file
 from .memory import available_memory_bytes
@@ -83,7 +85,7 @@ def convert_gguf(path: Path, progress=None, sha256: str | None = None) -> Path:
     take turns (the second finds the result). `sha256`: the file's hash when the caller has
     just verified it (not computed again)."""
     target = converted_path(sha256 or _gguf_hash(path))
-    if (target / "config.json").exists():
+    if _converted(target):
         touch(target)
         return target
     needed, free = gguf_float32_bytes(path), available_memory_bytes("cpu")
@@ -92,10 +94,20 @@ def convert_gguf(path: Path, progress=None, sha256: str | None = None) -> Path:
                             f"but only {free / 2**30:.1f} GiB is free: close other programs or use a machine "
                             "with more memory.")
     with output_lock(target):
-        if not (target / "config.json").exists():
+        if not _converted(target):  # missing, or damaged since: converted again in its place
             _dequantise(path, target, progress)
     enforce_cap(keep=target)
     return target
+
+
+def _converted(target: Path) -> bool:
+    """Whether `target` holds a complete conversion: every file its marker lists unchanged
+    (paraknow.core.cache.is_intact: a truncated or altered file is a damaged entry). An entry
+    without a marker (converted by a paraknow older than the markers) is used as it is: it is not
+    paraknow's to replace."""
+    if not (target / "config.json").exists():
+        return False
+    return not is_marked("models", target) or is_intact(target)
 
 
 def _dequantise(path: Path, target: Path, progress=None) -> None:
@@ -119,10 +131,10 @@ def _dequantise(path: Path, target: Path, progress=None) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with atomic_directory(target) as tmp:
-        mark_entry(tmp, target)
+    with atomic_directory(target, replaces=MARKER_FILE) as tmp:  # replaces only a damaged entry paraknow made
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        mark_entry(tmp, target, checksum=True)  # after the files: the marker lists them with their sha256
     if progress:
         progress(1, 1, "converted")
 

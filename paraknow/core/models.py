@@ -98,7 +98,10 @@ def load_config(ref: str, trust_remote_code: bool = False):
         raise ParaknowError(f"could not load the config of '{ref}': {first_line(exc).rstrip('.')}; {advice}.")
     except ValueError as exc:
         raise ParaknowError(f"'{ref}' has a config transformers does not know: {first_line(exc)}")
-    check_family(config)
+    try:
+        check_family(config)
+    except ParaknowError as exc:
+        raise ParaknowError(f"{ref}: {exc}") from None  # which of the models (teacher or student)
     if Path(source).is_dir():
         check_model_files(Path(source), ref, config)
     return config

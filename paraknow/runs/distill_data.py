@@ -103,7 +103,12 @@ def run_distill_data(teacher_ref: str, data_ref: str, out, max_new_tokens: int, 
     out = Path(out).expanduser()
     if out.is_dir():
         raise ParaknowError(f"--out {out} is a directory; give a .jsonl file path.")
+    if out.suffix != ".jsonl":
+        raise ParaknowError(f"--out {out} must end in .jsonl (the teacher's completions are JSON lines).")
     check_writable_parent(out)
+    if out.exists():  # a data file of the user's, maybe the input itself: never replaced
+        raise ParaknowError(f"--out {out} already exists; paraknow never replaces a file it may not have made: "
+                            "choose a new .jsonl name, or remove it first.")
     records = load_records(data_ref)
     distilled, cost = teacher_records(teacher_ref, records, max_new_tokens, batch_size, device)
     atomic_write_text(out, to_jsonl(distilled))

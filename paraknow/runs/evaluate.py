@@ -25,7 +25,7 @@ from ..core.errors import ParaknowError
 from ..core.options import option
 from ..core.records import split_conversation
 from ..core.tasks import score
-from ..core.validate import check_count
+from ..core.validate import MAX_LENGTH, check_count
 
 Progress = Callable[[int, int, str], None]
 
@@ -264,8 +264,7 @@ def run_eval(model_ref: str, data_ref: str, adapter: str | None = None, max_new_
     from ..core.models import load_model
     from ..transfer.lora import attach_adapter
 
-    if max_new_tokens < 1:
-        raise ParaknowError("--max-new-tokens must be at least 1.")
+    check_count("--max-new-tokens", max_new_tokens, maximum=MAX_LENGTH)
     check_mode(match)
     if limit is not None:
         check_count("--limit", limit)

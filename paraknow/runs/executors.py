@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import re
 import socket
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -222,6 +223,9 @@ class RayDispatch:
         return code
 
 
+RAY_ADDRESS_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$")  # HOST:PORT
+
+
 def _check_reachable(address: str | None, timeout_s: float = REACH_TIMEOUT_S) -> None:
     """A HOST:PORT (or ray://HOST:PORT) that nothing answers on is refused at once: Ray itself
     keeps retrying it for minutes."""
@@ -254,6 +258,11 @@ class RayExecutor:
 
     @staticmethod
     def check(config: ExecutorConfig) -> None:
+        address = config.address
+        if address is not None and address not in ("auto", "local") and \
+                not RAY_ADDRESS_RE.match(address.removeprefix("ray://")):
+            raise ParaknowError(f"--address {address!r} is not a Ray address: give HOST:PORT or ray://HOST:PORT "
+                                "(`ray status` on the head shows it), auto, or drop --address.")
         import_ray()
 
     @staticmethod

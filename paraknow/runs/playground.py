@@ -18,6 +18,7 @@ import torch
 from ..core.data import IGNORE_INDEX, encode, per_token_loss
 from ..core.errors import ParaknowError
 from ..core.records import split_conversation
+from ..core.validate import MAX_LENGTH, check_count
 from ..transfer.lora import MANIFEST_FILE
 from .evaluate import generate_completions, is_correct
 
@@ -46,8 +47,7 @@ def user_record(prompt: str, completion: str = "") -> dict:
 
 def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
     """Greedy completion of `prompt` as a user turn (the model in eval mode: deterministic)."""
-    if max_new_tokens < 1:
-        raise ParaknowError("--max-new-tokens must be at least 1.")
+    check_count("--max-new-tokens", max_new_tokens, maximum=MAX_LENGTH)
     return generate_completions(model, tokenizer, [user_record(prompt)], max_new_tokens, batch_size=1)[0]
 
 
@@ -80,8 +80,7 @@ def run_generate(model_ref: str, prompt: str, adapter: str | None = None,
     from ..transfer.lora import attach_adapter
 
     user_record(prompt)  # check the input before loading anything
-    if max_new_tokens < 1:
-        raise ParaknowError("--max-new-tokens must be at least 1.")
+    check_count("--max-new-tokens", max_new_tokens, maximum=MAX_LENGTH)
     model, tokenizer = load_model(model_ref, device=device)
     if adapter:
         model = attach_adapter(model, adapter, model_ref)

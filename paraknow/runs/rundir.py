@@ -22,9 +22,10 @@ import os
 import time
 from pathlib import Path
 
+from ..core.cache import MARKER_FILE
 from ..core.errors import ParaknowError
-from ..core.fsio import atomic_write_json, check_writable_parent, zip_folder
-from ..core.jobdir import SPEC_FILE, STATUS_FILE, TERMINAL_STATES, read_json, request_stop
+from ..core.fsio import atomic_write_json, check_writable_parent, foreign_file, zip_folder
+from ..core.jobdir import LOG_FILE, SPEC_FILE, STATUS_FILE, STOP_FILE, TERMINAL_STATES, read_json, request_stop
 from ..core.jobdir import read_status as read_job_status
 from ..core.paths import cache_dir
 
@@ -37,6 +38,10 @@ METRIC_KEYS = ("step", "epoch", "loss", "lr", "grad_norm")
 EVAL_KEYS = ("eval_loss", "eval_accuracy")
 STATUS_INTERVAL_S = 1.0  # status.json is rewritten at most this often while training (plus on changes)
 _Number = int | float
+# every path a run directory consists of (ADAPTER_DIR's files: paraknow.transfer.lora's names): `train
+# --overwrite` replaces a finished, failed or stopped run holding these and nothing else
+RUN_FILES = frozenset({SPEC_FILE, STATUS_FILE, METRICS_FILE, LOG_FILE, STOP_FILE, MARKER_FILE, ADAPTER_DIR,
+                       f"{ADAPTER_DIR}/adapter_config.json", f"{ADAPTER_DIR}/adapter_model.safetensors"})
 STATUS_TYPES = {  # status.json fields whose type the readers rely on
     "state": str, "phase": str | None, "pid": int | None, "pid_start": int | None, "host": str | None,
     "created": _Number | None, "started": _Number | None, "launched": _Number | None,
@@ -54,9 +59,9 @@ def runs_root() -> Path:
 class StatusFile:
     """status.json of a run, always replaced atomically (a reader never sees half a file).
 
-    `update(force=True)` (state changes) goes through fsio.atomic_write_json (fsync'd);
-    progress updates (`force=False`) are throttled to one per STATUS_INTERVAL_S and skip the
-    fsync, so a slow disk never stalls a training step.
+    Both go through fsio.atomic_write_json (a full disk never leaves half a file): `update(force=True)`
+    (state changes) fsync'd; progress updates (`force=False`) throttled to one per STATUS_INTERVAL_S
+    and without the fsync, so a slow disk never stalls a training step.
     """
 
     def __init__(self, run_dir: Path, enabled: bool = True):
@@ -70,14 +75,9 @@ class StatusFile:
         if not self.enabled:
             return
         now = time.monotonic()
-        if force:
+        if force or now - self._last >= STATUS_INTERVAL_S:
             self._last = now
-            atomic_write_json(self.path, self.data)
-        elif now - self._last >= STATUS_INTERVAL_S:
-            self._last = now
-            tmp = self.path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.data, indent=2) + "\n")
-            os.replace(tmp, self.path)
+            atomic_write_json(self.path, self.data, fsync=force)
 
 
 def is_prepared_for_us(status: dict) -> bool:
@@ -89,8 +89,10 @@ def is_prepared_for_us(status: dict) -> bool:
         status.get("pid") in (None, os.getpid())
 
 
-def check_out_dir(out: Path) -> None:
-    """A run directory must be new, empty, or prepared by `paraknow.runs.jobs` for this process."""
+def check_out_dir(out: Path, overwrite: bool = False) -> None:
+    """A run directory must be new, empty, or prepared by `paraknow.runs.jobs` for this process;
+    with `overwrite`, also a run that has ended (finished, failed or stopped) holding only the files
+    a run writes (RUN_FILES): anything else there is named and refused, never deleted."""
     if not out.exists():
         check_writable_parent(out)
         return
@@ -106,11 +108,17 @@ def check_out_dir(out: Path) -> None:
         raise ParaknowError(f"--out {out} is a non-empty directory that is not a paraknow run; paraknow "
                             "never writes into it: choose a new run directory.")
     settled = read_status(out)  # a `running` run whose process is gone (SIGKILL) is settled as failed here
+    if overwrite and settled.get("state") in TERMINAL_STATES:
+        if (foreign := foreign_file(out, RUN_FILES)) is not None:
+            raise ParaknowError(f"--out {out} holds {foreign}, which paraknow did not write; paraknow never "
+                                "deletes it: move it out, or choose a new run directory.")
+        return
     if status.get("state") == "running" and settled.get("state") != "running":
         raise ParaknowError(f"--out {out} holds a run whose process (pid {status.get('pid')}) died without "
-                            f"finishing; it is marked {settled.get('state')} now. To run it again there, remove "
-                            f"it (rm -r {out}) and rerun; or choose a new run directory.")
-    raise ParaknowError(f"--out {out} already holds a run (state {settled.get('state', 'unknown')}); "
+                            f"finishing; it is marked {settled.get('state')} now. To run it again there, add "
+                            f"--overwrite (or remove it: rm -r {out}); or choose a new run directory.")
+    again = " (--overwrite replaces it)" if settled.get("state") in TERMINAL_STATES else ""
+    raise ParaknowError(f"--out {out} already holds a run (state {settled.get('state', 'unknown')}){again}; "
                         "choose a new run directory.")
 
 

@@ -34,11 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.cache import mark_entry
-from ..core.errors import ParaknowError, first_line
-from ..core.fsio import REFUSE_WAIT_S, atomic_directory, atomic_write_json, check_output_path, output_lock, output_path
+from ..core.errors import ParaknowError, first_line, os_error_message
+from ..core.fsio import (REFUSE_WAIT_S, atomic_directory, atomic_write_json, check_output_path, check_writable_parent,
+                         output_lock, output_path)
 from ..core.jobdir import SPEC_FILE, STATUS_FILE, STOP_FILE, read_json
 from ..core.processes import proc_start_time
-from .rundir import METRIC_KEYS, METRICS_FILE, PISSA_INIT_DIR, TRAINED_DIR, TRAINER_DIR, StatusFile, is_prepared_for_us
+from .rundir import (METRIC_KEYS, METRICS_FILE, PISSA_INIT_DIR, RUN_FILES, TRAINED_DIR, TRAINER_DIR, StatusFile,
+                     is_prepared_for_us)
 from .train_config import CLI_FIELDS, PISSA_EMBEDDING_NOTE, TrainConfig, is_main_process, load_spec, world_size
 from .train_model import build_model, save_adapter, train_device
 
@@ -57,19 +59,21 @@ class TrainOutcome:
     extra: dict = field(default_factory=dict)
 
 
-def train(config: TrainConfig, callbacks=()) -> TrainOutcome:
+def train(config: TrainConfig, callbacks=(), overwrite: bool = False) -> TrainOutcome:
     """Run one training job in this process and return its outcome.
 
     Raises ParaknowError for bad input (nothing left behind in a RUN_DIR this call created;
     a RUN_DIR prepared by paraknow.runs.jobs is marked failed); any other exception marks the run
-    failed and is re-raised. `callbacks` are extra transformers TrainerCallbacks. The main
+    failed and is re-raised. `callbacks` are extra transformers TrainerCallbacks. `overwrite`: RUN_DIR may
+    hold a run that has ended, which is replaced whole (rundir.check_out_dir: only if it holds nothing
+    but a run's own files). The main
     process holds RUN_DIR's lock throughout, so a second `train` into it is refused at once. Under a
     multi-process launcher, the process group that training started is destroyed at the end
     (left to the interpreter's exit, gloo's threads abort with "terminate called ...").
     """
     distributed_before = _distributed_initialized()
     try:
-        return _train(config, callbacks)
+        return _train(config, callbacks, overwrite)
     finally:
         if not distributed_before and _distributed_initialized():
             import torch.distributed
@@ -83,27 +87,29 @@ def _distributed_initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _train(config: TrainConfig, callbacks) -> TrainOutcome:
+def _train(config: TrainConfig, callbacks, overwrite: bool) -> TrainOutcome:
     if config.out is None:
         raise ParaknowError("the run needs an output directory (--out RUN_DIR).")
     main = is_main_process()
     run_dir = output_path(config.out)
     check_output_path(run_dir)  # a name too long for its lock file, or a link: refused before anything
+    if not run_dir.exists():
+        check_writable_parent(run_dir)  # a parent that is a file or read-only: before its lock is taken
     with output_lock(run_dir, wait_s=REFUSE_WAIT_S) if main else contextlib.nullcontext():
-        return _train_locked(config, run_dir, main, callbacks)
+        return _train_locked(config, run_dir, main, callbacks, overwrite)
 
 
-def _train_locked(config: TrainConfig, run_dir: Path, main: bool, callbacks) -> TrainOutcome:
+def _train_locked(config: TrainConfig, run_dir: Path, main: bool, callbacks, overwrite: bool) -> TrainOutcome:
     prepared = run_dir.is_dir() and (run_dir / STATUS_FILE).exists()
     try:
-        cfg = config.resolved(check_out=main)
+        cfg = config.resolved(check_out=main, overwrite=overwrite)
     except ParaknowError as exc:
         if prepared and main:
             _mark_failed_if_ours(run_dir, str(exc))
         raise
     created = False
     if main:
-        created = _open_run_dir(run_dir, cfg)
+        created = _open_run_dir(run_dir, cfg, overwrite)
     status = StatusFile(run_dir, enabled=main)
     if main:
         status.update(state="running", phase="loading", pid=os.getpid(), pid_start=proc_start_time(os.getpid()),
@@ -142,13 +148,15 @@ def _mark_failed_if_ours(run_dir: Path, message: str) -> None:
         atomic_write_json(run_dir / STATUS_FILE, status)
 
 
-def _open_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
-    """Create RUN_DIR (atomically, with spec.json) unless paraknow.runs.jobs prepared it; True if created."""
+def _open_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool = False) -> bool:
+    """Create RUN_DIR (atomically, with spec.json) unless paraknow.runs.jobs prepared it; True if created.
+    With `overwrite`, an ended run there (checked by rundir.check_out_dir) is replaced whole, in one rename."""
     spec = cfg.to_dict()
-    if run_dir.exists() and any(run_dir.iterdir()):
+    status = read_json(run_dir / STATUS_FILE) if run_dir.is_dir() else None
+    if run_dir.exists() and any(run_dir.iterdir()) and not (overwrite and status and not is_prepared_for_us(status)):
         atomic_write_json(run_dir / SPEC_FILE, {**(read_json(run_dir / SPEC_FILE) or {}), **spec})
         return False
-    with atomic_directory(run_dir) as tmp:
+    with atomic_directory(run_dir, replaces=STATUS_FILE if overwrite else None, owned=RUN_FILES) as tmp:
         mark_entry(tmp, run_dir)
         atomic_write_json(Path(tmp) / SPEC_FILE, spec)
         atomic_write_json(Path(tmp) / STATUS_FILE, {"state": "running", "phase": "loading", "pid": os.getpid(),
@@ -285,12 +293,15 @@ def frozen_heap():
         gc.unfreeze()
 
 
-def run_training(config: TrainConfig) -> int:
+def run_training(config: TrainConfig, overwrite: bool = False) -> int:
     """Foreground worker of `python -m paraknow train`: 0 finished/stopped, 2 bad input, 1 failed."""
     try:
-        outcome = train(config)
+        outcome = train(config, overwrite=overwrite)
     except ParaknowError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as exc:  # the machine refused (a name too long, disk full): said as the CLI says it
+        print(f"error: {os_error_message(exc)}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)

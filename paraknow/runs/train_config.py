@@ -15,7 +15,7 @@ from ..core.errors import ParaknowError
 from ..core.fsio import output_path, read_json_object
 from ..core.options import default_of, device_option, dtype_option, option
 from ..core.validate import MAX_LENGTH, check_count, check_field_types, check_number, check_rank_fits, check_seed
-from ..transfer.lora import LORA_DROPOUT
+from ..transfer.lora import LORA_DROPOUT, check_alpha
 from .inits import INITS
 from .rundir import check_out_dir
 
@@ -30,6 +30,7 @@ PISSA_EMBEDDING_NOTE = EMBEDDING_NOTE.format(label="PiSSA")
 CLI_FIELDS = ("student", "data", "out", "init", "epochs", "lr", "batch", "micro_batch", "rank", "alpha", "dropout",
               "warmup", "max_length", "eval_data", "eval_every", "eval_limit", "eval_max_new_tokens", "eval_batch",
               "match", "seed", "distill", "distill_teacher", "distill_weight", "temperature", "device", "dtype")
+MAX_LR = 1e6  # AdamW moves every weight by about lr per step: a larger rate is a typo, never a setting
 
 
 def method_of(init: str | None) -> str:
@@ -136,7 +137,7 @@ class TrainConfig:
             raise ParaknowError(f"train needs {', '.join(missing)} (or --spec RUN_DIR/spec.json).")
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name in CLI_FIELDS})
 
-    def resolved(self, check_out: bool = True) -> "TrainConfig":
+    def resolved(self, check_out: bool = True, overwrite: bool = False) -> "TrainConfig":
         """Validated copy with defaults filled in and local paths made absolute. Cheap: reads
         configs, manifests and data files, loads no weights. Raises ParaknowError."""
         from ..core.architecture import DTYPES
@@ -162,7 +163,7 @@ class TrainConfig:
         if c.out is not None:
             c.out = str(output_path(c.out))
             if check_out:
-                check_out_dir(Path(c.out))
+                check_out_dir(Path(c.out), overwrite)
         student_config = load_config(c.student)  # resolves the reference and checks the family, no weights
         load_records(c.data)
         if c.eval_data:
@@ -196,13 +197,15 @@ class TrainConfig:
         _check(not unknown, f"target_modules: {unknown[0]!r} is not a module of the student; use some of "
                             f"{', '.join(LAYER_ROLES + EMBED_ROLES)}." if unknown else "")
         check_number("epochs", self.epochs, above=0, maximum=1e6)
-        check_number("lr", self.lr, above=0)
+        check_number("lr", self.lr, above=0, maximum=MAX_LR)
         check_count("batch", self.batch)
         check_count("micro_batch", self.micro_batch)
         if self.rank is not None:
             check_count("rank", self.rank)
-        if self.alpha is not None:
-            check_number("alpha", self.alpha, above=0)
+        if self.alpha is not None:  # s = alpha / r representable, at the rank the run will have
+            from ..transfer.plan import TransferConfig
+
+            check_alpha(self.alpha, self.rank or default_of(TransferConfig, "rank"))
         check_number("dropout", self.dropout, minimum=0, below=1)
         check_number("warmup", self.warmup, minimum=0, below=1)
         check_count("max_length", self.max_length, minimum=2, maximum=MAX_LENGTH)

@@ -92,6 +92,6 @@ def parse_margin(value) -> float:
 
 
 def parse_correction(value) -> str:
-    if value not in CORRECTIONS:
+    if not isinstance(value, str) or value not in CORRECTIONS:
         _fail("correction", f"{value!r} is not one of {', '.join(CORRECTIONS)}.")
     return value

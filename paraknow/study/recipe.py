@@ -354,8 +354,8 @@ def parse_recipe(data) -> Recipe:
         if not isinstance(data.get(key), str) or not data[key].strip():
             _fail(key, "is required (a model reference or a dataset such as task:arith:test).")
     for key in ("teacher", "seed_data", "baseline"):
-        if data.get(key) is not None and not isinstance(data[key], str):
-            _fail(key, "must be a string.")
+        if data.get(key) is not None and (not isinstance(data[key], str) or not data[key].strip()):
+            _fail(key, "must be a non-empty string (or left out).")
     arms_data = data.get("arms")
     if not isinstance(arms_data, list) or not arms_data:
         _fail("arms", "must be a non-empty list of arms ({\"name\": ..., \"init\": ...}).")

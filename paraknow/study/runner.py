@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.errors import ParaknowError, first_line
-from ..core.fsio import atomic_write_json, atomic_write_text
+from ..core.fsio import atomic_write_json, atomic_write_text, check_writable_parent
 from ..core.jobdir import LOG_FILE, STOP_FILE, read_json
 from ..core.processes import proc_start_time
 from ..core.threads import AUTO, THREADS_PER_WORKER, load_average, thread_policy, torch_threads
@@ -205,6 +205,7 @@ def run_cell(recipe: Recipe, cell: Cell, out: Path, test_records) -> dict:
 
 
 def _check_out(out: Path, recipe: Recipe, resume: bool) -> None:
+    check_writable_parent(out)  # a name too long, a symbolic link, a parent that is a file or read-only
     stored = read_json(out / RECIPE_FILE)
     if stored is not None:
         if not resume:

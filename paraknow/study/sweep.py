@@ -89,7 +89,7 @@ DEFAULT_LR_SELECTION = "per-arm"
 
 
 def parse_selection(value) -> str:
-    if value not in LR_SELECTIONS:
+    if not isinstance(value, str) or value not in LR_SELECTIONS:
         raise ParaknowError(f"recipe lr_selection: {value!r} is not one of {', '.join(LR_SELECTIONS)} "
                             f"(default {DEFAULT_LR_SELECTION}).")
     return value

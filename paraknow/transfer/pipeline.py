@@ -152,4 +152,6 @@ def compare_to_rows(teacher_ref: str, student_ref: str, data_ref: str | None, co
     combos = combinations(similarity) if compare else [(config.structure, config.layers, config.coherent)]
     rows = compare_granularity(p.teacher_model, p.student_model, p.teacher, p.student, p.scores, config,
                                similarity, combos, progress)
+    if not compare and rows[0].error:  # the one combination asked for cannot be planned: say why
+        raise ParaknowError(rows[0].error)
     return rows, p
