@@ -95,3 +95,16 @@ def test_a_large_weight_is_converted_a_slice_of_rows_at_a_time(monkeypatch):
     for a, b in zip(whole, sliced):
         assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-2)
     assert torch.equal(whole[2], sliced[2]) and torch.equal(whole[0], sliced[0])  # rows are independent
+
+
+@pytest.mark.parametrize("metric", ["taylor-abs", "fisher", "taylor-sum"])
+def test_the_sums_fold_a_slice_of_rows_at_a_time(tokenizer, seed_records, monkeypatch, metric):
+    """Folding each gradient into the float32 sums (and |theta| into them at the end) slice by slice, as a large
+    weight is (FLOAT32_ROWS_BYTES), gives exactly the map of the whole-tensor fold: the slices are disjoint."""
+    config = SensitivityConfig(metric=metric, samples=2, max_length=64)
+    model = bf16_model(tied=True)
+    monkeypatch.setattr(numerics, "half_matmuls_are_slow", lambda model: False)  # the folds alone are sliced
+    whole = compute_sensitivity(model, tokenizer, seed_records, config)
+    monkeypatch.setattr(numerics, "FLOAT32_ROWS_BYTES", 4 * 64 * 3)  # 3 rows of 64 entries a slice
+    sliced = compute_sensitivity(model, tokenizer, seed_records, config)
+    assert whole.keys() == sliced.keys() and all(torch.equal(whole[k], sliced[k]) for k in whole)

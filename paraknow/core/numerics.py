@@ -133,10 +133,12 @@ FLOAT32_ROWS_BYTES = 64 << 20  # float32 bytes of one weight's rows converted at
 
 
 def weight_row_chunks(weight: torch.Tensor) -> list[slice]:
-    """Row ranges of `weight` [out, in] whose float32 copy is at most FLOAT32_ROWS_BYTES: a large weight (the
-    1.5B teacher's 151,936 x 1,536 head, 0.9 GB in float32) is converted a slice at a time, so its products
-    never hold a float32 copy of the whole weight or of its whole gradient (one slice for ordinary ones)."""
-    rows = max(1, FLOAT32_ROWS_BYTES // (4 * weight.shape[1]))
+    """Row ranges of `weight` [out, ...] whose float32 copy is at most FLOAT32_ROWS_BYTES: a large weight (the
+    1.5B teacher's 151,936 x 1,536 head, 0.9 GB in float32) is converted a slice at a time, so no float32 copy
+    of the whole weight or of its whole gradient is ever held (one slice for ordinary ones and for vectors)."""
+    if weight.dim() < 2:
+        return [slice(None)]
+    rows = max(1, FLOAT32_ROWS_BYTES // (4 * weight[0].numel()))
     return [slice(a, min(a + rows, weight.shape[0])) for a in range(0, weight.shape[0], rows)]
 
 

@@ -21,7 +21,7 @@ from ..core.data import Encoded, collate, encode_all, per_sample_loss
 from ..core.errors import ParaknowError
 from ..core.memory import SensitivityMemory, available_memory_bytes, estimate_sensitivity_memory
 from ..core.models import resolve_device
-from ..core.numerics import float32_matmuls, to_host_float32
+from ..core.numerics import float32_matmuls, to_host_float32, weight_row_chunks
 from ..core.options import option
 from ..core.validate import MAX_LENGTH, check_count
 
@@ -118,15 +118,14 @@ def _accumulators(model, dtype: torch.dtype = torch.float32, device: str = "same
             for n, p in _params(model).items()}
 
 
-def _into(acc: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    return value.to(device=acc.device, dtype=acc.dtype)
-
-
 def _add_into(acc: torch.Tensor, value: torch.Tensor) -> None:
-    """acc += value in acc's precision. A bfloat16 gradient is added as it is (the add promotes each
-    entry exactly): no float32 copy of the gradient -- for a tied embedding that copy alone was a
-    fifth of SmolLM2's float32 size on top of the sums."""
-    acc.add_(value.to(acc.device))  # no copy when it is there already
+    """acc += value in acc's precision, a slice of rows at a time. A bfloat16 gradient added to float32 sums
+    is converted by the add into a float32 temporary of the whole operand (on a CPU): slice by slice that
+    temporary stays at most FLOAT32_ROWS_BYTES instead of a float32 copy of the tied embedding's gradient
+    (0.9 GB for the 1.5B teacher)."""
+    value = value.to(acc.device)  # no copy when it is there already
+    for rows in weight_row_chunks(acc):
+        acc[rows].add_(value[rows])
 
 
 def abs_grad_folder(grad_abs: Scores):
@@ -139,9 +138,12 @@ def abs_grad_folder(grad_abs: Scores):
 
 def _times_param(sums: Scores, model, transform) -> Scores:
     """sums[name] *= transform(theta) in place, in the sums' precision -- the last step of the gradient
-    metrics. `transform` gets theta in its own dtype (abs is exact there: no float32 copy of a weight)."""
+    metrics. `transform` gets theta in its own dtype (abs is exact there), a slice of rows at a time (the
+    product's float32 temporary stays small, as in `_add_into`)."""
     for name, p in _params(model).items():
-        sums[name].mul_(transform(p.detach()).to(sums[name].device))
+        theta = p.detach()
+        for rows in weight_row_chunks(theta):
+            sums[name][rows].mul_(transform(theta[rows]).to(sums[name].device))
     return sums
 
 
@@ -172,8 +174,8 @@ def fisher_sums(model, items, config, progress=None) -> Scores:
     acc = _accumulators(model, ACCUMULATE_DTYPES[config.accumulate_dtype], config.accumulate_device)
 
     def fold(name, p):
-        grad = p.grad if p.grad.dtype == torch.float32 else p.grad.float()
-        acc[name].add_(_into(acc[name], grad.square_()))
+        for rows in weight_row_chunks(p.grad):
+            acc[name][rows].add_(p.grad[rows].float().square_().to(acc[name].device))
 
     _per_sample_backward(model, items, fold, progress)
     return acc
@@ -199,7 +201,9 @@ def taylor_sum_sums(model, items, config, progress=None) -> Scores:
 def taylor_sum_finish(model, grad_sum: Scores) -> Scores:
     """|theta * sum of grads|."""
     for name, p in _params(model).items():
-        grad_sum[name].mul_(_into(grad_sum[name], p.detach().float())).abs_()
+        theta = p.detach()
+        for rows in weight_row_chunks(theta):
+            grad_sum[name][rows].mul_(theta[rows].float().to(grad_sum[name].device)).abs_()
     return grad_sum
 
 
