@@ -10,7 +10,7 @@ from study_fixtures import study_inputs, tiny_recipe, write_recipe
 
 from paraknow.core.jobdir import PROGRESS_FILE
 from paraknow.study import parse_recipe, run_study
-from paraknow.study.budget import Calibration, measured_factors, timing_file
+from paraknow.study.budget import BudgetGate, Calibration, measured_factors, timing_file
 from paraknow.study.cells import STUDY_FILE
 
 ARMS = [{"name": "untuned", "init": "untuned"}, {"name": "vanilla", "init": "vanilla"}]
@@ -48,10 +48,16 @@ def test_the_cli_says_how_to_resume_a_study_the_budget_stopped(tmp_path, monkeyp
     out = tmp_path / "study"
     recipe = write_recipe(tmp_path / "r.json", tiny_recipe(paths, seeds=[0], arms=ARMS, budget_minutes=0.1))
     monkeypatch.setattr(runner, "calibrate", lambda *_: TINY)  # the measurement is not under test here
+    # vanilla's re-scaled estimate depends on how fast the control ran (the gate's own test covers that):
+    # here it is an hour, whatever the machine's load, so the gate holds it back and the CLI must say so
+    scaled = BudgetGate.next_estimate_s
+    monkeypatch.setattr(BudgetGate, "next_estimate_s",
+                        lambda gate, cell: 3600.0 if cell.arm == "vanilla" else scaled(gate, cell))
     argv = ["study", "--recipe", recipe, "--out", str(out), "--workers", "1"]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: stopped by the budget") and "--budget-minutes" in err[-1]
+    monkeypatch.setattr(BudgetGate, "next_estimate_s", scaled)
     assert main([*argv, "--resume", "--budget-minutes", "30"]) == 0
     assert "vanilla seed 0 lr 0.0003: training step 1/2" in capsys.readouterr().err  # the cell's progress on the CLI
     assert main([*argv, "--resume", "--budget-minutes", "-1"]) == 2
@@ -85,14 +91,17 @@ def test_the_signals_carry_the_degenerate_seed_warning_with_its_numbers():
 
 
 @pytest.mark.slow
-def test_the_study_page_says_the_budget_stopped_a_study_and_offers_a_larger_budget(tmp_path):
+def test_the_study_page_says_the_budget_stopped_a_study_and_offers_a_larger_budget(tmp_path, monkeypatch):
     from apptest import assert_ok, open_page
 
     from ui import study as U
 
     paths = study_inputs(tmp_path / "inputs")
     recipe = parse_recipe(tiny_recipe(paths, seeds=[0], arms=ARMS, budget_minutes=0.1))
-    run_study(recipe, U.studies_root() / "stopped", calibration=TINY, workers=1)
+    scaled = BudgetGate.next_estimate_s  # vanilla an hour long whatever the load: the gate stops the study
+    monkeypatch.setattr(BudgetGate, "next_estimate_s",
+                        lambda gate, cell: 3600.0 if cell.arm == "vanilla" else scaled(gate, cell))
+    assert run_study(recipe, U.studies_root() / "stopped", calibration=TINY, workers=1)["timing"]["budget_stop"]
     at = open_page("pages/8_Study.py", 600)
     assert_ok(at)
     assert any("stopped by the budget" in str(w.value) for w in at.warning)
