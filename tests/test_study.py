@@ -150,7 +150,7 @@ def test_signals_of_pkt_arms(study):
         assert arms[name]["signals"] is None
     for name in ("pkt", "pkt-random-teacher"):
         s = arms[name]["signals"]
-        assert set(s) == set(SIGNALS) and all(s[k] is not None for k in SIGNALS)
+        assert set(s) == set(SIGNALS) | {"seed_warning"} and all(s[k] is not None for k in SIGNALS)
         assert 0 < s["captured"] <= 1 and 0 < s["area"] < 1 and 0 < s["energy"] <= 1
         assert -1 <= s["cos_w"] <= 1 and -1 <= s["cos_residual"] <= 1
     # sensitivity-selected blocks capture more than their area; random positions about their area

@@ -19,11 +19,37 @@ ARMS = [{"name": "untuned", "init": "untuned"}, {"name": "vanilla", "init": "van
 TINY = Calibration(student_load_s=0.001, train_s_per_sample=0.0124, generate_s_per_record=0.0)
 
 
-def test_the_budget_stops_a_study_before_a_cell_that_would_exceed_it_and_a_raised_budget_resumes(tmp_path):
+def hold_back_vanilla(monkeypatch):
+    """vanilla's re-scaled estimate an hour, whatever the machine's speed (the gate's re-scale is tested
+    on its own below): the gate must hold it back."""
+    scaled = BudgetGate.next_estimate_s
+    monkeypatch.setattr(BudgetGate, "next_estimate_s",
+                        lambda gate, cell: 3600.0 if cell.arm == "vanilla" else scaled(gate, cell))
+    return scaled
+
+
+def test_the_gate_rescales_the_next_estimate_by_the_cells_finished():
+    class Cell:
+        def __init__(self, cell_id):
+            self.cell_id = cell_id
+
+    a, b = Cell("a"), Cell("b")
+    gate = BudgetGate(10.0, {"a": 1.0, "b": 2.0}, spent_before_s=0.0, started=time.time() - 1.0)
+    assert gate.next_estimate_s(b) == 2.0 and gate.allows(b)  # nothing finished: the estimate as it is
+    gate.observe(a, 4.0)  # a took 4x its estimate
+    assert gate.next_estimate_s(b) == pytest.approx(8.0)
+    gate.started = time.time() - 3.0  # 3 s spent + 8 s > 10 s
+    assert not gate.allows(b) and gate.refused[0] is b
+    assert "1 cell remains" in gate.message(1) and "--budget-minutes" in gate.message(1)
+
+
+def test_the_budget_stops_a_study_before_a_cell_that_would_exceed_it_and_a_raised_budget_resumes(tmp_path,
+                                                                                                  monkeypatch):
     paths = study_inputs(tmp_path / "inputs")
     out = tmp_path / "study"
     recipe = parse_recipe(tiny_recipe(paths, seeds=[0], arms=ARMS, budget_minutes=0.1))
     said = []
+    scaled = hold_back_vanilla(monkeypatch)
     results = run_study(recipe, out, calibration=TINY, workers=1, progress=said.append)
     states = {c["arm"]: c["state"] for c in results["cells"]}
     assert states == {"untuned": "finished", "vanilla": "pending"}
@@ -34,6 +60,7 @@ def test_the_budget_stops_a_study_before_a_cell_that_would_exceed_it_and_a_raise
     assert status["state"] == "stopped" and status["budget_stop"] == stop and status["spent_s"] > 0
 
     raised = parse_recipe({**recipe.to_dict(), "budget_minutes": 30})
+    monkeypatch.setattr(BudgetGate, "next_estimate_s", scaled)
     again = run_study(raised, out, resume=True, calibration=TINY, workers=1)
     assert {c["arm"]: c["state"] for c in again["cells"]} == {"untuned": "finished", "vanilla": "finished"}
     assert again["timing"]["budget_stop"] is None
@@ -48,11 +75,7 @@ def test_the_cli_says_how_to_resume_a_study_the_budget_stopped(tmp_path, monkeyp
     out = tmp_path / "study"
     recipe = write_recipe(tmp_path / "r.json", tiny_recipe(paths, seeds=[0], arms=ARMS, budget_minutes=0.1))
     monkeypatch.setattr(runner, "calibrate", lambda *_: TINY)  # the measurement is not under test here
-    # vanilla's re-scaled estimate depends on how fast the control ran (the gate's own test covers that):
-    # here it is an hour, whatever the machine's load, so the gate holds it back and the CLI must say so
-    scaled = BudgetGate.next_estimate_s
-    monkeypatch.setattr(BudgetGate, "next_estimate_s",
-                        lambda gate, cell: 3600.0 if cell.arm == "vanilla" else scaled(gate, cell))
+    scaled = hold_back_vanilla(monkeypatch)
     argv = ["study", "--recipe", recipe, "--out", str(out), "--workers", "1"]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -98,9 +121,7 @@ def test_the_study_page_says_the_budget_stopped_a_study_and_offers_a_larger_budg
 
     paths = study_inputs(tmp_path / "inputs")
     recipe = parse_recipe(tiny_recipe(paths, seeds=[0], arms=ARMS, budget_minutes=0.1))
-    scaled = BudgetGate.next_estimate_s  # vanilla an hour long whatever the load: the gate stops the study
-    monkeypatch.setattr(BudgetGate, "next_estimate_s",
-                        lambda gate, cell: 3600.0 if cell.arm == "vanilla" else scaled(gate, cell))
+    hold_back_vanilla(monkeypatch)
     assert run_study(recipe, U.studies_root() / "stopped", calibration=TINY, workers=1)["timing"]["budget_stop"]
     at = open_page("pages/8_Study.py", 600)
     assert_ok(at)
