@@ -37,6 +37,7 @@ import math
 import shlex
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from .core.errors import ParaknowError
@@ -190,6 +191,8 @@ def study_report(recipe_path, study_dir: Path, out_dir: Path, workers, progress=
             atomic_write_bytes(out_dir / name, figure_image(figure, "png"))
     return {"recipe": recipe.to_dict(), "baseline": results["baseline"], "arms": results["arms"],
             "signal_correlations": results["signal_correlations"], "timing": timing,
+            # the code that ran the cells (each cell's own commit) -> how many cells it ran
+            "cell_commits": dict(Counter(c.get("commit") or "unrecorded" for c in cells)),
             "figures": sorted(figures) if why_not is None else [], "figures_unavailable": why_not}
 
 

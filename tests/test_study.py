@@ -409,6 +409,10 @@ def test_report_study_writes_summary_cells_and_figures_without_rerunning(study, 
     assert summary["timing"]["elapsed_s"] == pytest.approx(
         max(r["started"] + r["seconds"] for r in records) - min(r["started"] for r in records), abs=0.2)
     assert summary["timing"]["elapsed_s"] >= max(r["seconds"] for r in records)
+    # each cell names the code that ran it; the summary counts the cells per commit
+    from paraknow.core.provenance import code_version
+    assert {r["commit"] for r in records} == {code_version()}
+    assert summary["cell_commits"] == {code_version() or "unrecorded": len(records)}
     lines = (tmp_path / "docs" / "results.csv").read_text().strip().splitlines()
     assert len(lines) == 1 + len(study["results"]["cells"])
     table = (tmp_path / "docs" / "table.md").read_text().splitlines()

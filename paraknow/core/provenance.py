@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import platform
 import subprocess
@@ -27,6 +28,15 @@ def git_commit() -> dict:
     if head.returncode != 0:
         return {"commit": None, "dirty": None}
     return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+@functools.cache
+def code_version() -> str | None:
+    """The commit this process's code was loaded from, `-dirty` appended when tracked files differed
+    (None outside a git checkout): read once per process, since the code it runs is the code it
+    imported. A study cell records it (each cell's own, `cell.json`'s `commit`)."""
+    found = git_commit()
+    return None if found["commit"] is None else found["commit"] + ("-dirty" if found["dirty"] else "")
 
 
 def provenance(command: str) -> dict:

@@ -25,7 +25,8 @@ CELL_STATES = ("running", "finished", "failed", "stopped")  # and "pending" for 
 PREDICTIONS_FILE = "predictions.jsonl"  # one line per scored test item: id, correct, prediction
 
 CELL_FIELDS = ("arm", "seed", "lr", "state", "test_accuracy", "test_loss", "test_n", "val_accuracy", "val_loss",
-               "val_n", "seconds", "run_dir", "export", "predictions", "error", "cost")  # *_n: the items scored
+               "val_n", "seconds", "run_dir", "export", "predictions", "error", "cost", "commit")
+# *_n: the items scored; commit: the code that ran the cell (paraknow.core.provenance.code_version)
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:

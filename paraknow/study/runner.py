@@ -44,6 +44,7 @@ from ..core.errors import ParaknowError, first_line
 from ..core.fsio import atomic_write_json, atomic_write_text, check_writable_parent
 from ..core.jobdir import LOG_FILE, STOP_FILE, read_json
 from ..core.processes import proc_start_time
+from ..core.provenance import code_version
 from ..core.threads import AUTO, THREADS_PER_WORKER, load_average, thread_policy, torch_threads
 from ..runs.executors import ExecutorConfig, make_executor
 from ..transfer.lora import MANIFEST_FILE
@@ -69,7 +70,7 @@ Progress = Callable[[str], None]
 
 def _write_cell(out: Path, cell: Cell, **fields) -> dict:
     record = {**dict.fromkeys(CELL_FIELDS), "arm": cell.arm, "seed": cell.seed, "lr": cell.lr,
-              "state": "running", **fields}
+              "state": "running", "commit": code_version(), **fields}
     atomic_write_json(cell_dir(out, cell) / CELL_FILE, record)
     return record
 
