@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ import torch
 
 from .core import task_world, tasks
 from .core.data import IGNORE_INDEX, Encoded, collate, encode
+from .core.errors import ParaknowError
 from .core.fsio import atomic_directory, atomic_write_json
 from .core.paths import PACKAGE_DIR
 
@@ -64,7 +66,12 @@ class ModelSpec:
 
 
 TEACHER = ModelSpec(layers=8, hidden=192, ffn=512, heads=6, kv_heads=2, steps=9000, lr=1.5e-3)
+TEACHER_SMALL = ModelSpec(layers=6, hidden=160, ffn=416, heads=4, kv_heads=2, steps=9000, lr=1.5e-3)
 STUDENT = ModelSpec(layers=4, hidden=128, ffn=320, heads=4, kv_heads=2, steps=2000, lr=2e-3)
+# label -> recipe, largest first: the folder under demo_models/ and the `demo:LABEL` reference
+MODELS = {"teacher": TEACHER, "teacher-small": TEACHER_SMALL, "student": STUDENT}
+TRAINING_FILE = "training.json"  # in each model folder: its recipe, size and training time
+SEEDS = {"teacher": SEED, "student": SEED + 1, "teacher-small": SEED + 2}
 # How many task-formatted corpus samples of each task the pre-training pool holds (as many as the
 # previous pair saw from its train split plus extra samples; no split record is among them).
 CORPUS = {"arith": 5000, "facts": 9000, "instruct": 5000}
@@ -82,17 +89,10 @@ def log(msg: str) -> None:
 def training_records() -> tuple[list[dict], list[str]]:
     """(task-formatted corpus records, general-text paragraphs) the demo models pre-train on."""
     records = [r for name in tasks.TASKS for r in tasks.corpus_records(name, CORPUS[name], seed=0)]
-    leaked = split_overlap(records)
+    leaked = tasks.split_overlap(records)
     if leaked:
         raise RuntimeError(f"the pre-training corpus contains split records: {leaked[:5]}")
     return records, task_world.general_text(N_TEXT, seed=0)
-
-
-def split_overlap(records: list[dict]) -> list[str]:
-    """Ids of corpus records whose prompt or completion equals that of any split record."""
-    held_out = {m["content"] for name in tasks.TASKS for split in tasks.SPLITS
-                for r in tasks.task_records(name, split) for m in r["messages"]}
-    return [r["id"] for r in records if any(m["content"] in held_out for m in r["messages"])]
 
 
 def build_tokenizer(records: list[dict], texts: list[str]):
@@ -242,9 +242,45 @@ def evaluate_model(model, tokenizer, n_test: int | None, max_new_tokens: int) ->
     return out
 
 
-def build(out_dir: Path, teacher: ModelSpec = TEACHER, student: ModelSpec = STUDENT,
-          n_test: int | None = None, max_new_tokens: int = 64, device: str = "cpu",
-          eval_every: int = 0) -> dict:
+def _train_one(label: str, spec: ModelSpec, tokenizer, items: list[Encoded], out: Path,
+               device: str, max_new_tokens: int, eval_every: int) -> dict:
+    """Train model `label` from its fixed seed, save it under out/label; its report entry."""
+    seed = SEEDS[label]
+    model = make_model(spec, tokenizer, seed).to(device)
+
+    def checkpoint(step):
+        accs = evaluate_model(model, tokenizer, 100, max_new_tokens)
+        log(f"{label} step {step} test (100 each): "
+            + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in accs.items()))
+
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"{label}: {spec.layers} layers, hidden {spec.hidden}, {n_params / 1e6:.2f}M params, "
+        f"{spec.steps} steps of {spec.batch}")
+    t1 = time.time()
+    history = train(model, items, spec, tokenizer.pad_token_id, seed, label, checkpoint, eval_every)
+    save_model(model, tokenizer, out / label)
+    entry = {"spec": asdict(spec), "params": n_params, "train_seconds": round(time.time() - t1, 1),
+             "final_train_loss": round(sum(history[-50:]) / len(history[-50:]), 4)}
+    atomic_write_json(out / label / TRAINING_FILE, entry)
+    return entry
+
+
+def _kept(out_dir: Path, trained: dict[str, ModelSpec]) -> dict[str, dict]:
+    """Report entries of the models already in out_dir that this build does not retrain: each
+    model folder's TRAINING_FILE, plus its `test` results from out_dir's accuracies.json when
+    that has them (else they are measured again)."""
+    previous = json.loads((out_dir / "accuracies.json").read_text()) \
+        if (out_dir / "accuracies.json").exists() else {}
+    return {label: {**json.loads((out_dir / label / TRAINING_FILE).read_text()),
+                    **({"test": previous[label]["test"]} if "test" in previous.get(label, {}) else {})}
+            for label in MODELS if label not in trained and (out_dir / label / TRAINING_FILE).exists()}
+
+
+def build(out_dir: Path, trained: dict[str, ModelSpec] | None = None, n_test: int | None = None,
+          max_new_tokens: int = 64, device: str = "cpu", eval_every: int = 0) -> dict:
+    """Train the models in `trained` (label -> spec; default: all of MODELS) into out_dir, keep the
+    other models already there (one tokenizer for all), evaluate, write the report and README."""
+    trained = dict(MODELS) if trained is None else trained
     t0 = time.time()
     random.seed(SEED)
     torch.manual_seed(SEED)
@@ -255,74 +291,75 @@ def build(out_dir: Path, teacher: ModelSpec = TEACHER, student: ModelSpec = STUD
     n_tokens = sum(len(it.input_ids) for it in items)
     log(f"tokenizer: vocab {len(tokenizer)}; pool {len(items)} samples, {n_tokens} tokens "
         f"({time.time() - t0:.0f}s)")
-    pad = tokenizer.pad_token_id
-    report = {"seed": SEED, "vocab_size": len(tokenizer), "max_new_tokens": max_new_tokens, "pool_samples": len(items),
-              "pool_tokens": n_tokens, "torch_threads": torch.get_num_threads()}
+    report = {"seed": SEED, "vocab_size": len(tokenizer), "max_new_tokens": max_new_tokens,
+              "pool_samples": len(items), "pool_tokens": n_tokens, "torch_threads": torch.get_num_threads()}
+    out_dir = Path(out_dir)
+    kept = _kept(out_dir, trained)
     with atomic_directory(out_dir, replaces="accuracies.json") as tmp:
-        for label, spec, seed in (("teacher", teacher, SEED), ("student", student, SEED + 1)):
-            model = make_model(spec, tokenizer, seed).to(device)
-
-            def checkpoint(step, model=model, label=label):
-                accs = evaluate_model(model, tokenizer, 100, max_new_tokens)
-                log(f"{label} step {step} test (100 each): "
-                    + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in accs.items()))
-
-            n_params = sum(p.numel() for p in model.parameters())
-            log(f"{label}: {spec.layers} layers, hidden {spec.hidden}, {n_params / 1e6:.2f}M params, "
-                f"{spec.steps} steps of {spec.batch}")
-            t1 = time.time()
-            history = train(model, items, spec, pad, seed, label, checkpoint, eval_every)
-            save_model(model, tokenizer, tmp / label)
-            report[label] = {"spec": asdict(spec), "params": n_params,
-                             "train_seconds": round(time.time() - t1, 1),
-                             "final_train_loss": round(sum(history[-50:]) / len(history[-50:]), 4)}
-            del model
-        for label in ("teacher", "student"):
-            t1 = time.time()
-            report[label]["test"] = evaluate_dir(tmp / label, n_test, max_new_tokens, device)
-            log(f"{label} test: " + ", ".join(f"{k} {v['accuracy']:.3f}"
-                                               for k, v in report[label]["test"].items())
-                + f" ({time.time() - t1:.0f}s)")
-        report["accuracies"] = {name: {"teacher": report["teacher"]["test"][name]["accuracy"],
-                                       "student": report["student"]["test"][name]["accuracy"],
-                                       "n": report["teacher"]["test"][name]["n"]}
+        for label in kept:
+            shutil.copytree(out_dir / label, tmp / label)
+            saved = json.loads((tmp / label / "tokenizer.json").read_text())["model"]
+            if saved != json.loads(tokenizer.backend_tokenizer.to_str())["model"]:
+                raise ParaknowError(f"{out_dir / label} was trained with another tokenizer: "
+                                    f"rebuild it too (--models {label}).")
+            report[label] = kept[label]
+        for label, spec in trained.items():
+            report[label] = _train_one(label, spec, tokenizer, items, tmp, device, max_new_tokens, eval_every)
+        labels = [label for label in MODELS if label in report]
+        for label in labels:
+            if "test" not in report[label] or label in trained:
+                t1 = time.time()
+                report[label]["test"] = evaluate_dir(tmp / label, n_test, max_new_tokens, device)
+                log(f"{label} test: " + ", ".join(f"{k} {v['accuracy']:.3f}"
+                                                   for k, v in report[label]["test"].items())
+                    + f" ({time.time() - t1:.0f}s)")
+        report["accuracies"] = {name: {**{label: report[label]["test"][name]["accuracy"] for label in labels},
+                                       "n": report[labels[0]]["test"][name]["n"]}
                                 for name in tasks.TASKS}
         report["wall_seconds"] = round(time.time() - t0, 1)
         atomic_write_json(tmp / "accuracies.json", report)
-        write_readme(tmp, report)
+        write_readme(tmp, report, labels)
     log(f"done in {time.time() - t0:.0f}s -> {out_dir}")
     return report
 
 
-def write_readme(path: Path, report: dict) -> None:
-    rows = "\n".join(f"| {name} | {row['teacher']:.3f} | {row['student']:.3f} | {row['n']} |"
-                     for name, row in report["accuracies"].items())
-    t, s = report["teacher"], report["student"]
-    text = f"""# Built-in demo pair
+def write_readme(path: Path, report: dict, labels: list[str]) -> None:
+    acc = report["accuracies"]
+    rows = "\n".join(f"| {name} | " + " | ".join(f"{row[label]:.3f}" for label in labels) + f" | {row['n']} |"
+                     for name, row in acc.items())
+    specs = "\n".join(
+        f"| {label} | {s['layers']} | {s['hidden']} | {s['ffn']} | {s['heads']} / {s['kv_heads']} | "
+        f"{report[label]['params']:,} | {s['steps']} x {s['batch']} |"
+        for label in labels for s in [report[label]["spec"]])
+    text = f"""# Built-in demo models
 
-`demo:teacher` and `demo:student`, small Llama models trained from scratch by
+{", ".join(f"`demo:{label}`" for label in labels)}: small Llama models trained from scratch by
 `python -m paraknow.demo` (fixed seeds; see that module's docstring for the recipe). They share
 one byte-level BPE tokenizer ({report['vocab_size']} tokens, no chat template, so paraknow's
 `<|user|>` / `<|assistant|>` fallback format is used). Weights are float16 safetensors and load
-as float32.
+as float32. `demo:teacher-small` sits between the two in size (same corpus, same steps as the
+teacher): the second teacher for teacher-size studies (`extract.teacher` in a study recipe).
 
 | model | layers | hidden | FFN | heads / KV heads | parameters | training steps x batch |
 |---|---|---|---|---|---|---|
-| teacher | {t['spec']['layers']} | {t['spec']['hidden']} | {t['spec']['ffn']} | {t['spec']['heads']} / {t['spec']['kv_heads']} | {t['params']:,} | {t['spec']['steps']} x {t['spec']['batch']} |
-| student | {s['spec']['layers']} | {s['spec']['hidden']} | {s['spec']['ffn']} | {s['spec']['heads']} / {s['spec']['kv_heads']} | {s['params']:,} | {s['spec']['steps']} x {s['spec']['batch']} |
+{specs}
 
 Exact-match accuracy on each built-in task's `test` split (greedy decoding,
 `paraknow.runs.evaluate`, measured on the shipped float16 weights):
 
-| task | teacher | student | n |
-|---|---|---|---|
+| task | {" | ".join(labels)} | n |
+|---|{"---|" * len(labels)}---|
 {rows}
 
-The student is smaller *and* trained for fewer steps than the teacher: that is what leaves it
+The pre-training corpus shares no prompt and no input (an `instruct` word list, an `arith`
+operation with its operands) with any `seed`/`train`/`val`/`test` record, while its answers
+follow the same distribution as the splits' (`paraknow.core.tasks`, docs/method.md). The
+student is smaller *and* trained for fewer steps than the teachers: that is what leaves it
 clearly weaker on every task, with room for LoRA fine-tuning (and parametric knowledge
 transfer) to help. `accuracies.json` holds the full report, including which test samples
-each model answers correctly. Regeneration took {report['wall_seconds'] / 60:.1f} minutes
-({report['torch_threads']} torch threads).
+each model answers correctly. This build took {report['wall_seconds'] / 60:.1f} minutes
+({report['torch_threads']} torch threads); models trained in separate processes were merged
+with `python -m paraknow.demo --models` (no model: keep and evaluate what is there).
 """
     (path / "README.md").write_text(text)
 
@@ -330,8 +367,11 @@ each model answers correctly. Regeneration took {report['wall_seconds'] / 60:.1f
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m paraknow.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(DEMO_DIR), help="output folder (default: the package's demo_models/)")
-    parser.add_argument("--teacher-steps", type=int, default=TEACHER.steps)
-    parser.add_argument("--student-steps", type=int, default=STUDENT.steps)
+    parser.add_argument("--models", nargs="*", default=list(MODELS), metavar="LABEL",
+                        help=f"which models to (re)train, of {', '.join(MODELS)} (default: all); the others "
+                             "already in --out are kept (re-evaluated if their results are missing)")
+    for label, spec in MODELS.items():
+        parser.add_argument(f"--{label}-steps", type=int, default=spec.steps)
     parser.add_argument("--n-test", type=int, default=None, help="evaluate on the first N test samples only")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
@@ -339,14 +379,21 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-every", type=int, default=0,
                         help="also print test accuracies (first 100 of each task) every N steps")
     args = parser.parse_args(argv)
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        parser.error(f"--models {' '.join(unknown)}: unknown; choose among {', '.join(MODELS)}")
     if args.device != "cpu" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is available; use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
-    teacher = ModelSpec(**{**asdict(TEACHER), "steps": args.teacher_steps})
-    student = ModelSpec(**{**asdict(STUDENT), "steps": args.student_steps})
-    report = build(Path(args.out), teacher, student, n_test=args.n_test, device=args.device,
-                   eval_every=args.eval_every)
+    trained = {label: ModelSpec(**{**asdict(MODELS[label]),
+                                   "steps": getattr(args, f"{label.replace('-', '_')}_steps")})
+               for label in args.models}
+    try:
+        report = build(Path(args.out), trained, n_test=args.n_test, device=args.device,
+                       eval_every=args.eval_every)
+    except ParaknowError as exc:
+        parser.exit(2, f"python -m paraknow.demo: {exc}\n")
     print(json.dumps(report["accuracies"], indent=2))
     return 0
 

@@ -50,7 +50,7 @@ from .answers import final_answer, matches
 from .errors import ParaknowError
 from .task_world import BASE_SEED, WORDS, facts_sampler
 
-SPLIT_SIZES = {"seed": 32, "train": 1000, "val": 200, "test": 1000}
+SPLIT_SIZES = {"seed": 32, "train": 1000, "val": 500, "test": 1000}
 SPLITS = tuple(SPLIT_SIZES)
 _SPLIT_ORDER = ("test", "val", "seed", "train")  # generation order: the test split is drawn first
 _POOL_SALT = b"paraknow-pool-v1|"
@@ -161,9 +161,14 @@ _INSTRUCTIONS = {
 }
 
 
+def _instruct_input(prompt: str, completion: str) -> str:
+    """The input of an instruct sample: its set of words (whatever the instruction and order)."""
+    return " ".join(sorted(prompt.rsplit(": ", 1)[1].split()))
+
+
 def _instruct_sample(rng: random.Random) -> tuple[str, str, str]:
     op = rng.choice(sorted(_INSTRUCTIONS))
-    words = rng.sample(WORDS, rng.randint(3, 4))
+    words = rng.sample(WORDS, rng.randint(2, 5))
     template, fn = _INSTRUCTIONS[op]
     answer = fn(words)
     return template.format(w=" ".join(words)), f"Answer: {answer}", answer
@@ -171,6 +176,12 @@ def _instruct_sample(rng: random.Random) -> tuple[str, str, str]:
 
 # ---------------------------------------------------------------------------------------
 # Registry and splits
+
+
+def _completion_key(prompt: str, completion: str) -> str:
+    """arith's worked answer spells out the operation and its operands (its input); a facts
+    corpus completion never equals a split completion (its own template)."""
+    return completion
 
 
 @dataclass(frozen=True)
@@ -181,6 +192,9 @@ class Task:
     sampler: Callable[[str, bool], Callable[[random.Random], tuple[str, str, str]]]  # (facts pool, corpus) -> sampler
     extract_answer: Callable[[str], str | None]
     seed: int
+    # (prompt, completion) -> the sample's input: what the pools are split by and what no corpus
+    # record shares with a split record
+    input_key: Callable[[str, str], str]
     pooled: bool = True  # samples split between task and corpus pool by `in_corpus_pool`
 
     def generate(self, split: str) -> list[dict]:
@@ -190,20 +204,22 @@ class Task:
 TASKS: dict[str, Task] = {
     "arith": Task("arith", "GSM-like arithmetic word problems (2-3 steps, numbers < 100), "
                   "short chain of thought ending in 'So the answer is N.'", "reasoning",
-                  lambda pool, corpus: _arith_sample, final_answer, BASE_SEED + 1),
+                  lambda pool, corpus: _arith_sample, final_answer, BASE_SEED + 1,
+                  _completion_key),
     "facts": Task("facts", "MMLU-like multiple choice (A-D) about a fictional world; the test "
                   "split asks about facts no train question covers", "knowledge",
-                  facts_sampler, _extract_letter, BASE_SEED + 2, pooled=False),
+                  facts_sampler, _extract_letter, BASE_SEED + 2, _completion_key, pooled=False),
     "instruct": Task("instruct", "Super-NI-like text transformations of word lists (reverse, "
                      "first word, last word, count, join with commas, drop the first word)", "instruction following",
-                     lambda pool, corpus: _instruct_sample, _extract_line, BASE_SEED + 3),
+                     lambda pool, corpus: _instruct_sample, _extract_line, BASE_SEED + 3,
+                     _instruct_input),
 }
 
 
-def in_corpus_pool(completion: str) -> bool:
-    """Whether a sample with this completion belongs to the pre-training corpus pool (about half
-    of all samples do) rather than to the task pool that the splits are drawn from."""
-    return hashlib.sha256(_POOL_SALT + completion.encode("utf-8")).digest()[0] % 2 == 1
+def in_corpus_pool(key: str) -> bool:
+    """Whether a sample with this input key belongs to the pre-training corpus pool (about half
+    of all inputs do) rather than to the task pool that the splits are drawn from."""
+    return hashlib.sha256(_POOL_SALT + key.encode("utf-8")).digest()[0] % 2 == 1
 
 
 def _record(task: str, rid: str, prompt: str, completion: str, answer: str) -> dict:
@@ -224,7 +240,7 @@ def _draw(task: Task, facts_pool: str, corpus: bool, rng: random.Random, n: int,
         if tries > 400 * n + 10000:
             raise RuntimeError(f"task {task.name}: cannot draw {n} distinct prompts")
         prompt, completion, answer = sampler(rng)
-        if prompt in taken or (task.pooled and in_corpus_pool(completion) != corpus):
+        if prompt in taken or (task.pooled and in_corpus_pool(task.input_key(prompt, completion)) != corpus):
             continue
         taken[prompt] = True
         records.append(_record(task.name, f"{prefix}-{len(records)}", prompt, completion, answer))
@@ -270,6 +286,18 @@ def corpus_records(name: str, n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(task.seed * 1000 + 7919 + seed)
     split_prompts = {r["messages"][0]["content"]: True for records in _splits(name).values() for r in records}
     return _draw(task, "all", True, rng, n, split_prompts, f"{name}-corpus{seed}")
+
+
+def split_overlap(records: list[dict]) -> list[str]:
+    """Ids of (corpus) records that share a prompt or an input with any split record of their task."""
+    held: dict[str, set] = {}
+    for name, task in TASKS.items():
+        held[name] = {x for split in _splits(name).values() for r in split
+                      for x in (r["messages"][0]["content"],
+                                task.input_key(r["messages"][0]["content"], r["messages"][1]["content"]))}
+    return [r["id"] for r in records
+            if r["messages"][0]["content"] in held[r["task"]]
+            or TASKS[r["task"]].input_key(r["messages"][0]["content"], r["messages"][1]["content"]) in held[r["task"]]]
 
 
 def score(record: dict, generated_text: str, match: str = "auto") -> bool:
