@@ -1,27 +1,38 @@
-"""Rebuild the built-in demo pair `demo:teacher` / `demo:student` (docs/method.md).
+"""Rebuild the built-in demo models `demo:teacher`, `demo:teacher-small` and `demo:student`
+(docs/method.md).
 
-    python -m paraknow.demo            # about 35 minutes on a 2-core CPU
+    python -m paraknow.demo            # about 90 minutes on an idle 2-core CPU, one thread
+    python -m paraknow.demo --models teacher-small student --out DIR_B   # one model set per process,
+    python -m paraknow.demo --models teacher --out DIR_A                  # in parallel, then merge:
+    cp -r DIR_A/teacher DIR_B/ && python -m paraknow.demo --models --out DIR_B
     python -m paraknow.demo --device cuda --eval-every 1000   # a few minutes on a GPU, with curves
 
 Everything comes from fixed seeds: the pre-training text (task-formatted samples from each
 built-in task's *corpus pool* (`tasks.corpus_records`), which by construction shares no prompt
-and no completion with any seed/train/val/test split -- the `facts` ones quiz every fact of the
-fictional world as a pre-training corpus would -- and the world's `general_text`), a byte-level
-BPE tokenizer trained on that text and shared by both models, and the two Llama models:
+and no input with any seed/train/val/test split while following the same answer distribution
+-- the `facts` ones quiz every fact of the fictional world as a pre-training corpus would --
+and the world's `general_text`), a byte-level BPE tokenizer trained on that text and shared by
+all models, and the Llama models (`MODELS`):
 
-    teacher  8 layers, hidden 192, FFN 512, 6 heads / 2 KV heads (GQA), ~3.5M parameters,
-             9000 steps of 32 samples
-    student  4 layers, hidden 128, FFN 320, 4 heads / 2 KV heads (GQA), ~0.95M parameters,
-             2000 steps of 32 samples
+    teacher        8 layers, hidden 192, FFN 512, 6 heads / 2 KV heads (GQA), ~3.5M parameters,
+                   9000 steps of 32 samples
+    teacher-small  6 layers, hidden 160, FFN 416, 4 heads / 2 KV heads, ~2.0M parameters,
+                   9000 steps of 32 samples (the teacher's recipe at a smaller size: the second
+                   teacher of teacher-size studies, `extract.teacher` in a study recipe)
+    student        4 layers, hidden 128, FFN 320, 4 heads / 2 KV heads (GQA), ~0.95M parameters,
+                   2000 steps of 32 samples
 
-Both are trained from scratch with the same recipe (AdamW, cosine schedule, loss on the
-completion tokens of task samples and on every token of the text). The student sees fewer
-steps than the teacher: that, with its smaller size, is what makes it clearly weaker on every
-task while leaving room for LoRA fine-tuning to help (tiny models learn these tasks in sudden
-jumps; run with `--eval-every` to watch the curves). The weights are stored in float16
-safetensors; the script finally reloads both from disk, evaluates them on each task's `test`
-split with `paraknow.runs.evaluate` and writes `accuracies.json` and a README. The whole
-`demo_models/` folder is replaced atomically at the end.
+All are trained from scratch with the same recipe (AdamW, cosine schedule, loss on the
+completion tokens of task samples and on every token of the text), each from its own seed. The
+student sees fewer steps than the teachers: that, with its smaller size, is what makes it
+clearly weaker on every task while leaving room for LoRA fine-tuning to help (tiny models learn
+these tasks in sudden jumps; run with `--eval-every` to watch the curves). The weights are
+stored in float16 safetensors (each folder also holds `training.json`: its recipe, size and
+training time); the script finally reloads the models from disk, evaluates them on each task's
+`test` split with `paraknow.runs.evaluate` and writes `accuracies.json` and a README.
+`--models` trains only the models named and keeps the others already in `--out` (they must
+share the tokenizer; their test results are reused, or measured if missing). The whole output
+folder is replaced atomically at the end.
 """
 from __future__ import annotations
 
@@ -42,9 +53,8 @@ from .core import task_world, tasks
 from .core.data import IGNORE_INDEX, Encoded, collate, encode
 from .core.errors import ParaknowError
 from .core.fsio import atomic_directory, atomic_write_json
-from .core.paths import PACKAGE_DIR
+from .core.models import DEMO_DIR, DEMO_MODELS
 
-DEMO_DIR = PACKAGE_DIR / "demo_models"
 SEED = 1234
 SPECIAL_TOKENS = ["<pad>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
 VOCAB_SIZE = 1536  # the BPE stops earlier (about 1030 tokens): every world name becomes one token
@@ -68,8 +78,8 @@ class ModelSpec:
 TEACHER = ModelSpec(layers=8, hidden=192, ffn=512, heads=6, kv_heads=2, steps=9000, lr=1.5e-3)
 TEACHER_SMALL = ModelSpec(layers=6, hidden=160, ffn=416, heads=4, kv_heads=2, steps=9000, lr=1.5e-3)
 STUDENT = ModelSpec(layers=4, hidden=128, ffn=320, heads=4, kv_heads=2, steps=2000, lr=2e-3)
-# label -> recipe, largest first: the folder under demo_models/ and the `demo:LABEL` reference
-MODELS = {"teacher": TEACHER, "teacher-small": TEACHER_SMALL, "student": STUDENT}
+# label (the folder under demo_models/ and the `demo:LABEL` reference) -> recipe
+MODELS = dict(zip(DEMO_MODELS, (TEACHER, TEACHER_SMALL, STUDENT)))
 TRAINING_FILE = "training.json"  # in each model folder: its recipe, size and training time
 SEEDS = {"teacher": SEED, "student": SEED + 1, "teacher-small": SEED + 2}
 # How many task-formatted corpus samples of each task the pre-training pool holds (as many as the

@@ -11,7 +11,8 @@ Every report is one JSON file holding the figures and `provenance`: the UTC date
 uncommitted changes) and the exact command. The README names the command beside each table,
 so every figure there can be reproduced and traced.
 
-- `demo`: exact-match accuracy and loss of `demo:teacher` and `demo:student` on every built-in
+- `demo`: exact-match accuracy and loss of every built-in demo model (`demo:teacher`,
+  `demo:teacher-small`, `demo:student`) on every built-in
   task's `test` split (all of it: 1000 items, 0.1-point resolution), with chance levels.
 - `compare`: the Fine-tune page's Compare action on a built-in task: the default PKT export
   (`extract` defaults, seed split of the task) against vanilla LoRA and PiSSA at the same
@@ -84,11 +85,12 @@ def chance_levels(name: str) -> dict:
 
 
 def demo_report(max_new_tokens: int = 64, n_test: int | None = None, progress=print) -> dict:
+    from .core.models import DEMO_MODELS
     from .core.tasks import TASKS
     from .demo import DEMO_DIR, evaluate_dir
 
     out = {"max_new_tokens": max_new_tokens, "models": {}, "chance": {n: chance_levels(n) for n in TASKS}}
-    for which in ("teacher", "student"):
+    for which in DEMO_MODELS:
         t0 = time.time()
         result = evaluate_dir(DEMO_DIR / which, n_test, max_new_tokens)
         out["models"][f"demo:{which}"] = {name: {k: v for k, v in row.items() if k != "correct"}

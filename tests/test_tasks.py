@@ -18,7 +18,7 @@ def prompts(records):
 
 @pytest.mark.parametrize("name", list(tasks.TASKS))
 def test_split_sizes_and_format(name):
-    for split, size in (("seed", 32), ("train", 1000), ("val", 200), ("test", 1000)):
+    for split, size in (("seed", 32), ("train", 1000), ("val", 500), ("test", 1000)):
         assert len(tasks.task_records(name, split)) == size
     test = tasks.task_records(name, "test")
     for record in test[:50]:
@@ -41,20 +41,23 @@ def test_splits_pairwise_disjoint(name):
 
 @pytest.mark.parametrize("name", list(tasks.TASKS))
 def test_corpus_never_contains_a_split_record(name):
-    """The demo pair's pre-training corpus, as `paraknow.demo` builds it, shares no prompt and no
-    completion with any seed/train/val/test record (the pools are disjoint by construction)."""
+    """The demo models' pre-training corpus, as `paraknow.demo` builds it, shares no prompt and no
+    input (instruct: word set; arith: operation and operands; facts: worked answer) with any
+    seed/train/val/test record (the pools are disjoint by construction)."""
     from paraknow import demo
 
+    task = tasks.TASKS[name]
     corpus = tasks.corpus_records(name, demo.CORPUS[name])
-    split_texts = {m["content"] for s in tasks.SPLITS for r in tasks.task_records(name, s)
-                   for m in r["messages"]}
-    corpus_texts = {m["content"] for r in corpus for m in r["messages"]}
-    assert len(corpus) == demo.CORPUS[name] and not split_texts & corpus_texts
-    assert demo.split_overlap(corpus) == []
-    if tasks.TASKS[name].pooled:
-        assert all(tasks.in_corpus_pool(r["messages"][1]["content"]) for r in corpus)
-        assert not any(tasks.in_corpus_pool(r["messages"][1]["content"])
-                       for s in tasks.SPLITS for r in tasks.task_records(name, s))
+    split_records = [r for s in tasks.SPLITS for r in tasks.task_records(name, s)]
+    key = lambda r: task.input_key(r["messages"][0]["content"], r["messages"][1]["content"])  # noqa: E731
+    assert len(corpus) == demo.CORPUS[name]
+    assert not set(prompts(split_records)) & set(prompts(corpus))
+    assert not {key(r) for r in split_records} & {key(r) for r in corpus}
+    assert tasks.split_overlap(corpus) == [] and tasks.split_overlap(split_records[:20]) != []
+    split_texts = {m["content"] for r in split_records for m in r["messages"]}
+    if task.pooled:
+        assert all(tasks.in_corpus_pool(key(r)) for r in corpus)
+        assert not any(tasks.in_corpus_pool(key(r)) for r in split_records)
     else:  # facts: letters are not tied to a pool, so copying the letter is what a model can learn
         from collections import Counter
 
@@ -67,6 +70,53 @@ def test_corpus_never_contains_a_split_record(name):
     assert first_words <= {"Question:", "Answer:", "Reverse", "Give", "Count", "Join", "Remove"}
     for marker in ("Question:", "Answer:", "these words"):
         assert marker not in text
+
+
+def _tv(a: list[str], b: list[str]) -> float:
+    """Total-variation distance between the empirical distributions of a and b."""
+    from collections import Counter
+
+    ca, cb = Counter(a), Counter(b)
+    return 0.5 * sum(abs(ca[k] / len(a) - cb[k] / len(b)) for k in set(ca) | set(cb))
+
+
+def _answer_groups(name: str, records: list[dict]) -> dict[str, list[str]]:
+    """Answers grouped where their value space is small enough to compare distributions: arith by
+    tens; instruct's count / first / last instructions by instruction (the other instructions
+    answer with a whole word list, determined by the input)."""
+    if name == "arith":
+        return {"tens": [str(int(r["answer"]) // 10) for r in records]}
+    groups: dict[str, list[str]] = {}
+    for r in records:
+        op = " ".join(r["messages"][0]["content"].split(":")[0].split()[:3])
+        if op in ("Count these words", "Give the first", "Give the last"):
+            groups.setdefault(op, []).append(r["answer"])
+    return groups
+
+
+@pytest.mark.parametrize("name", ["arith", "instruct"])
+def test_answer_distributions_match_across_splits_and_corpus(name):
+    """Split by the input, not the answer: pre-training, train, val and test see the same answers
+    (the first split of `instruct` put every count item of the splits at "3" and of the corpus at
+    "4"), every test answer occurs in train and in the corpus, and no record is shared."""
+    from paraknow import demo
+
+    corpus = _answer_groups(name, tasks.corpus_records(name, demo.CORPUS[name]))
+    train = _answer_groups(name, tasks.task_records(name, "train"))
+    for split in ("train", "val", "test"):
+        for group, answers in _answer_groups(name, tasks.task_records(name, split)).items():
+            assert set(answers) <= set(corpus[group]), (split, group)
+            if group.startswith("Give"):  # 40 words: sampling noise alone gives TV ~0.2 vs the corpus
+                assert _tv(answers, corpus[group]) < 0.35, (split, group)
+            else:  # count: 4 values, arith tens: 10
+                assert _tv(answers, corpus[group]) < 0.1 and _tv(answers, train[group]) < 0.1, (split, group)
+                assert set(answers) <= set(train[group]), (split, group)
+    if name == "instruct":  # count is asked about lists of every length, in every split
+        for answers in (corpus["Count these words"], train["Count these words"]):
+            assert set(answers) == {"2", "3", "4", "5"}
+    if name == "arith":  # every test answer was seen in training (a rare extreme one in pre-training only)
+        seen = {r["answer"] for r in tasks.task_records(name, "train") + tasks.corpus_records(name, demo.CORPUS[name])}
+        assert {r["answer"] for r in tasks.task_records(name, "test")} <= seen
 
 
 def test_facts_test_split_asks_about_other_facts():

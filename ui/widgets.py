@@ -238,13 +238,15 @@ def get_model(role: str):
 def model_picker(role: str) -> dict | None:
     """Reference kind, reference, dtype and device of one model -> spec dict or None."""
     from paraknow.core.architecture import DTYPES
+    from paraknow.core.models import DEMO_REFS
 
     k = lambda field: S.model_key(role, field)  # noqa: E731
     kind = st.radio("Where the model comes from", S.MODEL_KINDS, key=k("kind"), horizontal=True, **PERSIST)
     ref = ""
     if kind == S.KIND_DEMO:
-        ref = st.selectbox("Built-in model", ["demo:teacher", "demo:student"], key=k("demo"), **PERSIST,
-                           help="The small Llama pair trained by `python -m paraknow.demo` (ships in the package).")
+        ref = st.selectbox("Built-in model", DEMO_REFS, key=k("demo"), **PERSIST,
+                           help="The small Llama models trained by `python -m paraknow.demo` (they ship in "
+                                "the package; demo:teacher-small is a second, smaller teacher).")
     elif kind == S.KIND_BUNDLED:
         problem = bundled_status()
         if problem:

