@@ -3,6 +3,7 @@ import json
 import math
 
 from paraknow import report
+from paraknow.core.models import DEMO_REFS
 
 
 def test_mean_ci95_is_the_student_t_interval():
@@ -21,7 +22,8 @@ def test_demo_report_written_with_provenance(tmp_path):
     assert prov["command"] == "python -m paraknow.report demo"
     assert prov["date"].startswith("20") and prov["machine"]["cpu_count"] >= 1
     assert "commit" in prov and "dirty" in prov
-    for ref in ("demo:teacher", "demo:student"):
+    assert set(data["models"]) == set(DEMO_REFS)
+    for ref in DEMO_REFS:
         assert set(data["models"][ref]) == {"arith", "facts", "instruct"}
         assert all(row["n"] == 2 for row in data["models"][ref].values())
     assert data["chance"]["facts"]["uniform_guess"] == 0.25
