@@ -1,7 +1,8 @@
 """Rebuild the built-in demo models `demo:teacher`, `demo:teacher-small` and `demo:student`
 (docs/method.md).
 
-    python -m paraknow.demo            # about 90 minutes on an idle 2-core CPU, one thread
+    python -m paraknow.demo            # all three in one process: over an hour on a CPU
+                                       # (each build's time: accuracies.json, wall_seconds)
     python -m paraknow.demo --models teacher-small student --out DIR_B   # one model set per process,
     python -m paraknow.demo --models teacher --out DIR_A                  # in parallel, then merge:
     cp -r DIR_A/teacher DIR_B/ && python -m paraknow.demo --models --out DIR_B
@@ -339,7 +340,7 @@ def write_readme(path: Path, report: dict, labels: list[str]) -> None:
                      for name, row in acc.items())
     specs = "\n".join(
         f"| {label} | {s['layers']} | {s['hidden']} | {s['ffn']} | {s['heads']} / {s['kv_heads']} | "
-        f"{report[label]['params']:,} | {s['steps']} x {s['batch']} |"
+        f"{report[label]['params']:,} | {s['steps']} x {s['batch']} | {report[label]['train_seconds'] / 60:.0f} |"
         for label in labels for s in [report[label]["spec"]])
     text = f"""# Built-in demo models
 
@@ -350,8 +351,8 @@ one byte-level BPE tokenizer ({report['vocab_size']} tokens, no chat template, s
 as float32. `demo:teacher-small` sits between the two in size (same corpus, same steps as the
 teacher): the second teacher for teacher-size studies (`extract.teacher` in a study recipe).
 
-| model | layers | hidden | FFN | heads / KV heads | parameters | training steps x batch |
-|---|---|---|---|---|---|---|
+| model | layers | hidden | FFN | heads / KV heads | parameters | training steps x batch | training minutes |
+|---|---|---|---|---|---|---|---|
 {specs}
 
 Exact-match accuracy on each built-in task's `test` split (greedy decoding,
@@ -361,15 +362,16 @@ Exact-match accuracy on each built-in task's `test` split (greedy decoding,
 |---|{"---|" * len(labels)}---|
 {rows}
 
-The pre-training corpus shares no prompt and no input (an `instruct` word list, an `arith`
+The pre-training corpus shares no prompt and no input (the set of words of an `instruct` list, an `arith`
 operation with its operands) with any `seed`/`train`/`val`/`test` record, while its answers
 follow the same distribution as the splits' (`paraknow.core.tasks`, docs/method.md). The
 student is smaller *and* trained for fewer steps than the teachers: that is what leaves it
 clearly weaker on every task, with room for LoRA fine-tuning (and parametric knowledge
 transfer) to help. `accuracies.json` holds the full report, including which test samples
-each model answers correctly. This build took {report['wall_seconds'] / 60:.1f} minutes
-({report['torch_threads']} torch threads); models trained in separate processes were merged
-with `python -m paraknow.demo --models` (no model: keep and evaluate what is there).
+each model answers correctly. Training minutes are wall-clock time on the machine that built the
+model, which may have been shared with other work; the last build step (`python -m paraknow.demo`,
+or `--models` with no model to merge models trained in separate processes and evaluate them)
+took {report['wall_seconds'] / 60:.1f} minutes with {report['torch_threads']} torch thread(s).
 """
     (path / "README.md").write_text(text)
 
