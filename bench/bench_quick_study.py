@@ -71,7 +71,8 @@ def run_once(recipe: Path, out: Path, nice: int, workers: str, cache: Path) -> d
         for c in results["cells"]]
     return {"estimate_s": timing["estimate_s"], "cells_wall_s": timing["wall_s"], "command_s": round(command_s, 1),
             "estimate_vs_cells": round(timing["estimate_s"] / timing["wall_s"] - 1, 3), **cpu_part(cache, since),
-            "estimate_line": proc.stderr.splitlines()[0], "cells": cells, "workers": timing["workers"],
+            "estimate_line": next(line for line in proc.stderr.splitlines() if line.startswith("study ")),
+            "cells": cells, "workers": timing["workers"],
             "threads": timing["threads"], "nice": nice, "load_average_start": load_start,
             "load_average_end": load_average(), "budget_minutes": json.loads(recipe.read_text())["budget_minutes"],
             "within_budget": timing["budget_stop"] is None,
