@@ -171,17 +171,18 @@ def study_cell(recipe, cell, out: Path, test_records) -> dict:
 
 
 def estimated(recipe) -> dict:
-    """The study's own estimate of each cell (paraknow.study.budget, at this thread count), without the
-    export (made before the rounds)."""
+    """The study's own CPU-seconds estimate of each cell (paraknow.study.budget, at this thread count, before
+    the contention and overhead factors), without the export (made before the rounds)."""
     from paraknow.study.budget import calibrate, estimate_study, export_seconds
     from paraknow.study.plan import check_recipe, plan_cells
 
     sizes = check_recipe(recipe)
     calibration = calibrate(recipe, sizes)
     cells = plan_cells(recipe)
-    estimate = estimate_study(recipe, cells, sizes, calibration)
-    return {c.arm: round(estimate.cells[c.cell_id] - (export_seconds(recipe, recipe.arm(c.arm), sizes, calibration)
-                                                      if c.arm == "pkt" else 0), 2) for c in cells}
+    estimate = estimate_study(recipe, cells, sizes, calibration)  # each PKT arm counted as making its export
+    return {c.arm: round(estimate.cpu_cells[c.cell_id][1] - (export_seconds(recipe, recipe.arm(c.arm), sizes,
+                                                                            calibration) if c.arm == "pkt" else 0), 2)
+            for c in cells}
 
 
 def run_rounds(recipe, root: Path, rounds: int) -> dict:

@@ -10,7 +10,7 @@ from study_fixtures import study_inputs, tiny_recipe, write_recipe
 
 from paraknow.core.jobdir import PROGRESS_FILE
 from paraknow.study import parse_recipe, run_study
-from paraknow.study.budget import BudgetGate, Calibration, measured_factors, timing_file
+from paraknow.study.budget import BudgetGate, Calibration, Factors, TimeEstimate, measured_factors, timing_file
 from paraknow.study.cells import STUDY_FILE
 
 ARMS = [{"name": "untuned", "init": "untuned"}, {"name": "vanilla", "init": "vanilla"}]
@@ -28,19 +28,65 @@ def hold_back_vanilla(monkeypatch):
     return scaled
 
 
-def test_the_gate_rescales_the_next_estimate_by_the_cells_finished():
-    class Cell:
-        def __init__(self, cell_id):
-            self.cell_id = cell_id
+class _Cell:
+    def __init__(self, cell_id):
+        self.cell_id = cell_id
 
-    a, b = Cell("a"), Cell("b")
-    gate = BudgetGate(10.0, {"a": 1.0, "b": 2.0}, spent_before_s=0.0, started=time.time() - 1.0)
-    assert gate.next_estimate_s(b) == 2.0 and gate.allows(b)  # nothing finished: the estimate as it is
-    gate.observe(a, 4.0)  # a took 4x its estimate
-    assert gate.next_estimate_s(b) == pytest.approx(8.0)
-    gate.started = time.time() - 3.0  # 3 s spent + 8 s > 10 s
-    assert not gate.allows(b) and gate.refused[0] is b
+
+def _gate(budget_s: float, cpu_cells: dict, contention: float = 1.0, overhead: dict | None = None) -> BudgetGate:
+    """A gate over cells estimated at `cpu_cells` (cell_id -> (kind, CPU s)) x the overhead x `contention`."""
+    factors = Factors(overhead=dict(overhead or {}), contention=contention)
+    wall = {c: cpu * factors.overhead.get(kind, 1.0) * contention for c, (kind, cpu) in cpu_cells.items()}
+    estimate = TimeEstimate(sum(wall.values()), wall, None, cpu_cells=cpu_cells, factors=factors)
+    return BudgetGate(budget_s, estimate, spent_before_s=0.0, started=time.time() - 1.0)
+
+
+def test_the_gate_reestimates_the_next_cell_from_the_cells_finished():
+    a, b, c = _Cell("a"), _Cell("b"), _Cell("c")
+    gate = _gate(100.0, {"a": ("trained", 1.0), "b": ("pkt-export", 2.0), "c": ("trained", 3.0)}, contention=2.0)
+    assert gate.next_estimate_s(b) == 4.0 and gate.allows(b)  # nothing finished: the estimate as made
+    gate.observe(a, {"cpu_s": 1.5, "seconds": 6.0})  # 1.5x its CPU estimate, at contention 4 (not 2)
+    assert gate.next_estimate_s(c) == pytest.approx(3.0 * 1.5 * 4.0)  # its own kind's overhead
+    assert gate.next_estimate_s(b) == pytest.approx(2.0 * 1.5 * 4.0)  # no pkt cell yet: the trained kinds'
+    gate.observe(_Cell("a"), {"cpu_s": None, "seconds": 9.0})  # a failed cell (no CPU seconds): nothing learnt
+    assert len(gate.observed) == 1
+    gate.started = time.time() - 70.0  # 70 s spent + 18 s > 80 s
+    gate.budget_s = 80.0
+    assert not gate.allows(c) and gate.refused[0] is c
     assert "1 cell remains" in gate.message(1) and "--budget-minutes" in gate.message(1)
+
+
+def test_a_controls_error_does_not_scale_a_trained_cell_but_its_contention_does():
+    """An evaluation-only control that ran a thousand times its CPU estimate says nothing of training's
+    estimate; the share of a core it got is the machine's, and counts for every cell."""
+    control, vanilla, teacher = _Cell("untuned"), _Cell("vanilla"), _Cell("teacher")
+    gate = _gate(100.0, {"untuned": ("control", 0.001), "vanilla": ("trained", 2.0), "teacher": ("control", 0.5)},
+                 overhead={"trained": 1.25})
+    gate.observe(control, {"cpu_s": 1.0, "seconds": 3.0})
+    assert gate.next_estimate_s(vanilla) == pytest.approx(2.0 * 1.25 * 3.0)  # the cache's overhead, contention 3
+    assert gate.next_estimate_s(teacher) == pytest.approx(0.5 * 1000.0 * 3.0)  # the control's own overhead
+    gate.observe(vanilla, {"cpu_s": 4.0, "seconds": 4.0})
+    assert gate.next_estimate_s(teacher) == pytest.approx(0.5 * 1000.0 * (7.0 / 5.0))
+
+
+def test_an_evaluation_is_estimated_as_its_loss_pass_and_its_generation(tmp_path):
+    """Every evaluated record costs its loss pass and its answer (a control: test records; a trained cell:
+    validation and test records); a new export adds the sensitivity pass and the signals' zero-step loss."""
+    from paraknow.study.budget import estimate_study, export_seconds
+    from paraknow.study.plan import check_recipe, plan_cells
+    from paraknow.study.signals import ZERO_STEP_RECORDS
+
+    arms = [*ARMS, {"name": "pkt", "init": "pkt", "extract": {"samples": 4}}]
+    recipe = parse_recipe(tiny_recipe(study_inputs(tmp_path / "inputs"), seeds=[0], arms=arms))
+    sizes, cells = check_recipe(recipe), plan_cells(recipe)
+    c = Calibration(student_load_s=0.5, train_s_per_sample=0.0, generate_s_per_record=0.0, loss_s_per_record=0.25,
+                    sensitivity_s_per_sample=0.125)
+    cpu = {cell.arm: s for cell, (_, s) in zip(cells, estimate_study(recipe, cells, sizes, c).cpu_cells.values())}
+    assert cpu["untuned"] == pytest.approx(0.5 + sizes.test * 0.25)
+    assert cpu["vanilla"] == pytest.approx(0.5 + (sizes.val + sizes.test) * 0.25)
+    export = export_seconds(recipe, recipe.arm("pkt"), sizes, c)
+    assert export == pytest.approx(2 * 0.5 + min(4, sizes.seed) * 0.125 + 2 * min(ZERO_STEP_RECORDS, sizes.val) * 0.25)
+    assert cpu["pkt"] == pytest.approx(cpu["vanilla"] + export)
 
 
 def test_the_budget_stops_a_study_before_a_cell_that_would_exceed_it_and_a_raised_budget_resumes(tmp_path,

@@ -62,3 +62,24 @@ def test_the_quick_example_is_the_page_preset():
     assert recipe.budget_minutes == QUICK_PRESET["budget_minutes"]
     assert recipe.arm("vanilla").train["lr"] == float(QUICK_PRESET["sweep"])
     assert recipe.train["epochs"] == QUICK_PRESET["epochs"]
+
+
+def test_the_shipped_recipes_and_the_pages_builder_train_at_the_micro_batch_bench_cell_measured():
+    """docs/examples/*.json and the Study page's builder (its quick preset keeps it) use the micro-batch of
+    docs/results/bench_cell.json, where a cell is within its target of a plain loop."""
+    import json
+    from pathlib import Path
+
+    from paraknow.study import load_recipe
+    from ui.state import W_ST_MICRO, study_defaults
+
+    root = Path(__file__).resolve().parent.parent
+    measured = json.loads((root / "docs" / "results" / "bench_cell.json").read_text())["micro_batch"]
+    recipes = sorted((root / "docs" / "examples").glob("study-*.json"))
+    assert len(recipes) >= 3 and study_defaults()[W_ST_MICRO] == measured
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert recipe.train.get("micro_batch") == measured, path.name  # set in the file, not left to a default
+        for arm in recipe.arms:
+            if arm.trained:
+                assert train_config(recipe, arm, 0, None, "vanilla").micro_batch == measured, (path.name, arm.name)

@@ -27,6 +27,7 @@ import torch
 
 from ..core.data import IGNORE_INDEX
 from ..core.errors import ParaknowError
+from .labelled import head_logits
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -107,8 +108,6 @@ class LogitDistillation:
     def teacher_rows(self, batch: dict) -> torch.Tensor:
         """[n, V_T] float32 logits of the teacher at the batch's n completion positions, the rows
         `head_logits` gives the student (the LM head skips the prompt and padding positions)."""
-        from .train_loss import head_logits
-
         return self._forward(batch, lambda: head_logits(self.teacher, batch)[0])
 
     def __call__(self, outputs, labels, num_items_in_batch=None):
@@ -120,7 +119,7 @@ def trainer_class(distillation: LogitDistillation | None):
     """The trainer of a run: paraknow.runs.train_loss.CompletionTrainer, or for logit KD one whose loss
     adds the KD term on the same completion rows (pass `compute_loss_func=distillation` too: several
     processes fall back to the model's full logits, and `distillation` is that loss)."""
-    from .train_loss import CompletionTrainer, head_logits
+    from .train_loss import CompletionTrainer
 
     if distillation is None:
         return CompletionTrainer

@@ -1,7 +1,8 @@
 """Evaluation: completion loss and exact-match accuracy of greedy generations (`paraknow eval`).
 
 - loss: mean over samples of each sample's mean token cross-entropy on its completion
-  tokens (the same masking as training; `{"text": ...}` records count every token);
+  tokens (the same masking as training; `{"text": ...}` records count every token), the LM head
+  applied at the labelled positions only (`paraknow.runs.labelled.sample_losses`);
 - accuracy: batched greedy generation from the prompt (left-padded), then the final answer
   matched against the reference (`paraknow.core.answers`, `match` = auto|exact|numeric; auto
   compares numbers when the reference is a number). Built-in task records (with `task` and
@@ -20,12 +21,13 @@ from typing import Callable
 import torch
 
 from ..core.answers import check_mode, final_answer
-from ..core.data import collate, encode_all, encode_prompt, per_sample_loss
+from ..core.data import collate, encode_all, encode_prompt
 from ..core.errors import ParaknowError
 from ..core.options import option
 from ..core.records import split_conversation
 from ..core.tasks import score
 from ..core.validate import MAX_LENGTH, check_count
+from .labelled import causal_lm, sample_losses
 
 Progress = Callable[[int, int, str], None]
 
@@ -52,11 +54,6 @@ def _device_of(model) -> torch.device:
         return model.get_input_embeddings().weight.device
     except (AttributeError, NotImplementedError):
         return next(model.parameters()).device
-
-
-def causal_lm(model):
-    """The transformers causal LM inside a (PEFT) model: its decoder and its LM head are called directly."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _pad_id(tokenizer) -> int:
@@ -93,8 +90,7 @@ def completion_losses(model, tokenizer, records: list[dict], batch_size: int = 1
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collate([items[i] for i in idx], pad).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            for i, value in zip(idx, per_sample_loss(logits, batch["labels"]).tolist()):
+            for i, value in zip(idx, sample_losses(model, batch).tolist()):  # logits at the labels only
                 losses[i] = value
             if progress:
                 progress(min(start + batch_size, len(order)), len(order), "loss")

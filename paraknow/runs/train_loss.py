@@ -3,8 +3,8 @@
 `completion_loss` is the loss transformers computes for a causal LM (labels shifted by one, -100
 ignored, summed and divided by the labelled tokens of the whole optimiser batch, `num_items`), computed
 without materialising the logits of the prompt and padding positions: the decoder's hidden states are
-gathered at the labelled positions first and only those rows go through the LM head (about a quarter
-of the positions in the built-in tasks). A distillation term belongs here, beside the cross-entropy:
+gathered at the labelled positions first and only those rows go through the LM head
+(`paraknow.runs.labelled.head_logits`). A distillation term belongs here, beside the cross-entropy:
 the student's logits on exactly the completion tokens are `head_logits`' rows.
 
 `CompletionTrainer` is the transformers Trainer with this loss. Under several processes (the model
@@ -30,26 +30,7 @@ from accelerate.data_loader import SeedableRandomSampler
 from torch.utils.data import RandomSampler, Sampler
 from transformers import Trainer
 
-from ..core.data import IGNORE_INDEX
-from .evaluate import causal_lm
-
-
-def head_logits(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits [n, V] in float32 at the n labelled positions, their targets [n]): position t of a row
-    predicts labels[t + 1], as transformers shifts them."""
-    lm = causal_lm(model)
-    mask = inputs["attention_mask"]  # [b, s]
-    if bool((mask[:, 1:] <= mask[:, :-1]).all()):  # right-padded: causal attention alone never reaches
-        mask = None                                 # the padding from a real position (no mask to build)
-    hidden = lm.get_decoder()(input_ids=inputs["input_ids"], attention_mask=mask,
-                              use_cache=False).last_hidden_state  # [b, s, d]
-    targets = inputs["labels"][:, 1:]  # [b, s-1]
-    keep = targets != IGNORE_INDEX  # [b, s-1]
-    logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # [n, d] -> [n, V]
-    cap = getattr(lm.config, "final_logit_softcapping", None)  # gemma2/gemma3 cap their logits
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits, targets[keep]
+from .labelled import head_logits
 
 
 def completion_loss(model, inputs: dict, num_items=None) -> torch.Tensor:

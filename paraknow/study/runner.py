@@ -411,7 +411,7 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
         atomic_write_json(out / RECIPE_FILE, recipe.to_dict())
         total = len(plan_cells(recipe))
         started = time.time()
-        gate = BudgetGate(recipe.budget_minutes * 60, estimate.cells, _spent_s(out), started)
+        gate = BudgetGate(recipe.budget_minutes * 60, estimate, _spent_s(out), started)
         timings = timing_file(recipe, policy.threads)
         status = {"state": "running", "pid": os.getpid(), "pid_start": proc_start_time(os.getpid()),
                   "started": started, "finished": None, "cell": None, "cells_total": total,
@@ -423,7 +423,7 @@ def run_study(recipe: Recipe, out, resume: bool = False, progress: Progress | No
         try:
             for k, (cell, record) in enumerate(_run_cells(recipe, pending, out, status, say, policy.workers,
                                                                 policy.threads, runner, gate.allows), 1):
-                gate.observe(cell, record.get("seconds"))
+                gate.observe(cell, record)
                 if record["state"] == "finished":
                     record_cell(timings, estimate, cell.cell_id, record)
                 say(f"[{k}/{len(pending)}] {_cell_name(cell)}: {_outcome(record)}")
