@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import resource
 import time
+from functools import partial
 
 import torch
 from common import parse_scale_args, scale_parser, write_figures
@@ -65,10 +66,10 @@ def module_step(t_shape, s_shape, seed: int, check: bool, param: str | None = No
     matrix [o_T, i_T] -> student [o_S, i_S]."""
     g = torch.Generator().manual_seed(seed)
     scores = torch.rand(t_shape, generator=g)  # [o_T, i_T]
-    t_score, _ = clock(lambda: layer_scores({param: scores}, 1) if param else None)
-    t_plan, selection = clock(lambda: select("submatrix", scores, *s_shape))
-    t_captured, _ = clock(lambda: captured_share(scores, selection))
-    del scores
+    t_score = clock(partial(layer_scores, {param: scores}, 1))[0] if param else 0.0
+    t_plan, selection = clock(partial(select, "submatrix", scores, *s_shape))
+    t_captured, _ = clock(partial(captured_share, scores, selection))
+    del scores  # the float32 scores of a 70B-like matrix: freed before its weight is drawn
     weight = (torch.randn(t_shape, generator=g) * 0.02).to(device)  # [o_T, i_T], the teacher's weight
     t_factorise, factors = clock(lambda: factorise(selection.apply(weight), RANK, ALPHA))  # factors come back on the host
     row = {"teacher": list(t_shape), "student": list(s_shape), "score_s": t_score,
