@@ -20,7 +20,7 @@ so every figure there can be reproduced and traced.
   pre-training) and evaluated on all of its `test` split, one run per seed; per method the mean,
   sample standard deviation and a Student-t 95 % confidence interval over seeds.
 - `study`: runs (or resumes: finished cells are kept) the shipped study recipe in `--dir`, then
-  writes into `--out` summary.json (provenance, recipe, per-arm results and verdicts, signal
+  writes into `--out` summary.json (provenance, recipe, per-arm results and verdicts, the comparisons with their bootstrap intervals, signal
   correlations, timing, each arm's mean cost), results.csv (every cell, its cost as columns),
   table.md (the per-arm table the README quotes) and the figures as PNG (bars per arm coloured by
   factor, the gain over the baseline vs the teacher's cost, the seed-count curve, the learning
@@ -192,6 +192,9 @@ def study_report(recipe_path, study_dir: Path, out_dir: Path, workers, progress=
         if why_not is None:
             atomic_write_bytes(out_dir / name, figure_image(figure, "png"))
     return {"recipe": recipe.to_dict(), "baseline": results["baseline"], "arms": results["arms"],
+            # the declared comparisons with the bootstrap over the cells' predictions, which stay in
+            # the study directory (reanalyse, from results.csv alone, cannot recompute the bootstrap)
+            "comparisons": results["comparisons"],
             "signal_correlations": results["signal_correlations"], "timing": timing,
             # the code that ran the cells (each cell's own commit) -> how many cells it ran
             "cell_commits": dict(Counter(c.get("commit") or "unrecorded" for c in cells)),

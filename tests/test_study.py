@@ -413,6 +413,7 @@ def test_report_study_writes_summary_cells_and_figures_without_rerunning(study, 
     from paraknow.core.provenance import code_version
     assert {r["commit"] for r in records} == {code_version()}
     assert summary["cell_commits"] == {code_version() or "unrecorded": len(records)}
+    assert summary["comparisons"] == study["results"]["comparisons"]
     lines = (tmp_path / "docs" / "results.csv").read_text().strip().splitlines()
     assert len(lines) == 1 + len(study["results"]["cells"])
     table = (tmp_path / "docs" / "table.md").read_text().splitlines()
