@@ -80,6 +80,8 @@ def test_the_shipped_recipes_and_the_pages_builder_train_at_the_micro_batch_benc
     for path in recipes:
         recipe = load_recipe(path)
         assert recipe.train.get("micro_batch") == measured, path.name  # set in the file, not left to a default
+        if not all(str(ref).startswith("demo:") for ref in (recipe.teacher, recipe.student)):
+            continue  # resolving its cells needs the real models (an optional extra): the file's key is checked
         for arm in recipe.arms:
             if arm.trained:
                 assert train_config(recipe, arm, 0, None, "vanilla").micro_batch == measured, (path.name, arm.name)
