@@ -97,6 +97,10 @@ def test_readme_study_section_states_the_corrected_verdicts_of_the_shipped_study
     for word in ("better", "worse", "equivalent", "inconclusive"):
         assert (f"**{word}**" in section) == (word in found), word
     assert set(summary["cell_commits"]) != {"unrecorded"}
+    facts = _summary("study_facts")["comparisons"]  # the README says all inconclusive, with the MDE range
+    assert {c["verdict"] for c in facts} == {"inconclusive"}
+    low, high = (100 * f(c["mde80"] for c in facts) for f in (min, max))
+    assert f"all three comparisons are inconclusive (MDE {low:.1f} to {high:.1f} points)" in section
 
 
 def test_results_page_tables_equal_the_results_files():
