@@ -20,8 +20,9 @@ so every figure there can be reproduced and traced.
   pre-training) and evaluated on all of its `test` split, one run per seed; per method the mean,
   sample standard deviation and a Student-t 95 % confidence interval over seeds.
 - `study`: runs (or resumes: finished cells are kept) the shipped study recipe in `--dir`, then
-  writes into `--out` summary.json (provenance, recipe, per-arm results and verdicts, the comparisons with their bootstrap intervals, signal
-  correlations, timing, each arm's mean cost), results.csv (every cell, its cost as columns),
+  writes into `--out` summary.json (provenance, recipe, per-arm results and verdicts, the
+  comparisons with their bootstrap intervals, signal correlations, timing, the cells per commit,
+  each arm's mean cost), results.csv (every cell, its cost as columns),
   table.md (the per-arm table the README quotes) and the figures as PNG (bars per arm coloured by
   factor, the gain over the baseline vs the teacher's cost, the seed-count curve, the learning
   curves). The PNGs need kaleido and Chromium (requirements-images.txt); without them the JSON and
