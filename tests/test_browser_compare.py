@@ -6,7 +6,7 @@ tests/test_browser.py puts them (5_mapping_compare*.png). Skips when Chromium or
 from __future__ import annotations
 
 import pytest
-from test_browser import CHROMIUM, TIMEOUT_MS, _goto, _no_errors, _settle, _shot, server  # noqa: F401 - fixture
+from test_browser import CHROMIUM, TIMEOUT_MS, _goto, _no_errors, _quick_start, _settle, _shot, server  # noqa: F401 - fixture
 
 from paraknow.transfer.compare import combinations
 
@@ -24,9 +24,7 @@ def test_compare_and_adopt_a_row(server):
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(url)
-        page.get_by_role("button", name="Quick start on the demo pair").click()
-        page.get_by_text("Quick start done").first.wait_for()
-        _settle(page)
+        _quick_start(page)
         _goto(page, "Mapping", "Selection preview")
         page.get_by_role("button", name="Compare every structure and layer strategy").click()
         grid = page.locator("[data-testid='stDataFrame']").filter(has_text="◀ current")  # cells: a hidden grid

@@ -10,7 +10,7 @@ import json
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from test_browser import CHROMIUM, SHOTS, TIMEOUT_MS, _goto, _no_errors, _settle, _shot, server  # noqa: F401
+from test_browser import CHROMIUM, SHOTS, TIMEOUT_MS, _goto, _no_errors, _quick_start, _settle, _shot, server  # noqa: F401
 
 pytestmark = pytest.mark.browser  # a real browser: run with -m browser, left out of the fast lane
 
@@ -43,11 +43,7 @@ def test_a_map_survives_clicks_and_a_reload_and_the_link_restores_it(server, tmp
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(url)
-        page.get_by_text("Quick start on the demo pair").first.wait_for()
-        _settle(page)
-        page.get_by_role("button", name="Quick start on the demo pair").click()
-        page.get_by_text("Quick start done").first.wait_for()
-        _settle(page)
+        _quick_start(page)
 
         _goto(page, "Sensitivity", "Layers × modules")
         _select(page, "Split", SPLIT)

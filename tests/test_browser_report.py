@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_browser import CHROMIUM, TIMEOUT_MS, _goto, _no_errors, _settle, server  # noqa: F401 - server: the fixture  # noqa: F401 - server: the fixture
+from test_browser import CHROMIUM, TIMEOUT_MS, _goto, _no_errors, _quick_start, _settle, server  # noqa: F401 - server: the fixture
 from test_htmlreport import open_offline
 
 from paraknow.htmlreport import image_export_unavailable
@@ -27,9 +27,7 @@ def test_downloaded_report_draws_every_chart_offline(server, tmp_path):
         page = browser.new_page(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(url)
-        page.get_by_role("button", name="Quick start on the demo pair").click()
-        page.get_by_text("Quick start done").first.wait_for()
-        _settle(page)
+        _quick_start(page)
         _goto(page, "Sensitivity", "Layers × modules")
         _no_errors(page)
         button = page.get_by_role("button", name=re.compile(r"Download report \(\d+ charts\)"))
