@@ -3,7 +3,7 @@ import importlib.util
 
 import pytest
 import torch
-from tiny import SEED_RECORDS, make_tokenizer
+from tiny import SEED_RECORDS, make_tokenizer, tiny_llama
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from paraknow import load_model
@@ -106,3 +106,17 @@ def test_bundled_smollm2_converts_once_then_loads_the_converted_copy(monkeypatch
     monkeypatch.setattr(gguf_models, "_dequantise", second_conversion)
     again, _ = load_model("bundled:smollm2-135m-instruct")
     assert describe(again).n_params == info.n_params
+
+
+def test_quiet_transformers_hides_the_deprecation_peft_triggers():
+    """PEFT reads `is_gradient_checkpointing`, deprecated in transformers v5: the CLI's output stays clean."""
+    import warnings
+
+    from paraknow.core.models import quiet_transformers
+
+    model = tiny_llama(layers=1, hidden=32, ffn=64, heads=2, kv_heads=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_transformers()
+        assert model.is_gradient_checkpointing is False
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

@@ -260,7 +260,12 @@ def model_fingerprint(model) -> str:
 
 
 def quiet_transformers() -> None:
+    """Errors only from transformers, no progress bars, and not the deprecation PEFT triggers by
+    reading `is_gradient_checkpointing` (transformers v5), which a user cannot act on."""
+    import warnings
+
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
