@@ -12,7 +12,9 @@ leaves the student's logits unchanged). Peak RSS is sampled every 20 ms per step
 anonymous (RssAnon: what the process allocated, without the pages of memory-mapped model files, which the
 kernel can drop); the process's own maximum (ru_maxrss) is recorded too; the thread count and the load
 average say how busy the machine was. The steps are `extract_to_dir`'s own calls in its order: the student
-is described weightless, and its weights load once the plan has freed the map.
+is described weightless, and its weights load once the plan has freed the map. With --images DIR, the
+teacher's sensitivity by layer and module and the layer mapping are drawn as the app draws them
+(paraknow.viz) into DIR/sensitivity.png and DIR/mapping.png, after every step is timed.
 """
 from __future__ import annotations
 
@@ -104,6 +106,8 @@ def main() -> None:
                         help="also time the de-quantisation of both models (again, in a temporary cache)")
     parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--smoke", action="store_true", help="the demo pair and 2 samples (seconds)")
+    parser.add_argument("--images", default=None,
+                        help="also draw the sensitivity heatmap and the layer mapping as PNGs into this folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     quiet_transformers()
@@ -114,10 +118,12 @@ def main() -> None:
     from paraknow.core.models import describe_unloaded, load_model
     from paraknow.core.numerics import float32_matmuls
     from paraknow.transfer.export import verify_export
+    from paraknow.transfer.mapping import layer_scores
     from paraknow.transfer.pipeline import plan_and_export
     from paraknow.transfer.plan import TransferConfig
     from paraknow.transfer.sensitivity import SensitivityConfig, compute_sensitivity
     from paraknow.transfer.sensitivity_files import provenance
+    from paraknow.transfer.sensitivity_map import module_table
 
     teacher_ref, student_ref = ("demo:teacher", "demo:student") if args.smoke else (TEACHER, STUDENT)
     data = "task:arith:seed" if args.smoke else args.data
@@ -150,6 +156,8 @@ def main() -> None:
     sample_ends, sensitivity_start = [], time.perf_counter()  # perf_counter at the end of each seed's backward
     scores = compute_sensitivity(teacher, teacher_tok, records, sens,
                                  progress=lambda i, n, message: sample_ends.append(time.perf_counter()))
+    phases.step(None)  # the drawing's inputs: a few numbers per layer and module, not part of any step
+    table, per_layer = module_table(scores), layer_scores(scores, t_info.n_layers)
     phases.step("plan")
     loaded = {}
 
@@ -191,8 +199,26 @@ def main() -> None:
           f"{figures['sums_float32_gib']} + student {figures['student_float32_gib']} GiB); layer map "
           f"{manifest['layer_map']}; export {figures['export_mib']} MiB; step 0 unchanged: {check.unchanged} "
           f"(max change {check.max_change:.2e}, relative {figures['step0_relative_change']:.2e})")
+    if args.images:
+        draw(Path(args.images), table, manifest["layer_map"], per_layer,
+             f"{teacher_ref} on {samples} seeds of {Path(data).name}")
     if args.out:
         write_figures(args.out, figures)
+
+
+def draw(folder: Path, table: list[dict], layer_map: list, per_layer: list[float], what: str) -> None:
+    """The sensitivity heatmap and the layer mapping, as the Sensitivity and Mapping pages draw them."""
+    from paraknow.core.fsio import atomic_write_bytes
+    from paraknow.htmlreport import figure_image
+    from paraknow.viz.mapping import mapping_diagram
+    from paraknow.viz.sensitivity import sensitivity_heatmap
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images = {"sensitivity.png": sensitivity_heatmap(table, title=f"Sensitivity of {what} (sum, taylor-abs)"),
+              "mapping.png": mapping_diagram(layer_map, len(per_layer), per_layer)}
+    for name, figure in images.items():
+        atomic_write_bytes(folder / name, figure_image(figure))
+        print(f"wrote {folder / name}")
 
 
 if __name__ == "__main__":
