@@ -102,3 +102,15 @@ def test_the_study_page_shows_the_column_and_the_chart(study, monkeypatch):
     assert table.set_index("arm").loc["kd", "teacher cost"] == kd["teacher cost"]
     charts = [c for c in at.get("plotly_chart") if "teacher cost" in c.proto.spec]
     assert charts, "no cost chart on the page"
+
+
+def test_arms_of_equal_cost_are_drawn_side_by_side_around_it():
+    from paraknow.study.report import DODGE_DECADES, _dodged
+
+    xs = _dodged([1e9, 1e9, 1e9, 5e10, 1e9])
+    assert xs[3] == 5e10  # alone at its cost: exactly there
+    shared = [xs[i] for i in (0, 1, 2, 4)]
+    assert shared == sorted(shared) and len(set(shared)) == 4  # in order, none on top of another
+    ratios = [b / a for a, b in zip(shared, shared[1:])]
+    assert ratios == pytest.approx([10 ** DODGE_DECADES] * 3)
+    assert shared[0] * shared[3] == pytest.approx(1e18)  # centred on the cost (geometric mean)

@@ -210,10 +210,24 @@ COST_CAPTION = ("<p>Each arm's mean paired difference with the baseline against 
                 "figures with the tokens and seconds.</p>")
 
 
+DODGE_DECADES = 0.12  # on the cost chart's log axis, arms of one cost are drawn this far apart
+
+
+def _dodged(xs: list[float]) -> list[float]:
+    """Positions on a log axis where arms of equal cost (e.g. every arm without a teacher) sit side by
+    side, centred on their cost, in their order, instead of on top of each other; a lone arm stays put."""
+    out = list(xs)
+    for value in set(xs):
+        same = [i for i, v in enumerate(xs) if v == value]
+        for k, i in enumerate(same):
+            out[i] = value * 10 ** (DODGE_DECADES * (k - (len(same) - 1) / 2))
+    return out
+
+
 def cost_figure(points: list[dict], results: dict):
     """Gain over the baseline (accuracy points, paired 95 % CI) against the teacher's estimated FLOPs on
     a log axis, one marker per arm coloured by factor; teacher-free arms (0 FLOPs) sit at the left edge,
-    labelled "no teacher" (the measured version of the paper's Figure 1)."""
+    labelled "no teacher", arms of equal cost side by side (the measured version of the paper's Figure 1)."""
     import math
 
     import plotly.graph_objects as go
@@ -225,15 +239,17 @@ def cost_figure(points: list[dict], results: dict):
     colors = _factor_colors(results["arms"])
     order = sorted(range(len(points)), key=lambda i: (points[i]["flops"], points[i]["gain"]))
     above = {order[k]: k % 2 == 0 for k in range(len(order))}  # neighbours' names alternate above and below
+    x = _dodged([p["flops"] or floor for p in points])
     fig = go.Figure()
     for group, color in colors.items():
         members = [i for i, p in enumerate(points) if p["factor"] == group]
         if not members:
             continue
         textposition = ["top center" if above[i] else "bottom center" for i in members]
+        xs = [x[i] for i in members]
         members = [points[i] for i in members]
         fig.add_trace(go.Scatter(
-            x=[p["flops"] or floor for p in members], y=[100 * p["gain"] for p in members], mode="markers+text",
+            x=xs, y=[100 * p["gain"] for p in members], mode="markers+text",
             name=group or "arms", marker={"color": color, "size": 11}, text=[p["arm"] for p in members],
             textposition=textposition,
             error_y={"type": "data", "symmetric": False,
