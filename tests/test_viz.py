@@ -264,3 +264,13 @@ def test_the_comparison_heat_table_puts_each_row_in_its_cell_and_outlines_the_cu
     (box,) = fig.layout.shapes
     assert (box.x0, box.y0, box.xref) == (0.5, 0.5, "x2")  # strategy 1, structure 1, in the second panel
     assert viz.compare_heat_table(rows, "captured").data[0].text[0][1] == "10%"
+
+
+def test_the_heatmap_fills_its_plot_without_padding_or_a_zero_line():
+    """Fixed ranges: the invisible click markers would otherwise pad the grid with an empty band, and
+    plotly's zero line would cross the first column."""
+    fig = viz.sensitivity_heatmap(_table(3), "sum")
+    n_modules = len(fig.layout.xaxis.tickvals)
+    assert tuple(fig.layout.xaxis.range) == (-0.5, n_modules - 0.5)
+    assert tuple(fig.layout.yaxis.range) == (2.5, -0.5)  # layer 0 on top
+    assert fig.layout.xaxis.zeroline is False and fig.layout.yaxis.zeroline is False

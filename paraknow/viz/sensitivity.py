@@ -67,9 +67,10 @@ def sensitivity_heatmap(table: list[dict], value: str = "sum", log: bool = False
     # the module labels sit above the grid at a fixed angle, below the title pinned to the figure's top: a
     # margin sized for the longest label, so no redraw (narrower, recomputed) can rotate them into the title
     fig.update_xaxes(tickvals=list(range(len(modules))), ticktext=modules, side="top", showgrid=False,
-                     tickangle=-30, automargin=False)
+                     zeroline=False, tickangle=-30, automargin=False, range=[-0.5, len(modules) - 0.5])
+    # the grid fills the plot: fixed ranges, since the click markers would pad an automatic one
     fig.update_yaxes(tickvals=list(range(len(layers))), ticktext=[str(l) for l in layers],
-                     autorange="reversed", title="layer", showgrid=False)
+                     range=[len(layers) - 0.5, -0.5], title="layer", showgrid=False, zeroline=False)
     fig.update_layout(clickmode="event+select", dragmode=False,
                       margin=dict(t=HEATMAP_TITLE_PX + LABEL_PX_PER_CHAR * max(map(len, modules), default=0)),
                       title=dict(yref="container", y=1.0, yanchor="top", pad=dict(t=10)))
