@@ -77,30 +77,36 @@ def _comparison_row(c):
 
 
 def test_readme_study_section_states_the_corrected_verdicts_of_the_shipped_study():
-    """Every declared comparison of the shipped study as summary.json has it (difference, adjusted and
-    bootstrap intervals, MDE, verdict), reanalyse's verdicts.json agreeing; only the arms' own
-    accuracies quoted; a verdict word in bold only where the analysis gave it; the commands named."""
+    """Every declared comparison of the shipped paradigm study on `instruct` as summary.json has it
+    (difference, adjusted and bootstrap intervals, MDE, verdict), reanalyse's verdicts.json agreeing;
+    only the two studies' arm accuracies quoted; a verdict word in bold only where the analysis gave it;
+    `facts` stated as its verdicts and MDE range; the commands named."""
     raw = README.read_text()
     text = _flat(raw)
-    summary = _summary("study_instruct")
-    verdicts = json.loads((RESULTS / "study_instruct" / "verdicts.json").read_text())
+    summary = _summary("study_paradigms_instruct")
+    facts = _summary("study_paradigms_facts")
+    for name in ("study_paradigms_instruct", "study_paradigms_facts"):  # written by the command named
+        assert _summary(name)["provenance"]["command"].replace("facts", "instruct") == summary["provenance"]["command"]
+    verdicts = json.loads((RESULTS / "study_paradigms_instruct" / "verdicts.json").read_text())
     assert f"`{summary['provenance']['command']}`" in text and f"`{verdicts['provenance']['command']}`" in text
-    assert "docs/results/study_instruct/bars.png" in text
+    assert "docs/results/study_paradigms_instruct/cost.png" in text
     for comparison in summary["comparisons"]:
         assert _comparison_row(comparison) in raw, comparison["arm"]
     assert [(c["arm"], c["reference"], c["verdict"]) for c in verdicts["comparisons"]] == \
         [(c["arm"], c["reference"], c["verdict"]) for c in summary["comparisons"]]
     section = text.split("## What the shipped study found", 1)[1].split("## Documentation", 1)[0]
-    assert set(re.findall(r"\d+\.\d %", section)) <= {_pct(a["mean"]) for a in summary["arms"]}
+    quoted = {_pct(a["mean"]) for a in summary["arms"] + facts["arms"]}
+    assert set(re.findall(r"\d+\.\d %", section)) <= quoted
     assert f"{len(summary['recipe']['seeds'])} seeds" in section
+    assert len(facts["recipe"]["seeds"]) == len(summary["recipe"]["seeds"])
     found = {c["verdict"] for c in summary["comparisons"]}
     for word in ("better", "worse", "equivalent", "inconclusive"):
         assert (f"**{word}**" in section) == (word in found), word
-    assert set(summary["cell_commits"]) != {"unrecorded"}
-    facts = _summary("study_facts")["comparisons"]  # the README says all inconclusive, with the MDE range
-    assert {c["verdict"] for c in facts} == {"inconclusive"}
-    low, high = (100 * f(c["mde80"] for c in facts) for f in (min, max))
-    assert f"all three comparisons are inconclusive (MDE {low:.1f} to {high:.1f} points)" in section
+    assert all(set(s["cell_commits"]) and "unrecorded" not in s["cell_commits"] for s in (summary, facts))
+    assert {c["verdict"] for c in facts["comparisons"]} == {"inconclusive"}
+    low, high = (100 * f(c["mde80"] for c in facts["comparisons"]) for f in (min, max))
+    assert (f"all {len(facts['comparisons'])} comparisons are inconclusive (MDE {low:.1f} to {high:.1f} points)"
+            in section)
 
 
 def test_results_page_tables_equal_the_results_files():
