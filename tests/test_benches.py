@@ -32,4 +32,3 @@ def test_bench_runs_in_smoke_size(bench, tmp_path):
     for name in ("sensitivity.png", "mapping.png") if draws else ():  # the README's real-pair pictures
         data = (images / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
-

@@ -274,3 +274,10 @@ def test_the_heatmap_fills_its_plot_without_padding_or_a_zero_line():
     assert tuple(fig.layout.xaxis.range) == (-0.5, n_modules - 0.5)
     assert tuple(fig.layout.yaxis.range) == (2.5, -0.5)  # layer 0 on top
     assert fig.layout.xaxis.zeroline is False and fig.layout.yaxis.zeroline is False
+
+
+def test_the_similarity_heatmap_fills_its_plot_too():
+    """Its mapping circles padded the teacher axis the way the click markers padded the sensitivity grid."""
+    fig = viz.similarity_heatmap(np.full((8, 4), 0.5), [0, 3, 5, 7])
+    assert tuple(fig.layout.xaxis.range) == (-0.5, 3.5) and tuple(fig.layout.yaxis.range) == (7.5, -0.5)
+    assert fig.layout.xaxis.zeroline is False and fig.layout.yaxis.zeroline is False

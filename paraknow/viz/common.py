@@ -24,6 +24,15 @@ def new_figure(height: int, **layout) -> go.Figure:
     return fig
 
 
+def fit_to_cells(fig: go.Figure, n_columns: int, n_rows: int) -> go.Figure:
+    """Axis ranges that end at a heatmap's outer cells (row 0 on top) and no zero line: markers drawn
+    over the cells (click targets, the current mapping) would pad an automatic range with an empty band,
+    and the zero line would cross the first row and column."""
+    fig.update_xaxes(range=[-0.5, n_columns - 0.5], zeroline=False)
+    fig.update_yaxes(range=[n_rows - 0.5, -0.5], zeroline=False)
+    return fig
+
+
 def distinct_colors(n: int) -> list[str]:
     """n colours that stay distinct past plotly's 10-colour cycle (a sampled rainbow scale)."""
     if n <= 10:

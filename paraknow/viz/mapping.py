@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 
 from ..core.architecture import EMBED_ROLES
 from ..core.errors import ParaknowError
-from .common import MODULE_ORDER, SELECT_COLOR, SEQUENTIAL, distinct_colors, new_figure
+from .common import MODULE_ORDER, SELECT_COLOR, SEQUENTIAL, distinct_colors, fit_to_cells, new_figure
 
 
 def mapping_diagram(layer_map: list, n_teacher: int, layer_scores: list[float] | None = None,
@@ -164,7 +164,8 @@ def similarity_heatmap(matrix, layer_map: list | None = None, title: str = "Laye
                                  marker=dict(symbol="circle-open", size=14, color=SELECT_COLOR, line=dict(width=3)),
                                  name="current mapping", hovertemplate="mapped: S%{x} <- T%{y}<extra></extra>"))
     fig.update_xaxes(title="student layer", dtick=1, side="top")
-    fig.update_yaxes(title="teacher layer", dtick=1 if n_t <= 40 else None, autorange="reversed")
+    fig.update_yaxes(title="teacher layer", dtick=1 if n_t <= 40 else None)
+    fit_to_cells(fig, n_s, n_t)  # the mapping's circles would pad an automatic range
     fig.update_layout(showlegend=False, margin=dict(t=90))
     return fig
 

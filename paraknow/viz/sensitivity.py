@@ -7,7 +7,8 @@ from plotly.subplots import make_subplots
 
 from ..core.errors import ParaknowError
 from ..transfer.sensitivity_map import GROUP_LABELS
-from .common import DIVERGING, DONE_COLOR, MODULE_ORDER, SELECT_COLOR, SEQUENTIAL, fmt_value, log10_floored, new_figure
+from .common import (DIVERGING, DONE_COLOR, MODULE_ORDER, SELECT_COLOR, SEQUENTIAL, fit_to_cells, fmt_value,
+    log10_floored, new_figure)
 
 
 def module_grid(table: list[dict], value: str = "sum") -> tuple[np.ndarray, list[int], list[str]]:
@@ -67,10 +68,10 @@ def sensitivity_heatmap(table: list[dict], value: str = "sum", log: bool = False
     # the module labels sit above the grid at a fixed angle, below the title pinned to the figure's top: a
     # margin sized for the longest label, so no redraw (narrower, recomputed) can rotate them into the title
     fig.update_xaxes(tickvals=list(range(len(modules))), ticktext=modules, side="top", showgrid=False,
-                     zeroline=False, tickangle=-30, automargin=False, range=[-0.5, len(modules) - 0.5])
-    # the grid fills the plot: fixed ranges, since the click markers would pad an automatic one
-    fig.update_yaxes(tickvals=list(range(len(layers))), ticktext=[str(l) for l in layers],
-                     range=[len(layers) - 0.5, -0.5], title="layer", showgrid=False, zeroline=False)
+                     tickangle=-30, automargin=False)
+    fig.update_yaxes(tickvals=list(range(len(layers))), ticktext=[str(l) for l in layers], title="layer",
+                     showgrid=False)
+    fit_to_cells(fig, len(modules), len(layers))  # the click markers would pad an automatic range
     fig.update_layout(clickmode="event+select", dragmode=False,
                       margin=dict(t=HEATMAP_TITLE_PX + LABEL_PX_PER_CHAR * max(map(len, modules), default=0)),
                       title=dict(yref="container", y=1.0, yanchor="top", pad=dict(t=10)))
