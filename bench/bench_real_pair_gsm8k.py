@@ -12,7 +12,8 @@ docs/method.md) lm-evaluation-harness then scores the same `n` items on the same
 local-file task with the same prompt (the record's user turn in the model's chat template, no few-shot) and
 its GSM8K task's answer filters (`strict-match`: after "####"; `flexible-extract`: the last number). Per item
 the output records both generations and each evaluator's verdict on both generations, so a disagreement
-is told apart as a generation difference or an answer-extraction difference. Results are written after
+is told apart as a generation difference or an answer-extraction difference; `--lm-eval-limit N` has
+lm-eval score only the first N of those items (the teacher's generations cost hours on a CPU). Results are written after
 every step (an interrupted run keeps what it finished), with the thread count and the load average.
 """
 from __future__ import annotations
@@ -179,6 +180,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=8, help="records scored per batch")
     parser.add_argument("--max-new-tokens", type=int, default=320)
     parser.add_argument("--lm-eval", action="store_true", help="also score the same items with lm-eval")
+    parser.add_argument("--lm-eval-limit", type=int, default=None,
+                        help="with --lm-eval: only the first N of the items paraknow eval scored")
     parser.add_argument("--smoke", action="store_true",
                         help="the demo pair on 4 arith test records, 16 tokens (plumbing, seconds)")
     parser.add_argument("--out", default=None, help="write the figures to this JSON file")
@@ -206,7 +209,7 @@ def main() -> None:
                                                                                         args, minutes)}
         _write(args, figures)
         if args.lm_eval:
-            scored = records[:entry["paraknow"]["n"]]
+            scored = records[:min(entry["paraknow"]["n"], args.lm_eval_limit or len(records))]
             entry["lm_eval"] = lm_eval_scores(model, tokenizer, scored, args)
             entry["cross_check"] = cross_check(scored, entry["paraknow"], entry["lm_eval"])
             print(f"  lm-eval: {json.dumps(entry['lm_eval']['accuracy'])}; same generation on "
