@@ -1,7 +1,7 @@
 """GSM8K accuracy of the real pair's untuned student and teacher (docs/real-pair.md), scored by `paraknow eval`'s
 own function, and the cross-check against lm-evaluation-harness on the same items.
 
-    python bench/bench_real_pair_gsm8k.py --data test_1319.jsonl --limit 200 --minutes 20 30 --lm-eval \
+    python bench/bench_real_pair_gsm8k.py --data test_1319.jsonl --limit 200 --chunk 100 --threads 2 --lm-eval \
         --out docs/results/real_pair_gsm8k.json
 
 For each model (student, then teacher; float32, `paraknow eval`'s default dtype) it scores the first `--limit`
@@ -177,7 +177,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--minutes", type=float, nargs="+", default=[60.0],
                         help="paraknow eval's time box per model, in --models order (the last one repeats)")
-    parser.add_argument("--chunk", type=int, default=8, help="records scored per batch")
+    parser.add_argument("--chunk", type=int, default=100,
+                        help="records scored per batch (larger batches use the CPU far better: docs/real-pair.md)")
     parser.add_argument("--max-new-tokens", type=int, default=320)
     parser.add_argument("--lm-eval", action="store_true", help="also score the same items with lm-eval")
     parser.add_argument("--lm-eval-limit", type=int, default=None,

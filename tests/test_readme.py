@@ -136,3 +136,40 @@ def test_results_page_tables_equal_the_results_files():
         arm = _arms(_summary("study_demo"))[name]
         lo, hi = arm["ci95"]
         assert f"{_pct(arm['mean'])}" in text and f"[{100 * lo:.1f}, {100 * hi:.1f}]" in text
+
+
+def _command(figures, data_name):
+    """A bench's recorded command with its --data path cut to the file name the docs use."""
+    command = figures["provenance"]["command"]
+    return command.replace(figures["data"], data_name)
+
+
+def test_readme_real_pair_figures_equal_their_files():
+    """The real pair's line: the 32-seed `extract` steps (minutes, peak, step-0 change) and the untuned
+    pair's GSM8K accuracy with lm-eval's reading of the student, each with the command that wrote it."""
+    text = _flat(README.read_text())
+    seeds = json.loads((RESULTS / "real_pair_32.json").read_text())
+    minutes = sum(step["seconds"] for step in seeds["steps"].values()) / 60
+    check = seeds["step0_check"]
+    assert f"`{_command(seeds, 'GSM8K-seeds.jsonl')}`" in text
+    assert (f"{minutes:.1f} minutes on this 2-core CPU, peak {seeds['peak_rss_gib']:.1f} GiB" in text
+            and f"({check['max_change'] / check['max_logit']:.1e} relative)".replace("e-0", "e-") in text)
+    student = json.loads((RESULTS / "real_pair_gsm8k.json").read_text())["models"]["student"]
+    teacher_file = json.loads((RESULTS / "real_pair_gsm8k_teacher.json").read_text())
+    teacher = teacher_file["models"]["teacher"]
+    for entry in (student, teacher):
+        assert entry["paraknow"]["n"] == 200
+    student_file = json.loads((RESULTS / "real_pair_gsm8k.json").read_text())
+    assert f"`{_command(student_file, 'test_1319.jsonl')}`" in text
+    assert f"`{_command(teacher_file, 'test_1319.jsonl')}`" in text
+
+    def correct(entry):
+        return sum(p["correct"] for p in entry["paraknow"]["predictions"])
+
+    assert (f"the student answers {correct(student)} of the first 200 GSM8K test items and the teacher "
+            f"{correct(teacher)}" in text)
+    check = student["cross_check"]
+    assert check["same_generation"] == 1.0 and check["n"] == 200
+    lm_eval = round(student["lm_eval"]["accuracy"]["flexible-extract"] * 200)
+    assert f"lm-evaluation-harness scores the student's same generations {lm_eval} of 200" in text
+    assert f"the {len(check['verdicts_differ'])} apart" in text
