@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[60.0],
                         help="paraknow eval's time box per model, in --models order (the last one repeats)")
     parser.add_argument("--chunk", type=int, default=100,
-                        help="records scored per batch (larger batches use the CPU far better: docs/real-pair.md)")
+                        help="records scored per batch (100 in docs/real-pair.md's runs)")
     parser.add_argument("--max-new-tokens", type=int, default=320)
     parser.add_argument("--lm-eval", action="store_true", help="also score the same items with lm-eval")
     parser.add_argument("--lm-eval-limit", type=int, default=None,
