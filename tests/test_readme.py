@@ -150,16 +150,15 @@ def test_readme_real_pair_figures_equal_their_files():
     text = _flat(README.read_text())
     seeds = json.loads((RESULTS / "real_pair_32.json").read_text())
     minutes = sum(step["seconds"] for step in seeds["steps"].values()) / 60
-    check = seeds["step0_check"]
+    step0 = seeds["step0_check"]
     assert f"`{_command(seeds, 'GSM8K-seeds.jsonl')}`" in text
     assert (f"{minutes:.1f} minutes on this 2-core CPU, peak {seeds['peak_rss_gib']:.1f} GiB" in text
-            and f"({check['max_change'] / check['max_logit']:.1e} relative)".replace("e-0", "e-") in text)
-    student = json.loads((RESULTS / "real_pair_gsm8k.json").read_text())["models"]["student"]
+            and f"({step0['max_change'] / step0['max_logit']:.1e} relative)".replace("e-0", "e-") in text)
+    student_file = json.loads((RESULTS / "real_pair_gsm8k.json").read_text())
     teacher_file = json.loads((RESULTS / "real_pair_gsm8k_teacher.json").read_text())
-    teacher = teacher_file["models"]["teacher"]
+    student, teacher = student_file["models"]["student"], teacher_file["models"]["teacher"]
     for entry in (student, teacher):
         assert entry["paraknow"]["n"] == 200
-    student_file = json.loads((RESULTS / "real_pair_gsm8k.json").read_text())
     assert f"`{_command(student_file, 'test_1319.jsonl')}`" in text
     assert f"`{_command(teacher_file, 'test_1319.jsonl')}`" in text
 
